@@ -1,0 +1,217 @@
+"""The gateway's configuration: one TOML file, validated by pydantic.
+
+``config.example.toml`` documents every key. A cluster section that fails validation disables that
+cluster (recorded in :attr:`Config.cluster_errors`), not the service; a broken ``[gateway]`` section
+is fatal. Users and tokens live in the store, never here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .units import parse_memory_mb, parse_time
+
+# Identifiers that reach sbatch options or paths must match this (design.md §4: allowlists).
+IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+UNIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/{}+-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _identifiers(values: list[str]) -> list[str]:
+    for value in values:
+        if not IDENTIFIER.match(value):
+            raise ValueError(f"not a valid identifier: {value!r}")
+    return values
+
+
+class PartitionConfig(_Strict):
+    """Limits a job on this partition must stay within (checked before anything reaches Slurm)."""
+
+    max_time: str = "1-00:00:00"
+    default_time: str = "01:00:00"
+    max_cpus: int = Field(16, ge=1)
+    max_memory: str = "16G"
+    max_gpus: int = Field(0, ge=0)
+    gpu_types: list[str] = Field(default_factory=list)
+
+    @field_validator("max_time", "default_time")
+    @classmethod
+    def _time(cls, value: str) -> str:
+        parse_time(value)
+        return value
+
+    @field_validator("max_memory")
+    @classmethod
+    def _memory(cls, value: str) -> str:
+        parse_memory_mb(value)
+        return value
+
+    @field_validator("gpu_types")
+    @classmethod
+    def _types(cls, value: list[str]) -> list[str]:
+        return _identifiers(value)
+
+    @property
+    def max_time_s(self) -> int:
+        return parse_time(self.max_time)
+
+    @property
+    def default_time_s(self) -> int:
+        return parse_time(self.default_time)
+
+    @property
+    def max_memory_mb(self) -> int:
+        return parse_memory_mb(self.max_memory)
+
+
+class ClusterConfig(_Strict):
+    """One Slurm cluster as the gateway reaches it."""
+
+    name: str
+    transport: Literal["local", "ssh"] = "local"
+    scheduler: str = "slurm"
+    # Local transport: argv prefix that runs a command as the job's unix user; "{unix_user}" is
+    # substituted. Empty = single-user gateway (everything runs as the gateway's own account).
+    command_prefix: list[str] = Field(default_factory=list)
+    # Where each job's directory is created on the cluster; "{unix_user}" is substituted.
+    work_root: str = "/home/{unix_user}/.hpcgw/jobs"
+    # The job-side Python that has papermill and ipykernel (readable by job users).
+    python: str = "/usr/bin/python3"
+    default_partition: str
+    partitions: dict[str, PartitionConfig]
+    accounts: list[str] = Field(default_factory=list)
+    qos: list[str] = Field(default_factory=list)
+    constraints: list[str] = Field(default_factory=list)
+    reservations: list[str] = Field(default_factory=list)
+    images: list[str] = Field(default_factory=list)
+    kernels: list[str] = Field(default_factory=lambda: ["python3"])
+    command_timeout: float = Field(30.0, gt=0)
+    # How long a submission may keep waiting for an unreachable scheduler before it fails.
+    submit_deadline: float = Field(600.0, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not IDENTIFIER.match(value):
+            raise ValueError(f"cluster name must match {IDENTIFIER.pattern}")
+        return value
+
+    @field_validator("accounts", "qos", "constraints", "reservations", "kernels")
+    @classmethod
+    def _allowlists(cls, value: list[str]) -> list[str]:
+        return _identifiers(value)
+
+    @field_validator("images")
+    @classmethod
+    def _images(cls, value: list[str]) -> list[str]:
+        for image in value:
+            if not SAFE_PATH.match(image) and not IDENTIFIER.match(image):
+                raise ValueError(f"image must be an identifier or an absolute path: {image!r}")
+        return value
+
+    @field_validator("work_root", "python")
+    @classmethod
+    def _paths(cls, value: str) -> str:
+        if not SAFE_PATH.match(value):
+            raise ValueError(f"must be an absolute path of [A-Za-z0-9._/+-]: {value!r}")
+        return value
+
+    @field_validator("partitions")
+    @classmethod
+    def _partition_names(cls, value: dict[str, PartitionConfig]) -> dict[str, PartitionConfig]:
+        _identifiers(list(value))
+        if not value:
+            raise ValueError("at least one partition is needed")
+        return value
+
+    @model_validator(mode="after")
+    def _default_partition_known(self) -> ClusterConfig:
+        if self.default_partition not in self.partitions:
+            raise ValueError(f"default_partition {self.default_partition!r} is not in partitions")
+        return self
+
+
+class PollConfig(_Strict):
+    """How often the gateway asks Slurm about its jobs (one squeue per cluster per cycle)."""
+
+    young_interval: float = Field(1.0, gt=0)
+    old_interval: float = Field(10.0, gt=0)
+    young_age: float = Field(600.0, ge=0)
+    # A job Slurm no longer lists and that left no exit record is `lost` after this many seconds.
+    lost_after: float = Field(60.0, ge=0)
+
+
+class GatewayConfig(_Strict):
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    cookie_secret: Annotated[str, Field(min_length=32)]
+    max_notebook_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    log_tail_bytes: int = Field(1024 * 1024, ge=1024)
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    gateway: GatewayConfig
+    poll: PollConfig = PollConfig()
+    clusters: list[ClusterConfig]
+    cluster_errors: dict[str, str] = Field(default_factory=dict, exclude=True)
+
+    def cluster(self, name: str | None) -> ClusterConfig | None:
+        """The named cluster, or the first one when ``name`` is None; None if unknown/disabled."""
+        if name is None:
+            return self.clusters[0] if self.clusters else None
+        return next((c for c in self.clusters if c.name == name), None)
+
+
+def _format_errors(error: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in error.errors()
+    )
+
+
+def parse_config(raw: dict[str, Any]) -> Config:
+    """Validate a parsed TOML document. Broken clusters are disabled and reported, not fatal."""
+    raw = dict(raw)
+    clusters: list[ClusterConfig] = []
+    errors: dict[str, str] = {}
+    for index, section in enumerate(raw.pop("clusters", [])):
+        label = str(section.get("name", f"clusters[{index}]"))
+        try:
+            clusters.append(ClusterConfig.model_validate(section))
+        except ValidationError as exc:
+            errors[label] = _format_errors(exc)
+    try:
+        config = Config.model_validate({**raw, "clusters": clusters})
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from exc
+    config.cluster_errors = errors
+    if not clusters:
+        errors.setdefault("(clusters)", "no usable cluster is configured")
+    return config
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Read the config from ``path``, else ``$HPCGW_CONFIG``; ConfigError if neither is usable."""
+    location = path or os.environ.get("HPCGW_CONFIG")
+    if not location:
+        raise ConfigError("no config file: pass --config FILE or set HPCGW_CONFIG")
+    try:
+        raw = tomllib.loads(Path(location).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {location}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{location} is not valid TOML: {exc}") from exc
+    return parse_config(raw)

@@ -1,0 +1,145 @@
+"""The gateway's exception tree.
+
+Every error a client can see is a :class:`GatewayError` with a status, a stable ``type`` slug and a
+human ``detail``. One middleware (``gateway.api.middleware``) turns it into RFC 9457
+``application/problem+json``; the CLI prints ``detail``. Internal failures (a command that failed,
+a scheduler that timed out) carry their data as fields so logs and problems can say what happened
+without string parsing. No field ever holds a secret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+    status = 500
+    type_slug = "internal"
+    title = "Internal error"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+    def problem(self) -> dict[str, Any]:
+        """The problem+json body for this error (no secrets, nothing from the environment)."""
+        body: dict[str, Any] = {
+            "type": f"https://hpcgw.dev/problems/{self.type_slug}",
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        body.update(self.extra)
+        return body
+
+
+class BadRequest(GatewayError):
+    status = 400
+    type_slug = "bad-request"
+    title = "Bad request"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    type_slug = "unauthorized"
+    title = "Authentication required"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type_slug = "not-found"
+    title = "Not found"
+
+
+class Conflict(GatewayError):
+    status = 409
+    type_slug = "conflict"
+    title = "Conflict"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type_slug = "payload-too-large"
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+    type_slug = "unsupported-media-type"
+    title = "Unsupported media type"
+
+
+class FieldError(dict[str, str]):
+    """One failing field: ``{"field": "partition", "message": "..."}``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(field=field, message=message)
+
+
+class ValidationFailed(GatewayError):
+    """A request that parsed but names values outside the schema or the cluster's policy."""
+
+    status = 422
+    type_slug = "validation"
+    title = "Invalid job specification"
+
+    def __init__(self, errors: Sequence[FieldError], detail: str | None = None) -> None:
+        fields = sorted({e["field"] for e in errors})
+        super().__init__(
+            detail or "invalid fields: " + ", ".join(fields), errors=list(errors), fields=fields
+        )
+        self.errors = list(errors)
+
+
+class ClusterUnavailable(GatewayError):
+    status = 503
+    type_slug = "cluster-unavailable"
+    title = "Cluster unavailable"
+
+
+class ConfigError(GatewayError):
+    type_slug = "config"
+    title = "Configuration error"
+
+
+class CommandFailed(GatewayError):
+    """A command on the cluster exited non-zero (or could not start).
+
+    ``argv`` is the command as run (never containing secrets: secrets go on stdin or in files),
+    ``returncode`` is None when the command could not be started at all.
+    """
+
+    status = 502
+    type_slug = "command-failed"
+    title = "Cluster command failed"
+
+    def __init__(self, argv: Sequence[str], returncode: int | None, stderr: str) -> None:
+        super().__init__(
+            f"{argv[0] if argv else '?'} exited {returncode}: {stderr.strip()[-500:]}"
+        )
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+class CommandTimeout(CommandFailed):
+    """A command did not finish within its timeout; it has been killed."""
+
+    type_slug = "command-timeout"
+    title = "Cluster command timed out"
+
+    def __init__(self, argv: Sequence[str], timeout: float) -> None:
+        super().__init__(argv, None, f"timed out after {timeout:g}s")
+        self.timeout = timeout
+
+
+class SchedulerError(GatewayError):
+    """The scheduler answered, but not in a way the backend understands."""
+
+    status = 502
+    type_slug = "scheduler"
+    title = "Scheduler error"
