@@ -8,7 +8,7 @@ prefix such as ``sudo -n -u {unix_user} --``); the SSH transport over a pooled c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,20 +42,21 @@ class Transport(Protocol):
         self,
         argv: Sequence[str],
         *,
-        user: str,
+        user: str | None,
         stdin: bytes | None = None,
         timeout: float | None = None,
         check: bool = True,
     ) -> CommandResult:
-        """Run ``argv`` as unix user ``user``; see :func:`gateway.transport.process.run_command`."""
+        """Run ``argv`` as unix user ``user`` (None: the gateway's own identity on the cluster).
+
+        Same contract as :func:`gateway.transport.process.run_command`.
+        """
         ...
 
-    async def make_private_dir(self, path: str, *, user: str) -> None:
-        """Create ``path`` (and parents) owned by ``user``, the leaf with mode 0700."""
-        ...
-
-    async def write_file(self, path: str, data: bytes, *, user: str) -> None:
-        """Write ``data`` to ``path`` as ``user`` (mode 0600), replacing what was there."""
+    async def put_files(self, directory: str, files: Mapping[str, bytes], *, user: str) -> None:
+        """Create ``directory`` (and parents) as ``user``, the leaf mode 0700, and write each
+        of ``files`` (plain names, no slashes) into it with mode 0600, replacing what was there.
+        """
         ...
 
     async def read_file(self, path: str, *, user: str, tail_bytes: int | None = None) -> bytes:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import posixpath
-from collections.abc import Sequence
+import io
+import tarfile
+from collections.abc import Mapping, Sequence
 
 from ..config import ClusterConfig
 from ..errors import CommandFailed
@@ -23,14 +24,16 @@ class LocalTransport:
         self._prefix = cluster.command_prefix
         self._timeout = cluster.command_timeout
 
-    def _as_user(self, argv: Sequence[str], user: str) -> list[str]:
+    def _as_user(self, argv: Sequence[str], user: str | None) -> list[str]:
+        if user is None:
+            return list(argv)
         return [part.replace("{unix_user}", user) for part in self._prefix] + list(argv)
 
     async def run(
         self,
         argv: Sequence[str],
         *,
-        user: str,
+        user: str | None,
         stdin: bytes | None = None,
         timeout: float | None = None,
         check: bool = True,
@@ -42,15 +45,14 @@ class LocalTransport:
             check=check,
         )
 
-    async def make_private_dir(self, path: str, *, user: str) -> None:
-        await self.run(["mkdir", "-p", posixpath.dirname(path)], user=user)
-        await self.run(["mkdir", "-p", "-m", "700", path], user=user)
-
-    async def write_file(self, path: str, data: bytes, *, user: str) -> None:
-        # `dd of=` truncates and writes; umask 077 in the prefix environment is not guaranteed,
-        # so the mode is set explicitly afterwards.
-        await self.run(["dd", f"of={path}", "status=none"], user=user, stdin=data)
-        await self.run(["chmod", "600", path], user=user)
+    async def put_files(self, directory: str, files: Mapping[str, bytes], *, user: str) -> None:
+        # Two processes whatever the number of files: mkdir, then tar reading from stdin.
+        await self.run(["mkdir", "-p", "-m", "700", "--", directory], user=user)
+        await self.run(
+            ["tar", "-x", "-m", "--no-same-owner", "--no-overwrite-dir", "-C", directory, "-f", "-"],
+            user=user,
+            stdin=tar_archive(files),
+        )
 
     async def read_file(self, path: str, *, user: str, tail_bytes: int | None = None) -> bytes:
         argv = ["tail", "-c", str(tail_bytes), "--", path] if tail_bytes else ["cat", "--", path]
@@ -63,3 +65,17 @@ class LocalTransport:
 
     async def close(self) -> None:
         return None
+
+
+def tar_archive(files: Mapping[str, bytes]) -> bytes:
+    """An uncompressed tar of plain files, each mode 0600."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in files.items():
+            if "/" in name or name in ("", ".", ".."):
+                raise ValueError(f"not a plain file name: {name!r}")
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o600
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()

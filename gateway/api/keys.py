@@ -1,0 +1,20 @@
+"""Typed application and request keys (aiohttp's AppKey: no module-level singletons)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..config import Config
+from ..jobs.service import JobService
+from ..store import Store, User
+
+CONFIG = web.AppKey("config", Config)
+STORE = web.AppKey("store", Store)
+SERVICE = web.AppKey("service", JobService)
+USER_KEY = "hpcgw.user"  # request-scoped: the authenticated gateway user
+
+
+def current_user(request: web.Request) -> User:
+    """The authenticated user (the auth middleware guarantees one on protected routes)."""
+    user: User = request[USER_KEY]
+    return user

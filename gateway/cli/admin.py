@@ -1,0 +1,138 @@
+"""Admin subcommands that work on the config and the store directly (server running or not)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from ..config import IDENTIFIER, UNIX_USER, Config, load_config
+from ..errors import GatewayError
+from ..store import Store
+from ..templates import DEFAULT_TEMPLATE_DIR
+
+
+def open_store(config: Config) -> Store:
+    return Store(config.gateway.data_dir / "hpcgw.db")
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    if not IDENTIFIER.match(args.name):
+        raise GatewayError(f"user name must match {IDENTIFIER.pattern}")
+    if not UNIX_USER.match(args.unix_user):
+        raise GatewayError(f"not a valid unix user name: {args.unix_user!r}")
+    store = open_store(load_config(args.config))
+    user = store.add_user(args.name, args.unix_user)
+    print(f"added user {user.name} (runs jobs as unix user {user.unix_user}); token:",
+          file=sys.stderr)
+    print(store.issue_token(user))
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    users = open_store(load_config(args.config)).list_users()
+    if args.json:
+        import json
+
+        print(json.dumps(users, indent=2))
+        return 0
+    print(f"{'NAME':20} {'UNIX_USER':16} {'TOKENS':>6}  CREATED")
+    for user in users:
+        print(f"{user['name']:20} {user['unix_user']:16} {user['active_tokens']:>6}  "
+              f"{user['created_at']}")
+    return 0
+
+
+def cmd_token_issue(args: argparse.Namespace) -> int:
+    store = open_store(load_config(args.config))
+    print(store.issue_token(store.get_user(args.name)))
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    store = open_store(load_config(args.config))
+    if args.user:
+        count = store.revoke_tokens(store.get_user(args.user))
+        print(f"revoked {count} token(s) of {args.user}")
+        return 0
+    # The token is read from stdin, never taken from argv (which other users can see in ps).
+    token = sys.stdin.readline().strip()
+    if not store.revoke_token(token):
+        print("hpcgw: no such active token", file=sys.stderr)
+        return 1
+    print("revoked 1 token")
+    return 0
+
+
+def config_problems(config: Config) -> list[str]:
+    """Everything check-config can find wrong beyond the schema (which load_config checks)."""
+    problems = [f"cluster {name}: disabled: {error}" for name, error in config.cluster_errors.items()]
+    if not (DEFAULT_TEMPLATE_DIR / "notebook.sh.j2").exists():
+        problems.append(f"job template missing: {DEFAULT_TEMPLATE_DIR / 'notebook.sh.j2'}")
+    data_dir = config.gateway.data_dir
+    parent = next((p for p in (data_dir, *data_dir.parents) if p.exists()), Path("/"))
+    if not os.access(parent, os.W_OK):
+        problems.append(f"gateway.data_dir {data_dir}: {parent} is not writable")
+    for cluster in config.clusters:
+        if cluster.transport != "local":
+            continue
+        for tool in ("sbatch", "squeue", "sacct", "scancel", "sinfo"):
+            if shutil.which(tool) is None:
+                problems.append(f"cluster {cluster.name}: {tool} is not on PATH")
+        if not Path(cluster.python).exists():
+            problems.append(f"cluster {cluster.name}: python {cluster.python} does not exist")
+        if cluster.command_prefix and shutil.which(cluster.command_prefix[0]) is None:
+            problems.append(f"cluster {cluster.name}: {cluster.command_prefix[0]} not on PATH")
+    return problems
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    problems = config_problems(config)
+    for problem in problems:
+        print(f"problem: {problem}")
+    if problems:
+        return 1
+    names = ", ".join(c.name for c in config.clusters)
+    print(f"config OK: clusters {names}; data in {config.gateway.data_dir}")
+    return 0
+
+
+async def _serve(config: Config, host: str, port: int) -> None:
+    from ..api.app import make_app
+
+    runner = web.AppRunner(make_app(config), access_log=logging.getLogger("hpcgw.access"))
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server = site._server
+    bound = server.sockets[0].getsockname()[1] if server and server.sockets else port  # type: ignore[union-attr]
+    print(f"hpcgw: serving on http://{host}:{bound}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(asyncio.CancelledError):
+        await stop.wait()
+    await runner.cleanup()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name, error in config.cluster_errors.items():
+        logging.getLogger("hpcgw").error("cluster %s disabled: %s", name, error)
+    # Files the gateway creates, and those sudo'd commands create for it, are private.
+    os.umask(0o077)
+    host = args.host or config.gateway.host
+    port = config.gateway.port if args.port is None else args.port
+    asyncio.run(_serve(config, host, port))
+    return 0

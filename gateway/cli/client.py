@@ -1,0 +1,192 @@
+"""Client subcommands: talk to a running gateway over its HTTP API (HPCGW_URL, HPCGW_TOKEN)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from ..errors import GatewayError
+
+TERMINAL = {"succeeded", "failed", "cancelled", "timed_out"}
+REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=300, connect=10)
+_GRES = re.compile(r"^gpu(?::(?P<type>[A-Za-z0-9._+-]*[A-Za-z._+-][A-Za-z0-9._+-]*))?"
+                   r"(?::(?P<count>\d+))?$")
+
+
+class ClientError(GatewayError):
+    """The gateway answered with a problem, or could not be reached."""
+
+
+class Client:
+    """A thin async client of the gateway's HTTP API."""
+
+    def __init__(self, url: str | None = None, token: str | None = None) -> None:
+        self.url = (url or os.environ.get("HPCGW_URL") or "http://127.0.0.1:8000").rstrip("/")
+        token = token or os.environ.get("HPCGW_TOKEN")
+        if not token:
+            raise ClientError("set HPCGW_TOKEN to your gateway token")
+        self._headers = {"Authorization": f"Bearer {token}"}
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes, str]:
+        """``(status, body, content_type)``; a problem answer raises ClientError."""
+        headers = {**self._headers, **kwargs.pop("headers", {})}
+        try:
+            async with aiohttp.ClientSession(timeout=REQUEST_TIMEOUT) as session, \
+                    session.request(method, self.url + path, headers=headers, **kwargs) as reply:
+                body = await reply.read()
+                if reply.status >= 400:
+                    raise ClientError(_problem_text(reply.status, body))
+                return reply.status, body, reply.content_type
+        except aiohttp.ClientError as exc:
+            raise ClientError(f"cannot reach the gateway at {self.url}: {exc}") from exc
+
+    async def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return json.loads((await self.request(method, path, **kwargs))[1])
+
+
+def _problem_text(status: int, body: bytes) -> str:
+    try:
+        problem = json.loads(body)
+    except ValueError:
+        return f"HTTP {status}"
+    text = f"{problem.get('title', 'error')} ({status}): {problem.get('detail', '')}"
+    for error in problem.get("errors", []):
+        text += f"\n  {error.get('field')}: {error.get('message')}"
+    return text
+
+
+def parse_parameter(text: str) -> tuple[str, Any]:
+    """``name=value``: the value is JSON if it parses as JSON, else the literal string."""
+    name, sep, raw = text.partition("=")
+    if not sep or not name:
+        raise ClientError(f"-P wants name=value, got {text!r}")
+    try:
+        return name, json.loads(raw)
+    except ValueError:
+        return name, raw
+
+
+def spec_from_args(args: argparse.Namespace, kind: str) -> dict[str, Any]:
+    """The job spec the sbatch-style flags describe (unset flags are left to the server)."""
+    spec: dict[str, Any] = {"kind": kind}
+    for flag, field in (("cluster", "cluster"), ("partition", "partition"),
+                        ("account", "account"), ("qos", "qos"), ("constraint", "constraint"),
+                        ("reservation", "reservation"), ("cpus", "cpus"), ("mem", "memory"),
+                        ("time", "time"), ("job_name", "name"), ("image", "image"),
+                        ("kernel", "kernel")):
+        if getattr(args, flag, None) is not None:
+            spec[field] = getattr(args, flag)
+    if args.gres:
+        match = _GRES.match(args.gres)
+        if not match:
+            raise ClientError(f"--gres wants gpu[:TYPE][:COUNT], got {args.gres!r}")
+        spec["gpus"] = int(match["count"] or 1)
+        if match["type"]:
+            spec["gpu_type"] = match["type"]
+    if getattr(args, "parameter", None):
+        spec["parameters"] = dict(parse_parameter(p) for p in args.parameter)
+    return spec
+
+
+def print_job(job: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(job, indent=2))
+        return
+    for key in ("id", "name", "state", "reason", "message", "pending_reason", "slurm_job_id",
+                "node", "partition", "cpus", "memory", "gpus", "time", "created_at",
+                "started_at", "ended_at"):
+        if job.get(key) is not None:
+            print(f"{key:15} {job[key]}")
+
+
+async def wait_for_end(client: Client, job_id: str) -> dict[str, Any]:
+    """Poll the job until it is terminal; a live status line on a terminal only."""
+    progress = None
+    if sys.stderr.isatty():
+        from rich.console import Console
+
+        progress = Console(stderr=True).status(f"job {job_id}: waiting")
+        progress.start()
+    started = time.monotonic()
+    try:
+        while True:
+            job = await client.json("GET", f"/api/v1/jobs/{job_id}")
+            if progress is not None:
+                detail = job["pending_reason"] if job["state"] == "pending" else job["node"]
+                progress.update(f"job {job_id}: {job['state']}"
+                                + (f" ({detail})" if detail else "")
+                                + f"  {time.monotonic() - started:.0f}s")
+            if job["state"] in TERMINAL:
+                return dict(job)
+            await asyncio.sleep(1.0)
+    finally:
+        if progress is not None:
+            progress.stop()
+
+
+async def cmd_submit(args: argparse.Namespace) -> int:
+    client = Client()
+    notebook = Path(args.notebook)
+    form = aiohttp.FormData()
+    form.add_field("spec", json.dumps(spec_from_args(args, "notebook")),
+                   content_type="application/json")
+    form.add_field("notebook", notebook.read_bytes(), filename=notebook.name,
+                   content_type="application/x-ipynb+json")
+    job = await client.json("POST", "/api/v1/jobs", data=form)
+    if not args.wait:
+        print_job(job, True) if args.json else print(f"Submitted job {job['id']}")
+        return 0
+    print(f"Submitted job {job['id']}", file=sys.stderr)
+    job = await wait_for_end(client, job["id"])
+    print_job(job, args.json)
+    return 0 if job["state"] == "succeeded" else 1
+
+
+async def cmd_queue(args: argparse.Namespace) -> int:
+    jobs = (await Client().json("GET", "/api/v1/jobs"))["jobs"]
+    if args.json:
+        print(json.dumps(jobs, indent=2))
+        return 0
+    print(f"{'ID':17} {'NAME':20} {'STATE':11} {'PARTITION':10} {'SLURM':>7}  REASON")
+    for job in jobs:
+        why = job["pending_reason"] or job["reason"] or ""
+        print(f"{job['id']:17} {job['name'][:20]:20} {job['state']:11} {job['partition']:10} "
+              f"{job['slurm_job_id'] or '-':>7}  {why}")
+    return 0
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    print_job(await Client().json("GET", f"/api/v1/jobs/{args.job_id}"), args.json)
+    return 0
+
+
+async def cmd_cancel(args: argparse.Namespace) -> int:
+    job = await Client().json("POST", f"/api/v1/jobs/{args.job_id}/cancel")
+    print_job(job, True) if args.json else print(f"job {job['id']}: {job['state']}")
+    return 0
+
+
+async def cmd_fetch(args: argparse.Namespace) -> int:
+    _, body, _ = await Client().request("GET", f"/api/v1/jobs/{args.job_id}/notebook")
+    if args.output == "-":
+        sys.stdout.buffer.write(body)
+        return 0
+    target = Path(args.output or f"{args.job_id}.ipynb")
+    target.write_bytes(body)
+    print(f"wrote {target}", file=sys.stderr)
+    return 0
+
+
+async def cmd_log(args: argparse.Namespace) -> int:
+    _, body, _ = await Client().request("GET", f"/api/v1/jobs/{args.job_id}/log")
+    sys.stdout.buffer.write(body)
+    return 0

@@ -1,0 +1,72 @@
+"""How a job ended: the scheduler's final state and the job's own exit record, combined.
+
+Pure functions, so every combination is unit-tested without a cluster.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ..scheduler import SchedulerState
+from ..states import Reason, State
+
+_OOM_IN_LOG = re.compile(r"oom[-_ ]kill|out of memory|exceeded (job )?memory limit", re.I)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: State
+    reason: Reason
+    message: str
+
+
+_BY_SCHEDULER: dict[SchedulerState, tuple[State, Reason, str]] = {
+    SchedulerState.TIMEOUT: (State.TIMED_OUT, Reason.TIME_LIMIT, "the job reached its time limit"),
+    SchedulerState.OUT_OF_MEMORY: (
+        State.FAILED, Reason.OUT_OF_MEMORY, "the job was killed for exceeding its memory"),
+    SchedulerState.NODE_FAIL: (State.FAILED, Reason.NODE_FAILURE, "the job's node failed"),
+    SchedulerState.PREEMPTED: (State.FAILED, Reason.PREEMPTED, "the job was preempted"),
+    SchedulerState.LAUNCH_FAILED: (
+        State.FAILED, Reason.LAUNCH_FAILED, "the scheduler could not launch the job"),
+}
+
+
+def decide(
+    scheduler_state: SchedulerState | None,
+    record: dict[str, Any] | None,
+    *,
+    cancel_requested: bool,
+    log_tail: str = "",
+) -> Outcome:
+    """The terminal state of a job.
+
+    ``scheduler_state`` is None when the scheduler forgot the job; then only the exit record
+    speaks, and without one the job is ``lost``. The scheduler's word wins for time limits,
+    memory, node failures and cancellation; the exit record explains the rest.
+    """
+    if scheduler_state is SchedulerState.CANCELLED:
+        who = "on request" if cancel_requested else "outside the gateway"
+        return Outcome(State.CANCELLED, Reason.USER_CANCELLED, f"cancelled {who}")
+    if scheduler_state in _BY_SCHEDULER:
+        state, reason, message = _BY_SCHEDULER[scheduler_state]
+        return Outcome(state, reason, message)
+    if record is None and scheduler_state is None:
+        return Outcome(State.FAILED, Reason.LOST,
+                       "Slurm no longer knows the job and it left no exit record")
+    status = (record or {}).get("status")
+    if status == "ok":
+        return Outcome(State.SUCCEEDED, Reason.COMPLETED, "the notebook ran to the end")
+    if status == "notebook_error":
+        return Outcome(State.FAILED, Reason.NOTEBOOK_ERROR,
+                       f"{record.get('ename', 'Error')}: {record.get('evalue', '')}".strip())
+    if _OOM_IN_LOG.search(log_tail):
+        return Outcome(State.FAILED, Reason.OUT_OF_MEMORY,
+                       "the job was killed for exceeding its memory")
+    if status == "error":
+        return Outcome(State.FAILED, Reason.JOB_ERROR,
+                       f"{record.get('ename', 'Error')}: {record.get('evalue', '')}".strip())
+    tail = log_tail.strip().splitlines()[-5:]
+    return Outcome(State.FAILED, Reason.JOB_ERROR,
+                   "the job ended without an exit record" + (": " + " | ".join(tail) if tail else ""))

@@ -1,0 +1,44 @@
+"""What the job service holds per cluster: its transport, its backend, and poll bookkeeping."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from ..config import ClusterConfig
+from ..scheduler import SchedulerBackend, load_backend
+from ..transport import Transport
+from ..transport.local import LocalTransport
+
+
+@dataclass
+class ClusterRuntime:
+    config: ClusterConfig
+    transport: Transport
+    backend: SchedulerBackend
+    # Set to poll now (a job was submitted or cancelled); the poller clears it.
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # None until the first poll; False while the scheduler can't be reached.
+    reachable: bool | None = None
+    last_error: str | None = None
+    # Gateway job id -> monotonic time since which the scheduler has not listed the job.
+    missing_since: dict[str, float] = field(default_factory=dict)
+    # Gateway job ids whose scancel went through (not re-sent every cycle).
+    cancel_sent: set[str] = field(default_factory=set)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+def make_transport(cluster: ClusterConfig) -> Transport:
+    if cluster.transport == "local":
+        return LocalTransport(cluster)
+    from ..errors import ConfigError
+
+    raise ConfigError(f"cluster {cluster.name}: transport {cluster.transport!r} is not available")
+
+
+def make_runtime(cluster: ClusterConfig) -> ClusterRuntime:
+    transport = make_transport(cluster)
+    return ClusterRuntime(cluster, transport, load_backend(cluster, transport))

@@ -1,0 +1,212 @@
+"""The job service: creates jobs, answers for them, cancels them, and runs their lifecycle.
+
+Requests only ever touch the store and the data directory synchronously (a POST is stored and
+answered 201 at once); everything that talks to the cluster runs in background tasks:
+the submitter (:mod:`.submitter`), one poller per cluster (:mod:`.poller`) and the collector
+(:mod:`.collector`). All of them resume from the store after a restart, so the gateway can be
+killed at any moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import warnings
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import nbformat
+
+from ..config import Config
+from ..errors import ClusterUnavailable, CommandFailed, Conflict, FieldError, ValidationFailed
+from ..spec import parse_spec, resolve_spec
+from ..states import TERMINAL, IllegalTransition, Reason, State
+from ..store import Store, User
+from ..templates import make_environment
+from ..transport import RemoteFileMissing
+from ..units import format_time
+from .collector import collect
+from .poller import poll_forever
+from .runtime import ClusterRuntime
+from .submitter import submit_worker
+
+log = logging.getLogger(__name__)
+
+JOB_ID_BYTES = 8
+
+
+class JobService:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        clusters: dict[str, ClusterRuntime],
+        templates: jinja2.Environment | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clusters = clusters
+        self.templates = templates or make_environment()
+        self.data_dir = config.gateway.data_dir
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.submit_queue: asyncio.Queue[str] = asyncio.Queue()
+
+    # -- background work ------------------------------------------------------------------
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run ``coroutine`` in the background; the service cancels it on stop."""
+        task = asyncio.create_task(coroutine, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def start(self) -> None:
+        """Start the submitter, the pollers and the collectors; resume unfinished jobs."""
+        for job in self.store.jobs_in({State.ACCEPTED, State.STAGING}):
+            self.submit_queue.put_nowait(job["id"])
+        for number in range(4):
+            self.spawn(submit_worker(self), f"submitter-{number}")
+        for runtime in self.clusters.values():
+            self.spawn(poll_forever(self, runtime), f"poller-{runtime.name}")
+        for job in self.store.jobs_in({State.COLLECTING}):
+            self.spawn(collect(self, job["id"]), f"collect-{job['id']}")
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for runtime in self.clusters.values():
+            await runtime.transport.close()
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.data_dir / "jobs" / job_id
+
+    def create_notebook_job(
+        self, user: User, raw_spec: Any, notebook: bytes, idempotency_key: str | None = None
+    ) -> tuple[dict[str, Any], bool]:
+        """Validate and store a notebook run; ``(job, created)``.
+
+        A repeated ``idempotency_key`` of the same user returns the first job and False.
+        Raises ValidationFailed (422) naming every bad field, the notebook included.
+        """
+        if idempotency_key:
+            existing = self.store.job_by_idempotency_key(user.id, idempotency_key)
+            if existing:
+                return existing, False
+        spec = parse_spec(raw_spec)
+        errors: list[FieldError] = []
+        try:
+            with warnings.catch_warnings():  # nbformat warns about missing cell ids; fine
+                warnings.simplefilter("ignore")
+                nbformat.validate(nbformat.reads(notebook.decode("utf-8"), as_version=4))
+        except Exception as exc:  # nbformat raises many types for bad input
+            errors.append(FieldError("notebook", f"not a valid Jupyter notebook: {exc}"[:300]))
+        try:
+            resolved = resolve_spec(spec, self.config, default_name="notebook")
+        except ValidationFailed as exc:
+            raise ValidationFailed(errors + exc.errors) from None
+        if errors:
+            raise ValidationFailed(errors)
+        job_id = secrets.token_hex(JOB_ID_BYTES)
+        directory = self.job_dir(job_id)
+        directory.mkdir(parents=True, mode=0o700)
+        (directory / "input.ipynb").write_bytes(notebook)
+        cluster = self.clusters[resolved.cluster].config
+        row = {
+            "id": job_id,
+            "user_id": user.id,
+            "unix_user": user.unix_user,
+            "kind": resolved.kind,
+            "name": resolved.name,
+            "cluster": resolved.cluster,
+            "spec": resolved.model_dump_json(),
+            "workdir": f"{cluster.work_root.replace('{unix_user}', user.unix_user)}/{job_id}",
+            "idempotency_key": idempotency_key,
+        }
+        try:
+            job = self.store.insert_job(row)
+        except Conflict:  # the same key raced in from a parallel request
+            existing = self.store.job_by_idempotency_key(user.id, idempotency_key or "")
+            assert existing is not None
+            return existing, False
+        self.submit_queue.put_nowait(job_id)
+        return job, True
+
+    async def cancel(self, user: User, job_id: str) -> tuple[dict[str, Any], bool]:
+        """Cancel a job; ``(job, accepted)``. Idempotent; a terminal job is returned unchanged.
+
+        A job not yet in Slurm is cancelled at once. Otherwise ``scancel`` is sent now if the
+        scheduler answers, else by the poller as soon as it does; the state follows Slurm.
+        """
+        job = self.store.get_job(job_id, user.id)
+        if State(job["state"]) in TERMINAL:
+            return job, False
+        self.store.update_job(job_id, cancel_requested=1)
+        if job["state"] == State.ACCEPTED:
+            try:
+                return self.store.transition(
+                    job_id, State.CANCELLED, reason=Reason.USER_CANCELLED,
+                    message="cancelled before submission"), True
+            except IllegalTransition:  # the submitter picked it up meanwhile
+                job = self.store.get_job(job_id)
+        runtime = self.clusters.get(job["cluster"])
+        if job["slurm_job_id"] and runtime:
+            try:
+                await runtime.backend.cancel(job["slurm_job_id"], user=job["unix_user"])
+                runtime.cancel_sent.add(job_id)
+            except (ClusterUnavailable, CommandFailed) as exc:
+                log.warning("scancel for %s deferred: %s", job_id, exc.detail)
+            runtime.wake.set()
+        return self.store.get_job(job_id), True
+
+    def output_notebook(self, user: User, job_id: str) -> Path | None:
+        job = self.store.get_job(job_id, user.id)
+        path = self.job_dir(job_id) / "output.ipynb"
+        return path if job["has_notebook"] and path.exists() else None
+
+    async def job_log(self, user: User, job_id: str) -> bytes:
+        """The job's output log: collected once it ended, read live from the cluster before."""
+        job = self.store.get_job(job_id, user.id)
+        collected = self.job_dir(job_id) / "job.log"
+        if State(job["state"]) in TERMINAL or not job["slurm_job_id"]:
+            return collected.read_bytes() if collected.exists() else b""
+        runtime = self.clusters.get(job["cluster"])
+        if runtime is None:
+            return b""
+        try:
+            return await runtime.transport.read_file(
+                f"{job['workdir']}/job.log", user=job["unix_user"],
+                tail_bytes=self.config.gateway.log_tail_bytes)
+        except RemoteFileMissing:
+            return b""
+
+
+def job_view(job: dict[str, Any]) -> dict[str, Any]:
+    """A job as the API returns it (design.md §3)."""
+    spec = json.loads(job["spec"])
+    view = {
+        key: job[key]
+        for key in ("id", "kind", "name", "cluster", "state", "pending_reason", "reason",
+                    "message", "slurm_job_id", "node", "created_at", "started_at", "ended_at",
+                    "updated_at")
+    }
+    view.update(
+        {key: spec[key] for key in ("partition", "account", "qos", "constraint", "reservation",
+                                    "cpus", "gpus", "gpu_type", "image", "kernel", "parameters")}
+    )
+    view["memory"] = f"{spec['memory_mb']}M" if spec["memory_mb"] else None
+    view["time"] = format_time(spec["time_s"])
+    view["scheduler_reachable"] = bool(job["scheduler_reachable"])
+    view["notebook_available"] = bool(job["has_notebook"])
+    return view

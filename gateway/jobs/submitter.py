@@ -1,0 +1,139 @@
+"""Submission: stage a job's files on the cluster and hand its script to the scheduler.
+
+A job moves ``accepted -> staging -> pending``. An unreachable scheduler keeps it in ``staging``
+(retried with backoff) until the cluster's ``submit_deadline``, then it fails ``launch_failed``.
+``submit_attempts`` is stored *before* sbatch runs: a job that has been attempted is first looked
+for by its tag, so an sbatch whose answer was lost (timeout, gateway killed) is adopted, never
+repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ClusterUnavailable, GatewayError
+from ..spec import ResolvedSpec
+from ..states import TERMINAL, IllegalTransition, Reason, State
+from ..store import parse_time
+from ..templates import render
+from .runtime import ClusterRuntime
+
+if TYPE_CHECKING:
+    from .service import JobService
+
+log = logging.getLogger(__name__)
+MAX_BACKOFF = 30.0
+
+
+async def submit_worker(service: JobService) -> None:
+    """Take job ids off the queue forever and submit each."""
+    while True:
+        job_id = await service.submit_queue.get()
+        try:
+            await submit_job(service, job_id)
+        except Exception:
+            log.exception("submission of job %s failed unexpectedly", job_id)
+
+
+def render_script(service: JobService, job: dict[str, Any], runtime: ClusterRuntime) -> str:
+    spec = ResolvedSpec.model_validate_json(job["spec"])
+    return render(
+        service.templates,
+        "notebook.sh.j2",
+        job_id=job["id"],
+        workdir=job["workdir"],
+        python=runtime.config.python,
+        slurm_name=slurm_job_name(spec.name),
+        spec=spec,
+    )
+
+
+def slurm_job_name(name: str) -> str:
+    """The job name as Slurm shows it: the gateway name reduced to safe characters."""
+    cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in name)
+    return ("hpcgw-" + cleaned)[:64]
+
+
+async def submit_job(service: JobService, job_id: str) -> None:
+    """Bring one job from ``accepted``/``staging`` into the scheduler, or to a terminal state."""
+    store = service.store
+    job = store.get_job(job_id)
+    runtime = service.clusters.get(job["cluster"])
+    if State(job["state"]) in TERMINAL:
+        return
+    try:
+        if runtime is None:
+            store.transition(job_id, State.STAGING)
+            store.transition(job_id, State.FAILED, reason=Reason.LAUNCH_FAILED,
+                             message=f"cluster {job['cluster']} is disabled")
+            return
+        if job["state"] == State.ACCEPTED:
+            job = store.transition(job_id, State.STAGING)
+    except IllegalTransition:  # cancelled meanwhile
+        return
+    deadline = parse_time(job["created_at"]).timestamp() + runtime.config.submit_deadline
+    backoff = 1.0
+    while True:
+        try:
+            await _attempt(service, runtime, store.get_job(job_id))
+            return
+        except ClusterUnavailable as exc:
+            store.update_job(job_id, scheduler_reachable=0, message=exc.detail)
+            if time.time() + backoff > deadline:
+                store.transition(job_id, State.FAILED, reason=Reason.LAUNCH_FAILED,
+                                 message=f"scheduler unreachable until the deadline: {exc.detail}")
+                return
+        except GatewayError as exc:
+            store.transition(job_id, State.FAILED, reason=Reason.LAUNCH_FAILED,
+                             message=exc.detail)
+            return
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, MAX_BACKOFF)
+
+
+async def _attempt(service: JobService, runtime: ClusterRuntime, job: dict[str, Any]) -> None:
+    store = service.store
+    if job["cancel_requested"] and not job["submit_attempts"]:
+        store.transition(job["id"], State.CANCELLED, reason=Reason.USER_CANCELLED,
+                         message="cancelled before submission")
+        return
+    if job["submit_attempts"]:
+        found = await runtime.backend.find_by_tag(job["id"])
+        if found is not None:
+            log.info("job %s: adopting Slurm job %s", job["id"], found.job_id)
+            store.update_job(job["id"], slurm_job_id=found.job_id)
+            _entered_scheduler(service, runtime, job["id"], found.job_id)
+            return
+    await stage_inputs(service, runtime, job)
+    store.update_job(job["id"], submit_attempts=job["submit_attempts"] + 1)
+    slurm_job_id = await runtime.backend.submit(
+        render_script(service, job, runtime), user=job["unix_user"], tag=job["id"])
+    _entered_scheduler(service, runtime, job["id"], slurm_job_id)
+
+
+def _entered_scheduler(
+    service: JobService, runtime: ClusterRuntime, job_id: str, slurm_job_id: str
+) -> None:
+    service.store.transition(job_id, State.PENDING, slurm_job_id=slurm_job_id,
+                             scheduler_reachable=1, message=None)
+    runtime.wake.set()
+
+
+async def stage_inputs(service: JobService, runtime: ClusterRuntime, job: dict[str, Any]) -> None:
+    """Create the job's private directory on the cluster and put its inputs there."""
+    transport, user, workdir = runtime.transport, job["unix_user"], job["workdir"]
+    spec = ResolvedSpec.model_validate_json(job["spec"])
+    runner = resources.files("gateway.jobside").joinpath("runner.py").read_bytes()
+    notebook = (service.job_dir(job["id"]) / "input.ipynb").read_bytes()
+    await transport.put_files(workdir, {
+        "input.ipynb": notebook,
+        "parameters.json": json.dumps(spec.parameters).encode(),
+        "runner.py": runner,
+        "job.sh": render_script(service, job, runtime).encode(),
+    }, user=user)
+

@@ -1,0 +1,90 @@
+"""The scheduler backend contract (like Open OnDemand's adapters).
+
+A backend turns four questions into its scheduler's commands, always through the cluster's
+transport: ``submit``, ``status_many``, ``cancel``, ``cluster_info`` (plus ``find_by_tag`` so a
+submission whose answer was lost can be adopted instead of repeated). Backends report states in the
+scheduler-neutral :class:`SchedulerState`; the job service maps those onto gateway states.
+Backends load through the ``hpcgw.schedulers`` entry point group, so a site can add one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from importlib.metadata import entry_points
+from typing import Any, Protocol
+
+from ..config import ClusterConfig
+from ..errors import ConfigError
+from ..transport import Transport
+
+
+class SchedulerState(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMEOUT = "TIMEOUT"
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    NODE_FAIL = "NODE_FAIL"
+    PREEMPTED = "PREEMPTED"
+    LAUNCH_FAILED = "LAUNCH_FAILED"
+
+    @property
+    def ended(self) -> bool:
+        return self not in (SchedulerState.PENDING, SchedulerState.RUNNING)
+
+
+@dataclass(frozen=True)
+class SchedulerStatus:
+    """What the scheduler says about one job right now."""
+
+    job_id: str
+    state: SchedulerState
+    raw_state: str
+    pending_reason: str | None = None
+    node: str | None = None
+    exit_code: int | None = None
+    tag: str | None = None
+    user: str | None = None
+
+
+class SchedulerBackend(Protocol):
+    async def submit(self, script: str, *, user: str, tag: str) -> str:
+        """Submit ``script`` (sent on stdin) as unix user ``user``; the scheduler's job id.
+
+        ``tag`` (the gateway job id) is attached to the scheduler's job so that
+        :meth:`find_by_tag` can find it again after a lost answer or a gateway crash.
+        """
+        ...
+
+    async def status_many(self, job_ids: Iterable[str]) -> dict[str, SchedulerStatus]:
+        """The status of each job the scheduler still knows; unknown ids are left out.
+
+        One queue query for all ids, plus at most one accounting query for ids that already left
+        the queue. Raises :class:`gateway.errors.CommandFailed` when the scheduler can't be reached.
+        """
+        ...
+
+    async def find_by_tag(self, tag: str) -> SchedulerStatus | None:
+        """The job submitted with this gateway tag, if the scheduler still lists one."""
+        ...
+
+    async def cancel(self, job_id: str, *, user: str) -> None:
+        """Ask the scheduler to cancel ``job_id`` as ``user``; a job already gone is not an error."""
+        ...
+
+    async def cluster_info(self) -> dict[str, Any]:
+        """Partitions as the scheduler sees them: ``{"partitions": {name: {...}}}``."""
+        ...
+
+
+def load_backend(cluster: ClusterConfig, transport: Transport) -> SchedulerBackend:
+    """Instantiate the backend named by ``cluster.scheduler`` from the entry point group."""
+    for entry in entry_points(group="hpcgw.schedulers"):
+        if entry.name == cluster.scheduler:
+            backend: SchedulerBackend = entry.load()(cluster, transport)
+            return backend
+    raise ConfigError(f"cluster {cluster.name}: unknown scheduler {cluster.scheduler!r}")

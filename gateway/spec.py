@@ -1,0 +1,181 @@
+"""Job specifications: the request model (pydantic) and its check against a cluster's policy.
+
+:class:`JobSpec` is what a client sends (unknown fields refused). :func:`resolve_spec` checks it
+against the cluster's allowlists and limits and fills the defaults, collecting *every* failing
+field into one :class:`ValidationFailed` (422) before anything reaches Slurm. The result,
+:class:`ResolvedSpec`, only holds values that are safe to put in an ``#SBATCH`` line.
+"""
+
+from __future__ import annotations
+
+import keyword
+import unicodedata
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .config import Config
+from .errors import FieldError, ValidationFailed
+from .units import format_time, parse_memory_mb, parse_time
+
+
+class JobSpec(BaseModel):
+    """A job as a client asks for it (design.md §3, "A job spec")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["notebook", "lab"] = "notebook"
+    name: str | None = Field(None, max_length=128)
+    cluster: str | None = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    reservation: str | None = None
+    gpus: int = Field(0, ge=0, le=64)
+    gpu_type: str | None = None
+    cpus: int = Field(1, ge=1, le=4096)
+    memory: str | None = None
+    time: str | None = None
+    image: str | None = None
+    kernel: str = "python3"
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    inputs: list[dict[str, str]] = Field(default_factory=list)
+    outputs: list[dict[str, str]] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, value: str | None) -> str | None:
+        if value is not None and any(unicodedata.category(c).startswith("C") for c in value):
+            raise ValueError("must not contain control characters (newlines, tabs, ...)")
+        return value
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameter_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # papermill writes `name = value` into the notebook: a name must be a plain identifier.
+        bad = [k for k in value if not k.isidentifier() or keyword.iskeyword(k)]
+        if bad:
+            raise ValueError(f"parameter names must be Python identifiers: {bad!r}"[:300])
+        return value
+
+
+class ResolvedSpec(BaseModel):
+    """A spec checked against its cluster, defaults filled in; every value is allowlisted."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["notebook", "lab"]
+    name: str
+    cluster: str
+    partition: str
+    account: str | None
+    qos: str | None
+    constraint: str | None
+    reservation: str | None
+    gpus: int
+    gpu_type: str | None
+    cpus: int
+    memory_mb: int | None
+    time_s: int
+    image: str | None
+    kernel: str
+    parameters: dict[str, Any]
+
+    @property
+    def time(self) -> str:
+        return format_time(self.time_s)
+
+    @property
+    def gres(self) -> str | None:
+        if not self.gpus:
+            return None
+        return f"gpu:{self.gpu_type}:{self.gpus}" if self.gpu_type else f"gpu:{self.gpus}"
+
+
+def parse_spec(raw: Any) -> JobSpec:
+    """Validate the shape of a spec; a 422 naming each failing field otherwise."""
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise ValidationFailed(
+            [
+                FieldError(".".join(str(p) for p in e["loc"]) or "spec", e["msg"])
+                for e in exc.errors()
+            ]
+        ) from None
+
+
+def _allowed(errors: list[FieldError], field: str, value: str | None, allowed: list[str]) -> None:
+    if value is not None and value not in allowed:
+        shown = ", ".join(allowed) if allowed else "none are configured"
+        errors.append(FieldError(field, f"{value!r} is not allowed here (allowed: {shown})"))
+
+
+def resolve_spec(spec: JobSpec, config: Config, default_name: str) -> ResolvedSpec:
+    """Check ``spec`` against its cluster's policy and fill defaults; 422 with every failure."""
+    errors: list[FieldError] = []
+    cluster = config.cluster(spec.cluster)
+    if cluster is None:
+        known = ", ".join(c.name for c in config.clusters)
+        raise ValidationFailed([FieldError("cluster", f"unknown cluster (known: {known})")])
+    partition_name = spec.partition or cluster.default_partition
+    partition = cluster.partitions.get(partition_name)
+    if partition is None:
+        errors.append(FieldError(
+            "partition", f"unknown partition {partition_name!r} (known: "
+            + ", ".join(cluster.partitions) + ")"))
+    _allowed(errors, "account", spec.account, cluster.accounts)
+    _allowed(errors, "qos", spec.qos, cluster.qos)
+    _allowed(errors, "constraint", spec.constraint, cluster.constraints)
+    _allowed(errors, "reservation", spec.reservation, cluster.reservations)
+    _allowed(errors, "image", spec.image, cluster.images)
+    _allowed(errors, "kernel", spec.kernel, cluster.kernels)
+    if spec.inputs or spec.outputs:
+        field = "inputs" if spec.inputs else "outputs"
+        errors.append(FieldError(field, "staging connectors are not enabled on this gateway"))
+    if spec.kind == "lab":
+        errors.append(FieldError("kind", "interactive labs are not enabled on this gateway yet"))
+    time_s = memory_mb = None
+    try:
+        time_s = parse_time(spec.time) if spec.time else None
+    except ValueError:
+        errors.append(FieldError("time", "use Slurm's HH:MM:SS or D-HH:MM:SS"))
+    try:
+        memory_mb = parse_memory_mb(spec.memory) if spec.memory else None
+    except ValueError:
+        errors.append(FieldError("memory", "use a size such as 512M or 4G"))
+    if partition is not None:
+        time_s = time_s or partition.default_time_s
+        _check_limits(errors, spec, time_s, memory_mb, partition)
+    if errors:
+        raise ValidationFailed(errors)
+    assert partition is not None and time_s is not None
+    return ResolvedSpec(
+        kind=spec.kind, name=spec.name or default_name, cluster=cluster.name,
+        partition=partition_name, account=spec.account, qos=spec.qos,
+        constraint=spec.constraint, reservation=spec.reservation, gpus=spec.gpus,
+        gpu_type=spec.gpu_type, cpus=spec.cpus, memory_mb=memory_mb, time_s=time_s,
+        image=spec.image, kernel=spec.kernel, parameters=spec.parameters,
+    )
+
+
+def _check_limits(
+    errors: list[FieldError], spec: JobSpec, time_s: int, memory_mb: int | None, partition: Any
+) -> None:
+    if time_s > partition.max_time_s:
+        errors.append(FieldError("time", f"over the partition's limit of {partition.max_time}"))
+    if time_s < 60:
+        errors.append(FieldError("time", "at least one minute"))
+    if spec.cpus > partition.max_cpus:
+        errors.append(FieldError("cpus", f"at most {partition.max_cpus} on this partition"))
+    if memory_mb is not None and memory_mb > partition.max_memory_mb:
+        errors.append(FieldError("memory", f"at most {partition.max_memory} on this partition"))
+    if spec.gpus > partition.max_gpus:
+        errors.append(FieldError("gpus", f"at most {partition.max_gpus} on this partition"))
+    if spec.gpu_type is not None:
+        if not spec.gpus:
+            errors.append(FieldError("gpu_type", "needs gpus >= 1"))
+        elif spec.gpu_type not in partition.gpu_types:
+            shown = ", ".join(partition.gpu_types) or "none are configured"
+            errors.append(FieldError("gpu_type", f"unknown GPU type (allowed: {shown})"))

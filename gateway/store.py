@@ -1,0 +1,300 @@
+"""The gateway's state: SQLite through sqlite-utils, WAL mode, schema versioned by user_version.
+
+Jobs, their state history (``events``), gateway users and their tokens (stored as SHA-256 hashes:
+tokens are 256-bit random strings, so a fast hash is enough and lookups stay indexed). Artifacts
+(notebooks, logs) live in the data directory, not here. Every state change goes through
+:meth:`Store.transition`, which checks the transition table and writes the event row in the same
+transaction; terminal states are therefore sticky by construction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from .errors import Conflict, NotFound
+from .states import TERMINAL, State, check_transition
+
+TOKEN_PREFIX = "hpcgw_"
+
+# Each entry upgrades the schema by one version; never edit a released entry, append a new one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        unix_user TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE tokens (
+        id INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        revoked_at TEXT
+    );
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        unix_user TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        cluster TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT,
+        message TEXT,
+        pending_reason TEXT,
+        slurm_job_id TEXT,
+        slurm_state TEXT,
+        exit_code INTEGER,
+        node TEXT,
+        spec TEXT NOT NULL,
+        workdir TEXT NOT NULL,
+        idempotency_key TEXT,
+        submit_attempts INTEGER NOT NULL DEFAULT 0,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        scheduler_reachable INTEGER NOT NULL DEFAULT 1,
+        has_notebook INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        last_seen_at TEXT,
+        started_at TEXT,
+        ended_at TEXT
+    );
+    CREATE INDEX jobs_user ON jobs(user_id, created_at);
+    CREATE INDEX jobs_state ON jobs(state);
+    CREATE UNIQUE INDEX jobs_idempotency ON jobs(user_id, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        job_id TEXT NOT NULL REFERENCES jobs(id),
+        at TEXT NOT NULL,
+        from_state TEXT,
+        to_state TEXT NOT NULL,
+        reason TEXT,
+        message TEXT
+    );
+    CREATE INDEX events_job ON events(job_id, id);
+    """,
+]
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+    unix_user: str
+
+
+class Store:
+    """All reads and writes of the gateway's database. One instance per process."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db = sqlite_utils.Database(connection)
+        self.db.enable_wal()
+        self.db.execute("PRAGMA foreign_keys = ON")
+        self.db.execute("PRAGMA busy_timeout = 5000")
+        self.db.execute("PRAGMA synchronous = NORMAL")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            with self._transaction():
+                for statement in filter(str.strip, script.split(";")):
+                    self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version = {number}")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    # -- users and tokens -------------------------------------------------------------------
+
+    def add_user(self, name: str, unix_user: str) -> User:
+        if self.db["users"].count_where("name = ?", [name]):
+            raise Conflict(f"user {name!r} already exists")
+        row_id = self.db["users"].insert(
+            {"name": name, "unix_user": unix_user, "created_at": utcnow()}
+        ).last_pk
+        return User(int(row_id), name, unix_user)
+
+    def get_user(self, name: str) -> User:
+        rows = list(self.db["users"].rows_where("name = ?", [name]))
+        if not rows:
+            raise NotFound(f"no user {name!r}")
+        return User(rows[0]["id"], rows[0]["name"], rows[0]["unix_user"])
+
+    def list_users(self) -> list[dict[str, Any]]:
+        return list(self.db.query(
+            "SELECT u.name, u.unix_user, u.created_at, COUNT(t.id) AS active_tokens FROM users u "
+            "LEFT JOIN tokens t ON t.user_id = u.id AND t.revoked_at IS NULL "
+            "GROUP BY u.id ORDER BY u.name"
+        ))
+
+    def issue_token(self, user: User) -> str:
+        """A new random token for ``user``; only its hash is stored, so show it once."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        self.db["tokens"].insert(
+            {"user_id": user.id, "token_hash": hash_token(token), "created_at": utcnow()}
+        )
+        return token
+
+    def revoke_tokens(self, user: User) -> int:
+        cursor = self.db.execute(
+            "UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
+            [utcnow(), user.id],
+        )
+        return cursor.rowcount
+
+    def revoke_token(self, token: str) -> bool:
+        cursor = self.db.execute(
+            "UPDATE tokens SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL",
+            [utcnow(), hash_token(token)],
+        )
+        return cursor.rowcount == 1
+
+    def user_for_token(self, token: str) -> User | None:
+        row = self.db.execute(
+            "SELECT u.id, u.name, u.unix_user FROM tokens t JOIN users u ON u.id = t.user_id "
+            "WHERE t.token_hash = ? AND t.revoked_at IS NULL",
+            [hash_token(token)],
+        ).fetchone()
+        return User(*row) if row else None
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def insert_job(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Store a new job in state ``accepted`` with its first event.
+
+        Raises :class:`Conflict` if (user, idempotency_key) already has a job.
+        """
+        now = utcnow()
+        row = {**job, "state": State.ACCEPTED.value, "created_at": now, "updated_at": now}
+        try:
+            with self._transaction():
+                self.db["jobs"].insert(row)
+                self._event(job["id"], None, State.ACCEPTED, None, None, now)
+        except sqlite3.IntegrityError as exc:
+            raise Conflict("a job with this idempotency key exists") from exc
+        return self.get_job(job["id"])
+
+    def _event(
+        self, job_id: str, old: State | None, new: State, reason: str | None,
+        message: str | None, at: str,
+    ) -> None:
+        self.db["events"].insert({
+            "job_id": job_id, "at": at, "from_state": old, "to_state": new,
+            "reason": reason, "message": message,
+        })
+
+    def get_job(self, job_id: str, user_id: int | None = None) -> dict[str, Any]:
+        """The job, if it exists and (when ``user_id`` is given) belongs to that user.
+
+        Another user's job raises the same :class:`NotFound` as a missing one.
+        """
+        rows = list(self.db["jobs"].rows_where("id = ?", [job_id]))
+        if not rows or (user_id is not None and rows[0]["user_id"] != user_id):
+            raise NotFound(f"no job {job_id}")
+        return rows[0]
+
+    def job_by_idempotency_key(self, user_id: int, key: str) -> dict[str, Any] | None:
+        rows = list(self.db["jobs"].rows_where(
+            "user_id = ? AND idempotency_key = ?", [user_id, key]))
+        return rows[0] if rows else None
+
+    def list_jobs(self, user_id: int, limit: int = 500) -> list[dict[str, Any]]:
+        return list(self.db["jobs"].rows_where(
+            "user_id = ?", [user_id], order_by="created_at DESC, rowid DESC", limit=limit))
+
+    def jobs_in(self, states: frozenset[State] | set[State]) -> list[dict[str, Any]]:
+        marks = ",".join("?" for _ in states)
+        return list(self.db["jobs"].rows_where(
+            f"state IN ({marks})", [s.value for s in states], order_by="created_at"))
+
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        return list(self.db.query(
+            "SELECT at, from_state, to_state, reason, message FROM events "
+            "WHERE job_id = ? ORDER BY id", [job_id]))
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        """Change fields other than ``state`` (use :meth:`transition` for that)."""
+        assert "state" not in fields
+        fields["updated_at"] = utcnow()
+        self.db["jobs"].update(job_id, fields)
+
+    def update_many(self, changes: dict[str, dict[str, Any]]) -> None:
+        """Apply several field updates in one transaction (the poll cycle's bulk write)."""
+        if not changes:
+            return
+        now = utcnow()
+        with self._transaction():
+            for job_id, fields in changes.items():
+                assert "state" not in fields
+                self.db["jobs"].update(job_id, {**fields, "updated_at": now})
+
+    def transition(
+        self, job_id: str, new: State, *, reason: str | None = None,
+        message: str | None = None, **fields: Any,
+    ) -> dict[str, Any]:
+        """Move a job to ``new`` (checked against the table), record the event, set ``fields``.
+
+        Entering a terminal state sets ``ended_at``; entering ``running`` sets ``started_at``.
+        Raises :class:`gateway.states.IllegalTransition` for a move the table does not allow.
+        """
+        now = utcnow()
+        with self._transaction():
+            old = State(self.get_job(job_id)["state"])
+            check_transition(old, new)
+            update = {**fields, "state": new.value, "updated_at": now}
+            if reason is not None:
+                update["reason"] = reason
+            if message is not None:
+                update["message"] = message
+            if new in TERMINAL:
+                update["ended_at"] = now
+            if new is State.RUNNING:
+                update.setdefault("started_at", now)
+            if new is not State.PENDING:
+                update["pending_reason"] = None
+            self.db["jobs"].update(job_id, update)
+            self._event(job_id, old, new, reason, message, now)
+        return self.get_job(job_id)
+
+
+def spec_of(job: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = json.loads(job["spec"])
+    return spec
