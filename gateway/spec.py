@@ -25,7 +25,7 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["notebook", "lab"] = "notebook"
-    name: str | None = Field(None, max_length=128)
+    name: str | None = Field(None, max_length=256)
     cluster: str | None = None
     partition: str | None = None
     account: str | None = None

@@ -1,0 +1,196 @@
+"""Integration fixtures: the real dev cluster (must be up) and a real `hpcgw serve` process.
+
+A missing component fails the run, it never skips: `scripts/dev-cluster up` first (the README's
+test command does it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import nbformat
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DEV_DIR = Path(os.environ.get("HPCGW_DEV_DIR", "/var/lib/hpcgw-dev"))
+HPCGW = [sys.executable, "-m", "gateway.cli.main"]
+TERMINAL = {"succeeded", "failed", "cancelled", "timed_out"}
+
+pytestmark = pytest.mark.integration
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def dev_config() -> Path:
+    status = subprocess.run([str(REPO / "scripts" / "dev-cluster"), "status"],
+                            capture_output=True, text=True)
+    if status.returncode != 0:
+        pytest.fail("the dev cluster is not running: run `scripts/dev-cluster up` first\n"
+                    + status.stdout + status.stderr)
+    return DEV_DIR / "gateway.toml"
+
+
+@dataclass
+class Gateway:
+    url: str
+    config: Path
+    tokens: dict[str, str]
+    process: subprocess.Popen[str]
+    log_path: Path
+
+    def env(self, user: str) -> dict[str, str]:
+        return {**os.environ, "HPCGW_URL": self.url, "HPCGW_TOKEN": self.tokens[user],
+                "HPCGW_CONFIG": str(self.config)}
+
+    def cli(self, user: str, *args: str, check: bool = True,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([*HPCGW, *args], env=self.env(user), capture_output=True,
+                                text=True, timeout=600, cwd=cwd)
+        if check and result.returncode != 0:
+            raise AssertionError(f"hpcgw {' '.join(args)} exited {result.returncode}:\n"
+                                 f"{result.stdout}\n{result.stderr}")
+        return result
+
+
+def write_config(source: Path, target: Path, data_dir: Path) -> None:
+    """A copy of the dev cluster's gateway config with its own data directory."""
+    text = source.read_text()
+    text = re.sub(r'(?m)^data_dir = ".*"$', f'data_dir = "{data_dir}"', text)
+    tomllib.loads(text)
+    target.write_text(text)
+
+
+def start_gateway(config: Path, log_path: Path) -> tuple[subprocess.Popen[str], str]:
+    """Start `hpcgw serve --port 0`; (process, url) once it listens."""
+    log_file = log_path.open("a")
+    process = subprocess.Popen([*HPCGW, "--config", str(config), "serve", "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=log_file, text=True, cwd=REPO)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    match = re.search(r"serving on (http://\S+)", line)
+    if not match:
+        process.kill()
+        pytest.fail(f"hpcgw serve did not start: {line!r}\n{log_path.read_text()[-3000:]}")
+    return process, match[1]
+
+
+def stop_gateway(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def gateway(dev_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    home = tmp_path_factory.mktemp("gateway")
+    config = home / "gateway.toml"
+    write_config(dev_config, config, home / "data")
+    tokens = {}
+    for user in ("alice", "bob"):
+        added = subprocess.run([*HPCGW, "--config", str(config), "user", "add", user,
+                                "--unix-user", user], capture_output=True, text=True, check=True)
+        tokens[user] = added.stdout.strip().splitlines()[-1]
+    log_path = home / "gateway.log"
+    process, url = start_gateway(config, log_path)
+    yield Gateway(url, config, tokens, process, log_path)
+    stop_gateway(process)
+    artifacts = os.environ.get("HPCGW_ARTIFACTS")
+    if artifacts:
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+        (Path(artifacts) / "gateway.log").write_text(log_path.read_text())
+
+
+def make_notebook(*sources: str, parameters: str = "alpha = 0.1") -> bytes:
+    """A notebook whose first cell is the `parameters`-tagged one."""
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                       "language": "python"}
+    first = nbformat.v4.new_code_cell(parameters)
+    first.metadata["tags"] = ["parameters"]
+    notebook.cells = [first, *(nbformat.v4.new_code_cell(s) for s in sources)]
+    return nbformat.writes(notebook).encode()
+
+
+class Api:
+    """Async HTTP helper for one gateway user (raw status codes, no raising)."""
+
+    def __init__(self, gateway: Gateway, user: str) -> None:
+        self.base = gateway.url
+        self.headers = {"Authorization": f"Bearer {gateway.tokens[user]}"}
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.request(
+                method, self.base + path, headers={**self.headers, **kwargs.pop("headers", {})},
+                **kwargs) as reply:
+            body = await reply.read()
+            if reply.content_type in ("application/json", "application/problem+json"):
+                return reply.status, json.loads(body)
+            return reply.status, body
+
+    async def submit(self, notebook: bytes, spec: dict[str, Any],
+                     headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        form = aiohttp.FormData()
+        form.add_field("spec", json.dumps(spec), content_type="application/json")
+        form.add_field("notebook", notebook, filename="nb.ipynb",
+                       content_type="application/x-ipynb+json")
+        return await self.call("POST", "/api/v1/jobs", data=form, headers=headers or {})
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        status, body = await self.call("GET", f"/api/v1/jobs/{job_id}")
+        assert status == 200, body
+        return dict(body)
+
+    async def wait_for(self, job_id: str, predicate: Callable[[dict[str, Any]], bool],
+                       timeout: float = 60, what: str = "condition") -> dict[str, Any]:
+        """Poll the job until ``predicate(job)``; fail with the last job seen at the deadline."""
+        deadline = time.monotonic() + timeout
+        job: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            job = await self.job(job_id)
+            if predicate(job):
+                return job
+            await asyncio.sleep(0.25)
+        raise AssertionError(f"job {job_id}: no {what} within {timeout}s; last seen {job}")
+
+    async def wait_terminal(self, job_id: str, timeout: float = 90) -> dict[str, Any]:
+        return await self.wait_for(job_id, lambda j: j["state"] in TERMINAL, timeout, "end")
+
+
+@pytest.fixture
+def alice(gateway: Gateway) -> Api:
+    return Api(gateway, "alice")
+
+
+@pytest.fixture
+def bob(gateway: Gateway) -> Api:
+    return Api(gateway, "bob")
+
+
+def squeue_state(slurm_job_id: str) -> str:
+    """The job's state in Slurm right now ('' if squeue no longer lists it)."""
+    out = subprocess.run(["squeue", "-h", "-a", "-t", "all", "-j", slurm_job_id, "-o", "%T"],
+                         capture_output=True, text=True).stdout
+    return out.strip()
