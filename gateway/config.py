@@ -165,7 +165,7 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     gateway: GatewayConfig
-    poll: PollConfig = PollConfig()
+    poll: PollConfig = Field(default_factory=lambda: PollConfig.model_validate({}))
     clusters: list[ClusterConfig]
     cluster_errors: dict[str, str] = Field(default_factory=dict, exclude=True)
 

@@ -25,7 +25,7 @@ import sqlite_utils
 from .errors import Conflict, NotFound
 from .states import TERMINAL, State, check_transition
 
-TOKEN_PREFIX = "hpcgw_"
+TOKEN_PREFIX = "hpcgw_"  # noqa: S105 - a recognisable prefix, not a secret
 
 # Each entry upgrades the schema by one version; never edit a released entry, append a new one.
 MIGRATIONS: list[str] = [
@@ -139,21 +139,25 @@ class Store:
             raise
         self.db.execute("COMMIT")
 
+    def _table(self, name: str) -> sqlite_utils.db.Table:
+        return self.db.table(name)
+
     def close(self) -> None:
         self.db.conn.close()
 
     # -- users and tokens -------------------------------------------------------------------
 
     def add_user(self, name: str, unix_user: str) -> User:
-        if self.db["users"].count_where("name = ?", [name]):
+        if self._table("users").count_where("name = ?", [name]):
             raise Conflict(f"user {name!r} already exists")
-        row_id = self.db["users"].insert(
+        row_id = self._table("users").insert(
             {"name": name, "unix_user": unix_user, "created_at": utcnow()}
         ).last_pk
+        assert row_id is not None
         return User(int(row_id), name, unix_user)
 
     def get_user(self, name: str) -> User:
-        rows = list(self.db["users"].rows_where("name = ?", [name]))
+        rows = list(self._table("users").rows_where("name = ?", [name]))
         if not rows:
             raise NotFound(f"no user {name!r}")
         return User(rows[0]["id"], rows[0]["name"], rows[0]["unix_user"])
@@ -168,7 +172,7 @@ class Store:
     def issue_token(self, user: User) -> str:
         """A new random token for ``user``; only its hash is stored, so show it once."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        self.db["tokens"].insert(
+        self._table("tokens").insert(
             {"user_id": user.id, "token_hash": hash_token(token), "created_at": utcnow()}
         )
         return token
@@ -206,7 +210,7 @@ class Store:
         row = {**job, "state": State.ACCEPTED.value, "created_at": now, "updated_at": now}
         try:
             with self._transaction():
-                self.db["jobs"].insert(row)
+                self._table("jobs").insert(row)
                 self._event(job["id"], None, State.ACCEPTED, None, None, now)
         except sqlite3.IntegrityError as exc:
             raise Conflict("a job with this idempotency key exists") from exc
@@ -216,7 +220,7 @@ class Store:
         self, job_id: str, old: State | None, new: State, reason: str | None,
         message: str | None, at: str,
     ) -> None:
-        self.db["events"].insert({
+        self._table("events").insert({
             "job_id": job_id, "at": at, "from_state": old, "to_state": new,
             "reason": reason, "message": message,
         })
@@ -226,23 +230,23 @@ class Store:
 
         Another user's job raises the same :class:`NotFound` as a missing one.
         """
-        rows = list(self.db["jobs"].rows_where("id = ?", [job_id]))
+        rows = list(self._table("jobs").rows_where("id = ?", [job_id]))
         if not rows or (user_id is not None and rows[0]["user_id"] != user_id):
             raise NotFound(f"no job {job_id}")
         return rows[0]
 
     def job_by_idempotency_key(self, user_id: int, key: str) -> dict[str, Any] | None:
-        rows = list(self.db["jobs"].rows_where(
+        rows = list(self._table("jobs").rows_where(
             "user_id = ? AND idempotency_key = ?", [user_id, key]))
         return rows[0] if rows else None
 
     def list_jobs(self, user_id: int, limit: int = 500) -> list[dict[str, Any]]:
-        return list(self.db["jobs"].rows_where(
+        return list(self._table("jobs").rows_where(
             "user_id = ?", [user_id], order_by="created_at DESC, rowid DESC", limit=limit))
 
     def jobs_in(self, states: frozenset[State] | set[State]) -> list[dict[str, Any]]:
         marks = ",".join("?" for _ in states)
-        return list(self.db["jobs"].rows_where(
+        return list(self._table("jobs").rows_where(
             f"state IN ({marks})", [s.value for s in states], order_by="created_at"))
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
@@ -254,7 +258,7 @@ class Store:
         """Change fields other than ``state`` (use :meth:`transition` for that)."""
         assert "state" not in fields
         fields["updated_at"] = utcnow()
-        self.db["jobs"].update(job_id, fields)
+        self._table("jobs").update(job_id, fields)
 
     def update_many(self, changes: dict[str, dict[str, Any]]) -> None:
         """Apply several field updates in one transaction (the poll cycle's bulk write)."""
@@ -264,7 +268,7 @@ class Store:
         with self._transaction():
             for job_id, fields in changes.items():
                 assert "state" not in fields
-                self.db["jobs"].update(job_id, {**fields, "updated_at": now})
+                self._table("jobs").update(job_id, {**fields, "updated_at": now})
 
     def transition(
         self, job_id: str, new: State, *, reason: str | None = None,
@@ -290,7 +294,7 @@ class Store:
                 update.setdefault("started_at", now)
             if new is not State.PENDING:
                 update["pending_reason"] = None
-            self.db["jobs"].update(job_id, update)
+            self._table("jobs").update(job_id, update)
             self._event(job_id, old, new, reason, message, now)
         return self.get_job(job_id)
 

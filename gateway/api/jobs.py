@@ -7,8 +7,14 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from ..errors import BadRequest, Conflict, FieldError, PayloadTooLarge, UnsupportedMediaType
-from ..errors import ValidationFailed
+from ..errors import (
+    BadRequest,
+    Conflict,
+    FieldError,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 from ..jobs.service import job_view
 from .keys import CONFIG, SERVICE, current_user
 

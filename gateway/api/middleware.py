@@ -18,7 +18,9 @@ PUBLIC_PATHS = frozenset({"/api/v1/openapi.json", "/api/v1/health"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def problem_response(body: dict[str, object], headers: dict[str, str] | None = None) -> web.Response:
+def problem_response(
+    body: dict[str, object], headers: dict[str, str] | None = None
+) -> web.Response:
     return web.Response(
         status=int(str(body["status"])),
         body=json.dumps(body).encode(),

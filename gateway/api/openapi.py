@@ -77,7 +77,8 @@ def _paths() -> dict[str, Any]:
             "responses": {"202": _json(_JOB_REF, "cancel requested"),
                           "200": _json(_JOB_REF, "already terminal"), **errors}}},
         "/api/v1/jobs/{job_id}/notebook": {"get": {
-            "parameters": [_ID], "summary": "The executed notebook (also a failed run's partial one)",
+            "parameters": [_ID],
+            "summary": "The executed notebook (also a failed run's partial one)",
             "responses": {"200": {"description": "notebook", "content": {
                 "application/x-ipynb+json": {}}}, "409": _PROBLEM, **errors}}},
         "/api/v1/jobs/{job_id}/log": {"get": {

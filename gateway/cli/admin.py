@@ -74,7 +74,8 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 
 def config_problems(config: Config) -> list[str]:
     """Everything check-config can find wrong beyond the schema (which load_config checks)."""
-    problems = [f"cluster {name}: disabled: {error}" for name, error in config.cluster_errors.items()]
+    problems = [f"cluster {name}: disabled: {error}"
+                for name, error in config.cluster_errors.items()]
     if not (DEFAULT_TEMPLATE_DIR / "notebook.sh.j2").exists():
         problems.append(f"job template missing: {DEFAULT_TEMPLATE_DIR / 'notebook.sh.j2'}")
     data_dir = config.gateway.data_dir
@@ -113,8 +114,7 @@ async def _serve(config: Config, host: str, port: int) -> None:
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    server = site._server
-    bound = server.sockets[0].getsockname()[1] if server and server.sockets else port  # type: ignore[union-attr]
+    bound = runner.addresses[0][1] if runner.addresses else port
     print(f"hpcgw: serving on http://{host}:{bound}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -127,7 +127,8 @@ async def _serve(config: Config, host: str, port: int) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name, error in config.cluster_errors.items():
         logging.getLogger("hpcgw").error("cluster %s disabled: %s", name, error)
     # Files the gateway creates, and those sudo'd commands create for it, are private.

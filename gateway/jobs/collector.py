@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF = 30.0
 
 
-async def _fetch(transport: Transport, path: str, user: str, tail: int | None = None) -> bytes | None:
+async def _fetch(
+    transport: Transport, path: str, user: str, tail: int | None = None
+) -> bytes | None:
     try:
         return await transport.read_file(path, user=user, tail_bytes=tail)
     except RemoteFileMissing:

@@ -55,7 +55,8 @@ def decide(
     if record is None and scheduler_state is None:
         return Outcome(State.FAILED, Reason.LOST,
                        "Slurm no longer knows the job and it left no exit record")
-    status = (record or {}).get("status")
+    record = record or {}
+    status = record.get("status")
     if status == "ok":
         return Outcome(State.SUCCEEDED, Reason.COMPLETED, "the notebook ran to the end")
     if status == "notebook_error":
@@ -68,5 +69,6 @@ def decide(
         return Outcome(State.FAILED, Reason.JOB_ERROR,
                        f"{record.get('ename', 'Error')}: {record.get('evalue', '')}".strip())
     tail = log_tail.strip().splitlines()[-5:]
+    explanation = ": " + " | ".join(tail) if tail else ""
     return Outcome(State.FAILED, Reason.JOB_ERROR,
-                   "the job ended without an exit record" + (": " + " | ".join(tail) if tail else ""))
+                   "the job ended without an exit record" + explanation)

@@ -11,6 +11,7 @@ The cycle is fast while young jobs exist and backs off when all jobs are old.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -41,15 +42,15 @@ async def poll_forever(service: JobService, runtime: ClusterRuntime) -> None:
         now = time.time()
         young = any(now - parse_time(j["created_at"]).timestamp() < poll.young_age for j in jobs)
         interval = poll.young_interval if young else poll.old_interval
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(runtime.wake.wait(), interval)
-        except TimeoutError:
-            pass
         runtime.wake.clear()
         await asyncio.sleep(MIN_GAP)
 
 
-async def poll_once(service: JobService, runtime: ClusterRuntime, jobs: list[dict[str, Any]]) -> None:
+async def poll_once(
+    service: JobService, runtime: ClusterRuntime, jobs: list[dict[str, Any]]
+) -> None:
     """One cycle: one ``status_many`` call for ``jobs``, then the changes written at once."""
     ids = {job["slurm_job_id"] for job in jobs if job["slurm_job_id"]}
     try:

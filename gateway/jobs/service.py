@@ -109,7 +109,8 @@ class JobService:
         try:
             with warnings.catch_warnings():  # nbformat warns about missing cell ids; fine
                 warnings.simplefilter("ignore")
-                nbformat.validate(nbformat.reads(notebook.decode("utf-8"), as_version=4))
+                parsed = nbformat.reads(notebook.decode("utf-8"), as_version=4)  # type: ignore[no-untyped-call]
+                nbformat.validate(parsed)
         except Exception as exc:  # nbformat raises many types for bad input
             errors.append(FieldError("notebook", f"not a valid Jupyter notebook: {exc}"[:300]))
         try:

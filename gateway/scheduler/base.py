@@ -61,7 +61,7 @@ class SchedulerBackend(Protocol):
         ...
 
     async def status_many(self, job_ids: Iterable[str]) -> dict[str, SchedulerStatus]:
-        """The status of each job the scheduler still knows; unknown ids are left out.
+        """The status of each job the scheduler still knows; unknown ids are omitted.
 
         One queue query for all ids, plus at most one accounting query for ids that already left
         the queue. Raises :class:`gateway.errors.CommandFailed` when the scheduler can't be reached.
@@ -73,7 +73,7 @@ class SchedulerBackend(Protocol):
         ...
 
     async def cancel(self, job_id: str, *, user: str) -> None:
-        """Ask the scheduler to cancel ``job_id`` as ``user``; a job already gone is not an error."""
+        """Cancel ``job_id`` as ``user``; a job that already ended is not an error."""
         ...
 
     async def cluster_info(self) -> dict[str, Any]:

@@ -49,7 +49,8 @@ class LocalTransport:
         # Two processes whatever the number of files: mkdir, then tar reading from stdin.
         await self.run(["mkdir", "-p", "-m", "700", "--", directory], user=user)
         await self.run(
-            ["tar", "-x", "-m", "--no-same-owner", "--no-overwrite-dir", "-C", directory, "-f", "-"],
+            ["tar", "-x", "-m", "--no-same-owner", "--no-overwrite-dir",
+             "-C", directory, "-f", "-"],
             user=user,
             stdin=tar_archive(files),
         )

@@ -1,4 +1,4 @@
-"""The one function that runs a local command: argv list, bytes on stdin, a timeout, a rich error."""
+"""The one function that runs a local command: argv, bytes on stdin, a timeout, a rich error."""
 
 from __future__ import annotations
 

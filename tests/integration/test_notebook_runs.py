@@ -9,7 +9,8 @@ import nbformat
 
 from .conftest import Api, Gateway, make_notebook, squeue_state
 
-PRINT_PARAMS = "import os\nprint('alpha=%r gpus=%s' % (alpha, os.environ.get('CUDA_VISIBLE_DEVICES')))"
+PRINT_PARAMS = ("import os\n"
+                "print('alpha=%r gpus=%s' % (alpha, os.environ.get('CUDA_VISIBLE_DEVICES')))")
 
 
 def outputs_text(notebook_bytes: bytes) -> str:
