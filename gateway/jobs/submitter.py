@@ -60,40 +60,53 @@ def slurm_job_name(name: str) -> str:
 
 
 async def submit_job(service: JobService, job_id: str) -> None:
-    """Bring one job from ``accepted``/``staging`` into the scheduler, or to a terminal state."""
+    """Bring one job from ``accepted``/``staging`` into the scheduler, or to a terminal state.
+
+    While the scheduler is known to be unreachable the job waits in ``accepted`` (nothing is
+    sent); the cluster is probed with backoff until it answers or the deadline passes.
+    """
     store = service.store
     job = store.get_job(job_id)
     runtime = service.clusters.get(job["cluster"])
     if State(job["state"]) in TERMINAL:
         return
-    try:
-        if runtime is None:
-            store.transition(job_id, State.STAGING)
-            store.transition(job_id, State.FAILED, reason=Reason.LAUNCH_FAILED,
-                             message=f"cluster {job['cluster']} is disabled")
-            return
-        if job["state"] == State.ACCEPTED:
-            job = store.transition(job_id, State.STAGING)
-    except IllegalTransition:  # cancelled meanwhile
+    if runtime is None:
+        _fail(service, job_id, f"cluster {job['cluster']} is disabled")
         return
     deadline = parse_time(job["created_at"]).timestamp() + runtime.config.submit_deadline
     backoff = 1.0
     while True:
         try:
+            await _enter_staging(service, runtime, job_id)
             await _attempt(service, runtime, store.get_job(job_id))
             return
+        except IllegalTransition:  # cancelled meanwhile
+            return
         except ClusterUnavailable as exc:
+            runtime.reachable, runtime.last_error = False, exc.detail
             store.update_job(job_id, scheduler_reachable=0, message=exc.detail)
             if time.time() + backoff > deadline:
-                store.transition(job_id, State.FAILED, reason=Reason.LAUNCH_FAILED,
-                                 message=f"scheduler unreachable until the deadline: {exc.detail}")
+                _fail(service, job_id, f"scheduler unreachable until the deadline: {exc.detail}")
                 return
         except GatewayError as exc:
-            store.transition(job_id, State.FAILED, reason=Reason.LAUNCH_FAILED,
-                             message=exc.detail)
+            _fail(service, job_id, exc.detail)
             return
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, MAX_BACKOFF)
+
+
+async def _enter_staging(service: JobService, runtime: ClusterRuntime, job_id: str) -> None:
+    if service.store.get_job(job_id)["state"] != State.ACCEPTED:
+        return
+    if runtime.reachable is False:
+        await runtime.backend.cluster_info()  # raises ClusterUnavailable while still down
+        runtime.reachable = True
+    service.store.transition(job_id, State.STAGING)
+
+
+def _fail(service: JobService, job_id: str, message: str) -> None:
+    """End a job that never reached the scheduler as ``failed``/``launch_failed``."""
+    service.store.transition(job_id, State.FAILED, reason=Reason.LAUNCH_FAILED, message=message)
 
 
 async def _attempt(service: JobService, runtime: ClusterRuntime, job: dict[str, Any]) -> None:

@@ -70,12 +70,26 @@ class Gateway:
         return result
 
 
-def write_config(source: Path, target: Path, data_dir: Path) -> None:
-    """A copy of the dev cluster's gateway config with its own data directory."""
+def write_config(source: Path, target: Path, data_dir: Path, **poll: float) -> None:
+    """A copy of the dev cluster's gateway config with its own data directory (and ``poll``
+    settings overridden)."""
     text = source.read_text()
     text = re.sub(r'(?m)^data_dir = ".*"$', f'data_dir = "{data_dir}"', text)
+    for key, value in poll.items():
+        text, count = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
+        assert count == 1, key
     tomllib.loads(text)
     target.write_text(text)
+
+
+def add_users(config: Path) -> dict[str, str]:
+    """Gateway users alice and bob (mapped to the same unix users); their tokens."""
+    tokens = {}
+    for user in ("alice", "bob"):
+        added = subprocess.run([*HPCGW, "--config", str(config), "user", "add", user,
+                                "--unix-user", user], capture_output=True, text=True, check=True)
+        tokens[user] = added.stdout.strip().splitlines()[-1]
+    return tokens
 
 
 def start_gateway(config: Path, log_path: Path) -> tuple[subprocess.Popen[str], str]:
@@ -107,11 +121,7 @@ def gateway(dev_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     home = tmp_path_factory.mktemp("gateway")
     config = home / "gateway.toml"
     write_config(dev_config, config, home / "data")
-    tokens = {}
-    for user in ("alice", "bob"):
-        added = subprocess.run([*HPCGW, "--config", str(config), "user", "add", user,
-                                "--unix-user", user], capture_output=True, text=True, check=True)
-        tokens[user] = added.stdout.strip().splitlines()[-1]
+    tokens = add_users(config)
     log_path = home / "gateway.log"
     process, url = start_gateway(config, log_path)
     yield Gateway(url, config, tokens, process, log_path)
@@ -187,6 +197,14 @@ def alice(gateway: Gateway) -> Api:
 @pytest.fixture
 def bob(gateway: Gateway) -> Api:
     return Api(gateway, "bob")
+
+
+def slurm_jobs_tagged(tag: str) -> list[str]:
+    """Slurm job ids (any state squeue still shows) whose comment carries this gateway tag."""
+    out = subprocess.run(["squeue", "-h", "-a", "-t", "all", "-o", "%i|%k"],
+                         capture_output=True, text=True, check=True).stdout
+    return [line.split("|", 1)[0] for line in out.splitlines()
+            if line.split("|", 1)[1] == f"hpcgw:{tag}"]
 
 
 def squeue_state(slurm_job_id: str) -> str:
