@@ -75,12 +75,42 @@ class PartitionConfig(_Strict):
         return parse_memory_mb(self.max_memory)
 
 
+class SSHConfig(_Strict):
+    """How the gateway reaches a cluster's login host (``transport = "ssh"``)."""
+
+    host: str
+    port: int = Field(22, ge=1, le=65535)
+    # OpenSSH known_hosts file with the login host's pinned key(s).
+    known_hosts: Path | None = None
+    # Turning verification off is an explicit choice, logged at every connection.
+    verify_host_key: bool = True
+    # unix user -> private key file the gateway logs in with as that user.
+    keys: dict[str, Path]
+    # The unix user whose login runs cluster-wide queries (squeue, sacct, sinfo).
+    query_user: str
+    connect_timeout: float = Field(10.0, gt=0)
+    keepalive_interval: float = Field(2.0, gt=0)
+    keepalive_count_max: int = Field(3, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SSHConfig:
+        for user in self.keys:
+            if not UNIX_USER.match(user):
+                raise ValueError(f"keys: not a unix user name: {user!r}")
+        if self.query_user not in self.keys:
+            raise ValueError("query_user needs an entry in keys")
+        if self.verify_host_key and self.known_hosts is None:
+            raise ValueError("known_hosts is required unless verify_host_key = false")
+        return self
+
+
 class ClusterConfig(_Strict):
     """One Slurm cluster as the gateway reaches it."""
 
     name: str
     transport: Literal["local", "ssh"] = "local"
     scheduler: str = "slurm"
+    ssh: SSHConfig | None = None
     # Local transport: argv prefix that runs a command as the job's unix user; "{unix_user}" is
     # substituted. Empty = single-user gateway (everything runs as the gateway's own account).
     command_prefix: list[str] = Field(default_factory=list)
@@ -139,6 +169,8 @@ class ClusterConfig(_Strict):
     def _default_partition_known(self) -> ClusterConfig:
         if self.default_partition not in self.partitions:
             raise ValueError(f"default_partition {self.default_partition!r} is not in partitions")
+        if self.transport == "ssh" and self.ssh is None:
+            raise ValueError('transport = "ssh" needs an [clusters.ssh] section')
         return self
 
 

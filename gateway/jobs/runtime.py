@@ -9,6 +9,7 @@ from ..config import ClusterConfig
 from ..scheduler import SchedulerBackend, load_backend
 from ..transport import Transport
 from ..transport.local import LocalTransport
+from ..transport.ssh import SSHTransport
 
 
 @dataclass
@@ -32,11 +33,9 @@ class ClusterRuntime:
 
 
 def make_transport(cluster: ClusterConfig) -> Transport:
-    if cluster.transport == "local":
-        return LocalTransport(cluster)
-    from ..errors import ConfigError
-
-    raise ConfigError(f"cluster {cluster.name}: transport {cluster.transport!r} is not available")
+    if cluster.transport == "ssh":
+        return SSHTransport(cluster)
+    return LocalTransport(cluster)
 
 
 def make_runtime(cluster: ClusterConfig) -> ClusterRuntime:

@@ -8,6 +8,8 @@ prefix such as ``sudo -n -u {unix_user} --``); the SSH transport over a pooled c
 
 from __future__ import annotations
 
+import io
+import tarfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -69,3 +71,55 @@ class Transport(Protocol):
     async def close(self) -> None:
         """Release connections; further calls may reconnect."""
         ...
+
+
+class CommandTransport:
+    """File transfer built on :meth:`run` alone, so every transport that can run a command moves
+    files the same way: a whole job directory is one ``tar`` reading from stdin, a file is one
+    ``cat`` (or ``tail -c``). Subclasses implement ``run`` and ``close``."""
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        user: str | None,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+        check: bool = True,
+    ) -> CommandResult:
+        raise NotImplementedError
+
+    async def put_files(self, directory: str, files: Mapping[str, bytes], *, user: str) -> None:
+        await self.run(["mkdir", "-p", "-m", "700", "--", directory], user=user)
+        await self.run(
+            ["tar", "-x", "-m", "--no-same-owner", "--no-overwrite-dir",
+             "-C", directory, "-f", "-"],
+            user=user,
+            stdin=tar_archive(files),
+        )
+
+    async def read_file(self, path: str, *, user: str, tail_bytes: int | None = None) -> bytes:
+        argv = ["tail", "-c", str(tail_bytes), "--", path] if tail_bytes else ["cat", "--", path]
+        try:
+            return (await self.run(argv, user=user)).stdout
+        except CommandFailed as exc:
+            if "No such file" in exc.stderr:
+                raise RemoteFileMissing(exc.argv, exc.returncode, exc.stderr) from None
+            raise
+
+    async def close(self) -> None:
+        return None
+
+
+def tar_archive(files: Mapping[str, bytes]) -> bytes:
+    """An uncompressed tar of plain files, each mode 0600."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in files.items():
+            if "/" in name or name in ("", ".", ".."):
+                raise ValueError(f"not a plain file name: {name!r}")
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o600
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()

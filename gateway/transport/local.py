@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from ..config import ClusterConfig
-from ..errors import CommandFailed
-from .base import CommandResult, RemoteFileMissing
+from .base import CommandResult, CommandTransport
 from .process import run_command
 
 
-class LocalTransport:
+class LocalTransport(CommandTransport):
     """Runs each command as the job's unix user through the cluster's ``command_prefix``.
 
     With an empty prefix every command runs as the gateway's own account (a single-user gateway).
@@ -45,38 +42,3 @@ class LocalTransport:
             check=check,
         )
 
-    async def put_files(self, directory: str, files: Mapping[str, bytes], *, user: str) -> None:
-        # Two processes whatever the number of files: mkdir, then tar reading from stdin.
-        await self.run(["mkdir", "-p", "-m", "700", "--", directory], user=user)
-        await self.run(
-            ["tar", "-x", "-m", "--no-same-owner", "--no-overwrite-dir",
-             "-C", directory, "-f", "-"],
-            user=user,
-            stdin=tar_archive(files),
-        )
-
-    async def read_file(self, path: str, *, user: str, tail_bytes: int | None = None) -> bytes:
-        argv = ["tail", "-c", str(tail_bytes), "--", path] if tail_bytes else ["cat", "--", path]
-        try:
-            return (await self.run(argv, user=user)).stdout
-        except CommandFailed as exc:
-            if "No such file" in exc.stderr:
-                raise RemoteFileMissing(exc.argv, exc.returncode, exc.stderr) from None
-            raise
-
-    async def close(self) -> None:
-        return None
-
-
-def tar_archive(files: Mapping[str, bytes]) -> bytes:
-    """An uncompressed tar of plain files, each mode 0600."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name, data in files.items():
-            if "/" in name or name in ("", ".", ".."):
-                raise ValueError(f"not a plain file name: {name!r}")
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o600
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()

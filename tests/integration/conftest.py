@@ -116,11 +116,19 @@ def stop_gateway(process: subprocess.Popen[str]) -> None:
             process.wait()
 
 
+@pytest.fixture(scope="session", params=["local", "ssh"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """Every test that uses the gateway runs once per transport."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="session")
-def gateway(dev_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    home = tmp_path_factory.mktemp("gateway")
+def gateway(dev_config: Path, transport: str,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    home = tmp_path_factory.mktemp(f"gateway-{transport}")
     config = home / "gateway.toml"
-    write_config(dev_config, config, home / "data")
+    source = dev_config if transport == "local" else dev_config.with_name("gateway-ssh.toml")
+    write_config(source, config, home / "data")
     tokens = add_users(config)
     log_path = home / "gateway.log"
     process, url = start_gateway(config, log_path)
@@ -129,7 +137,7 @@ def gateway(dev_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     artifacts = os.environ.get("HPCGW_ARTIFACTS")
     if artifacts:
         Path(artifacts).mkdir(parents=True, exist_ok=True)
-        (Path(artifacts) / "gateway.log").write_text(log_path.read_text())
+        (Path(artifacts) / f"gateway-{transport}.log").write_text(log_path.read_text())
 
 
 def make_notebook(*sources: str, parameters: str = "alpha = 0.1") -> bytes:
