@@ -12,8 +12,15 @@ from pathlib import Path
 import pytest
 
 from .conftest import (
-    DEV_DIR, Api, Gateway, add_users, make_notebook, slurm_jobs_tagged, start_gateway,
-    stop_gateway, write_config,
+    DEV_DIR,
+    Api,
+    Gateway,
+    add_users,
+    make_notebook,
+    slurm_jobs_tagged,
+    start_gateway,
+    stop_gateway,
+    write_config,
 )
 
 
