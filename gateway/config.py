@@ -88,6 +88,8 @@ class SSHConfig(_Strict):
     keys: dict[str, Path]
     # The unix user whose login runs cluster-wide queries (squeue, sacct, sinfo).
     query_user: str
+    # Preferred ciphers, most preferred first (asyncssh's defaults when unset).
+    ciphers: list[str] | None = None
     connect_timeout: float = Field(10.0, gt=0)
     keepalive_interval: float = Field(2.0, gt=0)
     keepalive_count_max: int = Field(3, ge=1)

@@ -61,6 +61,7 @@ class SSHTransport(CommandTransport):
             return await asyncssh.connect(
                 self._ssh.host, self._ssh.port, username=user, client_keys=[str(key)],
                 known_hosts=known_hosts, agent_path=None, config=None,
+                **({"encryption_algs": self._ssh.ciphers} if self._ssh.ciphers else {}),
                 connect_timeout=self._ssh.connect_timeout,
                 keepalive_interval=self._ssh.keepalive_interval,
                 keepalive_count_max=self._ssh.keepalive_count_max,
