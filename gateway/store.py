@@ -23,7 +23,7 @@ from typing import Any
 import sqlite_utils
 
 from .errors import Conflict, NotFound
-from .states import TERMINAL, State, check_transition
+from .states import IN_SCHEDULER, TERMINAL, State, check_transition
 
 TOKEN_PREFIX = "hpcgw_"  # noqa: S105 - a recognisable prefix, not a secret
 
@@ -89,6 +89,10 @@ MIGRATIONS: list[str] = [
 ]
 
 
+TRACKED_COLUMNS = ("id", "state", "slurm_job_id", "pending_reason", "scheduler_reachable",
+                   "cancel_requested", "unix_user", "created_at")
+
+
 def utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -119,6 +123,7 @@ class Store:
         self.db.execute("PRAGMA foreign_keys = ON")
         self.db.execute("PRAGMA busy_timeout = 5000")
         self.db.execute("PRAGMA synchronous = NORMAL")
+        self.db.execute("PRAGMA cache_size = -65536")  # 64 MiB: the poll reads every tracked row
         self._migrate()
 
     def _migrate(self) -> None:
@@ -249,6 +254,18 @@ class Store:
         return list(self._table("jobs").rows_where(
             f"state IN ({marks})", [s.value for s in states], order_by="created_at"))
 
+    def tracked_jobs(self, cluster: str) -> list[dict[str, Any]]:
+        """The jobs the poller follows on ``cluster`` (in the scheduler), oldest first.
+
+        Only the columns a poll cycle needs: at 10,000 jobs this read dominates the cycle.
+        """
+        marks = ",".join("?" for _ in IN_SCHEDULER)
+        cursor = self.db.execute(
+            f"SELECT {', '.join(TRACKED_COLUMNS)} FROM jobs "  # noqa: S608 - constant names
+            f"WHERE state IN ({marks}) AND cluster = ? ORDER BY created_at",
+            [*(s.value for s in IN_SCHEDULER), cluster])
+        return [dict(zip(TRACKED_COLUMNS, row, strict=True)) for row in cursor.fetchall()]
+
     def events(self, job_id: str) -> list[dict[str, Any]]:
         return list(self.db.query(
             "SELECT at, from_state, to_state, reason, message FROM events "
@@ -268,7 +285,10 @@ class Store:
         with self._transaction():
             for job_id, fields in changes.items():
                 assert "state" not in fields
-                self._table("jobs").update(job_id, {**fields, "updated_at": now})
+                columns = ", ".join(f"{name} = ?" for name in fields)
+                self.db.execute(
+                    f"UPDATE jobs SET {columns}, updated_at = ? WHERE id = ?",  # noqa: S608
+                                [*fields.values(), now, job_id])
 
     def transition(
         self, job_id: str, new: State, *, reason: str | None = None,

@@ -16,9 +16,10 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..config import PollConfig
 from ..errors import ClusterUnavailable, CommandFailed, SchedulerError
 from ..scheduler import SchedulerState, SchedulerStatus
-from ..states import IN_SCHEDULER, IllegalTransition, State
+from ..states import IllegalTransition, State
 from ..store import parse_time
 from .collector import collect
 from .runtime import ClusterRuntime
@@ -31,21 +32,31 @@ MIN_GAP = 0.2  # seconds between two cycles, however often the poller is woken
 
 
 async def poll_forever(service: JobService, runtime: ClusterRuntime) -> None:
-    poll = service.config.poll
     while True:
-        jobs = [j for j in service.store.jobs_in(IN_SCHEDULER) if j["cluster"] == runtime.name]
-        if jobs:
-            try:
-                await poll_once(service, runtime, jobs)
-            except Exception:
-                log.exception("poll cycle on %s failed", runtime.name)
-        now = time.time()
-        young = any(now - parse_time(j["created_at"]).timestamp() < poll.young_age for j in jobs)
-        interval = poll.young_interval if young else poll.old_interval
+        interval = await poll_cycle(service, runtime)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(runtime.wake.wait(), interval)
         runtime.wake.clear()
         await asyncio.sleep(MIN_GAP)
+
+
+async def poll_cycle(service: JobService, runtime: ClusterRuntime) -> float:
+    """One cycle for ``runtime``'s cluster; the seconds to wait before the next one."""
+    jobs = service.store.tracked_jobs(runtime.name)
+    if jobs:
+        try:
+            await poll_once(service, runtime, jobs)
+        except Exception:
+            log.exception("poll cycle on %s failed", runtime.name)
+    return next_interval(jobs, service.config.poll)
+
+
+def next_interval(jobs: list[dict[str, Any]], poll: PollConfig) -> float:
+    """Fast while the newest tracked job is young, slower once every job is old."""
+    newest = jobs[-1]["created_at"] if jobs else None  # tracked_jobs is oldest first
+    if newest and time.time() - parse_time(newest).timestamp() < poll.young_age:
+        return poll.young_interval
+    return poll.old_interval
 
 
 async def poll_once(
@@ -81,7 +92,7 @@ def apply_status(
 
     State transitions are written directly (they are rare and each needs its event row).
     """
-    job_id, state = job["id"], State(job["state"])
+    job_id, state = job["id"], job["state"]
     if status is None:
         first_missing = runtime.missing_since.setdefault(job_id, time.monotonic())
         if time.monotonic() - first_missing >= service.config.poll.lost_after:
@@ -89,11 +100,11 @@ def apply_status(
         return {}
     runtime.missing_since.pop(job_id, None)
     if status.state is SchedulerState.PENDING:
-        if state is State.PENDING and status.pending_reason != job["pending_reason"]:
+        if state == State.PENDING and status.pending_reason != job["pending_reason"]:
             return {"pending_reason": status.pending_reason}
         return {}
     if status.state is SchedulerState.RUNNING:
-        if state is State.PENDING:
+        if state == State.PENDING:
             _transition(service, job_id, State.RUNNING, node=status.node)
         return {}
     _to_collecting(service, runtime, job_id, status, status.node)

@@ -10,10 +10,9 @@ Backends load through the ``hpcgw.schedulers`` entry point group, so a site can 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from enum import StrEnum
 from importlib.metadata import entry_points
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..config import ClusterConfig
 from ..errors import ConfigError
@@ -37,9 +36,9 @@ class SchedulerState(StrEnum):
         return self not in (SchedulerState.PENDING, SchedulerState.RUNNING)
 
 
-@dataclass(frozen=True)
-class SchedulerStatus:
-    """What the scheduler says about one job right now."""
+class SchedulerStatus(NamedTuple):
+    """What the scheduler says about one job right now (a NamedTuple: 10,000 are built per
+    poll cycle, several times faster than a frozen dataclass)."""
 
     job_id: str
     state: SchedulerState

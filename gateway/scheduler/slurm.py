@@ -8,6 +8,7 @@ file with ``sacct -c`` instead, remembering the choice.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -62,6 +63,7 @@ _UNREACHABLE = re.compile(
 _ALREADY_GONE = re.compile(r"already completing or completed|Invalid job id", re.I)
 
 
+@functools.cache
 def map_state(raw: str) -> SchedulerState:
     """Slurm's state word (``CANCELLED by 1001`` included) as a neutral state."""
     word = raw.split()[0].rstrip("+") if raw.strip() else ""
@@ -75,11 +77,14 @@ def _null(value: str) -> str | None:
     return None if value in ("", "(null)", "None", "n/a") else value
 
 
-def parse_squeue(text: str) -> dict[str, SchedulerStatus]:
-    """Parse ``squeue -h -a -t all -o SQUEUE_FORMAT`` output; the comment is the last field."""
+def parse_squeue(text: str, wanted: set[str] | None = None) -> dict[str, SchedulerStatus]:
+    """Parse ``squeue -h -a -t all -o SQUEUE_FORMAT`` output; the comment is the last field.
+
+    With ``wanted``, lines of other jobs are skipped before they are parsed.
+    """
     statuses: dict[str, SchedulerStatus] = {}
     for line in text.splitlines():
-        if not line:
+        if not line or (wanted is not None and line[: line.find(_FIELD_SEP)] not in wanted):
             continue
         parts = line.split(_FIELD_SEP, 5)
         if len(parts) != 6:
@@ -173,9 +178,9 @@ class SlurmCLIBackend:
             raise SchedulerError(f"sbatch answered {answer.strip()[:200]!r}, not a job id")
         return job_id
 
-    async def _queue(self) -> dict[str, SchedulerStatus]:
+    async def _queue(self, wanted: set[str] | None = None) -> dict[str, SchedulerStatus]:
         return parse_squeue(
-            await self._query(["squeue", "-h", "-a", "-t", "all", "-o", SQUEUE_FORMAT])
+            await self._query(["squeue", "-h", "-a", "-t", "all", "-o", SQUEUE_FORMAT]), wanted
         )
 
     async def _accounting(self, job_ids: list[str]) -> dict[str, SchedulerStatus]:
@@ -191,8 +196,7 @@ class SlurmCLIBackend:
 
     async def status_many(self, job_ids: Iterable[str]) -> dict[str, SchedulerStatus]:
         wanted = set(job_ids)
-        queue = await self._queue()
-        found = {job_id: queue[job_id] for job_id in wanted & queue.keys()}
+        found = await self._queue(wanted)
         gone = sorted(wanted - found.keys(), key=int)
         if gone:
             found.update(await self._accounting(gone))
