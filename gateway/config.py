@@ -19,9 +19,9 @@ from .errors import ConfigError
 from .units import parse_memory_mb, parse_time
 
 # Identifiers that reach sbatch options or paths must match this (design.md §4: allowlists).
-IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-UNIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/{}+-]*$")
+IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}\Z")
+UNIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
+SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/{}+-]*\Z")
 
 
 class _Strict(BaseModel):
@@ -221,12 +221,23 @@ def parse_config(raw: dict[str, Any]) -> Config:
     raw = dict(raw)
     clusters: list[ClusterConfig] = []
     errors: dict[str, str] = {}
-    for index, section in enumerate(raw.pop("clusters", [])):
+    sections = raw.pop("clusters", [])
+    if not isinstance(sections, list):
+        raise ConfigError("clusters: write each cluster as a [[clusters]] table")
+    for index, section in enumerate(sections):
+        if not isinstance(section, dict):
+            errors[f"clusters[{index}]"] = "not a table"
+            continue
         label = str(section.get("name", f"clusters[{index}]"))
         try:
-            clusters.append(ClusterConfig.model_validate(section))
+            cluster = ClusterConfig.model_validate(section)
         except ValidationError as exc:
             errors[label] = _format_errors(exc)
+            continue
+        if any(c.name == cluster.name for c in clusters):
+            errors[f"{label} (clusters[{index}])"] = "another cluster already has this name"
+            continue
+        clusters.append(cluster)
     try:
         config = Config.model_validate({**raw, "clusters": clusters})
     except ValidationError as exc:

@@ -146,7 +146,7 @@ def resolve_spec(spec: JobSpec, config: Config, default_name: str) -> ResolvedSp
     except ValueError:
         errors.append(FieldError("memory", "use a size such as 512M or 4G"))
     if partition is not None:
-        time_s = time_s or partition.default_time_s
+        time_s = partition.default_time_s if time_s is None else time_s
         _check_limits(errors, spec, time_s, memory_mb, partition)
     if errors:
         raise ValidationFailed(errors)

@@ -21,8 +21,10 @@ from typing import Any
 
 import jinja2
 
+from .errors import GatewayError
+
 DEFAULT_TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "job_templates"
-_SBATCH_SAFE = re.compile(r"^[A-Za-z0-9._:/@+=,%-]+$")
+_SBATCH_SAFE = re.compile(r"[A-Za-z0-9._:/@+=,%-]+")
 _ANSI_C = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -30,13 +32,24 @@ class TemplateValueError(ValueError):
     """A value that is not safe where the template put it."""
 
 
+class ScriptRenderError(GatewayError):
+    """A job script could not be rendered (an unsafe value, or a broken admin template)."""
+
+    type_slug = "script-render"
+    title = "Job script could not be rendered"
+
+
 def shell_quote(value: Any) -> str:
     """One bash word that expands to exactly ``str(value)``."""
     text = str(value)
     if text.isprintable():
         return shlex.quote(text)
+    # Non-printable characters become their UTF-8 bytes as \xHH, which bash decodes the same
+    # in every locale (\uXXXX needs a UTF-8 one).
     escaped = "".join(
-        _ANSI_C.get(c, c if c.isprintable() else f"\\U{ord(c):08x}") for c in text
+        _ANSI_C.get(c) or (c if c.isprintable() else "".join(
+            f"\\x{byte:02x}" for byte in c.encode("utf-8", "surrogatepass")))
+        for c in text
     )
     return f"$'{escaped}'"
 
@@ -44,7 +57,7 @@ def shell_quote(value: Any) -> str:
 def sbatch_value(value: Any) -> str:
     """``value`` for an ``#SBATCH`` line, or TemplateValueError if it needs quoting."""
     text = str(value)
-    if not _SBATCH_SAFE.match(text):
+    if not _SBATCH_SAFE.fullmatch(text):
         raise TemplateValueError(f"unsafe value for an #SBATCH directive: {text!r}")
     return text
 
@@ -64,4 +77,9 @@ def make_environment(template_dir: Path = DEFAULT_TEMPLATE_DIR) -> jinja2.Enviro
 
 
 def render(environment: jinja2.Environment, template: str, **context: Any) -> str:
-    return environment.get_template(template).render(**context)
+    """The rendered template; any failure (unsafe value, undefined name, template syntax, a
+    missing file) raises ScriptRenderError, so the job fails instead of hanging."""
+    try:
+        return environment.get_template(template).render(**context)
+    except (TemplateValueError, jinja2.TemplateError) as exc:
+        raise ScriptRenderError(f"{template}: {exc}") from exc

@@ -74,29 +74,33 @@ async def poll_once(
         return
     runtime.reachable, runtime.last_error = True, None
     changes: dict[str, dict[str, Any]] = {}
+    ended: set[str] = set()
     for job in jobs:
-        fields = apply_status(service, runtime, job, statuses.get(job["slurm_job_id"]))
+        fields = apply_status(service, runtime, job, statuses.get(job["slurm_job_id"]), ended)
         if not job["scheduler_reachable"]:
             fields["scheduler_reachable"] = 1
         if fields:
             changes[job["id"]] = fields
     service.store.update_many(changes)
-    await _send_pending_cancels(service, runtime, jobs)
+    still_in_scheduler = [j for j in jobs if j["id"] not in ended]
+    await _send_pending_cancels(service, runtime, still_in_scheduler)
 
 
 def apply_status(
     service: JobService, runtime: ClusterRuntime, job: dict[str, Any],
-    status: SchedulerStatus | None,
+    status: SchedulerStatus | None, ended: set[str],
 ) -> dict[str, Any]:
     """Act on one job's status; returns plain field changes for the bulk write.
 
-    State transitions are written directly (they are rare and each needs its event row).
+    State transitions are written directly (they are rare and each needs its event row);
+    jobs handed to the collector are added to ``ended``.
     """
     job_id, state = job["id"], job["state"]
     if status is None:
         first_missing = runtime.missing_since.setdefault(job_id, time.monotonic())
         if time.monotonic() - first_missing >= service.config.poll.lost_after:
             _to_collecting(service, runtime, job_id, None, None)
+            ended.add(job_id)
         return {}
     runtime.missing_since.pop(job_id, None)
     if status.state is SchedulerState.PENDING:
@@ -108,6 +112,7 @@ def apply_status(
             _transition(service, job_id, State.RUNNING, node=status.node)
         return {}
     _to_collecting(service, runtime, job_id, status, status.node)
+    ended.add(job_id)
     return {}
 
 

@@ -19,7 +19,7 @@ from ..transport import Transport
 from .base import SchedulerState, SchedulerStatus
 
 TAG_PREFIX = "hpcgw:"
-_TAG = re.compile(r"^[0-9a-f]{8,32}$")
+_TAG = re.compile(r"^[0-9a-f]{8,32}\Z")
 _FIELD_SEP = "|"
 SQUEUE_FORMAT = "%i|%T|%r|%N|%u|%k"
 SACCT_FIELDS = "JobID,State,ExitCode,NodeList"
