@@ -11,10 +11,9 @@ from ..store import Store, User
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
 SERVICE = web.AppKey("service", JobService)
-USER_KEY = "hpcgw.user"  # request-scoped: the authenticated gateway user
+USER_KEY = web.RequestKey("user", User)  # request-scoped: the authenticated gateway user
 
 
 def current_user(request: web.Request) -> User:
     """The authenticated user (the auth middleware guarantees one on protected routes)."""
-    user: User = request[USER_KEY]
-    return user
+    return request[USER_KEY]

@@ -1,0 +1,19 @@
+#!/bin/bash
+#SBATCH --job-name=hpcgw-___touch_hpcgw-injected__echo__
+#SBATCH --partition=cpu
+#SBATCH --time=0-01:00:00
+#SBATCH --nodes=1
+#SBATCH --ntasks=1
+#SBATCH --cpus-per-task=1
+#SBATCH --chdir=/home/alice/.hpcgw/jobs/0123456789abcdef
+#SBATCH --output=/home/alice/.hpcgw/jobs/0123456789abcdef/job.log
+#SBATCH --open-mode=append
+# hpcgw job 0123456789abcdef: papermill run. Do not edit: the gateway renders this file.
+set -u
+umask 077
+export HPCGW_JOB_ID=0123456789abcdef
+export HPCGW_JOB_NAME=''"'"'; touch hpcgw-injected; echo '"'"''
+echo "hpcgw: job $HPCGW_JOB_ID on $(hostname) at $(date -Is) (CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-})"
+exec /usr/bin/python3 -I runner.py \
+    --input input.ipynb --output output.ipynb --parameters parameters.json \
+    --kernel python3 --exit-record exit.json

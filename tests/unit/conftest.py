@@ -1,0 +1,210 @@
+"""Shared builders and in-process fakes for the unit tests (no Slurm, no sshd, no network).
+
+- :func:`raw_config` / :func:`build_config`: a gateway config as TOML would give it, two partitions
+  (``cpu``, and ``gpu`` with two ``a100`` GPUs) and one allowlisted account ``proj1``.
+- :class:`FakeTransport`: the Transport protocol over a dict of files.
+- :class:`FakeBackend`: the SchedulerBackend protocol over a dict of Slurm job states; tests move
+  jobs along by editing ``backend.states``.
+- :class:`FakeClusters`: a ``runtime_factory`` for ``make_app`` that remembers the fakes it made.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import ClusterConfig, Config, parse_config
+from gateway.errors import ClusterUnavailable
+from gateway.jobs.runtime import ClusterRuntime
+from gateway.scheduler import SchedulerState, SchedulerStatus
+from gateway.transport import CommandResult, RemoteFileMissing
+
+COOKIE_SECRET = "s" * 40
+
+CLUSTER: dict[str, Any] = {
+    "name": "dev",
+    "transport": "local",
+    "work_root": "/home/{unix_user}/.hpcgw/jobs",
+    "python": "/usr/bin/python3",
+    "default_partition": "cpu",
+    "partitions": {
+        "cpu": {"max_time": "02:00:00", "default_time": "00:30:00", "max_cpus": 8,
+                "max_memory": "8G"},
+        "gpu": {"max_time": "1-00:00:00", "default_time": "01:00:00", "max_cpus": 16,
+                "max_memory": "64G", "max_gpus": 2, "gpu_types": ["a100"]},
+    },
+    "accounts": ["proj1"],
+}
+
+
+def raw_config(data_dir: Path, **gateway: Any) -> dict[str, Any]:
+    """A config document (the dict ``tomllib`` would produce), one cluster ``dev``."""
+    return {
+        "gateway": {"data_dir": str(data_dir), "cookie_secret": COOKIE_SECRET, **gateway},
+        "poll": {"young_interval": 0.05, "old_interval": 0.05, "lost_after": 0.1},
+        "clusters": [copy.deepcopy(CLUSTER)],
+    }
+
+
+def build_config(data_dir: Path, **gateway: Any) -> Config:
+    return parse_config(raw_config(data_dir, **gateway))
+
+
+def notebook_bytes(source: str = "print('hello')") -> bytes:
+    """A small, valid nbformat 4 notebook."""
+    return json.dumps({
+        "cells": [{"cell_type": "code", "id": "c1", "metadata": {}, "execution_count": None,
+                   "outputs": [], "source": source}],
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                    "language": "python"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }).encode()
+
+
+class FakeTransport:
+    """Transport over a dict ``path -> bytes``; records every command it was asked to run."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.commands: list[tuple[list[str], str | None]] = []
+        self.puts: list[tuple[str, str]] = []  # (directory, user)
+        self.closed = False
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        user: str | None,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+        check: bool = True,
+    ) -> CommandResult:
+        self.commands.append((list(argv), user))
+        return CommandResult(list(argv), 0, b"", "")
+
+    async def put_files(self, directory: str, files: Mapping[str, bytes], *, user: str) -> None:
+        self.puts.append((directory, user))
+        for name, data in files.items():
+            assert "/" not in name
+            self.files[f"{directory}/{name}"] = data
+
+    async def read_file(self, path: str, *, user: str, tail_bytes: int | None = None) -> bytes:
+        if path not in self.files:
+            raise RemoteFileMissing(["cat", "--", path], 1, f"cat: {path}: No such file")
+        data = self.files[path]
+        return data[-tail_bytes:] if tail_bytes else data
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class Submission:
+    script: str
+    user: str
+    tag: str
+    slurm_job_id: str
+
+
+@dataclass
+class FakeBackend:
+    """A scheduler that keeps each Slurm job's state in ``states`` (absent = forgotten)."""
+
+    states: dict[str, SchedulerState] = field(default_factory=dict)
+    submissions: list[Submission] = field(default_factory=list)
+    cancels: list[tuple[str, str]] = field(default_factory=list)
+    status_calls: int = 0
+    # While set, every call fails the way an unreachable slurmctld does.
+    unreachable: bool = False
+    _next_id: int = 100
+
+    def _check_reachable(self) -> None:
+        if self.unreachable:
+            raise ClusterUnavailable("squeue: Unable to contact slurm controller")
+
+    async def submit(self, script: str, *, user: str, tag: str) -> str:
+        self._check_reachable()
+        self._next_id += 1
+        job_id = str(self._next_id)
+        self.submissions.append(Submission(script, user, tag, job_id))
+        self.states[job_id] = SchedulerState.PENDING
+        return job_id
+
+    def _status(self, job_id: str) -> SchedulerStatus:
+        state = self.states[job_id]
+        tag = next(s.tag for s in self.submissions if s.slurm_job_id == job_id)
+        return SchedulerStatus(
+            job_id=job_id, state=state, raw_state=state.value,
+            pending_reason="Priority" if state is SchedulerState.PENDING else None,
+            node=None if state is SchedulerState.PENDING else "vm", tag=tag)
+
+    async def status_many(self, job_ids: Iterable[str]) -> dict[str, SchedulerStatus]:
+        self.status_calls += 1
+        self._check_reachable()
+        return {j: self._status(j) for j in job_ids if j in self.states}
+
+    async def find_by_tag(self, tag: str) -> SchedulerStatus | None:
+        self._check_reachable()
+        for submission in reversed(self.submissions):
+            if submission.tag == tag and submission.slurm_job_id in self.states:
+                return self._status(submission.slurm_job_id)
+        return None
+
+    async def cancel(self, job_id: str, *, user: str) -> None:
+        self._check_reachable()
+        self.cancels.append((job_id, user))  # like scancel: a job already gone is no error
+        if job_id in self.states and not self.states[job_id].ended:
+            self.states[job_id] = SchedulerState.CANCELLED
+
+    async def cluster_info(self) -> dict[str, Any]:
+        self._check_reachable()
+        return {"partitions": {"cpu": {"available": True}, "gpu": {"available": True}}}
+
+
+@dataclass
+class FakeCluster:
+    transport: FakeTransport
+    backend: FakeBackend
+
+
+class FakeClusters:
+    """``runtime_factory`` for ``make_app``: one FakeTransport + FakeBackend per cluster."""
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, FakeCluster] = {}
+
+    def __call__(self, cluster: ClusterConfig) -> ClusterRuntime:
+        fake = FakeCluster(FakeTransport(), FakeBackend())
+        self.by_name[cluster.name] = fake
+        return ClusterRuntime(cluster, fake.transport, fake.backend)
+
+
+# Test modules get these through fixtures, never ``import conftest`` (several conftest.py files
+# share that module name when the whole tests/ tree is collected).
+
+
+@pytest.fixture
+def make_raw_config() -> Callable[..., dict[str, Any]]:
+    return raw_config
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return build_config(tmp_path / "data")
+
+
+@pytest.fixture
+def make_notebook() -> Callable[..., bytes]:
+    return notebook_bytes
+
+
+@pytest.fixture
+def fake_clusters() -> FakeClusters:
+    return FakeClusters()

@@ -1,0 +1,541 @@
+"""The HTTP API (design.md §3) against an in-process fake cluster (FakeTransport + FakeBackend).
+
+The whole service runs: the submitter stages files through the fake transport and submits to the
+fake backend, the poller polls it, the collector fetches artifacts from the fake transport. Tests
+move Slurm jobs along by editing ``backend.states`` and wait for the API to show the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from gateway.api.app import make_app
+from gateway.api.keys import STORE
+from gateway.config import parse_config
+from gateway.scheduler import SchedulerState
+
+if TYPE_CHECKING:
+    from conftest import FakeCluster, FakeClusters
+
+PROBLEM = "application/problem+json"
+JOB_ID = re.compile(r"^[0-9a-f]{16}$")
+TERMINAL = {"succeeded", "failed", "cancelled", "timed_out"}
+NOTEBOOK_LIMIT = 2048
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
+
+
+@dataclass
+class Api:
+    client: TestClient[Any, Any]
+    app: web.Application
+    cluster: FakeCluster
+    alice: str  # tokens
+    bob: str
+    notebook: bytes
+
+    @staticmethod
+    def auth(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    async def submit(
+        self, spec: Any, *, token: str | None = None, notebook: bytes | None = None,
+        spec_first: bool = False, key: str | None = None, raw_spec: str | None = None,
+    ) -> aiohttp.ClientResponse:
+        parts: list[tuple[str, Any, str | None, str]] = [
+            ("notebook", self.notebook if notebook is None else notebook, "in.ipynb",
+             "application/x-ipynb+json"),
+            ("spec", raw_spec if raw_spec is not None else json.dumps(spec), None,
+             "application/json"),
+        ]
+        form = aiohttp.FormData()
+        for name, value, filename, content_type in (parts[::-1] if spec_first else parts):
+            form.add_field(name, value, filename=filename, content_type=content_type)
+        headers = self.auth(token or self.alice)
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        return await self.client.post("/api/v1/jobs", data=form, headers=headers)
+
+    async def create(self, spec: Any | None = None, **kwargs: Any) -> dict[str, Any]:
+        response = await self.submit({"name": "nb"} if spec is None else spec, **kwargs)
+        assert response.status == 201, await response.text()
+        job: dict[str, Any] = await response.json()
+        return job
+
+    async def get(self, path: str, token: str | None = None) -> aiohttp.ClientResponse:
+        return await self.client.get(path, headers=self.auth(token or self.alice))
+
+    async def job(self, job_id: str, token: str | None = None) -> dict[str, Any]:
+        response = await self.get(f"/api/v1/jobs/{job_id}", token)
+        assert response.status == 200, await response.text()
+        job: dict[str, Any] = await response.json()
+        return job
+
+    async def wait(
+        self, job_id: str, condition: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """Poll the job through the API until ``condition`` holds (or fail at the deadline)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            job = await self.job(job_id)
+            if condition(job):
+                return job
+            if loop.time() > deadline:
+                raise AssertionError(f"job {job_id} never met the condition; last seen: {job}")
+            await asyncio.sleep(0.02)
+
+    async def wait_state(self, job_id: str, *states: str) -> dict[str, Any]:
+        return await self.wait(job_id, lambda job: job["state"] in states)
+
+    async def pending(self, spec: Any | None = None) -> dict[str, Any]:
+        """A job that reached Slurm (state pending)."""
+        job = await self.create(spec)
+        return await self.wait_state(job["id"], "pending")
+
+    def slurm(self, job: dict[str, Any]) -> str:
+        slurm_job_id: str = job["slurm_job_id"]
+        assert slurm_job_id in self.cluster.backend.states
+        return slurm_job_id
+
+    def workdir(self, job_id: str) -> str:
+        return f"/home/alice/.hpcgw/jobs/{job_id}"
+
+
+@pytest.fixture
+async def api(
+    tmp_path: Path,
+    aiohttp_client: ClientFactory,
+    fake_clusters: FakeClusters,
+    make_raw_config: Callable[..., dict[str, Any]],
+    make_notebook: Callable[..., bytes],
+) -> Api:
+    config = parse_config(make_raw_config(tmp_path / "data", max_notebook_bytes=NOTEBOOK_LIMIT))
+    app = make_app(config, runtime_factory=fake_clusters)
+    client = await aiohttp_client(app)
+    store = app[STORE]
+    alice = store.issue_token(store.add_user("alice", "alice"))
+    bob = store.issue_token(store.add_user("bob", "bob"))
+    return Api(client, app, fake_clusters.by_name["dev"], alice, bob, make_notebook())
+
+
+async def assert_problem(response: aiohttp.ClientResponse, status: int) -> dict[str, Any]:
+    assert response.status == status, await response.text()
+    assert response.content_type == PROBLEM
+    body: dict[str, Any] = await response.json(content_type=PROBLEM)
+    assert {"type", "title", "status", "detail"} <= body.keys()
+    assert body["status"] == status
+    return body
+
+
+# -- authentication --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("header", [
+    None, "", "Bearer", "Bearer ", "Bearer not-a-token", "Basic YWxpY2U6c2VjcmV0",
+    "Token hpcgw_x",
+])
+async def test_401_without_a_valid_token(api: Api, header: str | None) -> None:
+    headers = {} if header is None else {"Authorization": header}
+    for method, path in [("GET", "/api/v1/jobs"), ("POST", "/api/v1/jobs"),
+                         ("GET", "/api/v1/clusters"), ("GET", "/api/v1/jobs/0123456789abcdef"),
+                         ("GET", "/api/v1/no-such-route")]:
+        response = await api.client.request(method, path, headers=headers)
+        body = await assert_problem(response, 401)
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert "hpcgw_" not in json.dumps(body)
+
+
+async def test_revoked_token_is_refused(api: Api) -> None:
+    assert (await api.get("/api/v1/jobs")).status == 200
+    assert api.app[STORE].revoke_token(api.alice)
+    await assert_problem(await api.get("/api/v1/jobs"), 401)
+
+
+async def test_bearer_scheme_is_case_insensitive(api: Api) -> None:
+    response = await api.client.get("/api/v1/jobs", headers={"Authorization": f"bearer {api.bob}"})
+    assert response.status == 200
+
+
+async def test_openapi_needs_no_auth(api: Api) -> None:
+    response = await api.client.get("/api/v1/openapi.json")
+    assert response.status == 200
+    document = await response.json()
+    assert document["openapi"].startswith("3.1")
+    assert {"/api/v1/jobs", "/api/v1/jobs/{job_id}", "/api/v1/health"} <= set(document["paths"])
+    assert "JobSpec" in document["components"]["schemas"]
+
+
+async def test_health_needs_no_auth(api: Api) -> None:
+    response = await api.client.get("/api/v1/health")
+    assert response.status == 200
+    assert (await response.json())["clusters"] == {"dev": {"reachable": True}}
+
+
+async def test_health_reports_an_unreachable_cluster(api: Api) -> None:
+    api.cluster.backend.unreachable = True
+    response = await api.client.get("/api/v1/health")
+    assert response.status == 200
+    dev = (await response.json())["clusters"]["dev"]
+    assert dev["reachable"] is False and "slurm controller" in dev["error"]
+
+
+async def test_clusters_lists_the_policy(api: Api) -> None:
+    response = await api.get("/api/v1/clusters")
+    assert response.status == 200
+    (dev,) = (await response.json())["clusters"]
+    assert dev["name"] == "dev" and dev["default_partition"] == "cpu"
+    assert dev["accounts"] == ["proj1"]
+    assert dev["partitions"]["gpu"]["max_gpus"] == 2
+    assert dev["partitions"]["gpu"]["gpu_types"] == ["a100"]
+
+
+# -- submission ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec_first", [False, True])
+async def test_submit_in_either_part_order(api: Api, spec_first: bool) -> None:
+    response = await api.submit(
+        {"name": "my run", "partition": "gpu", "gpus": 1, "gpu_type": "a100",
+         "account": "proj1", "memory": "2G", "parameters": {"lr": 0.5}},
+        spec_first=spec_first)
+    assert response.status == 201, await response.text()
+    job = await response.json()
+    assert JOB_ID.match(job["id"])
+    assert response.headers["Location"] == f"/api/v1/jobs/{job['id']}"
+    assert "Idempotent-Replayed" not in response.headers
+    assert job["state"] == "accepted"
+    assert (job["kind"], job["name"], job["partition"], job["gpus"], job["gpu_type"]) == (
+        "notebook", "my run", "gpu", 1, "a100")
+    assert (job["memory"], job["time"], job["account"]) == ("2048M", "0-01:00:00", "proj1")
+    assert job["parameters"] == {"lr": 0.5}
+    for key in ("pending_reason", "reason", "message", "slurm_job_id", "node", "started_at",
+                "ended_at"):
+        assert job[key] is None, key
+    assert job["created_at"]
+
+
+async def test_submitted_job_reaches_slurm_as_its_owner(api: Api) -> None:
+    job = await api.pending({"name": "x'; id", "parameters": {"lr": 0.1}})
+    (submission,) = api.cluster.backend.submissions
+    assert submission.user == "alice"
+    assert submission.tag == job["id"]
+    assert job["slurm_job_id"] == submission.slurm_job_id
+    assert "#SBATCH --partition=cpu\n" in submission.script
+    assert "export HPCGW_JOB_NAME='x'\"'\"'; id'\n" in submission.script
+    files = api.cluster.transport.files
+    workdir = api.workdir(job["id"])
+    assert files[f"{workdir}/input.ipynb"] == api.notebook
+    assert json.loads(files[f"{workdir}/parameters.json"]) == {"lr": 0.1}
+    assert files[f"{workdir}/job.sh"].decode() == submission.script
+    assert api.cluster.transport.puts == [(workdir, "alice")]
+
+
+async def test_invalid_notebook_is_422(api: Api) -> None:
+    for notebook in (b"{not json", b'{"cells": "nope"}', b"\xff\xfe"):
+        body = await assert_problem(await api.submit({"name": "x"}, notebook=notebook), 422)
+        assert body["fields"] == ["notebook"]
+    assert api.app[STORE].list_jobs(api.app[STORE].get_user("alice").id) == []
+
+
+async def test_unknown_partition_is_422(api: Api) -> None:
+    body = await assert_problem(await api.submit({"partition": "bigmem"}), 422)
+    assert body["fields"] == ["partition"]
+    assert body["errors"][0]["field"] == "partition"
+    assert "bigmem" in body["errors"][0]["message"]
+
+
+async def test_every_bad_field_is_named(api: Api) -> None:
+    spec = {"partition": "gpu", "gpus": 9, "account": "other", "time": "3-00:00:00"}
+    body = await assert_problem(await api.submit(spec, notebook=b"[]"), 422)
+    assert body["fields"] == ["account", "gpus", "notebook", "time"]
+
+
+async def test_unknown_fields_are_422(api: Api) -> None:
+    body = await assert_problem(await api.submit({"name": "x", "nodes": 2, "exclusive": True}),
+                                422)
+    assert body["fields"] == ["exclusive", "nodes"]
+
+
+async def test_bad_parameter_name_is_422(api: Api) -> None:
+    body = await assert_problem(
+        await api.submit({"parameters": {"x = 1; import os#": 1}}), 422)
+    assert body["fields"] == ["parameters"]
+
+
+async def test_oversized_notebook_is_413(api: Api) -> None:
+    response = await api.submit({"name": "big"}, notebook=b"x" * (10 * 1024))
+    body = await assert_problem(response, 413)
+    assert "notebook" in body["detail"]
+    assert not api.cluster.backend.submissions
+
+
+async def test_spec_part_that_is_not_json_is_422(api: Api) -> None:
+    body = await assert_problem(await api.submit(None, raw_spec="{name: x"), 422)
+    assert body["fields"] == ["spec"]
+
+
+async def test_missing_and_unknown_parts_are_422(api: Api) -> None:
+    form = aiohttp.FormData()
+    form.add_field("notebook", api.notebook, filename="a.ipynb", content_type="application/json")
+    body = await assert_problem(
+        await api.client.post("/api/v1/jobs", data=form, headers=api.auth(api.alice)), 422)
+    assert body["fields"] == ["spec"]
+    form = aiohttp.FormData()
+    form.add_field("script", b"#!/bin/sh", filename="x.sh", content_type="text/plain")
+    body = await assert_problem(
+        await api.client.post("/api/v1/jobs", data=form, headers=api.auth(api.alice)), 422)
+    assert body["fields"] == ["script"]
+
+
+async def test_other_content_types(api: Api) -> None:
+    response = await api.client.post("/api/v1/jobs", data=b"hello", headers={
+        **api.auth(api.alice), "Content-Type": "text/plain"})
+    await assert_problem(response, 415)
+    response = await api.client.post("/api/v1/jobs", json={"kind": "lab"},
+                                     headers=api.auth(api.alice))
+    assert (await assert_problem(response, 422))["fields"] == ["kind"]
+
+
+async def test_idempotency_key_replays_the_same_job(api: Api) -> None:
+    first = await api.submit({"name": "once"}, key="run-42")
+    assert first.status == 201
+    second = await api.submit({"name": "twice"}, key="run-42", spec_first=True)
+    assert second.status == 201
+    assert second.headers["Idempotent-Replayed"] == "true"
+    first_job, second_job = await first.json(), await second.json()
+    assert second_job["id"] == first_job["id"]
+    assert second_job["name"] == "once"
+    jobs = (await (await api.get("/api/v1/jobs")).json())["jobs"]
+    assert [j["id"] for j in jobs] == [first_job["id"]]
+    # Bob may use the same key: it is his own job.
+    bobs = await api.submit({"name": "bob"}, key="run-42", token=api.bob)
+    assert bobs.status == 201
+    assert (await bobs.json())["id"] != first_job["id"]
+
+
+@pytest.mark.parametrize("key", ["", "k" * 201])
+async def test_bad_idempotency_key_is_422(api: Api, key: str) -> None:
+    body = await assert_problem(await api.submit({"name": "x"}, key=key), 422)
+    assert body["fields"] == ["Idempotency-Key"]
+
+
+async def test_job_list_is_newest_first_and_only_mine(api: Api) -> None:
+    ids = [(await api.create({"name": f"n{n}"}))["id"] for n in range(3)]
+    await api.create({"name": "bob's"}, token=api.bob)
+    response = await api.get("/api/v1/jobs")
+    assert response.status == 200
+    jobs = (await response.json())["jobs"]
+    assert [j["id"] for j in jobs] == ids[::-1]
+    assert [j["name"] for j in jobs] == ["n2", "n1", "n0"]
+
+
+# -- ownership -------------------------------------------------------------------------------------
+
+
+def _normalised(body: dict[str, Any], job_id: str) -> str:
+    return json.dumps(body, sort_keys=True).replace(job_id, "JOB")
+
+
+@pytest.mark.parametrize(("method", "suffix"), [
+    ("GET", ""), ("POST", "/cancel"), ("GET", "/notebook"), ("GET", "/log"), ("GET", "/events"),
+])
+async def test_another_users_job_is_404_like_a_missing_one(
+    api: Api, method: str, suffix: str
+) -> None:
+    job = await api.pending()
+    missing = "0123456789abcdef"
+    assert missing != job["id"]
+    answers = []
+    for job_id in (job["id"], missing):
+        response = await api.client.request(
+            method, f"/api/v1/jobs/{job_id}{suffix}", headers=api.auth(api.bob))
+        answers.append((response.status, response.content_type,
+                        _normalised(await response.json(content_type=None), job_id)))
+    assert answers[0] == answers[1]
+    assert answers[0][:2] == (404, PROBLEM)
+    # Bob's attempt changed nothing for Alice.
+    assert not api.cluster.backend.cancels
+    assert (await api.job(job["id"]))["state"] == "pending"
+
+
+async def test_malformed_job_id_is_404(api: Api) -> None:
+    for job_id in ("0123", "ABCDEF0123456789", "0123456789abcdef0", "0123456789abcdeg"):
+        await assert_problem(await api.get(f"/api/v1/jobs/{job_id}"), 404)
+
+
+# -- lifecycle -------------------------------------------------------------------------------------
+
+
+async def test_notebook_before_there_is_one_is_409(api: Api) -> None:
+    job = await api.pending()
+    body = await assert_problem(await api.get(f"/api/v1/jobs/{job['id']}/notebook"), 409)
+    assert job["id"] in json.dumps(body)
+
+
+async def test_a_run_to_success(api: Api) -> None:
+    job = await api.pending()
+    await api.wait(job["id"], lambda j: j["pending_reason"] == "Priority")  # Slurm's word
+    slurm_id = api.slurm(job)
+    api.cluster.backend.states[slurm_id] = SchedulerState.RUNNING
+    running = await api.wait_state(job["id"], "running")
+    assert running["node"] == "vm" and running["started_at"]
+    assert running["pending_reason"] is None
+
+    workdir = api.workdir(job["id"])
+    files = api.cluster.transport.files
+    files[f"{workdir}/job.log"] = b"hpcgw: job started\n"
+    log = await api.get(f"/api/v1/jobs/{job['id']}/log")  # read live while running
+    assert log.status == 200 and await log.text() == "hpcgw: job started\n"
+
+    output = api.notebook.replace(b"hello", b"executed")
+    files[f"{workdir}/output.ipynb"] = output
+    files[f"{workdir}/exit.json"] = json.dumps({"status": "ok"}).encode()
+    files[f"{workdir}/job.log"] += b"done\n"
+    api.cluster.backend.states[slurm_id] = SchedulerState.COMPLETED
+    done = await api.wait_state(job["id"], *TERMINAL)
+    assert (done["state"], done["reason"]) == ("succeeded", "completed")
+    assert done["ended_at"] and done["notebook_available"] is True
+
+    response = await api.get(f"/api/v1/jobs/{job['id']}/notebook")
+    assert response.status == 200
+    assert response.content_type == "application/x-ipynb+json"
+    assert await response.read() == output
+    log = await api.get(f"/api/v1/jobs/{job['id']}/log")
+    assert await log.text() == "hpcgw: job started\ndone\n"
+    events = (await (await api.get(f"/api/v1/jobs/{job['id']}/events")).json())["events"]
+    assert [e["to_state"] for e in events] == [
+        "accepted", "staging", "pending", "running", "collecting", "succeeded"]
+    # Terminal: a cancel now changes nothing.
+    response = await api.client.post(f"/api/v1/jobs/{job['id']}/cancel",
+                                     headers=api.auth(api.alice))
+    assert response.status == 200
+    assert (await response.json())["state"] == "succeeded"
+
+
+async def test_a_failing_notebook_keeps_its_partial_notebook(api: Api) -> None:
+    job = await api.pending()
+    workdir = api.workdir(job["id"])
+    files = api.cluster.transport.files
+    files[f"{workdir}/output.ipynb"] = api.notebook
+    files[f"{workdir}/exit.json"] = json.dumps(
+        {"status": "notebook_error", "ename": "ValueError", "evalue": "bad lr", "cell": 2}
+    ).encode()
+    api.cluster.backend.states[api.slurm(job)] = SchedulerState.FAILED
+    done = await api.wait_state(job["id"], *TERMINAL)
+    assert (done["state"], done["reason"]) == ("failed", "notebook_error")
+    assert "ValueError: bad lr" in done["message"]
+    assert (await api.get(f"/api/v1/jobs/{job['id']}/notebook")).status == 200
+
+
+async def test_time_limit(api: Api) -> None:
+    job = await api.pending()
+    api.cluster.backend.states[api.slurm(job)] = SchedulerState.TIMEOUT
+    done = await api.wait_state(job["id"], *TERMINAL)
+    assert (done["state"], done["reason"]) == ("timed_out", "time_limit")
+    await assert_problem(await api.get(f"/api/v1/jobs/{job['id']}/notebook"), 409)
+
+
+async def test_a_job_slurm_forgets_without_a_record_is_lost(api: Api) -> None:
+    job = await api.pending()
+    del api.cluster.backend.states[api.slurm(job)]
+    done = await api.wait_state(job["id"], *TERMINAL)
+    assert (done["state"], done["reason"]) == ("failed", "lost")
+
+
+async def test_a_job_slurm_forgets_with_an_ok_record_succeeded(api: Api) -> None:
+    job = await api.pending()
+    api.cluster.transport.files[f"{api.workdir(job['id'])}/exit.json"] = b'{"status": "ok"}'
+    del api.cluster.backend.states[api.slurm(job)]
+    done = await api.wait_state(job["id"], *TERMINAL)
+    assert (done["state"], done["reason"]) == ("succeeded", "completed")
+
+
+async def test_cancel_then_cancel_again(api: Api) -> None:
+    job = await api.pending()
+    path = f"/api/v1/jobs/{job['id']}/cancel"
+    response = await api.client.post(path, headers=api.auth(api.alice))
+    assert response.status == 202
+    assert api.cluster.backend.cancels == [(job["slurm_job_id"], "alice")]
+    done = await api.wait_state(job["id"], *TERMINAL)
+    assert (done["state"], done["reason"]) == ("cancelled", "user_cancelled")
+    assert "on request" in done["message"]
+    sent = len(api.cluster.backend.cancels)
+    again = await api.client.post(path, headers=api.auth(api.alice))
+    assert again.status == 200
+    assert (await again.json())["state"] == "cancelled"
+    assert len(api.cluster.backend.cancels) == sent  # a terminal job is not scancelled again
+
+
+async def test_scancel_is_sent_once(api: Api) -> None:
+    job = await api.pending()
+    response = await api.client.post(f"/api/v1/jobs/{job['id']}/cancel",
+                                     headers=api.auth(api.alice))
+    assert response.status == 202
+    await api.wait_state(job["id"], *TERMINAL)
+    assert api.cluster.backend.cancels == [(job["slurm_job_id"], "alice")]
+
+
+async def test_unreachable_scheduler_keeps_the_state(api: Api) -> None:
+    job = await api.pending()
+    backend = api.cluster.backend
+    backend.unreachable = True
+    calls = backend.status_calls
+    away = await api.wait(job["id"], lambda j: j["scheduler_reachable"] is False)
+    # A failed poll left the job as it was: still pending, never failed for it.
+    assert backend.status_calls > calls
+    assert away["state"] == "pending" and away["reason"] is None
+    backend.unreachable = False
+    back = await api.wait(job["id"], lambda j: j["scheduler_reachable"] is True)
+    assert back["state"] == "pending"
+
+
+async def test_cancel_while_the_scheduler_is_away_is_sent_later(api: Api) -> None:
+    job = await api.pending()
+    backend = api.cluster.backend
+    backend.unreachable = True
+    response = await api.client.post(f"/api/v1/jobs/{job['id']}/cancel",
+                                     headers=api.auth(api.alice))
+    assert response.status == 202
+    assert (await response.json())["state"] == "pending"
+    assert backend.cancels == []
+    backend.unreachable = False
+    done = await api.wait_state(job["id"], *TERMINAL)
+    assert (done["state"], done["reason"]) == ("cancelled", "user_cancelled")
+    assert backend.cancels[0] == (job["slurm_job_id"], "alice")
+    assert set(backend.cancels) == {(job["slurm_job_id"], "alice")}
+
+
+async def test_many_jobs_one_status_query_per_cycle(api: Api) -> None:
+    jobs = [await api.create({"name": f"n{n}"}) for n in range(5)]
+    for job in jobs:
+        await api.wait_state(job["id"], "pending")
+    backend = api.cluster.backend
+    before = backend.status_calls
+    for submission in backend.submissions:
+        backend.states[submission.slurm_job_id] = SchedulerState.RUNNING
+    for job in jobs:
+        await api.wait_state(job["id"], "running")
+    # Five jobs moved, yet the poller asked once per cycle, not once per job.
+    assert backend.status_calls - before < 5
+
+
+async def test_a_script_that_cannot_be_rendered_fails_the_job(api: Api) -> None:
+    store = api.app[STORE]
+    # Store.add_user does not check unix names (the CLI does); this one makes an unsafe workdir.
+    token = store.issue_token(store.add_user("carol", "car ol"))
+    job = await api.create({"name": "x"}, token=token)
+    done = await api.wait(job["id"], lambda j: j["state"] in TERMINAL)
+    assert (done["state"], done["reason"]) == ("failed", "launch_failed")
+    assert "unsafe value" in done["message"]
+    assert not api.cluster.backend.submissions

@@ -1,0 +1,107 @@
+"""How a job ended: Slurm's final state combined with the job's own exit record."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.jobs.outcome import decide
+from gateway.scheduler import SchedulerState as S
+from gateway.states import Reason, State
+
+OK = {"status": "ok"}
+NB_ERROR = {"status": "notebook_error", "ename": "ZeroDivisionError",
+            "evalue": "division by zero", "cell": 3}
+RUNNER_ERROR = {"status": "error", "ename": "DeadKernelError", "evalue": "Kernel died"}
+
+
+def end(
+    scheduler: S | None, record: dict[str, Any] | None, *, cancel: bool = False, log: str = ""
+) -> tuple[State, Reason]:
+    outcome = decide(scheduler, record, cancel_requested=cancel, log_tail=log)
+    return outcome.state, outcome.reason
+
+
+@pytest.mark.parametrize(("scheduler", "record", "expected"), [
+    (S.COMPLETED, OK, (State.SUCCEEDED, Reason.COMPLETED)),
+    (S.FAILED, OK, (State.SUCCEEDED, Reason.COMPLETED)),     # the record explains the rest
+    (None, OK, (State.SUCCEEDED, Reason.COMPLETED)),          # Slurm forgot: the record speaks
+    (S.FAILED, NB_ERROR, (State.FAILED, Reason.NOTEBOOK_ERROR)),
+    (S.COMPLETED, NB_ERROR, (State.FAILED, Reason.NOTEBOOK_ERROR)),
+    (None, NB_ERROR, (State.FAILED, Reason.NOTEBOOK_ERROR)),
+    (S.FAILED, RUNNER_ERROR, (State.FAILED, Reason.JOB_ERROR)),
+    (S.TIMEOUT, None, (State.TIMED_OUT, Reason.TIME_LIMIT)),
+    (S.TIMEOUT, OK, (State.TIMED_OUT, Reason.TIME_LIMIT)),    # the scheduler's word wins
+    (S.OUT_OF_MEMORY, None, (State.FAILED, Reason.OUT_OF_MEMORY)),
+    (S.OUT_OF_MEMORY, NB_ERROR, (State.FAILED, Reason.OUT_OF_MEMORY)),
+    (S.CANCELLED, None, (State.CANCELLED, Reason.USER_CANCELLED)),
+    (S.CANCELLED, OK, (State.CANCELLED, Reason.USER_CANCELLED)),
+    (S.NODE_FAIL, None, (State.FAILED, Reason.NODE_FAILURE)),
+    (S.PREEMPTED, None, (State.FAILED, Reason.PREEMPTED)),
+    (S.LAUNCH_FAILED, None, (State.FAILED, Reason.LAUNCH_FAILED)),
+    (None, None, (State.FAILED, Reason.LOST)),
+    (S.FAILED, None, (State.FAILED, Reason.JOB_ERROR)),
+    (S.COMPLETED, None, (State.FAILED, Reason.JOB_ERROR)),   # exit 0 but no record: not ok
+    (S.COMPLETED, {"status": "???"}, (State.FAILED, Reason.JOB_ERROR)),
+])
+def test_decide(
+    scheduler: S | None, record: dict[str, Any] | None, expected: tuple[State, Reason]
+) -> None:
+    assert end(scheduler, record) == expected
+
+
+def test_notebook_error_message_names_the_error() -> None:
+    outcome = decide(S.FAILED, NB_ERROR, cancel_requested=False)
+    assert outcome.message == "ZeroDivisionError: division by zero"
+
+
+def test_runner_error_message_names_the_error() -> None:
+    assert decide(S.FAILED, RUNNER_ERROR, cancel_requested=False).message == (
+        "DeadKernelError: Kernel died")
+
+
+def test_notebook_error_without_details() -> None:
+    outcome = decide(S.FAILED, {"status": "notebook_error"}, cancel_requested=False)
+    assert (outcome.state, outcome.reason) == (State.FAILED, Reason.NOTEBOOK_ERROR)
+    assert outcome.message.startswith("Error")
+
+
+@pytest.mark.parametrize("log", [
+    "slurmstepd: error: Detected 1 oom-kill event(s) in StepId=5.batch.",
+    "Killed process 123 (python) total-vm: ... Out of memory",
+    "slurmstepd: error: Job 5 exceeded memory limit (9000 > 8192), being killed",
+])
+def test_failed_without_record_but_oom_in_log(log: str) -> None:
+    outcome = decide(S.FAILED, None, cancel_requested=False, log_tail="started\n" + log)
+    assert (outcome.state, outcome.reason) == (State.FAILED, Reason.OUT_OF_MEMORY)
+
+
+def test_oom_in_log_does_not_hide_a_successful_run() -> None:
+    assert end(S.COMPLETED, OK, log="print('oom-kill is a word')") == (
+        State.SUCCEEDED, Reason.COMPLETED)
+
+
+def test_job_error_message_carries_the_log_tail() -> None:
+    log = "\n".join(f"line {n}" for n in range(10)) + "\n"
+    outcome = decide(S.FAILED, None, cancel_requested=False, log_tail=log)
+    assert outcome.reason is Reason.JOB_ERROR
+    assert "line 9" in outcome.message and "line 5" in outcome.message
+    assert "line 4" not in outcome.message
+
+
+def test_cancel_message_says_who() -> None:
+    assert "on request" in decide(S.CANCELLED, None, cancel_requested=True).message
+    assert "outside" in decide(S.CANCELLED, None, cancel_requested=False).message
+
+
+def test_lost_message() -> None:
+    message = decide(None, None, cancel_requested=False).message
+    assert "no exit record" in message
+
+
+@pytest.mark.parametrize("scheduler", [*S, None])
+def test_every_outcome_is_terminal(scheduler: S | None) -> None:
+    for record in (None, OK, NB_ERROR, RUNNER_ERROR):
+        state, _ = end(scheduler, record)
+        assert state in {State.SUCCEEDED, State.FAILED, State.CANCELLED, State.TIMED_OUT}

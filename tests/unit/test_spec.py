@@ -1,0 +1,222 @@
+"""Job specs: the shape check (parse_spec) and the policy check against a cluster (resolve_spec)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.config import Config
+from gateway.errors import ValidationFailed
+from gateway.spec import JobSpec, ResolvedSpec, parse_spec, resolve_spec
+
+
+def fields_of(error: ValidationFailed) -> set[str]:
+    return {e["field"] for e in error.errors}
+
+
+def refused(raw: Any) -> ValidationFailed:
+    with pytest.raises(ValidationFailed) as info:
+        parse_spec(raw)
+    assert info.value.status == 422
+    return info.value
+
+
+def policy_refused(raw: dict[str, Any], config: Config) -> ValidationFailed:
+    spec = parse_spec(raw)
+    with pytest.raises(ValidationFailed) as info:
+        resolve_spec(spec, config, default_name="notebook")
+    assert info.value.status == 422
+    return info.value
+
+
+# -- shape -----------------------------------------------------------------------------------
+
+
+def test_minimal_spec_parses_with_defaults() -> None:
+    spec = parse_spec({})
+    assert isinstance(spec, JobSpec)
+    assert spec.model_dump(exclude_defaults=True) == {}
+    assert (spec.kind, spec.gpus, spec.cpus, spec.kernel, spec.parameters) == (
+        "notebook", 0, 1, "python3", {})
+    assert spec.name is spec.partition is spec.time is spec.memory is None
+
+
+def test_unknown_fields_are_refused_by_name() -> None:
+    error = refused({"partition": "cpu", "partiton": "gpu", "nodes": 4})
+    assert fields_of(error) == {"partiton", "nodes"}
+    assert set(error.problem()["fields"]) == {"partiton", "nodes"}
+    assert "partiton" in error.detail and "nodes" in error.detail
+
+
+def test_spec_that_is_not_an_object_is_refused() -> None:
+    assert fields_of(refused(["partition", "cpu"])) == {"spec"}
+
+
+@pytest.mark.parametrize(("raw", "field"), [
+    ({"gpus": -1}, "gpus"),
+    ({"cpus": 0}, "cpus"),
+    ({"kind": "shell"}, "kind"),
+    ({"parameters": ["lr", 1]}, "parameters"),
+    ({"name": "x" * 1000}, "name"),
+    ({"gpus": "two"}, "gpus"),
+])
+def test_bad_shapes_name_their_field(raw: dict[str, Any], field: str) -> None:
+    assert fields_of(refused(raw)) == {field}
+
+
+@pytest.mark.parametrize("name", [
+    "x = 1; import os#",
+    "class",
+    "def",
+    "1abc",
+    "a-b",
+    "a b",
+    "",
+    "__import__('os').system('id')",
+    "x\n",
+])
+def test_parameter_names_must_be_identifiers(name: str) -> None:
+    error = refused({"parameters": {"ok": 1, name: 2}})
+    assert fields_of(error) == {"parameters"}
+
+
+def test_parameter_values_are_free_json() -> None:
+    spec = parse_spec({"parameters": {"lr": 0.1, "tag": "x = 1; import os#", "ys": [1, None]}})
+    assert spec.parameters == {"lr": 0.1, "tag": "x = 1; import os#", "ys": [1, None]}
+
+
+@pytest.mark.parametrize("name", [
+    "run\n#SBATCH --output=/tmp/y",
+    "run\r",
+    "tab\there",
+    "bell\x07",
+    "nul\x00",
+    "esc\x1b[31m",
+    "rtl\u202eoverride",
+])
+def test_job_names_with_control_characters_are_refused(name: str) -> None:
+    assert fields_of(refused({"name": name})) == {"name"}
+
+
+def test_printable_hostile_names_pass_the_shape_check() -> None:
+    # Quoting, not refusal, makes these safe (see test_templates.py).
+    for name in ["$(id)", "'; id", 'a"b`c', "naïve ☃"]:
+        assert parse_spec({"name": name}).name == name
+
+
+# -- policy ----------------------------------------------------------------------------------
+
+
+def test_defaults_are_filled_from_the_cluster(config: Config) -> None:
+    resolved = resolve_spec(parse_spec({}), config, default_name="notebook")
+    assert resolved.cluster == "dev"
+    assert resolved.partition == "cpu"           # the cluster's default_partition
+    assert resolved.time_s == 30 * 60            # cpu's default_time
+    assert resolved.time == "0-00:30:00"
+    assert resolved.name == "notebook"
+    assert resolved.kernel == "python3"
+    assert resolved.memory_mb is None
+    assert resolved.gres is None
+
+
+def test_default_time_follows_the_chosen_partition(config: Config) -> None:
+    resolved = resolve_spec(parse_spec({"partition": "gpu"}), config, default_name="nb")
+    assert (resolved.partition, resolved.time_s) == ("gpu", 3600)
+
+
+def test_a_full_valid_spec_resolves(config: Config) -> None:
+    raw = {"name": "train", "cluster": "dev", "partition": "gpu", "account": "proj1",
+           "gpus": 2, "gpu_type": "a100", "cpus": 16, "memory": "64G", "time": "1-00:00:00",
+           "parameters": {"lr": 0.1}}
+    resolved = resolve_spec(parse_spec(raw), config, default_name="notebook")
+    assert resolved.name == "train"
+    assert resolved.account == "proj1"
+    assert resolved.memory_mb == 64 * 1024
+    assert resolved.time_s == 86400
+    assert resolved.gres == "gpu:a100:2"
+    assert resolved.parameters == {"lr": 0.1}
+
+
+@pytest.mark.parametrize(("raw", "field"), [
+    ({"partition": "bigmem"}, "partition"),
+    ({"cluster": "elsewhere"}, "cluster"),
+    ({"account": "proj2"}, "account"),
+    ({"qos": "high"}, "qos"),                                # nothing allowlisted
+    ({"image": "/images/x.sif"}, "image"),
+    ({"kernel": "julia"}, "kernel"),
+    ({"time": "02:00:01"}, "time"),                          # cpu allows 02:00:00
+    ({"partition": "gpu", "time": "1-00:00:01"}, "time"),
+    ({"time": "00:00:30"}, "time"),                          # under a minute
+    ({"time": "soon"}, "time"),
+    ({"partition": "gpu", "gpus": 3}, "gpus"),               # gpu allows 2
+    ({"gpus": 1}, "gpus"),                                   # cpu has no GPUs
+    ({"partition": "gpu", "gpus": 1, "gpu_type": "h100"}, "gpu_type"),
+    ({"partition": "gpu", "gpu_type": "a100"}, "gpu_type"),  # a type needs gpus >= 1
+    ({"memory": "9G"}, "memory"),                            # cpu allows 8G
+    ({"memory": "lots"}, "memory"),
+    ({"cpus": 9}, "cpus"),
+    ({"kind": "lab"}, "kind"),                               # labs not enabled yet
+    ({"inputs": [{"src": "/data"}]}, "inputs"),
+])
+def test_out_of_policy_values_name_their_field(
+    raw: dict[str, Any], field: str, config: Config
+) -> None:
+    error = policy_refused(raw, config)
+    assert fields_of(error) == {field}
+    assert field in error.problem()["fields"]
+
+
+@pytest.mark.parametrize("time", ["0", "00:00", "0-00:00:00"])
+def test_zero_time_is_refused(time: str, config: Config) -> None:
+    assert fields_of(policy_refused({"time": time}, config)) == {"time"}
+
+
+def test_limits_at_the_edge_are_allowed(config: Config) -> None:
+    raw = {"partition": "gpu", "gpus": 2, "gpu_type": "a100", "memory": "64G", "cpus": 16,
+           "time": "24:00:00"}
+    assert resolve_spec(parse_spec(raw), config, default_name="nb").time_s == 86400
+
+
+def test_every_bad_field_is_named_at_once(config: Config) -> None:
+    raw = {"partition": "gpu", "account": "nope", "gpus": 5, "gpu_type": "v100",
+           "memory": "128G", "time": "2-00:00:00", "image": "evil"}
+    error = policy_refused(raw, config)
+    assert fields_of(error) == {"account", "gpus", "gpu_type", "memory", "time", "image"}
+    assert error.problem()["fields"] == sorted(fields_of(error))
+
+
+def test_unknown_partition_and_account_together(config: Config) -> None:
+    error = policy_refused({"partition": "bigmem", "account": "proj2"}, config)
+    assert fields_of(error) == {"partition", "account"}
+    partition_message = next(e["message"] for e in error.errors if e["field"] == "partition")
+    assert "bigmem" in partition_message and "cpu" in partition_message
+
+
+# -- the resolved spec ---------------------------------------------------------------------------
+
+
+def resolved(**overrides: Any) -> ResolvedSpec:
+    values: dict[str, Any] = {
+        "kind": "notebook", "name": "n", "cluster": "dev", "partition": "gpu", "account": None,
+        "qos": None, "constraint": None, "reservation": None, "gpus": 0, "gpu_type": None,
+        "cpus": 1, "memory_mb": None, "time_s": 3600, "image": None, "kernel": "python3",
+        "parameters": {},
+    }
+    return ResolvedSpec(**{**values, **overrides})
+
+
+@pytest.mark.parametrize(("gpus", "gpu_type", "gres"), [
+    (0, None, None),
+    (1, None, "gpu:1"),
+    (2, None, "gpu:2"),
+    (1, "a100", "gpu:a100:1"),
+    (2, "a100", "gpu:a100:2"),
+])
+def test_gres(gpus: int, gpu_type: str | None, gres: str | None) -> None:
+    assert resolved(gpus=gpus, gpu_type=gpu_type).gres == gres
+
+
+def test_resolved_spec_round_trips_through_json() -> None:
+    spec = resolved(gpus=1, gpu_type="a100", memory_mb=512, parameters={"a": [1, "b"]})
+    assert ResolvedSpec.model_validate_json(spec.model_dump_json()) == spec
