@@ -22,7 +22,8 @@ from typing import Any
 
 import sqlite_utils
 
-from .errors import Conflict, NotFound
+from .config import IDENTIFIER, UNIX_USER
+from .errors import BadRequest, Conflict, NotFound
 from .states import IN_SCHEDULER, TERMINAL, State, check_transition
 
 TOKEN_PREFIX = "hpcgw_"  # noqa: S105 - a recognisable prefix, not a secret
@@ -153,6 +154,11 @@ class Store:
     # -- users and tokens -------------------------------------------------------------------
 
     def add_user(self, name: str, unix_user: str) -> User:
+        """A new gateway user running jobs as ``unix_user``; Conflict if the name is taken."""
+        if not IDENTIFIER.match(name):
+            raise BadRequest(f"user name must match {IDENTIFIER.pattern}")
+        if not UNIX_USER.match(unix_user):
+            raise BadRequest(f"not a valid unix user name: {unix_user!r}")
         if self._table("users").count_where("name = ?", [name]):
             raise Conflict(f"user {name!r} already exists")
         row_id = self._table("users").insert(

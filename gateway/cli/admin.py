@@ -14,8 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..config import IDENTIFIER, UNIX_USER, Config, load_config
-from ..errors import GatewayError
+from ..config import Config, load_config
 from ..store import Store
 from ..templates import DEFAULT_TEMPLATE_DIR
 
@@ -25,10 +24,6 @@ def open_store(config: Config) -> Store:
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
-    if not IDENTIFIER.match(args.name):
-        raise GatewayError(f"user name must match {IDENTIFIER.pattern}")
-    if not UNIX_USER.match(args.unix_user):
-        raise GatewayError(f"not a valid unix user name: {args.unix_user!r}")
     store = open_store(load_config(args.config))
     user = store.add_user(args.name, args.unix_user)
     print(f"added user {user.name} (runs jobs as unix user {user.unix_user}); token:",

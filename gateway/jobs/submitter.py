@@ -116,7 +116,7 @@ async def _attempt(service: JobService, runtime: ClusterRuntime, job: dict[str, 
                          message="cancelled before submission")
         return
     if job["submit_attempts"]:
-        found = await runtime.backend.find_by_tag(job["id"])
+        found = await runtime.backend.find_by_tag(job["id"], user=job["unix_user"])
         if found is not None:
             log.info("job %s: adopting Slurm job %s", job["id"], found.job_id)
             store.update_job(job["id"], slurm_job_id=found.job_id)
@@ -133,7 +133,8 @@ def _entered_scheduler(
     service: JobService, runtime: ClusterRuntime, job_id: str, slurm_job_id: str
 ) -> None:
     service.store.transition(job_id, State.PENDING, slurm_job_id=slurm_job_id,
-                             scheduler_reachable=1, message=None)
+                             scheduler_reachable=1)
+    service.store.update_job(job_id, message=None)  # clear an earlier "unreachable" message
     runtime.wake.set()
 
 

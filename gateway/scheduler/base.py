@@ -67,8 +67,11 @@ class SchedulerBackend(Protocol):
         """
         ...
 
-    async def find_by_tag(self, tag: str) -> SchedulerStatus | None:
-        """The job submitted with this gateway tag, if the scheduler still lists one."""
+    async def find_by_tag(self, tag: str, *, user: str) -> SchedulerStatus | None:
+        """The job ``user`` submitted with this gateway tag, if the scheduler still lists one.
+
+        Only ``user``'s jobs count: anyone can put a tag in a comment.
+        """
         ...
 
     async def cancel(self, job_id: str, *, user: str) -> None:

@@ -202,8 +202,9 @@ class SlurmCLIBackend:
             found.update(await self._accounting(gone))
         return found
 
-    async def find_by_tag(self, tag: str) -> SchedulerStatus | None:
-        matches = [status for status in (await self._queue()).values() if status.tag == tag]
+    async def find_by_tag(self, tag: str, *, user: str) -> SchedulerStatus | None:
+        matches = [status for status in (await self._queue()).values()
+                   if status.tag == tag and status.user == user]
         return max(matches, key=lambda s: int(s.job_id)) if matches else None
 
     async def cancel(self, job_id: str, *, user: str) -> None:

@@ -150,7 +150,7 @@ class FakeBackend:
         self._check_reachable()
         return {j: self._status(j) for j in job_ids if j in self.states}
 
-    async def find_by_tag(self, tag: str) -> SchedulerStatus | None:
+    async def find_by_tag(self, tag: str, *, user: str) -> SchedulerStatus | None:
         self._check_reachable()
         for submission in reversed(self.submissions):
             if submission.tag == tag and submission.slurm_job_id in self.states:

@@ -24,6 +24,7 @@ from gateway.api.app import make_app
 from gateway.api.keys import STORE
 from gateway.config import parse_config
 from gateway.scheduler import SchedulerState
+from gateway.store import User
 
 if TYPE_CHECKING:
     from conftest import FakeCluster, FakeClusters
@@ -82,13 +83,14 @@ class Api:
         return job
 
     async def wait(
-        self, job_id: str, condition: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+        self, job_id: str, condition: Callable[[dict[str, Any]], bool], timeout: float = 10.0,
+        token: str | None = None,
     ) -> dict[str, Any]:
         """Poll the job through the API until ``condition`` holds (or fail at the deadline)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            job = await self.job(job_id)
+            job = await self.job(job_id, token)
             if condition(job):
                 return job
             if loop.time() > deadline:
@@ -532,10 +534,13 @@ async def test_many_jobs_one_status_query_per_cycle(api: Api) -> None:
 
 async def test_a_script_that_cannot_be_rendered_fails_the_job(api: Api) -> None:
     store = api.app[STORE]
-    # Store.add_user does not check unix names (the CLI does); this one makes an unsafe workdir.
-    token = store.issue_token(store.add_user("carol", "car ol"))
+    # A row Store.add_user would refuse today (as an older store may hold): its unix name makes
+    # an unsafe workdir, so the script cannot be rendered.
+    row_id = store.db["users"].insert(
+        {"name": "carol", "unix_user": "car ol", "created_at": "2026-01-01T00:00:00Z"}).last_pk
+    token = store.issue_token(User(int(row_id), "carol", "car ol"))
     job = await api.create({"name": "x"}, token=token)
-    done = await api.wait(job["id"], lambda j: j["state"] in TERMINAL)
+    done = await api.wait(job["id"], lambda j: j["state"] in TERMINAL, token=token)
     assert (done["state"], done["reason"]) == ("failed", "launch_failed")
     assert "unsafe value" in done["message"]
     assert not api.cluster.backend.submissions

@@ -56,6 +56,16 @@ def test_parse_squeue_tag_only_from_our_prefix() -> None:
     assert statuses["4"].tag == "00000000aaaaaaaa|x"
 
 
+def test_parse_squeue_only_wanted_jobs() -> None:
+    text = SQUEUE + "99|SOME_NEW_STATE|None|vm|zed|(null)\n"
+    statuses = parse_squeue(text, wanted={"2", "12", "404"})
+    assert set(statuses) == {"2", "12"}
+    assert statuses["2"].tag == "0123456789abcdef"
+    # Lines of jobs the gateway does not track are not even parsed (an odd state there is fine).
+    with pytest.raises(SchedulerError):
+        parse_squeue(text)
+
+
 def test_parse_squeue_empty_output() -> None:
     assert parse_squeue("") == {}
     assert parse_squeue("\n\n") == {}

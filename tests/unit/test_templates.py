@@ -248,7 +248,12 @@ def test_shell_quote_round_trips_through_bash(text: str, locale: str, tmp_path: 
     assert "\n" not in shell_quote(text)
 
 
-@pytest.mark.parametrize("text", ["a\u00a0b", "line\u2028sep", "soft\u00adhyphen"])
+NON_ASCII_NON_PRINTABLE = [
+    "a\u00a0b", "line\u2028sep", "soft\u00adhyphen", "c1\x85control", "zero\u200bwidth\x01",
+]
+
+
+@pytest.mark.parametrize("text", NON_ASCII_NON_PRINTABLE)
 def test_shell_quote_round_trips_non_ascii_separators_in_c_locale(
     text: str, tmp_path: Path
 ) -> None:
@@ -256,7 +261,7 @@ def test_shell_quote_round_trips_non_ascii_separators_in_c_locale(
     assert result.stdout == text.encode()
 
 
-@pytest.mark.parametrize("text", ["a\u00a0b", "line\u2028sep", "soft\u00adhyphen"])
+@pytest.mark.parametrize("text", NON_ASCII_NON_PRINTABLE)
 def test_shell_quote_round_trips_non_ascii_separators_in_utf8(text: str, tmp_path: Path) -> None:
     result = bash(f"printf %s {shell_quote(text)}", tmp_path, "C.UTF-8")
     assert result.stdout == text.encode()
@@ -284,9 +289,10 @@ def test_sbatch_value_refuses_anything_needing_quotes(value: str) -> None:
         sbatch_value(value)
 
 
-def test_sbatch_value_refuses_a_trailing_newline() -> None:
+@pytest.mark.parametrize("value", ["cpu\n", "\ncpu", "cpu\r\n", "cpu\n\n"])
+def test_sbatch_value_refuses_a_leading_or_trailing_newline(value: str) -> None:
     with pytest.raises(TemplateValueError):
-        sbatch_value("cpu\n")
+        sbatch_value(value)
 
 
 @pytest.mark.parametrize("field", ["partition", "account", "qos", "constraint", "reservation"])
@@ -308,3 +314,11 @@ def test_templates_use_strict_undefined() -> None:
         render(make_environment(), "notebook.sh.j2", job_id=JOB_ID, workdir=WORKDIR,
                slurm_name="hpcgw-x", spec=spec("x"))  # python missing
     assert isinstance(raised.value.__cause__, jinja2.UndefinedError)
+
+
+def test_a_broken_admin_template_is_a_render_error(tmp_path: Path) -> None:
+    (tmp_path / "notebook.sh.j2").write_text("#!/bin/bash\n{{ spec.name | q }\n")
+    with pytest.raises(ScriptRenderError):
+        render(make_environment(tmp_path), "notebook.sh.j2", spec=spec("x"))
+    with pytest.raises(ScriptRenderError):
+        render(make_environment(tmp_path), "missing.sh.j2")

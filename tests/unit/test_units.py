@@ -73,3 +73,14 @@ def test_parse_memory_mb(text: str, megabytes: int) -> None:
 def test_parse_memory_mb_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="memory size"):
         parse_memory_mb(text)
+
+
+@pytest.mark.parametrize("text", ["\u0661\u0660", "\uff11\uff10:\uff10\uff10", "1-\u0660\u0662"])
+def test_parse_time_accepts_ascii_digits_only(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_time(text)
+
+
+def test_parse_memory_accepts_ascii_digits_only() -> None:
+    with pytest.raises(ValueError):
+        parse_memory_mb("\u0664G")  # Arabic-Indic four
