@@ -145,10 +145,6 @@ async def _send_pending_cancels(
 ) -> None:
     """Re-send scancel for jobs whose cancel could not reach the scheduler before."""
     for job in jobs:
-        if job["cancel_requested"] and job["id"] not in runtime.cancel_sent:
-            try:
-                await runtime.backend.cancel(job["slurm_job_id"], user=job["unix_user"])
-                runtime.cancel_sent.add(job["id"])
-            except (ClusterUnavailable, CommandFailed) as exc:
-                log.warning("scancel of job %s failed: %s", job["id"], exc.detail)
-                return
+        if (job["cancel_requested"] and job["id"] not in runtime.cancel_sent
+                and not await runtime.send_cancel(job)):
+            return

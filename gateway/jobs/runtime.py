@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..config import ClusterConfig
+from ..errors import ClusterUnavailable, CommandFailed
 from ..scheduler import SchedulerBackend, load_backend
 from ..transport import Transport
 from ..transport.local import LocalTransport
 from ..transport.ssh import SSHTransport
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -30,6 +35,17 @@ class ClusterRuntime:
     @property
     def name(self) -> str:
         return self.config.name
+
+    async def send_cancel(self, job: dict[str, Any]) -> bool:
+        """scancel ``job`` as its owner and remember that it went through; False (logged) while
+        the scheduler can't be reached, so the poller sends it again later."""
+        try:
+            await self.backend.cancel(job["slurm_job_id"], user=job["unix_user"])
+        except (ClusterUnavailable, CommandFailed) as exc:
+            log.warning("scancel of job %s deferred: %s", job["id"], exc.detail)
+            return False
+        self.cancel_sent.add(job["id"])
+        return True
 
 
 def make_transport(cluster: ClusterConfig) -> Transport:

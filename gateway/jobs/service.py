@@ -22,7 +22,7 @@ import jinja2
 import nbformat
 
 from ..config import Config
-from ..errors import ClusterUnavailable, CommandFailed, Conflict, FieldError, ValidationFailed
+from ..errors import Conflict, FieldError, ValidationFailed
 from ..spec import parse_spec, resolve_spec
 from ..states import TERMINAL, IllegalTransition, Reason, State
 from ..store import Store, User
@@ -163,11 +163,7 @@ class JobService:
                 job = self.store.get_job(job_id)
         runtime = self.clusters.get(job["cluster"])
         if job["slurm_job_id"] and runtime:
-            try:
-                await runtime.backend.cancel(job["slurm_job_id"], user=job["unix_user"])
-                runtime.cancel_sent.add(job_id)
-            except (ClusterUnavailable, CommandFailed) as exc:
-                log.warning("scancel for %s deferred: %s", job_id, exc.detail)
+            await runtime.send_cancel(job)
             runtime.wake.set()
         return self.store.get_job(job_id), True
 

@@ -122,10 +122,10 @@ async def _attempt(service: JobService, runtime: ClusterRuntime, job: dict[str, 
             store.update_job(job["id"], slurm_job_id=found.job_id)
             _entered_scheduler(service, runtime, job["id"], found.job_id)
             return
-    await stage_inputs(service, runtime, job)
+    script = render_script(service, job, runtime)
+    await stage_inputs(service, runtime, job, script)
     store.update_job(job["id"], submit_attempts=job["submit_attempts"] + 1)
-    slurm_job_id = await runtime.backend.submit(
-        render_script(service, job, runtime), user=job["unix_user"], tag=job["id"])
+    slurm_job_id = await runtime.backend.submit(script, user=job["unix_user"], tag=job["id"])
     _entered_scheduler(service, runtime, job["id"], slurm_job_id)
 
 
@@ -138,8 +138,11 @@ def _entered_scheduler(
     runtime.wake.set()
 
 
-async def stage_inputs(service: JobService, runtime: ClusterRuntime, job: dict[str, Any]) -> None:
-    """Create the job's private directory on the cluster and put its inputs there."""
+async def stage_inputs(
+    service: JobService, runtime: ClusterRuntime, job: dict[str, Any], script: str
+) -> None:
+    """Create the job's private directory on the cluster and put its inputs (and, for the
+    record, the batch ``script`` as submitted) there."""
     transport, user, workdir = runtime.transport, job["unix_user"], job["workdir"]
     spec = ResolvedSpec.model_validate_json(job["spec"])
     runner = resources.files("gateway.jobside").joinpath("runner.py").read_bytes()
@@ -148,6 +151,6 @@ async def stage_inputs(service: JobService, runtime: ClusterRuntime, job: dict[s
         "input.ipynb": notebook,
         "parameters.json": json.dumps(spec.parameters).encode(),
         "runner.py": runner,
-        "job.sh": render_script(service, job, runtime).encode(),
+        "job.sh": script.encode(),
     }, user=user)
 
