@@ -4,7 +4,9 @@ A job moves ``accepted -> staging -> pending``. An unreachable scheduler keeps i
 (retried with backoff) until the cluster's ``submit_deadline``, then it fails ``launch_failed``.
 ``submit_attempts`` is stored *before* sbatch runs: a job that has been attempted is first looked
 for by its tag, so an sbatch whose answer was lost (timeout, gateway killed) is adopted, never
-repeated.
+repeated. A Slurm job that already ended and aged out of ``squeue`` (``MinJobAge``) before the
+retry is no longer found by its tag; it is recognised by what it left in its work directory
+(``job.log``, ``exit.json``) and the gateway job goes on to ``collecting`` instead.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from ..spec import ResolvedSpec
 from ..states import TERMINAL, IllegalTransition, Reason, State
 from ..store import parse_time
 from ..templates import render
+from ..transport import RemoteFileMissing
+from .collector import collect
 from .runtime import ClusterRuntime
 
 if TYPE_CHECKING:
@@ -28,6 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 30.0
+# Files only a Slurm job that started writes into its work directory (job_templates/notebook.sh.j2).
+TRACES = ("job.log", "exit.json")
 
 
 async def submit_worker(service: JobService) -> None:
@@ -115,18 +121,62 @@ async def _attempt(service: JobService, runtime: ClusterRuntime, job: dict[str, 
         store.transition(job["id"], State.CANCELLED, reason=Reason.USER_CANCELLED,
                          message="cancelled before submission")
         return
-    if job["submit_attempts"]:
-        found = await runtime.backend.find_by_tag(job["id"], user=job["unix_user"])
-        if found is not None:
-            log.info("job %s: adopting Slurm job %s", job["id"], found.job_id)
-            store.update_job(job["id"], slurm_job_id=found.job_id)
-            _entered_scheduler(service, runtime, job["id"], found.job_id)
-            return
+    if job["submit_attempts"] and await _resume_earlier_attempt(service, runtime, job):
+        return
     script = render_script(service, job, runtime)
     await stage_inputs(service, runtime, job, script)
     store.update_job(job["id"], submit_attempts=job["submit_attempts"] + 1)
     slurm_job_id = await runtime.backend.submit(script, user=job["unix_user"], tag=job["id"])
     _entered_scheduler(service, runtime, job["id"], slurm_job_id)
+
+
+async def _resume_earlier_attempt(
+    service: JobService, runtime: ClusterRuntime, job: dict[str, Any]
+) -> bool:
+    """Look for what an earlier ``sbatch`` of ``job`` may have created; True if the job was
+    moved on from it (so nothing may be submitted), False if a new submission is due.
+
+    First the scheduler's queue (by tag): a listed job is adopted. Then the work directory: a
+    ``job.log`` or ``exit.json`` there means the Slurm job ran and has already left the queue,
+    so the job goes to ``collecting`` (or to ``cancelled`` if a cancel was asked for meanwhile).
+    Without either, a requested cancel ends the job here instead of submitting it again.
+    """
+    store, job_id = service.store, job["id"]
+    found = await runtime.backend.find_by_tag(job_id, user=job["unix_user"])
+    if found is not None:
+        log.info("job %s: adopting Slurm job %s", job_id, found.job_id)
+        store.update_job(job_id, slurm_job_id=found.job_id)
+        _entered_scheduler(service, runtime, job_id, found.job_id)
+        return True
+    ran = await _left_traces(runtime, job)
+    if job["cancel_requested"]:
+        store.transition(job_id, State.CANCELLED, reason=Reason.USER_CANCELLED,
+                         message="cancelled" + (" after an earlier submission had run"
+                                                if ran else " before submission"))
+        return True
+    if not ran:
+        return False
+    log.info("job %s: an earlier submission already ran (left %s); collecting", job_id, ran)
+    store.transition(job_id, State.COLLECTING, scheduler_reachable=1)
+    store.update_job(job_id, message=None)
+    service.spawn(collect(service, job_id), f"collect-{job_id}")
+    return True
+
+
+async def _left_traces(runtime: ClusterRuntime, job: dict[str, Any]) -> str | None:
+    """The name of the first file a started Slurm job writes into its work directory that
+    exists there (``job.log``: Slurm's output, ``exit.json``: the runner's record), or None.
+
+    Raises ClusterUnavailable (retried by the caller) when the cluster can't be asked.
+    """
+    for name in TRACES:
+        try:
+            await runtime.transport.read_file(
+                f"{job['workdir']}/{name}", user=job["unix_user"], tail_bytes=1)
+        except RemoteFileMissing:
+            continue
+        return name
+    return None
 
 
 def _entered_scheduler(

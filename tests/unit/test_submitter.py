@@ -1,11 +1,11 @@
-"""Submission without the HTTP layer: adoption instead of resubmission, disabled clusters,
-cancels before submission, and the Slurm job name."""
+"""Submission without the HTTP layer: adoption instead of resubmission (also of a Slurm job that
+already left the queue), disabled clusters, cancels before submission, and the Slurm job name."""
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -18,9 +18,10 @@ from gateway.scheduler import SchedulerState
 from gateway.spec import parse_spec, resolve_spec
 from gateway.states import State
 from gateway.store import Store, User
+from gateway.templates import make_environment
 
 if TYPE_CHECKING:
-    from conftest import FakeClusters
+    from conftest import FakeCluster, FakeClusters
 
 JOB = "00112233aabbccdd"
 
@@ -45,7 +46,16 @@ def insert(store: Store, config: Config, user: User, **fields: Any) -> dict[str,
 
 
 def service(store: Store, config: Config, clusters: dict[str, Any]) -> Any:
-    return SimpleNamespace(store=store, config=config, clusters=clusters)
+    """The parts of a JobService the submitter (and the collector it may start) use."""
+    tasks: list[asyncio.Task[Any]] = []
+
+    def spawn(coroutine: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        tasks.append(asyncio.create_task(coroutine, name=name))
+        return tasks[-1]
+
+    return SimpleNamespace(store=store, config=config, clusters=clusters, spawn=spawn,
+                           tasks=tasks, templates=make_environment(),
+                           job_dir=lambda job_id: config.gateway.data_dir / "jobs" / job_id)
 
 
 async def test_a_disabled_cluster_fails_the_job(store: Store, config: Config) -> None:
@@ -83,6 +93,73 @@ async def test_an_attempted_job_is_adopted_not_submitted_again(
     assert (job["state"], job["slurm_job_id"]) == ("pending", slurm_job_id)
     assert len(backend.submissions) == 1  # nothing new went to Slurm
     assert runtime.wake.is_set()  # the poller looks at it now
+
+
+async def attempted_job_gone_from_the_queue(
+    store: Store, config: Config, fake_clusters: FakeClusters, traces: dict[str, bytes],
+    **fields: Any,
+) -> tuple[Any, FakeCluster]:
+    """A job whose earlier sbatch answer was lost; Slurm no longer lists anything with its tag
+    (the job ended and aged out, or never got there); ``traces`` are in its work directory."""
+    runtime = fake_clusters(config.clusters[0])
+    fake = fake_clusters.by_name["dev"]
+    job = insert(store, config, store.add_user("alice", "alice"), submit_attempts=1, **fields)
+    store.transition(JOB, State.STAGING)
+    fake.transport.files.update({f"{job['workdir']}/{name}": data for name, data in traces.items()})
+    svc = service(store, config, {"dev": runtime})
+    svc.job_dir(JOB).mkdir(parents=True)
+    (svc.job_dir(JOB) / "input.ipynb").write_bytes(b"{}")  # only staged, never read
+    await submit_job(svc, JOB)
+    return svc, fake
+
+
+@pytest.mark.parametrize("traces", [
+    {"job.log": b"hpcgw: job on vm\n", "exit.json": b'{"status": "ok"}'},
+    {"job.log": b""},  # started, then killed before the runner wrote its record
+    {"exit.json": b'{"status": "ok"}'},
+])
+async def test_an_attempted_job_that_already_ran_is_collected_not_submitted_again(
+    store: Store, config: Config, fake_clusters: FakeClusters, traces: dict[str, bytes]
+) -> None:
+    svc, fake = await attempted_job_gone_from_the_queue(store, config, fake_clusters, traces)
+    assert store.get_job(JOB)["state"] == "collecting"
+    assert fake.backend.submissions == [] and fake.transport.puts == []
+    await asyncio.gather(*svc.tasks)  # the collector decides from what the job left
+    job = store.get_job(JOB)
+    # Without an exit record nor a word from Slurm, the collector can only say ``lost``.
+    expected = ("succeeded", "completed") if "exit.json" in traces else ("failed", "lost")
+    assert (job["state"], job["reason"]) == expected
+    assert [e["to_state"] for e in store.events(JOB)][-3:] == ["staging", "collecting",
+                                                              job["state"]]
+
+
+async def test_a_cancel_meanwhile_ends_an_attempted_job_that_already_ran_cancelled(
+    store: Store, config: Config, fake_clusters: FakeClusters
+) -> None:
+    svc, fake = await attempted_job_gone_from_the_queue(
+        store, config, fake_clusters, {"job.log": b"x"}, cancel_requested=1)
+    job = store.get_job(JOB)
+    assert (job["state"], job["reason"]) == ("cancelled", "user_cancelled")
+    assert fake.backend.submissions == [] and svc.tasks == []
+
+
+async def test_an_attempted_job_without_traces_is_submitted_again(
+    store: Store, config: Config, fake_clusters: FakeClusters
+) -> None:
+    _, fake = await attempted_job_gone_from_the_queue(store, config, fake_clusters, {})
+    assert [s.tag for s in fake.backend.submissions] == [JOB]
+    assert store.get_job(JOB)["state"] == "pending"
+    assert store.get_job(JOB)["submit_attempts"] == 2
+
+
+async def test_an_attempted_job_without_traces_and_a_cancel_is_not_submitted_again(
+    store: Store, config: Config, fake_clusters: FakeClusters
+) -> None:
+    _, fake = await attempted_job_gone_from_the_queue(
+        store, config, fake_clusters, {}, cancel_requested=1)
+    assert fake.backend.submissions == []
+    job = store.get_job(JOB)
+    assert (job["state"], job["reason"]) == ("cancelled", "user_cancelled")
 
 
 def test_entering_the_scheduler_clears_an_unreachable_message(
