@@ -22,6 +22,7 @@ from .units import parse_memory_mb, parse_time
 IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}\Z")
 UNIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/{}+-]*\Z")
+HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,253}\Z")
 
 
 class _Strict(BaseModel):
@@ -131,6 +132,18 @@ class ClusterConfig(_Strict):
     command_timeout: float = Field(30.0, gt=0)
     # How long a submission may keep waiting for an unreachable scheduler before it fails.
     submit_deadline: float = Field(600.0, gt=0)
+    # Labs: the address JupyterLab binds on its compute node, and the host the gateway (or, over
+    # SSH, the login host) connects to; "{node}" is the job's Slurm node. The port always comes
+    # from the server itself, the host never from the job or the URL.
+    lab_bind: str = "0.0.0.0"  # noqa: S104 - the node's address; the lab still needs its token
+    lab_host: str = "{node}"
+
+    @field_validator("lab_bind", "lab_host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if value != "{node}" and not HOST.match(value):
+            raise ValueError(f"not a host name or address: {value!r}")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -186,11 +199,28 @@ class PollConfig(_Strict):
     lost_after: float = Field(60.0, ge=0)
 
 
+class LabConfig(_Strict):
+    """Interactive JupyterLab jobs."""
+
+    # A lab with no proxied traffic and no busy kernel for this long is stopped (reason idle).
+    idle_timeout: float = Field(3600.0, gt=0)
+    # A lab whose server does not answer this long after its job started ends failed.
+    start_timeout: float = Field(300.0, gt=0)
+    # How often the gateway looks at each lab (readiness, idleness).
+    check_interval: float = Field(5.0, gt=0)
+
+
 class GatewayConfig(_Strict):
     data_dir: Path
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     cookie_secret: Annotated[str, Field(min_length=32)]
+    # Browser sessions: mark the cookie Secure (behind TLS), and how long a login lasts.
+    cookie_secure: bool = False
+    session_hours: float = Field(12.0, gt=0)
+    # The origin browsers see (e.g. "https://gateway.example.org") when behind a TLS proxy;
+    # by default the request's own scheme and Host. Cookie-authenticated WebSockets must match.
+    public_origin: str | None = None
     max_notebook_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     log_tail_bytes: int = Field(1024 * 1024, ge=1024)
 
@@ -200,6 +230,7 @@ class Config(BaseModel):
 
     gateway: GatewayConfig
     poll: PollConfig = Field(default_factory=lambda: PollConfig.model_validate({}))
+    labs: LabConfig = Field(default_factory=lambda: LabConfig.model_validate({}))
     clusters: list[ClusterConfig]
     cluster_errors: dict[str, str] = Field(default_factory=dict, exclude=True)
 

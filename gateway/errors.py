@@ -49,6 +49,20 @@ class Unauthorized(GatewayError):
     title = "Authentication required"
 
 
+class Forbidden(GatewayError):
+    status = 403
+    type_slug = "forbidden"
+    title = "Forbidden"
+
+
+class LabUnavailable(GatewayError):
+    """The lab exists but its server can't be reached (starting, or the link is down)."""
+
+    status = 503
+    type_slug = "lab-unavailable"
+    title = "Lab unavailable"
+
+
 class NotFound(GatewayError):
     status = 404
     type_slug = "not-found"

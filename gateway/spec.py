@@ -134,8 +134,8 @@ def resolve_spec(spec: JobSpec, config: Config, default_name: str) -> ResolvedSp
     if spec.inputs or spec.outputs:
         field = "inputs" if spec.inputs else "outputs"
         errors.append(FieldError(field, "staging connectors are not enabled on this gateway"))
-    if spec.kind == "lab":
-        errors.append(FieldError("kind", "interactive labs are not enabled on this gateway yet"))
+    if spec.kind == "lab" and spec.parameters:
+        errors.append(FieldError("parameters", "parameters are for notebook runs, not labs"))
     time_s = memory_mb = None
     try:
         time_s = parse_time(spec.time) if spec.time else None

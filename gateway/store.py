@@ -3,8 +3,9 @@
 Jobs, their state history (``events``), gateway users and their tokens (stored as SHA-256 hashes:
 tokens are 256-bit random strings, so a fast hash is enough and lookups stay indexed). Artifacts
 (notebooks, logs) live in the data directory, not here. Every state change goes through
-:meth:`Store.transition`, which checks the transition table and writes the event row in the same
-transaction; terminal states are therefore sticky by construction.
+:meth:`Store.transition` (or, batched, :meth:`Store.transition_many`), which checks the transition
+table and writes the event row in the same transaction; terminal states are therefore sticky by
+construction.
 """
 
 from __future__ import annotations
@@ -13,18 +14,18 @@ import hashlib
 import json
 import secrets
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlite_utils
 
 from .config import IDENTIFIER, UNIX_USER
 from .errors import BadRequest, Conflict, NotFound
-from .states import IN_SCHEDULER, TERMINAL, State, check_transition
+from .states import IN_SCHEDULER, TERMINAL, TRANSITIONS, State, check_transition
 
 TOKEN_PREFIX = "hpcgw_"  # noqa: S105 - a recognisable prefix, not a secret
 
@@ -87,6 +88,14 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX events_job ON events(job_id, id);
     """,
+    # Labs: the server's token (injected upstream by the proxy, never shown), the port the
+    # server reported, why the gateway stopped it (idle, start_timeout), last proxied traffic.
+    """
+    ALTER TABLE jobs ADD COLUMN lab_token TEXT;
+    ALTER TABLE jobs ADD COLUMN lab_port INTEGER;
+    ALTER TABLE jobs ADD COLUMN stop_reason TEXT;
+    ALTER TABLE jobs ADD COLUMN last_activity TEXT;
+    """,
 ]
 
 
@@ -104,6 +113,35 @@ def parse_time(stamp: str) -> datetime:
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Move(NamedTuple):
+    """One transition of a batch (:meth:`Store.transition_many`)."""
+
+    job_id: str
+    new: State
+    fields: dict[str, Any]
+    reason: str | None = None
+    message: str | None = None
+
+
+def _transition_update(
+    old: State, new: State, reason: str | None, message: str | None, fields: dict[str, Any],
+    now: str,
+) -> dict[str, Any]:
+    """The columns a move ``old -> new`` writes besides ``fields`` (one rule for every path)."""
+    update = {**fields, "state": new.value, "updated_at": now}
+    if reason is not None:
+        update["reason"] = reason
+    if message is not None:
+        update["message"] = message
+    if new in TERMINAL:
+        update["ended_at"] = now
+    if new is State.RUNNING:
+        update.setdefault("started_at", now)
+    if new is not State.PENDING:
+        update["pending_reason"] = None
+    return update
 
 
 @dataclass(frozen=True)
@@ -203,10 +241,23 @@ class Store:
         return cursor.rowcount == 1
 
     def user_for_token(self, token: str) -> User | None:
+        found = self.authenticate(token)
+        return found[1] if found else None
+
+    def authenticate(self, token: str) -> tuple[int, User] | None:
+        """``(token id, user)`` for a valid (known, unrevoked) token, else None."""
+        row = self.db.execute(
+            "SELECT t.id, u.id, u.name, u.unix_user FROM tokens t JOIN users u "
+            "ON u.id = t.user_id WHERE t.token_hash = ? AND t.revoked_at IS NULL",
+            [hash_token(token)],
+        ).fetchone()
+        return (row[0], User(*row[1:])) if row else None
+
+    def user_for_token_id(self, token_id: int) -> User | None:
+        """The user of a browser session's token, while that token is not revoked."""
         row = self.db.execute(
             "SELECT u.id, u.name, u.unix_user FROM tokens t JOIN users u ON u.id = t.user_id "
-            "WHERE t.token_hash = ? AND t.revoked_at IS NULL",
-            [hash_token(token)],
+            "WHERE t.id = ? AND t.revoked_at IS NULL", [token_id],
         ).fetchone()
         return User(*row) if row else None
 
@@ -260,17 +311,38 @@ class Store:
         return list(self._table("jobs").rows_where(
             f"state IN ({marks})", [s.value for s in states], order_by="created_at"))
 
-    def tracked_jobs(self, cluster: str) -> list[dict[str, Any]]:
-        """The jobs the poller follows on ``cluster`` (in the scheduler), oldest first.
+    def tracked_jobs(self, cluster: str, changed_since: str | None = None) -> list[dict[str, Any]]:
+        """The jobs the poller follows on ``cluster`` (in the scheduler), oldest first; with
+        ``changed_since`` (a :func:`utcnow` stamp) only those written at or after it.
 
-        Only the columns a poll cycle needs: at 10,000 jobs this read dominates the cycle.
+        Only the columns a poll cycle needs (:data:`TRACKED_COLUMNS`).
         """
         marks = ",".join("?" for _ in IN_SCHEDULER)
+        since = "" if changed_since is None else "AND updated_at >= ? "
         cursor = self.db.execute(
             f"SELECT {', '.join(TRACKED_COLUMNS)} FROM jobs "  # noqa: S608 - constant names
-            f"WHERE state IN ({marks}) AND cluster = ? ORDER BY created_at",
-            [*(s.value for s in IN_SCHEDULER), cluster])
+            f"WHERE state IN ({marks}) AND cluster = ? {since}ORDER BY created_at",
+            [*(s.value for s in IN_SCHEDULER), cluster,
+             *([] if changed_since is None else [changed_since])])
         return [dict(zip(TRACKED_COLUMNS, row, strict=True)) for row in cursor.fetchall()]
+
+    def last_event_id(self) -> int:
+        """The id of the newest events row (0 if none): a watermark for :meth:`states_since`."""
+        return int(self.db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+
+    def states_since(self, event_id: int) -> tuple[int, dict[str, str]]:
+        """The jobs whose state changed after events row ``event_id``:
+        ``(the newest event id, {job id: the state it moved to last})``."""
+        rows = self.db.execute(
+            "SELECT id, job_id, to_state FROM events WHERE id > ? ORDER BY id", [event_id]
+        ).fetchall()
+        return (rows[-1][0] if rows else event_id), {job: state for _, job, state in rows}
+
+    def lab_jobs(self) -> list[dict[str, Any]]:
+        """Labs whose server may be up (``running`` or ``ready``), oldest first."""
+        return list(self._table("jobs").rows_where(
+            "kind = 'lab' AND state IN (?, ?)", [State.RUNNING.value, State.READY.value],
+            order_by="created_at"))
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
         return list(self.db.query(
@@ -288,13 +360,41 @@ class Store:
         if not changes:
             return
         now = utcnow()
+        groups: dict[tuple[str, ...], list[list[Any]]] = {}  # one statement per set of columns
+        for job_id, fields in changes.items():
+            assert "state" not in fields
+            groups.setdefault(tuple(fields), []).append([*fields.values(), now, job_id])
         with self._transaction():
-            for job_id, fields in changes.items():
-                assert "state" not in fields
-                columns = ", ".join(f"{name} = ?" for name in fields)
-                self.db.execute(
-                    f"UPDATE jobs SET {columns}, updated_at = ? WHERE id = ?",  # noqa: S608
-                                [*fields.values(), now, job_id])
+            for names, rows in groups.items():
+                columns = ", ".join(f"{name} = ?" for name in names)
+                self.db.conn.executemany(
+                    f"UPDATE jobs SET {columns}, updated_at = ? WHERE id = ?", rows)  # noqa: S608
+
+    def transition_many(self, moves: Sequence[Move]) -> set[str]:
+        """Several :meth:`transition` calls in one transaction (the poll cycle's batch).
+
+        Each move is checked against the table and recorded as an events row exactly like a
+        single one. A move the table does not allow from the job's current state (another writer
+        got there first) is skipped, not raised: the returned set holds the ids of those jobs.
+        """
+        refused: set[str] = set()
+        events: list[tuple[Any, ...]] = []
+        now = utcnow()
+        with self._transaction():
+            for job_id, new, fields, reason, message in moves:
+                row = self.db.execute("SELECT state FROM jobs WHERE id = ?", [job_id]).fetchone()
+                if row is None or new not in TRANSITIONS[State(row[0])]:
+                    refused.add(job_id)
+                    continue
+                update = _transition_update(State(row[0]), new, reason, message, fields, now)
+                columns = ", ".join(f"{name} = ?" for name in update)
+                self.db.execute(f"UPDATE jobs SET {columns} WHERE id = ?",  # noqa: S608
+                                [*update.values(), job_id])
+                events.append((job_id, now, row[0], new.value, reason, message))
+            self.db.conn.executemany(
+                "INSERT INTO events (job_id, at, from_state, to_state, reason, message) "
+                "VALUES (?, ?, ?, ?, ?, ?)", events)
+        return refused
 
     def transition(
         self, job_id: str, new: State, *, reason: str | None = None,
@@ -309,17 +409,7 @@ class Store:
         with self._transaction():
             old = State(self.get_job(job_id)["state"])
             check_transition(old, new)
-            update = {**fields, "state": new.value, "updated_at": now}
-            if reason is not None:
-                update["reason"] = reason
-            if message is not None:
-                update["message"] = message
-            if new in TERMINAL:
-                update["ended_at"] = now
-            if new is State.RUNNING:
-                update.setdefault("started_at", now)
-            if new is not State.PENDING:
-                update["pending_reason"] = None
+            update = _transition_update(old, new, reason, message, fields, now)
             self._table("jobs").update(job_id, update)
             self._event(job_id, old, new, reason, message, now)
         return self.get_job(job_id)

@@ -13,9 +13,11 @@ from ..config import ClusterConfig, Config
 from ..errors import GatewayError
 from ..jobs.runtime import ClusterRuntime, make_runtime
 from ..jobs.service import JobService
+from ..proxy.labs import LabProxy
+from ..proxy.watcher import watch_labs
 from ..store import Store
-from . import jobs
-from .keys import CONFIG, SERVICE, STORE
+from . import jobs, portal, sessions
+from .keys import CONFIG, PROXY, SERVICE, STORE
 from .middleware import auth_middleware, problem_middleware
 from .openapi import openapi_document
 
@@ -85,6 +87,10 @@ def make_app(config: Config, *, runtime_factory: RuntimeFactory = make_runtime) 
     app[CONFIG] = config
     app.add_routes(routes)
     app.add_routes(jobs.routes)
+    app.add_routes(sessions.routes)
+    app.add_routes(portal.routes)
+    app.router.add_route("*", "/labs/{job_id:[0-9a-f]{16}}/{tail:.*}", _proxy_lab)
+    app.router.add_get("/labs/{job_id:[0-9a-f]{16}}", _lab_root)
 
     async def job_service(app: web.Application) -> AsyncIterator[None]:
         store = Store(config.gateway.data_dir / "hpcgw.db")
@@ -102,5 +108,23 @@ def make_app(config: Config, *, runtime_factory: RuntimeFactory = make_runtime) 
         await service.stop()
         store.close()
 
+    async def lab_proxy(app: web.Application) -> AsyncIterator[None]:
+        service = app[SERVICE]
+        proxy = LabProxy(service, sessions.GATEWAY_COOKIES, config.gateway.public_origin)
+        await proxy.start()
+        app[PROXY] = proxy
+        service.spawn(watch_labs(proxy), "lab-watcher")
+        yield
+        await proxy.stop()
+
     app.cleanup_ctx.append(job_service)
+    app.cleanup_ctx.append(lab_proxy)
     return app
+
+
+async def _proxy_lab(request: web.Request) -> web.StreamResponse:
+    return await request.app[PROXY].handle(request)
+
+
+async def _lab_root(request: web.Request) -> web.Response:
+    raise web.HTTPFound(f"/labs/{request.match_info['job_id']}/lab")

@@ -61,6 +61,16 @@ async def read_notebook_upload(request: web.Request) -> tuple[bytes, Any]:
     return notebook, spec
 
 
+async def _json_body(request: web.Request) -> Any:
+    body = await request.content.read(MAX_SPEC_BYTES + 1)
+    if len(body) > MAX_SPEC_BYTES:
+        raise PayloadTooLarge(f"a lab request is at most {MAX_SPEC_BYTES} bytes")
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise ValidationFailed([FieldError("body", f"not valid JSON: {exc}")]) from None
+
+
 @routes.post("/api/v1/jobs")
 async def submit_job(request: web.Request) -> web.Response:
     user = current_user(request)
@@ -71,11 +81,11 @@ async def submit_job(request: web.Request) -> web.Response:
         notebook, spec = await read_notebook_upload(request)
         job, created = request.app[SERVICE].create_notebook_job(user, spec, notebook, key)
     elif request.content_type == "application/json":
-        raise ValidationFailed(
-            [FieldError("kind", "a JSON body is for labs, which are not enabled yet; "
-                        "send a notebook run as multipart/form-data")])
+        job, created = request.app[SERVICE].create_lab_job(user, await _json_body(request), key)
     else:
-        raise UnsupportedMediaType("send multipart/form-data (notebook + spec)")
+        raise UnsupportedMediaType(
+            "send multipart/form-data (notebook + spec) for a notebook run, "
+            "or application/json for a lab")
     headers = {"Location": f"/api/v1/jobs/{job['id']}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"

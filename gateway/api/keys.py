@@ -6,12 +6,15 @@ from aiohttp import web
 
 from ..config import Config
 from ..jobs.service import JobService
+from ..proxy.labs import LabProxy
 from ..store import Store, User
 
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
 SERVICE = web.AppKey("service", JobService)
+PROXY = web.AppKey("proxy", LabProxy)
 USER_KEY = web.RequestKey("user", User)  # request-scoped: the authenticated gateway user
+VIA_COOKIE = web.RequestKey("via_cookie", bool)  # authenticated by a browser session cookie
 
 
 def current_user(request: web.Request) -> User:

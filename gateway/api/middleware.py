@@ -1,19 +1,23 @@
-"""Middlewares: every error becomes problem+json; every non-public route needs a bearer token."""
+"""Middlewares: every error becomes problem+json; every non-public route needs a user (a bearer
+token, or a browser session cookie)."""
 
 from __future__ import annotations
 
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlencode
 
 from aiohttp import web
 
 from ..errors import GatewayError, Unauthorized
-from .keys import STORE, USER_KEY
+from ..store import User
+from .keys import CONFIG, STORE, USER_KEY, VIA_COOKIE
+from .sessions import SESSION_COOKIE, check_xsrf, read_session
 
 log = logging.getLogger(__name__)
 PROBLEM_TYPE = "application/problem+json"
-PUBLIC_PATHS = frozenset({"/api/v1/openapi.json", "/api/v1/health"})
+PUBLIC_PATHS = frozenset({"/api/v1/openapi.json", "/api/v1/health", "/login", "/logout"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -52,16 +56,50 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         })
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Resolve ``Authorization: Bearer <token>`` to a user; 401 on every protected route without."""
-    if request.path in PUBLIC_PATHS:
-        return await handler(request)
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+def _bearer_user(request: web.Request) -> User | None:
+    """The user of ``Authorization: Bearer``; None without one; 401 for a bad one."""
+    if "Authorization" not in request.headers:
+        return None
+    scheme, _, token = request.headers["Authorization"].partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("send Authorization: Bearer <token>")
     user = request.app[STORE].user_for_token(token.strip())
     if user is None:
         raise Unauthorized("the token is not valid (unknown or revoked)")
+    return user
+
+
+def _session_user(request: web.Request) -> User | None:
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        return None
+    token_id = read_session(request.app[CONFIG].gateway.cookie_secret, cookie)
+    return request.app[STORE].user_for_token_id(token_id) if token_id is not None else None
+
+
+def _wants_page(request: web.Request) -> bool:
+    return request.method == "GET" and "text/html" in request.headers.get("Accept", "")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Resolve the caller: ``Authorization: Bearer <token>``, else a browser session cookie.
+
+    Anonymous: a browser page request outside the API goes to the login page (302), anything
+    else gets 401. A cookie-authenticated state change needs the XSRF header.
+    """
+    if request.path in PUBLIC_PATHS:
+        return await handler(request)
+    user = _bearer_user(request)
+    via_cookie = user is None
+    if user is None:
+        user = _session_user(request)
+    if user is None:
+        if _wants_page(request) and not request.path.startswith("/api/"):
+            raise web.HTTPFound("/login?" + urlencode({"next": request.rel_url.raw_path_qs}))
+        raise Unauthorized("send Authorization: Bearer <token>, or log in at /login")
+    if via_cookie:
+        check_xsrf(request)
     request[USER_KEY] = user
+    request[VIA_COOKIE] = via_cookie
     return await handler(request)

@@ -56,6 +56,8 @@ async def collect(service: JobService, job_id: str) -> None:
         artifacts["record"],
         cancel_requested=bool(job["cancel_requested"]),
         log_tail=artifacts["log_tail"],
+        kind=job["kind"],
+        stop_reason=job["stop_reason"],
     )
     service.store.transition(job_id, outcome.state, reason=outcome.reason,
                              message=outcome.message, has_notebook=int(artifacts["has_notebook"]))

@@ -33,25 +33,41 @@ _BY_SCHEDULER: dict[SchedulerState, tuple[State, Reason, str]] = {
 }
 
 
+def _tail(log_tail: str) -> str:
+    lines = log_tail.strip().splitlines()[-5:]
+    return ": " + " | ".join(lines) if lines else ""
+
+
 def decide(
     scheduler_state: SchedulerState | None,
     record: dict[str, Any] | None,
     *,
     cancel_requested: bool,
     log_tail: str = "",
+    kind: str = "notebook",
+    stop_reason: str | None = None,
 ) -> Outcome:
     """The terminal state of a job.
 
     ``scheduler_state`` is None when the scheduler forgot the job; then only the exit record
     speaks, and without one the job is ``lost``. The scheduler's word wins for time limits,
-    memory, node failures and cancellation; the exit record explains the rest.
+    memory, node failures and cancellation; the exit record explains the rest. A lab has no
+    exit record: its end is the scheduler's word, or why the gateway stopped it
+    (``stop_reason``: ``idle``, or ``start_timeout`` when its server never answered).
     """
+    if stop_reason == "start_timeout":
+        return Outcome(State.FAILED, Reason.LAUNCH_FAILED,
+                       "the lab's server never answered" + _tail(log_tail))
+    if stop_reason == "idle" and scheduler_state in (SchedulerState.CANCELLED, None):
+        return Outcome(State.CANCELLED, Reason.IDLE, "stopped by the gateway: the lab was idle")
     if scheduler_state is SchedulerState.CANCELLED:
         who = "on request" if cancel_requested else "outside the gateway"
         return Outcome(State.CANCELLED, Reason.USER_CANCELLED, f"cancelled {who}")
     if scheduler_state in _BY_SCHEDULER:
         state, reason, message = _BY_SCHEDULER[scheduler_state]
         return Outcome(state, reason, message)
+    if kind == "lab" and scheduler_state is SchedulerState.COMPLETED:
+        return Outcome(State.SUCCEEDED, Reason.COMPLETED, "the lab's server was shut down")
     if record is None and scheduler_state is None:
         return Outcome(State.FAILED, Reason.LOST,
                        "Slurm no longer knows the job and it left no exit record")
@@ -68,7 +84,5 @@ def decide(
     if status == "error":
         return Outcome(State.FAILED, Reason.JOB_ERROR,
                        f"{record.get('ename', 'Error')}: {record.get('evalue', '')}".strip())
-    tail = log_tail.strip().splitlines()[-5:]
-    explanation = ": " + " | ".join(tail) if tail else ""
-    return Outcome(State.FAILED, Reason.JOB_ERROR,
-                   "the job ended without an exit record" + explanation)
+    what = "the lab's server stopped" if kind == "lab" else "the job ended without an exit record"
+    return Outcome(State.FAILED, Reason.JOB_ERROR, what + _tail(log_tail))

@@ -23,7 +23,7 @@ import nbformat
 
 from ..config import Config
 from ..errors import Conflict, FieldError, ValidationFailed
-from ..spec import parse_spec, resolve_spec
+from ..spec import ResolvedSpec, parse_spec, resolve_spec
 from ..states import TERMINAL, IllegalTransition, Reason, State
 from ..store import Store, User
 from ..templates import make_environment
@@ -117,13 +117,45 @@ class JobService:
             resolved = resolve_spec(spec, self.config, default_name="notebook")
         except ValidationFailed as exc:
             raise ValidationFailed(errors + exc.errors) from None
+        if resolved.kind != "notebook":
+            errors.append(FieldError("kind", "a lab is asked for with a JSON body, not a form"))
         if errors:
             raise ValidationFailed(errors)
+        return self._store_new_job(user, resolved, idempotency_key, {"input.ipynb": notebook})
+
+    def create_lab_job(
+        self, user: User, raw_spec: Any, idempotency_key: str | None = None
+    ) -> tuple[dict[str, Any], bool]:
+        """Validate and store a lab request (``kind: "lab"``); ``(job, created)`` as above.
+
+        The lab's server token is made here and kept in the store: the proxy injects it
+        upstream, and the submitter puts it on the cluster as a 0600 file.
+        """
+        if idempotency_key:
+            existing = self.store.job_by_idempotency_key(user.id, idempotency_key)
+            if existing:
+                return existing, False
+        spec = parse_spec(raw_spec)
+        if spec.kind != "lab":
+            raise ValidationFailed([FieldError(
+                "kind", 'a JSON body asks for a lab ("kind": "lab"); send a notebook run as '
+                "multipart/form-data")])
+        resolved = resolve_spec(spec, self.config, default_name="lab")
+        return self._store_new_job(user, resolved, idempotency_key, {},
+                                   lab_token=secrets.token_urlsafe(32))
+
+    def _store_new_job(
+        self, user: User, resolved: ResolvedSpec, idempotency_key: str | None,
+        files: dict[str, bytes], **extra: Any,
+    ) -> tuple[dict[str, Any], bool]:
+        """Keep ``files`` in the job's data directory, insert the row, queue the submission."""
+        cluster = self.config.cluster(resolved.cluster)
+        assert cluster is not None  # resolve_spec checked it
         job_id = secrets.token_hex(JOB_ID_BYTES)
         directory = self.job_dir(job_id)
         directory.mkdir(parents=True, mode=0o700)
-        (directory / "input.ipynb").write_bytes(notebook)
-        cluster = self.clusters[resolved.cluster].config
+        for name, data in files.items():
+            (directory / name).write_bytes(data)
         row = {
             "id": job_id,
             "user_id": user.id,
@@ -134,6 +166,7 @@ class JobService:
             "spec": resolved.model_dump_json(),
             "workdir": f"{cluster.work_root.replace('{unix_user}', user.unix_user)}/{job_id}",
             "idempotency_key": idempotency_key,
+            **extra,
         }
         try:
             job = self.store.insert_job(row)
@@ -206,4 +239,6 @@ def job_view(job: dict[str, Any]) -> dict[str, Any]:
     view["time"] = format_time(spec["time_s"])
     view["scheduler_reachable"] = bool(job["scheduler_reachable"])
     view["notebook_available"] = bool(job["has_notebook"])
+    if job["kind"] == "lab":
+        view["lab_url"] = f"/labs/{job['id']}/lab"
     return view

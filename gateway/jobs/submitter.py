@@ -47,15 +47,17 @@ async def submit_worker(service: JobService) -> None:
 
 
 def render_script(service: JobService, job: dict[str, Any], runtime: ClusterRuntime) -> str:
+    """The batch script of ``job``: ``notebook.sh.j2`` or ``lab.sh.j2`` by its kind."""
     spec = ResolvedSpec.model_validate_json(job["spec"])
     return render(
         service.templates,
-        "notebook.sh.j2",
+        f"{spec.kind}.sh.j2",
         job_id=job["id"],
         workdir=job["workdir"],
         python=runtime.config.python,
         slurm_name=slurm_job_name(spec.name),
         spec=spec,
+        lab_bind=runtime.config.lab_bind,
     )
 
 
@@ -194,13 +196,20 @@ async def stage_inputs(
     """Create the job's private directory on the cluster and put its inputs (and, for the
     record, the batch ``script`` as submitted) there."""
     transport, user, workdir = runtime.transport, job["unix_user"], job["workdir"]
-    spec = ResolvedSpec.model_validate_json(job["spec"])
-    runner = resources.files("gateway.jobside").joinpath("runner.py").read_bytes()
-    notebook = (service.job_dir(job["id"]) / "input.ipynb").read_bytes()
-    await transport.put_files(workdir, {
-        "input.ipynb": notebook,
-        "parameters.json": json.dumps(spec.parameters).encode(),
-        "runner.py": runner,
-        "job.sh": script.encode(),
-    }, user=user)
+    await transport.put_files(workdir, {**job_files(service, job), "job.sh": script.encode()},
+                              user=user)
 
+
+def job_files(service: JobService, job: dict[str, Any]) -> dict[str, bytes]:
+    """What a job needs in its directory: the notebook, its parameters and the runner for a
+    notebook run; the launcher and the server token (0600, like every staged file) for a lab."""
+    jobside = resources.files("gateway.jobside")
+    if job["kind"] == "lab":
+        return {"lab.py": jobside.joinpath("lab.py").read_bytes(),
+                "lab.token": job["lab_token"].encode()}
+    spec = ResolvedSpec.model_validate_json(job["spec"])
+    return {
+        "input.ipynb": (service.job_dir(job["id"]) / "input.ipynb").read_bytes(),
+        "parameters.json": json.dumps(spec.parameters).encode(),
+        "runner.py": jobside.joinpath("runner.py").read_bytes(),
+    }

@@ -304,9 +304,12 @@ async def test_other_content_types(api: Api) -> None:
     response = await api.client.post("/api/v1/jobs", data=b"hello", headers={
         **api.auth(api.alice), "Content-Type": "text/plain"})
     await assert_problem(response, 415)
-    response = await api.client.post("/api/v1/jobs", json={"kind": "lab"},
+    response = await api.client.post("/api/v1/jobs", json={"kind": "notebook"},
                                      headers=api.auth(api.alice))
     assert (await assert_problem(response, 422))["fields"] == ["kind"]
+    response = await api.client.post("/api/v1/jobs", data=b"{not json", headers={
+        **api.auth(api.alice), "Content-Type": "application/json"})
+    assert (await assert_problem(response, 422))["fields"] == ["body"]
 
 
 async def test_idempotency_key_replays_the_same_job(api: Api) -> None:

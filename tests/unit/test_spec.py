@@ -156,7 +156,7 @@ def test_a_full_valid_spec_resolves(config: Config) -> None:
     ({"memory": "9G"}, "memory"),                            # cpu allows 8G
     ({"memory": "lots"}, "memory"),
     ({"cpus": 9}, "cpus"),
-    ({"kind": "lab"}, "kind"),                               # labs not enabled yet
+    ({"kind": "lab", "parameters": {"a": 1}}, "parameters"),  # parameters are for notebooks
     ({"inputs": [{"src": "/data"}]}, "inputs"),
 ])
 def test_out_of_policy_values_name_their_field(

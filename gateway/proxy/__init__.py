@@ -1,0 +1,1 @@
+"""The labs' reverse proxy: ``/labs/{job_id}/...`` to the JupyterLab of that job, owner only."""

@@ -1,0 +1,161 @@
+"""The lab proxy: ``/labs/{job_id}/...`` of a ready lab, for its owner only.
+
+Every request and WebSocket upgrade is checked: the job must exist, belong to the caller (another
+user's lab answers exactly like a missing one) and be ``ready``. The upstream address is the
+job's own (its node and the port its server reported), reached through :class:`Tunnels`; nothing
+in the URL can change it. Cookie-authenticated WebSocket upgrades must come from the gateway's
+own origin. Each relayed request or frame counts as activity for the idle cull.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from ..errors import Forbidden, LabUnavailable, NotFound
+from ..jobs.service import JobService
+from ..states import State
+from ..store import parse_time
+from .relay import Upstream, relay_http, relay_websocket
+from .tunnels import Tunnels
+
+log = logging.getLogger(__name__)
+CONNECT_TIMEOUT = 10.0
+PROBE_TIMEOUT = 5.0
+
+
+def lab_prefix(job_id: str) -> str:
+    return f"/labs/{job_id}/"
+
+
+class LabProxy:
+    """Owns the upstream HTTP client, the tunnels and the per-lab activity clock."""
+
+    def __init__(self, service: JobService, gateway_cookies: frozenset[str],
+                 public_origin: str | None = None) -> None:
+        self.service = service
+        self.tunnels = Tunnels()
+        self.gateway_cookies = gateway_cookies
+        self.public_origin = public_origin
+        # job id -> wall-clock time of the last proxied request or WebSocket frame
+        self.activity: dict[str, float] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT,
+                                          sock_read=None),
+            auto_decompress=False,  # bodies pass through as the upstream encoded them
+            cookie_jar=aiohttp.DummyCookieJar(),  # never keep one user's cookies for another
+            skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+        )
+
+    async def stop(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        self.tunnels.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "LabProxy.start() was not awaited"
+        return self._session
+
+    def touch(self, job_id: str) -> None:
+        self.activity[job_id] = time.time()
+
+    def last_activity(self, job: dict[str, Any]) -> float:
+        """The latest of: proxied traffic seen by this process, the stored activity stamp, the
+        moment the lab became ready (so a restarted gateway keeps counting idle time)."""
+        stamps = [self.activity.get(job["id"], 0.0)]
+        for column in ("last_activity", "started_at"):
+            if job.get(column):
+                stamps.append(parse_time(job[column]).timestamp())
+        return max(stamps)
+
+    async def upstream(self, job: dict[str, Any]) -> Upstream:
+        """The lab server of ``job`` (which must have reported its port), as reached from here."""
+        runtime = self.service.clusters.get(job["cluster"])
+        if runtime is None or not job["lab_port"]:
+            raise LabUnavailable("the lab's server address is not known yet")
+        node_host = runtime.config.lab_host.replace("{node}", job["node"] or "")
+        host, port = await self.tunnels.address(runtime, node_host, int(job["lab_port"]),
+                                                user=job["unix_user"])
+        return Upstream(host, port, job["lab_token"], lab_prefix(job["id"]))
+
+    async def get(self, job: dict[str, Any], path: str) -> Any:
+        """GET ``path`` (under the lab's prefix) from the lab's REST API as JSON, bypassing the
+        activity clock (the gateway's own checks never keep a lab alive)."""
+        upstream = await self.upstream(job)
+        async with self.session.get(
+            upstream.url(upstream.prefix + path, ""),
+            headers={"Authorization": f"token {upstream.token}"},
+            timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT), allow_redirects=False,
+        ) as answer:
+            answer.raise_for_status()
+            return await answer.json()
+
+    # -- the route ------------------------------------------------------------------------
+
+    def _ready_lab(self, request: web.Request) -> dict[str, Any]:
+        from ..api.keys import current_user  # the api package imports this module
+
+        job = self.service.store.get_job(request.match_info["job_id"], current_user(request).id)
+        if job["kind"] != "lab":
+            raise NotFound(f"no job {job['id']}")
+        state = State(job["state"])
+        if state is State.READY:
+            return job
+        if state in (State.ACCEPTED, State.STAGING, State.PENDING, State.RUNNING):
+            raise LabUnavailable(f"the lab is starting (state {state}); try again shortly",
+                                 state=str(state))
+        raise NotFound(f"the lab has ended (state {state})")
+
+    def _check_origin(self, request: web.Request) -> None:
+        own = self.public_origin or f"{request.scheme}://{request.host}"
+        if request.headers.get("Origin") != own:
+            raise Forbidden("a WebSocket with a session cookie must come from the gateway's "
+                            "own pages (Origin mismatch)")
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        from ..api.keys import VIA_COOKIE
+
+        try:
+            job = self._ready_lab(request)
+        except LabUnavailable as exc:
+            if "text/html" in request.headers.get("Accept", "") and request.method == "GET":
+                return _starting_page(exc.detail)
+            raise
+        if not request.rel_url.raw_path.startswith(lab_prefix(job["id"])):
+            raise NotFound("no such path in this lab")
+        websocket = request.headers.get("Upgrade", "").lower() == "websocket"
+        if websocket and request[VIA_COOKIE]:
+            self._check_origin(request)
+        upstream = await self.upstream(job)
+        job_id = job["id"]
+        self.touch(job_id)
+        try:
+            if websocket:
+                return await relay_websocket(request, upstream, self.session,
+                                             self.gateway_cookies, lambda: self.touch(job_id))
+            return await relay_http(request, upstream, self.session, self.gateway_cookies,
+                                    lambda: self.touch(job_id))
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            log.warning("lab %s: upstream %s:%s failed: %r", job_id, upstream.host,
+                        upstream.port, exc)
+            raise LabUnavailable("the lab's server did not answer") from None
+
+
+def _starting_page(detail: str) -> web.Response:
+    return web.Response(
+        status=503, content_type="text/html", headers={"Retry-After": "2"},
+        text=f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="refresh" content="2"><title>hpcgw: lab starting</title></head>
+<body><main><h1>Your lab is not ready yet</h1><p>{html.escape(detail)}</p>
+<p>This page reloads by itself.</p></main></body></html>
+""")

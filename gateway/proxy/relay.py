@@ -1,0 +1,241 @@
+"""Relaying one HTTP request or one WebSocket to a lab's server, streaming both ways.
+
+Nothing here knows about jobs or users: the caller has checked who may use which upstream and
+hands over an :class:`Upstream` (an address the gateway chose, never one from the URL). The
+relay drops hop-by-hop headers (and those named in ``Connection``), strips the gateway's own
+cookies and credentials, injects the lab's token, never follows redirects, passes bodies through
+untouched (gzip stays gzip), keeps ``Location`` and ``Set-Cookie`` under the lab's prefix, and
+relays WebSocket subprotocols, frames and close codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import WSMsgType, web
+from multidict import CIMultiDict
+from yarl import URL
+
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+    "te", "trailer", "trailers", "transfer-encoding", "upgrade",
+})
+# Never copied upstream: the gateway sets them itself (or they carry the gateway's secrets).
+_NOT_UPSTREAM = frozenset({"host", "authorization", "cookie", "origin", "x-xsrftoken"})
+_WS_HANDSHAKE = frozenset({
+    "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
+    "sec-websocket-protocol", "content-length",
+})
+MAX_WS_MESSAGE = 64 * 1024 * 1024
+CHUNK = 256 * 1024
+
+Activity = Callable[[], None]
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where one lab's server answers, as the gateway reaches it, and how to authenticate."""
+
+    host: str
+    port: int
+    token: str
+    prefix: str  # "/labs/<id>/": the lab's base_url, identical on both sides of the proxy
+
+    @property
+    def origin(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def url(self, raw_path: str, raw_query: str) -> URL:
+        """The upstream URL for a request path. The path must lie under :attr:`prefix`; host
+        and port are always the upstream's, whatever the path holds (``@``, ``:``, ``..``)."""
+        if not raw_path.startswith(self.prefix):
+            raise ValueError(f"{raw_path!r} is not under {self.prefix!r}")
+        return URL.build(scheme="http", host=self.host, port=self.port, path=raw_path,
+                         query_string=raw_query, encoded=True)
+
+
+def _named_in_connection(headers: CIMultiDict[str] | object) -> set[str]:
+    values = headers.getall("Connection", []) if isinstance(headers, CIMultiDict) else []
+    return {token.strip().lower() for value in values for token in value.split(",")}
+
+
+def _end_to_end(headers: Iterable[tuple[str, str]], named: set[str]) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP and k.lower() not in named]
+
+
+def filter_cookies(cookie_headers: list[str], drop: frozenset[str]) -> str:
+    """The ``Cookie`` header without the gateway's cookies (names in ``drop``)."""
+    kept = []
+    for header in cookie_headers:
+        for pair in header.split(";"):
+            name = pair.split("=", 1)[0].strip()
+            if name and name not in drop:
+                kept.append(pair.strip())
+    return "; ".join(kept)
+
+
+def upstream_headers(
+    request: web.Request, upstream: Upstream, gateway_cookies: frozenset[str], *,
+    websocket: bool = False,
+) -> CIMultiDict[str]:
+    """Request headers for the upstream: end-to-end ones only, the gateway's cookies and
+    Authorization removed, the lab token injected, Host and Origin the upstream's own (the
+    gateway has already checked the browser's Origin where that matters)."""
+    named = _named_in_connection(CIMultiDict(request.headers))
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in _end_to_end(request.headers.items(), named):
+        lower = name.lower()
+        if lower in _NOT_UPSTREAM or (websocket and lower in _WS_HANDSHAKE):
+            continue
+        headers.add(name, value)
+    cookies = filter_cookies(request.headers.getall("Cookie", []), gateway_cookies)
+    if cookies:
+        headers["Cookie"] = cookies
+    headers["Authorization"] = f"token {upstream.token}"
+    headers["Host"] = f"{upstream.host}:{upstream.port}"
+    if "Origin" in request.headers:
+        headers["Origin"] = upstream.origin
+    if request.remote:
+        headers["X-Forwarded-For"] = request.remote
+    return headers
+
+
+def rewrite_location(value: str, upstream: Upstream) -> str:
+    """A ``Location`` that stays under the lab's prefix on the gateway.
+
+    An absolute URL on the upstream becomes a path; a path outside the prefix is put under it;
+    relative references resolve against the request URL and are left alone.
+    """
+    url = URL(value)
+    if url.is_absolute():
+        if (url.host, url.port) != (upstream.host, upstream.port):
+            return value
+        value = str(url.relative())
+    if value.startswith("/") and not value.startswith(upstream.prefix):
+        value = upstream.prefix.rstrip("/") + value
+    return value
+
+
+def scope_set_cookie(value: str, prefix: str) -> str:
+    """An upstream ``Set-Cookie`` limited to the lab's prefix (no Domain, Path under it)."""
+    parts = [p.strip() for p in value.split(";")]
+    path = prefix
+    kept = [parts[0]]
+    for attribute in parts[1:]:
+        key, _, attr_value = attribute.partition("=")
+        if key.strip().lower() == "domain":
+            continue
+        if key.strip().lower() == "path":
+            if attr_value.strip().startswith(prefix):
+                path = attr_value.strip()
+            continue
+        kept.append(attribute)
+    return "; ".join([*kept, f"Path={path}"])
+
+
+def response_headers(upstream_response: aiohttp.ClientResponse, upstream: Upstream
+                     ) -> CIMultiDict[str]:
+    named = _named_in_connection(CIMultiDict(upstream_response.headers))
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in _end_to_end(upstream_response.headers.items(), named):
+        lower = name.lower()
+        if lower == "location":
+            value = rewrite_location(value, upstream)
+        elif lower == "set-cookie":
+            value = scope_set_cookie(value, upstream.prefix)
+        headers.add(name, value)
+    return headers
+
+
+async def relay_http(
+    request: web.Request, upstream: Upstream, session: aiohttp.ClientSession,
+    gateway_cookies: frozenset[str], on_activity: Activity,
+) -> web.StreamResponse:
+    """Send ``request`` to ``upstream`` and stream the answer back, chunk by chunk.
+
+    Raises aiohttp.ClientError (and TimeoutError) if the upstream can't be reached before the
+    response starts; after that, a broken upstream ends the response early.
+    """
+    url = upstream.url(request.rel_url.raw_path, request.rel_url.raw_query_string)
+    headers = upstream_headers(request, upstream, gateway_cookies)
+    body = request.content if request.body_exists else None
+    async with session.request(request.method, url, headers=headers, data=body,
+                               allow_redirects=False) as answer:
+        on_activity()
+        response = web.StreamResponse(status=answer.status, reason=answer.reason,
+                                      headers=response_headers(answer, upstream))
+        await response.prepare(request)
+        try:
+            async for chunk in answer.content.iter_chunked(CHUNK):
+                await response.write(chunk)
+                on_activity()
+        except (aiohttp.ClientError, TimeoutError):
+            # The upstream broke mid-body: cut the client's connection so that it sees a
+            # truncated response, never a complete-looking one.
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write_eof()
+        return response
+
+
+async def relay_websocket(
+    request: web.Request, upstream: Upstream, session: aiohttp.ClientSession,
+    gateway_cookies: frozenset[str], on_activity: Activity,
+) -> web.WebSocketResponse:
+    """Open the upstream WebSocket first (so its subprotocol choice can be passed on), then
+    accept the client's and relay frames both ways until either side closes."""
+    url = upstream.url(request.rel_url.raw_path, request.rel_url.raw_query_string)
+    offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+               if p.strip()]
+    async with session.ws_connect(
+        url, headers=upstream_headers(request, upstream, gateway_cookies, websocket=True),
+        protocols=offered, max_msg_size=MAX_WS_MESSAGE, autoping=True, heartbeat=None,
+    ) as upstream_ws:
+        client_ws = web.WebSocketResponse(
+            protocols=[upstream_ws.protocol] if upstream_ws.protocol else (),
+            max_msg_size=MAX_WS_MESSAGE, compress=False, heartbeat=None)
+        await client_ws.prepare(request)
+        pumps = [
+            asyncio.create_task(_pump(client_ws, upstream_ws, on_activity)),
+            asyncio.create_task(_pump(upstream_ws, client_ws, on_activity)),
+        ]
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pump in pumps:
+                if not pump.done():
+                    pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await client_ws.close()
+        return client_ws
+
+
+WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
+async def _pump(source: WebSocket, sink: WebSocket, on_activity: Activity) -> None:
+    """Copy messages from ``source`` to ``sink``; when ``source`` closes, close ``sink`` with
+    the same code and reason."""
+    reason = ""
+    while True:
+        message = await source.receive()
+        if message.type is WSMsgType.TEXT:
+            await sink.send_str(message.data)
+        elif message.type is WSMsgType.BINARY:
+            await sink.send_bytes(message.data)
+        elif message.type is WSMsgType.CLOSE:
+            reason = message.extra or ""
+            break
+        elif message.type in (WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            break
+        on_activity()
+    code = source.close_code or 1000
+    if code in (1005, 1006):  # "no code" and "abnormal" may not be sent on the wire
+        code = 1000 if code == 1005 else 1011
+    await sink.close(code=code, message=reason.encode()[:123])
