@@ -110,6 +110,12 @@ def print_job(job: dict[str, Any], as_json: bool) -> None:
 
 async def wait_for_end(client: Client, job_id: str) -> dict[str, Any]:
     """Poll the job until it is terminal; a live status line on a terminal only."""
+    return await wait_until(client, job_id, TERMINAL)
+
+
+async def wait_until(client: Client, job_id: str, states: set[str]) -> dict[str, Any]:
+    """Poll the job until its state is in ``states`` or terminal; a live status line on a
+    terminal only."""
     progress = None
     if sys.stderr.isatty():
         from rich.console import Console
@@ -125,9 +131,9 @@ async def wait_for_end(client: Client, job_id: str) -> dict[str, Any]:
                 progress.update(f"job {job_id}: {job['state']}"
                                 + (f" ({detail})" if detail else "")
                                 + f"  {time.monotonic() - started:.0f}s")
-            if job["state"] in TERMINAL:
+            if job["state"] in TERMINAL or job["state"] in states:
                 return dict(job)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(0.5)
     finally:
         if progress is not None:
             progress.stop()
@@ -149,6 +155,26 @@ async def cmd_submit(args: argparse.Namespace) -> int:
     job = await wait_for_end(client, job["id"])
     print_job(job, args.json)
     return 0 if job["state"] == "succeeded" else 1
+
+
+async def cmd_lab(args: argparse.Namespace) -> int:
+    """Ask for a JupyterLab; print its URL (the last line). With --wait, or on a terminal,
+    wait with progress until it is ready; exit 0 only if it is."""
+    client = Client()
+    job = await client.json("POST", "/api/v1/jobs", json=spec_from_args(args, "lab"))
+    url = client.url + job["lab_url"]
+    if not (args.wait or sys.stdout.isatty()):
+        print_job(job, True) if args.json else print(f"Lab {job['id']}: {url}")
+        return 0
+    print(f"Lab {job['id']} requested: {url}", file=sys.stderr)
+    job = await wait_until(client, job["id"], {"ready"})
+    if args.json:
+        print_job(job, True)
+    elif job["state"] == "ready":
+        print(f"Lab {job['id']} is ready: {url}")
+    else:
+        print(f"Lab {job['id']} ended {job['state']} ({job['reason']}): {job['message']}")
+    return 0 if job["state"] == "ready" else 1
 
 
 async def cmd_queue(args: argparse.Namespace) -> int:

@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="papermill parameter (value parsed as JSON, else a string)")
     submit.set_defaults(run=client.cmd_submit)
 
+    lab = sub.add_parser("lab", help="start an interactive JupyterLab; prints its URL")
+    _resource_flags(lab)
+    lab.set_defaults(run=client.cmd_lab)
+
     for name, func, help_text in (
         ("status", client.cmd_status, "show one job"),
         ("cancel", client.cmd_cancel, "cancel a job"),

@@ -1,0 +1,234 @@
+"""Interactive labs on the real cluster: JupyterLab in a Slurm job, reached only through the
+gateway's proxy at /labs/{id}/ (runs once per transport, local and ssh)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import pytest
+
+from .conftest import Api, Gateway, slurm_jobs_tagged, squeue_state
+from .kernel_client import run_cell, start_kernel
+from .lab_helpers import cancel_quietly, lab_get, login, request_lab, wait_ready
+
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(scope="module")
+def labs(gateway: Gateway) -> Iterator[dict[str, dict[str, Any]]]:
+    """Two labs asked for at the same moment on the same node: a GPU lab (the one most tests
+    use) and a one-minute CPU lab (for the time limit). Both must come up: no port race."""
+    async def start() -> dict[str, dict[str, Any]]:
+        api = Api(gateway, "alice")
+        gpu, short = await asyncio.gather(
+            request_lab(api, partition="gpu", gpus=1, time="00:20:00", name="gpu lab"),
+            request_lab(api, partition="cpu", time="00:01:00", name="short lab"))
+        ready = await asyncio.gather(wait_ready(api, gpu["id"]), wait_ready(api, short["id"]))
+        return {"gpu": ready[0], "short": ready[1]}
+    started = asyncio.run(start())
+    yield started
+    cancel_quietly(gateway, [job["id"] for job in started.values()])
+
+
+def bearer(gateway: Gateway, user: str = "alice") -> dict[str, str]:
+    return {"Authorization": f"Bearer {gateway.tokens[user]}"}
+
+
+async def test_both_labs_went_pending_running_ready(labs: dict[str, Any], alice: Api) -> None:
+    for job in labs.values():
+        status, events = await alice.call("GET", f"/api/v1/jobs/{job['id']}/events")
+        states = [e["to_state"] for e in events["events"]]
+        assert states == ["accepted", "staging", "pending", "running", "ready"], states
+        status, answer = await lab_get(alice, job["id"], "api/status")
+        assert status == 200 and "started" in answer
+        assert job["lab_url"] == f"/labs/{job['id']}/lab"
+
+
+async def test_kernel_over_the_proxied_websocket_sees_its_gpu(
+    labs: dict[str, Any], gateway: Gateway
+) -> None:
+    lab = f"{gateway.url}/labs/{labs['gpu']['id']}/"
+    async with aiohttp.ClientSession() as session:
+        kernel = await start_kernel(session, lab, bearer(gateway))
+        async with session.ws_connect(f"{lab}api/kernels/{kernel}/channels",
+                                      headers=bearer(gateway)) as ws:
+            printed = await run_cell(
+                ws, "import os; print(os.environ.get('CUDA_VISIBLE_DEVICES'))")
+            assert printed.strip() in ("0", "1")
+            assert (await run_cell(ws, "print(6 * 7)")).strip() == "42"
+        async with session.delete(f"{lab}api/kernels/{kernel}",
+                                  headers=bearer(gateway)) as gone:
+            assert gone.status == 204
+
+
+async def test_terminal_and_file_transfer_through_the_proxy(
+    labs: dict[str, Any], gateway: Gateway
+) -> None:
+    lab = f"{gateway.url}/labs/{labs['gpu']['id']}/"
+    headers = bearer(gateway)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{lab}api/terminals", headers=headers) as created:
+            assert created.status == 200
+            name = (await created.json())["name"]
+        async with session.ws_connect(f"{lab}terminals/websocket/{name}",
+                                      headers=headers) as ws:
+            await ws.send_str(json.dumps(["stdin", "echo hello-$((6*7))\r"]))
+            seen = ""
+            async with asyncio.timeout(30):
+                while "hello-42" not in seen:
+                    frame = json.loads((await ws.receive()).data)
+                    if frame[0] == "stdout":
+                        seen += frame[1]
+        await session.delete(f"{lab}api/terminals/{name}", headers=headers)
+        payload = "x" * 300_000 + "\nend\n"
+        path = f"hpcgw-test-{labs['gpu']['id']}.txt"
+        async with session.put(f"{lab}api/contents/{path}", headers=headers, json={
+                "type": "file", "format": "text", "content": payload}) as put:
+            assert put.status in (200, 201), await put.text()
+        async with session.get(f"{lab}files/{path}", headers=headers) as got:
+            assert got.status == 200 and await got.text() == payload
+        async with session.delete(f"{lab}api/contents/{path}", headers=headers) as deleted:
+            assert deleted.status == 204
+
+
+async def test_other_users_and_anonymous_callers_never_reach_the_lab(
+    labs: dict[str, Any], gateway: Gateway, bob: Api
+) -> None:
+    job_id = labs["gpu"]["id"]
+    missing = "0123456789abcdef"
+    mine = await lab_get(bob, job_id, "api/status")
+    nobody = await lab_get(bob, missing, "api/status")
+    assert mine[0] == nobody[0] == 404
+    assert mine[1]["detail"].replace(job_id, missing) == nobody[1]["detail"]
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await session.ws_connect(f"{gateway.url}/labs/{job_id}/api/events/subscribe",
+                                     headers=bearer(gateway, "bob"))
+        assert refused.value.status == 404
+        async with session.get(f"{gateway.url}/labs/{job_id}/lab", allow_redirects=False,
+                               headers={"Accept": "text/html"}) as page:
+            assert page.status == 302
+            where = urlsplit(page.headers["Location"])
+            assert where.path == "/login"
+            assert parse_qs(where.query)["next"] == [f"/labs/{job_id}/lab"]
+        async with session.get(f"{gateway.url}/labs/{job_id}/api/status") as api_call:
+            assert api_call.status == 401
+
+
+@pytest.mark.parametrize("trick", [
+    "@127.0.0.1:1/api/status", "%2e%2e/%2e%2e/api/v1/jobs", "..%2f..%2fapi/v1/jobs",
+    "//127.0.0.1:1/api/status", "http://127.0.0.1:1/",
+])
+async def test_no_url_picks_another_upstream(
+    labs: dict[str, Any], gateway: Gateway, trick: str
+) -> None:
+    job_id = labs["gpu"]["id"]
+    async with aiohttp.ClientSession() as session, session.get(
+            aiohttp.client.URL(f"{gateway.url}/labs/{job_id}/{trick}", encoded=True),
+            headers=bearer(gateway), allow_redirects=False) as answer:
+        body = await answer.text()
+        # Either the gateway refused it, or the job's own JupyterLab (Tornado) answered it.
+        assert answer.status in (404, 302, 301) or "TornadoServer" in answer.headers.get(
+            "Server", ""), (answer.status, body[:300])
+        assert answer.status != 200 or "TornadoServer" in answer.headers.get("Server", "")
+        assert '"jobs"' not in body
+
+
+async def test_browser_session_cookie_xsrf_and_origin_rules(
+    labs: dict[str, Any], gateway: Gateway
+) -> None:
+    job_id = labs["gpu"]["id"]
+    lab = f"{gateway.url}/labs/{job_id}/"
+    jar = aiohttp.CookieJar(unsafe=True)  # cookies for 127.0.0.1, like a browser keeps them
+    async with aiohttp.ClientSession(cookie_jar=jar) as session:
+        bad = await login(session, gateway.url, "hpcgw_not-a-token")
+        assert bad.status == 401
+        for hostile in ("//evil.example/x", "/\\evil.example", "https://evil.example/"):
+            answer = await login(session, gateway.url, gateway.tokens["alice"], hostile)
+            assert answer.status == 303 and answer.headers["Location"] == "/"
+        answer = await login(session, gateway.url, gateway.tokens["alice"], f"/labs/{job_id}/lab")
+        assert answer.headers["Location"] == f"/labs/{job_id}/lab"
+        session_cookie = answer.cookies["hpcgw_session"]
+        assert session_cookie["httponly"] and session_cookie["samesite"] == "Lax"
+        async with session.get(f"{lab}lab", headers={"Accept": "text/html"}) as page:
+            assert page.status == 200
+            text = await page.text()
+            assert "jupyter-config-data" in text
+            for cookie in page.headers.getall("Set-Cookie", []):
+                assert f"Path=/labs/{job_id}/" in cookie, cookie
+        # A state change with only the cookie and no XSRF header is refused ...
+        async with session.post(f"{lab}api/kernels", json={"name": "python3"}) as forged:
+            assert forged.status == 403
+        async with session.post(f"{gateway.url}/api/v1/jobs/{job_id}/cancel") as forged:
+            assert forged.status == 403
+        # ... and with the lab's _xsrf cookie echoed in the header (as JupyterLab does) allowed.
+        xsrf = next(c.value for c in jar if c.key == "_xsrf")
+        async with session.post(f"{lab}api/kernels", json={"name": "python3"},
+                                headers={"X-XSRFToken": xsrf}) as made:
+            assert made.status == 201
+            kernel = (await made.json())["id"]
+        origin = f"http://{urlsplit(gateway.url).netloc}"
+        with pytest.raises(aiohttp.WSServerHandshakeError) as foreign:
+            await session.ws_connect(f"{lab}api/kernels/{kernel}/channels",
+                                     headers={"Origin": "http://evil.example"})
+        assert foreign.value.status == 403
+        async with session.ws_connect(f"{lab}api/kernels/{kernel}/channels",
+                                      headers={"Origin": origin}) as ws:
+            assert (await run_cell(ws, "print('via cookie')")).strip() == "via cookie"
+        async with session.delete(f"{lab}api/kernels/{kernel}",
+                                  headers={"X-XSRFToken": xsrf}) as deleted:
+            assert deleted.status == 204
+
+
+async def test_the_lab_token_is_never_exposed(labs: dict[str, Any], gateway: Gateway,
+                                              alice: Api) -> None:
+    job_id = labs["gpu"]["id"]
+    token = _lab_token(gateway, job_id)
+    assert len(token) >= 32
+    processes = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True,
+                               text=True, check=True).stdout
+    assert token not in processes
+    status, log = await alice.call("GET", f"/api/v1/jobs/{job_id}/log")
+    assert status == 200 and b"Jupyter Server" in log and token.encode() not in log
+    status, page = await lab_get(alice, job_id, "lab", headers={"Accept": "text/html"})
+    assert status == 200 and token.encode() not in page
+    status, job = await alice.call("GET", f"/api/v1/jobs/{job_id}")
+    assert token not in json.dumps(job)
+    assert token not in gateway.log_path.read_text()
+
+
+def _lab_token(gateway: Gateway, job_id: str) -> str:
+    import sqlite3
+    import tomllib
+
+    data_dir = tomllib.loads(gateway.config.read_text())["gateway"]["data_dir"]
+    with sqlite3.connect(f"{data_dir}/hpcgw.db") as db:
+        return str(db.execute("SELECT lab_token FROM jobs WHERE id = ?", [job_id]).fetchone()[0])
+
+
+async def test_a_lab_at_its_time_limit_ends_timed_out(labs: dict[str, Any], alice: Api) -> None:
+    job = await alice.wait_terminal(labs["short"]["id"], timeout=180)
+    assert (job["state"], job["reason"]) == ("timed_out", "time_limit")
+    status, _ = await lab_get(alice, job["id"], "api/status")
+    assert status == 404
+
+
+async def test_cancel_ends_the_slurm_job_and_removes_the_route(
+    labs: dict[str, Any], alice: Api
+) -> None:
+    job_id = labs["gpu"]["id"]
+    slurm_ids = slurm_jobs_tagged(job_id)
+    assert len(slurm_ids) == 1
+    status, _ = await alice.call("POST", f"/api/v1/jobs/{job_id}/cancel")
+    assert status == 202
+    job = await alice.wait_terminal(job_id)
+    assert (job["state"], job["reason"]) == ("cancelled", "user_cancelled")
+    assert squeue_state(slurm_ids[0]) in ("", "CANCELLED")
+    status, _ = await lab_get(alice, job_id, "api/status")
+    assert status == 404
