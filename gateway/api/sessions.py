@@ -41,6 +41,8 @@ def make_session(secret: str, token_id: int, lifetime_s: float, now: float | Non
 
 def read_session(secret: str, value: str, now: float | None = None) -> int | None:
     """The token id a session cookie names, or None if it is forged, malformed or expired."""
+    if not value.isascii():  # hmac.compare_digest raises TypeError on non-ASCII str
+        return None
     payload, _, signature = value.rpartition(".")
     if not hmac.compare_digest(_signature(secret, payload), signature):
         return None
