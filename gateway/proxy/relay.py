@@ -20,6 +20,8 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
+from ..errors import GatewayError
+
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
     "te", "trailer", "trailers", "transfer-encoding", "upgrade",
@@ -32,6 +34,7 @@ _WS_HANDSHAKE = frozenset({
 })
 MAX_WS_MESSAGE = 64 * 1024 * 1024
 CHUNK = 256 * 1024
+WS_CLOSE_TIMEOUT = 5.0  # seconds for the second side's close handshake
 
 Activity = Callable[[], None]
 
@@ -158,7 +161,8 @@ async def relay_http(
     """Send ``request`` to ``upstream`` and stream the answer back, chunk by chunk.
 
     Raises aiohttp.ClientError (and TimeoutError) if the upstream can't be reached before the
-    response starts; after that, a broken upstream ends the response early.
+    response starts; after that, a broken upstream ends the response early, and a client that
+    went away ends the relay quietly (neither is raised).
     """
     url = upstream.url(request.rel_url.raw_path, request.rel_url.raw_query_string)
     headers = upstream_headers(request, upstream, gateway_cookies)
@@ -169,18 +173,50 @@ async def relay_http(
         response = web.StreamResponse(status=answer.status, reason=answer.reason,
                                       headers=response_headers(answer, upstream))
         await response.prepare(request)
+        await _copy_body(request, answer, response, on_activity)
+        return response
+
+
+async def _copy_body(request: web.Request, answer: aiohttp.ClientResponse,
+                     response: web.StreamResponse, on_activity: Activity) -> None:
+    """Upstream body to client, one read at a time (the client's pace sets the upstream's).
+
+    Errors on the two sides are told apart: aiohttp raises ClientConnectionResetError, a
+    ClientError, when the *client* has gone, so one ``except`` around both would blame the lab.
+    """
+    while True:
         try:
-            async for chunk in answer.content.iter_chunked(CHUNK):
-                await response.write(chunk)
-                on_activity()
+            chunk = await answer.content.read(CHUNK)
         except (aiohttp.ClientError, TimeoutError):
             # The upstream broke mid-body: cut the client's connection so that it sees a
             # truncated response, never a complete-looking one.
             if request.transport is not None:
                 request.transport.close()
-            return response
-        await response.write_eof()
-        return response
+            return
+        try:
+            if not chunk:
+                await response.write_eof()
+                return
+            await response.write(chunk)
+        except ConnectionResetError:  # the client went away; leaving closes the upstream's
+            return
+        on_activity()
+
+
+class UpstreamRefused(GatewayError):
+    """The lab's server refused a WebSocket upgrade: its 4xx status is passed on (a 401 means
+    the gateway's token was refused, not the caller: 502 like any other status)."""
+
+    type_slug = "lab-refused"
+    title = "Refused by the lab"
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"the lab's server answered the WebSocket upgrade with {status}")
+        self.status = status if 400 <= status < 500 and status != 401 else 502
+
+
+# Relays run as tasks of their own (see relay_websocket); strong references until they end.
+_RELAYS: set[asyncio.Task[None]] = set()
 
 
 async def relay_websocket(
@@ -188,32 +224,64 @@ async def relay_websocket(
     gateway_cookies: frozenset[str], on_activity: Activity,
 ) -> web.WebSocketResponse:
     """Open the upstream WebSocket first (so its subprotocol choice can be passed on), then
-    accept the client's and relay frames both ways until either side closes."""
+    accept the client's and relay frames both ways until either side closes.
+
+    A request that is not a valid upgrade is refused (400) before anything reaches the lab; a
+    lab that refuses the upgrade gives :class:`UpstreamRefused`. The frames are relayed by a
+    task of its own, so a server that cancels this handler when the client disconnects still
+    lets the relay close the lab's side with the client's close code.
+    """
+    client_ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE, compress=False,
+                                      heartbeat=None)
+    if not client_ws.can_prepare(request).ok:
+        raise web.HTTPBadRequest(reason="not a valid WebSocket upgrade")
     url = upstream.url(request.rel_url.raw_path, request.rel_url.raw_query_string)
     offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
                if p.strip()]
-    async with session.ws_connect(
-        url, headers=upstream_headers(request, upstream, gateway_cookies, websocket=True),
-        protocols=offered, max_msg_size=MAX_WS_MESSAGE, autoping=True, heartbeat=None,
-    ) as upstream_ws:
+    try:
+        upstream_ws = await session.ws_connect(
+            url, headers=upstream_headers(request, upstream, gateway_cookies, websocket=True),
+            protocols=offered, max_msg_size=MAX_WS_MESSAGE, autoping=True, heartbeat=None)
+    except aiohttp.WSServerHandshakeError as exc:
+        raise UpstreamRefused(exc.status) from None
+    try:
         client_ws = web.WebSocketResponse(
             protocols=[upstream_ws.protocol] if upstream_ws.protocol else (),
             max_msg_size=MAX_WS_MESSAGE, compress=False, heartbeat=None)
         await client_ws.prepare(request)
-        pumps = [
-            asyncio.create_task(_pump(client_ws, upstream_ws, on_activity)),
-            asyncio.create_task(_pump(upstream_ws, client_ws, on_activity)),
-        ]
-        try:
-            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for pump in pumps:
-                if not pump.done():
-                    pump.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
+    except BaseException:
+        await upstream_ws.close()
+        raise
+    relay = asyncio.create_task(_relay_frames(client_ws, upstream_ws, on_activity))
+    _RELAYS.add(relay)
+    relay.add_done_callback(_RELAYS.discard)
+    await asyncio.shield(relay)
+    return client_ws
+
+
+async def _relay_frames(client_ws: web.WebSocketResponse,
+                        upstream_ws: aiohttp.ClientWebSocketResponse,
+                        on_activity: Activity) -> None:
+    """Pump both ways until one side closes, let the other side's close handshake finish
+    (bounded by WS_CLOSE_TIMEOUT), then make sure both are closed."""
+    pumps = [
+        asyncio.create_task(_pump(client_ws, upstream_ws, on_activity)),
+        asyncio.create_task(_pump(upstream_ws, client_ws, on_activity)),
+    ]
+    try:
+        _, pending = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        # The finished pump is closing the other side: let that close handshake (and so the
+        # close code) complete rather than cancelling it halfway.
+        if pending:
+            await asyncio.wait(pending, timeout=WS_CLOSE_TIMEOUT)
+    finally:
+        for pump in pumps:
+            if not pump.done():
+                pump.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
+        for ws in (client_ws, upstream_ws):
             with contextlib.suppress(Exception):
-                await client_ws.close()
-        return client_ws
+                await ws.close()
 
 
 WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
