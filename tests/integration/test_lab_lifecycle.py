@@ -83,7 +83,7 @@ async def test_a_restarted_gateway_serves_running_labs_at_the_same_url(
         async with session.ws_connect(f"{gateway.current.url}{path}api/kernels/{kernel}/channels",
                                       headers=headers) as ws:
             assert (await run_cell(ws, "print(x + 1)")).strip() == "42"
-    status, _ = await api.call("POST", f"/api/v1/jobs/{lab['id']}/cancel")
+    await api.call("POST", f"/api/v1/jobs/{lab['id']}/cancel")
     assert (await api.wait_terminal(lab["id"]))["state"] == "cancelled"
 
 
