@@ -59,13 +59,14 @@ def _paths() -> dict[str, Any]:
                 "200": _json({"type": "object", "properties": {
                     "jobs": {"type": "array", "items": _JOB_REF}}}, "jobs"), "401": _PROBLEM}},
             "post": {
-                "summary": "Submit a notebook run",
+                "summary": "Submit a notebook run (multipart) or ask for a lab (JSON, kind lab)",
                 "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
                                 "schema": {"type": "string", "maxLength": 200}}],
                 "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                     "type": "object", "required": ["notebook", "spec"], "properties": {
                         "notebook": {"type": "string", "format": "binary"},
-                        "spec": {"$ref": "#/components/schemas/JobSpec"}}}}}},
+                        "spec": {"$ref": "#/components/schemas/JobSpec"}}}},
+                    "application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"}}}},
                 "responses": {"201": _json(_JOB_REF, "the stored job"), "401": _PROBLEM,
                               "413": _PROBLEM, "415": _PROBLEM, "422": _PROBLEM},
             },
