@@ -105,3 +105,23 @@ def test_every_outcome_is_terminal(scheduler: S | None) -> None:
     for record in (None, OK, NB_ERROR, RUNNER_ERROR):
         state, _ = end(scheduler, record)
         assert state in {State.SUCCEEDED, State.FAILED, State.CANCELLED, State.TIMED_OUT}
+
+
+@pytest.mark.parametrize(("scheduler", "stop_reason", "cancel", "expected"), [
+    (S.CANCELLED, None, True, (State.CANCELLED, Reason.USER_CANCELLED)),
+    (S.CANCELLED, "idle", True, (State.CANCELLED, Reason.IDLE)),
+    (None, "idle", True, (State.CANCELLED, Reason.IDLE)),       # Slurm forgot it already
+    (S.CANCELLED, "start_timeout", True, (State.FAILED, Reason.LAUNCH_FAILED)),
+    (S.TIMEOUT, None, False, (State.TIMED_OUT, Reason.TIME_LIMIT)),
+    (S.TIMEOUT, "idle", True, (State.TIMED_OUT, Reason.TIME_LIMIT)),  # the limit came first
+    (S.COMPLETED, None, False, (State.SUCCEEDED, Reason.COMPLETED)),  # shut down from the lab
+    (S.FAILED, None, False, (State.FAILED, Reason.JOB_ERROR)),
+    (None, None, False, (State.FAILED, Reason.LOST)),
+])
+def test_how_a_lab_ends(scheduler: S | None, stop_reason: str | None, cancel: bool,
+                        expected: tuple[State, Reason]) -> None:
+    outcome = decide(scheduler, None, cancel_requested=cancel, kind="lab",
+                     stop_reason=stop_reason, log_tail="ModuleNotFoundError: jupyter_server\n")
+    assert (outcome.state, outcome.reason) == expected
+    if expected[1] in (Reason.JOB_ERROR, Reason.LAUNCH_FAILED):
+        assert "ModuleNotFoundError: jupyter_server" in outcome.message

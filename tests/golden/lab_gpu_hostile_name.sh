@@ -1,0 +1,34 @@
+#!/bin/bash
+#SBATCH --job-name=hpcgw-x_touch_hpcgw-injected__SBATCH_--output__tmp_y___id_
+#SBATCH --partition=gpu
+#SBATCH --time=1-00:01:30
+#SBATCH --nodes=1
+#SBATCH --ntasks=1
+#SBATCH --cpus-per-task=4
+#SBATCH --mem=4096M
+#SBATCH --gres=gpu:a100:1
+#SBATCH --account=proj1
+#SBATCH --qos=normal
+#SBATCH --constraint=ib
+#SBATCH --reservation=course
+#SBATCH --chdir=/home/alice/.hpcgw/jobs/0123456789abcdef
+#SBATCH --output=/home/alice/.hpcgw/jobs/0123456789abcdef/job.log
+#SBATCH --open-mode=append
+# hpcgw job 0123456789abcdef: JupyterLab. Do not edit: the gateway renders this file.
+set -u
+umask 077
+export HPCGW_JOB_ID=0123456789abcdef
+export HPCGW_JOB_NAME=$'x\ntouch hpcgw-injected\n#SBATCH --output=/tmp/y $(id)'
+echo "hpcgw: lab $HPCGW_JOB_ID on $(hostname) at $(date -Is) (CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-})"
+JUPYTER_TOKEN="$(< lab.token)" || exit 4
+export JUPYTER_TOKEN
+export JUPYTER_RUNTIME_DIR="$PWD/runtime"
+mkdir -p -m 700 runtime
+# jupyter_server writes runtime/jpserver-<pid>.json once it listens; exec keeps this pid.
+ln -sfn "runtime/jpserver-$$.json" lab.json
+exec /usr/bin/python3 -I lab.py --no-browser \
+    --ServerApp.ip=127.0.0.1 --ServerApp.port=0 --ServerApp.port_retries=0 \
+    --ServerApp.base_url=/labs/0123456789abcdef/ \
+    --ServerApp.root_dir="$HOME" --ServerApp.preferred_dir="$HOME" \
+    --ServerApp.default_url=/lab --ServerApp.shutdown_no_activity_timeout=0 \
+    --KernelSpecManager.ensure_native_kernel=False
