@@ -9,11 +9,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from gateway.jobs.submitter import slurm_job_name
-from gateway.spec import ResolvedSpec
-from gateway.templates import make_environment, render
-
 from test_templates import (
     GOLDEN_DIR,
     GPU_DIRECTIVES,
@@ -25,6 +20,10 @@ from test_templates import (
     directives,
     spec,
 )
+
+from gateway.jobs.submitter import slurm_job_name
+from gateway.spec import ResolvedSpec
+from gateway.templates import make_environment, render
 
 CASES = {
     "plain": ("lab", {}),
