@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from typing import BinaryIO
 
 from ..errors import CommandFailed, CommandTimeout
 from .base import CommandResult
@@ -20,20 +21,22 @@ async def run_command(
     stdin: bytes | None = None,
     timeout: float,
     check: bool = True,
+    stdout_to: BinaryIO | None = None,
 ) -> CommandResult:
     """Run ``argv`` (never through a shell) and return its exit status and output.
 
     ``stdin`` is written to the process and closed (scripts travel this way, never in argv).
     On timeout the process is killed and :class:`CommandTimeout` raised. With ``check`` a non-zero
     exit raises :class:`CommandFailed` carrying argv, status and stderr; a missing executable raises
-    CommandFailed with ``returncode=None``.
+    CommandFailed with ``returncode=None``. With ``stdout_to`` the process writes its stdout
+    straight into that file (nothing passes through this process; ``stdout`` is then empty).
     """
     started = time.monotonic()
     try:
         process = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
+            stdout=stdout_to if stdout_to is not None else asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
         )
@@ -50,7 +53,7 @@ async def run_command(
     result = CommandResult(
         argv=list(argv),
         returncode=process.returncode if process.returncode is not None else -1,
-        stdout=stdout,
+        stdout=stdout or b"",
         stderr=stderr.decode(errors="replace"),
     )
     log.debug("ran %s -> %s in %.3fs", argv[0], result.returncode, time.monotonic() - started)

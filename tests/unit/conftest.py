@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,11 @@ class FakeTransport:
             raise RemoteFileMissing(["cat", "--", path], 1, f"cat: {path}: No such file")
         data = self.files[path]
         return data[-tail_bytes:] if tail_bytes else data
+
+    async def fetch_to(self, path: str, local_path: str | os.PathLike[str], *, user: str) -> int:
+        data = await self.read_file(path, user=user)
+        Path(local_path).write_bytes(data)
+        return len(data)
 
     async def close(self) -> None:
         self.closed = True
