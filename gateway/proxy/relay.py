@@ -110,16 +110,19 @@ def upstream_headers(
 def rewrite_location(value: str, upstream: Upstream) -> str:
     """A ``Location`` that stays under the lab's prefix on the gateway.
 
-    An absolute URL on the upstream becomes a path; a path outside the prefix is put under it;
-    relative references resolve against the request URL and are left alone.
+    An absolute URL on the upstream becomes a path; a path outside the prefix is put under it
+    (the prefix without its slash, the lab's own root, counts as inside); relative references
+    resolve against the request URL and are left alone.
     """
     url = URL(value)
     if url.is_absolute():
         if (url.host, url.port) != (upstream.host, upstream.port):
             return value
         value = str(url.relative())
-    if value.startswith("/") and not value.startswith(upstream.prefix):
-        value = upstream.prefix.rstrip("/") + value
+    root = upstream.prefix.rstrip("/")
+    path = value.split("?", 1)[0].split("#", 1)[0]
+    if value.startswith("/") and path != root and not value.startswith(upstream.prefix):
+        value = root + value
     return value
 
 

@@ -479,12 +479,14 @@ async def test_large_upload_streams_intact(gw: Gateway) -> None:
     ("http://127.0.0.1:{port}{prefix}tree?a=1", "{prefix}tree?a=1"),
     ("/lab/tree", "{prefix}lab/tree"),
     ("{prefix}lab", "{prefix}lab"),
+    ("{root}?x=1", "{root}?x=1"),
+    ("/", "{prefix}"),
     ("relative/path", "relative/path"),
 ])
 async def test_redirects_are_not_followed_and_stay_under_the_prefix(
     gw: Gateway, location: str, expected: str
 ) -> None:
-    values = {"port": gw.upstream.port, "prefix": gw.prefix()}
+    values = {"port": gw.upstream.port, "prefix": gw.prefix(), "root": gw.prefix()[:-1]}
     target = location.format(**values)
     response = await gw.http.get(gw.url(gw.prefix() + "redirect?to=" + quote(target, safe="")),
                                  headers=bearer(gw.alice), allow_redirects=False)
