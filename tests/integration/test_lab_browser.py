@@ -50,23 +50,23 @@ def lab(local_gateway: Gateway) -> Iterator[dict[str, Any]]:
 
 def _log_in(page: Page, gateway: Gateway, lab_url: str) -> None:
     page.goto(gateway.url + lab_url)
-    expect(page).to_have_url(f"{gateway.url}/login?next={lab_url}")
+    expect(page).to_have_url(f"{gateway.url}/login?next={lab_url}", timeout=30_000)
     page.fill("input[name=token]", gateway.tokens["alice"])
     page.click("button[type=submit]")
     expect(page).to_have_url(gateway.url + lab_url, timeout=30_000)
 
 
 def _run_cell(page: Page, code: str) -> str:
-    page.locator(".jp-LauncherCard[data-category='Notebook']").first.click(timeout=60_000)
+    page.locator(".jp-LauncherCard[data-category='Notebook']").first.click(timeout=120_000)
     cell = page.locator(".jp-Notebook .jp-Cell .cm-content").first
-    cell.wait_for(timeout=60_000)
+    cell.wait_for(timeout=120_000)
     expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_be_visible(
-        timeout=60_000)
+        timeout=120_000)
     cell.click()
     page.keyboard.type(code)
     page.keyboard.press("Shift+Enter")
     output = page.locator(".jp-OutputArea-output").first
-    expect(output).to_contain_text("GPU", timeout=60_000)
+    expect(output).to_contain_text("GPU", timeout=120_000)
     return output.inner_text()
 
 
@@ -76,13 +76,13 @@ def test_browser_opens_the_lab_and_runs_a_cell(lab: dict[str, Any], local_gatewa
     artifacts.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
             _log_in(page, local_gateway, lab["lab_url"])
-            expect(page.locator("#jp-main-dock-panel")).to_be_visible(timeout=60_000)
+            expect(page.locator("#jp-main-dock-panel")).to_be_visible(timeout=120_000)
             expect(page.locator(".jp-DirListing")).to_be_visible()  # the file browser
             text = _run_cell(page, "import os\nprint('GPU', os.environ['CUDA_VISIBLE_DEVICES'])")
-            page.screenshot(path=str(artifacts / "lab-browser.png"))
         finally:
+            page.screenshot(path=str(artifacts / "lab-browser.png"))  # also what a failure saw
             browser.close()
     assert text.strip() in ("GPU 0", "GPU 1")
