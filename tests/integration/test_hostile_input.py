@@ -22,7 +22,7 @@ async def test_hostile_name_and_parameters_arrive_literally(alice: Api, tmp_path
         {"name": hostile_name, "parameters": {"p": hostile_value}})
     assert status == 201, job
     job = await alice.wait_terminal(job["id"])
-    assert job["state"] == "succeeded", job
+    assert job["state"] == "succeeded", (job["state"], job["reason"], job["message"])
     assert job["name"] == hostile_name
     _, notebook = await alice.call("GET", f"/api/v1/jobs/{job['id']}/notebook")
     text = outputs_text(notebook)

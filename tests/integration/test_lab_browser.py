@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,11 +50,13 @@ def lab(local_gateway: Gateway) -> Iterator[dict[str, Any]]:
 
 
 def _log_in(page: Page, gateway: Gateway, lab_url: str) -> None:
-    page.goto(gateway.url + lab_url)
-    expect(page).to_have_url(f"{gateway.url}/login?next={lab_url}", timeout=30_000)
+    # ?reset: JupyterLab starts from a fresh workspace (a launcher), not from the layout an
+    # earlier session of the same unix user saved.
+    page.goto(f"{gateway.url}{lab_url}?reset")
+    expect(page).to_have_url(f"{gateway.url}/login?next={lab_url}?reset", timeout=30_000)
     page.fill("input[name=token]", gateway.tokens["alice"])
     page.click("button[type=submit]")
-    expect(page).to_have_url(gateway.url + lab_url, timeout=30_000)
+    expect(page).to_have_url(re.compile(re.escape(gateway.url + lab_url)), timeout=30_000)
 
 
 def _run_cell(page: Page, code: str) -> str:

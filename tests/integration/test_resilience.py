@@ -82,7 +82,7 @@ async def test_killed_while_jobs_run_then_restarted_on_another_port(
     assert api.base != old_url
     for job_id in ids:
         job = await api.wait_terminal(job_id, 60)
-        assert job["state"] == "succeeded", job
+        assert job["state"] == "succeeded", (job["state"], job["reason"], job["message"])
         assert (await api.call("GET", f"/api/v1/jobs/{job_id}/notebook"))[0] == 200
         assert len(slurm_jobs_tagged(job_id)) == 1
 
@@ -95,7 +95,7 @@ async def test_killed_during_submission_submits_each_job_once(restartable: Resta
     api = restartable.api()
     for job_id in ids:
         job = await api.wait_terminal(job_id, 120)
-        assert job["state"] == "succeeded", job
+        assert job["state"] == "succeeded", (job["state"], job["reason"], job["message"])
         assert len(slurm_jobs_tagged(job_id)) == 1, job
 
 
