@@ -122,8 +122,10 @@ def mkdir_argv(directory: str) -> list[str]:
 
 
 def untar_argv(directory: str) -> list[str]:
-    """Extracts a tar archive read from stdin into ``directory``, owned by whoever runs it."""
-    return ["tar", "-x", "-m", "--no-same-owner", "--no-overwrite-dir",
+    """Extracts a tar archive read from stdin into ``directory``, owned by whoever runs it.
+    Reads 1 MiB records (``-b 2048``, reassembled from short pipe reads by ``-B``): GNU tar's
+    default 10 KiB records cost it about twice the system CPU per GiB."""
+    return ["tar", "-x", "-m", "--no-same-owner", "--no-overwrite-dir", "-b", "2048", "-B",
             "-C", directory, "-f", "-"]
 
 
