@@ -15,30 +15,48 @@ accepted by the API (stored, answered 201), Slurm submission following asynchron
     second. The gateway's own submitter runs meanwhile, as in production. Afterwards every job is
     cancelled through the API and the run waits (at most 120 s) until none is left unfinished.
 
+With ``--ssh`` all of it goes over SSH to the dev cluster's login sshd (127.0.0.1:2222): the
+gateway uses the dev SSH config (gateway-ssh.toml: SSHTransport, one pooled asyncssh connection
+per user, opened in the unmeasured first round), and the references are OpenSSH ``ssh -p 2222
+alice@127.0.0.1 sbatch --parsable -o /dev/null --wrap true`` with the dev cluster's key and
+pinned known_hosts, twice: over one master connection kept open for the run (ControlMaster, the
+counterpart of the gateway's pooled connection; overheads are against this one) and with a
+fresh login each time (what a user's ``ssh host sbatch`` costs). (c)'s reference is the first.
+
 Run: .venv/bin/python bench/submit_path.py [--runs 20] [--jobs 500] [--concurrency 20]
+     [--skip-api] [--ssh]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
-import signal
+import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import nbformat
-from _common import REPO, config_copy, load_config_with_data_dir, table
+from _common import (
+    DEV_CONFIG,
+    DEV_SSH_CONFIG,
+    DEV_SSH_PORT,
+    dev_ssh_options,
+    load_config_with_data_dir,
+    served_gateway,
+    table,
+)
 
 from gateway.jobs.runtime import ClusterRuntime, make_runtime
 from gateway.jobs.service import JobService
@@ -47,10 +65,10 @@ from gateway.scheduler import load_backend
 from gateway.store import Store
 from gateway.transport.base import CommandResult
 
-HPCGW = str(REPO / ".venv" / "bin" / "hpcgw")
 UNIX_USER = "alice"
-BARE_SBATCH = ["sudo", "-n", "-u", UNIX_USER, "--", "sbatch", "--parsable", "-o", "/dev/null",
-               "--wrap", "true"]
+SBATCH = ["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "true"]
+BARE_SBATCH = ["sudo", "-n", "-u", UNIX_USER, "--", *SBATCH]
+LOGIN = f"{UNIX_USER}@127.0.0.1"
 SPEC = {"name": "bench", "time": "00:01:00"}
 WORKDIR = re.compile(r"/home/[a-z_][a-z0-9_-]*/\.hpcgw/jobs/[0-9a-f]{16}")
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out"}
@@ -111,75 +129,130 @@ class TimedTransport:
         data: bytes = await self._inner.read_file(path, user=user, tail_bytes=tail_bytes)
         return data
 
+    async def fetch_to(self, path: str, local_path: str | os.PathLike[str], *, user: str) -> int:
+        size: int = await self._inner.fetch_to(path, local_path, user=user)
+        return size
+
     async def close(self) -> None:
         await self._inner.close()
 
 
 # -- (a) + (b) ----------------------------------------------------------------------------------
 
-async def submit_overhead(runs: int) -> dict[str, Any]:
+def ssh_sbatch(control_path: Path | None = None) -> list[str]:
+    """OpenSSH running the reference sbatch as alice on the dev login sshd: over the master
+    connection at ``control_path``, or with a login of its own."""
+    mux = ["-S", str(control_path), "-o", "ControlMaster=no"] if control_path else []
+    return ["ssh", "-p", DEV_SSH_PORT, *dev_ssh_options(UNIX_USER), *mux, LOGIN,
+            shlex.join(SBATCH)]
+
+
+@contextlib.contextmanager
+def ssh_master(control_path: Path) -> Iterator[None]:
+    """An OpenSSH master connection (``ssh -M -N``) listening at ``control_path`` while the
+    block runs; then asked to exit (``-O exit``), and terminated by its pid if it does not."""
+    argv = ["ssh", "-p", DEV_SSH_PORT, *dev_ssh_options(UNIX_USER), "-S", str(control_path)]
+    master = subprocess.Popen([*argv, "-M", "-N", LOGIN], stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while not control_path.exists():
+            if master.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the OpenSSH master connection did not start ({master.poll()})")
+            time.sleep(0.05)
+        yield
+    finally:
+        subprocess.run([*argv, "-O", "exit", LOGIN], capture_output=True, check=False)
+        try:
+            master.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            master.terminate()
+            master.wait()
+
+
+def bare_submission(argv: Sequence[str], slurm_ids: list[str]) -> float:
+    """Wall ms of one reference sbatch (its Slurm job id goes to ``slurm_ids``)."""
+    started = time.perf_counter()
+    done = subprocess.run(list(argv), capture_output=True, text=True, check=True)
+    elapsed = (time.perf_counter() - started) * 1000
+    slurm_ids.append(done.stdout.strip().split(";")[0])
+    return elapsed
+
+
+async def gateway_submission(service: JobService, timed: TimedTransport, user: Any,
+                             notebook: bytes, slurm_ids: list[str],
+                             workdirs: list[str]) -> dict[str, float]:
+    """One job stored (create_notebook_job) and submitted by hand (submit_job: staging, sbatch),
+    then scancelled: its wall ms in all and per part, its CPU ms."""
+    cpu0 = time.process_time()
+    job, _ = service.create_notebook_job(user, SPEC, notebook)
+    accept = (time.process_time() - cpu0) * 1000
+    service.submit_queue.get_nowait()  # no worker runs here; we submit by hand
+    workdirs.append(job["workdir"])
+    timed.wall.clear()
+    cpu0, started = time.process_time(), time.perf_counter()
+    await submit_job(service, job["id"])
+    total = (time.perf_counter() - started) * 1000
+    cpu = (time.process_time() - cpu0) * 1000
+    stored = service.store.get_job(job["id"])
+    if stored["state"] not in ("pending", "running"):
+        raise SystemExit(f"submission failed: {stored['state']} {stored['message']}")
+    slurm_ids.append(stored["slurm_job_id"])
+    scancel(UNIX_USER, [stored["slurm_job_id"]])  # no papermill pile-up
+    staging = sum(timed.wall["put_files"]) * 1000
+    sbatch = sum(timed.wall["sbatch"]) * 1000
+    return {"total": total, "staging": staging, "sbatch": sbatch,
+            "rest": total - staging - sbatch, "cpu": cpu, "accept": accept}
+
+
+async def submit_overhead(runs: int, source: Path,
+                          references: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """(a)+(b): ``runs`` rounds after an unmeasured one (caches, the SSH connection), each
+    running every reference once, then one gateway submission."""
     notebook = tiny_notebook()
-    bare_ms: list[float] = []
-    bare_ids: list[str] = []
-    total_ms, staging_ms, sbatch_ms, rest_ms, cpu_ms, accept_cpu_ms = [], [], [], [], [], []
-    workdirs: list[str] = []
+    bare_ms: dict[str, list[float]] = {label: [] for label in references}
+    rows: list[dict[str, float]] = []
     slurm_ids: list[str] = []
+    workdirs: list[str] = []
     with tempfile.TemporaryDirectory(prefix="hpcgw-bench-submit-") as tmp:
-        config = load_config_with_data_dir(Path(tmp) / "data")
+        config = load_config_with_data_dir(Path(tmp) / "data", source)
         cluster = config.clusters[0]
-        real = make_runtime(cluster)
-        timed = TimedTransport(real.transport)
+        timed = TimedTransport(make_runtime(cluster).transport)
         runtime = ClusterRuntime(cluster, timed, load_backend(cluster, timed))
         store = Store(Path(tmp) / "data" / "hpcgw.db")
         service = JobService(config, store, {cluster.name: runtime})
         user = store.add_user("bench-alice", UNIX_USER)
         try:
-            for number in range(runs + 1):  # the first pair warms caches, it is not counted
-                started = time.perf_counter()
-                done = subprocess.run(BARE_SBATCH, capture_output=True, text=True, check=True)
-                bare = (time.perf_counter() - started) * 1000
-                bare_ids.append(done.stdout.strip().split(";")[0])
-
-                cpu0 = time.process_time()
-                job, _ = service.create_notebook_job(user, SPEC, notebook)
-                accept = (time.process_time() - cpu0) * 1000
-                service.submit_queue.get_nowait()  # no worker runs here; we submit by hand
-                workdirs.append(job["workdir"])
-                timed.wall.clear()
-                cpu0, started = time.process_time(), time.perf_counter()
-                await submit_job(service, job["id"])
-                total = (time.perf_counter() - started) * 1000
-                cpu = (time.process_time() - cpu0) * 1000
-                stored = store.get_job(job["id"])
-                if stored["state"] not in ("pending", "running"):
-                    raise SystemExit(f"submission failed: {stored['state']} {stored['message']}")
-                slurm_ids.append(stored["slurm_job_id"])
-                scancel(UNIX_USER, [stored["slurm_job_id"]])  # no papermill pile-up
-                if number == 0:
-                    continue
-                staging = sum(timed.wall["put_files"]) * 1000
-                sbatch = sum(timed.wall["sbatch"]) * 1000
-                bare_ms.append(bare)
-                total_ms.append(total)
-                staging_ms.append(staging)
-                sbatch_ms.append(sbatch)
-                rest_ms.append(total - staging - sbatch)
-                cpu_ms.append(cpu)
-                accept_cpu_ms.append(accept)
+            for number in range(runs + 1):
+                for label, argv in references.items():
+                    bare = bare_submission(argv, slurm_ids)
+                    if number:
+                        bare_ms[label].append(bare)
+                row = await gateway_submission(service, timed, user, notebook, slurm_ids,
+                                               workdirs)
+                if number:
+                    rows.append(row)
         finally:
-            scancel(UNIX_USER, slurm_ids + bare_ids)
+            scancel(UNIX_USER, slurm_ids)
             await service.stop()
             store.close()
             _remove_workdirs(UNIX_USER, workdirs)
-    bare_med, total_med, staging_med = median(bare_ms), median(total_ms), median(staging_ms)
+    return summarize(bare_ms, rows)
+
+
+def summarize(bare_ms: Mapping[str, list[float]], rows: list[dict[str, float]]) -> dict[str, Any]:
+    """Medians (and p95s) of (a)+(b); overheads against the first reference."""
+    def column(key: str) -> list[float]:
+        return [row[key] for row in rows]
+
+    reference = median(next(iter(bare_ms.values())))
+    total_med = median(column("total"))
     return {
-        "runs": len(total_ms), "bare_ms": bare_med, "bare_p95": p95(bare_ms),
-        "total_ms": total_med, "total_p95": p95(total_ms), "staging_ms": staging_med,
-        "sbatch_ms": median(sbatch_ms), "rest_ms": median(rest_ms), "cpu_ms": median(cpu_ms),
-        "accept_cpu_ms": median(accept_cpu_ms),
-        "overhead_ms": total_med - bare_med,
-        "overhead_no_staging_ms": median([t - s for t, s in zip(total_ms, staging_ms,
-                                                                strict=True)]) - bare_med,
+        "runs": len(rows), "bare": {label: (median(v), p95(v)) for label, v in bare_ms.items()},
+        "bare_ms": reference, "total_ms": total_med, "total_p95": p95(column("total")),
+        "staging_ms": median(column("staging")), "sbatch_ms": median(column("sbatch")),
+        "rest_ms": median(column("rest")), "cpu_ms": median(column("cpu")),
+        "accept_cpu_ms": median(column("accept")), "overhead_ms": total_med - reference,
+        "overhead_no_staging_ms": median([r["total"] - r["staging"] for r in rows]) - reference,
     }
 
 
@@ -199,38 +272,11 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return ((int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick)
 
 
-async def api_rate(jobs: int, concurrency: int) -> dict[str, Any]:
+async def api_rate(jobs: int, concurrency: int, source: Path) -> dict[str, Any]:
     notebook = tiny_notebook()
-    with tempfile.TemporaryDirectory(prefix="hpcgw-bench-api-") as tmp:
-        config = config_copy(Path(tmp) / "gateway.toml", Path(tmp) / "data")
-        added = subprocess.run([HPCGW, "--config", str(config), "user", "add", "bench-api",
-                                "--unix-user", UNIX_USER], capture_output=True, text=True,
-                               check=True)
-        token = added.stdout.strip().splitlines()[-1]
-        log_path = Path(tmp) / "gateway.log"
-        with log_path.open("w") as log_file:
-            server = subprocess.Popen([HPCGW, "--config", str(config), "serve", "--port", "0"],
-                                      stdout=subprocess.PIPE, stderr=log_file, text=True,
-                                      cwd=REPO)
-        try:
-            assert server.stdout is not None
-            line = server.stdout.readline()
-            match = re.search(r"serving on (http://\S+)", line)
-            if not match:
-                raise SystemExit(f"hpcgw serve did not start: {line!r}\n"
-                                 f"{log_path.read_text()[-2000:]}")
-            return await _drive(match[1], token, server.pid, notebook, jobs, concurrency)
-        finally:
-            if server.poll() is None:
-                server.send_signal(signal.SIGTERM)
-                try:
-                    server.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    server.kill()
-                    server.wait()
-            errors = [ln for ln in log_path.read_text().splitlines() if " ERROR " in ln]
-            if errors:
-                print(f"gateway log: {len(errors)} ERROR lines, first: {errors[0][:300]}")
+    with (tempfile.TemporaryDirectory(prefix="hpcgw-bench-api-") as tmp,
+          served_gateway(Path(tmp), source, UNIX_USER) as served):
+        return await _drive(served.url, served.token, served.pid, notebook, jobs, concurrency)
 
 
 async def _drive(url: str, token: str, pid: int, notebook: bytes, jobs: int,
@@ -333,33 +379,26 @@ async def _all_jobs(session: aiohttp.ClientSession, job_ids: Sequence[str]) -> l
     return listed
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=20, help="submissions measured in (a)/(b)")
-    parser.add_argument("--jobs", type=int, default=500, help="API POSTs in (c)")
-    parser.add_argument("--concurrency", type=int, default=20)
-    parser.add_argument("--skip-api", action="store_true")
-    args = parser.parse_args()
-    sub = asyncio.run(submit_overhead(args.runs))
+def print_overhead(sub: dict[str, Any], labels: Sequence[str]) -> None:
     print(f"(a)+(b): {sub['runs']} submissions each, bare and gateway alternating; "
           f"gateway accept (create_notebook_job) CPU {sub['accept_cpu_ms']:.2f} ms/job")
-    print(table(
-        ["path", "median ms", "p95 ms", "of which", "ratio to bare"],
-        [["bare sudo+sbatch --wrap (reference)", f"{sub['bare_ms']:.1f}",
-          f"{sub['bare_p95']:.1f}", "-", "1.00x"],
-         ["hpcgw submit_job (staging + sbatch)", f"{sub['total_ms']:.1f}",
-          f"{sub['total_p95']:.1f}",
-          f"staging {sub['staging_ms']:.1f}, sbatch {sub['sbatch_ms']:.1f}, "
-          f"other {sub['rest_ms']:.1f}", f"{sub['total_ms'] / sub['bare_ms']:.2f}x"]],
-    ))
-    print(f"overhead = hpcgw - bare: {sub['overhead_ms']:.1f} ms in all; "
+    rows = [[f"{label} (reference)" if number == 0 else label, f"{med:.1f}", f"{top:.1f}",
+             "-", f"{med / sub['bare_ms']:.2f}x"]
+            for number, (label, (med, top)) in enumerate(sub["bare"].items())]
+    rows.append(["hpcgw submit_job (staging + sbatch)", f"{sub['total_ms']:.1f}",
+                 f"{sub['total_p95']:.1f}",
+                 f"staging {sub['staging_ms']:.1f}, sbatch {sub['sbatch_ms']:.1f}, "
+                 f"other {sub['rest_ms']:.1f}", f"{sub['total_ms'] / sub['bare_ms']:.2f}x"])
+    print(table(["path", "median ms", "p95 ms", "of which", "ratio to reference"], rows))
+    print(f"overhead = hpcgw - {labels[0]}: {sub['overhead_ms']:.1f} ms in all; "
           f"{sub['overhead_no_staging_ms']:.1f} ms without staging "
           f"(target <= 20 ms plus staging); staging {sub['staging_ms']:.1f} ms; "
           f"gateway process CPU {sub['cpu_ms']:.1f} ms/submission")
-    if args.skip_api:
-        return 0
+    for label in labels[1:]:
+        print(f"hpcgw - {label}: {sub['total_ms'] - sub['bare'][label][0]:+.1f} ms")
 
-    api = asyncio.run(api_rate(args.jobs, args.concurrency))
+
+def print_api(api: dict[str, Any], label: str, bare_ms: float) -> None:
     print()
     print(f"(c): {api['jobs']} POST /api/v1/jobs, concurrency {api['concurrency']}: "
           f"answers {api['statuses']} in {api['elapsed_s']:.2f} s; latency median "
@@ -367,16 +406,46 @@ def main() -> int:
           f"{api['server_cpu_ms']:.2f} ms/job (+ {api['children_cpu_ms']:.2f} ms in reaped "
           f"sudo/sbatch children); {api['in_slurm_after_burst']} jobs reached Slurm during the "
           f"burst")
-    reference = 1000 / sub["bare_ms"]
+    reference = 1000 / bare_ms
     print(table(
         ["path", "submissions/s", "ratio", "target"],
-        [["bare sbatch, one after another (reference)", f"{reference:.1f}", "1.00x", "-"],
+        [[f"{label}, one after another (reference)", f"{reference:.1f}",
+          "1.00x", "-"],
          ["hpcgw API, 201 answers", f"{api['rate']:.1f}", f"{api['rate'] / reference:.2f}x",
           ">= 100/s " + ("met" if api["rate"] >= 100 else "MISSED")]],
     ))
     print(f"cleanup: cancel answers {api['cancel_statuses']}, {api['slurm_jobs']} Slurm jobs "
           f"had been created, final states {api['final_states']} after {api['cleanup_s']:.1f} s"
           + (f"; {api['unfinished']} STILL UNFINISHED" if api["unfinished"] else ""))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20, help="submissions measured in (a)/(b)")
+    parser.add_argument("--jobs", type=int, default=500, help="API POSTs in (c)")
+    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--skip-api", action="store_true")
+    parser.add_argument("--ssh", action="store_true",
+                        help="over SSH: gateway-ssh.toml and OpenSSH references")
+    args = parser.parse_args()
+    source = DEV_SSH_CONFIG if args.ssh else DEV_CONFIG
+    with (tempfile.TemporaryDirectory(prefix="hpcgw-bench-ssh-") as tmp,
+          contextlib.ExitStack() as stack):
+        if args.ssh:
+            control = Path(tmp) / "master"
+            stack.enter_context(ssh_master(control))
+            references = {"bare ssh+sbatch, one OpenSSH connection": ssh_sbatch(control),
+                          "bare ssh+sbatch, a login each": ssh_sbatch()}
+        else:
+            references = {"bare sudo+sbatch --wrap": BARE_SBATCH}
+        sub = asyncio.run(submit_overhead(args.runs, source, references))
+    print(f"gateway config {source.name}")
+    print_overhead(sub, list(references))
+    if args.skip_api:
+        return 0
+
+    api = asyncio.run(api_rate(args.jobs, args.concurrency, source))
+    print_api(api, next(iter(references)), sub["bare_ms"])
     _remove_workdirs(UNIX_USER, api["workdirs"])
     return 0
 
