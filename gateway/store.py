@@ -311,19 +311,24 @@ class Store:
         return list(self._table("jobs").rows_where(
             f"state IN ({marks})", [s.value for s in states], order_by="created_at"))
 
-    def tracked_jobs(self, cluster: str, changed_since: str | None = None) -> list[dict[str, Any]]:
+    def tracked_jobs(
+        self, cluster: str, changed_since: str | None = None, also: Sequence[str] = ()
+    ) -> list[dict[str, Any]]:
         """The jobs the poller follows on ``cluster`` (in the scheduler), oldest first; with
-        ``changed_since`` (a :func:`utcnow` stamp) only those written at or after it.
+        ``changed_since`` (a :func:`utcnow` stamp) only those written at or after it, and those
+        among the job ids ``also`` (at most a few hundred).
 
         Only the columns a poll cycle needs (:data:`TRACKED_COLUMNS`).
         """
         marks = ",".join("?" for _ in IN_SCHEDULER)
-        since = "" if changed_since is None else "AND updated_at >= ? "
+        where = f"state IN ({marks}) AND cluster = ?"
+        args = [*(state.value for state in IN_SCHEDULER), cluster]
+        if changed_since is not None:
+            where += f" AND (updated_at >= ? OR id IN ({','.join('?' * len(also))}))"
+            args += [changed_since, *also]
         cursor = self.db.execute(
             f"SELECT {', '.join(TRACKED_COLUMNS)} FROM jobs "  # noqa: S608 - constant names
-            f"WHERE state IN ({marks}) AND cluster = ? {since}ORDER BY created_at",
-            [*(s.value for s in IN_SCHEDULER), cluster,
-             *([] if changed_since is None else [changed_since])])
+            f"WHERE {where} ORDER BY created_at", args)
         return [dict(zip(TRACKED_COLUMNS, row, strict=True)) for row in cursor.fetchall()]
 
     def last_event_id(self) -> int:
@@ -356,22 +361,26 @@ class Store:
         self._table("jobs").update(job_id, fields)
 
     def update_many(self, changes: dict[str, dict[str, Any]]) -> None:
-        """Apply several field updates in one transaction (the poll cycle's bulk write)."""
-        if not changes:
-            return
-        now = utcnow()
+        """Apply several field updates (never ``state``) in one transaction."""
+        if changes:
+            with self._transaction():
+                self._update_rows(changes, utcnow())
+
+    def _update_rows(self, changes: dict[str, dict[str, Any]], now: str) -> None:
         groups: dict[tuple[str, ...], list[list[Any]]] = {}  # one statement per set of columns
         for job_id, fields in changes.items():
             assert "state" not in fields
-            groups.setdefault(tuple(fields), []).append([*fields.values(), now, job_id])
-        with self._transaction():
-            for names, rows in groups.items():
-                columns = ", ".join(f"{name} = ?" for name in names)
-                self.db.conn.executemany(
-                    f"UPDATE jobs SET {columns}, updated_at = ? WHERE id = ?", rows)  # noqa: S608
+            groups.setdefault((*fields, "updated_at"), []).append([*fields.values(), now, job_id])
+        for names, rows in groups.items():
+            columns = ", ".join(f"{name} = ?" for name in names)
+            self.db.conn.executemany(
+                f"UPDATE jobs SET {columns} WHERE id = ?", rows)  # noqa: S608
 
-    def transition_many(self, moves: Sequence[Move]) -> set[str]:
-        """Several :meth:`transition` calls in one transaction (the poll cycle's batch).
+    def transition_many(
+        self, moves: Sequence[Move], updates: dict[str, dict[str, Any]] | None = None
+    ) -> set[str]:
+        """Several :meth:`transition` calls, and ``updates`` as by :meth:`update_many`, in one
+        transaction (a poll cycle's write).
 
         Each move is checked against the table and recorded as an events row exactly like a
         single one. A move the table does not allow from the job's current state (another writer
@@ -381,20 +390,33 @@ class Store:
         events: list[tuple[Any, ...]] = []
         now = utcnow()
         with self._transaction():
+            states = self._states_of([move.job_id for move in moves])
             for job_id, new, fields, reason, message in moves:
-                row = self.db.execute("SELECT state FROM jobs WHERE id = ?", [job_id]).fetchone()
-                if row is None or new not in TRANSITIONS[State(row[0])]:
+                old = states.get(job_id)
+                if old is None or new not in TRANSITIONS[old]:
                     refused.add(job_id)
                     continue
-                update = _transition_update(State(row[0]), new, reason, message, fields, now)
-                columns = ", ".join(f"{name} = ?" for name in update)
-                self.db.execute(f"UPDATE jobs SET {columns} WHERE id = ?",  # noqa: S608
-                                [*update.values(), job_id])
-                events.append((job_id, now, row[0], new.value, reason, message))
+                states[job_id] = new  # a second move of the same job starts from here
+                update = _transition_update(old, new, reason, message, fields, now)
+                self.db.execute(
+                    f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in update)} "  # noqa: S608
+                    "WHERE id = ?", [*update.values(), job_id])
+                events.append((job_id, now, old.value, new.value, reason, message))
             self.db.conn.executemany(
                 "INSERT INTO events (job_id, at, from_state, to_state, reason, message) "
                 "VALUES (?, ?, ?, ?, ?, ?)", events)
+            self._update_rows(updates or {}, now)
         return refused
+
+    def _states_of(self, job_ids: list[str]) -> dict[str, State]:
+        """The current state of each of ``job_ids`` that exists."""
+        states: dict[str, State] = {}
+        for start in range(0, len(job_ids), 500):  # well below SQLite's bound-parameter limit
+            chunk = job_ids[start:start + 500]
+            states.update((job_id, State(state)) for job_id, state in self.db.execute(
+                f"SELECT id, state FROM jobs WHERE id IN ({','.join('?' * len(chunk))})",  # noqa: S608
+                chunk))
+        return states
 
     def transition(
         self, job_id: str, new: State, *, reason: str | None = None,
