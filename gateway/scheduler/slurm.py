@@ -77,8 +77,25 @@ def _null(value: str) -> str | None:
     return None if value in ("", "(null)", "None", "n/a") else value
 
 
+def parse_squeue_line(line: str) -> SchedulerStatus:
+    """One line of ``squeue -h -a -t all -o SQUEUE_FORMAT``; the comment is the last field."""
+    parts = line.split(_FIELD_SEP, 5)
+    if len(parts) != 6:
+        raise SchedulerError(f"unexpected squeue line {line[:200]!r}")
+    job_id, state, reason, node, user, comment = parts
+    return SchedulerStatus(
+        job_id=job_id,
+        state=map_state(state),
+        raw_state=state,
+        pending_reason=_null(reason),
+        node=_null(node),
+        tag=comment[len(TAG_PREFIX):] if comment.startswith(TAG_PREFIX) else None,
+        user=user,
+    )
+
+
 def parse_squeue(text: str, wanted: set[str] | None = None) -> dict[str, SchedulerStatus]:
-    """Parse ``squeue -h -a -t all -o SQUEUE_FORMAT`` output; the comment is the last field.
+    """Parse ``squeue -h -a -t all -o SQUEUE_FORMAT`` output.
 
     With ``wanted``, lines of other jobs are skipped before they are parsed.
     """
@@ -86,20 +103,60 @@ def parse_squeue(text: str, wanted: set[str] | None = None) -> dict[str, Schedul
     for line in text.splitlines():
         if not line or (wanted is not None and line[: line.find(_FIELD_SEP)] not in wanted):
             continue
-        parts = line.split(_FIELD_SEP, 5)
-        if len(parts) != 6:
-            raise SchedulerError(f"unexpected squeue line {line[:200]!r}")
-        job_id, state, reason, node, user, comment = parts
-        statuses[job_id] = SchedulerStatus(
-            job_id=job_id,
-            state=map_state(state),
-            raw_state=state,
-            pending_reason=_null(reason),
-            node=_null(node),
-            tag=comment[len(TAG_PREFIX):] if comment.startswith(TAG_PREFIX) else None,
-            user=user,
-        )
+        status = parse_squeue_line(line)
+        statuses[status.job_id] = status
     return statuses
+
+
+class SqueueCache:
+    """``squeue`` output taken in incrementally: only the lines that differ from the previous
+    output are parsed, and the statuses of the wanted jobs are kept up to date from those, so
+    a poll cycle does no per-line Python work for the (many) jobs that did not change.
+
+    Like :func:`parse_squeue` with ``wanted``, a line that can't be parsed is an error only for a
+    wanted job; another job's odd line is skipped (and looked at again next time).
+    """
+
+    def __init__(self) -> None:
+        self._lines: set[str] = set()  # the parsed lines of the last output
+        self._parsed: dict[str, SchedulerStatus] = {}  # line -> its status
+        self._by_id: dict[str, SchedulerStatus] = {}  # job id -> status, every listed job
+        self._wanted: set[str] = set()
+        self._view: dict[str, SchedulerStatus] = {}  # the wanted part of _by_id
+
+    def update(self, text: str, wanted: set[str]) -> dict[str, SchedulerStatus]:
+        """Take in a new ``squeue`` output; the statuses of the ``wanted`` jobs it lists.
+
+        ``wanted`` is kept (not copied) until the next call. Raises SchedulerError, keeping the
+        previous output, for a bad line of a wanted job.
+        """
+        current = set(text.splitlines())
+        current.discard("")
+        changed = current ^ self._lines
+        fresh: dict[str, SchedulerStatus] = {}
+        for line in changed & current:
+            try:
+                fresh[line] = parse_squeue_line(line)
+            except SchedulerError:
+                if line[: line.find(_FIELD_SEP)] in wanted:
+                    raise
+                current.discard(line)
+        for line in changed - current:
+            status = self._parsed.pop(line, None)
+            if status is not None and self._by_id.get(status.job_id) is status:
+                del self._by_id[status.job_id]
+                self._view.pop(status.job_id, None)
+        for line, status in fresh.items():
+            self._parsed[line] = self._by_id[status.job_id] = status
+            if status.job_id in wanted:
+                self._view[status.job_id] = status
+        for job_id in wanted ^ self._wanted:
+            if job_id in wanted and job_id in self._by_id:
+                self._view[job_id] = self._by_id[job_id]
+            else:
+                self._view.pop(job_id, None)
+        self._lines, self._wanted = current, wanted
+        return dict(self._view)
 
 
 def parse_sacct(text: str) -> dict[str, SchedulerStatus]:
@@ -147,6 +204,7 @@ class SlurmCLIBackend:
         self._transport = transport
         self._timeout = cluster.command_timeout
         self._accounting_disabled = False
+        self._squeue = SqueueCache()
 
     async def _run(self, argv: list[str], *, user: str | None, stdin: bytes | None = None) -> str:
         """Run a Slurm command; an unreachable controller raises ClusterUnavailable."""
@@ -178,10 +236,8 @@ class SlurmCLIBackend:
             raise SchedulerError(f"sbatch answered {answer.strip()[:200]!r}, not a job id")
         return job_id
 
-    async def _queue(self, wanted: set[str] | None = None) -> dict[str, SchedulerStatus]:
-        return parse_squeue(
-            await self._query(["squeue", "-h", "-a", "-t", "all", "-o", SQUEUE_FORMAT]), wanted
-        )
+    async def _squeue_text(self) -> str:
+        return await self._query(["squeue", "-h", "-a", "-t", "all", "-o", SQUEUE_FORMAT])
 
     async def _accounting(self, job_ids: list[str]) -> dict[str, SchedulerStatus]:
         base = ["sacct", "-X", "-n", "-P", "-o", SACCT_FIELDS, "-j", ",".join(job_ids)]
@@ -196,14 +252,14 @@ class SlurmCLIBackend:
 
     async def status_many(self, job_ids: Iterable[str]) -> dict[str, SchedulerStatus]:
         wanted = set(job_ids)
-        found = await self._queue(wanted)
+        found = self._squeue.update(await self._squeue_text(), wanted)
         gone = sorted(wanted - found.keys(), key=int)
         if gone:
             found.update(await self._accounting(gone))
         return found
 
     async def find_by_tag(self, tag: str, *, user: str) -> SchedulerStatus | None:
-        matches = [status for status in (await self._queue()).values()
+        matches = [status for status in parse_squeue(await self._squeue_text()).values()
                    if status.tag == tag and status.user == user]
         return max(matches, key=lambda s: int(s.job_id)) if matches else None
 

@@ -1,6 +1,9 @@
-"""Parsing what Slurm's CLI prints (squeue, sacct, sinfo) and its state words."""
+"""Parsing what Slurm's CLI prints (squeue, also incrementally; sacct, sinfo) and its state
+words."""
 
 from __future__ import annotations
+
+import random
 
 import pytest
 
@@ -8,6 +11,7 @@ from gateway.errors import SchedulerError
 from gateway.scheduler import SchedulerState, SchedulerStatus
 from gateway.scheduler.slurm import (
     SQUEUE_FORMAT,
+    SqueueCache,
     map_state,
     parse_sacct,
     parse_sinfo,
@@ -156,3 +160,40 @@ def test_parse_sinfo_adds_node_counts() -> None:
     assert partitions["cpu"]["available"] is True
     assert partitions["gpu"]["available"] is False
     assert partitions["gpu"]["gres"] == "gpu:a100:2"
+
+
+def test_squeue_cache_agrees_with_parse_squeue_over_changing_outputs() -> None:
+    rng = random.Random(7)
+    states = ["PENDING|Priority|", "PENDING|Resources|", "RUNNING|None|vm", "COMPLETED|None|vm"]
+    queue = {str(100 + n): rng.choice(states) for n in range(60)}
+    cache = SqueueCache()
+    for _ in range(40):
+        for job_id in rng.sample(sorted(queue), 6):  # some change, some leave, some arrive
+            if rng.random() < 0.2:
+                del queue[job_id]
+            else:
+                queue[job_id] = rng.choice(states)
+        queue[str(200 + len(queue) + rng.randrange(1000))] = rng.choice(states)
+        text = "".join(f"{j}|{s}|alice|hpcgw:0123456789abcdef\n" for j, s in queue.items())
+        wanted = set(rng.sample(sorted(queue), 30)) | {"99999"}  # and one Slurm never listed
+        assert cache.update(text, set(wanted)) == parse_squeue(text, wanted)
+
+
+def test_squeue_cache_parses_only_changed_lines_and_keeps_their_statuses() -> None:
+    cache = SqueueCache()
+    first = cache.update(SQUEUE, {"2", "7", "11"})
+    second = cache.update(SQUEUE.replace("7|PENDING|Resources", "7|RUNNING|None"), {"2", "7"})
+    assert second["2"] is first["2"]  # the same line: not parsed again
+    assert second["7"].state is SchedulerState.RUNNING
+    assert set(second) == {"2", "7"}
+    third = cache.update(SQUEUE, {"8", "12"})  # wanted now: already-listed lines count too
+    assert set(third) == {"8", "12"} and third["12"].user == "dave"
+
+
+def test_squeue_cache_skips_other_jobs_odd_lines_but_not_a_wanted_one() -> None:
+    cache = SqueueCache()
+    text = SQUEUE + "40|WIBBLE|None|vm|eve|(null)\n"
+    assert set(cache.update(text, {"2"})) == {"2"}
+    with pytest.raises(SchedulerError, match="WIBBLE"):
+        cache.update(text, {"2", "40"})
+    assert set(cache.update(SQUEUE, {"2", "7"})) == {"2", "7"}
