@@ -8,16 +8,23 @@ with N jobs in ``pending``/``running`` and a recorded ``squeue -h -a -t all -o "
 text listing them (plus recently COMPLETED gateway jobs and other users' jobs, as a real queue
 has). A fake transport answers squeue with that text instantly (sacct: empty) and counts every
 scheduler command, so what is measured is the gateway's own work. One cycle is what
-``gateway.jobs.poller.poll_cycle`` does: ``store.tracked_jobs(cluster)``,
-``poll_once`` (``backend.status_many`` parsing, applying statuses, transitions, the bulk write)
-and the young/old check. Between cycles ~1% of the jobs change in the recorded queue (pending
-reason flips, pending -> running, running -> COMPLETED); completed jobs are replaced by new
-pending ones (outside the timed region) so N stays constant.
+``gateway.jobs.poller.poll_cycle`` does: ``runtime.tracked.refresh`` (the store rows changed
+since the previous cycle), ``poll_once`` (``backend.status_many`` parsing, evaluating the changed
+statuses, the batched transitions and field writes) and the young/old check. Between cycles ~1%
+of the jobs change in the recorded queue (pending reason flips, pending -> running, running ->
+COMPLETED); completed jobs are replaced by new pending ones (outside the timed region) so N stays
+constant. The first cycle (a full read of the store, every status evaluated, as after a start)
+is a warm-up, reported on its own, as is one cycle at the end with a full read of the store
+(``TrackedJobs.invalidate``: what follows a failed cycle).
 
 Reference, same run: the wall time of one real ``squeue`` with the same arguments on the dev
 cluster (median of 20).
 
-Run: .venv/bin/python bench/poll_cost.py [--sizes 10,1000,10000] [--cycles 15]
+Cycles are ``young_interval`` of the dev config apart (the shortest the poller keeps them), or
+``--gap`` seconds (0: back to back, which makes each cycle re-read every row written within
+``gateway.jobs.tracked.MARGIN``, so more than the poller ever does).
+
+Run: .venv/bin/python bench/poll_cost.py [--sizes 10,1000,10000] [--cycles 15] [--gap S]
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from gateway.errors import CommandFailed
 from gateway.jobs.poller import next_interval, poll_once
 from gateway.jobs.runtime import ClusterRuntime
 from gateway.jobs.service import JobService
+from gateway.jobs.tracked import TrackedJobs
 from gateway.scheduler import load_backend
 from gateway.scheduler.slurm import SQUEUE_FORMAT, parse_squeue
 from gateway.spec import parse_spec, resolve_spec
@@ -151,9 +159,9 @@ class Fleet:
             self.store.db.conn.executemany(
                 "UPDATE jobs SET state = ?, slurm_job_id = ?, pending_reason = ?, node = ?, "
                 "started_at = ? WHERE id = ?", rows)
-            if old:  # submitted an hour or two ago: the young/old check has to look at all
+            if old:  # submitted (and last written) an hour or two ago
                 self.store.db.conn.executemany(
-                    "UPDATE jobs SET created_at = ? WHERE id = ?",
+                    "UPDATE jobs SET created_at = ?1, updated_at = ?1 WHERE id = ?2",
                     [(f"2026-11-21T0{8 + i * 2 // count}:{i % 60:02d}:00.000Z", row[-1])
                      for i, row in enumerate(rows)])
 
@@ -208,7 +216,7 @@ class Fleet:
         return len(ended)
 
 
-async def measure(size: int, cycles: int, seed: int) -> dict[str, Any]:
+async def measure(size: int, cycles: int, seed: int, gap: float | None) -> dict[str, Any]:
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="hpcgw-bench-poll-") as tmp:
         config = load_config_with_data_dir(Path(tmp) / "data")
@@ -230,7 +238,7 @@ async def measure(size: int, cycles: int, seed: int) -> dict[str, Any]:
         setup_s = time.perf_counter() - setup_started
 
         read_ms, status_ms, apply_ms, age_ms, cycle_ms, wall_ms = [], [], [], [], [], []
-        calls, changed, tracked, lines = [], [], [], []
+        calls, changed, tracked, lines, first_ms = [], [], [], [], 0.0
         poll = config.poll
         for number in range(WARMUP_CYCLES + cycles):
             changes = fleet.change(CHANGE_FRACTION)
@@ -240,13 +248,15 @@ async def measure(size: int, cycles: int, seed: int) -> dict[str, Any]:
 
             wall0, cpu0 = time.perf_counter(), time.process_time()
             # -- one iteration of poll_forever (its sleep excluded) --
-            jobs = store.tracked_jobs(runtime.name)
+            runtime.tracked.refresh(store, runtime.name)
             cpu1 = time.process_time()
-            await poll_once(service, runtime, jobs)
+            await poll_once(service, runtime)
             cpu2 = time.process_time()
-            next_interval(jobs, poll)
+            next_interval(runtime.tracked.newest_created_at(), poll)
             cpu3, wall3 = time.process_time(), time.perf_counter()
 
+            if number == 0:
+                first_ms = (cpu3 - cpu0) * 1000
             if number >= WARMUP_CYCLES:
                 read_ms.append((cpu1 - cpu0) * 1000)
                 status_ms.append(sum(backend.cpu) * 1000)
@@ -256,9 +266,21 @@ async def measure(size: int, cycles: int, seed: int) -> dict[str, Any]:
                 wall_ms.append((wall3 - wall0) * 1000)
                 calls.append(sum(transport.calls.values()) - before)
                 changed.append(changes)
-                tracked.append(len(jobs))
+                tracked.append(len(runtime.tracked.jobs))
                 lines.append(transport.squeue_text.count(b"\n"))
             fleet.settle()
+            await asyncio.sleep(poll.young_interval if gap is None else gap)
+
+        # A cycle with a full read of the tracked rows (after a failed cycle, say).
+        fleet.change(CHANGE_FRACTION)
+        transport.squeue_text = fleet.squeue_text()
+        runtime.tracked.invalidate()
+        cpu0 = time.process_time()
+        runtime.tracked.refresh(store, runtime.name)
+        await poll_once(service, runtime)
+        next_interval(runtime.tracked.newest_created_at(), poll)
+        full_read_ms = (time.process_time() - cpu0) * 1000
+        fleet.settle()
 
         parse_cpu = []
         text = transport.squeue_text.decode()
@@ -266,6 +288,8 @@ async def measure(size: int, cycles: int, seed: int) -> dict[str, Any]:
             started = time.process_time()
             parse_squeue(text)
             parse_cpu.append((time.process_time() - started) * 1000)
+        runtime.tracked.refresh(store, runtime.name)
+        consistent = tracked_matches_store(runtime.tracked, store, cluster.name)
         store.close()
     return {
         "size": size, "setup_s": setup_s, "cycle_ms": statistics.median(cycle_ms),
@@ -275,8 +299,15 @@ async def measure(size: int, cycles: int, seed: int) -> dict[str, Any]:
         "parse_ms": statistics.median(parse_cpu), "calls": max(calls), "calls_min": min(calls),
         "by_command": dict(transport.calls), "changed": statistics.median(changed),
         "tracked": statistics.median(tracked), "lines": statistics.median(lines),
-        "cycles": len(cycle_ms), "collectors": service.spawned,
+        "cycles": len(cycle_ms), "collectors": service.spawned, "first_ms": first_ms,
+        "full_read_ms": full_read_ms,
+        "consistent": consistent,
     }
+
+
+def tracked_matches_store(tracked: TrackedJobs, store: Store, cluster: str) -> bool:
+    """Whether the poller's in-memory jobs equal a full read of the store (a sanity check)."""
+    return {row["id"]: row for row in store.tracked_jobs(cluster)} == tracked.jobs
 
 
 def main() -> int:
@@ -285,6 +316,8 @@ def main() -> int:
     parser.add_argument("--cycles", type=int, default=15)
     parser.add_argument("--squeue-runs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--gap", type=float, default=None,
+                        help="seconds between cycles (default: the poller's own interval)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
@@ -295,12 +328,15 @@ def main() -> int:
 
     results = []
     for size in sizes:
-        result = asyncio.run(measure(size, args.cycles, args.seed))
+        result = asyncio.run(measure(size, args.cycles, args.seed, args.gap))
         results.append(result)
         print(f"N={size}: setup {result['setup_s']:.1f}s, {result['cycles']} measured cycles, "
               f"{result['lines']:.0f} squeue lines, ~{result['changed']:.0f} jobs changed/cycle, "
               f"commands over the run {result['by_command']}, "
-              f"collectors spawned {result['collectors']}", flush=True)
+              f"collectors spawned {result['collectors']}, CPU of the first cycle "
+              f"{result['first_ms']:.1f} ms and of a later cycle with a full read "
+              f"{result['full_read_ms']:.1f} ms, in-memory jobs match the store: "
+              f"{result['consistent']}", flush=True)
 
     print()
     print(table(
@@ -315,7 +351,7 @@ def main() -> int:
     print()
     print("breakdown, CPU ms per cycle (median):")
     print(table(
-        ["N tracked", "jobs_in read", "status_many (squeue parse)", "apply + writes",
+        ["N tracked", "store read (refresh)", "status_many (squeue parse)", "apply + writes",
          "young/old check", "parse_squeue alone", "wall ms/cycle"],
         [[f"{r['size']:,}", f"{r['read_ms']:.2f}", f"{r['status_ms']:.2f}",
           f"{r['apply_ms']:.2f}", f"{r['age_ms']:.2f}", f"{r['parse_ms']:.2f}",

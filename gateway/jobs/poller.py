@@ -1,11 +1,14 @@
 """Polling: one scheduler query per cycle per cluster for all tracked jobs (like submitit).
 
 Each cycle asks the backend about every job the gateway has in ``pending``, ``running`` or
-``ready`` on that cluster, applies what changed, and writes only the jobs that changed (in one
-transaction). A failed query changes no state: jobs keep their last state with
-``scheduler_reachable: false``. A job the scheduler no longer lists is handed to the collector
-after ``lost_after`` seconds (the collector decides between its exit record and ``lost``).
-The cycle is fast while young jobs exist and backs off when all jobs are old.
+``ready`` on that cluster. The tracked jobs live in memory (:mod:`.tracked`: only rows changed
+since the previous cycle are read again) together with the status last evaluated for each, so a
+cycle evaluates only the jobs whose scheduler status or row changed. All writes of a cycle go
+into one transaction (each transition checked and recorded as an event). A failed query changes
+no state: jobs keep their last state with ``scheduler_reachable: false``. A job the scheduler no
+longer lists is handed to the collector after ``lost_after`` seconds (the collector decides
+between its exit record and ``lost``). The cycle is fast while young jobs exist and backs off
+when all jobs are old.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..config import PollConfig
 from ..errors import ClusterUnavailable, CommandFailed, SchedulerError
 from ..scheduler import SchedulerState, SchedulerStatus
-from ..states import IllegalTransition, State
-from ..store import parse_time
+from ..states import State
+from ..store import Move, parse_time
 from .collector import collect
 from .runtime import ClusterRuntime
 
@@ -41,110 +45,131 @@ async def poll_forever(service: JobService, runtime: ClusterRuntime) -> None:
 
 
 async def poll_cycle(service: JobService, runtime: ClusterRuntime) -> float:
-    """One cycle for ``runtime``'s cluster; the seconds to wait before the next one."""
-    jobs = service.store.tracked_jobs(runtime.name)
-    if jobs:
-        try:
-            await poll_once(service, runtime, jobs)
-        except Exception:
-            log.exception("poll cycle on %s failed", runtime.name)
-    return next_interval(jobs, service.config.poll)
+    """One cycle for ``runtime``'s cluster; the seconds to wait before the next one.
+
+    A cycle that fails is logged, and the next one starts from a full read of the store.
+    """
+    tracked = runtime.tracked
+    try:
+        tracked.refresh(service.store, runtime.name)
+        if tracked.jobs:
+            await poll_once(service, runtime)
+    except Exception:
+        log.exception("poll cycle on %s failed", runtime.name)
+        tracked.invalidate()
+    return next_interval(tracked.newest_created_at(), service.config.poll)
 
 
-def next_interval(jobs: list[dict[str, Any]], poll: PollConfig) -> float:
+def next_interval(newest_created_at: str | None, poll: PollConfig) -> float:
     """Fast while the newest tracked job is young, slower once every job is old."""
-    newest = jobs[-1]["created_at"] if jobs else None  # tracked_jobs is oldest first
-    if newest and time.time() - parse_time(newest).timestamp() < poll.young_age:
+    newest = parse_time(newest_created_at).timestamp() if newest_created_at else None
+    if newest is not None and time.time() - newest < poll.young_age:
         return poll.young_interval
     return poll.old_interval
 
 
-async def poll_once(
-    service: JobService, runtime: ClusterRuntime, jobs: list[dict[str, Any]]
-) -> None:
-    """One cycle: one ``status_many`` call for ``jobs``, then the changes written at once."""
-    ids = {job["slurm_job_id"] for job in jobs if job["slurm_job_id"]}
+@dataclass
+class Cycle:
+    """What one cycle writes (in one transaction): transitions and plain field changes."""
+
+    moves: list[Move] = field(default_factory=list)
+    updates: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        self.updates.setdefault(job_id, {}).update(fields)
+
+    def to_collecting(self, job_id: str, status: SchedulerStatus | None) -> None:
+        fields: dict[str, Any] = {"slurm_state": status.state.value if status else None}
+        if status is not None:
+            fields["exit_code"] = status.exit_code
+            if status.node:
+                fields["node"] = status.node
+        self.moves.append(Move(job_id, State.COLLECTING, fields))
+
+
+async def poll_once(service: JobService, runtime: ClusterRuntime) -> None:
+    """One ``status_many`` call for every tracked job of ``runtime.tracked`` (refreshed by the
+    caller), then only the jobs whose status changed evaluated and the changes written."""
+    tracked = runtime.tracked
     try:
-        statuses = await runtime.backend.status_many(ids)
+        statuses = await runtime.backend.status_many(tracked.by_slurm.keys())
     except (ClusterUnavailable, CommandFailed, SchedulerError) as exc:
         runtime.reachable, runtime.last_error = False, exc.detail
         log.warning("cluster %s unreachable: %s", runtime.name, exc.detail)
-        service.store.update_many(
-            {j["id"]: {"scheduler_reachable": 0} for j in jobs if j["scheduler_reachable"]})
+        service.store.update_many({job_id: {"scheduler_reachable": 0} for job_id in
+                                   tracked.jobs.keys() - tracked.unreachable})
         return
     runtime.reachable, runtime.last_error = True, None
-    changes: dict[str, dict[str, Any]] = {}
-    ended: set[str] = set()
-    for job in jobs:
-        fields = apply_status(service, runtime, job, statuses.get(job["slurm_job_id"]), ended)
-        if not job["scheduler_reachable"]:
-            fields["scheduler_reachable"] = 1
-        if fields:
-            changes[job["id"]] = fields
-    service.store.update_many(changes)
-    still_in_scheduler = [j for j in jobs if j["id"] not in ended]
-    await _send_pending_cancels(service, runtime, still_in_scheduler)
+    cycle = Cycle()
+    changed = {slurm_job_id: status for slurm_job_id, status in statuses.items()
+               if tracked.evaluated.get(slurm_job_id) != status}
+    for slurm_job_id, status in changed.items():
+        job_id = tracked.by_slurm.get(slurm_job_id)
+        if job_id is not None:  # a backend may answer for more than it was asked
+            apply_status(cycle, tracked.jobs[job_id], status)
+    _check_missing(service.config.poll, runtime, statuses, cycle)
+    for job_id in tracked.unreachable:
+        cycle.update(job_id, scheduler_reachable=1)
+    _write(service, runtime, cycle)
+    tracked.evaluated.update(
+        (slurm_job_id, status) for slurm_job_id, status in changed.items()
+        if slurm_job_id in tracked.by_slurm)
+    await _send_pending_cancels(runtime)
 
 
-def apply_status(
-    service: JobService, runtime: ClusterRuntime, job: dict[str, Any],
-    status: SchedulerStatus | None, ended: set[str],
-) -> dict[str, Any]:
-    """Act on one job's status; returns plain field changes for the bulk write.
-
-    State transitions are written directly (they are rare and each needs its event row);
-    jobs handed to the collector are added to ``ended``.
-    """
+def apply_status(cycle: Cycle, job: dict[str, Any], status: SchedulerStatus) -> None:
+    """Add to ``cycle`` what ``status`` means for ``job`` (a tracked row), if anything."""
     job_id, state = job["id"], job["state"]
-    if status is None:
-        first_missing = runtime.missing_since.setdefault(job_id, time.monotonic())
-        if time.monotonic() - first_missing >= service.config.poll.lost_after:
-            _to_collecting(service, runtime, job_id, None, None)
-            ended.add(job_id)
-        return {}
-    runtime.missing_since.pop(job_id, None)
     if status.state is SchedulerState.PENDING:
         if state == State.PENDING and status.pending_reason != job["pending_reason"]:
-            return {"pending_reason": status.pending_reason}
-        return {}
-    if status.state is SchedulerState.RUNNING:
+            cycle.update(job_id, pending_reason=status.pending_reason)
+    elif status.state is SchedulerState.RUNNING:
         if state == State.PENDING:
-            _transition(service, job_id, State.RUNNING, node=status.node)
-        return {}
-    _to_collecting(service, runtime, job_id, status, status.node)
-    ended.add(job_id)
-    return {}
+            cycle.moves.append(Move(job_id, State.RUNNING, {"node": status.node}))
+    else:
+        cycle.to_collecting(job_id, status)
 
 
-def _transition(service: JobService, job_id: str, new: State, **fields: Any) -> bool:
-    try:
-        service.store.transition(job_id, new, **fields)
-    except IllegalTransition as exc:  # e.g. a cancel raced us to a terminal state
-        log.info("job %s: %s", job_id, exc)
-        return False
-    return True
-
-
-def _to_collecting(
-    service: JobService, runtime: ClusterRuntime, job_id: str,
-    status: SchedulerStatus | None, node: str | None,
+def _check_missing(
+    poll: PollConfig, runtime: ClusterRuntime, statuses: dict[str, SchedulerStatus],
+    cycle: Cycle,
 ) -> None:
-    fields: dict[str, Any] = {"slurm_state": status.state.value if status else None}
-    if status is not None:
-        fields["exit_code"] = status.exit_code
-        if node:
-            fields["node"] = node
-    if _transition(service, job_id, State.COLLECTING, **fields):
-        runtime.missing_since.pop(job_id, None)
-        runtime.cancel_sent.discard(job_id)
-        service.spawn(collect(service, job_id), f"collect-{job_id}")
+    """Jobs the scheduler did not answer for: to the collector once missing for ``lost_after``."""
+    tracked, now = runtime.tracked, time.monotonic()
+    missing = {tracked.by_slurm[slurm_job_id]
+               for slurm_job_id in tracked.by_slurm.keys() - statuses.keys()}
+    missing |= tracked.unlinked
+    for job_id in runtime.missing_since.keys() - missing:
+        del runtime.missing_since[job_id]  # listed again, or no longer tracked
+    for job_id in missing:
+        if now - runtime.missing_since.setdefault(job_id, now) >= poll.lost_after:
+            cycle.to_collecting(job_id, None)
 
 
-async def _send_pending_cancels(
-    service: JobService, runtime: ClusterRuntime, jobs: list[dict[str, Any]]
-) -> None:
+def _write(service: JobService, runtime: ClusterRuntime, cycle: Cycle) -> None:
+    """Write ``cycle`` to the store, then bring the tracked jobs and the collectors in line."""
+    store, tracked = service.store, runtime.tracked
+    refused = store.transition_many(cycle.moves, cycle.updates)
+    for move in cycle.moves:
+        job_id = move.job_id
+        if job_id in refused:  # e.g. a cancel raced us to a terminal state
+            log.info("job %s: not moved to %s, its state changed meanwhile", job_id, move.new)
+            tracked.forget(job_id)  # read again by the next refresh if still tracked
+        elif move.new is State.COLLECTING:
+            tracked.forget(job_id)
+            runtime.missing_since.pop(job_id, None)
+            runtime.cancel_sent.discard(job_id)
+            service.spawn(collect(service, job_id), f"collect-{job_id}")
+        else:
+            tracked.jobs[job_id]["state"] = move.new.value
+
+
+async def _send_pending_cancels(runtime: ClusterRuntime) -> None:
     """Re-send scancel for jobs whose cancel could not reach the scheduler before."""
-    for job in jobs:
-        if (job["cancel_requested"] and job["id"] not in runtime.cancel_sent
-                and not await runtime.send_cancel(job)):
+    tracked = runtime.tracked
+    for job_id in sorted(tracked.cancels - runtime.cancel_sent):
+        job = tracked.jobs.get(job_id)
+        if job is None or not job["slurm_job_id"]:
+            continue
+        if not await runtime.send_cancel(job):
             return

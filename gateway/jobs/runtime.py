@@ -13,6 +13,7 @@ from ..scheduler import SchedulerBackend, load_backend
 from ..transport import Transport
 from ..transport.local import LocalTransport
 from ..transport.ssh import SSHTransport
+from .tracked import TrackedJobs
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ class ClusterRuntime:
     missing_since: dict[str, float] = field(default_factory=dict)
     # Gateway job ids whose scancel went through (not re-sent every cycle).
     cancel_sent: set[str] = field(default_factory=set)
+    # The jobs the poller follows, kept between its cycles.
+    tracked: TrackedJobs = field(default_factory=TrackedJobs)
 
     @property
     def name(self) -> str:

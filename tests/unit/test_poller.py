@@ -1,0 +1,250 @@
+"""The poll cycle against a fake scheduler: transitions and their events, one status query per
+cycle, only changed jobs evaluated, the in-memory tracked jobs following other writers, failed
+polls and failed cycles."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+import gateway.jobs.poller as poller
+import gateway.jobs.tracked as tracked_module
+from gateway.config import Config
+from gateway.jobs.poller import poll_cycle
+from gateway.jobs.runtime import ClusterRuntime
+from gateway.scheduler import SchedulerState, SchedulerStatus
+from gateway.states import Reason, State
+from gateway.store import Store, User
+
+if TYPE_CHECKING:
+    from conftest import FakeBackend, FakeClusters
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = Store(tmp_path / "hpcgw.db")
+    yield store
+    store.close()
+
+
+class Setup:
+    """A store, a fake cluster ``dev`` and the parts of a JobService the poller uses."""
+
+    def __init__(self, store: Store, config: Config, fake_clusters: FakeClusters) -> None:
+        self.store = store
+        self.runtime: ClusterRuntime = fake_clusters(config.clusters[0])
+        self.backend: FakeBackend = fake_clusters.by_name["dev"].backend
+        self.collected: list[str] = []
+        self.service: Any = SimpleNamespace(store=store, config=config, spawn=self._spawn,
+                                            clusters={"dev": self.runtime})
+        self.user: User = store.add_user("alice", "alice")
+        self.asked: list[set[str]] = []  # the job ids of each status query
+        status_many = self.backend.status_many
+
+        async def recording(job_ids: Iterable[str]) -> dict[str, SchedulerStatus]:
+            self.asked.append(set(job_ids))
+            return await status_many(self.asked[-1])
+
+        self.backend.status_many = recording  # type: ignore[method-assign]
+
+    def _spawn(self, coroutine: Any, name: str) -> None:
+        coroutine.close()  # the collector is not under test here
+        self.collected.append(name.removeprefix("collect-"))
+
+    async def job(self, n: int, state: State = State.PENDING) -> tuple[str, str]:
+        """A gateway job in ``state`` (pending or running) with its Slurm job; (id, Slurm id)."""
+        job_id = f"{n:016x}"
+        slurm_job_id = await self.backend.submit("#!/bin/bash\n", user="alice", tag=job_id)
+        self.store.insert_job({"id": job_id, "user_id": self.user.id, "unix_user": "alice",
+                               "kind": "notebook", "name": "nb", "cluster": "dev", "spec": "{}",
+                               "workdir": f"/w/{job_id}", "idempotency_key": None})
+        self.store.transition(job_id, State.STAGING)
+        self.store.transition(job_id, State.PENDING, slurm_job_id=slurm_job_id)
+        if state is State.RUNNING:
+            self.store.transition(job_id, State.RUNNING)
+            self.backend.states[slurm_job_id] = SchedulerState.RUNNING
+        return job_id, slurm_job_id
+
+    async def cycle(self) -> None:
+        await poll_cycle(self.service, self.runtime)
+        await asyncio.sleep(0.003)  # later writes get later stamps
+
+    def state(self, job_id: str) -> str:
+        return str(self.store.get_job(job_id)["state"])
+
+
+@pytest.fixture
+def setup(store: Store, config: Config, fake_clusters: FakeClusters) -> Setup:
+    return Setup(store, config, fake_clusters)
+
+
+@pytest.fixture
+def evaluated(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The job ids the poller evaluates a status for, in order."""
+    seen: list[str] = []
+    apply_status = poller.apply_status
+
+    def spy(cycle: poller.Cycle, job: dict[str, Any], status: SchedulerStatus) -> None:
+        seen.append(job["id"])
+        apply_status(cycle, job, status)
+
+    monkeypatch.setattr(poller, "apply_status", spy)
+    return seen
+
+
+async def test_a_job_follows_slurm_with_one_query_per_cycle(setup: Setup) -> None:
+    job_id, slurm_job_id = await setup.job(1)
+    await setup.job(2)
+    await setup.cycle()
+    assert setup.store.get_job(job_id)["pending_reason"] == "Priority"
+    setup.backend.states[slurm_job_id] = SchedulerState.RUNNING
+    await setup.cycle()
+    assert setup.state(job_id) == "running"
+    setup.backend.states[slurm_job_id] = SchedulerState.COMPLETED
+    await setup.cycle()
+    job = setup.store.get_job(job_id)
+    assert (job["state"], job["slurm_state"], job["node"]) == ("collecting", "COMPLETED", "vm")
+    assert setup.collected == [job_id]
+    assert [e["to_state"] for e in setup.store.events(job_id)] == [
+        "accepted", "staging", "pending", "running", "collecting"]
+    await setup.cycle()
+    assert len(setup.asked) == setup.backend.status_calls == 4
+    assert slurm_job_id not in setup.asked[-1]  # no longer tracked
+
+
+async def test_only_jobs_whose_status_or_row_changed_are_evaluated(
+        setup: Setup, evaluated: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tracked_module, "MARGIN", timedelta(0))
+    jobs = [await setup.job(n) for n in range(20)]
+    await setup.cycle()  # everything is new; every pending reason gets written
+    assert len(evaluated) == 20
+    await setup.cycle()  # the rows written by the previous cycle are read again
+    await setup.cycle()
+    evaluated.clear()
+    await setup.cycle()
+    assert evaluated == []
+    setup.backend.states[jobs[3][1]] = SchedulerState.RUNNING
+    setup.store.update_job(jobs[7][0], cancel_requested=1)  # another writer
+    await setup.cycle()
+    assert sorted(evaluated) == sorted([jobs[3][0], jobs[7][0]])
+    assert setup.state(jobs[3][0]) == "running"
+    assert setup.backend.cancels == [(jobs[7][1], "alice")]
+    await setup.cycle()
+    assert setup.backend.cancels == [(jobs[7][1], "alice")]  # sent once
+
+
+async def test_jobs_entering_and_leaving_the_scheduler_are_picked_up(setup: Setup) -> None:
+    first, _ = await setup.job(1)
+    await setup.cycle()
+    second, second_slurm = await setup.job(2)
+    setup.store.transition(first, State.CANCELLED, reason=Reason.USER_CANCELLED)  # elsewhere
+    await setup.cycle()
+    assert setup.asked[-1] == {second_slurm}
+    assert set(setup.runtime.tracked.jobs) == {second}
+    assert setup.state(first) == "cancelled"
+
+
+async def test_an_unreachable_scheduler_changes_no_state(setup: Setup) -> None:
+    pending, _ = await setup.job(1)
+    running, _ = await setup.job(2, State.RUNNING)
+    await setup.cycle()
+    setup.backend.unreachable = True
+    await setup.cycle()
+    await setup.cycle()
+    for job_id, state in ((pending, "pending"), (running, "running")):
+        job = setup.store.get_job(job_id)
+        assert (job["state"], job["scheduler_reachable"]) == (state, 0)
+    assert setup.runtime.reachable is False
+    setup.backend.unreachable = False
+    await setup.cycle()
+    assert [setup.store.get_job(j)["scheduler_reachable"] for j in (pending, running)] == [1, 1]
+    assert setup.runtime.reachable is True
+
+
+async def test_a_transition_another_writer_overtook_is_dropped(setup: Setup) -> None:
+    job_id, slurm_job_id = await setup.job(1)
+    await setup.cycle()
+    setup.backend.states[slurm_job_id] = SchedulerState.RUNNING
+    recording = setup.backend.status_many
+
+    async def cancelled_meanwhile(job_ids: Iterable[str]) -> dict[str, SchedulerStatus]:
+        setup.store.transition(job_id, State.CANCELLED, reason=Reason.USER_CANCELLED)
+        return await recording(job_ids)
+
+    setup.backend.status_many = cancelled_meanwhile  # type: ignore[method-assign]
+    await setup.cycle()
+    assert setup.state(job_id) == "cancelled"
+    assert [e["to_state"] for e in setup.store.events(job_id)][-2:] == ["pending", "cancelled"]
+    assert job_id not in setup.runtime.tracked.jobs
+
+
+async def test_a_failed_cycle_is_repeated_from_a_full_read(
+        setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    job_id, slurm_job_id = await setup.job(1)
+    await setup.cycle()
+    setup.backend.states[slurm_job_id] = SchedulerState.RUNNING
+    transition_many = setup.store.transition_many
+    monkeypatch.setattr(setup.store, "transition_many", lambda *a: 1 / 0)
+    await setup.cycle()  # logged, nothing written
+    assert setup.state(job_id) == "pending"
+    monkeypatch.setattr(setup.store, "transition_many", transition_many)
+    await setup.cycle()
+    assert setup.state(job_id) == "running"
+
+
+async def test_a_job_slurm_no_longer_lists_goes_to_collecting_after_lost_after(
+        setup: Setup) -> None:
+    job_id, slurm_job_id = await setup.job(1)
+    await setup.cycle()
+    del setup.backend.states[slurm_job_id]
+    await setup.cycle()
+    assert setup.state(job_id) == "pending"  # not yet: lost_after is 0.1 s in the test config
+    await asyncio.sleep(0.12)
+    await setup.cycle()
+    job = setup.store.get_job(job_id)
+    assert (job["state"], job["slurm_state"]) == ("collecting", None)
+    assert setup.runtime.missing_since == {}
+
+
+async def test_a_job_entering_the_scheduler_is_found_by_its_event_whatever_the_clock(
+        setup: Setup) -> None:
+    await setup.job(1)
+    await setup.cycle()
+    job_id, slurm_job_id = await setup.job(2)
+    setup.store.db.execute(  # stamped as by a clock that was set back meanwhile
+        "UPDATE jobs SET updated_at = '2000-01-01T00:00:00.000Z' WHERE id = ?", [job_id])
+    await setup.cycle()
+    assert slurm_job_id in setup.asked[-1] and job_id in setup.runtime.tracked.jobs
+
+
+async def test_full_reads_when_due_keep_what_was_evaluated(
+        setup: Setup, evaluated: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    full_reads: list[bool] = []
+    tracked_jobs = setup.store.tracked_jobs
+
+    def spy(cluster: str, *args: Any) -> list[dict[str, Any]]:
+        full_reads.append(not args)
+        return tracked_jobs(cluster, *args)
+
+    monkeypatch.setattr(setup.store, "tracked_jobs", spy)
+    monkeypatch.setattr(tracked_module, "MARGIN", timedelta(0))
+    jobs = [await setup.job(n) for n in range(3)]
+    for _ in range(3):
+        await setup.cycle()
+    assert full_reads == [True, False, False]
+    evaluated.clear()
+    setup.runtime.tracked._since = datetime.now(UTC) + timedelta(hours=1)  # the clock went back
+    await setup.cycle()
+    assert full_reads[3:] == [True] and evaluated == []  # unchanged rows keep their status
+    monkeypatch.setattr(tracked_module, "MAX_ENTERED", 0)  # many jobs entered at once
+    setup.store.transition(jobs[0][0], State.CANCELLED, reason=Reason.USER_CANCELLED)
+    setup.store.transition(jobs[1][0], State.RUNNING)
+    await setup.cycle()
+    assert full_reads[4:] == [True] and evaluated == [jobs[1][0]]
+    assert set(setup.runtime.tracked.jobs) == {jobs[1][0], jobs[2][0]}
