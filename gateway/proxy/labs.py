@@ -78,14 +78,22 @@ class LabProxy:
                 stamps.append(parse_time(job[column]).timestamp())
         return max(stamps)
 
+    def tunnel_key(self, job: dict[str, Any]) -> tuple[str, str, str, int] | None:
+        """The tunnel a lab uses (see :meth:`Tunnels.retain`); None before its port is known."""
+        runtime = self.service.clusters.get(job["cluster"])
+        if runtime is None or not job["lab_port"]:
+            return None
+        host = runtime.config.lab_host.replace("{node}", job["node"] or "")
+        return (runtime.name, job["unix_user"], host, int(job["lab_port"]))
+
     async def upstream(self, job: dict[str, Any]) -> Upstream:
         """The lab server of ``job`` (which must have reported its port), as reached from here."""
         runtime = self.service.clusters.get(job["cluster"])
-        if runtime is None or not job["lab_port"]:
+        key = self.tunnel_key(job)
+        if runtime is None or key is None:
             raise LabUnavailable("the lab's server address is not known yet")
-        node_host = runtime.config.lab_host.replace("{node}", job["node"] or "")
-        host, port = await self.tunnels.address(runtime, node_host, int(job["lab_port"]),
-                                                user=job["unix_user"])
+        _, user, node_host, node_port = key
+        host, port = await self.tunnels.address(runtime, node_host, node_port, user=user)
         return Upstream(host, port, job["lab_token"], lab_prefix(job["id"]))
 
     async def get(self, job: dict[str, Any], path: str) -> Any:

@@ -62,11 +62,12 @@ class Tunnels:
                          listener.get_port())
             return "127.0.0.1", forward.listener.get_port()
 
-    def release(self, runtime: ClusterRuntime, host: str, port: int, *, user: str) -> None:
-        """Close the forward of a lab that has ended (a no-op without one)."""
-        forward = self._forwards.pop((runtime.name, user, host, port), None)
-        if forward is not None:
-            forward.listener.close()
+    def retain(self, keep: set[tuple[str, str, str, int]]) -> None:
+        """Close every forward not in ``keep`` ((cluster, unix user, host, port) of the labs
+        that may still be up): an ended lab's local port is not left listening."""
+        for key in [k for k in self._forwards if k not in keep]:
+            self._forwards.pop(key).listener.close()
+            self._locks.pop(key, None)
 
     def close(self) -> None:
         for forward in self._forwards.values():

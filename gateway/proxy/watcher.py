@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import GatewayError, LabUnavailable
@@ -49,6 +50,7 @@ async def check_labs(proxy: LabProxy) -> bool:
     live = {job["id"] for job in labs}
     for job_id in [j for j in proxy.activity if j not in live]:
         proxy.activity.pop(job_id, None)
+    proxy.tunnels.retain({key for job in labs if (key := proxy.tunnel_key(job))})
     return any(results)
 
 
@@ -149,7 +151,5 @@ async def stop_lab(proxy: LabProxy, runtime: ClusterRuntime, job: dict[str, Any]
 
 
 def _iso(stamp: float) -> str:
-    from datetime import UTC, datetime
-
     return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z")
