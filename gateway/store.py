@@ -104,7 +104,13 @@ TRACKED_COLUMNS = ("id", "state", "slurm_job_id", "pending_reason", "scheduler_r
 
 
 def utcnow() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return format_time(datetime.now(UTC).timestamp())
+
+
+def format_time(stamp: float) -> str:
+    """A POSIX time as the store writes times: UTC, milliseconds, ``Z``."""
+    return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
 
 
 def parse_time(stamp: str) -> datetime:

@@ -20,13 +20,12 @@ import asyncio
 import json
 import logging
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import GatewayError, LabUnavailable
 from ..jobs.runtime import ClusterRuntime
 from ..states import IllegalTransition, State
-from ..store import parse_time, utcnow
+from ..store import format_time, parse_time, utcnow
 from ..transport import RemoteFileMissing
 from .labs import LabProxy
 
@@ -131,7 +130,7 @@ async def _check_idle(proxy: LabProxy, job: dict[str, Any]) -> None:
     last = proxy.last_activity(job)
     stored = parse_time(job["last_activity"]).timestamp() if job["last_activity"] else 0.0
     if last - stored > ACTIVITY_SAVE_GAP:
-        service.store.update_job(job_id, last_activity=_iso(last))
+        service.store.update_job(job_id, last_activity=format_time(last))
     if time.time() - last > service.config.labs.idle_timeout:
         runtime = service.clusters.get(job["cluster"])
         if runtime is not None:
@@ -148,8 +147,3 @@ async def stop_lab(proxy: LabProxy, runtime: ClusterRuntime, job: dict[str, Any]
     proxy.service.store.update_job(job["id"], stop_reason=reason, cancel_requested=1)
     await runtime.send_cancel(job)
     runtime.wake.set()
-
-
-def _iso(stamp: float) -> str:
-    return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")

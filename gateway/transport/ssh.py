@@ -22,7 +22,8 @@ import asyncio
 import logging
 import os
 import shlex
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import asyncssh
 
@@ -102,6 +103,22 @@ class SSHTransport(CommandTransport):
                 connection = self._pool[user] = await self._connect(user)
             return connection
 
+    @contextmanager
+    def _link_errors(self, user: str, connection: asyncssh.SSHClientConnection,
+                     argv: Sequence[str], limit: float) -> Iterator[None]:
+        """Map what a broken or wedged link raises inside the block: the connection is dropped
+        from the pool (the next call opens a fresh one) and the caller gets CommandTimeout or
+        ClusterUnavailable."""
+        try:
+            yield
+        except TimeoutError:
+            self._drop(user, connection)
+            raise CommandTimeout(argv, limit) from None
+        except (OSError, asyncssh.Error) as exc:
+            self._drop(user, connection)
+            raise ClusterUnavailable(f"SSH to {self._where()} as {user} failed: "
+                                     f"{str(exc) or type(exc).__name__}") from exc
+
     def _drop(self, user: str, connection: asyncssh.SSHClientConnection) -> None:
         if self._pool.get(user) is connection:
             del self._pool[user]
@@ -119,17 +136,10 @@ class SSHTransport(CommandTransport):
         login = user or self._ssh.query_user
         limit = timeout or self._timeout
         connection = await self.connection(login)
-        try:
+        with self._link_errors(login, connection, argv, limit):
             completed = await asyncio.wait_for(
                 connection.run(remote_command(argv), input=stdin, encoding=None, check=False),
                 limit)
-        except TimeoutError:
-            # The channel may be wedged on a dead link: start afresh next time.
-            self._drop(login, connection)
-            raise CommandTimeout(argv, limit) from None
-        except (OSError, asyncssh.Error) as exc:
-            self._drop(login, connection)
-            raise ClusterUnavailable(f"SSH to {self._where()} as {login} failed: {exc}") from exc
         status = completed.exit_status if completed.exit_status is not None else -1
         result = CommandResult(
             argv=list(argv), returncode=status, stdout=_as_bytes(completed.stdout),
@@ -177,9 +187,9 @@ class SSHTransport(CommandTransport):
         The command timeout bounds every stall (opening the channel, each piece, each chunk,
         the exit status), not the whole transfer. Errors as :meth:`run` with ``check``.
         """
-        limit, where = self._timeout, f"SSH to {self._where()} as {user}"
+        limit = self._timeout
         connection = await self.connection(user)
-        try:
+        with self._link_errors(user, connection, argv, limit):
             async with asyncio.timeout(limit) as deadline:
                 process = await connection.create_process(
                     remote_command(argv), encoding=None,
@@ -189,15 +199,9 @@ class SSHTransport(CommandTransport):
                     completed = await process.wait()
                 finally:
                     process.close()
-        except TimeoutError:
-            self._drop(user, connection)
-            raise CommandTimeout(argv, limit) from None
-        except (OSError, asyncssh.Error) as exc:
-            self._drop(user, connection)
-            raise ClusterUnavailable(f"{where} failed: {str(exc) or type(exc).__name__}") from exc
         if completed.exit_status is None and completed.exit_signal is None:
             self._drop(user, connection)  # closed without an exit status: the link went
-            raise ClusterUnavailable(f"{where} closed mid-transfer")
+            raise ClusterUnavailable(f"SSH to {self._where()} as {user} closed mid-transfer")
         status = completed.exit_status if completed.exit_status is not None else -1
         if status != 0:
             raise CommandFailed(argv, status, _as_bytes(completed.stderr).decode(errors="replace"))
