@@ -132,6 +132,9 @@ class ClusterConfig(_Strict):
     command_timeout: float = Field(30.0, gt=0)
     # How long a submission may keep waiting for an unreachable scheduler before it fails.
     submit_deadline: float = Field(600.0, gt=0)
+    # How long collection may keep retrying an unreachable cluster (or timed-out commands)
+    # before the job ends failed; any other collection error ends it at once.
+    collect_deadline: float = Field(3600.0, gt=0)
     # Labs: the address JupyterLab binds on its compute node, and the host the gateway (or, over
     # SSH, the login host) connects to; "{node}" is the job's Slurm node. The port always comes
     # from the server itself, the host never from the job or the URL.
@@ -223,6 +226,25 @@ class GatewayConfig(_Strict):
     public_origin: str | None = None
     max_notebook_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     log_tail_bytes: int = Field(1024 * 1024, ge=1024)
+    # Largest executed notebook the gateway brings back (streamed to disk); a bigger one fails
+    # the job with a message naming the file and this cap.
+    max_result_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    # Artifacts (notebooks, logs) of jobs that ended longer ago than this are removed daily;
+    # 0 keeps them for ever.
+    artifact_retention_days: float = Field(30.0, ge=0)
+    # Seconds a client has to send a request's headers before the connection is closed.
+    header_timeout: float = Field(10.0, gt=0)
+
+
+class LimitsConfig(_Strict):
+    """Per-user limits (per gateway user); over one, a request gets 429 naming it."""
+
+    # Notebook runs not yet terminal.
+    max_active_jobs: int = Field(100, ge=1)
+    # Labs not yet terminal.
+    max_active_labs: int = Field(3, ge=0)
+    # New jobs (runs and labs) per rolling minute; idempotent replays don't count.
+    max_submissions_per_minute: int = Field(60, ge=1)
 
 
 class Config(BaseModel):
@@ -231,6 +253,7 @@ class Config(BaseModel):
     gateway: GatewayConfig
     poll: PollConfig = Field(default_factory=lambda: PollConfig.model_validate({}))
     labs: LabConfig = Field(default_factory=lambda: LabConfig.model_validate({}))
+    limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig.model_validate({}))
     clusters: list[ClusterConfig]
     cluster_errors: dict[str, str] = Field(default_factory=dict, exclude=True)
 

@@ -87,6 +87,20 @@ class UnsupportedMediaType(GatewayError):
     title = "Unsupported media type"
 
 
+class TooManyRequests(GatewayError):
+    """A per-user limit (``[limits]``) would be exceeded. ``limit`` names the config key;
+    ``retry_after`` (seconds) is sent as ``Retry-After`` when waiting helps (the rate limit)."""
+
+    status = 429
+    type_slug = "limit-exceeded"
+    title = "Limit exceeded"
+
+    def __init__(self, detail: str, *, limit: str, value: int,
+                 retry_after: int | None = None) -> None:
+        super().__init__(detail, limit=limit, value=value)
+        self.retry_after = retry_after
+
+
 class FieldError(dict[str, str]):
     """One failing field: ``{"field": "partition", "message": "..."}``."""
 

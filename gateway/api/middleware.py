@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from ..errors import GatewayError, Unauthorized
+from ..errors import GatewayError, TooManyRequests, Unauthorized
 from ..store import User
 from .keys import CONFIG, STORE, USER_KEY, VIA_COOKIE
 from .sessions import SESSION_COOKIE, check_xsrf, read_session
@@ -39,7 +39,11 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         return await handler(request)
     except GatewayError as exc:
-        headers = {"WWW-Authenticate": 'Bearer realm="hpcgw"'} if exc.status == 401 else None
+        headers = {}
+        if exc.status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="hpcgw"'
+        if isinstance(exc, TooManyRequests) and exc.retry_after is not None:
+            headers["Retry-After"] = str(exc.retry_after)
         return problem_response(exc.problem(), headers)
     except web.HTTPException as exc:
         if exc.status < 400:
