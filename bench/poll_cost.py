@@ -4,7 +4,7 @@ design.md §5: "one squeue per poll cycle whatever the number of jobs; parsing a
 tracked jobs (from recorded squeue output) costs < 50 ms of gateway CPU per cycle".
 
 For N = 10, 1,000 and 10,000 tracked jobs this builds a store (gateway.store.Store on a temp dir)
-with N jobs in ``pending``/``running`` and a recorded ``squeue -h -a -t all -o "%i|%T|%r|%N|%u|%k"``
+with N jobs in ``pending``/``running`` and a recorded ``squeue -h -a -t all -o "%i|%T|%r|%N|%u"``
 text listing them (plus recently COMPLETED gateway jobs and other users' jobs, as a real queue
 has). A fake transport answers squeue with that text instantly (sacct: empty) and counts every
 scheduler command, so what is measured is the gateway's own work. One cycle is what
@@ -50,7 +50,7 @@ from gateway.jobs.runtime import ClusterRuntime
 from gateway.jobs.service import JobService
 from gateway.jobs.tracked import TrackedJobs
 from gateway.scheduler import load_backend
-from gateway.scheduler.slurm import SQUEUE_FORMAT, parse_squeue
+from gateway.scheduler.slurm_output import SQUEUE_FORMAT, parse_squeue
 from gateway.spec import parse_spec, resolve_spec
 from gateway.states import State
 from gateway.store import Store
@@ -124,7 +124,7 @@ class Fleet:
         self.store, self.user_ids, self.spec_json = store, user_ids, spec_json
         self.cluster, self.rng = cluster, rng
         self.next_slurm_id = 100_000
-        # slurm id -> [squeue state, reason, node, user, comment]
+        # slurm id -> [squeue state, reason, node, user]
         self.queue: dict[str, list[str]] = {}
         self.tracked: dict[str, str] = {}  # slurm id -> gateway job id (pending/running)
         self.completed: list[str] = []  # slurm ids listed as COMPLETED, oldest first
@@ -147,10 +147,10 @@ class Fleet:
             })
             if self.rng.random() < 0.6:
                 reason = self.rng.choice(("Priority", "Resources"))
-                self.queue[slurm_id] = ["PENDING", reason, "", user, f"hpcgw:{job_id}"]
+                self.queue[slurm_id] = ["PENDING", reason, "", user]
                 rows.append((State.PENDING.value, slurm_id, reason, None, None, job_id))
             else:
-                self.queue[slurm_id] = ["RUNNING", "None", "vm", user, f"hpcgw:{job_id}"]
+                self.queue[slurm_id] = ["RUNNING", "None", "vm", user]
                 rows.append((State.RUNNING.value, slurm_id, None, "vm",
                              "2026-11-21T10:00:00.000Z", job_id))
             self.tracked[slurm_id] = job_id
@@ -170,8 +170,7 @@ class Fleet:
         for _ in range(count):
             slurm_id = self._slurm_id()
             user = self.rng.choice(("alice", "bob"))
-            self.queue[slurm_id] = ["COMPLETED", "None", "vm", user,
-                                    f"hpcgw:{secrets.token_hex(8)}"]
+            self.queue[slurm_id] = ["COMPLETED", "None", "vm", user]
             self.completed.append(slurm_id)
 
     def add_foreign(self, count: int) -> None:
@@ -180,10 +179,10 @@ class Fleet:
             state = self.rng.choice(("PENDING", "RUNNING", "COMPLETED"))
             reason = self.rng.choice(("Priority", "Resources")) if state == "PENDING" else "None"
             node = "" if state == "PENDING" else "vm"
-            self.queue[self._slurm_id()] = [state, reason, node, "carol", "(null)"]
+            self.queue[self._slurm_id()] = [state, reason, node, "carol"]
 
     def squeue_text(self) -> bytes:
-        lines = [f"{sid}|{s}|{r}|{n}|{u}|{c}" for sid, (s, r, n, u, c) in self.queue.items()]
+        lines = [f"{sid}|{s}|{r}|{n}|{u}" for sid, (s, r, n, u) in self.queue.items()]
         return ("\n".join(lines) + "\n").encode()
 
     def change(self, fraction: float) -> int:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..config import PollConfig
-from ..errors import ClusterUnavailable, CommandFailed, SchedulerError
+from ..errors import ClusterUnavailable, CommandFailed, GatewayError, SchedulerError
 from ..scheduler import SchedulerState, SchedulerStatus
 from ..states import State
 from ..store import Move, parse_time
@@ -38,6 +38,7 @@ MIN_GAP = 0.2  # seconds between two cycles, however often the poller is woken
 async def poll_forever(service: JobService, runtime: ClusterRuntime) -> None:
     while True:
         interval = await poll_cycle(service, runtime)
+        await refresh_view(runtime, service.config.poll.old_interval)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(runtime.wake.wait(), interval)
         runtime.wake.clear()
@@ -58,6 +59,26 @@ async def poll_cycle(service: JobService, runtime: ClusterRuntime) -> float:
         log.exception("poll cycle on %s failed", runtime.name)
         tracked.invalidate()
     return next_interval(tracked.newest_created_at(), service.config.poll)
+
+
+async def refresh_view(runtime: ClusterRuntime, every: float) -> None:
+    """Refresh ``runtime.view`` (and ``reachable``) if it is older than ``every`` seconds.
+
+    A failure keeps the old view and marks the cluster unreachable; it is logged, not raised.
+    """
+    if runtime.view is not None and time.monotonic() - runtime.view_at < every:
+        return
+    runtime.view_at = time.monotonic()
+    try:
+        runtime.view = await runtime.backend.cluster_info()
+    except GatewayError as exc:
+        runtime.reachable, runtime.last_error = False, exc.detail
+        log.warning("cluster %s: no cluster view: %s", runtime.name, exc.detail)
+        return
+    except Exception:
+        log.exception("cluster %s: cluster view failed", runtime.name)
+        return
+    runtime.reachable, runtime.last_error = True, None
 
 
 def next_interval(newest_created_at: str | None, poll: PollConfig) -> float:
@@ -100,13 +121,12 @@ async def poll_once(service: JobService, runtime: ClusterRuntime) -> None:
                                    tracked.jobs.keys() - tracked.unreachable})
         return
     runtime.reachable, runtime.last_error = True, None
+    statuses = _believable(runtime, statuses)
     cycle = Cycle()
     changed = {slurm_job_id: status for slurm_job_id, status in statuses.items()
                if tracked.evaluated.get(slurm_job_id) != status}
     for slurm_job_id, status in changed.items():
-        job_id = tracked.by_slurm.get(slurm_job_id)
-        if job_id is not None:  # a backend may answer for more than it was asked
-            apply_status(cycle, tracked.jobs[job_id], status)
+        apply_status(cycle, tracked.jobs[tracked.by_slurm[slurm_job_id]], status)
     _check_missing(service.config.poll, runtime, statuses, cycle)
     for job_id in tracked.unreachable:
         cycle.update(job_id, scheduler_reachable=1)
@@ -115,6 +135,27 @@ async def poll_once(service: JobService, runtime: ClusterRuntime) -> None:
         (slurm_job_id, status) for slurm_job_id, status in changed.items()
         if slurm_job_id in tracked.by_slurm)
     await _send_pending_cancels(runtime)
+
+
+def _believable(runtime: ClusterRuntime, statuses: dict[str, SchedulerStatus]
+                ) -> dict[str, SchedulerStatus]:
+    """The statuses of tracked jobs whose scheduler-reported user is the job's unix user.
+
+    Another user's line about our job (a reused id, a forged record) is dropped, so the job
+    counts as not listed; each refusal is logged once.
+    """
+    tracked, kept = runtime.tracked, {}
+    for slurm_job_id, status in statuses.items():
+        job_id = tracked.by_slurm.get(slurm_job_id)
+        if job_id is None:
+            continue
+        if status.user == tracked.jobs[job_id]["unix_user"]:
+            kept[slurm_job_id] = status
+        elif (slurm_job_id, str(status.user)) not in runtime.refused_users:
+            runtime.refused_users.add((slurm_job_id, str(status.user)))
+            log.warning("job %s: Slurm job %s is listed for user %r, not %r; ignored", job_id,
+                        slurm_job_id, status.user, tracked.jobs[job_id]["unix_user"])
+    return kept
 
 
 def apply_status(cycle: Cycle, job: dict[str, Any], status: SchedulerStatus) -> None:

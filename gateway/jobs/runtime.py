@@ -34,6 +34,13 @@ class ClusterRuntime:
     cancel_sent: set[str] = field(default_factory=set)
     # The jobs the poller follows, kept between its cycles.
     tracked: TrackedJobs = field(default_factory=TrackedJobs)
+    # The cluster as the scheduler last described it (``cluster_info()``, refreshed by the
+    # poller every ``poll.old_interval``): what /health and /clusters answer from, so no request
+    # starts a process. None until the first refresh; ``view_at`` is its monotonic time.
+    view: dict[str, Any] | None = None
+    view_at: float = 0.0
+    # (Slurm job id, user) pairs whose status was refused because the user did not match.
+    refused_users: set[tuple[str, str]] = field(default_factory=set)
 
     @property
     def name(self) -> str:

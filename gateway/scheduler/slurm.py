@@ -8,7 +8,6 @@ file with ``sacct -c`` instead, remembering the choice.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -16,41 +15,19 @@ from typing import Any
 from ..config import ClusterConfig
 from ..errors import ClusterUnavailable, CommandFailed, CommandTimeout, SchedulerError
 from ..transport import Transport
-from .base import SchedulerState, SchedulerStatus
+from .base import SchedulerStatus
+from .slurm_output import (
+    SACCT_FIELDS,
+    SINFO_FORMAT,
+    SQUEUE_FORMAT,
+    TAG_PREFIX,
+    SqueueCache,
+    find_tagged,
+    parse_sacct,
+    parse_sinfo,
+)
 
-TAG_PREFIX = "hpcgw:"
 _TAG = re.compile(r"^[0-9a-f]{8,32}\Z")
-_FIELD_SEP = "|"
-SQUEUE_FORMAT = "%i|%T|%r|%N|%u|%k"
-SACCT_FIELDS = "JobID,State,ExitCode,NodeList"
-
-_STATE_MAP: dict[str, SchedulerState] = {
-    "PENDING": SchedulerState.PENDING,
-    "REQUEUED": SchedulerState.PENDING,
-    "REQUEUE_FED": SchedulerState.PENDING,
-    "REQUEUE_HOLD": SchedulerState.PENDING,
-    "RESV_DEL_HOLD": SchedulerState.PENDING,
-    "CONFIGURING": SchedulerState.RUNNING,
-    "RUNNING": SchedulerState.RUNNING,
-    "COMPLETING": SchedulerState.RUNNING,
-    "SIGNALING": SchedulerState.RUNNING,
-    "STAGE_OUT": SchedulerState.RUNNING,
-    "SUSPENDED": SchedulerState.RUNNING,
-    "STOPPED": SchedulerState.RUNNING,
-    "RESIZING": SchedulerState.RUNNING,
-    "COMPLETED": SchedulerState.COMPLETED,
-    "FAILED": SchedulerState.FAILED,
-    "CANCELLED": SchedulerState.CANCELLED,
-    "REVOKED": SchedulerState.CANCELLED,
-    "TIMEOUT": SchedulerState.TIMEOUT,
-    "DEADLINE": SchedulerState.TIMEOUT,
-    "OUT_OF_MEMORY": SchedulerState.OUT_OF_MEMORY,
-    "NODE_FAIL": SchedulerState.NODE_FAIL,
-    "PREEMPTED": SchedulerState.PREEMPTED,
-    "BOOT_FAIL": SchedulerState.LAUNCH_FAILED,
-    "LAUNCH_FAILED": SchedulerState.LAUNCH_FAILED,
-}
-
 
 # stderr of Slurm commands that could not reach slurmctld: worth retrying, never a job failure.
 _UNREACHABLE = re.compile(
@@ -62,139 +39,6 @@ _UNREACHABLE = re.compile(
 
 _ALREADY_GONE = re.compile(r"already completing or completed|Invalid job id", re.I)
 
-
-@functools.cache
-def map_state(raw: str) -> SchedulerState:
-    """Slurm's state word (``CANCELLED by 1001`` included) as a neutral state."""
-    word = raw.split()[0].rstrip("+") if raw.strip() else ""
-    try:
-        return _STATE_MAP[word]
-    except KeyError:
-        raise SchedulerError(f"unknown Slurm job state {raw!r}") from None
-
-
-def _null(value: str) -> str | None:
-    return None if value in ("", "(null)", "None", "n/a") else value
-
-
-def parse_squeue_line(line: str) -> SchedulerStatus:
-    """One line of ``squeue -h -a -t all -o SQUEUE_FORMAT``; the comment is the last field."""
-    parts = line.split(_FIELD_SEP, 5)
-    if len(parts) != 6:
-        raise SchedulerError(f"unexpected squeue line {line[:200]!r}")
-    job_id, state, reason, node, user, comment = parts
-    return SchedulerStatus(
-        job_id=job_id,
-        state=map_state(state),
-        raw_state=state,
-        pending_reason=_null(reason),
-        node=_null(node),
-        tag=comment[len(TAG_PREFIX):] if comment.startswith(TAG_PREFIX) else None,
-        user=user,
-    )
-
-
-def parse_squeue(text: str, wanted: set[str] | None = None) -> dict[str, SchedulerStatus]:
-    """Parse ``squeue -h -a -t all -o SQUEUE_FORMAT`` output.
-
-    With ``wanted``, lines of other jobs are skipped before they are parsed.
-    """
-    statuses: dict[str, SchedulerStatus] = {}
-    for line in text.splitlines():
-        if not line or (wanted is not None and line[: line.find(_FIELD_SEP)] not in wanted):
-            continue
-        status = parse_squeue_line(line)
-        statuses[status.job_id] = status
-    return statuses
-
-
-class SqueueCache:
-    """``squeue`` output taken in incrementally: only the lines that differ from the previous
-    output are parsed, and the statuses of the wanted jobs are kept up to date from those, so
-    a poll cycle does no per-line Python work for the (many) jobs that did not change.
-
-    Like :func:`parse_squeue` with ``wanted``, a line that can't be parsed is an error only for a
-    wanted job; another job's odd line is skipped (and looked at again next time).
-    """
-
-    def __init__(self) -> None:
-        self._lines: set[str] = set()  # the parsed lines of the last output
-        self._parsed: dict[str, SchedulerStatus] = {}  # line -> its status
-        self._by_id: dict[str, SchedulerStatus] = {}  # job id -> status, every listed job
-        self._wanted: set[str] = set()
-        self._view: dict[str, SchedulerStatus] = {}  # the wanted part of _by_id
-
-    def update(self, text: str, wanted: set[str]) -> dict[str, SchedulerStatus]:
-        """Take in a new ``squeue`` output; the statuses of the ``wanted`` jobs it lists.
-
-        ``wanted`` is kept (not copied) until the next call. Raises SchedulerError, keeping the
-        previous output, for a bad line of a wanted job.
-        """
-        current = set(text.splitlines())
-        current.discard("")
-        changed = current ^ self._lines
-        fresh: dict[str, SchedulerStatus] = {}
-        for line in changed & current:
-            try:
-                fresh[line] = parse_squeue_line(line)
-            except SchedulerError:
-                if line[: line.find(_FIELD_SEP)] in wanted:
-                    raise
-                current.discard(line)
-        for line in changed - current:
-            status = self._parsed.pop(line, None)
-            if status is not None and self._by_id.get(status.job_id) is status:
-                del self._by_id[status.job_id]
-                self._view.pop(status.job_id, None)
-        for line, status in fresh.items():
-            self._parsed[line] = self._by_id[status.job_id] = status
-            if status.job_id in wanted:
-                self._view[status.job_id] = status
-        for job_id in wanted ^ self._wanted:
-            if job_id in wanted and job_id in self._by_id:
-                self._view[job_id] = self._by_id[job_id]
-            else:
-                self._view.pop(job_id, None)
-        self._lines, self._wanted = current, wanted
-        return dict(self._view)
-
-
-def parse_sacct(text: str) -> dict[str, SchedulerStatus]:
-    """Parse ``sacct -X -n -P -o SACCT_FIELDS`` (or ``sacct -c``) output."""
-    statuses: dict[str, SchedulerStatus] = {}
-    for line in text.splitlines():
-        parts = line.split(_FIELD_SEP)
-        if len(parts) != 4 or not parts[0]:
-            continue
-        job_id, state, exit_code, node = parts
-        code, _, signal = exit_code.partition(":")
-        statuses[job_id] = SchedulerStatus(
-            job_id=job_id,
-            state=map_state(state),
-            raw_state=state,
-            node=_null(node),
-            exit_code=int(code) if code.isdigit() and signal in ("", "0") else None,
-        )
-    return statuses
-
-
-def parse_sinfo(text: str) -> dict[str, dict[str, Any]]:
-    """Parse ``sinfo -h -o '%R|%a|%l|%D|%G|%c|%m|%T'`` into partitions (first line per name wins
-    for limits; node counts add up)."""
-    partitions: dict[str, dict[str, Any]] = {}
-    for line in text.splitlines():
-        parts = line.split(_FIELD_SEP)
-        if len(parts) != 8:
-            continue
-        name, avail, timelimit, nodes, gres, cpus, memory, state = parts
-        entry = partitions.setdefault(
-            name,
-            {"available": avail == "up", "time_limit": timelimit, "nodes": 0, "gres": gres,
-             "cpus_per_node": cpus, "memory_per_node_mb": memory, "node_states": {}},
-        )
-        entry["nodes"] += int(nodes) if nodes.isdigit() else 0
-        entry["node_states"][state] = entry["node_states"].get(state, 0) + int(nodes or 0)
-    return partitions
 
 
 class SlurmCLIBackend:
@@ -259,9 +103,9 @@ class SlurmCLIBackend:
         return found
 
     async def find_by_tag(self, tag: str, *, user: str) -> SchedulerStatus | None:
-        matches = [status for status in parse_squeue(await self._squeue_text()).values()
-                   if status.tag == tag and status.user == user]
-        return max(matches, key=lambda s: int(s.job_id)) if matches else None
+        """As the contract says; read from ``squeue --json`` (Slurm 22.05 prints every job,
+        ignoring filters), where a comment cannot spill into other jobs' records."""
+        return find_tagged(await self._query(["squeue", "--json"]), tag, user)
 
     async def cancel(self, job_id: str, *, user: str) -> None:
         if not job_id.isdigit():
@@ -273,5 +117,5 @@ class SlurmCLIBackend:
                 raise
 
     async def cluster_info(self) -> dict[str, Any]:
-        text = await self._query(["sinfo", "-h", "-o", "%R|%a|%l|%D|%G|%c|%m|%T"])
+        text = await self._query(["sinfo", "-h", "-o", SINFO_FORMAT])
         return {"partitions": parse_sinfo(text)}

@@ -125,6 +125,8 @@ class FakeBackend:
 
     states: dict[str, SchedulerState] = field(default_factory=dict)
     submissions: list[Submission] = field(default_factory=list)
+    # Slurm job id -> the user the scheduler reports (default: whoever submitted it).
+    users: dict[str, str] = field(default_factory=dict)
     cancels: list[tuple[str, str]] = field(default_factory=list)
     status_calls: int = 0
     # While set, every call fails the way an unreachable slurmctld does.
@@ -145,11 +147,12 @@ class FakeBackend:
 
     def _status(self, job_id: str) -> SchedulerStatus:
         state = self.states[job_id]
-        tag = next(s.tag for s in self.submissions if s.slurm_job_id == job_id)
+        submission = next(s for s in self.submissions if s.slurm_job_id == job_id)
         return SchedulerStatus(
             job_id=job_id, state=state, raw_state=state.value,
             pending_reason="Priority" if state is SchedulerState.PENDING else None,
-            node=None if state is SchedulerState.PENDING else "vm", tag=tag)
+            node=None if state is SchedulerState.PENDING else "vm", tag=submission.tag,
+            user=self.users.get(job_id, submission.user))
 
     async def status_many(self, job_ids: Iterable[str]) -> dict[str, SchedulerStatus]:
         self.status_calls += 1

@@ -248,3 +248,40 @@ async def test_full_reads_when_due_keep_what_was_evaluated(
     await setup.cycle()
     assert full_reads[4:] == [True] and evaluated == [jobs[1][0]]
     assert set(setup.runtime.tracked.jobs) == {jobs[1][0], jobs[2][0]}
+
+
+async def test_a_status_reported_for_another_user_is_not_believed(
+        setup: Setup, caplog: pytest.LogCaptureFixture) -> None:
+    job_id, slurm_job_id = await setup.job(1, State.RUNNING)
+    setup.backend.users[slurm_job_id] = "bob"  # e.g. a forged accounting record, or a reused id
+    setup.backend.states[slurm_job_id] = SchedulerState.TIMEOUT
+    await setup.cycle()
+    await setup.cycle()
+    assert setup.state(job_id) == "running"  # bob's word did not end alice's job
+    assert caplog.text.count("listed for user 'bob', not 'alice'") == 1  # logged once
+    await asyncio.sleep(0.12)  # past lost_after (0.1 s): handed to the collector as not listed
+    await setup.cycle()
+    job = setup.store.get_job(job_id)
+    assert (job["state"], job["slurm_state"]) == ("collecting", None)
+    setup.backend.users.pop(slurm_job_id)
+
+
+async def test_the_cluster_view_is_refreshed_by_the_poller_not_by_requests(setup: Setup) -> None:
+    calls = 0
+    original = setup.backend.cluster_info
+
+    async def counting() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        return await original()
+
+    setup.backend.cluster_info = counting  # type: ignore[method-assign]
+    await poller.refresh_view(setup.runtime, every=60)
+    await poller.refresh_view(setup.runtime, every=60)  # fresh enough: no second query
+    assert calls == 1 and setup.runtime.view is not None
+    assert setup.runtime.view["partitions"]["cpu"] == {"available": True}
+    assert setup.runtime.reachable is True
+    setup.backend.unreachable = True
+    await poller.refresh_view(setup.runtime, every=0)
+    assert calls == 2 and setup.runtime.reachable is False
+    assert setup.runtime.view is not None  # the last good view stays
