@@ -10,6 +10,15 @@ forgotten the job:
     {"status": "error", "ename": ..., "evalue": ...}
 
 Exit status: 0 ok, 3 the notebook raised, 4 anything else (kernel died, bad input, ...).
+
+The kernel talks to this runner over IPC (unix domain) sockets, never TCP: no port is picked
+free and bound later, so runs starting together on one node never collide, and no other user
+on the node can reach the kernel. Its connection file (``kernel.json``) and its sockets
+(``kernel-ipc-<N>``) live in the job's private runtime directory, ``--runtime-dir`` (the batch
+script makes it with mode 0700). A unix socket's path holds at most 107 bytes: when the runtime
+directory's path is too long for that, the sockets are named through a short alias instead, a
+symlink to the same directory inside a private 0700 directory that ``mkdtemp`` makes under
+``/tmp``, removed when the run ends. The sockets themselves always stay in the runtime directory.
 """
 
 from __future__ import annotations
@@ -17,9 +26,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+# sizeof(sockaddr_un.sun_path) - 1 on Linux: the longest path a unix socket can be bound at.
+SOCKET_PATH_MAX = 107
+# jupyter_client names a kernel's sockets "<ip>-<N>" with N from 1 up (five channels, skipping
+# names that exist): room for N up to 999, should stale sockets of an earlier attempt be there.
+SOCKET_SUFFIX_MAX = len("-999")
+SOCKET_STEM = "kernel-ipc"
 
 
 def write_record(path: str, record: dict[str, Any]) -> None:
@@ -29,22 +49,63 @@ def write_record(path: str, record: dict[str, Any]) -> None:
     os.replace(partial, path)
 
 
+@contextmanager
+def socket_prefix(runtime_dir: str) -> Iterator[str]:
+    """The kernel's ``ip`` (the path its sockets are named after, ``<ip>-<N>``) for sockets in
+    ``runtime_dir``: ``runtime_dir/kernel-ipc``, or the same through a short alias when that
+    would not fit in a socket path (see the module docstring); the alias goes on exit."""
+    runtime_dir = os.path.abspath(runtime_dir)
+    prefix = os.path.join(runtime_dir, SOCKET_STEM)
+    if len(os.fsencode(prefix)) + SOCKET_SUFFIX_MAX <= SOCKET_PATH_MAX:
+        yield prefix
+        return
+    alias_dir = tempfile.mkdtemp(prefix="hpcgw-", dir="/tmp")  # a fresh name, mode 0700
+    try:
+        alias = os.path.join(alias_dir, "r")
+        os.symlink(runtime_dir, alias)
+        print(f"hpcgw: {runtime_dir} is too long to name unix sockets in; the kernel's "
+              f"sockets are reached through {alias}", flush=True)
+        yield os.path.join(alias, SOCKET_STEM)
+    finally:
+        shutil.rmtree(alias_dir, ignore_errors=True)
+
+
+def ipc_kernel_manager(runtime_dir: str, prefix: str) -> type[Any]:
+    """A jupyter_client kernel manager class whose kernels use the ``ipc`` transport, with the
+    connection file ``runtime_dir/kernel.json`` and sockets ``<prefix>-<N>``."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    connection_file = os.path.join(os.path.abspath(runtime_dir), "kernel.json")
+
+    class IpcKernelManager(AsyncKernelManager):  # type: ignore[misc]
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.transport = "ipc"
+            self.connection_file = connection_file
+            self.ip = prefix
+
+    return IpcKernelManager
+
+
 def execute(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     with open(args.parameters) as handle:
         parameters = json.load(handle)
+    os.makedirs(args.runtime_dir, mode=0o700, exist_ok=True)
     try:
-        papermill.execute_notebook(
-            args.input,
-            args.output,
-            parameters=parameters,
-            kernel_name=args.kernel,
-            progress_bar=False,
-            log_output=True,
-            request_save_on_cell_execute=True,
-        )
+        with socket_prefix(args.runtime_dir) as prefix:
+            papermill.execute_notebook(
+                args.input,
+                args.output,
+                parameters=parameters,
+                kernel_name=args.kernel,
+                progress_bar=False,
+                log_output=True,
+                request_save_on_cell_execute=True,
+                kernel_manager_class=ipc_kernel_manager(args.runtime_dir, prefix),
+            )
     except PapermillExecutionError as exc:
         return 3, {"status": "notebook_error", "ename": exc.ename, "evalue": exc.evalue,
                    "cell": exc.exec_count}
@@ -55,6 +116,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     for option in ("--input", "--output", "--parameters", "--kernel", "--exit-record"):
         parser.add_argument(option, required=True)
+    parser.add_argument("--runtime-dir", default="runtime",
+                        help="the job's private (0700) directory for the kernel's files")
     args = parser.parse_args()
     try:
         code, record = execute(args)

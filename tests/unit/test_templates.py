@@ -207,7 +207,8 @@ def test_whole_script_up_to_exec_runs_no_injected_command(case: str, tmp_path: P
     result = bash(head + '\nprintf %s "$HPCGW_JOB_NAME" > name.out\n', tmp_path)
     assert result.returncode == 0, result.stderr.decode()
     assert (tmp_path / "name.out").read_bytes() == name.encode()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["name.out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["name.out", "runtime"]
+    assert (tmp_path / "runtime").stat().st_mode & 0o777 == 0o700  # the kernel's private dir
     assert b"hpcgw: job 0123456789abcdef on " in result.stdout
 
 
