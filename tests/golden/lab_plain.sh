@@ -18,6 +18,18 @@ JUPYTER_TOKEN="$(< lab.token)" || exit 4
 export JUPYTER_TOKEN
 export JUPYTER_RUNTIME_DIR="$PWD/runtime"
 mkdir -p -m 700 runtime
+# Kernels talk to the server over IPC sockets, never TCP (--KernelManager.transport=ipc): no
+# port race between kernels on one node, nothing another user can connect to. The server puts
+# each kernel's connection file and sockets in runtime/ as kernel-<36-char id>-ipc-<N>. A unix
+# socket's path holds at most 107 bytes: when runtime/'s path leaves no room for that, the
+# server reaches the same directory through a short alias, a symlink in a private (0700)
+# directory under /tmp; the sockets themselves stay in runtime/.
+if [ $(( $(printf %s "$JUPYTER_RUNTIME_DIR" | wc -c) + 51 )) -gt 107 ]; then
+    alias_dir="$(mktemp -d /tmp/hpcgw-XXXXXXXX)" && ln -s "$JUPYTER_RUNTIME_DIR" "$alias_dir/r" \
+        || exit 4
+    echo "hpcgw: $JUPYTER_RUNTIME_DIR is too long to name unix sockets in; kernels use $alias_dir/r"
+    JUPYTER_RUNTIME_DIR="$alias_dir/r"
+fi
 # jupyter_server writes runtime/jpserver-<pid>.json once it listens; exec keeps this pid.
 ln -sfn "runtime/jpserver-$$.json" lab.json
 exec /usr/bin/python3 -I lab.py --no-browser \
@@ -25,4 +37,4 @@ exec /usr/bin/python3 -I lab.py --no-browser \
     --ServerApp.base_url=/labs/0123456789abcdef/ \
     --ServerApp.root_dir="$HOME" --ServerApp.preferred_dir="$HOME" \
     --ServerApp.default_url=/lab --ServerApp.shutdown_no_activity_timeout=0 \
-    --KernelSpecManager.ensure_native_kernel=False
+    --KernelSpecManager.ensure_native_kernel=False --KernelManager.transport=ipc

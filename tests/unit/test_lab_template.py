@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -61,14 +64,24 @@ def test_directives_are_exactly_the_expected_ones() -> None:
         "#SBATCH --job-name=hpcgw-x_touch_hpcgw-injected__SBATCH_--output__tmp_y___id_"}
 
 
-def run_lab_script(tmp_path: Path, token: str) -> dict[str, object]:
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A scratch directory with a short path, like a real job directory's: pytest's tmp_path
+    is long enough to make the script fall back to a socket alias under /tmp."""
+    path = Path(tempfile.mkdtemp(prefix="hpcgw-test-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def run_lab_script(tmp_path: Path, token: str, job: Path | None = None) -> dict[str, object]:
     """Run the rendered script (its #SBATCH lines are comments to bash) in a fake job
-    directory with a fake Python; what that Python received."""
+    directory (``job``, default ``tmp_path/job``) with a fake Python; what that Python
+    received."""
     python = tmp_path / "python"
     python.write_text(FAKE_PYTHON)
     python.chmod(0o755)
-    job = tmp_path / "job"
-    job.mkdir()
+    job = job or tmp_path / "job"
+    job.mkdir(parents=True)
     (job / "lab.token").write_text(token)
     script = render_lab(CASES["gpu_hostile_name"][0], python=str(python),
                         **CASES["gpu_hostile_name"][1])
@@ -81,9 +94,9 @@ def run_lab_script(tmp_path: Path, token: str) -> dict[str, object]:
             "pid": (job / "pid.txt").read_text().strip(), "job": job, "stdout": done.stdout}
 
 
-def test_the_token_reaches_the_server_only_through_its_environment(tmp_path: Path) -> None:
+def test_the_token_reaches_the_server_only_through_its_environment(short_tmp: Path) -> None:
     token = "tok-" + "s3cr3t" * 6
-    ran = run_lab_script(tmp_path, token)
+    ran = run_lab_script(short_tmp, token)
     env, argv = ran["env"], ran["argv"]
     assert isinstance(env, dict) and isinstance(argv, list)
     assert env["JUPYTER_TOKEN"] == token
@@ -92,11 +105,12 @@ def test_the_token_reaches_the_server_only_through_its_environment(tmp_path: Pat
     assert "--ServerApp.port=0" in argv  # the server picks its own free port: no race
     assert f"--ServerApp.base_url=/labs/{JOB_ID}/" in argv
     assert "--ServerApp.ip=127.0.0.1" in argv
+    assert "--KernelManager.transport=ipc" in argv  # kernels on unix sockets, never TCP
     assert not (Path(str(ran["job"])) / MARKER).exists()
 
 
-def test_lab_json_points_at_the_info_file_of_the_exec_d_server(tmp_path: Path) -> None:
-    ran = run_lab_script(tmp_path, "t" * 43)
+def test_lab_json_points_at_the_info_file_of_the_exec_d_server(short_tmp: Path) -> None:
+    ran = run_lab_script(short_tmp, "t" * 43)
     job = Path(str(ran["job"]))
     link = job / "lab.json"
     assert os.readlink(link) == f"runtime/jpserver-{ran['pid']}.json"
@@ -104,3 +118,41 @@ def test_lab_json_points_at_the_info_file_of_the_exec_d_server(tmp_path: Path) -
     info = {"port": 40001, "base_url": f"/labs/{JOB_ID}/"}
     (job / "runtime" / f"jpserver-{ran['pid']}.json").write_text(json.dumps(info))
     assert json.loads(link.read_text())["port"] == 40001
+
+
+# A kernel's sockets are <runtime dir>/kernel-<36-char id>-ipc-<N>: 50 bytes after the directory.
+SOCKET_NAME_BYTES = len("/kernel-00000000-0000-0000-0000-000000000000-ipc-5")
+SOCKET_PATH_MAX = 107
+
+
+def test_kernel_sockets_go_in_the_private_runtime_dir(short_tmp: Path) -> None:
+    ran = run_lab_script(short_tmp, "t" * 43)
+    env = ran["env"]
+    assert isinstance(env, dict)
+    runtime = Path(str(ran["job"])) / "runtime"
+    assert env["JUPYTER_RUNTIME_DIR"] == str(runtime)
+    assert len(str(runtime)) + SOCKET_NAME_BYTES <= SOCKET_PATH_MAX
+    assert b"too long" not in ran["stdout"]
+
+
+def test_a_long_job_path_reaches_the_runtime_dir_through_a_short_private_alias(
+    tmp_path: Path
+) -> None:
+    job = tmp_path / ("long-work-root-" + "x" * 40) / JOB_ID
+    ran = run_lab_script(tmp_path, "t" * 43, job=job)
+    env = ran["env"]
+    assert isinstance(env, dict)
+    runtime = job / "runtime"
+    assert len(str(runtime)) + SOCKET_NAME_BYTES > SOCKET_PATH_MAX  # direct names can't work
+    alias = Path(env["JUPYTER_RUNTIME_DIR"])
+    try:
+        assert alias.name == "r" and alias.parent.parent == Path("/tmp")
+        assert alias.parent.name.startswith("hpcgw-")
+        assert alias.parent.stat().st_mode & 0o777 == 0o700
+        assert alias.is_symlink() and alias.resolve() == runtime.resolve()
+        assert len(str(alias)) + SOCKET_NAME_BYTES <= SOCKET_PATH_MAX
+        assert f"kernels use {alias}".encode() in ran["stdout"]
+        # The server's info file still lands in the job's runtime/, where lab.json points.
+        assert os.readlink(job / "lab.json") == f"runtime/jpserver-{ran['pid']}.json"
+    finally:
+        shutil.rmtree(alias.parent, ignore_errors=True)
