@@ -80,7 +80,7 @@ class RecordedTransport:
     async def put_files(self, directory: str, files: Mapping[str, bytes], *, user: str) -> None:
         raise CommandFailed(["put_files"], 1, "not in this benchmark")
 
-    async def read_file(self, path: str, *, user: str, tail_bytes: int | None = None) -> bytes:
+    async def read_file(self, path: str, *, user: str, limit: int, tail: bool = False) -> bytes:
         raise RemoteFileMissing(["cat", path], 1, "No such file")
 
     async def close(self) -> None:

@@ -109,8 +109,10 @@ def actions(transport: SSHTransport, payload: bytes, scratch: Path,
             REMOTE_DIR, {"hpcgw.bin": payload}, user="alice"),
         "scp download": lambda: scp(f"{remote}/scp.bin", str(scratch / "scp-back.bin")),
         "hpcgw download": lambda: transport.fetch_to(
-            f"{REMOTE_DIR}/hpcgw.bin", scratch / "hpcgw-back.bin", user="alice"),
-        "hpcgw read_file": lambda: transport.read_file(f"{REMOTE_DIR}/hpcgw.bin", user="alice"),
+            f"{REMOTE_DIR}/hpcgw.bin", scratch / "hpcgw-back.bin", user="alice",
+            limit=len(payload)),
+        "hpcgw read_file": lambda: transport.read_file(
+            f"{REMOTE_DIR}/hpcgw.bin", user="alice", limit=len(payload)),
     }
     if sftp:
         named["sftp upload"] = lambda: sftp_copy(transport, local, f"{REMOTE_DIR}/sftp.bin")

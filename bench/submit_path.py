@@ -125,12 +125,13 @@ class TimedTransport:
         finally:
             self.wall["put_files"].append(time.perf_counter() - started)
 
-    async def read_file(self, path: str, *, user: str, tail_bytes: int | None = None) -> bytes:
-        data: bytes = await self._inner.read_file(path, user=user, tail_bytes=tail_bytes)
+    async def read_file(self, path: str, *, user: str, limit: int, tail: bool = False) -> bytes:
+        data: bytes = await self._inner.read_file(path, user=user, limit=limit, tail=tail)
         return data
 
-    async def fetch_to(self, path: str, local_path: str | os.PathLike[str], *, user: str) -> int:
-        size: int = await self._inner.fetch_to(path, local_path, user=user)
+    async def fetch_to(self, path: str, local_path: str | os.PathLike[str], *, user: str,
+                       limit: int) -> int:
+        size: int = await self._inner.fetch_to(path, local_path, user=user, limit=limit)
         return size
 
     async def close(self) -> None:

@@ -1,8 +1,17 @@
-"""Collection: bring a finished job's executed notebook, log and exit record back, then end it.
+"""Collection: bring a finished job's log, exit record and executed notebook back, then end it.
 
-Runs for every job in ``collecting`` (also after a restart). Transfers that fail because the
-cluster can't be reached are retried with backoff; the job stays ``collecting`` meanwhile and is
-never failed for it. The final state comes from :func:`.outcome.decide`.
+Runs for every job in ``collecting`` (also after a restart). Every read is capped (design.md §4):
+the log's tail (``gateway.log_tail_bytes``), the exit record (:data:`EXIT_RECORD_LIMIT`), the
+notebook (``gateway.max_result_bytes``, streamed to ``output.ipynb.part`` then renamed, never
+held in memory). A missing file is no error (a job that failed early leaves none).
+
+Only a cluster that can't be reached (:class:`ClusterUnavailable`) or a command that timed out
+(:class:`CommandTimeout`) is retried, with backoff, until ``cluster.collect_deadline`` seconds
+after the job entered ``collecting`` (from its events, so a restart does not reset the clock);
+the job stays ``collecting`` meanwhile. Past the deadline, or at once for any other error (a
+refused file: too large, not a regular file; a command that failed), the job ends ``failed``
+with reason ``job_error`` and the error in its message. Otherwise the final state comes from
+:func:`.outcome.decide`.
 """
 
 from __future__ import annotations
@@ -10,12 +19,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ClusterUnavailable, CommandFailed
+from ..config import ClusterConfig
+from ..errors import ClusterUnavailable, CommandTimeout, GatewayError
 from ..scheduler import SchedulerState
-from ..states import State
-from ..transport import RemoteFileMissing, Transport
+from ..states import Reason, State
+from ..store import parse_time
+from ..transport import RemoteFileMissing, RemoteFileRefused, RemoteFileTooLarge, Transport
 from .outcome import decide
 
 if TYPE_CHECKING:
@@ -23,65 +37,147 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 30.0
+# The runner's exit record is a small JSON object; the error value in it is the only free text.
+EXIT_RECORD_LIMIT = 64 * 1024
+# What each cap is called in messages (the notebook's and the log's come from the config).
+CAP_NAMES = {"output.ipynb": "gateway.max_result_bytes", "exit.json": "the gateway"}
 
 
-async def _fetch(
-    transport: Transport, path: str, user: str, tail: int | None = None
-) -> bytes | None:
-    try:
-        return await transport.read_file(path, user=user, tail_bytes=tail)
-    except RemoteFileMissing:
-        return None
+@dataclass(frozen=True)
+class Artifacts:
+    record: dict[str, Any] | None
+    log_tail: str
+    has_notebook: bool
+
+
+NO_ARTIFACTS = Artifacts(record=None, log_tail="", has_notebook=False)
 
 
 async def collect(service: JobService, job_id: str) -> None:
-    """Fetch the artifacts of ``job_id`` (retrying while the cluster is away) and end the job."""
+    """Fetch the artifacts of ``job_id`` (retrying while the cluster is away, until the
+    deadline) and end the job; a job not in ``collecting`` is left alone."""
     job = service.store.get_job(job_id)
     if job["state"] != State.COLLECTING:
         return
     runtime = service.clusters.get(job["cluster"])
-    backoff = 1.0
-    while runtime is not None:
+    artifacts = NO_ARTIFACTS
+    if runtime is not None:
         try:
-            artifacts = await _fetch_artifacts(service, job, runtime.transport)
-            break
-        except (ClusterUnavailable, CommandFailed) as exc:
-            log.warning("collecting job %s: %s (retrying in %.0fs)", job_id, exc.detail, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF)
-    else:
-        artifacts = {"record": None, "log_tail": "", "has_notebook": False}
+            artifacts = await _fetch_until_deadline(
+                service, job, runtime.transport, _deadline(service, job, runtime.config))
+        except GatewayError as exc:
+            message = _failure_message(exc)
+            log.warning("collecting job %s failed: %s", job_id, message)
+            service.store.transition(job_id, State.FAILED, reason=Reason.JOB_ERROR,
+                                     message=message, has_notebook=0)
+            return
     outcome = decide(
         SchedulerState(job["slurm_state"]) if job["slurm_state"] else None,
-        artifacts["record"],
+        artifacts.record,
         cancel_requested=bool(job["cancel_requested"]),
-        log_tail=artifacts["log_tail"],
+        log_tail=artifacts.log_tail,
         kind=job["kind"],
         stop_reason=job["stop_reason"],
     )
     service.store.transition(job_id, outcome.state, reason=outcome.reason,
-                             message=outcome.message, has_notebook=int(artifacts["has_notebook"]))
+                             message=outcome.message, has_notebook=int(artifacts.has_notebook))
+
+
+class CollectDeadlinePassed(GatewayError):
+    """The cluster stayed unreachable (or its commands timed out) until the collect deadline."""
+
+    type_slug = "collect-deadline"
+    title = "Collection deadline passed"
+
+
+def _deadline(service: JobService, job: dict[str, Any], cluster: ClusterConfig) -> float:
+    """When retrying must stop (epoch seconds): ``collect_deadline`` after the job's latest
+    move into ``collecting`` (now, if the events don't show one)."""
+    entered = [event["at"] for event in service.store.events(job["id"])
+               if event["to_state"] == State.COLLECTING]
+    start = parse_time(entered[-1]).timestamp() if entered else time.time()
+    return start + cluster.collect_deadline
+
+
+async def _fetch_until_deadline(
+    service: JobService, job: dict[str, Any], transport: Transport, deadline: float
+) -> Artifacts:
+    """:func:`_fetch_artifacts`, retried with backoff while the cluster is unreachable or a
+    command times out; raises :class:`CollectDeadlinePassed` once waiting more would pass
+    ``deadline``, and any other error at once."""
+    backoff = 1.0
+    while True:
+        try:
+            return await _fetch_artifacts(service, job, transport)
+        except (ClusterUnavailable, CommandTimeout) as exc:
+            if time.time() + backoff > deadline:
+                raise CollectDeadlinePassed(
+                    "the job's outputs could not be collected before the cluster's "
+                    f"collect_deadline: {exc.detail}") from exc
+            log.warning("collecting job %s: %s (retrying in %.0fs)", job["id"], exc.detail,
+                        backoff)
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, MAX_BACKOFF)
+
+
+def _failure_message(exc: GatewayError) -> str:
+    """What a job's ``message`` says when collecting it failed: the file and its cap."""
+    if isinstance(exc, RemoteFileRefused):
+        name = Path(exc.path).name
+        too_large = isinstance(exc, RemoteFileTooLarge) and name in CAP_NAMES
+        return f"{name} not collected: {exc.detail}" + (
+            f" (set by {CAP_NAMES[name]})" if too_large else "")
+    if isinstance(exc, CollectDeadlinePassed):
+        return exc.detail
+    return f"collecting the job's outputs failed: {exc.detail}"
+
+
+async def _read(transport: Transport, path: str, user: str, limit: int,
+                tail: bool = False) -> bytes | None:
+    try:
+        return await transport.read_file(path, user=user, limit=limit, tail=tail)
+    except RemoteFileMissing:
+        return None
 
 
 async def _fetch_artifacts(
     service: JobService, job: dict[str, Any], transport: Transport
-) -> dict[str, Any]:
+) -> Artifacts:
+    """Bring back the log's tail, the exit record and the notebook of ``job`` (in that order)
+    into its data directory; what is missing on the cluster is simply absent."""
     user, workdir, local = job["unix_user"], job["workdir"], service.job_dir(job["id"])
-    record_bytes = await _fetch(transport, f"{workdir}/exit.json", user)
-    notebook = await _fetch(transport, f"{workdir}/output.ipynb", user)
-    log_bytes = await _fetch(transport, f"{workdir}/job.log", user,
-                             service.config.gateway.log_tail_bytes) or b""
+    gateway = service.config.gateway
+    log_bytes = await _read(transport, f"{workdir}/job.log", user, gateway.log_tail_bytes,
+                            tail=True) or b""
+    record_bytes = await _read(transport, f"{workdir}/exit.json", user, EXIT_RECORD_LIMIT)
     local.mkdir(parents=True, exist_ok=True)
-    if notebook is not None:
-        (local / "output.ipynb.part").write_bytes(notebook)
-        (local / "output.ipynb.part").replace(local / "output.ipynb")
     (local / "job.log").write_bytes(log_bytes)
+    has_notebook = await _fetch_notebook(transport, f"{workdir}/output.ipynb", user, local,
+                                         gateway.max_result_bytes)
     try:
         record = json.loads(record_bytes) if record_bytes else None
     except ValueError:
         record = None
-    return {
-        "record": record if isinstance(record, dict) else None,
-        "log_tail": log_bytes[-4096:].decode(errors="replace"),
-        "has_notebook": notebook is not None,
-    }
+    return Artifacts(
+        record=record if isinstance(record, dict) else None,
+        log_tail=log_bytes[-4096:].decode(errors="replace"),
+        has_notebook=has_notebook,
+    )
+
+
+async def _fetch_notebook(transport: Transport, path: str, user: str, local: Path,
+                          limit: int) -> bool:
+    """Stream ``path`` into ``local/output.ipynb`` (through ``output.ipynb.part``, so a
+    partial copy is never served); False if the job left none. On any error the part file is
+    removed and the error raised."""
+    part = local / "output.ipynb.part"
+    try:
+        await transport.fetch_to(path, part, user=user, limit=limit)
+    except RemoteFileMissing:
+        part.unlink(missing_ok=True)
+        return False
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    part.replace(local / "output.ipynb")
+    return True

@@ -206,7 +206,12 @@ class JobService:
         return path if job["has_notebook"] and path.exists() else None
 
     async def job_log(self, user: User, job_id: str) -> bytes:
-        """The job's output log: collected once it ended, read live from the cluster before."""
+        """The job's output log: collected once it ended, read live from the cluster before.
+
+        Either way at most its last ``gateway.log_tail_bytes``; empty while there is none.
+        A live log that is not a regular file raises :class:`RemoteFileRefused` (502, naming
+        the file), never a read of whatever it leads to.
+        """
         job = self.store.get_job(job_id, user.id)
         collected = self.job_dir(job_id) / "job.log"
         if State(job["state"]) in TERMINAL or not job["slurm_job_id"]:
@@ -217,7 +222,7 @@ class JobService:
         try:
             return await runtime.transport.read_file(
                 f"{job['workdir']}/job.log", user=job["unix_user"],
-                tail_bytes=self.config.gateway.log_tail_bytes)
+                limit=self.config.gateway.log_tail_bytes, tail=True)
         except RemoteFileMissing:
             return b""
 

@@ -23,7 +23,8 @@ from ..spec import ResolvedSpec
 from ..states import TERMINAL, IllegalTransition, Reason, State
 from ..store import parse_time
 from ..templates import render
-from ..transport import RemoteFileMissing
+from ..tokens import lab_token
+from ..transport import RemoteFileMissing, RemoteFileRefused
 from .collector import collect
 from .runtime import ClusterRuntime
 
@@ -169,14 +170,18 @@ async def _left_traces(runtime: ClusterRuntime, job: dict[str, Any]) -> str | No
     """The name of the first file a started Slurm job writes into its work directory that
     exists there (``job.log``: Slurm's output, ``exit.json``: the runner's record), or None.
 
+    Reads at most one byte of each. A trace that is there but refused (not a regular file)
+    still counts as there: the collector then fails the job, naming the file.
     Raises ClusterUnavailable (retried by the caller) when the cluster can't be asked.
     """
     for name in TRACES:
         try:
             await runtime.transport.read_file(
-                f"{job['workdir']}/{name}", user=job["unix_user"], tail_bytes=1)
+                f"{job['workdir']}/{name}", user=job["unix_user"], limit=1, tail=True)
         except RemoteFileMissing:
             continue
+        except RemoteFileRefused:
+            pass
         return name
     return None
 
@@ -206,7 +211,7 @@ def job_files(service: JobService, job: dict[str, Any]) -> dict[str, bytes]:
     jobside = resources.files("gateway.jobside")
     if job["kind"] == "lab":
         return {"lab.py": jobside.joinpath("lab.py").read_bytes(),
-                "lab.token": job["lab_token"].encode()}
+                "lab.token": lab_token(service.config.gateway.cookie_secret, job["id"]).encode()}
     spec = ResolvedSpec.model_validate_json(job["spec"])
     return {
         "input.ipynb": (service.job_dir(job["id"]) / "input.ipynb").read_bytes(),

@@ -69,7 +69,7 @@ async def read_lab_port(runtime: ClusterRuntime, job: dict[str, Any]) -> int | N
     """The port the lab's server reported in ``lab.json``, or None before it listens."""
     try:
         raw = await runtime.transport.read_file(f"{job['workdir']}/lab.json",
-                                                user=job["unix_user"])
+                                                user=job["unix_user"], limit=4096)
     except RemoteFileMissing:
         return None
     port = json.loads(raw).get("port")

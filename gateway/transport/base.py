@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import tarfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-from ..errors import CommandFailed
+from ..errors import CommandFailed, CommandTimeout
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,8 @@ class CommandResult:
     returncode: int
     stdout: bytes
     stderr: str
+    # The command wrote more to stdout than the caller's ``stdout_limit`` (and was killed).
+    truncated: bool = False
 
     @property
     def text(self) -> str:
@@ -30,11 +32,58 @@ class CommandResult:
 
 
 class RemoteFileMissing(CommandFailed):
-    """The file asked for does not exist on the cluster (yet)."""
+    """The file asked for does not exist on the cluster (yet), or is a dangling symlink."""
 
     status = 404
     type_slug = "remote-file-missing"
     title = "File not found on the cluster"
+
+
+class RemoteFileRefused(CommandFailed):
+    """A file on the cluster the gateway will not read: see the subclasses. ``detail`` names
+    the file (and the cap); ``path`` and ``limit`` (None where no cap was the cause) carry them
+    as data. Retrying never helps: the file is what its owner made it."""
+
+    status = 502
+    type_slug = "remote-file-refused"
+    title = "File on the cluster refused"
+
+    def __init__(self, argv: Sequence[str], path: str, why: str,
+                 limit: int | None = None) -> None:
+        super().__init__(argv, None, why)
+        self.path = path
+        self.limit = limit
+        self.detail = f"{path}: {why}"
+        self.args = (self.detail,)
+
+
+class RemoteFileTooLarge(RemoteFileRefused):
+    """The file holds more than the read's cap (``limit`` bytes)."""
+
+    type_slug = "remote-file-too-large"
+    title = "File on the cluster too large"
+
+    def __init__(self, argv: Sequence[str], path: str, limit: int) -> None:
+        super().__init__(argv, path, f"larger than the cap of {format_size(limit)}", limit)
+
+
+class NotARegularFile(RemoteFileRefused):
+    """The path (after following symlinks) is a directory, device, FIFO or socket."""
+
+    type_slug = "remote-file-not-regular"
+    title = "Not a regular file on the cluster"
+
+    def __init__(self, argv: Sequence[str], path: str) -> None:
+        super().__init__(argv, path, "not a regular file (a directory, device, FIFO or socket, "
+                                     "or a symlink to one); refused")
+
+
+def format_size(size: int) -> str:
+    """``size`` bytes for people: ``64 MiB (67108864 bytes)``, ``7 bytes``."""
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= factor:
+            return f"{size / factor:.4g} {unit} ({size} bytes)"
+    return f"{size} bytes"
 
 
 class Transport(Protocol):
@@ -61,18 +110,27 @@ class Transport(Protocol):
         """
         ...
 
-    async def read_file(self, path: str, *, user: str, tail_bytes: int | None = None) -> bytes:
-        """Read ``path`` as ``user`` (only its last ``tail_bytes`` if given).
+    async def read_file(self, path: str, *, user: str, limit: int, tail: bool = False) -> bytes:
+        """Read ``path`` as ``user``, at most ``limit`` bytes of it (``limit`` >= 0).
 
-        Raises :class:`RemoteFileMissing` if it does not exist.
+        Without ``tail``: the whole file if it holds at most ``limit`` bytes, else
+        :class:`RemoteFileTooLarge`. With ``tail``: its last ``limit`` bytes (all of a smaller
+        file). Symlinks are followed, but what they lead to must be a regular file, else
+        :class:`NotARegularFile` (a FIFO, ``/dev/zero``, a directory). A file swapped after the
+        check is still refused or cut at the cap: the gateway never holds more than ``limit``
+        bytes of it, whatever the cluster sends. Raises :class:`RemoteFileMissing` if it does
+        not exist (a dangling symlink included).
         """
         ...
 
-    async def fetch_to(self, path: str, local_path: str | os.PathLike[str], *, user: str) -> int:
+    async def fetch_to(self, path: str, local_path: str | os.PathLike[str], *, user: str,
+                       limit: int) -> int:
         """Copy ``path`` (read as ``user``) into the local file ``local_path`` (created with mode
         0600, or truncated) and return its size. Streams: memory use does not grow with the
-        file. Raises :class:`RemoteFileMissing` if it does not exist; on any failure
-        ``local_path`` may hold a partial copy (write to a temporary name, then rename).
+        file. The same refusals as :meth:`read_file` without ``tail``: more than ``limit`` bytes
+        raises :class:`RemoteFileTooLarge` (at most ``limit`` + 1 bytes reach the disk first).
+        Raises :class:`RemoteFileMissing` if it does not exist; on any failure ``local_path``
+        may hold a partial copy (write to a temporary name, then rename).
         """
         ...
 
@@ -84,8 +142,8 @@ class Transport(Protocol):
 class CommandTransport:
     """File transfer built on :meth:`run` alone, so every transport that can run a command moves
     files the same way: a whole job directory is one ``tar`` reading from stdin, a file is one
-    ``cat`` (or ``tail -c``). Subclasses implement ``run`` and ``close``, and ``fetch_to`` with a
-    runner that streams the output (``run`` collects it); they may stream the others too."""
+    capped read (:func:`read_argv`). Subclasses implement ``run`` and ``close``, and
+    ``read_file`` and ``fetch_to`` with a runner that counts (and streams) the output."""
 
     async def run(
         self,
@@ -103,13 +161,11 @@ class CommandTransport:
         await self.run(mkdir_argv(directory), user=user)
         await self.run(untar_argv(directory), user=user, stdin=archive)
 
-    async def read_file(self, path: str, *, user: str, tail_bytes: int | None = None) -> bytes:
-        try:
-            return (await self.run(read_argv(path, tail_bytes), user=user)).stdout
-        except CommandFailed as exc:
-            raise as_missing(exc) from None
+    async def read_file(self, path: str, *, user: str, limit: int, tail: bool = False) -> bytes:
+        raise NotImplementedError  # needs a runner that counts the output: see the subclasses
 
-    async def fetch_to(self, path: str, local_path: str | os.PathLike[str], *, user: str) -> int:
+    async def fetch_to(self, path: str, local_path: str | os.PathLike[str], *, user: str,
+                       limit: int) -> int:
         raise NotImplementedError  # needs a streaming command runner: see the subclasses
 
     async def close(self) -> None:
@@ -129,16 +185,58 @@ def untar_argv(directory: str) -> list[str]:
             "-C", directory, "-f", "-"]
 
 
-def read_argv(path: str, tail_bytes: int | None) -> list[str]:
-    """Writes ``path`` (or its last ``tail_bytes``) to stdout."""
-    return ["tail", "-c", str(tail_bytes), "--", path] if tail_bytes else ["cat", "--", path]
+# The one remote command behind every file read, run by ``sh -c`` with the mode (``head`` or
+# ``tail``), the byte count and the path as positional arguments: nothing a caller passes is ever
+# part of the script's text. The path must lead to a regular file both before it is opened (a FIFO
+# would block the open) and once it is open (stdin: a file swapped in between is refused too);
+# then at most COUNT bytes leave: ``head -c`` for a whole read (the cap plus one, so that a file
+# over the cap shows as one), ``tail -c`` for a tail read (it seeks on a regular file).
+READ_SCRIPT = """\
+[ -e "$3" ] || { echo "hpcgw-read: no such file" >&2; exit 3; }
+[ -f "$3" ] || { echo "hpcgw-read: not a regular file" >&2; exit 4; }
+exec <"$3"
+[ -f /dev/stdin ] || { echo "hpcgw-read: not a regular file" >&2; exit 4; }
+if [ "$1" = tail ]; then exec tail -c "$2"; fi
+exec head -c "$2"
+"""
+READ_MISSING, READ_NOT_REGULAR = 3, 4
 
 
-def as_missing(exc: CommandFailed) -> CommandFailed:
-    """``exc`` of a read command, as :class:`RemoteFileMissing` if the file was not there."""
-    if "No such file" in exc.stderr:
-        return RemoteFileMissing(exc.argv, exc.returncode, exc.stderr)
+def read_argv(path: str, limit: int, tail: bool) -> list[str]:
+    """The command that writes at most ``limit`` + 1 bytes of ``path`` to stdout (its last
+    ``limit`` bytes with ``tail``), refusing what is not a regular file (:data:`READ_SCRIPT`)."""
+    if limit < 0:
+        raise ValueError(f"a read's limit must be >= 0, not {limit}")
+    mode, count = ("tail", limit) if tail else ("head", limit + 1)
+    return ["sh", "-c", READ_SCRIPT, "hpcgw-read", mode, str(count), path]
+
+
+def read_error(exc: CommandFailed, path: str) -> CommandFailed:
+    """``exc`` of a read command of ``path``, as :class:`RemoteFileMissing` or
+    :class:`NotARegularFile` where the read script said so (others unchanged)."""
+    if isinstance(exc, RemoteFileRefused | RemoteFileMissing | CommandTimeout):
+        return exc
+    if exc.returncode == READ_MISSING or "No such file" in exc.stderr:
+        return RemoteFileMissing(exc.argv, exc.returncode, f"{path}: no such file")
+    if exc.returncode == READ_NOT_REGULAR:
+        return NotARegularFile(exc.argv, path)
     return exc
+
+
+def capped_sink(sink: Callable[[bytes], object], argv: Sequence[str], path: str,
+                limit: int) -> Callable[[bytes], None]:
+    """``sink`` behind a counter: a chunk that would take the total past ``limit`` bytes raises
+    :class:`RemoteFileTooLarge` instead of reaching ``sink`` (the transfer then stops)."""
+    received = 0
+
+    def write(chunk: bytes) -> None:
+        nonlocal received
+        received += len(chunk)
+        if received > limit:
+            raise RemoteFileTooLarge(argv, path, limit)
+        sink(chunk)
+
+    return write
 
 
 def open_private(local_path: str | os.PathLike[str]) -> BinaryIO:

@@ -7,7 +7,14 @@ from collections.abc import Sequence
 
 from ..config import ClusterConfig
 from ..errors import CommandFailed
-from .base import CommandResult, CommandTransport, as_missing, open_private, read_argv
+from .base import (
+    CommandResult,
+    CommandTransport,
+    RemoteFileTooLarge,
+    open_private,
+    read_argv,
+    read_error,
+)
 from .process import run_command
 
 
@@ -44,13 +51,31 @@ class LocalTransport(CommandTransport):
             check=check,
         )
 
-    async def fetch_to(self, path: str, local_path: str | os.PathLike[str], *, user: str) -> int:
-        """As :meth:`Transport.fetch_to`: ``cat`` as ``user`` writes straight into the local
-        file, within the command timeout."""
+    async def read_file(self, path: str, *, user: str, limit: int, tail: bool = False) -> bytes:
+        """As :meth:`Transport.read_file`: the read command's output is counted as it arrives
+        and the command killed as soon as there is more than ``limit`` bytes of it."""
+        argv = self._as_user(read_argv(path, limit, tail), user)
+        try:
+            result = await run_command(argv, timeout=self._timeout, stdout_limit=limit)
+        except CommandFailed as exc:
+            raise read_error(exc, path) from None
+        if result.truncated:
+            raise RemoteFileTooLarge(argv, path, limit)
+        return result.stdout
+
+    async def fetch_to(self, path: str, local_path: str | os.PathLike[str], *, user: str,
+                       limit: int) -> int:
+        """As :meth:`Transport.fetch_to`: the read command as ``user`` writes straight into the
+        local file, within the command timeout. Nothing passes through the gateway, so the
+        bound is the command's own ``head -c`` (run through the admin's prefix, never the
+        user's shell or PATH); the size is checked once it is done."""
+        argv = self._as_user(read_argv(path, limit, False), user)
         with open_private(local_path) as out:
             try:
-                await run_command(self._as_user(read_argv(path, None), user),
-                                  timeout=self._timeout, stdout_to=out)
+                await run_command(argv, timeout=self._timeout, stdout_to=out)
             except CommandFailed as exc:
-                raise as_missing(exc) from None
-            return os.fstat(out.fileno()).st_size
+                raise read_error(exc, path) from None
+            size = os.fstat(out.fileno()).st_size
+        if size > limit:
+            raise RemoteFileTooLarge(argv, path, limit)
+        return size

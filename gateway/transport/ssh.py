@@ -11,8 +11,10 @@ Commands are argv lists joined by ``shlex.join`` — the one place where anythin
 the remote shell — with bytes on stdin.
 
 Files move over an exec channel of their own with a large window and packets, in pieces of
-``STREAM_CHUNK`` bytes as the link takes them (``tar -x`` reading stdin, ``cat`` writing stdout):
-nothing is collected into one buffer on the way, and a download to a local file keeps memory flat.
+``STREAM_CHUNK`` bytes as the link takes them (``tar -x`` reading stdin, the read script writing
+stdout): nothing is collected into one buffer on the way, and a download to a local file keeps
+memory flat. Every read is counted here against its cap: the user's login shell runs the remote
+side (its rc files, its PATH), so nothing it sends is trusted to respect the cap.
 This measured faster than SFTP here (bench/ssh_transfer.py).
 """
 
@@ -32,10 +34,11 @@ from ..errors import ClusterUnavailable, CommandFailed, CommandTimeout, ConfigEr
 from .base import (
     CommandResult,
     CommandTransport,
-    as_missing,
+    capped_sink,
     mkdir_argv,
     open_private,
     read_argv,
+    read_error,
     tar_pieces,
     untar_argv,
 )
@@ -155,22 +158,26 @@ class SSHTransport(CommandTransport):
         await self.run(mkdir_argv(directory), user=user)
         await self._stream(untar_argv(directory), user=user, pieces=pieces)
 
-    async def read_file(self, path: str, *, user: str, tail_bytes: int | None = None) -> bytes:
-        """As :meth:`Transport.read_file`, streamed (the chunks are joined once at the end)."""
-        chunks: list[bytes] = []
-        await self._read(read_argv(path, tail_bytes), user, chunks.append)
-        return b"".join(chunks)
+    async def read_file(self, path: str, *, user: str, limit: int, tail: bool = False) -> bytes:
+        """As :meth:`Transport.read_file`, streamed and counted: the transfer stops (and the
+        channel closes) at the first chunk past ``limit``, whatever the remote side sends."""
+        buffer = bytearray()
+        await self._read(read_argv(path, limit, tail), path, limit, user, buffer.extend)
+        return bytes(buffer)
 
-    async def fetch_to(self, path: str, local_path: str | os.PathLike[str], *, user: str) -> int:
-        """As :meth:`Transport.fetch_to`: each chunk is written to the file as it arrives."""
+    async def fetch_to(self, path: str, local_path: str | os.PathLike[str], *, user: str,
+                       limit: int) -> int:
+        """As :meth:`Transport.fetch_to`: each chunk is counted, then written to the file as it
+        arrives; the transfer stops at the first chunk past ``limit``."""
         with open_private(local_path) as out:
-            return await self._read(read_argv(path, None), user, out.write)
+            return await self._read(read_argv(path, limit, False), path, limit, user, out.write)
 
-    async def _read(self, argv: list[str], user: str, sink: Callable[[bytes], object]) -> int:
+    async def _read(self, argv: list[str], path: str, limit: int, user: str,
+                    sink: Callable[[bytes], object]) -> int:
         try:
-            return await self._stream(argv, user=user, sink=sink)
+            return await self._stream(argv, user=user, sink=capped_sink(sink, argv, path, limit))
         except CommandFailed as exc:
-            raise as_missing(exc) from None
+            raise read_error(exc, path) from None
 
     async def _stream(
         self,

@@ -24,7 +24,7 @@ from gateway.config import ClusterConfig, Config, parse_config
 from gateway.errors import ClusterUnavailable
 from gateway.jobs.runtime import ClusterRuntime
 from gateway.scheduler import SchedulerState, SchedulerStatus
-from gateway.transport import CommandResult, RemoteFileMissing
+from gateway.transport import CommandResult, RemoteFileMissing, RemoteFileTooLarge
 
 COOKIE_SECRET = "s" * 40
 
@@ -76,6 +76,8 @@ class FakeTransport:
         self.files: dict[str, bytes] = {}
         self.commands: list[tuple[list[str], str | None]] = []
         self.puts: list[tuple[str, str]] = []  # (directory, user)
+        self.reads: list[tuple[str, int, bool]] = []  # (path, limit, tail), fetch_to included
+        self.errors: dict[str, list[Exception]] = {}  # path -> errors to raise, in order
         self.closed = False
 
     async def run(
@@ -96,14 +98,25 @@ class FakeTransport:
             assert "/" not in name
             self.files[f"{directory}/{name}"] = data
 
-    async def read_file(self, path: str, *, user: str, tail_bytes: int | None = None) -> bytes:
+    async def read_file(self, path: str, *, user: str, limit: int, tail: bool = False) -> bytes:
+        """As the real transports: RemoteFileMissing, RemoteFileTooLarge over ``limit`` (whole
+        reads), or the last ``limit`` bytes (tail reads). ``errors[path]`` is raised instead,
+        popped from its list so that tests can script a sequence (``[]``: no more errors)."""
+        self.reads.append((path, limit, tail))
+        if self.errors.get(path):
+            raise self.errors[path].pop(0)
         if path not in self.files:
-            raise RemoteFileMissing(["cat", "--", path], 1, f"cat: {path}: No such file")
+            raise RemoteFileMissing(["sh", "-c", "read", path], 3, f"{path}: no such file")
         data = self.files[path]
-        return data[-tail_bytes:] if tail_bytes else data
+        if tail:
+            return data[len(data) - limit:] if limit else b""
+        if len(data) > limit:
+            raise RemoteFileTooLarge(["sh", "-c", "read", path], path, limit)
+        return data
 
-    async def fetch_to(self, path: str, local_path: str | os.PathLike[str], *, user: str) -> int:
-        data = await self.read_file(path, user=user)
+    async def fetch_to(self, path: str, local_path: str | os.PathLike[str], *, user: str,
+                       limit: int) -> int:
+        data = await self.read_file(path, user=user, limit=limit)
         Path(local_path).write_bytes(data)
         return len(data)
 

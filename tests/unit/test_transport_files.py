@@ -76,14 +76,14 @@ async def test_local_fetch_to_copies_into_a_new_private_file(
     source, target = tmp_path / "remote.bin", tmp_path / "local.bin"
     source.write_bytes(os.urandom(300_000))
     target.write_bytes(b"old content, longer than nothing" * 100_000)
-    size = await local.fetch_to(str(source), target, user="alice")
+    size = await local.fetch_to(str(source), target, user="alice", limit=300_000)
     assert size == 300_000 and target.read_bytes() == source.read_bytes()
     fresh = tmp_path / "fresh.bin"
-    await local.fetch_to(str(source), fresh, user="alice")
+    await local.fetch_to(str(source), fresh, user="alice", limit=300_000)
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
 
 
 async def test_local_fetch_to_a_missing_file_raises_remote_file_missing(
         local: LocalTransport, tmp_path: Path) -> None:
     with pytest.raises(RemoteFileMissing):
-        await local.fetch_to(str(tmp_path / "nope"), tmp_path / "x", user="alice")
+        await local.fetch_to(str(tmp_path / "nope"), tmp_path / "x", user="alice", limit=10)
