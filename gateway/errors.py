@@ -75,6 +75,14 @@ class Conflict(GatewayError):
     title = "Conflict"
 
 
+class Gone(GatewayError):
+    """Something that existed has been removed for good (a pruned job's artifacts)."""
+
+    status = 410
+    type_slug = "gone"
+    title = "Gone"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     type_slug = "payload-too-large"

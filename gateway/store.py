@@ -442,6 +442,42 @@ class Store:
             self._event(job_id, old, new, reason, message, now)
         return self.get_job(job_id)
 
+    # -- per-user limits and artifact retention (gateway.jobs.limits, gateway.jobs.retention) --
+
+    def count_active_jobs(self, user_id: int, kind: str) -> int:
+        """How many of the user's jobs of ``kind`` are not yet terminal (accepted included)."""
+        marks = ",".join("?" for _ in TERMINAL)
+        return int(self.db.execute(
+            f"SELECT COUNT(*) FROM jobs WHERE user_id = ? AND kind = ? "  # noqa: S608
+            f"AND state NOT IN ({marks})", [user_id, kind, *(s.value for s in TERMINAL)],
+        ).fetchone()[0])
+
+    def submission_times_since(self, user_id: int, since: str) -> list[float]:
+        """When the user's jobs created after ``since`` (a :func:`format_time` stamp) were
+        created, as POSIX seconds, oldest first. Every stored job counts, whatever its state;
+        refused requests and idempotent replays store nothing, so they never count."""
+        rows = self.db.execute(
+            "SELECT created_at FROM jobs WHERE user_id = ? AND created_at > ? "
+            "ORDER BY created_at", [user_id, since]).fetchall()
+        return [parse_time(row[0]).timestamp() for row in rows]
+
+    def jobs_to_prune(self, ended_before: str) -> list[str]:
+        """Ids of the terminal jobs that ended before ``ended_before`` (a :func:`format_time`
+        stamp) and whose artifacts have not been removed yet, oldest ending first."""
+        marks = ",".join("?" for _ in TERMINAL)
+        return [row[0] for row in self.db.execute(
+            f"SELECT id FROM jobs WHERE ended_at IS NOT NULL AND ended_at < ? "  # noqa: S608
+            f"AND artifacts_removed_at IS NULL AND state IN ({marks}) ORDER BY ended_at, id",
+            [ended_before, *(s.value for s in TERMINAL)])]
+
+    def mark_artifacts_removed(self, job_ids: Sequence[str]) -> None:
+        """Record, in one transaction, that the artifacts of ``job_ids`` are gone: sets
+        ``artifacts_removed_at`` and ``has_notebook = 0``; ``state`` and the events are never
+        touched (the jobs stay listed as they ended)."""
+        now = utcnow()
+        self.update_many({job_id: {"artifacts_removed_at": now, "has_notebook": 0}
+                          for job_id in job_ids})
+
 
 def spec_of(job: dict[str, Any]) -> dict[str, Any]:
     spec: dict[str, Any] = json.loads(job["spec"])

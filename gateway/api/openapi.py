@@ -38,6 +38,7 @@ def _job_schema() -> dict[str, Any]:
             "time": {"type": "string"}, "parameters": {"type": "object"},
             "scheduler_reachable": {"type": "boolean"},
             "notebook_available": {"type": "boolean"},
+            "artifacts_removed_at": {"type": ["string", "null"], "format": "date-time"},
             "created_at": {"type": "string", "format": "date-time"},
             "started_at": {"type": ["string", "null"], "format": "date-time"},
             "ended_at": {"type": ["string", "null"], "format": "date-time"},
@@ -68,7 +69,8 @@ def _paths() -> dict[str, Any]:
                         "spec": {"$ref": "#/components/schemas/JobSpec"}}}},
                     "application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"}}}},
                 "responses": {"201": _json(_JOB_REF, "the stored job"), "401": _PROBLEM,
-                              "413": _PROBLEM, "415": _PROBLEM, "422": _PROBLEM},
+                              "413": _PROBLEM, "415": _PROBLEM, "422": _PROBLEM,
+                              "429": _PROBLEM},
             },
         },
         "/api/v1/jobs/{job_id}": {"get": {"parameters": [_ID], "summary": "One job",
@@ -81,7 +83,8 @@ def _paths() -> dict[str, Any]:
             "parameters": [_ID],
             "summary": "The executed notebook (also a failed run's partial one)",
             "responses": {"200": {"description": "notebook", "content": {
-                "application/x-ipynb+json": {}}}, "409": _PROBLEM, **errors}}},
+                "application/x-ipynb+json": {}}}, "409": _PROBLEM, "410": _PROBLEM,
+                **errors}}},
         "/api/v1/jobs/{job_id}/log": {"get": {
             "parameters": [_ID], "summary": "The job's output log",
             "responses": {"200": {"description": "log", "content": {"text/plain": {}}},

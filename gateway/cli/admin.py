@@ -67,6 +67,47 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_artifacts_prune(args: argparse.Namespace) -> int:
+    """Remove the artifacts of jobs that ended more than ``--older-than`` days ago (default:
+    ``gateway.artifact_retention_days``; 0 there keeps them for ever, so nothing is pruned
+    without ``--older-than``). Prints the count of jobs and the bytes removed (``--json``: also
+    their ids). Exit 1 if a job's directory was refused (each named on stderr)."""
+    from ..jobs.retention import PruneReport, prune
+
+    config = load_config(args.config)
+    days: float | None = args.older_than
+    if days is None and config.gateway.artifact_retention_days == 0:
+        print("hpcgw: gateway.artifact_retention_days is 0 (keep for ever): nothing pruned; "
+              "give --older-than DAYS to prune anyway", file=sys.stderr)
+        report = PruneReport()
+    else:
+        days = config.gateway.artifact_retention_days if days is None else days
+        report = prune(open_store(config), config.gateway.data_dir, days)
+    if args.json:
+        import json
+
+        print(json.dumps({"older_than_days": days, "jobs": len(report.jobs),
+                          "bytes": report.bytes, "job_ids": report.jobs,
+                          "refused": report.refused}, indent=2))
+    else:
+        print(f"removed the artifacts of {len(report.jobs)} job(s), {report.bytes} bytes"
+              + ("" if days is None else f" (jobs that ended more than {days:g} day(s) ago)"))
+    for line in report.refused:
+        print(f"hpcgw: not removed: {line}", file=sys.stderr)
+    return 1 if report.refused else 0
+
+
+def non_negative_days(text: str) -> float:
+    """argparse type of ``--older-than``: a finite number of days >= 0 (fractions allowed)."""
+    try:
+        days = float(text)
+    except ValueError:
+        days = -1.0
+    if not days >= 0 or days == float("inf"):
+        raise argparse.ArgumentTypeError(f"not a number of days >= 0: {text!r}")
+    return days
+
+
 def config_problems(config: Config) -> list[str]:
     """Everything check-config can find wrong beyond the schema (which load_config checks)."""
     problems = [f"cluster {name}: disabled: {error}"

@@ -99,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = token.add_parser("revoke", help="revoke all of --user's tokens, or one read on stdin")
     revoke.add_argument("--user")
     revoke.set_defaults(run=admin.cmd_token_revoke)
+    artifacts = _Subcommands(sub.add_parser(
+        "artifacts", help="manage the gateway's copies of job files").add_subparsers(
+        dest="artifacts_command", required=True), common)
+    prune = artifacts.add_parser(
+        "prune", help="remove the artifacts (notebooks, logs) of jobs that ended long ago; "
+        "the jobs stay listed")
+    prune.add_argument("--older-than", type=admin.non_negative_days, metavar="DAYS",
+                       help="ended more than DAYS ago (default: gateway.artifact_retention_days;"
+                       " 0 there prunes nothing)")
+    prune.set_defaults(run=admin.cmd_artifacts_prune)
     sub.add_parser("check-config", help="explain every problem in the config").set_defaults(
         run=admin.cmd_check_config)
     return parser

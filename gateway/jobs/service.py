@@ -22,7 +22,7 @@ import jinja2
 import nbformat
 
 from ..config import Config
-from ..errors import Conflict, FieldError, ValidationFailed
+from ..errors import Conflict, FieldError, Gone, ValidationFailed
 from ..spec import ResolvedSpec, parse_spec, resolve_spec
 from ..states import TERMINAL, IllegalTransition, Reason, State
 from ..store import Store, User
@@ -30,7 +30,9 @@ from ..templates import make_environment
 from ..transport import RemoteFileMissing
 from ..units import format_time
 from .collector import collect
+from .limits import check_limits
 from .poller import poll_forever
+from .retention import prune_daily
 from .runtime import ClusterRuntime
 from .submitter import submit_worker
 
@@ -70,7 +72,8 @@ class JobService:
             log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
     async def start(self) -> None:
-        """Start the submitter, the pollers and the collectors; resume unfinished jobs."""
+        """Start the submitter, the pollers, the collectors and the daily artifact retention
+        pass (:mod:`.retention`); resume unfinished jobs."""
         for job in self.store.jobs_in({State.ACCEPTED, State.STAGING}):
             self.submit_queue.put_nowait(job["id"])
         for number in range(4):
@@ -79,6 +82,7 @@ class JobService:
             self.spawn(poll_forever(self, runtime), f"poller-{runtime.name}")
         for job in self.store.jobs_in({State.COLLECTING}):
             self.spawn(collect(self, job["id"]), f"collect-{job['id']}")
+        self.spawn(prune_daily(self), "artifact-retention")
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -97,13 +101,17 @@ class JobService:
     ) -> tuple[dict[str, Any], bool]:
         """Validate and store a notebook run; ``(job, created)``.
 
-        A repeated ``idempotency_key`` of the same user returns the first job and False.
-        Raises ValidationFailed (422) naming every bad field, the notebook included.
+        A repeated ``idempotency_key`` of the same user returns the first job and False, even
+        over a limit. Otherwise :class:`TooManyRequests` (429) if the user is at
+        ``max_active_jobs`` or ``max_submissions_per_minute`` (checked before the upload is
+        parsed: a refused request costs no validation); then ValidationFailed (422) naming every
+        bad field, the notebook included.
         """
         if idempotency_key:
             existing = self.store.job_by_idempotency_key(user.id, idempotency_key)
             if existing:
                 return existing, False
+        check_limits(self.store, self.config.limits, user, "notebook")
         spec = parse_spec(raw_spec)
         errors: list[FieldError] = []
         try:
@@ -126,7 +134,8 @@ class JobService:
     def create_lab_job(
         self, user: User, raw_spec: Any, idempotency_key: str | None = None
     ) -> tuple[dict[str, Any], bool]:
-        """Validate and store a lab request (``kind: "lab"``); ``(job, created)`` as above.
+        """Validate and store a lab request (``kind: "lab"``); ``(job, created)`` as above,
+        with ``max_active_labs`` in place of ``max_active_jobs``.
 
         The lab's server token is made here and kept in the store: the proxy injects it
         upstream, and the submitter puts it on the cluster as a 0600 file.
@@ -135,6 +144,7 @@ class JobService:
             existing = self.store.job_by_idempotency_key(user.id, idempotency_key)
             if existing:
                 return existing, False
+        check_limits(self.store, self.config.limits, user, "lab")
         spec = parse_spec(raw_spec)
         if spec.kind != "lab":
             raise ValidationFailed([FieldError(
@@ -201,7 +211,13 @@ class JobService:
         return self.store.get_job(job_id), True
 
     def output_notebook(self, user: User, job_id: str) -> Path | None:
+        """The executed notebook's path; None while there is none (yet). Raises
+        :class:`Gone` (410) once retention removed the job's artifacts: that is for good."""
         job = self.store.get_job(job_id, user.id)
+        if job["artifacts_removed_at"]:
+            raise Gone(f"the job's artifacts were removed at {job['artifacts_removed_at']} "
+                       "(artifact retention)", job_id=job_id,
+                       artifacts_removed_at=job["artifacts_removed_at"])
         path = self.job_dir(job_id) / "output.ipynb"
         return path if job["has_notebook"] and path.exists() else None
 
@@ -234,7 +250,7 @@ def job_view(job: dict[str, Any]) -> dict[str, Any]:
         key: job[key]
         for key in ("id", "kind", "name", "cluster", "state", "pending_reason", "reason",
                     "message", "slurm_job_id", "node", "created_at", "started_at", "ended_at",
-                    "updated_at")
+                    "updated_at", "artifacts_removed_at")
     }
     view.update(
         {key: spec[key] for key in ("partition", "account", "qos", "constraint", "reservation",
