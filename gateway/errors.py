@@ -83,6 +83,12 @@ class Gone(GatewayError):
     title = "Gone"
 
 
+class LengthRequired(GatewayError):
+    status = 411
+    type_slug = "length-required"
+    title = "Length required"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     type_slug = "payload-too-large"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -18,11 +18,12 @@ from ..proxy.watcher import watch_labs
 from ..store import Store
 from . import jobs, portal, sessions
 from .keys import CONFIG, PROXY, SERVICE, STORE
-from .middleware import auth_middleware, problem_middleware
+from .middleware import auth_middleware, problem_middleware, security_headers
 from .openapi import openapi_document
 
 log = logging.getLogger(__name__)
-HEALTH_TIMEOUT = 5.0
+HEALTH_TIMEOUT = 5.0  # seconds /health waits, after startup, for the poller's first check
+FIRST_CHECK_STEP = 0.05
 RuntimeFactory = Callable[[ClusterConfig], ClusterRuntime]
 
 routes = web.RouteTableDef()
@@ -33,24 +34,36 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
 
-async def _probe(runtime: ClusterRuntime) -> dict[str, Any]:
-    try:
-        info = await asyncio.wait_for(runtime.backend.cluster_info(), HEALTH_TIMEOUT)
-    except (GatewayError, TimeoutError) as exc:
-        detail = exc.detail if isinstance(exc, GatewayError) else "timed out"
-        return {"reachable": False, "error": detail}
-    return {"reachable": True, "partitions": info["partitions"]}
+def _cluster_health(runtime: ClusterRuntime) -> dict[str, Any]:
+    """``{"reachable": true|false|null}`` plus ``error`` while unreachable: the poller's last
+    finding (``null``: not checked yet, just after startup)."""
+    answer: dict[str, Any] = {"reachable": runtime.reachable}
+    if runtime.reachable is False:
+        answer["error"] = runtime.last_error or "unreachable"
+    return answer
+
+
+async def _first_checks(runtimes: Iterable[ClusterRuntime], timeout: float) -> None:
+    """Wait (at most ``timeout`` s) until the poller has checked every cluster once. Starts
+    nothing: the poller's first refresh runs as soon as the gateway starts."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while any(r.reachable is None for r in runtimes) and loop.time() < deadline:
+        await asyncio.sleep(FIRST_CHECK_STEP)
 
 
 @routes.get("/api/v1/health")
 async def health(request: web.Request) -> web.Response:
+    """200 with each cluster's reachability as the poller last saw it: no request starts a
+    process or reaches the cluster (``poll.old_interval`` bounds how old the view is).
+
+    Just after startup a request waits up to :data:`HEALTH_TIMEOUT` s for the poller's first
+    check; a cluster still unchecked then answers ``"reachable": null``. A cluster the config
+    disabled answers ``false`` with the config error.
+    """
     service = request.app[SERVICE]
-    probes = await asyncio.gather(*(_probe(r) for r in service.clusters.values()))
-    clusters = {
-        name: {"reachable": probe["reachable"], **({"error": probe["error"]} if "error" in probe
-                                                    else {})}
-        for name, probe in zip(service.clusters, probes, strict=True)
-    }
+    await _first_checks(service.clusters.values(), HEALTH_TIMEOUT)
+    clusters = {name: _cluster_health(r) for name, r in service.clusters.items()}
     for name, error in request.app[CONFIG].cluster_errors.items():
         clusters[name] = {"reachable": False, "error": f"disabled by config: {error}"}
     return web.json_response({"status": "ok", "clusters": clusters})
@@ -58,17 +71,19 @@ async def health(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/clusters")
 async def clusters(request: web.Request) -> web.Response:
+    """The clusters' policy (config) and, per partition, what the scheduler last said about it
+    (the poller's cached view; ``null`` until the first refresh). Starts no process."""
     service = request.app[SERVICE]
-    probes = await asyncio.gather(*(_probe(r) for r in service.clusters.values()))
     answer = []
-    for runtime, probe in zip(service.clusters.values(), probes, strict=True):
+    for runtime in service.clusters.values():
         config = runtime.config
+        seen = (runtime.view or {}).get("partitions", {})
         answer.append({
             "name": config.name,
-            "reachable": probe["reachable"],
+            "reachable": runtime.reachable,
             "default_partition": config.default_partition,
             "partitions": {
-                name: {**limits.model_dump(), "scheduler": probe.get("partitions", {}).get(name)}
+                name: {**limits.model_dump(), "scheduler": seen.get(name)}
                 for name, limits in config.partitions.items()
             },
             "accounts": config.accounts, "qos": config.qos, "constraints": config.constraints,
@@ -78,6 +93,20 @@ async def clusters(request: web.Request) -> web.Response:
     return web.json_response({"clusters": answer})
 
 
+def server_options(config: Config) -> dict[str, Any]:
+    """How ``hpcgw serve`` runs the app (``web.AppRunner`` keyword arguments).
+
+    ``keepalive_timeout`` is aiohttp's timer for a connection with no complete request in
+    progress: it starts when the connection opens and again after each response, and closes the
+    connection if a request's headers have not all arrived by then. Set to
+    ``gateway.header_timeout`` it closes slowloris connections (headers sent a byte at a time, or
+    never); an idle keep-alive connection is closed after as long (clients reconnect). A request
+    whose headers have arrived is not cut by it, however long it runs.
+    """
+    return {"access_log": logging.getLogger("hpcgw.access"),
+            "keepalive_timeout": config.gateway.header_timeout}
+
+
 def make_app(config: Config, *, runtime_factory: RuntimeFactory = make_runtime) -> web.Application:
     """The gateway application. ``runtime_factory`` lets tests put a fault-injecting cluster in."""
     app = web.Application(
@@ -85,6 +114,7 @@ def make_app(config: Config, *, runtime_factory: RuntimeFactory = make_runtime) 
         client_max_size=config.gateway.max_notebook_bytes + 1024 * 1024,
     )
     app[CONFIG] = config
+    app.on_response_prepare.append(security_headers)
     app.add_routes(routes)
     app.add_routes(jobs.routes)
     app.add_routes(sessions.routes)

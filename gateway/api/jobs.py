@@ -3,25 +3,68 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..errors import (
     BadRequest,
     Conflict,
     FieldError,
+    LengthRequired,
     PayloadTooLarge,
     UnsupportedMediaType,
     ValidationFailed,
 )
 from ..jobs.service import job_view
+from .forms import read_capped
 from .keys import CONFIG, SERVICE, current_user
 
 routes = web.RouteTableDef()
 JOB = "/api/v1/jobs/{job_id:[0-9a-f]{16}}"
 MAX_SPEC_BYTES = 64 * 1024
 MAX_IDEMPOTENCY_KEY = 200
+UPLOAD_MARGIN = 16 * 1024  # boundaries and part headers of a notebook upload
+MAX_JSON_DEPTH = 64  # a spec or lab request nested deeper is refused
+
+
+def upload_limit(max_notebook_bytes: int) -> int:
+    """The most bytes a whole notebook upload may have: both parts at their caps plus room for
+    boundaries and part headers."""
+    return max_notebook_bytes + MAX_SPEC_BYTES + UPLOAD_MARGIN
+
+
+def parse_json(data: bytes, field: str) -> Any:
+    """``data`` as JSON, or 422 naming ``field``: not JSON, not UTF-8, or nested deeper than
+    :data:`MAX_JSON_DEPTH` (Python's parser would otherwise hit its recursion limit)."""
+    try:
+        value = json.loads(data)
+    except RecursionError:
+        value = None
+        too_deep = True
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise ValidationFailed([FieldError(field, f"not valid JSON: {exc}")]) from None
+    else:
+        too_deep = _depth_over(value, MAX_JSON_DEPTH)
+    if too_deep:
+        raise ValidationFailed([FieldError(
+            field, f"JSON nested more than {MAX_JSON_DEPTH} levels deep")])
+    return value
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists/objects more than ``limit`` deep (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 async def _read_part(part: BodyPartReader, limit: int, field: str) -> bytes:
@@ -35,40 +78,76 @@ async def _read_part(part: BodyPartReader, limit: int, field: str) -> bytes:
     return b"".join(chunks)
 
 
-async def read_notebook_upload(request: web.Request) -> tuple[bytes, Any]:
-    """The ``notebook`` file part and the parsed ``spec`` part, in any order."""
-    limit = request.app[CONFIG].gateway.max_notebook_bytes
-    reader = await request.multipart()
-    notebook: bytes | None = None
-    spec: Any = None
-    while (part := await reader.next()) is not None:
+async def _multipart(request: web.Request, limit: int) -> MultipartReader:
+    """The body's multipart reader once its size is known to be within ``limit``.
+
+    The whole body must declare its size (Content-Length, 411 without: every usual client sends
+    it for a file upload) and be at most ``limit`` bytes (413 before anything is read); aiohttp
+    then never reads past it. A Content-Type without a usable boundary is a 400.
+    """
+    size = request.content_length
+    if size is None:
+        raise LengthRequired("a notebook upload must carry Content-Length")
+    if size > limit:
+        raise PayloadTooLarge(f"a notebook upload is at most {limit} bytes")
+    try:
+        return await request.multipart()
+    except (ValueError, AssertionError) as exc:
+        raise BadRequest(f"not a usable multipart/form-data body: {exc}") from None
+
+
+async def _parts(reader: MultipartReader) -> AsyncIterator[BodyPartReader]:
+    """The body's parts; malformed framing (no starting boundary, bad part headers, a body
+    that ends early) is a 400."""
+    while True:
+        try:
+            part = await reader.next()
+        except (ValueError, AssertionError, HttpProcessingError, ConnectionError) as exc:
+            raise BadRequest(f"malformed multipart body: {exc}") from None
+        if part is None:
+            return
         if not isinstance(part, BodyPartReader):
             raise BadRequest("nested multipart is not supported")
-        if part.name == "notebook":
-            notebook = await _read_part(part, limit, "notebook")
-        elif part.name == "spec":
-            try:
-                spec = json.loads(await _read_part(part, MAX_SPEC_BYTES, "spec"))
-            except ValueError as exc:
-                raise ValidationFailed([FieldError("spec", f"not valid JSON: {exc}")]) from None
-        else:
-            raise ValidationFailed([FieldError(str(part.name), "unknown form part")])
-    missing = [FieldError(n, "missing part") for n, v in (("notebook", notebook), ("spec", spec))
-               if v is None]
+        yield part
+
+
+async def read_notebook_upload(request: web.Request) -> tuple[bytes, Any]:
+    """The ``notebook`` file part and the parsed ``spec`` part, in any order.
+
+    400: no boundary, malformed framing, a part without a name. 411/413: see
+    :func:`_multipart`; 413 also for a part over its own cap (the notebook:
+    ``max_notebook_bytes``; the spec: 64 KiB). 422: a part sent twice, an unknown part, a
+    missing part, a spec that is not JSON or is nested too deep.
+    """
+    limit = request.app[CONFIG].gateway.max_notebook_bytes
+    reader = await _multipart(request, upload_limit(limit))
+    found: dict[str, bytes] = {}
+    try:
+        async for part in _parts(reader):
+            name = part.name
+            if not name:
+                raise BadRequest("a form part without a name (Content-Disposition)")
+            if name not in ("notebook", "spec"):
+                raise ValidationFailed([FieldError(name, "unknown form part")])
+            if name in found:
+                raise ValidationFailed([FieldError(name, "sent more than once")])
+            found[name] = await _read_part(
+                part, limit if name == "notebook" else MAX_SPEC_BYTES, name)
+    except (ValueError, AssertionError, HttpProcessingError, ConnectionError) as exc:
+        # framing broken inside a part, or the body ended early
+        raise BadRequest(f"malformed multipart body: {exc}") from None
+    missing = [FieldError(n, "missing part") for n in ("notebook", "spec") if n not in found]
     if missing:
         raise ValidationFailed(missing)
-    assert notebook is not None
-    return notebook, spec
+    return found["notebook"], parse_json(found["spec"], "spec")
 
 
 async def _json_body(request: web.Request) -> Any:
-    body = await request.content.read(MAX_SPEC_BYTES + 1)
-    if len(body) > MAX_SPEC_BYTES:
+    """A lab request: JSON of at most 64 KiB (413), parsed as :func:`parse_json` does."""
+    if request.content_length is not None and request.content_length > MAX_SPEC_BYTES:
         raise PayloadTooLarge(f"a lab request is at most {MAX_SPEC_BYTES} bytes")
-    try:
-        return json.loads(body)
-    except ValueError as exc:
-        raise ValidationFailed([FieldError("body", f"not valid JSON: {exc}")]) from None
+    return parse_json(await read_capped(request.content, MAX_SPEC_BYTES, "a lab request"),
+                      "body")
 
 
 @routes.post("/api/v1/jobs")

@@ -1,5 +1,5 @@
 """Middlewares: every error becomes problem+json; every non-public route needs a user (a bearer
-token, or a browser session cookie)."""
+token, or a browser session cookie); the gateway's own responses carry strict browser headers."""
 
 from __future__ import annotations
 
@@ -18,6 +18,15 @@ from .sessions import SESSION_COOKIE, check_xsrf, read_session
 log = logging.getLogger(__name__)
 PROBLEM_TYPE = "application/problem+json"
 PUBLIC_PATHS = frozenset({"/api/v1/openapi.json", "/api/v1/health", "/login", "/logout"})
+# On every response the gateway makes itself (pages, API answers, problems). Pages have no
+# script, no inline style, and may not be framed; forms post only to the gateway.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+LAB_PREFIX = "/labs/"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -25,12 +34,23 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def problem_response(
     body: dict[str, object], headers: dict[str, str] | None = None
 ) -> web.Response:
+    """A problem+json response, with :data:`SECURITY_HEADERS` (also under ``/labs/``: a
+    problem is the gateway's own answer, never the lab's)."""
     return web.Response(
         status=int(str(body["status"])),
         body=json.dumps(body).encode(),
         content_type=PROBLEM_TYPE,
-        headers=headers,
+        headers={**SECURITY_HEADERS, **(headers or {})},
     )
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: add :data:`SECURITY_HEADERS` to every response outside
+    ``/labs/`` (where responses are the lab's own, relayed with JupyterLab's policy)."""
+    if request.path.startswith(LAB_PREFIX):
+        return
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
 
 
 @web.middleware

@@ -6,15 +6,20 @@ import html
 
 from aiohttp import web
 
+from .forms import FORM_FIELD
 from .keys import SERVICE, current_user
+from .sessions import XSRF_COOKIE
 
 routes = web.RouteTableDef()
 
 
 @routes.get("/")
 async def portal(request: web.Request) -> web.Response:
+    """The caller's 50 newest jobs; a logout form carrying the ``hpcgw_xsrf`` cookie's value
+    (what ``POST /logout`` checks). Everything user-controlled is HTML-escaped."""
     user = current_user(request)
     jobs = request.app[SERVICE].store.list_jobs(user.id, limit=50)
+    xsrf = request.cookies.get(XSRF_COOKIE, "")
     rows = "\n".join(
         f"<tr><td>{html.escape(job['name'])}</td><td>{html.escape(job['kind'])}</td>"
         f"<td>{html.escape(job['state'])}</td><td>"
@@ -27,6 +32,8 @@ async def portal(request: web.Request) -> web.Response:
 <body><main><h1>hpcgw: {html.escape(user.name)}</h1>
 <table><thead><tr><th>name</th><th>kind</th><th>state</th><th></th></tr></thead>
 <tbody>{rows}</tbody></table>
-<form method="post" action="/logout"><button type="submit">Log out</button></form>
+<form method="post" action="/logout">
+<input type="hidden" name="{FORM_FIELD}" value="{html.escape(xsrf)}">
+<button type="submit">Log out</button></form>
 </main></body></html>
 """)

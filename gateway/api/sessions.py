@@ -5,7 +5,8 @@ SameSite=Lax, signed with the config's ``cookie_secret`` (HMAC-SHA256) and namin
 it was made from, so revoking the token ends the session. The cookie never holds the token.
 Cookie-authenticated requests that change state must send ``X-XSRFToken`` equal to an XSRF
 cookie (``hpcgw_xsrf`` for the gateway's API, the lab's own ``_xsrf`` under ``/labs/``):
-another site can make the browser send cookies, but cannot read them.
+another site can make the browser send cookies, but cannot read them. The login and logout
+forms themselves are checked by :mod:`.forms` (Origin, and a double-submitted form token).
 """
 
 from __future__ import annotations
@@ -19,11 +20,21 @@ import time
 from aiohttp import web
 
 from ..errors import Forbidden
+from .forms import (
+    FORM_COOKIE,
+    FORM_FIELD,
+    check_same_origin,
+    form_token_ok,
+    make_form_token,
+    read_form,
+    set_form_cookie,
+)
 from .keys import CONFIG, STORE
 
 SESSION_COOKIE = "hpcgw_session"
 XSRF_COOKIE = "hpcgw_xsrf"
-GATEWAY_COOKIES = frozenset({SESSION_COOKIE, XSRF_COOKIE})
+# Never sent upstream to a lab (the proxy strips them).
+GATEWAY_COOKIES = frozenset({SESSION_COOKIE, XSRF_COOKIE, FORM_COOKIE})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 XSRF_HEADER = "X-XSRFToken"
 
@@ -76,7 +87,7 @@ def safe_next(target: str | None) -> str:
     return target
 
 
-def _login_page(next_path: str, error: str = "") -> str:
+def _login_page(next_path: str, form_token: str, error: str = "") -> str:
     problem = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>hpcgw: log in</title>
@@ -84,6 +95,7 @@ def _login_page(next_path: str, error: str = "") -> str:
 <body><main><h1>Log in to hpcgw</h1>{problem}
 <form method="post" action="/login">
 <input type="hidden" name="next" value="{html.escape(next_path)}">
+<input type="hidden" name="{FORM_FIELD}" value="{html.escape(form_token)}">
 <label>Gateway token <input type="password" name="token" autocomplete="off" required></label>
 <button type="submit">Log in</button>
 </form><p>Your token comes from <code>hpcgw user add</code> (ask your administrator).</p>
@@ -91,22 +103,40 @@ def _login_page(next_path: str, error: str = "") -> str:
 """
 
 
+def _login_response(request: web.Request, next_path: str, status: int = 200,
+                    error: str = "") -> web.Response:
+    """The login page with a fresh form token (cookie and hidden field)."""
+    token = make_form_token(request.app[CONFIG].gateway.cookie_secret)
+    response = web.Response(status=status, text=_login_page(next_path, token, error),
+                            content_type="text/html", headers={"Cache-Control": "no-store"})
+    set_form_cookie(response, request, token)
+    return response
+
+
 @routes.get("/login")
 async def login_form(request: web.Request) -> web.Response:
-    return web.Response(text=_login_page(safe_next(request.query.get("next"))),
-                        content_type="text/html", headers={"Cache-Control": "no-store"})
+    return _login_response(request, safe_next(request.query.get("next")))
 
 
 @routes.post("/login")
 async def login(request: web.Request) -> web.Response:
-    """Check the token from the form; set the session and XSRF cookies and go to ``next``."""
-    form = await request.post()
-    next_path = safe_next(str(form.get("next", "/")))
-    found = request.app[STORE].authenticate(str(form.get("token", "")).strip())
-    if found is None:
-        return web.Response(status=401, text=_login_page(next_path, "That token is not valid."),
-                            content_type="text/html", headers={"Cache-Control": "no-store"})
+    """Check the token from the form; set the session and XSRF cookies and go to ``next``.
+
+    Refused before the token is even looked at: another site's Origin/Referer (403 problem),
+    a body over 8 KiB (413), a form token missing, expired or not matching its cookie (403, the
+    login page again with a fresh token). A bad gateway token: 401, the login page again.
+    """
+    check_same_origin(request)
+    form = await read_form(request)
+    next_path = safe_next(form.get("next", "/"))
     gateway = request.app[CONFIG].gateway
+    if not form_token_ok(gateway.cookie_secret, request.cookies.get(FORM_COOKIE, ""),
+                         form.get(FORM_FIELD, "")):
+        return _login_response(request, next_path, 403, "This login form has expired or was "
+                               "not sent by this gateway's page; please log in again.")
+    found = request.app[STORE].authenticate(form.get("token", "").strip())
+    if found is None:
+        return _login_response(request, next_path, 401, "That token is not valid.")
     lifetime = gateway.session_hours * 3600
     response = web.HTTPSeeOther(next_path)
     response.set_cookie(SESSION_COOKIE, make_session(gateway.cookie_secret, found[0], lifetime),
@@ -114,12 +144,28 @@ async def login(request: web.Request) -> web.Response:
                         secure=gateway.cookie_secure)
     response.set_cookie(XSRF_COOKIE, secrets.token_urlsafe(24), max_age=int(lifetime), path="/",
                         samesite="Strict", secure=gateway.cookie_secure)
+    response.del_cookie(FORM_COOKIE, path="/login")
     raise response
 
 
 @routes.post("/logout")
 async def logout(request: web.Request) -> web.Response:
+    """End the browser session: clear the gateway's cookies and go to the login page.
+
+    Another site's Origin/Referer: 403. With a session cookie, the form must carry the
+    ``hpcgw_xsrf`` cookie's value as ``xsrf`` (the portal's logout form does), else 403 and the
+    session stays. Without a session cookie there is nothing to end: straight to the login page.
+    """
+    check_same_origin(request)
+    form = await read_form(request)
+    if SESSION_COOKIE in request.cookies:
+        expected = request.cookies.get(XSRF_COOKIE, "")
+        sent = form.get(FORM_FIELD, "")
+        if not (expected and expected.isascii() and sent.isascii()
+                and hmac.compare_digest(expected.encode(), sent.encode())):
+            raise Forbidden(f"log out with the gateway's own form (the {FORM_FIELD} field must "
+                            f"carry the {XSRF_COOKIE} cookie's value)")
     response = web.HTTPSeeOther("/login")
     for name in GATEWAY_COOKIES:
-        response.del_cookie(name, path="/")
+        response.del_cookie(name, path="/login" if name == FORM_COOKIE else "/")
     raise response

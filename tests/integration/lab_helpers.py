@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -55,8 +56,13 @@ async def wait_answers(api: Api, job_id: str, timeout: float = 60) -> None:
 
 async def login(session: aiohttp.ClientSession, base: str, token: str, next_path: str = "/"
                 ) -> aiohttp.ClientResponse:
-    """Log in like the browser's form does; the session's cookie jar keeps the cookies."""
-    async with session.post(f"{base}/login", data={"token": token, "next": next_path},
-                            allow_redirects=False) as response:
+    """Log in like the browser's form does (the page's form token, the gateway's Origin); the
+    session's cookie jar keeps the cookies."""
+    async with session.get(f"{base}/login") as page:
+        field = re.search(r'name="xsrf" value="([^"]*)"', await page.text())
+        assert field, "the login page has no form token"
+    async with session.post(f"{base}/login", data={"token": token, "next": next_path,
+                                                   "xsrf": field[1]},
+                            headers={"Origin": base}, allow_redirects=False) as response:
         await response.read()
         return response

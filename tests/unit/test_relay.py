@@ -236,12 +236,24 @@ class Gateway:
     def prefix(self, lab: dict[str, Any] | None = None) -> str:
         return f"/labs/{(lab or self.lab)['id']}/"
 
+    async def post_login(self, token: str, next_path: str = "/") -> aiohttp.ClientResponse:
+        """Post the login form as a browser on the gateway's page does: its Origin, and the
+        form token from ``GET /login`` as both the hidden field and the cookie."""
+        page = await self.http.get(self.url("/login"))
+        field = re.search(r'name="xsrf" value="([^"]*)"', await page.text())
+        assert field, "the login page has no form token"
+        return await self.http.post(
+            self.url("/login"), data={"token": token, "next": next_path, "xsrf": field[1]},
+            headers={"Origin": self.origin,
+                     "Cookie": f"hpcgw_form={page.cookies['hpcgw_form'].value}"},
+            allow_redirects=False)
+
     async def login(self, token: str) -> dict[str, str]:
         """The cookies the login form sets for ``token``."""
-        response = await self.http.post(self.url("/login"), data={"token": token, "next": "/"},
-                                        allow_redirects=False)
+        response = await self.post_login(token)
         assert response.status == 303, await response.text()
-        return {name: morsel.value for name, morsel in response.cookies.items()}
+        return {name: morsel.value for name, morsel in response.cookies.items()
+                if name != "hpcgw_form"}
 
     def all_upstreams_quiet(self) -> bool:
         return not (self.upstream.seen or self.bob_upstream.seen or self.bystander.seen)
@@ -715,16 +727,13 @@ async def test_cookie_post_needs_the_labs_xsrf_token(gw: Gateway) -> None:
 @pytest.mark.parametrize("target", ["//evil.example", "/\\evil.example", "\\\\evil.example",
                                     "https://evil.example/", "/\t/evil.example", "javascript:x"])
 async def test_login_never_redirects_off_site(gw: Gateway, target: str) -> None:
-    response = await gw.http.post(gw.url("/login"), data={"token": gw.alice, "next": target},
-                                  allow_redirects=False)
+    response = await gw.post_login(gw.alice, target)
     assert response.status == 303
     assert response.headers["Location"] == "/"
 
 
 async def test_login_returns_to_the_lab(gw: Gateway) -> None:
-    response = await gw.http.post(gw.url("/login"),
-                                  data={"token": gw.alice, "next": gw.prefix() + "lab"},
-                                  allow_redirects=False)
+    response = await gw.post_login(gw.alice, gw.prefix() + "lab")
     assert response.headers["Location"] == gw.prefix() + "lab"
 
 
@@ -772,7 +781,7 @@ async def test_login_page_escapes_next(gw: Gateway) -> None:
     assert response.status == 200
     assert "<script>" not in page
     assert "&lt;script&gt;" in page and "&quot;&gt;" in page
-    response = await gw.http.post(gw.url("/login"), data={"token": "wrong", "next": evil})
+    response = await gw.post_login("wrong", evil)
     page = await response.text()
     assert response.status == 401
     assert "<script>" not in page
