@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -96,8 +97,18 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN stop_reason TEXT;
     ALTER TABLE jobs ADD COLUMN last_activity TEXT;
     """,
+    # Lab tokens are derived from the config's secret (gateway.tokens), never stored: a copy
+    # of the database opens no lab. Indexes for per-user limits and artifact retention.
+    """
+    ALTER TABLE jobs DROP COLUMN lab_token;
+    ALTER TABLE jobs ADD COLUMN artifacts_removed_at TEXT;
+    CREATE INDEX jobs_user_kind_state ON jobs(user_id, kind, state);
+    CREATE INDEX jobs_ended ON jobs(ended_at) WHERE ended_at IS NOT NULL;
+    """,
 ]
 
+
+LAB_TOKENS_DROPPED = 3  # the schema version from which no lab token is stored
 
 TRACKED_COLUMNS = ("id", "state", "slurm_job_id", "pending_reason", "scheduler_reachable",
                    "cancel_requested", "unix_user", "created_at")
@@ -157,11 +168,39 @@ class User:
     unix_user: str
 
 
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory of the gateway's alone: created (with parents) mode 0700, or
+    tightened to 0700 if it exists with looser modes."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+def loose_modes(data_dir: Path) -> list[str]:
+    """The store's files and directories (``data_dir``, the database, its WAL and shared
+    memory, ``jobs/``) that other users could read or enter, as ``"path (mode)"``."""
+    paths = [data_dir, data_dir / "jobs", *(data_dir / f"hpcgw.db{suffix}"
+                                            for suffix in ("", "-wal", "-shm"))]
+    return [f"{path} ({path.stat().st_mode & 0o777:o})" for path in paths
+            if path.exists() and path.stat().st_mode & 0o077]
+
+
 class Store:
-    """All reads and writes of the gateway's database. One instance per process."""
+    """All reads and writes of the gateway's database. One instance per process.
+
+    Whichever command opens the store first creates it private: the directory 0700, the
+    database 0600 (SQLite gives its ``-wal`` and ``-shm`` files the database's mode); looser
+    modes found on an existing store are tightened (``hpcgw check-config`` reports them).
+    """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        for suffix in ("", "-wal", "-shm"):
+            sibling = path.with_name(path.name + suffix)
+            if sibling.exists() and sibling.stat().st_mode & 0o077:
+                sibling.chmod(0o600)
         connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db = sqlite_utils.Database(connection)
         self.db.enable_wal()
@@ -178,6 +217,15 @@ class Store:
                 for statement in filter(str.strip, script.split(";")):
                     self.db.execute(statement)
                 self.db.execute(f"PRAGMA user_version = {number}")
+        if 0 < version < LAB_TOKENS_DROPPED:
+            self._erase_freed_pages()
+
+    def _erase_freed_pages(self) -> None:
+        """Rewrite the database so that values dropped by a migration (lab tokens) are not
+        left behind in free pages or in the WAL."""
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.db.execute("VACUUM")
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:

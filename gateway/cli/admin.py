@@ -15,7 +15,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..config import Config, load_config
-from ..store import Store
+from ..store import Store, loose_modes
 from ..templates import DEFAULT_TEMPLATE_DIR
 
 
@@ -115,6 +115,8 @@ def config_problems(config: Config) -> list[str]:
     if not (DEFAULT_TEMPLATE_DIR / "notebook.sh.j2").exists():
         problems.append(f"job template missing: {DEFAULT_TEMPLATE_DIR / 'notebook.sh.j2'}")
     data_dir = config.gateway.data_dir
+    problems += [f"gateway store: {loose} is readable by other users; the gateway makes it "
+                 "0600/0700 when it next opens the store" for loose in loose_modes(data_dir)]
     parent = next((p for p in (data_dir, *data_dir.parents) if p.exists()), Path("/"))
     if not os.access(parent, os.W_OK):
         problems.append(f"gateway.data_dir {data_dir}: {parent} is not writable")

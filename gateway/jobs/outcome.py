@@ -53,11 +53,16 @@ def decide(
     speaks, and without one the job is ``lost``. The scheduler's word wins for time limits,
     memory, node failures and cancellation; the exit record explains the rest. A lab has no
     exit record: its end is the scheduler's word, or why the gateway stopped it
-    (``stop_reason``: ``idle``, or ``start_timeout`` when its server never answered).
+    (``stop_reason``: ``idle``; ``start_timeout`` when its server never answered; ``unproven``
+    when a server answered at the reported address but failed the identity proof).
     """
     if stop_reason == "start_timeout":
         return Outcome(State.FAILED, Reason.LAUNCH_FAILED,
                        "the lab's server never answered" + _tail(log_tail))
+    if stop_reason == "unproven":
+        return Outcome(State.FAILED, Reason.LAUNCH_FAILED,
+                       "no server at the address the lab reported proved it holds the lab's "
+                       "token; the gateway sent it nothing" + _tail(log_tail))
     if stop_reason == "idle" and scheduler_state in (SchedulerState.CANCELLED, None):
         return Outcome(State.CANCELLED, Reason.IDLE, "stopped by the gateway: the lab was idle")
     if scheduler_state is SchedulerState.CANCELLED:

@@ -25,7 +25,7 @@ from ..config import Config
 from ..errors import Conflict, FieldError, Gone, ValidationFailed
 from ..spec import ResolvedSpec, parse_spec, resolve_spec
 from ..states import TERMINAL, IllegalTransition, Reason, State
-from ..store import Store, User
+from ..store import Store, User, private_dir
 from ..templates import make_environment
 from ..transport import RemoteFileMissing
 from ..units import format_time
@@ -54,6 +54,7 @@ class JobService:
         self.clusters = clusters
         self.templates = templates or make_environment()
         self.data_dir = config.gateway.data_dir
+        private_dir(self.data_dir / "jobs")
         self._tasks: set[asyncio.Task[Any]] = set()
         self.submit_queue: asyncio.Queue[str] = asyncio.Queue()
 
@@ -137,8 +138,8 @@ class JobService:
         """Validate and store a lab request (``kind: "lab"``); ``(job, created)`` as above,
         with ``max_active_labs`` in place of ``max_active_jobs``.
 
-        The lab's server token is made here and kept in the store: the proxy injects it
-        upstream, and the submitter puts it on the cluster as a 0600 file.
+        The lab's server token is never stored: :func:`gateway.tokens.lab_token` derives it
+        when the submitter puts it on the cluster as a 0600 file and when the proxy injects it.
         """
         if idempotency_key:
             existing = self.store.job_by_idempotency_key(user.id, idempotency_key)
@@ -151,8 +152,7 @@ class JobService:
                 "kind", 'a JSON body asks for a lab ("kind": "lab"); send a notebook run as '
                 "multipart/form-data")])
         resolved = resolve_spec(spec, self.config, default_name="lab")
-        return self._store_new_job(user, resolved, idempotency_key, {},
-                                   lab_token=secrets.token_urlsafe(32))
+        return self._store_new_job(user, resolved, idempotency_key, {})
 
     def _store_new_job(
         self, user: User, resolved: ResolvedSpec, idempotency_key: str | None,

@@ -3,13 +3,17 @@
 Every request and WebSocket upgrade is checked: the job must exist, belong to the caller (another
 user's lab answers exactly like a missing one) and be ``ready``. The upstream address is the
 job's own (its node and the port its server reported), reached through :class:`Tunnels`; nothing
-in the URL can change it. Cookie-authenticated WebSocket upgrades must come from the gateway's
-own origin. Each relayed request or frame counts as activity for the idle cull.
+in the URL can change it, and every new connection there is proven to reach the lab's own server
+before the lab's token goes over it (:mod:`.identity`). Cookie-authenticated WebSocket upgrades
+must come from the gateway's own origin. Each relayed request or frame counts as activity for the
+idle cull.
 """
 
 from __future__ import annotations
 
 import html
+import ipaddress
+import json
 import logging
 import time
 from typing import Any
@@ -21,12 +25,15 @@ from ..errors import Forbidden, LabUnavailable, NotFound
 from ..jobs.service import JobService
 from ..states import State
 from ..store import parse_time
+from ..tokens import lab_token
+from .identity import LabIdentity, LabSessions
 from .relay import Upstream, relay_http, relay_websocket
 from .tunnels import Tunnels
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 10.0
 PROBE_TIMEOUT = 5.0
+MAX_PROBE_ANSWER = 64 * 1024  # a lab API answer the gateway reads for itself
 
 
 def lab_prefix(job_id: str) -> str:
@@ -40,31 +47,20 @@ class LabProxy:
                  public_origin: str | None = None) -> None:
         self.service = service
         self.tunnels = Tunnels()
+        self.sessions = LabSessions(CONNECT_TIMEOUT)
         self.gateway_cookies = gateway_cookies
         self.public_origin = public_origin
         # job id -> wall-clock time of the last proxied request or WebSocket frame
         self.activity: dict[str, float] = {}
-        self._session: aiohttp.ClientSession | None = None
+        # job id -> why the server at the lab's reported address failed the identity proof
+        self.unproven: dict[str, str] = {}
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT,
-                                          sock_read=None),
-            auto_decompress=False,  # bodies pass through as the upstream encoded them
-            cookie_jar=aiohttp.DummyCookieJar(),  # never keep one user's cookies for another
-            skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
-        )
+        return None
 
     async def stop(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.sessions.close()
         self.tunnels.close()
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        assert self._session is not None, "LabProxy.start() was not awaited"
-        return self._session
 
     def touch(self, job_id: str) -> None:
         self.activity[job_id] = time.time()
@@ -86,27 +82,37 @@ class LabProxy:
         host = runtime.config.lab_host.replace("{node}", job["node"] or "")
         return (runtime.name, job["unix_user"], host, int(job["lab_port"]))
 
-    async def upstream(self, job: dict[str, Any]) -> Upstream:
-        """The lab server of ``job`` (which must have reported its port), as reached from here."""
+    async def upstream(self, job: dict[str, Any]) -> tuple[Upstream, aiohttp.ClientSession]:
+        """The lab server of ``job`` (which must have reported its port), as reached from here,
+        and the client session whose connections are proven to reach it."""
         runtime = self.service.clusters.get(job["cluster"])
         key = self.tunnel_key(job)
         if runtime is None or key is None:
             raise LabUnavailable("the lab's server address is not known yet")
         _, user, node_host, node_port = key
         host, port = await self.tunnels.address(runtime, node_host, node_port, user=user)
-        return Upstream(host, port, job["lab_token"], lab_prefix(job["id"]))
+        token = lab_token(self.service.config.gateway.cookie_secret, job["id"])
+        upstream = Upstream(host, port, token, lab_prefix(job["id"]))
+        identity = LabIdentity(token, upstream.prefix, node_port,
+                               None if (host, port) == (node_host, node_port)
+                               else _literal_ip(node_host))
+        return upstream, self.sessions.get(job["id"], identity, host, port)
 
     async def get(self, job: dict[str, Any], path: str) -> Any:
         """GET ``path`` (under the lab's prefix) from the lab's REST API as JSON, bypassing the
-        activity clock (the gateway's own checks never keep a lab alive)."""
-        upstream = await self.upstream(job)
-        async with self.session.get(
+        activity clock (the gateway's own checks never keep a lab alive). An answer over
+        MAX_PROBE_ANSWER bytes raises ValueError after reading no more than that."""
+        upstream, session = await self.upstream(job)
+        async with session.get(
             upstream.url(upstream.prefix + path, ""),
             headers={"Authorization": f"token {upstream.token}"},
             timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT), allow_redirects=False,
         ) as answer:
             answer.raise_for_status()
-            return await answer.json()
+            body = await answer.content.read(MAX_PROBE_ANSWER + 1)
+            if len(body) > MAX_PROBE_ANSWER:
+                raise ValueError(f"the lab's {path} answer is over {MAX_PROBE_ANSWER} bytes")
+            return json.loads(body)
 
     # -- the route ------------------------------------------------------------------------
 
@@ -144,19 +150,28 @@ class LabProxy:
         websocket = request.headers.get("Upgrade", "").lower() == "websocket"
         if websocket and request[VIA_COOKIE]:
             self._check_origin(request)
-        upstream = await self.upstream(job)
+        upstream, session = await self.upstream(job)
         job_id = job["id"]
         self.touch(job_id)
         try:
             if websocket:
-                return await relay_websocket(request, upstream, self.session,
+                return await relay_websocket(request, upstream, session,
                                              self.gateway_cookies, lambda: self.touch(job_id))
-            return await relay_http(request, upstream, self.session, self.gateway_cookies,
+            return await relay_http(request, upstream, session, self.gateway_cookies,
                                     lambda: self.touch(job_id))
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             log.warning("lab %s: upstream %s:%s failed: %r", job_id, upstream.host,
                         upstream.port, exc)
             raise LabUnavailable("the lab's server did not answer") from None
+
+
+def _literal_ip(host: str) -> str:
+    """``host`` if it is an IP address, else ``"*"``: a name is resolved on the login side of
+    an SSH tunnel, so only the lab's port can be compared there."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return "*"
 
 
 def _starting_page(detail: str) -> web.Response:

@@ -28,6 +28,9 @@ HOP_BY_HOP = frozenset({
 })
 # Never copied upstream: the gateway sets them itself (or they carry the gateway's secrets).
 _NOT_UPSTREAM = frozenset({"host", "authorization", "cookie", "origin", "x-xsrftoken"})
+# Never passed from a lab to the browser: a lab page must not widen a service worker's scope
+# beyond its own prefix (``Service-Worker-Allowed: /`` would give it the gateway's whole origin).
+_NOT_DOWNSTREAM = frozenset({"service-worker-allowed"})
 _WS_HANDSHAKE = frozenset({
     "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
     "sec-websocket-protocol", "content-length",
@@ -149,6 +152,8 @@ def response_headers(upstream_response: aiohttp.ClientResponse, upstream: Upstre
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in _end_to_end(upstream_response.headers.items(), named):
         lower = name.lower()
+        if lower in _NOT_DOWNSTREAM:
+            continue
         if lower == "location":
             value = rewrite_location(value, upstream)
         elif lower == "set-cookie":

@@ -3,9 +3,13 @@
 Every cycle looks at each lab in ``running`` or ``ready``:
 
 - ``running``: read the port the server reported (``lab.json`` in the job's directory, written
-  by jupyter_server once it listens) and ask the server's ``api/status`` through the proxy's own
-  path; an answer makes the lab ``ready``. No answer within ``labs.start_timeout`` of the job's
-  start: the job is cancelled and ends ``failed`` (``launch_failed``, with the log's tail).
+  by jupyter_server once it listens, at most 4 KiB, a regular file) and ask the server's
+  ``api/status`` through the proxy's own path, over a connection on which the server first
+  proved it holds the lab's token (:mod:`.identity`); an answer makes the lab ``ready``. A
+  server that fails the proof gets nothing, and the port is read again from ``lab.json`` next
+  time. No answer within ``labs.start_timeout`` of the job's start: the job is cancelled and
+  ends ``failed`` (``launch_failed``, saying whether a server failed the proof, with the log's
+  tail).
 - ``ready``: a busy kernel counts as activity; with no proxied traffic and no busy kernel for
   ``labs.idle_timeout`` the job is cancelled and ends ``cancelled`` with reason ``idle``.
   Activity is saved in the store, so idle time survives a gateway restart.
@@ -27,6 +31,7 @@ from ..jobs.runtime import ClusterRuntime
 from ..states import IllegalTransition, State
 from ..store import format_time, parse_time, utcnow
 from ..transport import RemoteFileMissing
+from .identity import LabNotProven
 from .labs import LabProxy
 
 log = logging.getLogger(__name__)
@@ -49,7 +54,10 @@ async def check_labs(proxy: LabProxy) -> bool:
     live = {job["id"] for job in labs}
     for job_id in [j for j in proxy.activity if j not in live]:
         proxy.activity.pop(job_id, None)
+    for job_id in [j for j in proxy.unproven if j not in live]:
+        proxy.unproven.pop(job_id, None)
     proxy.tunnels.retain({key for job in labs if (key := proxy.tunnel_key(job))})
+    proxy.sessions.retain(live)
     return any(results)
 
 
@@ -99,7 +107,8 @@ async def _check_starting(proxy: LabProxy, job: dict[str, Any]) -> bool:
         return False
     started = parse_time(job["started_at"]).timestamp() if job["started_at"] else time.time()
     if time.time() - started > service.config.labs.start_timeout:
-        await stop_lab(proxy, runtime, job, "start_timeout")
+        await stop_lab(proxy, runtime, job,
+                       "unproven" if job_id in proxy.unproven else "start_timeout")
         return False
     return True
 
@@ -107,6 +116,12 @@ async def _check_starting(proxy: LabProxy, job: dict[str, Any]) -> bool:
 async def _answers(proxy: LabProxy, job: dict[str, Any]) -> bool:
     try:
         await proxy.get(job, "api/status")
+    except LabNotProven as exc:
+        log.warning("lab %s: the server at port %s failed the identity proof: %s", job["id"],
+                    job["lab_port"], exc)
+        proxy.unproven[job["id"]] = str(exc)
+        proxy.service.store.update_job(job["id"], lab_port=None)  # read lab.json again
+        return False
     except (GatewayError, OSError, TimeoutError) as exc:
         log.debug("lab %s not answering yet: %r", job["id"], exc)
         return False

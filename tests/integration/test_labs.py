@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import tomllib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -201,15 +203,18 @@ async def test_the_lab_token_is_never_exposed(labs: dict[str, Any], gateway: Gat
     status, job = await alice.call("GET", f"/api/v1/jobs/{job_id}")
     assert token not in json.dumps(job)
     assert token not in gateway.log_path.read_text()
+    for store_file in _store_files(gateway):  # a copy of the store opens no lab
+        assert token.encode() not in store_file.read_bytes(), store_file
 
 
 def _lab_token(gateway: Gateway, job_id: str) -> str:
-    import sqlite3
-    import tomllib
+    """The token as the job got it (its 0600 ``lab.token``, read as root)."""
+    return Path(f"/home/alice/.hpcgw/jobs/{job_id}/lab.token").read_text().strip()
 
-    data_dir = tomllib.loads(gateway.config.read_text())["gateway"]["data_dir"]
-    with sqlite3.connect(f"{data_dir}/hpcgw.db") as db:
-        return str(db.execute("SELECT lab_token FROM jobs WHERE id = ?", [job_id]).fetchone()[0])
+
+def _store_files(gateway: Gateway) -> list[Path]:
+    data_dir = Path(tomllib.loads(gateway.config.read_text())["gateway"]["data_dir"])
+    return [data_dir / name for name in ("hpcgw.db", "hpcgw.db-wal") if (data_dir / name).exists()]
 
 
 async def test_a_lab_at_its_time_limit_ends_timed_out(labs: dict[str, Any], alice: Api) -> None:

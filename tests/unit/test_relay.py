@@ -37,10 +37,12 @@ from gateway.config import parse_config
 from gateway.scheduler import SchedulerState
 from gateway.states import State
 from gateway.store import Store, User, utcnow
+from gateway.tokens import lab_proof, lab_token
 
 if TYPE_CHECKING:
     from conftest import FakeBackend, FakeClusters
 
+SECRET = "s" * 40  # the unit tests' cookie_secret (tests/unit/conftest.py)
 ClientFactory = Callable[[TestServer], Awaitable[TestClient[Any, Any]]]
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 PROBLEM = "application/problem+json"
@@ -68,7 +70,8 @@ class FakeLab:
     """A JupyterLab stand-in. It answers by the first path segment after ``/labs/<id>/``:
     ``hop``, ``gzip``, ``redirect?to=``, ``cookies``, ``download?n=&gate=``, ``upload?gate=``,
     ``ws``, ``nows``; anything else is ``200 ok``. ``api/...`` (the gateway's own probes) is
-    answered but not recorded."""
+    answered but not recorded; ``hpcgw/proof`` answers the gateway's identity challenge like
+    the real launcher (counted in :attr:`proofs`)."""
 
     seen: list[Seen] = field(default_factory=list)
     ws_closes: list[tuple[int | None, str]] = field(default_factory=list)
@@ -77,6 +80,8 @@ class FakeLab:
     first_bytes: asyncio.Event = field(default_factory=asyncio.Event)
     download_aborted: asyncio.Event = field(default_factory=asyncio.Event)
     port: int = 0
+    proofs: int = 0
+    job_id: str = ""  # the lab it serves: it holds that lab's token only
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -88,21 +93,36 @@ class FakeLab:
         action = match.group(1) if match else ""
         if action == "api":
             return web.json_response([])
+        if action == "hpcgw":
+            return self.proof(request)
         self.seen.append(Seen(request.method, request.raw_path, request.headers))
         handlers: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
             "hop": self.hop, "gzip": self.gzip, "redirect": self.redirect,
             "cookies": self.cookies, "download": self.download, "upload": self.upload,
-            "ws": self.websocket, "nows": self.no_websocket,
+            "ws": self.websocket, "nows": self.no_websocket, "sw": self.service_worker,
         }
         if action in handlers:
             return await handlers[action](request)
         return web.Response(text="ok")
+
+    def proof(self, request: web.Request) -> web.Response:
+        self.proofs += 1
+        assert request.transport is not None
+        host, port = request.transport.get_extra_info("sockname")[:2]
+        address = f"{host}:{port}"
+        return web.json_response({"address": address, "proof": lab_proof(
+            lab_token(SECRET, self.job_id), request.query["nonce"], address)})
 
     async def hop(self, request: web.Request) -> web.StreamResponse:
         return web.Response(text="hop", headers={
             "Connection": "keep-alive, X-Up-Hop", "X-Up-Hop": "secret", "Keep-Alive": "timeout=5",
             "Proxy-Authenticate": "Basic", "Trailer": "X-Trail", "Upgrade": "h2c",
             "X-Up-End": "kept"})
+
+    async def service_worker(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(text="self.addEventListener('fetch', () => {})",
+                            content_type="application/javascript",
+                            headers={"Service-Worker-Allowed": "/", "X-Up-End": "kept"})
 
     async def gzip(self, request: web.Request) -> web.StreamResponse:
         return web.Response(body=GZIPPED, headers={"Content-Encoding": "gzip",
@@ -194,7 +214,7 @@ async def ready_lab(store: Store, backend: FakeBackend, user: User, port: int,
     backend.states[slurm] = SchedulerState.RUNNING
     store.insert_job({
         "id": job_id, "user_id": user.id, "unix_user": user.unix_user, "kind": "lab",
-        "name": "lab", "cluster": "dev", "spec": "{}", "lab_token": f"labtoken-{job_id}",
+        "name": "lab", "cluster": "dev", "spec": "{}",
         "workdir": f"/home/{user.unix_user}/.hpcgw/jobs/{job_id}",
     })
     path = [State.STAGING, State.PENDING, State.RUNNING, State.READY]
@@ -307,6 +327,7 @@ async def gw(
     tokens = store.issue_token(alice), store.issue_token(bob)
     lab = await ready_lab(store, backend, alice, labs[0].port)
     bob_lab = await ready_lab(store, backend, bob, labs[1].port)
+    labs[0].job_id, labs[1].job_id = lab["id"], bob_lab["id"]
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(),
                                      auto_decompress=False) as http:
         yield Gateway(client, app, http, *tokens, lab, labs[0], bob_lab, labs[1], labs[2])
@@ -363,7 +384,7 @@ async def test_upstream_sees_the_lab_token_never_the_gateways_credentials(gw: Ga
         assert response.status == 200, await response.text()
         seen = gw.upstream.seen[-1]
         assert seen.raw_path == gw.prefix() + "lab?x=1"
-        assert seen.headers.getall("Authorization") == [f"token {gw.lab['lab_token']}"]
+        assert seen.headers.getall("Authorization") == [f"token {lab_token(SECRET, gw.lab['id'])}"]
         assert seen.headers.getall("Cookie") == ["_xsrf=x1; theme=dark"]
         assert gw.alice not in str(seen.headers)
         assert cookies["hpcgw_session"] not in str(seen.headers)
@@ -595,7 +616,7 @@ async def test_websocket_relays_protocol_and_large_frames(gw: Gateway) -> None:
     seen = gw.upstream.seen[-1].headers
     assert [p.strip() for p in seen["Sec-WebSocket-Protocol"].split(",")] == [
         "other", KERNEL_PROTOCOL]
-    assert seen["Authorization"] == f"token {gw.lab['lab_token']}"
+    assert seen["Authorization"] == f"token {lab_token(SECRET, gw.lab['id'])}"
 
 
 @BOTH_SERVERS
@@ -698,7 +719,7 @@ async def test_anonymous_page_goes_to_login_other_requests_get_401(gw: Gateway) 
     location = URL(response.headers["Location"])
     assert (location.path, location.query["next"]) == ("/login", path)
     for method, headers in (("GET", {"Accept": "application/json"}), ("POST", {}),
-                            ("GET", {"Authorization": f"token {gw.lab['lab_token']}"})):
+                            ("GET", {"Authorization": f"token {lab_token(SECRET, gw.lab['id'])}"})):
         response = await gw.http.request(method, gw.url(path), headers=headers)
         assert response.status == 401
         assert response.content_type == PROBLEM
@@ -807,3 +828,43 @@ async def test_starting_lab_page_escapes_and_only_its_owner_sees_it(
     assert response.status == 503
     assert response.content_type == PROBLEM
     assert not gw.upstream.seen
+
+
+# -- the lab's identity and the browser's origin ----------------------------------------------
+
+
+async def test_a_lab_cannot_widen_a_service_workers_scope_to_the_gateway(gw: Gateway) -> None:
+    response = await gw.http.get(gw.url(gw.prefix() + "sw"), headers=bearer(gw.alice))
+    assert response.status == 200
+    assert response.headers["X-Up-End"] == "kept"  # other headers still pass
+    assert "Service-Worker-Allowed" not in response.headers
+
+
+async def test_each_new_upstream_connection_is_proven_once(gw: Gateway) -> None:
+    for _ in range(5):  # keep-alive: one proven connection carries them all
+        response = await gw.http.get(gw.url(gw.prefix() + "x"), headers=bearer(gw.alice))
+        assert response.status == 200
+    assert gw.upstream.proofs == 1
+    assert len(gw.upstream.seen) == 5
+    # Two requests at once need a second connection, which is proven before it is used.
+    slow, fast = gw.url(gw.prefix() + "download?n=2&gate=1"), gw.url(gw.prefix() + "y")
+    download = asyncio.ensure_future(gw.http.get(slow, headers=bearer(gw.alice)))
+    await asyncio.wait_for(_until(lambda: len(gw.upstream.seen) == 6), WAIT)
+    assert (await gw.http.get(fast, headers=bearer(gw.alice))).status == 200
+    assert gw.upstream.proofs == 2
+    gw.upstream.gate.set()
+    assert len(await (await download).read()) == 2 * MIB
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.01)
+
+
+async def test_a_server_that_fails_the_proof_gets_no_request(gw: Gateway) -> None:
+    # Alice's lab now points at a server that holds another token (bob's lab's).
+    gw.app[STORE].update_job(gw.lab["id"], lab_port=gw.bob_upstream.port)
+    response = await gw.http.get(gw.url(gw.prefix() + "x"), headers=bearer(gw.alice))
+    assert response.status == 503
+    assert gw.bob_upstream.proofs == 1  # it was challenged
+    assert not gw.bob_upstream.seen  # and got nothing else, alice's token least of all
