@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .service import JobService
 
 log = logging.getLogger(__name__)
+FIRST_BACKOFF = 1.0
 MAX_BACKOFF = 30.0
 # The runner's exit record is a small JSON object; the error value in it is the only free text.
 EXIT_RECORD_LIMIT = 64 * 1024
@@ -105,7 +106,7 @@ async def _fetch_until_deadline(
     """:func:`_fetch_artifacts`, retried with backoff while the cluster is unreachable or a
     command times out; raises :class:`CollectDeadlinePassed` once waiting more would pass
     ``deadline``, and any other error at once."""
-    backoff = 1.0
+    backoff = FIRST_BACKOFF
     while True:
         try:
             return await _fetch_artifacts(service, job, transport)

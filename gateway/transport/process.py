@@ -83,8 +83,10 @@ async def _communicate(
     stderr_read = asyncio.ensure_future(process.stderr.read())
     try:
         stdout = await _read_upto(process.stdout, stdout_limit + 1)
-        if len(stdout) > stdout_limit:  # don't wait for stderr: whatever ran may linger on it
+        if len(stdout) > stdout_limit:
             await _kill(process)
+            with contextlib.suppress(TimeoutError):  # let the pipes close; discard what's left
+                await asyncio.wait_for(_discard(process.stdout), 2)
             return stdout[:stdout_limit], b"", True
         stderr = await stderr_read
         await process.wait()
@@ -100,6 +102,11 @@ async def _read_upto(stream: asyncio.StreamReader, size: int) -> bytes:
         chunks.append(chunk)
         received += len(chunk)
     return b"".join(chunks)
+
+
+async def _discard(stream: asyncio.StreamReader) -> None:
+    while await stream.read(READ_CHUNK):
+        pass
 
 
 async def _kill(process: asyncio.subprocess.Process) -> None:
