@@ -30,6 +30,12 @@ HPCGW = [sys.executable, "-m", "gateway.cli.main"]
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out"}
 
 pytestmark = pytest.mark.integration
+SUITE_LIMITS = """
+[limits]
+max_active_jobs = 1000
+max_active_labs = 50
+max_submissions_per_minute = 100000
+"""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -129,6 +135,8 @@ def gateway(dev_config: Path, transport: str,
     config = home / "gateway.toml"
     source = dev_config if transport == "local" else dev_config.with_name("gateway-ssh.toml")
     write_config(source, config, home / "data")
+    with config.open("a") as limits:  # the suite submits far more than a person would
+        limits.write(SUITE_LIMITS)
     tokens = add_users(config)
     log_path = home / "gateway.log"
     process, url = start_gateway(config, log_path)
