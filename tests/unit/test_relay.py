@@ -31,7 +31,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.api.app import make_app
-from gateway.api.keys import CONFIG, STORE
+from gateway.api.keys import CONFIG, PROXY, STORE
 from gateway.api.sessions import make_session
 from gateway.config import parse_config
 from gateway.scheduler import SchedulerState
@@ -82,6 +82,8 @@ class FakeLab:
     port: int = 0
     proofs: int = 0
     job_id: str = ""  # the lab it serves: it holds that lab's token only
+    huge_api: bool = False  # api/... answers an endless body
+    endless_ended: asyncio.Event = field(default_factory=asyncio.Event)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -91,6 +93,8 @@ class FakeLab:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         match = LAB_ACTION.match(request.raw_path)
         action = match.group(1) if match else ""
+        if action == "api" and self.huge_api:
+            return await self.endless(request)
         if action == "api":
             return web.json_response([])
         if action == "hpcgw":
@@ -104,6 +108,19 @@ class FakeLab:
         if action in handlers:
             return await handlers[action](request)
         return web.Response(text="ok")
+
+    async def endless(self, request: web.Request) -> web.StreamResponse:
+        """A JSON answer that never ends (a hostile lab's api/status), until the peer leaves."""
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(b"[")
+        try:
+            while True:
+                await response.write(b'"x",' * 16384)
+        except ConnectionError:
+            return response
+        finally:
+            self.endless_ended.set()
 
     def proof(self, request: web.Request) -> web.Response:
         self.proofs += 1
@@ -868,3 +885,12 @@ async def test_a_server_that_fails_the_proof_gets_no_request(gw: Gateway) -> Non
     assert response.status == 503
     assert gw.bob_upstream.proofs == 1  # it was challenged
     assert not gw.bob_upstream.seen  # and got nothing else, alice's token least of all
+
+
+async def test_the_gateway_reads_at_most_64_kib_of_a_labs_api_answer(gw: Gateway) -> None:
+    gw.upstream.huge_api = True
+    proxy = gw.app[PROXY]
+    with pytest.raises(ValueError, match="over 65536 bytes"):
+        await asyncio.wait_for(proxy.get(gw.lab, "api/status"), WAIT)
+    # The gateway hung up rather than reading on: the lab's endless answer was cut off.
+    await asyncio.wait_for(gw.upstream.endless_ended.wait(), WAIT)
