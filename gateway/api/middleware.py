@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from ..errors import GatewayError, TooManyRequests, Unauthorized
+from ..pageheaders import SECURITY_HEADERS
 from ..store import User
 from .keys import CONFIG, STORE, USER_KEY, VIA_COOKIE
 from .sessions import SESSION_COOKIE, check_xsrf, read_session
@@ -20,12 +21,6 @@ PROBLEM_TYPE = "application/problem+json"
 PUBLIC_PATHS = frozenset({"/api/v1/openapi.json", "/api/v1/health", "/login", "/logout"})
 # On every response the gateway makes itself (pages, API answers, problems). Pages have no
 # script, no inline style, and may not be framed; forms post only to the gateway.
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
-                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-}
 LAB_PREFIX = "/labs/"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -75,7 +75,8 @@ async def refresh_view(runtime: ClusterRuntime, every: float) -> None:
         runtime.reachable, runtime.last_error = False, exc.detail
         log.warning("cluster %s: no cluster view: %s", runtime.name, exc.detail)
         return
-    except Exception:
+    except Exception as exc:
+        runtime.reachable, runtime.last_error = False, f"cluster view failed: {exc!r}"[:300]
         log.exception("cluster %s: cluster view failed", runtime.name)
         return
     runtime.reachable, runtime.last_error = True, None

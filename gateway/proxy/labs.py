@@ -23,6 +23,7 @@ from aiohttp import web
 
 from ..errors import Forbidden, LabUnavailable, NotFound
 from ..jobs.service import JobService
+from ..pageheaders import SECURITY_HEADERS
 from ..states import State
 from ..store import parse_time
 from ..tokens import lab_token
@@ -176,7 +177,7 @@ def _literal_ip(host: str) -> str:
 
 def _starting_page(detail: str) -> web.Response:
     return web.Response(
-        status=503, content_type="text/html", headers={"Retry-After": "2"},
+        status=503, content_type="text/html", headers={**SECURITY_HEADERS, "Retry-After": "2"},
         text=f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="refresh" content="2"><title>hpcgw: lab starting</title></head>
 <body><main><h1>Your lab is not ready yet</h1><p>{html.escape(detail)}</p>

@@ -838,6 +838,7 @@ async def test_starting_lab_page_escapes_and_only_its_owner_sees_it(
     assert response.content_type == "text/html"
     page = await response.text()
     assert "pending" in page and "<script>" not in page
+    assert "default-src 'none'" in response.headers["Content-Security-Policy"]
     response = await gw.http.get(gw.url(quote(path)), headers=html_headers | bearer(gw.bob))
     assert response.status == 404
     assert response.content_type == PROBLEM
