@@ -24,91 +24,17 @@ from typing import Any, NamedTuple
 
 import sqlite_utils
 
-from .config import IDENTIFIER, UNIX_USER
-from .errors import BadRequest, Conflict, NotFound
-from .states import IN_SCHEDULER, TERMINAL, TRANSITIONS, State, check_transition
+from ..config import IDENTIFIER, UNIX_USER
+from ..errors import BadRequest, Conflict, NotFound
+from ..states import IN_SCHEDULER, TERMINAL, TRANSITIONS, State, check_transition
+from .files import loose_modes, private_dir
+from .schema import LAB_TOKENS_DROPPED, MIGRATIONS
+
+__all__ = ["LAB_TOKENS_DROPPED", "MIGRATIONS", "TOKEN_PREFIX", "Move", "Store", "User",
+           "format_time", "hash_token", "loose_modes", "parse_time", "private_dir", "spec_of",
+           "utcnow"]
 
 TOKEN_PREFIX = "hpcgw_"  # noqa: S105 - a recognisable prefix, not a secret
-
-# Each entry upgrades the schema by one version; never edit a released entry, append a new one.
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE users (
-        id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        unix_user TEXT NOT NULL,
-        created_at TEXT NOT NULL
-    );
-    CREATE TABLE tokens (
-        id INTEGER PRIMARY KEY,
-        user_id INTEGER NOT NULL REFERENCES users(id),
-        token_hash TEXT NOT NULL UNIQUE,
-        created_at TEXT NOT NULL,
-        revoked_at TEXT
-    );
-    CREATE TABLE jobs (
-        id TEXT PRIMARY KEY,
-        user_id INTEGER NOT NULL REFERENCES users(id),
-        unix_user TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        name TEXT NOT NULL,
-        cluster TEXT NOT NULL,
-        state TEXT NOT NULL,
-        reason TEXT,
-        message TEXT,
-        pending_reason TEXT,
-        slurm_job_id TEXT,
-        slurm_state TEXT,
-        exit_code INTEGER,
-        node TEXT,
-        spec TEXT NOT NULL,
-        workdir TEXT NOT NULL,
-        idempotency_key TEXT,
-        submit_attempts INTEGER NOT NULL DEFAULT 0,
-        cancel_requested INTEGER NOT NULL DEFAULT 0,
-        scheduler_reachable INTEGER NOT NULL DEFAULT 1,
-        has_notebook INTEGER NOT NULL DEFAULT 0,
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        last_seen_at TEXT,
-        started_at TEXT,
-        ended_at TEXT
-    );
-    CREATE INDEX jobs_user ON jobs(user_id, created_at);
-    CREATE INDEX jobs_state ON jobs(state);
-    CREATE UNIQUE INDEX jobs_idempotency ON jobs(user_id, idempotency_key)
-        WHERE idempotency_key IS NOT NULL;
-    CREATE TABLE events (
-        id INTEGER PRIMARY KEY,
-        job_id TEXT NOT NULL REFERENCES jobs(id),
-        at TEXT NOT NULL,
-        from_state TEXT,
-        to_state TEXT NOT NULL,
-        reason TEXT,
-        message TEXT
-    );
-    CREATE INDEX events_job ON events(job_id, id);
-    """,
-    # Labs: the server's token (injected upstream by the proxy, never shown), the port the
-    # server reported, why the gateway stopped it (idle, start_timeout), last proxied traffic.
-    """
-    ALTER TABLE jobs ADD COLUMN lab_token TEXT;
-    ALTER TABLE jobs ADD COLUMN lab_port INTEGER;
-    ALTER TABLE jobs ADD COLUMN stop_reason TEXT;
-    ALTER TABLE jobs ADD COLUMN last_activity TEXT;
-    """,
-    # Lab tokens are derived from the config's secret (gateway.tokens), never stored: a copy
-    # of the database opens no lab. Indexes for per-user limits and artifact retention.
-    """
-    ALTER TABLE jobs DROP COLUMN lab_token;
-    ALTER TABLE jobs ADD COLUMN artifacts_removed_at TEXT;
-    CREATE INDEX jobs_user_kind_state ON jobs(user_id, kind, state);
-    CREATE INDEX jobs_ended ON jobs(ended_at) WHERE ended_at IS NOT NULL;
-    """,
-]
-
-
-LAB_TOKENS_DROPPED = 3  # the schema version from which no lab token is stored
 
 TRACKED_COLUMNS = ("id", "state", "slurm_job_id", "pending_reason", "scheduler_reachable",
                    "cancel_requested", "unix_user", "created_at")
@@ -166,24 +92,6 @@ class User:
     id: int
     name: str
     unix_user: str
-
-
-def private_dir(path: Path) -> Path:
-    """``path`` as a directory of the gateway's alone: created (with parents) mode 0700, or
-    tightened to 0700 if it exists with looser modes."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.stat().st_mode & 0o077:
-        path.chmod(0o700)
-    return path
-
-
-def loose_modes(data_dir: Path) -> list[str]:
-    """The store's files and directories (``data_dir``, the database, its WAL and shared
-    memory, ``jobs/``) that other users could read or enter, as ``"path (mode)"``."""
-    paths = [data_dir, data_dir / "jobs", *(data_dir / f"hpcgw.db{suffix}"
-                                            for suffix in ("", "-wal", "-shm"))]
-    return [f"{path} ({path.stat().st_mode & 0o777:o})" for path in paths
-            if path.exists() and path.stat().st_mode & 0o077]
 
 
 class Store:

@@ -1,0 +1,84 @@
+"""The store's schema: one migration per version (``PRAGMA user_version``), applied in order by
+:class:`gateway.store.Store` when it opens the database."""
+
+from __future__ import annotations
+
+# Each entry upgrades the schema by one version; never edit a released entry, append a new one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        unix_user TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE tokens (
+        id INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        revoked_at TEXT
+    );
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        unix_user TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        cluster TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT,
+        message TEXT,
+        pending_reason TEXT,
+        slurm_job_id TEXT,
+        slurm_state TEXT,
+        exit_code INTEGER,
+        node TEXT,
+        spec TEXT NOT NULL,
+        workdir TEXT NOT NULL,
+        idempotency_key TEXT,
+        submit_attempts INTEGER NOT NULL DEFAULT 0,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        scheduler_reachable INTEGER NOT NULL DEFAULT 1,
+        has_notebook INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        last_seen_at TEXT,
+        started_at TEXT,
+        ended_at TEXT
+    );
+    CREATE INDEX jobs_user ON jobs(user_id, created_at);
+    CREATE INDEX jobs_state ON jobs(state);
+    CREATE UNIQUE INDEX jobs_idempotency ON jobs(user_id, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        job_id TEXT NOT NULL REFERENCES jobs(id),
+        at TEXT NOT NULL,
+        from_state TEXT,
+        to_state TEXT NOT NULL,
+        reason TEXT,
+        message TEXT
+    );
+    CREATE INDEX events_job ON events(job_id, id);
+    """,
+    # Labs: the server's token (injected upstream by the proxy, never shown), the port the
+    # server reported, why the gateway stopped it (idle, start_timeout), last proxied traffic.
+    """
+    ALTER TABLE jobs ADD COLUMN lab_token TEXT;
+    ALTER TABLE jobs ADD COLUMN lab_port INTEGER;
+    ALTER TABLE jobs ADD COLUMN stop_reason TEXT;
+    ALTER TABLE jobs ADD COLUMN last_activity TEXT;
+    """,
+    # Lab tokens are derived from the config's secret (gateway.tokens), never stored: a copy
+    # of the database opens no lab. Indexes for per-user limits and artifact retention.
+    """
+    ALTER TABLE jobs DROP COLUMN lab_token;
+    ALTER TABLE jobs ADD COLUMN artifacts_removed_at TEXT;
+    CREATE INDEX jobs_user_kind_state ON jobs(user_id, kind, state);
+    CREATE INDEX jobs_ended ON jobs(ended_at) WHERE ended_at IS NOT NULL;
+    """,
+]
+
+
+LAB_TOKENS_DROPPED = 3  # the schema version from which no lab token is stored
