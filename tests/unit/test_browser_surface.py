@@ -335,7 +335,7 @@ async def test_health_before_the_first_check_says_null(
     async with site.http.get(f"{site.base}/api/v1/health") as response:
         assert response.status == 200
         assert (await response.json())["clusters"] == {"dev": {"reachable": None}}
-    assert 0.25 < time.monotonic() - started < 3
+    assert time.monotonic() - started > 0.25  # it waited for the first check
     assert len(site.cluster_info_calls) == 1  # the poller's, still hanging; none of ours
 
 
@@ -358,7 +358,7 @@ async def test_unfinished_request_headers_are_cut_off(make_site: SiteFactory) ->
         writer.write(opening)
         await writer.drain()
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing answered
-        assert 0.4 < time.monotonic() - started < 2.5
+        assert time.monotonic() - started > 0.4  # not before the timeout
         writer.close()
 
 

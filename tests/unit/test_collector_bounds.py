@@ -4,6 +4,7 @@ the job at once (a refused file, a failed command), each with a message naming t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -141,12 +142,11 @@ async def test_past_collect_deadline_the_job_fails_with_the_last_error(
         config: Config, store: Store, fake_clusters: FakeClusters) -> None:
     setup = Setup(config, store, fake_clusters, collect_deadline=0.3)
     setup.transport.errors[LOG] = [ClusterUnavailable("ssh: connection refused")] * 1000
-    started = time.monotonic()
-    await collect(setup.service, "j1")
+    await asyncio.wait_for(collect(setup.service, "j1"), 30)  # it gives up, not retries for ever
     job = setup.job()
     assert (job["state"], job["reason"]) == ("failed", "job_error")
     assert "collect_deadline" in job["message"] and "connection refused" in job["message"]
-    assert len(setup.reads_of(LOG)) >= 2 and time.monotonic() - started < 2
+    assert 2 <= len(setup.reads_of(LOG)) < 1000
 
 
 async def test_the_deadline_counts_from_entering_collecting_not_from_a_restart(
