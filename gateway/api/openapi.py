@@ -51,8 +51,15 @@ def _paths() -> dict[str, Any]:
     return {
         "/api/v1/openapi.json": {"get": {"summary": "This document", "security": [],
                                          "responses": {"200": {"description": "OpenAPI"}}}},
-        "/api/v1/health": {"get": {"summary": "Reachability of each cluster", "security": [],
-                                   "responses": {"200": {"description": "health"}}}},
+        "/api/v1/health": {"get": {
+            "summary": "Reachability of each cluster, as the poller last saw it", "security": [],
+            "responses": {"200": _json({"type": "object", "properties": {
+                "status": {"type": "string"},
+                "clusters": {"type": "object", "additionalProperties": {
+                    "type": "object", "properties": {
+                        "reachable": {"type": ["boolean", "null"],
+                                      "description": "null: not checked yet (just started)"},
+                        "error": {"type": "string"}}}}}}, "health")}}},
         "/api/v1/clusters": {"get": {"summary": "Clusters, partitions, allowlists",
                                      "responses": {"200": {"description": "clusters"}}}},
         "/api/v1/jobs": {
@@ -68,9 +75,9 @@ def _paths() -> dict[str, Any]:
                         "notebook": {"type": "string", "format": "binary"},
                         "spec": {"$ref": "#/components/schemas/JobSpec"}}}},
                     "application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"}}}},
-                "responses": {"201": _json(_JOB_REF, "the stored job"), "401": _PROBLEM,
-                              "413": _PROBLEM, "415": _PROBLEM, "422": _PROBLEM,
-                              "429": _PROBLEM},
+                "responses": {"201": _json(_JOB_REF, "the stored job"), "400": _PROBLEM,
+                              "401": _PROBLEM, "411": _PROBLEM, "413": _PROBLEM,
+                              "415": _PROBLEM, "422": _PROBLEM, "429": _PROBLEM},
             },
         },
         "/api/v1/jobs/{job_id}": {"get": {"parameters": [_ID], "summary": "One job",
