@@ -176,11 +176,17 @@ http {{
 }}
 """
 
+# Lab A's identity proof (one request per new connection from the gateway) goes to the echo
+# process, which holds the labs' tokens, with the address nginx accepted the connection on.
 NGINX_STATIC = """  access_log off;
   server {{
     listen 127.0.0.1:{port};
     root {root};
     location /labs/{lab}/api/ {{ default_type application/json; }}
+    location = /labs/{lab}/hpcgw/proof {{
+      proxy_pass http://127.0.0.1:{echo};
+      proxy_set_header X-Accepted-On $server_addr:$server_port;
+    }}
   }}"""
 
 NGINX_PROXY = """  access_log {work}/nginx-proxy-access.log;
@@ -224,8 +230,12 @@ def write_static_root(root: Path, http_lab: str) -> None:
 
 
 def ws_echo_app() -> web.Application:
-    """Lab B's stand-in: a WebSocket echo under any ``/labs/<id>/ws`` and ``[]`` for the
-    gateway's ``api/...`` probes."""
+    """Lab B's stand-in: a WebSocket echo under any ``/labs/<id>/ws``, ``[]`` for the
+    gateway's ``api/...`` probes, and the identity proof a real lab's launcher gives (for lab A
+    too, through its nginx: ``X-Accepted-On`` is then the address nginx accepted on)."""
+    from gateway.tokens import lab_proof, lab_token
+
+    secret = tomllib.loads(dev_config_text())["gateway"]["cookie_secret"]
 
     async def echo(request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=0)
@@ -240,7 +250,16 @@ def ws_echo_app() -> web.Application:
     async def api(request: web.Request) -> web.Response:
         return web.json_response([])
 
+    async def proof(request: web.Request) -> web.Response:
+        assert request.transport is not None
+        host, port = request.transport.get_extra_info("sockname")[:2]
+        address = request.headers.get("X-Accepted-On", f"{host}:{port}")
+        token = lab_token(secret, request.match_info["lab"])
+        return web.json_response(
+            {"address": address, "proof": lab_proof(token, request.query["nonce"], address)})
+
     app = web.Application()
+    app.router.add_get("/labs/{lab}/hpcgw/proof", proof)
     app.router.add_get("/labs/{lab}/ws", echo)
     app.router.add_get("/labs/{lab}/api/{tail:.*}", api)
     return app
@@ -310,8 +329,7 @@ def add_ready_labs(config_path: Path, labs: dict[str, int], slurm_ids: list[str]
             store.insert_job({
                 "id": job_id, "user_id": user.id, "unix_user": UNIX_USER, "kind": "lab",
                 "name": "bench", "cluster": config.clusters[0].name, "spec": "{}",
-                "workdir": f"/home/{UNIX_USER}/.hpcgw/jobs/{job_id}",
-                "lab_token": secrets.token_urlsafe(32)})
+                "workdir": f"/home/{UNIX_USER}/.hpcgw/jobs/{job_id}"})
             store.transition(job_id, State.STAGING)
             store.transition(job_id, State.PENDING, slurm_job_id=slurm_ids[-1])
             store.transition(job_id, State.RUNNING, node="vm")
@@ -367,7 +385,7 @@ def start_all(procs: Processes, work: Path, slurm_ids: list[str], nginx_bufferin
     write_static_root(work / "static", http_lab)
     static, echo, nginx, chp = (free_port() for _ in range(4))
     start_nginx(procs, work, "upstream", NGINX_STATIC.format(
-        port=static, root=work / "static", lab=http_lab), static)
+        port=static, root=work / "static", lab=http_lab, echo=echo), static)
     echo_process = procs.start([sys.executable, __file__, "--ws-echo", str(echo)])
     wait_port(echo, echo_process, "WebSocket echo")
     nginx_process = start_nginx(procs, work, "proxy", NGINX_PROXY.format(

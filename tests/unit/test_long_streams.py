@@ -14,11 +14,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from test_relay import GatewayServer, bearer, ready_lab
+from test_relay import SECRET, GatewayServer, bearer, ready_lab
 
 from gateway.api.app import make_app
 from gateway.api.keys import STORE
 from gateway.config import parse_config
+from gateway.tokens import lab_proof, lab_token
 
 LIFETIME = 305.0  # seconds each stream stays open
 GAP = LIFETIME / 2  # silence between two pieces of data, longer than any usual idle timeout
@@ -43,7 +44,17 @@ def slow_upstream() -> web.Application:
             await ws.send_str(message.data)
         return ws
 
+    async def proof(request: web.Request) -> web.Response:
+        """The identity proof, as the real launcher answers it (this lab holds the token)."""
+        assert request.transport is not None
+        host, port = request.transport.get_extra_info("sockname")[:2]
+        address = f"{host}:{port}"
+        token = lab_token(SECRET, request.match_info["id"])
+        return web.json_response(
+            {"address": address, "proof": lab_proof(token, request.query["nonce"], address)})
+
     app = web.Application()
+    app.router.add_get("/labs/{id}/hpcgw/proof", proof)
     app.router.add_get("/labs/{id}/slow", slow)
     app.router.add_get("/labs/{id}/ws", echo)
     return app
