@@ -122,41 +122,47 @@ async def poll_once(service: JobService, runtime: ClusterRuntime) -> None:
                                    tracked.jobs.keys() - tracked.unreachable})
         return
     runtime.reachable, runtime.last_error = True, None
-    statuses = _believable(runtime, statuses)
     cycle = Cycle()
     changed = {slurm_job_id: status for slurm_job_id, status in statuses.items()
                if tracked.evaluated.get(slurm_job_id) != status}
+    refused = _unbelievable(runtime, changed)
+    if refused:  # those count as not listed
+        statuses = {slurm_job_id: status for slurm_job_id, status in statuses.items()
+                    if slurm_job_id not in refused}
+        changed = {slurm_job_id: changed[slurm_job_id] for slurm_job_id in changed.keys()
+                   - refused}
     for slurm_job_id, status in changed.items():
         apply_status(cycle, tracked.jobs[tracked.by_slurm[slurm_job_id]], status)
     _check_missing(service.config.poll, runtime, statuses, cycle)
     for job_id in tracked.unreachable:
         cycle.update(job_id, scheduler_reachable=1)
     _write(service, runtime, cycle)
-    tracked.evaluated.update(
-        (slurm_job_id, status) for slurm_job_id, status in changed.items()
-        if slurm_job_id in tracked.by_slurm)
+    tracked.evaluated.update(changed)
     await _send_pending_cancels(runtime)
 
 
-def _believable(runtime: ClusterRuntime, statuses: dict[str, SchedulerStatus]
-                ) -> dict[str, SchedulerStatus]:
-    """The statuses of tracked jobs whose scheduler-reported user is the job's unix user.
+def _unbelievable(runtime: ClusterRuntime, changed: dict[str, SchedulerStatus]) -> set[str]:
+    """The Slurm ids among ``changed`` statuses not to believe: jobs not tracked (a backend may
+    answer for more than it was asked), and tracked jobs whose scheduler-reported user is not
+    the job's unix user (a reused id, a forged accounting record; logged once).
 
-    Another user's line about our job (a reused id, a forged record) is dropped, so the job
-    counts as not listed; each refusal is logged once.
+    Only changed statuses need the check: an unchanged one equals a status already believed.
     """
-    tracked, kept = runtime.tracked, {}
-    for slurm_job_id, status in statuses.items():
+    tracked, refused = runtime.tracked, set()
+    for slurm_job_id, status in changed.items():
         job_id = tracked.by_slurm.get(slurm_job_id)
         if job_id is None:
+            refused.add(slurm_job_id)
             continue
-        if status.user == tracked.jobs[job_id]["unix_user"]:
-            kept[slurm_job_id] = status
-        elif (slurm_job_id, str(status.user)) not in runtime.refused_users:
+        unix_user = tracked.jobs[job_id]["unix_user"]
+        if status.user == unix_user:
+            continue
+        refused.add(slurm_job_id)
+        if (slurm_job_id, str(status.user)) not in runtime.refused_users:
             runtime.refused_users.add((slurm_job_id, str(status.user)))
             log.warning("job %s: Slurm job %s is listed for user %r, not %r; ignored", job_id,
-                        slurm_job_id, status.user, tracked.jobs[job_id]["unix_user"])
-    return kept
+                        slurm_job_id, status.user, unix_user)
+    return refused
 
 
 def apply_status(cycle: Cycle, job: dict[str, Any], status: SchedulerStatus) -> None:
