@@ -95,7 +95,7 @@ def _paths() -> dict[str, Any]:
         "/api/v1/jobs/{job_id}/log": {"get": {
             "parameters": [_ID], "summary": "The job's output log",
             "responses": {"200": {"description": "log", "content": {"text/plain": {}}},
-                          **errors}}},
+                          "410": _PROBLEM, **errors}}},
         "/api/v1/jobs/{job_id}/events": {"get": {
             "parameters": [_ID], "summary": "The job's state history",
             "responses": {"200": {"description": "events"}, **errors}}},

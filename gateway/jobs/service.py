@@ -213,11 +213,7 @@ class JobService:
     def output_notebook(self, user: User, job_id: str) -> Path | None:
         """The executed notebook's path; None while there is none (yet). Raises
         :class:`Gone` (410) once retention removed the job's artifacts: that is for good."""
-        job = self.store.get_job(job_id, user.id)
-        if job["artifacts_removed_at"]:
-            raise Gone(f"the job's artifacts were removed at {job['artifacts_removed_at']} "
-                       "(artifact retention)", job_id=job_id,
-                       artifacts_removed_at=job["artifacts_removed_at"])
+        job = _with_artifacts(self.store.get_job(job_id, user.id))
         path = self.job_dir(job_id) / "output.ipynb"
         return path if job["has_notebook"] and path.exists() else None
 
@@ -226,9 +222,10 @@ class JobService:
 
         Either way at most its last ``gateway.log_tail_bytes``; empty while there is none.
         A live log that is not a regular file raises :class:`RemoteFileRefused` (502, naming
-        the file), never a read of whatever it leads to.
+        the file), never a read of whatever it leads to. :class:`Gone` (410) once retention
+        removed the job's artifacts.
         """
-        job = self.store.get_job(job_id, user.id)
+        job = _with_artifacts(self.store.get_job(job_id, user.id))
         collected = self.job_dir(job_id) / "job.log"
         if State(job["state"]) in TERMINAL or not job["slurm_job_id"]:
             return collected.read_bytes() if collected.exists() else b""
@@ -241,6 +238,15 @@ class JobService:
                 limit=self.config.gateway.log_tail_bytes, tail=True)
         except RemoteFileMissing:
             return b""
+
+
+def _with_artifacts(job: dict[str, Any]) -> dict[str, Any]:
+    """``job``, unless retention removed its artifacts: then :class:`Gone` (410), for good."""
+    if job["artifacts_removed_at"]:
+        raise Gone(f"the job's artifacts were removed at {job['artifacts_removed_at']} "
+                   "(artifact retention)", job_id=job["id"],
+                   artifacts_removed_at=job["artifacts_removed_at"])
+    return job
 
 
 def job_view(job: dict[str, Any]) -> dict[str, Any]:

@@ -222,6 +222,7 @@ async def test_the_api_says_a_pruned_notebook_is_gone(
     auth = {"Authorization": f"Bearer {store.issue_token(store.add_user('alice', 'alice'))}"}
     job_id = await run_to_success(client, app, fake_clusters, make_notebook(), auth)
     assert (await client.get(f"/api/v1/jobs/{job_id}/notebook", headers=auth)).status == 200
+    assert (await client.get(f"/api/v1/jobs/{job_id}/log", headers=auth)).status == 200
 
     report = prune(store, data_dir, 0)
 
@@ -231,6 +232,7 @@ async def test_the_api_says_a_pruned_notebook_is_gone(
     assert reply.status == 410
     problem = await reply.json(content_type="application/problem+json")
     assert problem["artifacts_removed_at"] and "removed" in problem["detail"]
+    assert (await client.get(f"/api/v1/jobs/{job_id}/log", headers=auth)).status == 410
     listed = (await (await client.get("/api/v1/jobs", headers=auth)).json())["jobs"]
     assert [(j["id"], j["state"], j["notebook_available"], bool(j["artifacts_removed_at"]))
             for j in listed] == [(job_id, "succeeded", False, True)]
