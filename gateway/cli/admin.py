@@ -133,9 +133,21 @@ def config_problems(config: Config) -> list[str]:
     return problems
 
 
+def config_file_problems(location: str | None) -> list[str]:
+    """The config file itself: it holds ``cookie_secret``, so no other user may read it."""
+    if not location or not Path(location).exists():
+        return []
+    mode = Path(location).stat().st_mode & 0o777
+    if mode & 0o044:
+        return [f"config file {location} ({mode:o}) is readable by other users and holds "
+                "gateway.cookie_secret: chmod 600 it"]
+    return []
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     problems = config_problems(config)
+    problems += config_file_problems(args.config or os.environ.get("HPCGW_CONFIG"))
     for problem in problems:
         print(f"problem: {problem}")
     if problems:

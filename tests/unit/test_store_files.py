@@ -46,6 +46,11 @@ def test_loose_modes_are_reported_then_tightened_at_start(tmp_path: Path) -> Non
     assert _mode(data) == 0o700 and _mode(data / "hpcgw.db") == 0o600
 
 
+def _check_config(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.cli.main", "--config", str(config),
+                           "check-config"], capture_output=True, text=True, timeout=60)
+
+
 def test_check_config_says_so(tmp_path: Path) -> None:
     data = tmp_path / "data"
     Store(data / "hpcgw.db").close()
@@ -55,10 +60,15 @@ def test_check_config_says_so(tmp_path: Path) -> None:
         f'[gateway]\ndata_dir = "{data}"\ncookie_secret = "{COOKIE_SECRET}"\n'
         '[[clusters]]\nname = "dev"\ndefault_partition = "cpu"\n'
         '[clusters.partitions.cpu]\n')
-    result = subprocess.run([sys.executable, "-m", "gateway.cli.main", "--config", str(config),
-                             "check-config"], capture_output=True, text=True, timeout=60)
+    config.chmod(0o644)
+    result = _check_config(config)
     assert result.returncode == 1
     assert f"{data / 'hpcgw.db'} (644) is readable by other users" in result.stdout
+    assert f"config file {config} (644) is readable by other users" in result.stdout
+    config.chmod(0o600)
+    Store(data / "hpcgw.db").close()  # what the gateway does when it starts
+    result = _check_config(config)
+    assert "readable by other users" not in result.stdout, result.stdout
 
 
 def test_the_database_holds_nothing_that_opens_a_lab(tmp_path: Path) -> None:
