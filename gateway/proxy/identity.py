@@ -129,12 +129,8 @@ async def open_proven(identity: LabIdentity, host: str, port: int) -> socket.soc
     """
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(PROOF_TIMEOUT):
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        family, kind, proto, _, address = infos[0]
-        sock = socket.socket(family, kind, proto)
+        sock = await _connect(loop, host, port)
         try:
-            sock.setblocking(False)
-            await loop.sock_connect(sock, address)
             nonce = secrets.token_urlsafe(24)
             await loop.sock_sendall(sock, _challenge(identity, host, port, nonce))
             answer = await _read_answer(loop, sock)
@@ -144,6 +140,26 @@ async def open_proven(identity: LabIdentity, host: str, port: int) -> socket.soc
             raise
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
+
+
+async def _connect(loop: asyncio.AbstractEventLoop, host: str, port: int) -> socket.socket:
+    """A non-blocking socket connected to the first of ``host``'s addresses that accepts."""
+    error: OSError = OSError(f"{host} has no address")
+    for family, kind, proto, _, address in await loop.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        except BaseException:  # cancelled (the proof's timeout)
+            sock.close()
+            raise
+        return sock
+    raise error
 
 
 class ProvenLabConnector(aiohttp.BaseConnector):
