@@ -127,7 +127,6 @@ class ClusterConfig(_Strict):
     qos: list[str] = Field(default_factory=list)
     constraints: list[str] = Field(default_factory=list)
     reservations: list[str] = Field(default_factory=list)
-    images: list[str] = Field(default_factory=list)
     kernels: list[str] = Field(default_factory=lambda: ["python3"])
     command_timeout: float = Field(30.0, gt=0)
     # How long a submission may keep waiting for an unreachable scheduler before it fails.
@@ -159,14 +158,6 @@ class ClusterConfig(_Strict):
     @classmethod
     def _allowlists(cls, value: list[str]) -> list[str]:
         return _identifiers(value)
-
-    @field_validator("images")
-    @classmethod
-    def _images(cls, value: list[str]) -> list[str]:
-        for image in value:
-            if not SAFE_PATH.match(image) and not IDENTIFIER.match(image):
-                raise ValueError(f"image must be an identifier or an absolute path: {image!r}")
-        return value
 
     @field_validator("work_root", "python")
     @classmethod

@@ -129,7 +129,8 @@ def resolve_spec(spec: JobSpec, config: Config, default_name: str) -> ResolvedSp
     _allowed(errors, "qos", spec.qos, cluster.qos)
     _allowed(errors, "constraint", spec.constraint, cluster.constraints)
     _allowed(errors, "reservation", spec.reservation, cluster.reservations)
-    _allowed(errors, "image", spec.image, cluster.images)
+    if spec.image is not None:  # until a container runtime exists: never silently ignored
+        errors.append(FieldError("image", "container images are not enabled on this cluster"))
     _allowed(errors, "kernel", spec.kernel, cluster.kernels)
     if spec.inputs or spec.outputs:
         field = "inputs" if spec.inputs else "outputs"

@@ -87,7 +87,7 @@ async def clusters(request: web.Request) -> web.Response:
                 for name, limits in config.partitions.items()
             },
             "accounts": config.accounts, "qos": config.qos, "constraints": config.constraints,
-            "reservations": config.reservations, "images": config.images,
+            "reservations": config.reservations, "images": [],  # no container runtime yet
             "kernels": config.kernels,
         })
     return web.json_response({"clusters": answer})

@@ -209,6 +209,7 @@ async def test_clusters_lists_the_policy(api: Api) -> None:
     assert dev["accounts"] == ["proj1"]
     assert dev["partitions"]["gpu"]["max_gpus"] == 2
     assert dev["partitions"]["gpu"]["gpu_types"] == ["a100"]
+    assert dev["images"] == []  # no container runtime yet: nothing to offer
 
 
 # -- submission ------------------------------------------------------------------------------------

@@ -143,7 +143,8 @@ def test_a_full_valid_spec_resolves(config: Config) -> None:
     ({"cluster": "elsewhere"}, "cluster"),
     ({"account": "proj2"}, "account"),
     ({"qos": "high"}, "qos"),                                # nothing allowlisted
-    ({"image": "/images/x.sif"}, "image"),
+    ({"image": "/images/x.sif"}, "image"),                   # no container runtime yet
+    ({"image": "pytorch"}, "image"),
     ({"kernel": "julia"}, "kernel"),
     ({"time": "02:00:01"}, "time"),                          # cpu allows 02:00:00
     ({"partition": "gpu", "time": "1-00:00:01"}, "time"),
@@ -165,6 +166,12 @@ def test_out_of_policy_values_name_their_field(
     error = policy_refused(raw, config)
     assert fields_of(error) == {field}
     assert field in error.problem()["fields"]
+
+
+def test_an_image_is_refused_rather_than_ignored(config: Config) -> None:
+    error = policy_refused({"image": "pytorch"}, config)
+    assert error.errors == [{"field": "image",
+                             "message": "container images are not enabled on this cluster"}]
 
 
 @pytest.mark.parametrize("time", ["0", "00:00", "0-00:00:00"])
