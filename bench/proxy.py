@@ -317,7 +317,8 @@ def add_ready_labs(config_path: Path, labs: dict[str, int], slurm_ids: list[str]
     """A user with a token (returned) and one ``ready`` lab row per ``{job id: port}``."""
     from gateway.config import parse_config
     from gateway.states import State
-    from gateway.store import Store, utcnow
+    from gateway.store import Store
+    from gateway.timestamps import utcnow
 
     config = parse_config(tomllib.loads(config_path.read_text()))
     store = Store(config.gateway.data_dir / "hpcgw.db")

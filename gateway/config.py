@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
-from .units import parse_memory_mb, parse_time
+from .units import parse_memory_mb, parse_slurm_time
 
 # Identifiers that reach sbatch options or paths must match this (design.md §4: allowlists).
 IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}\Z")
@@ -49,7 +49,7 @@ class PartitionConfig(_Strict):
     @field_validator("max_time", "default_time")
     @classmethod
     def _time(cls, value: str) -> str:
-        parse_time(value)
+        parse_slurm_time(value)
         return value
 
     @field_validator("max_memory")
@@ -65,11 +65,11 @@ class PartitionConfig(_Strict):
 
     @property
     def max_time_s(self) -> int:
-        return parse_time(self.max_time)
+        return parse_slurm_time(self.max_time)
 
     @property
     def default_time_s(self) -> int:
-        return parse_time(self.default_time)
+        return parse_slurm_time(self.default_time)
 
     @property
     def max_memory_mb(self) -> int:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .config import Config
 from .errors import FieldError, ValidationFailed
-from .units import format_time, parse_memory_mb, parse_time
+from .units import format_slurm_time, parse_memory_mb, parse_slurm_time
 
 
 class JobSpec(BaseModel):
@@ -84,7 +84,7 @@ class ResolvedSpec(BaseModel):
 
     @property
     def time(self) -> str:
-        return format_time(self.time_s)
+        return format_slurm_time(self.time_s)
 
     @property
     def gres(self) -> str | None:
@@ -139,7 +139,7 @@ def resolve_spec(spec: JobSpec, config: Config, default_name: str) -> ResolvedSp
         errors.append(FieldError("parameters", "parameters are for notebook runs, not labs"))
     time_s = memory_mb = None
     try:
-        time_s = parse_time(spec.time) if spec.time else None
+        time_s = parse_slurm_time(spec.time) if spec.time else None
     except ValueError:
         errors.append(FieldError("time", "use Slurm's HH:MM:SS or D-HH:MM:SS"))
     try:

@@ -13,7 +13,7 @@ _MEMORY = re.compile(r"^(?P<n>\d+)(?P<unit>[KMGT]?)B?$", re.IGNORECASE | re.ASCI
 _MEMORY_FACTOR_MB = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}
 
 
-def parse_time(text: str) -> int:
+def parse_slurm_time(text: str) -> int:
     """Seconds in a Slurm time limit.
 
     Accepts Slurm's forms: ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS``.
@@ -38,7 +38,7 @@ def parse_time(text: str) -> int:
     return parts[0] * 3600 + parts[1] * 60 + parts[2]
 
 
-def format_time(seconds: int) -> str:
+def format_slurm_time(seconds: int) -> str:
     """``D-HH:MM:SS`` for sbatch's ``--time`` (always unambiguous)."""
     days, rest = divmod(max(seconds, 0), 86400)
     hours, rest = divmod(rest, 3600)

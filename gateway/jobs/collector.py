@@ -28,7 +28,7 @@ from ..config import ClusterConfig
 from ..errors import ClusterUnavailable, CommandTimeout, GatewayError
 from ..scheduler import SchedulerState
 from ..states import Reason, State
-from ..store import parse_time
+from ..timestamps import parse_timestamp
 from ..transport import RemoteFileMissing, RemoteFileRefused, RemoteFileTooLarge, Transport
 from .outcome import decide
 
@@ -96,7 +96,7 @@ def _deadline(service: JobService, job: dict[str, Any], cluster: ClusterConfig) 
     move into ``collecting`` (now, if the events don't show one)."""
     entered = [event["at"] for event in service.store.events(job["id"])
                if event["to_state"] == State.COLLECTING]
-    start = parse_time(entered[-1]).timestamp() if entered else time.time()
+    start = parse_timestamp(entered[-1]).timestamp() if entered else time.time()
     return start + cluster.collect_deadline
 
 

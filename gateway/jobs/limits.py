@@ -16,7 +16,8 @@ import time
 
 from ..config import LimitsConfig
 from ..errors import TooManyRequests
-from ..store import Store, User, format_time
+from ..store import Store, User
+from ..timestamps import format_timestamp
 
 RATE_WINDOW_S = 60.0
 
@@ -53,7 +54,7 @@ def _check_active(store: Store, user: User, kind: str, limit: str, value: int) -
 
 
 def _check_rate(store: Store, user: User, value: int, now: float) -> None:
-    recent = store.submission_times_since(user.id, format_time(now - RATE_WINDOW_S))
+    recent = store.submission_times_since(user.id, format_timestamp(now - RATE_WINDOW_S))
     if len(recent) < value:
         return
     # One more is allowed once only value - 1 remain: when recent[len - value] ages out.

@@ -24,7 +24,8 @@ from ..config import PollConfig
 from ..errors import ClusterUnavailable, CommandFailed, GatewayError, SchedulerError
 from ..scheduler import SchedulerState, SchedulerStatus
 from ..states import State
-from ..store import Move, parse_time
+from ..store import Move
+from ..timestamps import parse_timestamp
 from .collector import collect
 from .runtime import ClusterRuntime
 
@@ -84,7 +85,7 @@ async def refresh_view(runtime: ClusterRuntime, every: float) -> None:
 
 def next_interval(newest_created_at: str | None, poll: PollConfig) -> float:
     """Fast while the newest tracked job is young, slower once every job is old."""
-    newest = parse_time(newest_created_at).timestamp() if newest_created_at else None
+    newest = parse_timestamp(newest_created_at).timestamp() if newest_created_at else None
     if newest is not None and time.time() - newest < poll.young_age:
         return poll.young_interval
     return poll.old_interval

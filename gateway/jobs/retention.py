@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..store import Store, format_time
+from ..store import Store
+from ..timestamps import format_timestamp
 
 if TYPE_CHECKING:
     from .service import JobService
@@ -56,7 +57,7 @@ class PruneReport:
 
 def cutoff(older_than_days: float, now: float | None = None) -> str:
     """The store stamp before which a job must have ended to be pruned."""
-    return format_time((time.time() if now is None else now) - older_than_days * DAY_S)
+    return format_timestamp((time.time() if now is None else now) - older_than_days * DAY_S)
 
 
 def _tree_bytes(directory: Path) -> int:

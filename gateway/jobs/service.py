@@ -28,7 +28,7 @@ from ..states import TERMINAL, IllegalTransition, Reason, State
 from ..store import Store, User, private_dir
 from ..templates import make_environment
 from ..transport import RemoteFileMissing
-from ..units import format_time
+from ..units import format_slurm_time
 from .collector import collect
 from .limits import check_limits
 from .poller import poll_forever
@@ -263,7 +263,7 @@ def job_view(job: dict[str, Any]) -> dict[str, Any]:
                                     "cpus", "gpus", "gpu_type", "image", "kernel", "parameters")}
     )
     view["memory"] = f"{spec['memory_mb']}M" if spec["memory_mb"] else None
-    view["time"] = format_time(spec["time_s"])
+    view["time"] = format_slurm_time(spec["time_s"])
     view["scheduler_reachable"] = bool(job["scheduler_reachable"])
     view["notebook_available"] = bool(job["has_notebook"])
     if job["kind"] == "lab":

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ClusterUnavailable, GatewayError
 from ..spec import ResolvedSpec
 from ..states import TERMINAL, IllegalTransition, Reason, State
-from ..store import parse_time
 from ..templates import render
+from ..timestamps import parse_timestamp
 from ..tokens import lab_token
 from ..transport import RemoteFileMissing, RemoteFileRefused
 from .collector import collect
@@ -82,7 +82,7 @@ async def submit_job(service: JobService, job_id: str) -> None:
     if runtime is None:
         _fail(service, job_id, f"cluster {job['cluster']} is disabled")
         return
-    deadline = parse_time(job["created_at"]).timestamp() + runtime.config.submit_deadline
+    deadline = parse_timestamp(job["created_at"]).timestamp() + runtime.config.submit_deadline
     backoff = 1.0
     while True:
         try:

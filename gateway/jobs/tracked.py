@@ -29,6 +29,7 @@ from typing import Any
 from ..scheduler import SchedulerStatus
 from ..states import IN_SCHEDULER
 from ..store import Store
+from ..timestamps import format_timestamp
 
 MARGIN = timedelta(seconds=1)
 MAX_ENTERED = 900  # more jobs than this moved into tracked states: read everything (and stay
@@ -37,8 +38,8 @@ _TRACKED_STATES = frozenset(state.value for state in IN_SCHEDULER)
 
 
 def _stamp(moment: datetime) -> str:
-    """``moment`` in the format of the store's time stamps (:func:`gateway.store.utcnow`)."""
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """``moment`` as a store time stamp."""
+    return format_timestamp(moment.timestamp())
 
 
 class TrackedJobs:

@@ -25,7 +25,7 @@ from ..errors import Forbidden, LabUnavailable, NotFound
 from ..jobs.service import JobService
 from ..pageheaders import SECURITY_HEADERS
 from ..states import State
-from ..store import parse_time
+from ..timestamps import parse_timestamp
 from ..tokens import lab_token
 from .identity import LabIdentity, LabSessions
 from .relay import Upstream, relay_http, relay_websocket
@@ -72,7 +72,7 @@ class LabProxy:
         stamps = [self.activity.get(job["id"], 0.0)]
         for column in ("last_activity", "started_at"):
             if job.get(column):
-                stamps.append(parse_time(job[column]).timestamp())
+                stamps.append(parse_timestamp(job[column]).timestamp())
         return max(stamps)
 
     def tunnel_key(self, job: dict[str, Any]) -> tuple[str, str, str, int] | None:

@@ -29,7 +29,7 @@ from typing import Any
 from ..errors import GatewayError, LabUnavailable
 from ..jobs.runtime import ClusterRuntime
 from ..states import IllegalTransition, State
-from ..store import format_time, parse_time, utcnow
+from ..timestamps import format_timestamp, parse_timestamp, utcnow
 from ..transport import RemoteFileMissing
 from .identity import LabNotProven
 from .labs import LabProxy
@@ -105,7 +105,7 @@ async def _check_starting(proxy: LabProxy, job: dict[str, Any]) -> bool:
         proxy.touch(job_id)
         log.info("lab %s is ready", job_id)
         return False
-    started = parse_time(job["started_at"]).timestamp() if job["started_at"] else time.time()
+    started = parse_timestamp(job["started_at"]).timestamp() if job["started_at"] else time.time()
     if time.time() - started > service.config.labs.start_timeout:
         await stop_lab(proxy, runtime, job,
                        "unproven" if job_id in proxy.unproven else "start_timeout")
@@ -143,9 +143,9 @@ async def _check_idle(proxy: LabProxy, job: dict[str, Any]) -> None:
     if kernels and any(k.get("execution_state") == "busy" for k in kernels):
         proxy.touch(job_id)
     last = proxy.last_activity(job)
-    stored = parse_time(job["last_activity"]).timestamp() if job["last_activity"] else 0.0
+    stored = parse_timestamp(job["last_activity"]).timestamp() if job["last_activity"] else 0.0
     if last - stored > ACTIVITY_SAVE_GAP:
-        service.store.update_job(job_id, last_activity=format_time(last))
+        service.store.update_job(job_id, last_activity=format_timestamp(last))
     if time.time() - last > service.config.labs.idle_timeout:
         runtime = service.clusters.get(job["cluster"])
         if runtime is not None:

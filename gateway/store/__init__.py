@@ -18,7 +18,6 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -27,31 +26,17 @@ import sqlite_utils
 from ..config import IDENTIFIER, UNIX_USER
 from ..errors import BadRequest, Conflict, NotFound
 from ..states import IN_SCHEDULER, TERMINAL, TRANSITIONS, State, check_transition
+from ..timestamps import parse_timestamp, utcnow
 from .files import loose_modes, private_dir
 from .schema import LAB_TOKENS_DROPPED, MIGRATIONS
 
 __all__ = ["LAB_TOKENS_DROPPED", "MIGRATIONS", "TOKEN_PREFIX", "Move", "Store", "User",
-           "format_time", "hash_token", "loose_modes", "parse_time", "private_dir", "spec_of",
-           "utcnow"]
+           "hash_token", "loose_modes", "private_dir", "spec_of"]
 
 TOKEN_PREFIX = "hpcgw_"  # noqa: S105 - a recognisable prefix, not a secret
 
 TRACKED_COLUMNS = ("id", "state", "slurm_job_id", "pending_reason", "scheduler_reachable",
                    "cancel_requested", "unix_user", "created_at")
-
-
-def utcnow() -> str:
-    return format_time(datetime.now(UTC).timestamp())
-
-
-def format_time(stamp: float) -> str:
-    """A POSIX time as the store writes times: UTC, milliseconds, ``Z``."""
-    return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
-
-
-def parse_time(stamp: str) -> datetime:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 def hash_token(token: str) -> str:
@@ -277,7 +262,7 @@ class Store:
         self, cluster: str, changed_since: str | None = None, also: Sequence[str] = ()
     ) -> list[dict[str, Any]]:
         """The jobs the poller follows on ``cluster`` (in the scheduler), oldest first; with
-        ``changed_since`` (a :func:`utcnow` stamp) only those written at or after it, and those
+        ``changed_since`` (a time stamp) only those written at or after it, and those
         among the job ids ``also`` (at most a few hundred).
 
         Only the columns a poll cycle needs (:data:`TRACKED_COLUMNS`).
@@ -409,17 +394,17 @@ class Store:
         ).fetchone()[0])
 
     def submission_times_since(self, user_id: int, since: str) -> list[float]:
-        """When the user's jobs created after ``since`` (a :func:`format_time` stamp) were
+        """When the user's jobs created after ``since`` (a time stamp) were
         created, as POSIX seconds, oldest first. Every stored job counts, whatever its state;
         refused requests and idempotent replays store nothing, so they never count."""
         rows = self.db.execute(
             "SELECT created_at FROM jobs WHERE user_id = ? AND created_at > ? "
             "ORDER BY created_at", [user_id, since]).fetchall()
-        return [parse_time(row[0]).timestamp() for row in rows]
+        return [parse_timestamp(row[0]).timestamp() for row in rows]
 
     def jobs_to_prune(self, ended_before: str) -> list[str]:
-        """Ids of the terminal jobs that ended before ``ended_before`` (a :func:`format_time`
-        stamp) and whose artifacts have not been removed yet, oldest ending first."""
+        """Ids of the terminal jobs that ended before ``ended_before`` (a time stamp) and
+        whose artifacts have not been removed yet, oldest ending first."""
         marks = ",".join("?" for _ in TERMINAL)
         return [row[0] for row in self.db.execute(
             f"SELECT id FROM jobs WHERE ended_at IS NOT NULL AND ended_at < ? "  # noqa: S608

@@ -25,7 +25,8 @@ from aiohttp.test_utils import TestClient
 from gateway.api.app import make_app
 from gateway.api.keys import STORE
 from gateway.config import parse_config
-from gateway.store import Store, format_time
+from gateway.store import Store
+from gateway.timestamps import format_timestamp
 
 if TYPE_CHECKING:
     from conftest import FakeClusters
@@ -153,7 +154,7 @@ async def test_rate_limit_names_it_and_says_when_to_retry(make_gateway: MakeGate
     now = time.time()
     for job, age in zip(jobs, (50.5, 20.0, 10.0), strict=True):
         gateway.store.db.execute("UPDATE jobs SET created_at = ? WHERE id = ?",
-                                 [format_time(now - age), job["id"]])
+                                 [format_timestamp(now - age), job["id"]])
     over = await gateway.run()
     body = await assert_limit(over, "max_submissions_per_minute", 3)
     assert over.headers["Retry-After"] == "10"  # ceil(9.5 s)
@@ -164,7 +165,7 @@ async def test_rate_limit_names_it_and_says_when_to_retry(make_gateway: MakeGate
     await gateway.created(await gateway.run("bob"))
     # Once the oldest has aged out, alice may submit one more, and then no more.
     gateway.store.db.execute("UPDATE jobs SET created_at = ? WHERE id = ?",
-                             [format_time(now - 61), jobs[0]["id"]])
+                             [format_timestamp(now - 61), jobs[0]["id"]])
     await gateway.created(await gateway.run())
     over = await gateway.run()
     await assert_limit(over, "max_submissions_per_minute", 3)

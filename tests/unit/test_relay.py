@@ -36,7 +36,8 @@ from gateway.api.sessions import make_session
 from gateway.config import parse_config
 from gateway.scheduler import SchedulerState
 from gateway.states import State
-from gateway.store import Store, User, utcnow
+from gateway.store import Store, User
+from gateway.timestamps import utcnow
 from gateway.tokens import lab_proof, lab_token
 
 if TYPE_CHECKING:

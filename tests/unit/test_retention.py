@@ -24,7 +24,8 @@ from gateway.config import parse_config
 from gateway.jobs.retention import DAY_S, prune, prune_daily
 from gateway.scheduler import SchedulerState
 from gateway.states import Reason, State
-from gateway.store import Store, User, format_time
+from gateway.store import Store, User
+from gateway.timestamps import format_timestamp
 
 if TYPE_CHECKING:
     from conftest import FakeClusters
@@ -61,7 +62,7 @@ def job_with_files(store: Store, data_dir: Path, user: User, job_id: str,
     if ended_days_ago is not None:
         store.transition(job_id, State.COLLECTING)
         store.transition(job_id, State.SUCCEEDED, reason=Reason.COMPLETED, has_notebook=1)
-        store.update_job(job_id, ended_at=format_time(NOW - ended_days_ago * DAY_S))
+        store.update_job(job_id, ended_at=format_timestamp(NOW - ended_days_ago * DAY_S))
     return directory
 
 
@@ -248,7 +249,7 @@ async def test_the_server_prunes_by_itself(
     auth = {"Authorization": f"Bearer {store.issue_token(store.add_user('alice', 'alice'))}"}
     old = await run_to_success(client, app, fake_clusters, make_notebook(), auth)
     fresh = await run_to_success(client, app, fake_clusters, make_notebook(), auth)
-    store.update_job(old, ended_at=format_time(time.time() - 2 * DAY_S))  # retention: 1 day
+    store.update_job(old, ended_at=format_timestamp(time.time() - 2 * DAY_S))  # retention: 1 day
 
     task = asyncio.create_task(prune_daily(service, first_delay=0))
     try:

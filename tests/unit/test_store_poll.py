@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from gateway.states import Reason, State
-from gateway.store import Move, Store, User, utcnow
+from gateway.store import Move, Store, User
+from gateway.timestamps import utcnow
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.units import format_time, parse_memory_mb, parse_time
+from gateway.units import format_slurm_time, parse_memory_mb, parse_slurm_time
 
 
 @pytest.mark.parametrize(("text", "seconds"), [
@@ -21,17 +21,17 @@ from gateway.units import format_time, parse_memory_mb, parse_time
     ("0-00:01:00", 60),
     ("  10:00  ", 600),                        # surrounding blanks are ignored
 ])
-def test_parse_time_slurm_forms(text: str, seconds: int) -> None:
-    assert parse_time(text) == seconds
+def test_parse_slurm_time_forms(text: str, seconds: int) -> None:
+    assert parse_slurm_time(text) == seconds
 
 
 @pytest.mark.parametrize("text", [
     "", " ", "UNLIMITED", "infinite", "1h", "1:2:3:4", "1-2:3:4:5", "-1", "1-", "-10",
     "1:", ":30", "1::2", "1.5", "1 - 2", "1-2-3", "10:00\n#SBATCH --x", "one",
 ])
-def test_parse_time_refuses(text: str) -> None:
+def test_parse_slurm_time_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="not a Slurm time"):
-        parse_time(text)
+        parse_slurm_time(text)
 
 
 @pytest.mark.parametrize(("seconds", "text"), [
@@ -43,13 +43,13 @@ def test_parse_time_refuses(text: str) -> None:
     (12 * 86400, "12-00:00:00"),
     (-5, "0-00:00:00"),
 ])
-def test_format_time(seconds: int, text: str) -> None:
-    assert format_time(seconds) == text
+def test_format_slurm_time(seconds: int, text: str) -> None:
+    assert format_slurm_time(seconds) == text
 
 
 @pytest.mark.parametrize("seconds", [0, 1, 59, 60, 3599, 3600, 86399, 86400, 200_000])
 def test_format_then_parse_round_trips(seconds: int) -> None:
-    assert parse_time(format_time(seconds)) == seconds
+    assert parse_slurm_time(format_slurm_time(seconds)) == seconds
 
 
 @pytest.mark.parametrize(("text", "megabytes"), [
@@ -76,9 +76,9 @@ def test_parse_memory_mb_refuses(text: str) -> None:
 
 
 @pytest.mark.parametrize("text", ["\u0661\u0660", "\uff11\uff10:\uff10\uff10", "1-\u0660\u0662"])
-def test_parse_time_accepts_ascii_digits_only(text: str) -> None:
+def test_parse_slurm_time_accepts_ascii_digits_only(text: str) -> None:
     with pytest.raises(ValueError):
-        parse_time(text)
+        parse_slurm_time(text)
 
 
 def test_parse_memory_accepts_ascii_digits_only() -> None:
