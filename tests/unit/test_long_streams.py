@@ -23,7 +23,7 @@ from gateway.tokens import lab_proof, lab_token
 
 LIFETIME = 305.0  # seconds each stream stays open
 GAP = LIFETIME / 2  # silence between two pieces of data, longer than any usual idle timeout
-pytestmark = pytest.mark.timeout(LIFETIME + 120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(LIFETIME + 120)]
 
 
 def slow_upstream() -> web.Application:

@@ -896,3 +896,12 @@ async def test_the_gateway_reads_at_most_64_kib_of_a_labs_api_answer(gw: Gateway
         await asyncio.wait_for(proxy.get(gw.lab, "api/status"), WAIT)
     # The gateway hung up rather than reading on: the lab's endless answer was cut off.
     await asyncio.wait_for(gw.upstream.endless_ended.wait(), WAIT)
+
+
+async def test_lab_connections_have_no_read_or_total_timeout(gw: Gateway) -> None:
+    """What the slow 305 s stream test (test_long_streams.py) relies on, checked fast: a lab's
+    client session never times out a response or a WebSocket that is merely quiet."""
+    proxy = gw.app[PROXY]
+    _, session = await proxy.upstream(gw.lab)
+    assert session.timeout.total is None and session.timeout.sock_read is None
+    assert session.timeout.sock_connect is not None  # connecting is bounded
