@@ -16,6 +16,7 @@ from .base import CommandResult
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 256 * 1024
+DRAIN_TIMEOUT = 5.0  # seconds to read a killed process's pipes to their end
 
 
 async def run_command(
@@ -84,9 +85,10 @@ async def _communicate(
     try:
         stdout = await _read_upto(process.stdout, stdout_limit + 1)
         if len(stdout) > stdout_limit:
+            stderr_read.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stderr_read  # unwound: _kill may read stderr now
             await _kill(process)
-            with contextlib.suppress(TimeoutError):  # let the pipes close; discard what's left
-                await asyncio.wait_for(_discard(process.stdout), 2)
             return stdout[:stdout_limit], b"", True
         stderr = await stderr_read
         await process.wait()
@@ -111,9 +113,18 @@ async def _discard(stream: asyncio.StreamReader) -> None:
 
 async def _kill(process: asyncio.subprocess.Process) -> None:
     """Kill ``process`` and its process group (its own session: see ``start_new_session``),
-    so that nothing it started keeps running or holding its pipes."""
+    so that nothing it started keeps running or holding its pipes; then wait for it.
+
+    What is left in its pipes is read and dropped first (for at most DRAIN_TIMEOUT): before
+    Python 3.12, ``Process.wait`` returns only once every pipe has reached its end, and a pipe
+    whose reading was paused (its buffer full, nobody reading) never does.
+    """
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError):
         process.kill()
+    await asyncio.sleep(0)  # let reads cancelled by our caller unwind before we read
+    drains = [_discard(stream) for stream in (process.stdout, process.stderr) if stream]
+    with contextlib.suppress(TimeoutError, RuntimeError):
+        await asyncio.wait_for(asyncio.gather(*drains), DRAIN_TIMEOUT)
     await process.wait()
