@@ -10,10 +10,19 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 from .units import parse_memory_mb, parse_slurm_time
@@ -111,7 +120,9 @@ class ClusterConfig(_Strict):
     """One Slurm cluster as the gateway reaches it."""
 
     name: str
-    transport: Literal["local", "ssh"] = "local"
+    # How commands reach the cluster, by entry point name (group ``hpcgw.transports``): the
+    # built-in "local" and "ssh", or a site's own.
+    transport: str = "local"
     scheduler: str = "slurm"
     ssh: SSHConfig | None = None
     # Local transport: argv prefix that runs a command as the job's unix user; "{unix_user}" is
@@ -145,6 +156,16 @@ class ClusterConfig(_Strict):
     def _host(cls, value: str) -> str:
         if value != "{node}" and not HOST.match(value):
             raise ValueError(f"not a host name or address: {value!r}")
+        return value
+
+    @field_validator("transport", "scheduler")
+    @classmethod
+    def _plugin_name(cls, value: str, info: ValidationInfo) -> str:
+        group = f"hpcgw.{info.field_name}s"
+        known = sorted(entry.name for entry in entry_points(group=group))
+        if value not in known:
+            raise ValueError(f"unknown {info.field_name} {value!r} (installed: "
+                             f"{', '.join(known) or 'none'}; entry point group {group})")
         return value
 
     @field_validator("name")

@@ -10,9 +10,7 @@ from typing import Any
 from ..config import ClusterConfig
 from ..errors import ClusterUnavailable, CommandFailed
 from ..scheduler import SchedulerBackend, load_backend
-from ..transport import Transport
-from ..transport.local import LocalTransport
-from ..transport.ssh import SSHTransport
+from ..transport import Transport, load_transport
 from .tracked import TrackedJobs
 
 log = logging.getLogger(__name__)
@@ -58,12 +56,8 @@ class ClusterRuntime:
         return True
 
 
-def make_transport(cluster: ClusterConfig) -> Transport:
-    if cluster.transport == "ssh":
-        return SSHTransport(cluster)
-    return LocalTransport(cluster)
-
-
 def make_runtime(cluster: ClusterConfig) -> ClusterRuntime:
-    transport = make_transport(cluster)
+    """A cluster's transport and scheduler backend, each loaded by name through its entry point
+    group; ConfigError (the cluster is disabled) for an unknown name."""
+    transport = load_transport(cluster)
     return ClusterRuntime(cluster, transport, load_backend(cluster, transport))

@@ -2,7 +2,8 @@
 
 Every request and WebSocket upgrade is checked: the job must exist, belong to the caller (another
 user's lab answers exactly like a missing one) and be ``ready``. The upstream address is the
-job's own (its node and the port its server reported), reached through :class:`Tunnels`; nothing
+job's own (its node and the port its server reported), reached through the cluster's transport
+(``Transport.forward``: directly, or through an SSH port forward as the lab's owner); nothing
 in the URL can change it, and every new connection there is proven to reach the lab's own server
 before the lab's token goes over it (:mod:`.identity`). Cookie-authenticated WebSocket upgrades
 must come from the gateway's own origin. Each relayed request or frame counts as activity for the
@@ -29,7 +30,6 @@ from ..timestamps import parse_timestamp
 from ..tokens import lab_token
 from .identity import LabIdentity, LabSessions
 from .relay import Upstream, relay_http, relay_websocket
-from .tunnels import Tunnels
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 10.0
@@ -42,12 +42,11 @@ def lab_prefix(job_id: str) -> str:
 
 
 class LabProxy:
-    """Owns the upstream HTTP client, the tunnels and the per-lab activity clock."""
+    """Owns the per-lab HTTP client sessions and the per-lab activity clock."""
 
     def __init__(self, service: JobService, gateway_cookies: frozenset[str],
                  public_origin: str | None = None) -> None:
         self.service = service
-        self.tunnels = Tunnels()
         self.sessions = LabSessions(CONNECT_TIMEOUT)
         self.gateway_cookies = gateway_cookies
         self.public_origin = public_origin
@@ -61,7 +60,6 @@ class LabProxy:
 
     async def stop(self) -> None:
         await self.sessions.close()
-        self.tunnels.close()
 
     def touch(self, job_id: str) -> None:
         self.activity[job_id] = time.time()
@@ -75,8 +73,9 @@ class LabProxy:
                 stamps.append(parse_timestamp(job[column]).timestamp())
         return max(stamps)
 
-    def tunnel_key(self, job: dict[str, Any]) -> tuple[str, str, str, int] | None:
-        """The tunnel a lab uses (see :meth:`Tunnels.retain`); None before its port is known."""
+    def forward_key(self, job: dict[str, Any]) -> tuple[str, str, str, int] | None:
+        """``(cluster, unix user, host, port)`` of a lab's server as its cluster's side reaches
+        it (see ``Transport.forward``); None before its port is known."""
         runtime = self.service.clusters.get(job["cluster"])
         if runtime is None or not job["lab_port"]:
             return None
@@ -87,11 +86,11 @@ class LabProxy:
         """The lab server of ``job`` (which must have reported its port), as reached from here,
         and the client session whose connections are proven to reach it."""
         runtime = self.service.clusters.get(job["cluster"])
-        key = self.tunnel_key(job)
+        key = self.forward_key(job)
         if runtime is None or key is None:
             raise LabUnavailable("the lab's server address is not known yet")
         _, user, node_host, node_port = key
-        host, port = await self.tunnels.address(runtime, node_host, node_port, user=user)
+        host, port = await runtime.transport.forward(node_host, node_port, user=user)
         token = lab_token(self.service.config.gateway.cookie_secret, job["id"])
         upstream = Upstream(host, port, token, lab_prefix(job["id"]))
         identity = LabIdentity(token, upstream.prefix, node_port,

@@ -56,7 +56,9 @@ async def check_labs(proxy: LabProxy) -> bool:
         proxy.activity.pop(job_id, None)
     for job_id in [j for j in proxy.unproven if j not in live]:
         proxy.unproven.pop(job_id, None)
-    proxy.tunnels.retain({key for job in labs if (key := proxy.tunnel_key(job))})
+    keep = {key for job in labs if (key := proxy.forward_key(job))}
+    for name, runtime in proxy.service.clusters.items():  # an ended lab's forward is closed
+        runtime.transport.retain_forwards({key[1:] for key in keep if key[0] == name})
     proxy.sessions.retain(live)
     return any(results)
 

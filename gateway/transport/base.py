@@ -134,8 +134,20 @@ class Transport(Protocol):
         """
         ...
 
+    async def forward(self, host: str, port: int, *, user: str) -> tuple[str, int]:
+        """Where ``host:port``, as the cluster's side sees it, answers from this machine, for
+        connections opened as ``user`` (a lab's server on its node, say). Local: the address
+        itself. Over SSH: a local port forward on 127.0.0.1, kept while it is in use and
+        re-opened when the user's connection has changed. Raises ClusterUnavailable when no
+        forward can be opened."""
+        ...
+
+    def retain_forwards(self, keep: set[tuple[str, str, int]]) -> None:
+        """Close every forward whose ``(user, host, port)`` is not in ``keep``."""
+        ...
+
     async def close(self) -> None:
-        """Release connections; further calls may reconnect."""
+        """Release connections and forwards; further calls may reconnect."""
         ...
 
 
@@ -167,6 +179,12 @@ class CommandTransport:
     async def fetch_to(self, path: str, local_path: str | os.PathLike[str], *, user: str,
                        limit: int) -> int:
         raise NotImplementedError  # needs a streaming command runner: see the subclasses
+
+    async def forward(self, host: str, port: int, *, user: str) -> tuple[str, int]:
+        return host, port  # the gateway runs inside the cluster's network
+
+    def retain_forwards(self, keep: set[tuple[str, str, int]]) -> None:
+        return None
 
     async def close(self) -> None:
         return None

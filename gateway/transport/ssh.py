@@ -16,6 +16,12 @@ stdout): nothing is collected into one buffer on the way, and a download to a lo
 memory flat. Every read is counted here against its cap: the user's login shell runs the remote
 side (its rc files, its PATH), so nothing it sends is trusted to respect the cap.
 This measured faster than SFTP here (bench/ssh_transfer.py).
+
+Port forwards (a lab's server on its node, reached from the gateway) are local forwards on
+127.0.0.1 with a port the kernel picks, one per (unix user, host, port), opened on that user's
+pooled connection, so the forwarded connection is made *as that user*, from the login host: it
+can reach nothing the user couldn't. A forward whose connection has closed is re-opened on the
+fresh one the next time it is asked for, so a dropped link heals on the next request.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import os
 import shlex
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import asyncssh
 
@@ -56,6 +63,12 @@ class HostKeyRejected(ClusterUnavailable):
     title = "SSH host key rejected"
 
 
+@dataclass
+class _Forward:
+    connection: asyncssh.SSHClientConnection
+    listener: asyncssh.SSHListener
+
+
 def remote_command(argv: Sequence[str]) -> str:
     """The command line the remote shell runs for ``argv`` (each word quoted, nothing expanded)."""
     return shlex.join(argv)
@@ -70,6 +83,8 @@ class SSHTransport(CommandTransport):
         self._timeout = cluster.command_timeout
         self._pool: dict[str, asyncssh.SSHClientConnection] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._forwards: dict[tuple[str, str, int], _Forward] = {}
+        self._forward_locks: dict[tuple[str, str, int], asyncio.Lock] = {}
 
     def _where(self) -> str:
         return f"{self._ssh.host}:{self._ssh.port}"
@@ -214,7 +229,32 @@ class SSHTransport(CommandTransport):
             raise CommandFailed(argv, status, _as_bytes(completed.stderr).decode(errors="replace"))
         return received
 
+    async def forward(self, host: str, port: int, *, user: str) -> tuple[str, int]:
+        """As :meth:`Transport.forward`: a local forward on ``user``'s pooled connection."""
+        key = (user, host, port)
+        async with self._forward_locks.setdefault(key, asyncio.Lock()):
+            connection = await self.connection(user)
+            forward = self._forwards.get(key)
+            if forward is None or forward.connection is not connection:
+                if forward is not None:
+                    forward.listener.close()
+                try:
+                    listener = await connection.forward_local_port("127.0.0.1", 0, host, port)
+                except (OSError, asyncssh.Error) as exc:
+                    raise ClusterUnavailable(f"cannot forward to {host}:{port}: {exc}") from exc
+                forward = self._forwards[key] = _Forward(connection, listener)
+                log.info("forward to %s:%s as %s on 127.0.0.1:%s", host, port, user,
+                         listener.get_port())
+            return "127.0.0.1", forward.listener.get_port()
+
+    def retain_forwards(self, keep: set[tuple[str, str, int]]) -> None:
+        """As :meth:`Transport.retain_forwards`: an ended lab's local port stops listening."""
+        for key in [k for k in self._forwards if k not in keep]:
+            self._forwards.pop(key).listener.close()
+            self._forward_locks.pop(key, None)
+
     async def close(self) -> None:
+        self.retain_forwards(set())
         for user, connection in list(self._pool.items()):
             self._drop(user, connection)
 

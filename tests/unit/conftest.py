@@ -114,6 +114,12 @@ class FakeTransport:
             raise RemoteFileTooLarge(["sh", "-c", "read", path], path, limit)
         return data
 
+    async def forward(self, host: str, port: int, *, user: str) -> tuple[str, int]:
+        return host, port  # as the local transport: no tunnel
+
+    def retain_forwards(self, keep: set[tuple[str, str, int]]) -> None:
+        return None
+
     async def fetch_to(self, path: str, local_path: str | os.PathLike[str], *, user: str,
                        limit: int) -> int:
         data = await self.read_file(path, user=user, limit=limit)

@@ -71,6 +71,18 @@ def test_check_config_says_so(tmp_path: Path) -> None:
     assert "readable by other users" not in result.stdout, result.stdout
 
 
+def test_check_config_names_an_unknown_transport(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'[gateway]\ndata_dir = "{tmp_path / "data"}"\ncookie_secret = "{COOKIE_SECRET}"\n'
+        '[[clusters]]\nname = "dev"\ntransport = "carrier-pigeon"\n'
+        'default_partition = "cpu"\n[clusters.partitions.cpu]\n')
+    config.chmod(0o600)
+    result = _check_config(config)
+    assert result.returncode == 1
+    assert "unknown transport 'carrier-pigeon' (installed: local, ssh" in result.stdout
+
+
 def test_the_database_holds_nothing_that_opens_a_lab(tmp_path: Path) -> None:
     path = tmp_path / "hpcgw.db"
     store = Store(path)

@@ -1,14 +1,18 @@
-"""Tunnels over SSH: one local forward per lab, re-opened on a new connection, closed once the
-lab is gone. The SSH connection is a stand-in that records the forwards it was asked for."""
+"""Port forwards (``Transport.forward``): over SSH one local forward per (user, host, port),
+re-opened on a new connection, closed once no lab needs it; locally the address itself. The SSH
+connection is a stand-in that records the forwards it was asked for."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.config import ClusterConfig
-from gateway.jobs.runtime import ClusterRuntime
-from gateway.proxy.tunnels import Tunnels
+import pytest
+
+from gateway.config import ClusterConfig, parse_config
+from gateway.errors import ConfigError
+from gateway.transport import load_transport
+from gateway.transport.local import LocalTransport
 from gateway.transport.ssh import SSHTransport
 
 
@@ -36,7 +40,7 @@ class FakeConnection:
         return self.listeners[-1]
 
 
-def ssh_runtime(connections: list[FakeConnection]) -> ClusterRuntime:
+def ssh_transport(connections: list[FakeConnection]) -> SSHTransport:
     cluster = ClusterConfig.model_validate({
         "name": "dev", "transport": "ssh", "default_partition": "cpu",
         "partitions": {"cpu": {}},
@@ -48,24 +52,35 @@ def ssh_runtime(connections: list[FakeConnection]) -> ClusterRuntime:
     async def connection(user: str) -> Any:
         return connections[-1]
     transport.connection = connection  # type: ignore[method-assign]
-    return ClusterRuntime(cluster, transport, backend=None)  # type: ignore[arg-type]
+    return transport
 
 
 async def test_one_forward_per_lab_reopened_on_a_new_connection_and_closed_when_gone() -> None:
     connections = [FakeConnection()]
-    runtime, tunnels = ssh_runtime(connections), Tunnels()
-    first = await tunnels.address(runtime, "node1", 41000, user="alice")
+    transport = ssh_transport(connections)
+    first = await transport.forward("node1", 41000, user="alice")
     assert first == ("127.0.0.1", 40000)
-    assert await tunnels.address(runtime, "node1", 41000, user="alice") == first
+    assert await transport.forward("node1", 41000, user="alice") == first
     assert connections[0].forwards == [("127.0.0.1", 0, "node1", 41000)]  # loopback, port 0
     connections.append(FakeConnection())  # the old link dropped; the pool has a new one
-    assert await tunnels.address(runtime, "node1", 41000, user="alice") == ("127.0.0.1", 40000)
+    assert await transport.forward("node1", 41000, user="alice") == ("127.0.0.1", 40000)
     assert connections[0].listeners[0].closed and len(connections[1].forwards) == 1
-    await tunnels.address(runtime, "node2", 42000, user="alice")
-    tunnels.retain({("dev", "alice", "node2", 42000)})
+    await transport.forward("node2", 42000, user="alice")
+    transport.retain_forwards({("alice", "node2", 42000)})
     assert connections[1].listeners[0].closed and not connections[1].listeners[1].closed
+    await transport.close()
+    assert connections[1].listeners[1].closed
 
 
-async def test_a_local_transport_needs_no_tunnel(fake_clusters: Any, config: Any) -> None:
-    runtime = fake_clusters(config.clusters[0])
-    assert await Tunnels().address(runtime, "node1", 41000, user="alice") == ("node1", 41000)
+async def test_a_local_transport_needs_no_forward(config: Any) -> None:
+    transport = LocalTransport(config.clusters[0])
+    assert await transport.forward("node1", 41000, user="alice") == ("node1", 41000)
+
+
+def test_transports_load_by_entry_point_name(make_raw_config: Any, tmp_path: Any) -> None:
+    raw = make_raw_config(tmp_path / "data")
+    cluster = parse_config(raw).clusters[0]
+    assert isinstance(load_transport(cluster), LocalTransport)
+    gone = cluster.model_copy(update={"transport": "uninstalled"})  # skips the config check
+    with pytest.raises(ConfigError, match="unknown transport 'uninstalled'"):
+        load_transport(gone)
