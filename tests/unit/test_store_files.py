@@ -46,6 +46,16 @@ def test_loose_modes_are_reported_then_tightened_at_start(tmp_path: Path) -> Non
     assert _mode(data) == 0o700 and _mode(data / "hpcgw.db") == 0o600
 
 
+def _write_config(path: Path, data: Path, cluster_lines: str = "", mode: int = 0o600) -> Path:
+    """A minimal config (one cluster ``dev``, partition ``cpu``) at ``path`` with ``mode``."""
+    path.write_text(
+        f'[gateway]\ndata_dir = "{data}"\ncookie_secret = "{COOKIE_SECRET}"\n'
+        f'[[clusters]]\nname = "dev"\ndefault_partition = "cpu"\n{cluster_lines}'
+        '[clusters.partitions.cpu]\n')
+    path.chmod(mode)
+    return path
+
+
 def _check_config(config: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gateway.cli.main", "--config", str(config),
                            "check-config"], capture_output=True, text=True, timeout=60)
@@ -55,12 +65,7 @@ def test_check_config_says_so(tmp_path: Path) -> None:
     data = tmp_path / "data"
     Store(data / "hpcgw.db").close()
     (data / "hpcgw.db").chmod(0o644)
-    config = tmp_path / "gateway.toml"
-    config.write_text(
-        f'[gateway]\ndata_dir = "{data}"\ncookie_secret = "{COOKIE_SECRET}"\n'
-        '[[clusters]]\nname = "dev"\ndefault_partition = "cpu"\n'
-        '[clusters.partitions.cpu]\n')
-    config.chmod(0o644)
+    config = _write_config(tmp_path / "gateway.toml", data, mode=0o644)
     result = _check_config(config)
     assert result.returncode == 1
     assert f"{data / 'hpcgw.db'} (644) is readable by other users" in result.stdout
@@ -72,12 +77,8 @@ def test_check_config_says_so(tmp_path: Path) -> None:
 
 
 def test_check_config_names_an_unknown_transport(tmp_path: Path) -> None:
-    config = tmp_path / "gateway.toml"
-    config.write_text(
-        f'[gateway]\ndata_dir = "{tmp_path / "data"}"\ncookie_secret = "{COOKIE_SECRET}"\n'
-        '[[clusters]]\nname = "dev"\ntransport = "carrier-pigeon"\n'
-        'default_partition = "cpu"\n[clusters.partitions.cpu]\n')
-    config.chmod(0o600)
+    config = _write_config(tmp_path / "gateway.toml", tmp_path / "data",
+                           'transport = "carrier-pigeon"\n')
     result = _check_config(config)
     assert result.returncode == 1
     assert "unknown transport 'carrier-pigeon' (installed: local, ssh" in result.stdout
