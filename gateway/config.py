@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,6 +24,7 @@ from pydantic import (
 )
 
 from .errors import ConfigError
+from .plugins import plugin_names
 from .units import parse_memory_mb, parse_slurm_time
 
 # Identifiers that reach sbatch options or paths must match this (design.md §4: allowlists).
@@ -162,7 +162,7 @@ class ClusterConfig(_Strict):
     @classmethod
     def _plugin_name(cls, value: str, info: ValidationInfo) -> str:
         group = f"hpcgw.{info.field_name}s"
-        known = sorted(entry.name for entry in entry_points(group=group))
+        known = plugin_names(group)
         if value not in known:
             raise ValueError(f"unknown {info.field_name} {value!r} (installed: "
                              f"{', '.join(known) or 'none'}; entry point group {group})")

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from enum import StrEnum
-from importlib.metadata import entry_points
 from typing import Any, NamedTuple, Protocol
 
 from ..config import ClusterConfig
-from ..errors import ConfigError
+from ..plugins import load_plugin
 from ..transport import Transport
 
 
@@ -85,8 +84,6 @@ class SchedulerBackend(Protocol):
 
 def load_backend(cluster: ClusterConfig, transport: Transport) -> SchedulerBackend:
     """Instantiate the backend named by ``cluster.scheduler`` from the entry point group."""
-    for entry in entry_points(group="hpcgw.schedulers"):
-        if entry.name == cluster.scheduler:
-            backend: SchedulerBackend = entry.load()(cluster, transport)
-            return backend
-    raise ConfigError(f"cluster {cluster.name}: unknown scheduler {cluster.scheduler!r}")
+    backend: SchedulerBackend = load_plugin(
+        "hpcgw.schedulers", cluster.scheduler, "scheduler", cluster.name)(cluster, transport)
+    return backend

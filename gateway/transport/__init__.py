@@ -7,10 +7,9 @@ key), so a site can add one without touching the core.
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError
+from ..plugins import load_plugin
 from .base import (
     CommandResult,
     NotARegularFile,
@@ -29,8 +28,6 @@ __all__ = ["CommandResult", "NotARegularFile", "RemoteFileMissing", "RemoteFileR
 
 def load_transport(cluster: ClusterConfig) -> Transport:
     """The transport named by ``cluster.transport``, from the ``hpcgw.transports`` group."""
-    for entry in entry_points(group="hpcgw.transports"):
-        if entry.name == cluster.transport:
-            transport: Transport = entry.load()(cluster)
-            return transport
-    raise ConfigError(f"cluster {cluster.name}: unknown transport {cluster.transport!r}")
+    transport: Transport = load_plugin(
+        "hpcgw.transports", cluster.transport, "transport", cluster.name)(cluster)
+    return transport
