@@ -21,9 +21,11 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qs
 
-from aiohttp import StreamReader, web
+from aiohttp import web
 from yarl import URL
 
 from ..errors import BadRequest, Forbidden, PayloadTooLarge, UnsupportedMediaType
@@ -100,16 +102,19 @@ def set_form_cookie(response: web.StreamResponse, request: web.Request, token: s
                         secure=request.app[CONFIG].gateway.cookie_secure)
 
 
-async def read_capped(content: StreamReader, limit: int, what: str) -> bytes:
-    """The whole body, refusing (413) as soon as it grows past ``limit`` bytes.
+async def read_capped(next_chunk: Callable[[], Awaitable[bytes]], limit: int, what: str,
+                      **problem: Any) -> bytes:
+    """Everything ``next_chunk`` gives until it gives ``b""`` (a body: ``content.readany``; a
+    multipart part: its ``read_chunk``), refusing (413, with ``problem``'s fields) as soon as
+    it grows past ``limit`` bytes.
 
     (``StreamReader.read(n)`` alone returns whatever has arrived, not the whole body.)
     """
     chunks, size = [], 0
-    while chunk := await content.readany():
+    while chunk := await next_chunk():
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"{what} is larger than {limit} bytes")
+            raise PayloadTooLarge(f"{what} is larger than {limit} bytes", **problem)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -122,7 +127,7 @@ async def read_form(request: web.Request) -> dict[str, str]:
         raise PayloadTooLarge(f"a form is at most {FORM_BODY_LIMIT} bytes")
     if request.content_type != URLENCODED:
         raise UnsupportedMediaType(f"send the form as {URLENCODED}")
-    body = await read_capped(request.content, FORM_BODY_LIMIT, "a form")
+    body = await read_capped(request.content.readany, FORM_BODY_LIMIT, "a form")
     try:
         fields = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=20,
                           strict_parsing=False)

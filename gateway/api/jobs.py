@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -67,17 +68,6 @@ def _depth_over(value: Any, limit: int) -> bool:
     return False
 
 
-async def _read_part(part: BodyPartReader, limit: int, field: str) -> bytes:
-    """A multipart part's bytes, refusing (413) as soon as it grows past ``limit``."""
-    chunks, size = [], 0
-    while chunk := await part.read_chunk(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"{field} is larger than {limit} bytes", fields=[field])
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def _multipart(request: web.Request, limit: int) -> MultipartReader:
     """The body's multipart reader once its size is known to be within ``limit``.
 
@@ -131,8 +121,9 @@ async def read_notebook_upload(request: web.Request) -> tuple[bytes, Any]:
                 raise ValidationFailed([FieldError(name, "unknown form part")])
             if name in found:
                 raise ValidationFailed([FieldError(name, "sent more than once")])
-            found[name] = await _read_part(
-                part, limit if name == "notebook" else MAX_SPEC_BYTES, name)
+            found[name] = await read_capped(
+                functools.partial(part.read_chunk, 64 * 1024),
+                limit if name == "notebook" else MAX_SPEC_BYTES, name, fields=[name])
     except (ValueError, AssertionError, HttpProcessingError, ConnectionError) as exc:
         # framing broken inside a part, or the body ended early
         raise BadRequest(f"malformed multipart body: {exc}") from None
@@ -146,7 +137,7 @@ async def _json_body(request: web.Request) -> Any:
     """A lab request: JSON of at most 64 KiB (413), parsed as :func:`parse_json` does."""
     if request.content_length is not None and request.content_length > MAX_SPEC_BYTES:
         raise PayloadTooLarge(f"a lab request is at most {MAX_SPEC_BYTES} bytes")
-    return parse_json(await read_capped(request.content, MAX_SPEC_BYTES, "a lab request"),
+    return parse_json(await read_capped(request.content.readany, MAX_SPEC_BYTES, "a lab request"),
                       "body")
 
 
