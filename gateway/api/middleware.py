@@ -19,9 +19,7 @@ from .sessions import SESSION_COOKIE, check_xsrf, read_session
 log = logging.getLogger(__name__)
 PROBLEM_TYPE = "application/problem+json"
 PUBLIC_PATHS = frozenset({"/api/v1/openapi.json", "/api/v1/health", "/login", "/logout"})
-# On every response the gateway makes itself (pages, API answers, problems). Pages have no
-# script, no inline style, and may not be framed; forms post only to the gateway.
-LAB_PREFIX = "/labs/"
+LAB_PREFIX = "/labs/"  # responses under it are the labs' own (see security_headers)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

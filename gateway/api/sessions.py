@@ -63,6 +63,12 @@ def read_session(secret: str, value: str, now: float | None = None) -> int | Non
     return int(token_id)
 
 
+def double_submitted(expected: str, sent: str) -> bool:
+    """Whether ``sent`` (a header or form field) carries the cookie value ``expected``, compared
+    in constant time; never with an empty cookie."""
+    return bool(expected) and hmac.compare_digest(expected.encode(), sent.encode())
+
+
 def check_xsrf(request: web.Request) -> None:
     """Refuse (403) a cookie-authenticated state change without the double-submitted token."""
     if request.method in SAFE_METHODS:
@@ -70,7 +76,7 @@ def check_xsrf(request: web.Request) -> None:
     cookie = XSRF_COOKIE if not request.path.startswith("/labs/") else "_xsrf"
     expected = request.cookies.get(cookie, "")
     sent = request.headers.get(XSRF_HEADER, "")
-    if not expected or not hmac.compare_digest(expected.encode(), sent.encode()):
+    if not double_submitted(expected, sent):
         raise Forbidden(f"a browser session must send the {XSRF_HEADER} header "
                         f"(the value of the {cookie} cookie) to change anything")
 
@@ -158,13 +164,11 @@ async def logout(request: web.Request) -> web.Response:
     """
     check_same_origin(request)
     form = await read_form(request)
-    if SESSION_COOKIE in request.cookies:
-        expected = request.cookies.get(XSRF_COOKIE, "")
-        sent = form.get(FORM_FIELD, "")
-        if not (expected and expected.isascii() and sent.isascii()
-                and hmac.compare_digest(expected.encode(), sent.encode())):
-            raise Forbidden(f"log out with the gateway's own form (the {FORM_FIELD} field must "
-                            f"carry the {XSRF_COOKIE} cookie's value)")
+    sent = form.get(FORM_FIELD, "")
+    if SESSION_COOKIE in request.cookies and not double_submitted(
+            request.cookies.get(XSRF_COOKIE, ""), sent):
+        raise Forbidden(f"log out with the gateway's own form (the {FORM_FIELD} field must "
+                        f"carry the {XSRF_COOKIE} cookie's value)")
     response = web.HTTPSeeOther("/login")
     for name in GATEWAY_COOKIES:
         response.del_cookie(name, path="/login" if name == FORM_COOKIE else "/")
