@@ -130,8 +130,8 @@ async def poll_once(service: JobService, runtime: ClusterRuntime) -> None:
     if refused:  # those count as not listed
         statuses = {slurm_job_id: status for slurm_job_id, status in statuses.items()
                     if slurm_job_id not in refused}
-        changed = {slurm_job_id: changed[slurm_job_id] for slurm_job_id in changed.keys()
-                   - refused}
+        for slurm_job_id in refused:
+            del changed[slurm_job_id]
     for slurm_job_id, status in changed.items():
         apply_status(cycle, tracked.jobs[tracked.by_slurm[slurm_job_id]], status)
     _check_missing(service.config.poll, runtime, statuses, cycle)
