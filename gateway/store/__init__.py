@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -27,7 +26,7 @@ from ..config import IDENTIFIER, UNIX_USER
 from ..errors import BadRequest, Conflict, NotFound
 from ..states import IN_SCHEDULER, TERMINAL, TRANSITIONS, State, check_transition
 from ..timestamps import parse_timestamp, utcnow
-from .files import loose_modes, private_dir
+from .files import loose_modes, private_database, private_dir
 from .schema import LAB_TOKENS_DROPPED, MIGRATIONS
 
 __all__ = ["LAB_TOKENS_DROPPED", "MIGRATIONS", "TOKEN_PREFIX", "Move", "Store", "User",
@@ -88,13 +87,8 @@ class Store:
     """
 
     def __init__(self, path: Path) -> None:
-        private_dir(path.parent)
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        for suffix in ("", "-wal", "-shm"):
-            sibling = path.with_name(path.name + suffix)
-            if sibling.exists() and sibling.stat().st_mode & 0o077:
-                sibling.chmod(0o600)
-        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        connection = sqlite3.connect(private_database(path), isolation_level=None,
+                                     check_same_thread=False)
         self.db = sqlite_utils.Database(connection)
         self.db.enable_wal()
         self.db.execute("PRAGMA foreign_keys = ON")
