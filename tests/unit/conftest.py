@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from gateway.config import ClusterConfig, Config, parse_config
 from gateway.errors import ClusterUnavailable
 from gateway.jobs.runtime import ClusterRuntime
 from gateway.scheduler import SchedulerState, SchedulerStatus
+from gateway.store import Store
 from gateway.transport import CommandResult, RemoteFileMissing, RemoteFileTooLarge
 
 COOKIE_SECRET = "s" * 40
@@ -216,6 +217,14 @@ class FakeClusters:
 
 # Test modules get these through fixtures, never ``import conftest`` (several conftest.py files
 # share that module name when the whole tests/ tree is collected).
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """A fresh store in the test's temp dir (test files with their own layout override it)."""
+    store = Store(tmp_path / "hpcgw.db")
+    yield store
+    store.close()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -33,13 +32,6 @@ NOTEBOOK, EXIT, LOG = (f"{WORKDIR}/{name}" for name in ("output.ipynb", "exit.js
 @pytest.fixture(autouse=True)
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(collector, "FIRST_BACKOFF", 0.01)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(tmp_path / "hpcgw.db")
-    yield store
-    store.close()
 
 
 class Setup:

@@ -5,9 +5,8 @@ polls and failed cycles."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -24,13 +23,6 @@ from gateway.store import Store, User
 
 if TYPE_CHECKING:
     from conftest import FakeBackend, FakeClusters
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(tmp_path / "hpcgw.db")
-    yield store
-    store.close()
 
 
 class Setup:

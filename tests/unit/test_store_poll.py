@@ -5,21 +5,12 @@ single transitions."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from gateway.states import Reason, State
 from gateway.store import Move, Store, User
 from gateway.timestamps import utcnow
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(tmp_path / "hpcgw.db")
-    yield store
-    store.close()
 
 
 @pytest.fixture

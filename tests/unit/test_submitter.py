@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Coroutine, Iterator
-from pathlib import Path
+from collections.abc import Coroutine
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -24,13 +23,6 @@ if TYPE_CHECKING:
     from conftest import FakeCluster, FakeClusters
 
 JOB = "00112233aabbccdd"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(tmp_path / "hpcgw.db")
-    yield store
-    store.close()
 
 
 def insert(store: Store, config: Config, user: User, **fields: Any) -> dict[str, Any]:
