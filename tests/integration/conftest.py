@@ -76,12 +76,21 @@ class Gateway:
         return result
 
 
-def write_config(source: Path, target: Path, data_dir: Path, **poll: float) -> None:
-    """A copy of the dev cluster's gateway config with its own data directory (and ``poll``
-    settings overridden)."""
+def dev_source(dev_config: Path, transport: str) -> Path:
+    """The dev cluster's gateway config for ``transport`` ("local" or "ssh")."""
+    return dev_config if transport == "local" else dev_config.with_name("gateway-ssh.toml")
+
+
+def write_config(source: Path, target: Path, data_dir: Path, gateway_extra: str = "",
+                 **settings: object) -> None:
+    """A copy of the dev cluster's gateway config with its own data directory, ``settings``
+    (keys the config already has, values as TOML text) overridden, and ``gateway_extra`` (TOML
+    lines) added to its ``[gateway]`` table."""
     text = source.read_text()
-    text = re.sub(r'(?m)^data_dir = ".*"$', f'data_dir = "{data_dir}"', text)
-    for key, value in poll.items():
+    text = re.sub(r'(?m)^data_dir = ".*"$',
+                  f'data_dir = "{data_dir}"' + (f"\n{gateway_extra}" if gateway_extra else ""),
+                  text)
+    for key, value in settings.items():
         text, count = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
         assert count == 1, key
     tomllib.loads(text)
@@ -133,8 +142,7 @@ def gateway(dev_config: Path, transport: str,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     home = tmp_path_factory.mktemp(f"gateway-{transport}")
     config = home / "gateway.toml"
-    source = dev_config if transport == "local" else dev_config.with_name("gateway-ssh.toml")
-    write_config(source, config, home / "data")
+    write_config(dev_source(dev_config, transport), config, home / "data")
     with config.open("a") as limits:  # the suite submits far more than a person would
         limits.write(SUITE_LIMITS)
     tokens = add_users(config)

@@ -16,7 +16,16 @@ from typing import Any
 
 import pytest
 
-from .conftest import Api, Gateway, add_users, make_notebook, start_gateway, stop_gateway
+from .conftest import (
+    Api,
+    Gateway,
+    add_users,
+    dev_source,
+    make_notebook,
+    start_gateway,
+    stop_gateway,
+    write_config,
+)
 
 MAX_RESULT_BYTES = 64 * 1024 * 1024
 MAX_GROWTH_MIB = 64
@@ -48,14 +57,9 @@ def wrapper() -> Iterator[Path]:
 def capped_gateway(dev_config: Path, transport: str, wrapper: Path,
                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     home = tmp_path_factory.mktemp(f"bounded-{transport}")
-    source = dev_config if transport == "local" else dev_config.with_name("gateway-ssh.toml")
-    text = re.sub(r'(?m)^data_dir = ".*"$',
-                  f'data_dir = "{home / "data"}"\nmax_result_bytes = {MAX_RESULT_BYTES}',
-                  source.read_text())
-    text, count = re.subn(r'(?m)^python = ".*"$', f'python = "{wrapper}"', text)
-    assert count == 1
     config = home / "gateway.toml"
-    config.write_text(text)
+    write_config(dev_source(dev_config, transport), config, home / "data",
+                 gateway_extra=f"max_result_bytes = {MAX_RESULT_BYTES}", python=f'"{wrapper}"')
     tokens = add_users(config)
     log_path = home / "gateway.log"
     process, url = start_gateway(config, log_path)

@@ -29,6 +29,7 @@ from .conftest import (
     Api,
     Gateway,
     add_users,
+    dev_source,
     make_notebook,
     start_gateway,
     stop_gateway,
@@ -160,10 +161,9 @@ async def test_a_swapped_lab_json_port_never_gets_the_token(
     wrapper = world_traversable / "held-python"
     wrapper.write_text(HOLD_BACK)
     wrapper.chmod(0o755)
-    source = dev_config if transport == "local" else dev_config.with_name("gateway-ssh.toml")
     config = tmp_path / "gateway.toml"
-    write_config(source, config, tmp_path / "data", start_timeout=15.0,
-                 python=f'"{wrapper}"')  # type: ignore[arg-type]
+    write_config(dev_source(dev_config, transport), config, tmp_path / "data",
+                 start_timeout=15.0, python=f'"{wrapper}"')
     tokens = add_users(config)
     process, url = start_gateway(config, tmp_path / "gateway.log")
     gateway = Gateway(url, config, tokens, process, tmp_path / "gateway.log")

@@ -11,7 +11,15 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from .conftest import Api, Gateway, add_users, start_gateway, stop_gateway, write_config
+from .conftest import (
+    Api,
+    Gateway,
+    add_users,
+    dev_source,
+    start_gateway,
+    stop_gateway,
+    write_config,
+)
 from .kernel_client import run_cell, start_kernel
 from .lab_helpers import request_lab, wait_answers, wait_ready
 from .test_ssh_faults import sshd_sessions
@@ -25,7 +33,7 @@ class OwnGateway:
     def __init__(self, source: Path, home: Path, **settings: object) -> None:
         home.mkdir(parents=True)
         self.config = home / "gateway.toml"
-        write_config(source, self.config, home / "data", **settings)  # type: ignore[arg-type]
+        write_config(source, self.config, home / "data", **settings)
         self.tokens = add_users(self.config)
         self.log = home / "gateway.log"
         self.started: list[Gateway] = []
@@ -53,8 +61,8 @@ def own_gateway(dev_config: Path, tmp_path: Path) -> Iterator[object]:
     made: list[OwnGateway] = []
 
     def make(transport: str = "local", **settings: object) -> OwnGateway:
-        source = dev_config if transport == "local" else dev_config.with_name("gateway-ssh.toml")
-        made.append(OwnGateway(source, tmp_path / f"gw{len(made)}", **settings))
+        made.append(OwnGateway(dev_source(dev_config, transport), tmp_path / f"gw{len(made)}",
+                               **settings))
         return made[-1]
     yield make
     for gateway in made:
