@@ -83,11 +83,15 @@ def make_form_token(secret: str, now: float | None = None) -> str:
     return f"{payload}.{_signature(secret, payload)}"
 
 
+def double_submitted(expected: str, sent: str) -> bool:
+    """Whether ``sent`` (a header or form field) carries the cookie value ``expected``, compared
+    in constant time; never with an empty cookie."""
+    return bool(expected) and hmac.compare_digest(expected.encode(), sent.encode())
+
+
 def form_token_ok(secret: str, cookie: str, field: str, now: float | None = None) -> bool:
     """True when the cookie and the field carry the same signed, unexpired token."""
-    if not (cookie and field and cookie.isascii() and field.isascii()):
-        return False
-    if not hmac.compare_digest(cookie.encode(), field.encode()):
+    if not double_submitted(cookie, field):
         return False
     payload, _, signature = cookie.rpartition(".")
     if not hmac.compare_digest(_signature(secret, payload).encode(), signature.encode()):

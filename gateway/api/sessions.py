@@ -24,6 +24,7 @@ from .forms import (
     FORM_COOKIE,
     FORM_FIELD,
     check_same_origin,
+    double_submitted,
     form_token_ok,
     make_form_token,
     read_form,
@@ -61,12 +62,6 @@ def read_session(secret: str, value: str, now: float | None = None) -> int | Non
     if not (token_id.isdigit() and expires.isdigit()) or int(expires) < (now or time.time()):
         return None
     return int(token_id)
-
-
-def double_submitted(expected: str, sent: str) -> bool:
-    """Whether ``sent`` (a header or form field) carries the cookie value ``expected``, compared
-    in constant time; never with an empty cookie."""
-    return bool(expected) and hmac.compare_digest(expected.encode(), sent.encode())
 
 
 def check_xsrf(request: web.Request) -> None:
