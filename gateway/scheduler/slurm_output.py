@@ -40,8 +40,10 @@ MAX_JSON_BYTES = 256 * 1024 * 1024  # squeue --json for ~50,000 jobs
 _JOB_ID = re.compile(r"^[0-9]{1,12}\Z")
 # A single node name as Slurm's NodeName allows (no list brackets: gateway jobs use one node).
 _NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
-# Slurm's reasons are one word (Priority, Resources, ReqNodeNotAvail, ...).
-_REASON = re.compile(r"^[A-Za-z0-9_(),.:=-]{1,64}\Z")
+# Slurm's reason: usually one word (Priority, Resources), sometimes a phrase ("Nodes required for
+# job are DOWN, DRAINED or reserved for jobs in higher priority partitions"). Slurm sets it, no
+# user does; printable text of bounded length.
+_REASON = re.compile(r"^[^\x00-\x1f\x7f|]{1,200}\Z")
 # sacct -c prints "alice(1001)".
 _USER_WITH_UID = re.compile(r"^([a-z_][a-z0-9_-]{0,31})(?:\([0-9]+\))?\Z")
 

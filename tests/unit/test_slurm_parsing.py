@@ -51,6 +51,14 @@ def test_parse_squeue_realistic_lines() -> None:
     assert statuses["11"].state is SchedulerState.RUNNING  # still completing
 
 
+def test_a_reason_that_is_a_phrase_is_slurms_own_word() -> None:
+    # Seen on the dev cluster right after slurmctld restarted: the job must stay listed.
+    line = ("740|PENDING|Nodes required for job are DOWN, DRAINED or reserved for jobs in "
+            "higher priority partitions||alice\n")
+    status = parse_squeue(line)["740"]
+    assert status.pending_reason is not None and status.pending_reason.startswith("Nodes required")
+
+
 def test_parse_squeue_only_wanted_jobs() -> None:
     text = SQUEUE + "99|SOME_NEW_STATE|None|vm|zed\n"
     statuses = parse_squeue(text, wanted={"2", "12", "404"})
@@ -66,7 +74,8 @@ def test_parse_squeue_empty_output() -> None:
 @pytest.mark.parametrize("line", [
     "2|RUNNING|None|vm", "garbage", "2|RUNNING", "2|RUNNING|None|vm|alice|extra",
     "2|WIBBLE|None|vm|alice", "x2|RUNNING|None|vm|alice", "2|RUNNING|None|vm|Alice Smith",
-    "2|RUNNING|None|evil host|alice", "2|RUNNING|None|vm[1-3]|alice", "2|RUNNING|a b|vm|alice",
+    "2|RUNNING|None|evil host|alice", "2|RUNNING|None|vm[1-3]|alice",
+    "40|PENDING|a\x1b[2Jb||alice",  # a reason with a control character
 ])
 def test_parse_squeue_skips_bad_lines_and_logs_them(
         line: str, caplog: pytest.LogCaptureFixture) -> None:
