@@ -2,8 +2,10 @@
 
 A backend turns four questions into its scheduler's commands, always through the cluster's
 transport: ``submit``, ``status_many``, ``cancel``, ``cluster_info`` (plus ``find_by_tag`` so a
-submission whose answer was lost can be adopted instead of repeated). Backends report states in the
-scheduler-neutral :class:`SchedulerState`; the job service maps those onto gateway states.
+submission whose answer was lost can be adopted instead of repeated). What a job asks of the
+scheduler arrives as typed, already checked :class:`~gateway.scheduler.options.SubmitOptions`;
+the script itself carries none of it. Backends report states in the scheduler-neutral
+:class:`SchedulerState`; the job service maps those onto gateway states.
 Backends load through the ``hpcgw.schedulers`` entry point group, so a site can add one.
 """
 
@@ -16,6 +18,7 @@ from typing import Any, NamedTuple, Protocol
 from ..config import ClusterConfig
 from ..plugins import load_plugin
 from ..transport import Transport
+from .options import SubmitOptions
 
 
 class SchedulerState(StrEnum):
@@ -50,11 +53,16 @@ class SchedulerStatus(NamedTuple):
 
 
 class SchedulerBackend(Protocol):
-    async def submit(self, script: str, *, user: str, tag: str) -> str:
-        """Submit ``script`` (sent on stdin) as unix user ``user``; the scheduler's job id.
+    async def submit(self, script: str, options: SubmitOptions) -> str:
+        """Submit ``script`` as unix user ``options.user`` with ``options``; the scheduler's
+        job id.
 
-        ``tag`` (the gateway job id) is attached to the scheduler's job so that
-        :meth:`find_by_tag` can find it again after a lost answer or a gateway crash.
+        The backend passes every option in its scheduler's own structured form (sbatch
+        arguments, a JSON job description), never by editing ``script``, and runs the script
+        unchanged. ``options.tag`` (the gateway job id) is attached to the scheduler's job so
+        that :meth:`find_by_tag` can find it again after a lost answer or a gateway crash.
+        Raises :class:`gateway.errors.ClusterUnavailable` when the scheduler can't be reached
+        and :class:`gateway.errors.SchedulerError` when it refuses or answers nonsense.
         """
         ...
 

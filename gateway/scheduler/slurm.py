@@ -3,7 +3,8 @@
 Each poll is one ``squeue`` for every job on the cluster (its cost does not depend on how many jobs
 the gateway tracks); jobs that already left the queue get one ``sacct`` for all of them. Without
 slurmdbd, ``sacct`` refuses ("accounting storage is disabled") and the backend reads the jobcomp
-file with ``sacct -c`` instead, remembering the choice.
+file with ``sacct -c`` instead, remembering the choice. A submission's options travel as sbatch
+arguments (:func:`sbatch_argv`), never as ``#SBATCH`` lines in the script.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from typing import Any
 from ..config import ClusterConfig
 from ..errors import ClusterUnavailable, CommandFailed, CommandTimeout, SchedulerError
 from ..transport import Transport
+from ..units import format_slurm_time
 from .base import SchedulerStatus
+from .options import SubmitOptions
 from .slurm_output import (
     SACCT_FIELDS,
     SINFO_FORMAT,
@@ -27,8 +30,6 @@ from .slurm_output import (
     parse_sinfo,
 )
 
-_TAG = re.compile(r"^[0-9a-f]{8,32}\Z")
-
 # stderr of Slurm commands that could not reach slurmctld: worth retrying, never a job failure.
 _UNREACHABLE = re.compile(
     r"Unable to contact slurm controller|Socket timed out|Zero Bytes were transmitted"
@@ -39,6 +40,40 @@ _UNREACHABLE = re.compile(
 
 _ALREADY_GONE = re.compile(r"already completing or completed|Invalid job id", re.I)
 
+
+def sbatch_argv(options: SubmitOptions) -> list[str]:
+    """The sbatch command line that submits a script (read from stdin) with ``options``.
+
+    Every value is one ``--flag=value`` word of argv: :class:`SubmitOptions` only holds values
+    that need no quoting, and nothing here passes through a shell. ``--parsable`` makes sbatch
+    answer ``JOBID[;CLUSTER]``.
+    """
+    argv = [
+        "sbatch", "--parsable",
+        f"--job-name={options.job_name}",
+        f"--partition={options.partition}",
+        f"--time={format_slurm_time(options.time_s)}",
+        "--nodes=1", "--ntasks=1",
+        f"--cpus-per-task={options.cpus}",
+    ]
+    if options.memory_mb is not None:
+        argv.append(f"--mem={options.memory_mb}M")
+    if options.gres is not None:
+        argv.append(f"--gres={options.gres}")
+    for flag in ("account", "qos", "constraint", "reservation"):
+        value = getattr(options, flag)
+        if value is not None:
+            argv.append(f"--{flag}={value}")
+    argv += [
+        f"--chdir={options.workdir}",
+        f"--output={options.output}",
+        "--open-mode=append",
+        f"--comment={TAG_PREFIX}{options.tag}",
+    ]
+    if options.environment:
+        argv.append("--export=" + ",".join(
+            ["ALL", *(f"{name}={value}" for name, value in options.environment.items())]))
+    return argv
 
 
 class SlurmCLIBackend:
@@ -67,14 +102,9 @@ class SlurmCLIBackend:
         # Queries run as the gateway's own identity: squeue and sacct list every user's jobs.
         return await self._run(argv, user=None)
 
-    async def submit(self, script: str, *, user: str, tag: str) -> str:
-        if not _TAG.match(tag):
-            raise ValueError(f"bad job tag {tag!r}")
-        answer = await self._run(
-            ["sbatch", "--parsable", f"--comment={TAG_PREFIX}{tag}"],
-            user=user,
-            stdin=script.encode(),
-        )
+    async def submit(self, script: str, options: SubmitOptions) -> str:
+        answer = await self._run(sbatch_argv(options), user=options.user,
+                                 stdin=script.encode())
         job_id = answer.strip().split(";")[0]
         if not job_id.isdigit():
             raise SchedulerError(f"sbatch answered {answer.strip()[:200]!r}, not a job id")
