@@ -1,21 +1,34 @@
-"""Rendering batch scripts from ``job_templates/`` (admin-overridable jinja2 files).
+"""Rendering batch scripts from the job templates (``gateway/job_templates/``, package data).
 
-Two filters carry all the quoting, so a template cannot get it wrong silently:
+The built-in templates can be overridden by name from a site directory (``[gateway]
+template_dir``): :func:`make_environment` looks there first and falls back to the built-in ones,
+so a site's ``lab.sh.j2`` may replace only that template and still ``{% extends "base.sh.j2" %}``
+(or extend the built-in version of itself as ``builtin/lab.sh.j2``).
+
+The scripts carry no scheduler options (those travel as
+:class:`gateway.scheduler.options.SubmitOptions`). Quoting is the filters' job, so a template
+cannot get it wrong silently:
 
 - ``q`` quotes free text for bash. Printable text becomes one ``shlex.quote`` word; text with
   control characters becomes an ANSI-C ``$'...'`` word, so a newline in a value can never start a
-  new line of the script (and so never an ``#SBATCH`` line).
-- ``sbatch`` passes a value into an ``#SBATCH`` directive only if it is made of characters Slurm
-  needs no quoting for; anything else raises. Values there come from allowlists anyway: this is
-  the second lock on the same door.
+  new line of the script. A :class:`ShellVariable` word (made in a template with
+  ``shell_var(NAME, prefix)``) is its quoted prefix followed by ``"$NAME"``, and only names in
+  :data:`SHELL_VARIABLES` can be one: the job's own variables, never text from a request.
+- ``in_runtime`` hands a command's argv to the job's container runtime (the ``runtime`` in the
+  render context, a :class:`gateway.runtimes.base.ContainerRuntime`) and renders the argv it
+  returns as one command line, every word through ``q``.
 
-``StrictUndefined`` turns a misspelt variable into an error instead of an empty string.
+Anything else printed by ``{{ ... }}`` must be a string or a number: a list or an object can't
+land in a script as its Python repr. ``StrictUndefined`` turns a misspelt variable into an error
+instead of an empty string.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +36,19 @@ import jinja2
 
 from .errors import GatewayError
 
-DEFAULT_TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "job_templates"
-_SBATCH_SAFE = re.compile(r"[A-Za-z0-9._:/@+=,%-]+")
+# Where the built-in templates live, as package data of this package.
+BUILTIN_PACKAGE, BUILTIN_DIR = "gateway", "job_templates"
+# The prefix under which a site template can reach a built-in one it overrides.
+BUILTIN_PREFIX = "builtin"
+# The shell variables a script may pass to its command unexpanded by the gateway: set by the
+# script itself (JUPYTER_RUNTIME_DIR) or by Slurm for the job's user (HOME).
+SHELL_VARIABLES = frozenset({"HOME", "JUPYTER_RUNTIME_DIR"})
 _ANSI_C = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_SHELL_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*\Z")
+# Continuation lines of a long command start with this; a line is broken before an option word
+# once it would pass COMMAND_WIDTH characters.
+COMMAND_WIDTH = 90
+_CONTINUATION = " \\\n    "
 
 
 class TemplateValueError(ValueError):
@@ -39,8 +62,39 @@ class ScriptRenderError(GatewayError):
     title = "Job script could not be rendered"
 
 
+@dataclass(frozen=True)
+class ShellVariable:
+    """One command word: ``prefix`` (literal text) followed by the value shell variable ``name``
+    has when the script runs, e.g. ``--ServerApp.root_dir="$HOME"``.
+
+    ``name`` must be in :data:`SHELL_VARIABLES` (else :class:`TemplateValueError`); the value is
+    double-quoted, so it is neither split nor globbed.
+    """
+
+    name: str
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.name, str) and _SHELL_NAME.match(self.name)
+                and self.name in SHELL_VARIABLES):
+            raise TemplateValueError(
+                f"shell variable {self.name!r} is not one a script may pass on "
+                f"(allowed: {', '.join(sorted(SHELL_VARIABLES))})")
+        if not isinstance(self.prefix, str):
+            raise TemplateValueError(f"the prefix of ${self.name} must be text")
+
+
+# A word of a command's argv: literal text, or a reference to one of the script's variables.
+Word = str | ShellVariable
+
+
 def shell_quote(value: Any) -> str:
-    """One bash word that expands to exactly ``str(value)``."""
+    """One bash word that expands to exactly ``str(value)`` (for a :class:`ShellVariable`: to its
+    prefix followed by the variable's value)."""
+    if isinstance(value, ShellVariable):
+        if value.name not in SHELL_VARIABLES:  # frozen, but checked where it counts
+            raise TemplateValueError(f"shell variable {value.name!r} is not allowed")
+        return (shell_quote(value.prefix) if value.prefix else "") + f'"${value.name}"'
     text = str(value)
     if text.isprintable():
         return shlex.quote(text)
@@ -54,32 +108,112 @@ def shell_quote(value: Any) -> str:
     return f"$'{escaped}'"
 
 
-def sbatch_value(value: Any) -> str:
-    """``value`` for an ``#SBATCH`` line, or TemplateValueError if it needs quoting."""
-    text = str(value)
-    if not _SBATCH_SAFE.fullmatch(text):
-        raise TemplateValueError(f"unsafe value for an #SBATCH directive: {text!r}")
-    return text
+def shell_words(words: Iterable[Word]) -> str:
+    """``words`` as one bash command line, each quoted by :func:`shell_quote`. A line longer
+    than :data:`COMMAND_WIDTH` is continued (backslash, newline, indent) before an option word
+    (one starting with ``-``), so an option stays on the line of its values. No word ever holds
+    a raw newline, so the line breaks are only these."""
+    groups: list[str] = []  # an option with the words up to the next option
+    for text in map(shell_quote, words):
+        if groups and not text.startswith("-"):
+            groups[-1] += " " + text
+        else:
+            groups.append(text)
+    lines = [groups[0]] if groups else []
+    for group in groups[1:]:
+        indent = 4 if len(lines) > 1 else 0
+        if indent + len(lines[-1]) + 1 + len(group) > COMMAND_WIDTH:
+            lines.append(group)
+        else:
+            lines[-1] += " " + group
+    return _CONTINUATION.join(lines)
 
 
-def make_environment(template_dir: Path = DEFAULT_TEMPLATE_DIR) -> jinja2.Environment:
+@jinja2.pass_context
+def in_runtime(context: jinja2.runtime.Context, argv: Sequence[Word]) -> str:
+    """The ``in_runtime`` filter: ``argv`` (text, whole numbers and :class:`ShellVariable`
+    words) as the context's container runtime runs it, quoted word by word
+    (:func:`shell_words`)."""
+    runtime = context.get("runtime")
+    if runtime is None:
+        raise TemplateValueError("no container runtime in the render context")
+    if isinstance(argv, str | jinja2.Undefined):
+        raise TemplateValueError("in_runtime takes a list of words")
+    command: list[Word] = []
+    for word in argv:
+        if isinstance(word, jinja2.Undefined):
+            str(word)  # StrictUndefined: raises UndefinedError naming the variable
+        if isinstance(word, int) and not isinstance(word, bool):
+            word = str(word)
+        if not isinstance(word, str | ShellVariable):
+            raise TemplateValueError(f"in_runtime: {type(word).__name__} is not a word")
+        command.append(word)
+    words = runtime.exec_argv(command)
+    if not words or not all(isinstance(w, str | ShellVariable) for w in words):
+        raise TemplateValueError(f"runtime {runtime.name!r} returned no argv of words")
+    return shell_words(words)
+
+
+def _printable(value: Any) -> Any:
+    """Jinja's ``finalize``: what ``{{ ... }}`` may print as it is (text and numbers)."""
+    if isinstance(value, str | int | float):
+        return value
+    raise TemplateValueError(
+        f"{type(value).__name__} values can't be printed into a script; quote text with q")
+
+
+def _loader(template_dir: Path | None) -> jinja2.BaseLoader:
+    builtin = jinja2.PackageLoader(BUILTIN_PACKAGE, BUILTIN_DIR)
+    site = [jinja2.FileSystemLoader(str(template_dir))] if template_dir is not None else []
+    return jinja2.ChoiceLoader([jinja2.PrefixLoader({BUILTIN_PREFIX: builtin}), *site, builtin])
+
+
+def make_environment(template_dir: Path | None = None) -> jinja2.Environment:
+    """The jinja2 environment job scripts are rendered with: templates from ``template_dir``
+    (the site's, may be None) first, then the built-in ones; the filters ``q`` and
+    ``in_runtime`` and the global ``shell_var``. A missing site directory is not an error here
+    (``hpcgw check-config`` reports it): its templates are then the built-in ones."""
     environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(template_dir)),
+        loader=_loader(template_dir),
         undefined=jinja2.StrictUndefined,
         autoescape=False,  # noqa: S701 - shell scripts, not HTML; quoting is the filters' job
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=_printable,
     )
     environment.filters["q"] = shell_quote
-    environment.filters["sbatch"] = sbatch_value
+    environment.filters["in_runtime"] = in_runtime
+    environment.globals["shell_var"] = ShellVariable
     return environment
+
+
+def builtin_templates() -> list[str]:
+    """The names of the built-in templates (``base.sh.j2``, ``lab.sh.j2``, ...)."""
+    return sorted(jinja2.PackageLoader(BUILTIN_PACKAGE, BUILTIN_DIR).list_templates())
+
+
+def template_problems(template_dir: Path | None) -> list[str]:
+    """What ``hpcgw check-config`` reports about the job templates: a site ``template_dir``
+    that is not a directory, and every template name that does not load (parse) from where
+    :func:`make_environment` finds it. Empty when all is well."""
+    problems = []
+    if template_dir is not None and not template_dir.is_dir():
+        problems.append(f"gateway.template_dir {template_dir} is not a directory")
+    environment = make_environment(template_dir)
+    for name in builtin_templates():
+        try:
+            environment.get_template(name)
+        except (jinja2.TemplateError, OSError, UnicodeError) as exc:
+            problems.append(f"job template {name}: {exc}")
+    return problems
 
 
 def render(environment: jinja2.Environment, template: str, **context: Any) -> str:
     """The rendered template; any failure (unsafe value, undefined name, template syntax, a
-    missing file) raises ScriptRenderError, so the job fails instead of hanging."""
+    missing or unreadable file) raises ScriptRenderError, so the job fails instead of
+    hanging."""
     try:
         return environment.get_template(template).render(**context)
-    except (TemplateValueError, jinja2.TemplateError) as exc:
+    except (TemplateValueError, jinja2.TemplateError, OSError, UnicodeError) as exc:
         raise ScriptRenderError(f"{template}: {exc}") from exc

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from ..config import Config, load_config
 from ..store import Store, loose_modes
-from ..templates import DEFAULT_TEMPLATE_DIR
+from ..templates import template_problems
 
 
 def open_store(config: Config) -> Store:
@@ -112,8 +112,7 @@ def config_problems(config: Config) -> list[str]:
     """Everything check-config can find wrong beyond the schema (which load_config checks)."""
     problems = [f"cluster {name}: disabled: {error}"
                 for name, error in config.cluster_errors.items()]
-    if not (DEFAULT_TEMPLATE_DIR / "notebook.sh.j2").exists():
-        problems.append(f"job template missing: {DEFAULT_TEMPLATE_DIR / 'notebook.sh.j2'}")
+    problems += template_problems(config.gateway.template_dir)
     data_dir = config.gateway.data_dir
     problems += [f"gateway store: {loose} is readable by other users; the gateway makes it "
                  "0600/0700 when it next opens the store" for loose in loose_modes(data_dir)]

@@ -1,13 +1,4 @@
 #!/bin/bash
-#SBATCH --job-name=hpcgw-lab
-#SBATCH --partition=cpu
-#SBATCH --time=0-01:00:00
-#SBATCH --nodes=1
-#SBATCH --ntasks=1
-#SBATCH --cpus-per-task=1
-#SBATCH --chdir=/home/alice/.hpcgw/jobs/0123456789abcdef
-#SBATCH --output=/home/alice/.hpcgw/jobs/0123456789abcdef/job.log
-#SBATCH --open-mode=append
 # hpcgw job 0123456789abcdef: JupyterLab. Do not edit: the gateway renders this file.
 set -u
 umask 077
@@ -32,9 +23,8 @@ if [ $(( $(printf %s "$JUPYTER_RUNTIME_DIR" | wc -c) + 51 )) -gt 107 ]; then
 fi
 # jupyter_server writes runtime/jpserver-<pid>.json once it listens; exec keeps this pid.
 ln -sfn "runtime/jpserver-$$.json" lab.json
-exec /usr/bin/python3 -I lab.py --no-browser \
-    --ServerApp.ip=127.0.0.1 --ServerApp.port=0 --ServerApp.port_retries=0 \
-    --ServerApp.base_url=/labs/0123456789abcdef/ \
+exec /usr/bin/python3 -I lab.py --no-browser --ServerApp.ip=127.0.0.1 --ServerApp.port=0 \
+    --ServerApp.port_retries=0 --ServerApp.base_url=/labs/0123456789abcdef/ \
     --ServerApp.root_dir="$HOME" --ServerApp.preferred_dir="$HOME" \
     --ServerApp.default_url=/lab --ServerApp.shutdown_no_activity_timeout=0 \
     --KernelSpecManager.ensure_native_kernel=False --KernelManager.transport=ipc

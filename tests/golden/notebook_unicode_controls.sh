@@ -1,13 +1,4 @@
 #!/bin/bash
-#SBATCH --job-name=hpcgw-na_ve_______end
-#SBATCH --partition=cpu
-#SBATCH --time=0-01:00:00
-#SBATCH --nodes=1
-#SBATCH --ntasks=1
-#SBATCH --cpus-per-task=1
-#SBATCH --chdir=/home/alice/.hpcgw/jobs/0123456789abcdef
-#SBATCH --output=/home/alice/.hpcgw/jobs/0123456789abcdef/job.log
-#SBATCH --open-mode=append
 # hpcgw job 0123456789abcdef: papermill run. Do not edit: the gateway renders this file.
 set -u
 umask 077
@@ -17,6 +8,6 @@ echo "hpcgw: job $HPCGW_JOB_ID on $(hostname) at $(date -Is) (CUDA_VISIBLE_DEVIC
 # The kernel's connection file and IPC sockets go here, private to the job (never TCP).
 export JUPYTER_RUNTIME_DIR="$PWD/runtime"
 mkdir -p -m 700 runtime
-exec /usr/bin/python3 -I runner.py \
-    --input input.ipynb --output output.ipynb --parameters parameters.json \
-    --kernel python3 --exit-record exit.json --runtime-dir "$JUPYTER_RUNTIME_DIR"
+exec /usr/bin/python3 -I runner.py --input input.ipynb --output output.ipynb \
+    --parameters parameters.json --kernel python3 --exit-record exit.json \
+    --runtime-dir "$JUPYTER_RUNTIME_DIR"

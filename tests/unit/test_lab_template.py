@@ -1,5 +1,5 @@
-"""The lab batch script (job_templates/lab.sh.j2): golden files, and what the script hands to
-the JupyterLab launcher — the token only through the environment, never argv."""
+"""The lab batch script (gateway/job_templates/lab.sh.j2): golden files, and what the script hands
+to the JupyterLab launcher — the token only through the environment, never argv."""
 
 from __future__ import annotations
 
@@ -14,19 +14,18 @@ from pathlib import Path
 import pytest
 from test_templates import (
     GOLDEN_DIR,
-    GPU_DIRECTIVES,
     GPU_SPEC,
     JOB_ID,
     MARKER,
     UPDATE,
-    WORKDIR,
     directives,
+    gpu_argv,
+    job_argv,
+    render_job,
     spec,
 )
 
-from gateway.jobs.submitter import slurm_job_name
 from gateway.spec import ResolvedSpec
-from gateway.templates import make_environment, render
 
 CASES = {
     "plain": ("lab", {}),
@@ -42,9 +41,7 @@ echo $$ > pid.txt
 
 def render_lab(name: str, python: str = "/usr/bin/python3", **overrides: object) -> str:
     job_spec: ResolvedSpec = spec(name, kind="lab", **overrides)
-    return render(make_environment(), "lab.sh.j2", job_id=JOB_ID, workdir=WORKDIR,
-                  python=python, slurm_name=slurm_job_name(job_spec.name), spec=job_spec,
-                  lab_bind="127.0.0.1")
+    return render_job(job_spec, python=python)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -58,10 +55,11 @@ def test_golden(case: str) -> None:
     assert script == golden.read_text()
 
 
-def test_directives_are_exactly_the_expected_ones() -> None:
-    script = render_lab(CASES["gpu_hostile_name"][0], **CASES["gpu_hostile_name"][1])
-    assert directives(script) == GPU_DIRECTIVES | {
-        "#SBATCH --job-name=hpcgw-x_touch_hpcgw-injected__SBATCH_--output__tmp_y___id_"}
+def test_no_directives_and_the_hostile_name_reaches_sbatch_only_made_safe() -> None:
+    name, overrides = CASES["gpu_hostile_name"]
+    assert directives(render_lab(name, **overrides)) == set()
+    assert job_argv(spec(name, kind="lab", **overrides)) == gpu_argv(
+        "hpcgw-x_touch_hpcgw-injected__SBATCH_--output__tmp_y___id_")
 
 
 @pytest.fixture
@@ -74,9 +72,8 @@ def short_tmp() -> Iterator[Path]:
 
 
 def run_lab_script(tmp_path: Path, token: str, job: Path | None = None) -> dict[str, object]:
-    """Run the rendered script (its #SBATCH lines are comments to bash) in a fake job
-    directory (``job``, default ``tmp_path/job``) with a fake Python; what that Python
-    received."""
+    """Run the rendered script in a fake job directory (``job``, default ``tmp_path/job``) with
+    a fake Python; what that Python received."""
     python = tmp_path / "python"
     python.write_text(FAKE_PYTHON)
     python.chmod(0o755)

@@ -1,10 +1,10 @@
 """The notebook runner's kernel talks over IPC sockets in the job's private directory, never TCP.
 
-Runs the real batch script (job_templates/notebook.sh.j2; its #SBATCH lines are comments to
-bash) with the real job-side Python (/opt/hpcgw-jobenv, with papermill and ipykernel) in a fake
-job directory. A probe cell in the notebook reports, from inside the kernel process, its
-connection file, its own socket file descriptors and the node's TCP and unix socket tables; the
-test reads that report from the executed notebook and checks it.
+Runs the real batch script (gateway/job_templates/notebook.sh.j2, on the host runtime) with the
+real job-side Python (/opt/hpcgw-jobenv, with papermill and ipykernel) in a fake job directory.
+A probe cell in the notebook reports, from inside the kernel process, its connection file, its own
+socket file descriptors and the node's TCP and unix socket tables; the test reads that report
+from the executed notebook and checks it.
 
 The five kernel channels are IPC sockets. ipykernel (7.x) itself still opens one TCP socket that
 no setting turns off: the PULL socket through which forked subprocesses send their output to the
@@ -26,6 +26,7 @@ from typing import Any
 import nbformat
 import pytest
 
+from gateway.runtimes.none import HostRuntime
 from gateway.spec import ResolvedSpec
 from gateway.templates import make_environment, render
 
@@ -70,7 +71,7 @@ def notebook_script(python: str) -> str:
         time_s=600, image=None, kernel="python3", parameters={})
     return render(make_environment(), "notebook.sh.j2", job_id="0123456789abcdef",
                   workdir="/home/alice/.hpcgw/jobs/0123456789abcdef", python=python,
-                  slurm_name="hpcgw-ipc", spec=job_spec)
+                  slurm_name="hpcgw-ipc", spec=job_spec, runtime=HostRuntime())
 
 
 def run_job(job: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:

@@ -1,8 +1,10 @@
-"""Batch scripts from job_templates/: golden files, and proof that hostile text stays text.
+"""Batch scripts from gateway/job_templates/: golden files, and proof that hostile text stays text.
 
 The spec validator already refuses control characters in names; these tests build ResolvedSpec
 directly to bypass it and show that the template layer alone is safe (design.md §4: "a newline
-can never add an #SBATCH line", "values from a request never become shell text").
+can never add an #SBATCH line", "values from a request never become shell text"). Scripts hold
+no #SBATCH line at all: the scheduler options travel as sbatch arguments, and the same hostile
+names are shown to reach those only made safe.
 
 Regenerate the golden files after an intended template change with
 ``HPCGW_UPDATE_GOLDEN=1 pytest tests/unit/test_templates.py`` and review the diff.
@@ -19,14 +21,16 @@ from typing import Any
 import jinja2
 import pytest
 
-from gateway.jobs.submitter import slurm_job_name
+from gateway.config import ClusterConfig
+from gateway.jobs.scripts import render_script, submit_options
+from gateway.runtimes.none import HostRuntime
+from gateway.scheduler.options import InvalidSubmitOptions
+from gateway.scheduler.slurm import sbatch_argv
 from gateway.spec import ResolvedSpec
 from gateway.templates import (
     ScriptRenderError,
-    TemplateValueError,
     make_environment,
     render,
-    sbatch_value,
     shell_quote,
 )
 
@@ -51,43 +55,57 @@ def spec(name: str, **overrides: Any) -> ResolvedSpec:
     return ResolvedSpec(**{**values, **overrides})
 
 
+def cluster_config(python: str = PYTHON) -> ClusterConfig:
+    """The cluster the jobs are rendered for (labs bind to loopback on it)."""
+    return ClusterConfig.model_validate({
+        "name": "dev", "python": python, "lab_bind": "127.0.0.1", "default_partition": "cpu",
+        "partitions": {"cpu": {}, "gpu": {"max_gpus": 2, "gpu_types": ["a100"]}},
+    })
+
+
+def job_row(job_spec: ResolvedSpec, *, workdir: str = WORKDIR) -> dict[str, Any]:
+    """The job as the store holds it (the keys render_script and submit_options read)."""
+    return {"id": JOB_ID, "kind": job_spec.kind, "spec": job_spec.model_dump_json(),
+            "workdir": workdir, "unix_user": "alice"}
+
+
+def render_job(job_spec: ResolvedSpec, *, workdir: str = WORKDIR, python: str = PYTHON) -> str:
+    return render_script(make_environment(), job_row(job_spec, workdir=workdir),
+                         cluster_config(python), HostRuntime())
+
+
 def render_notebook(job_spec: ResolvedSpec, *, workdir: str = WORKDIR) -> str:
-    return render(
-        make_environment(), "notebook.sh.j2", job_id=JOB_ID, workdir=workdir, python=PYTHON,
-        slurm_name=slurm_job_name(job_spec.name), spec=job_spec,
-    )
+    return render_job(job_spec, workdir=workdir)
 
 
-BASE_DIRECTIVES = {
-    "#SBATCH --partition=cpu",
-    "#SBATCH --time=0-01:00:00",
-    "#SBATCH --nodes=1",
-    "#SBATCH --ntasks=1",
-    "#SBATCH --cpus-per-task=1",
-    f"#SBATCH --chdir={WORKDIR}",
-    f"#SBATCH --output={WORKDIR}/job.log",
-    "#SBATCH --open-mode=append",
-}
+def job_argv(job_spec: ResolvedSpec, *, workdir: str = WORKDIR) -> list[str]:
+    """The sbatch command line the job is submitted with."""
+    return sbatch_argv(submit_options(job_row(job_spec, workdir=workdir), cluster_config()))
+
+
+def plain_argv(job_name: str) -> list[str]:
+    return [
+        "sbatch", "--parsable", f"--job-name={job_name}", "--partition=cpu",
+        "--time=0-01:00:00", "--nodes=1", "--ntasks=1", "--cpus-per-task=1",
+        f"--chdir={WORKDIR}", f"--output={WORKDIR}/job.log", "--open-mode=append",
+        f"--comment=hpcgw:{JOB_ID}", f"--export=ALL,HPCGW_JOB_ID={JOB_ID}",
+    ]
 
 GPU_SPEC = {"partition": "gpu", "gpus": 1, "gpu_type": "a100", "cpus": 4, "memory_mb": 4096,
             "time_s": 86400 + 90, "account": "proj1", "qos": "normal", "constraint": "ib",
             "reservation": "course"}
-GPU_DIRECTIVES = {
-    "#SBATCH --partition=gpu",
-    "#SBATCH --time=1-00:01:30",
-    "#SBATCH --nodes=1",
-    "#SBATCH --ntasks=1",
-    "#SBATCH --cpus-per-task=4",
-    "#SBATCH --mem=4096M",
-    "#SBATCH --gres=gpu:a100:1",
-    "#SBATCH --account=proj1",
-    "#SBATCH --qos=normal",
-    "#SBATCH --constraint=ib",
-    "#SBATCH --reservation=course",
-    f"#SBATCH --chdir={WORKDIR}",
-    f"#SBATCH --output={WORKDIR}/job.log",
-    "#SBATCH --open-mode=append",
-}
+
+
+def gpu_argv(job_name: str) -> list[str]:
+    return [
+        "sbatch", "--parsable", f"--job-name={job_name}", "--partition=gpu",
+        "--time=1-00:01:30", "--nodes=1", "--ntasks=1", "--cpus-per-task=4", "--mem=4096M",
+        "--gres=gpu:a100:1", "--account=proj1", "--qos=normal", "--constraint=ib",
+        "--reservation=course", f"--chdir={WORKDIR}", f"--output={WORKDIR}/job.log",
+        "--open-mode=append", f"--comment=hpcgw:{JOB_ID}",
+        f"--export=ALL,HPCGW_JOB_ID={JOB_ID}",
+    ]
+
 
 # golden file stem -> (job name, spec overrides, expected Slurm job name)
 CASES: dict[str, tuple[str, dict[str, Any], str]] = {
@@ -108,13 +126,12 @@ CASES: dict[str, tuple[str, dict[str, Any], str]] = {
 
 def directives(script: str) -> set[str]:
     # sbatch (and bash) split lines on "\n" only.
-    return {line for line in script.split("\n") if line.startswith("#SBATCH")}
+    return {line for line in script.split("\n") if line.lstrip().startswith("#SBATCH")}
 
 
-def expected_directives(case: str) -> set[str]:
+def expected_argv(case: str) -> list[str]:
     _, overrides, slurm_name = CASES[case]
-    base = GPU_DIRECTIVES if overrides else BASE_DIRECTIVES
-    return base | {f"#SBATCH --job-name={slurm_name}"}
+    return gpu_argv(slurm_name) if overrides else plain_argv(slurm_name)
 
 
 def export_line(script: str, variable: str) -> str:
@@ -156,16 +173,19 @@ def test_no_stale_golden_files() -> None:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_sbatch_directives_are_exactly_the_expected_ones(case: str) -> None:
+def test_the_script_holds_no_sbatch_directive(case: str) -> None:
+    name, overrides, _ = CASES[case]
+    assert directives(render_notebook(spec(name, **overrides))) == set()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_sbatch_argv_is_exactly_the_expected_one(case: str) -> None:
+    # The hostile names reach sbatch's argv only made safe: as the job name's safe characters.
     name, overrides, slurm_name = CASES[case]
-    script = render_notebook(spec(name, **overrides))
-    assert directives(script) == expected_directives(case)
+    argv = job_argv(spec(name, **overrides))
+    assert argv == expected_argv(case)
     assert re.fullmatch(r"hpcgw-[A-Za-z0-9._-]*", slurm_name)
-    # Every directive comes before the first command (sbatch stops reading them there).
-    lines = script.split("\n")
-    first_command = next(i for i, line in enumerate(lines)
-                         if line.strip() and not line.startswith("#"))
-    assert all(not line.startswith("#SBATCH") for line in lines[first_command:])
+    assert all(word.isascii() and word.isprintable() for word in argv)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -273,47 +293,32 @@ def test_shell_quote_accepts_non_strings() -> None:
     assert shell_quote(None) == "None"
 
 
-@pytest.mark.parametrize("value", [
-    "cpu", "gpu:a100:1", "0-01:00:00", "/home/alice/.hpcgw/jobs/0123456789abcdef",
-    "hpcgw-a_b.c", "proj+1", "a=b,c%d@e",
-])
-def test_sbatch_value_passes_safe_values(value: str) -> None:
-    assert sbatch_value(value) == value
-
-
-@pytest.mark.parametrize("value", [
+UNSAFE_VALUES = [
     "", "a b", "cpu --output=/tmp/y", "a\nb", "cpu\n#SBATCH --output=/tmp/y", "a\tb", "a'b",
-    'a"b', "a;b", "$(id)", "`id`", "a\\b", "a\rb", "näive", "a#b", "a*b",
-])
-def test_sbatch_value_refuses_anything_needing_quotes(value: str) -> None:
-    with pytest.raises(TemplateValueError):
-        sbatch_value(value)
+    'a"b', "a;b", "$(id)", "`id`", "a\\b", "a\rb", "näive", "a#b", "a*b", "cpu\n", "\ncpu",
+    "cpu\r\n", "-cpu", "a,b", "a%j",
+]
 
 
-@pytest.mark.parametrize("value", ["cpu\n", "\ncpu", "cpu\r\n", "cpu\n\n"])
-def test_sbatch_value_refuses_a_leading_or_trailing_newline(value: str) -> None:
-    with pytest.raises(TemplateValueError):
-        sbatch_value(value)
-
-
+@pytest.mark.parametrize("value", UNSAFE_VALUES)
 @pytest.mark.parametrize("field", ["partition", "account", "qos", "constraint", "reservation"])
-def test_template_refuses_unsafe_directive_values(field: str) -> None:
-    # The second lock: even a value that bypassed the allowlists cannot reach an #SBATCH line.
-    with pytest.raises(ScriptRenderError, match='unsafe value'):
-        render_notebook(spec("n", **{field: "x --output=/tmp/y"}))
-    with pytest.raises(ScriptRenderError, match='unsafe value'):
-        render_notebook(spec("n", **{field: "x\n#SBATCH --output=/tmp/y"}))
+def test_unsafe_scheduler_values_never_reach_sbatch(field: str, value: str) -> None:
+    # The second lock: even a value that bypassed the allowlists is refused before sbatch runs.
+    with pytest.raises(InvalidSubmitOptions, match=field):
+        job_argv(spec("n", **{field: value}))
 
 
-def test_template_refuses_an_unsafe_workdir() -> None:
-    with pytest.raises(ScriptRenderError, match='unsafe value'):
-        render_notebook(spec("n"), workdir="/home/alice/my jobs/x")
+def test_an_unsafe_workdir_is_refused() -> None:
+    with pytest.raises(InvalidSubmitOptions, match="workdir"):
+        job_argv(spec("n"), workdir="/home/alice/my jobs/x")
+    with pytest.raises(InvalidSubmitOptions, match="output"):
+        job_argv(spec("n"), workdir="/home/alice/%u/x")
 
 
 def test_templates_use_strict_undefined() -> None:
     with pytest.raises(ScriptRenderError) as raised:
         render(make_environment(), "notebook.sh.j2", job_id=JOB_ID, workdir=WORKDIR,
-               slurm_name="hpcgw-x", spec=spec("x"))  # python missing
+               slurm_name="hpcgw-x", spec=spec("x"), runtime=HostRuntime())  # python missing
     assert isinstance(raised.value.__cause__, jinja2.UndefinedError)
 
 

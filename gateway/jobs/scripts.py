@@ -1,0 +1,88 @@
+"""What the submitter hands to the scheduler for one job: its batch script and its options.
+
+Both are built from the job's store row (keys ``id``, ``kind``, ``spec`` — the JSON of a
+:class:`gateway.spec.ResolvedSpec` —, ``workdir`` and ``unix_user``) and its cluster's config. The
+script (:func:`render_script`) carries no scheduler option; those are :func:`submit_options`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jinja2
+
+from ..config import ClusterConfig
+from ..runtimes import ContainerRuntime
+from ..scheduler.options import InvalidSubmitOptions, SubmitOptions
+from ..spec import ResolvedSpec
+from ..templates import render
+
+# Slurm's output file in the job's directory (also a trace that the job ran: see submitter.py).
+JOB_LOG = "job.log"
+
+
+def slurm_job_name(name: str) -> str:
+    """The job name as Slurm shows it: the gateway name reduced to safe characters."""
+    cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in name)
+    return ("hpcgw-" + cleaned)[:64]
+
+
+def render_script(
+    templates: jinja2.Environment,
+    job: Mapping[str, Any],
+    cluster: ClusterConfig,
+    runtime: ContainerRuntime,
+) -> str:
+    """The batch script of ``job``: ``notebook.sh.j2`` or ``lab.sh.j2`` (by the spec's kind) from
+    ``templates``, its command run through ``runtime``.
+
+    Template context: ``job_id``, ``workdir``, ``python`` (the cluster's), ``slurm_name``,
+    ``spec`` (the ResolvedSpec), ``lab_bind`` (the cluster's) and ``runtime``. Raises
+    :class:`gateway.templates.ScriptRenderError` for an unsafe value or a broken template.
+    """
+    spec = ResolvedSpec.model_validate_json(job["spec"])
+    return render(
+        templates,
+        f"{spec.kind}.sh.j2",
+        job_id=job["id"],
+        workdir=job["workdir"],
+        python=cluster.python,
+        slurm_name=slurm_job_name(spec.name),
+        spec=spec,
+        lab_bind=cluster.lab_bind,
+        runtime=runtime,
+    )
+
+
+def submit_options(job: Mapping[str, Any], cluster: ClusterConfig) -> SubmitOptions:
+    """The scheduler options of ``job`` on ``cluster``: its spec's resources, run as its unix
+    user in its work directory with Slurm's output appended to ``job.log`` there, tagged with
+    the job id, which is also in its environment as ``HPCGW_JOB_ID``.
+
+    Raises :class:`gateway.scheduler.options.InvalidSubmitOptions` (a GatewayError: the job
+    fails) when a value is unsafe, or when the job's spec names another cluster.
+    """
+    spec = ResolvedSpec.model_validate_json(job["spec"])
+    if spec.cluster != cluster.name:
+        raise InvalidSubmitOptions(
+            f"job {job['id']} is for cluster {spec.cluster!r}, not {cluster.name!r}")
+    workdir = str(job["workdir"])
+    return SubmitOptions(
+        user=job["unix_user"],
+        job_name=slurm_job_name(spec.name),
+        partition=spec.partition,
+        time_s=spec.time_s,
+        cpus=spec.cpus,
+        memory_mb=spec.memory_mb,
+        gpus=spec.gpus,
+        gpu_type=spec.gpu_type,
+        account=spec.account,
+        qos=spec.qos,
+        constraint=spec.constraint,
+        reservation=spec.reservation,
+        workdir=workdir,
+        output=f"{workdir}/{JOB_LOG}",
+        tag=job["id"],
+        environment={"HPCGW_JOB_ID": job["id"]},
+    )
