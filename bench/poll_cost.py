@@ -45,15 +45,16 @@ from typing import Any
 from _common import load_config_with_data_dir, table, wall_median_ms
 
 from gateway.errors import CommandFailed
+from gateway.jobs.clusters import ClusterLink
+from gateway.jobs.context import JobContext
 from gateway.jobs.poller import next_interval, poll_once
-from gateway.jobs.runtime import ClusterRuntime
-from gateway.jobs.service import JobService
 from gateway.jobs.tracked import TrackedJobs
 from gateway.scheduler import load_backend
 from gateway.scheduler.slurm_output import SQUEUE_FORMAT, parse_squeue
 from gateway.spec import parse_spec, resolve_spec
 from gateway.states import State
 from gateway.store import Store
+from gateway.templates import make_environment
 from gateway.transport import RemoteFileMissing
 from gateway.transport.base import CommandResult
 
@@ -105,15 +106,12 @@ class TimedBackend:
         return getattr(self._inner, name)
 
 
-class BenchService(JobService):
-    """The real job service, except that spawned collectors are counted, not run."""
-
-    spawned = 0
-
-    def spawn(self, coroutine: Any, name: str) -> Any:
-        self.spawned += 1
-        coroutine.close()
-        return None
+def handed_to_collector(ctx: JobContext) -> int:
+    """How many jobs the poller handed to the collector (not run here), taken off its queue."""
+    count = ctx.collect_queue.qsize()
+    for _ in range(count):
+        ctx.collect_queue.get_nowait()
+    return count
 
 
 class Fleet:
@@ -223,8 +221,8 @@ async def measure(size: int, cycles: int, seed: int, gap: float | None) -> dict[
         store = Store(Path(tmp) / "data" / "hpcgw.db")
         transport = RecordedTransport()
         backend = TimedBackend(load_backend(cluster, transport))
-        runtime = ClusterRuntime(cluster, transport, backend)
-        service = BenchService(config, store, {cluster.name: runtime})
+        runtime = ClusterLink(cluster, transport, backend)
+        ctx = JobContext(config, store, {cluster.name: runtime}, make_environment())
         user_ids = {u: store.add_user(u, u).id for u in ("alice", "bob")}
         spec_json = resolve_spec(parse_spec({"name": "bench", "time": "00:10:00"}), config,
                                  default_name="notebook").model_dump_json()
@@ -249,7 +247,7 @@ async def measure(size: int, cycles: int, seed: int, gap: float | None) -> dict[
             # -- one iteration of poll_forever (its sleep excluded) --
             runtime.tracked.refresh(store, runtime.name)
             cpu1 = time.process_time()
-            await poll_once(service, runtime)
+            await poll_once(ctx, runtime)
             cpu2 = time.process_time()
             next_interval(runtime.tracked.newest_created_at(), poll)
             cpu3, wall3 = time.process_time(), time.perf_counter()
@@ -276,7 +274,7 @@ async def measure(size: int, cycles: int, seed: int, gap: float | None) -> dict[
         runtime.tracked.invalidate()
         cpu0 = time.process_time()
         runtime.tracked.refresh(store, runtime.name)
-        await poll_once(service, runtime)
+        await poll_once(ctx, runtime)
         next_interval(runtime.tracked.newest_created_at(), poll)
         full_read_ms = (time.process_time() - cpu0) * 1000
         fleet.settle()
@@ -298,7 +296,7 @@ async def measure(size: int, cycles: int, seed: int, gap: float | None) -> dict[
         "parse_ms": statistics.median(parse_cpu), "calls": max(calls), "calls_min": min(calls),
         "by_command": dict(transport.calls), "changed": statistics.median(changed),
         "tracked": statistics.median(tracked), "lines": statistics.median(lines),
-        "cycles": len(cycle_ms), "collectors": service.spawned, "first_ms": first_ms,
+        "cycles": len(cycle_ms), "collectors": handed_to_collector(ctx), "first_ms": first_ms,
         "full_read_ms": full_read_ms,
         "consistent": consistent,
     }

@@ -58,7 +58,7 @@ from _common import (
     table,
 )
 
-from gateway.jobs.runtime import ClusterRuntime, make_runtime
+from gateway.jobs.clusters import ClusterLink, make_cluster_link
 from gateway.jobs.service import JobService
 from gateway.jobs.submitter import submit_job
 from gateway.scheduler import load_backend
@@ -187,14 +187,14 @@ async def gateway_submission(service: JobService, timed: TimedTransport, user: A
     cpu0 = time.process_time()
     job, _ = service.create_notebook_job(user, SPEC, notebook)
     accept = (time.process_time() - cpu0) * 1000
-    service.submit_queue.get_nowait()  # no worker runs here; we submit by hand
+    service.ctx.submit_queue.get_nowait()  # no worker runs here; we submit by hand
     workdirs.append(job["workdir"])
     timed.wall.clear()
     cpu0, started = time.process_time(), time.perf_counter()
-    await submit_job(service, job["id"])
+    await submit_job(service.ctx, job["id"])
     total = (time.perf_counter() - started) * 1000
     cpu = (time.process_time() - cpu0) * 1000
-    stored = service.store.get_job(job["id"])
+    stored = service.get_job(user, job["id"])
     if stored["state"] not in ("pending", "running"):
         raise SystemExit(f"submission failed: {stored['state']} {stored['message']}")
     slurm_ids.append(stored["slurm_job_id"])
@@ -217,8 +217,8 @@ async def submit_overhead(runs: int, source: Path,
     with tempfile.TemporaryDirectory(prefix="hpcgw-bench-submit-") as tmp:
         config = load_config_with_data_dir(Path(tmp) / "data", source)
         cluster = config.clusters[0]
-        timed = TimedTransport(make_runtime(cluster).transport)
-        runtime = ClusterRuntime(cluster, timed, load_backend(cluster, timed))
+        timed = TimedTransport(make_cluster_link(cluster).transport)
+        runtime = ClusterLink(cluster, timed, load_backend(cluster, timed))
         store = Store(Path(tmp) / "data" / "hpcgw.db")
         service = JobService(config, store, {cluster.name: runtime})
         user = store.add_user("bench-alice", UNIX_USER)

@@ -63,6 +63,14 @@ class LabUnavailable(GatewayError):
     title = "Lab unavailable"
 
 
+class LabUnproven(LabUnavailable):
+    """The server at a lab's reported address failed the identity proof (gateway.proxy.identity):
+    it is not the lab's own server, so it gets nothing."""
+
+    type_slug = "lab-unproven"
+    title = "Lab server failed its identity proof"
+
+
 class NotFound(GatewayError):
     status = 404
     type_slug = "not-found"

@@ -1,8 +1,9 @@
 """Job states, terminal reasons and the one transition table (design.md §3).
 
 States are a closed set. ``TRANSITIONS[a]`` lists every state a job may move to from ``a``;
-terminal states have no way out. The job service consults :func:`check_transition` before every
-write, so an illegal move is a bug that raises, never a silent overwrite.
+terminal states have no way out. The store checks every move with :func:`check_transition`
+in the transaction that writes it and its event (``Store.transition``), so an illegal move is a
+bug that raises, never a silent overwrite.
 """
 
 from __future__ import annotations

@@ -1,30 +1,24 @@
-"""The aiohttp application: wiring only (routes, middlewares, long-lived resources)."""
+"""The API's own routes (health, clusters, the OpenAPI document) and the list of every route and
+middleware the API brings; :mod:`gateway.server` puts them in an application."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
 
-from ..config import ClusterConfig, Config
-from ..errors import GatewayError
-from ..jobs.runtime import ClusterRuntime, make_runtime
-from ..jobs.service import JobService
-from ..proxy.labs import LabProxy
-from ..proxy.watcher import watch_labs
-from ..store import Store
+from ..jobs.clusters import ClusterLink
 from . import jobs, portal, sessions
-from .keys import CONFIG, PROXY, SERVICE, STORE
-from .middleware import auth_middleware, problem_middleware, security_headers
+from .keys import CONFIG, PROXY, SERVICE, VIA_COOKIE, current_user
+from .middleware import auth_middleware, problem_middleware
 from .openapi import openapi_document
 
 log = logging.getLogger(__name__)
 HEALTH_TIMEOUT = 5.0  # seconds /health waits, after startup, for the poller's first check
 FIRST_CHECK_STEP = 0.05
-RuntimeFactory = Callable[[ClusterConfig], ClusterRuntime]
 
 routes = web.RouteTableDef()
 
@@ -34,7 +28,7 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
 
-def _cluster_health(runtime: ClusterRuntime) -> dict[str, Any]:
+def _cluster_health(runtime: ClusterLink) -> dict[str, Any]:
     """``{"reachable": true|false|null}`` plus ``error`` while unreachable: the poller's last
     finding (``null``: not checked yet, just after startup)."""
     answer: dict[str, Any] = {"reachable": runtime.reachable}
@@ -43,7 +37,7 @@ def _cluster_health(runtime: ClusterRuntime) -> dict[str, Any]:
     return answer
 
 
-async def _first_checks(runtimes: Iterable[ClusterRuntime], timeout: float) -> None:
+async def _first_checks(runtimes: Iterable[ClusterLink], timeout: float) -> None:
     """Wait (at most ``timeout`` s) until the poller has checked every cluster once. Starts
     nothing: the poller's first refresh runs as soon as the gateway starts."""
     loop = asyncio.get_running_loop()
@@ -93,28 +87,8 @@ async def clusters(request: web.Request) -> web.Response:
     return web.json_response({"clusters": answer})
 
 
-def server_options(config: Config) -> dict[str, Any]:
-    """How ``hpcgw serve`` runs the app (``web.AppRunner`` keyword arguments).
-
-    ``keepalive_timeout`` is aiohttp's timer for a connection with no complete request in
-    progress: it starts when the connection opens and again after each response, and closes the
-    connection if a request's headers have not all arrived by then. Set to
-    ``gateway.header_timeout`` it closes slowloris connections (headers sent a byte at a time, or
-    never); an idle keep-alive connection is closed after as long (clients reconnect). A request
-    whose headers have arrived is not cut by it, however long it runs.
-    """
-    return {"access_log": logging.getLogger("hpcgw.access"),
-            "keepalive_timeout": config.gateway.header_timeout}
-
-
-def make_app(config: Config, *, runtime_factory: RuntimeFactory = make_runtime) -> web.Application:
-    """The gateway application. ``runtime_factory`` lets tests put a fault-injecting cluster in."""
-    app = web.Application(
-        middlewares=[problem_middleware, auth_middleware],
-        client_max_size=config.gateway.max_notebook_bytes + 1024 * 1024,
-    )
-    app[CONFIG] = config
-    app.on_response_prepare.append(security_headers)
+def add_routes(app: web.Application) -> None:
+    """Every route of the API, the browser pages and the lab proxy's path."""
     app.add_routes(routes)
     app.add_routes(jobs.routes)
     app.add_routes(sessions.routes)
@@ -122,38 +96,15 @@ def make_app(config: Config, *, runtime_factory: RuntimeFactory = make_runtime) 
     app.router.add_route("*", "/labs/{job_id:[0-9a-f]{16}}/{tail:.*}", _proxy_lab)
     app.router.add_get("/labs/{job_id:[0-9a-f]{16}}", _lab_root)
 
-    async def job_service(app: web.Application) -> AsyncIterator[None]:
-        store = Store(config.gateway.data_dir / "hpcgw.db")
-        runtimes = {}
-        for cluster in config.clusters:
-            try:
-                runtimes[cluster.name] = runtime_factory(cluster)
-            except GatewayError as exc:
-                config.cluster_errors[cluster.name] = exc.detail
-                log.error("cluster %s disabled: %s", cluster.name, exc.detail)
-        service = JobService(config, store, runtimes)
-        app[STORE], app[SERVICE] = store, service
-        await service.start()
-        yield
-        await service.stop()
-        store.close()
 
-    async def lab_proxy(app: web.Application) -> AsyncIterator[None]:
-        service = app[SERVICE]
-        proxy = LabProxy(service, sessions.GATEWAY_COOKIES, config.gateway.public_origin)
-        await proxy.start()
-        app[PROXY] = proxy
-        service.spawn(watch_labs(proxy), "lab-watcher")
-        yield
-        await proxy.stop()
-
-    app.cleanup_ctx.append(job_service)
-    app.cleanup_ctx.append(lab_proxy)
-    return app
+def middlewares() -> list[Any]:
+    """The API's middlewares, outermost first: problem+json for every error, then the caller."""
+    return [problem_middleware, auth_middleware]
 
 
 async def _proxy_lab(request: web.Request) -> web.StreamResponse:
-    return await request.app[PROXY].handle(request)
+    """Hand the request and its authenticated caller to the lab proxy."""
+    return await request.app[PROXY].handle(request, current_user(request), request[VIA_COOKIE])
 
 
 async def _lab_root(request: web.Request) -> web.Response:

@@ -164,13 +164,13 @@ async def submit_job(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/jobs")
 async def list_jobs(request: web.Request) -> web.Response:
-    jobs = request.app[SERVICE].store.list_jobs(current_user(request).id)
+    jobs = request.app[SERVICE].list_jobs(current_user(request))
     return web.json_response({"jobs": [job_view(job) for job in jobs]})
 
 
 @routes.get(JOB)
 async def show_job(request: web.Request) -> web.Response:
-    job = request.app[SERVICE].store.get_job(request.match_info["job_id"], current_user(request).id)
+    job = request.app[SERVICE].get_job(current_user(request), request.match_info["job_id"])
     return web.json_response(job_view(job))
 
 
@@ -201,6 +201,5 @@ async def job_log(request: web.Request) -> web.Response:
 
 @routes.get(JOB + "/events")
 async def job_events(request: web.Request) -> web.Response:
-    service, job_id = request.app[SERVICE], request.match_info["job_id"]
-    service.store.get_job(job_id, current_user(request).id)
-    return web.json_response({"events": service.store.events(job_id)})
+    events = request.app[SERVICE].events(current_user(request), request.match_info["job_id"])
+    return web.json_response({"events": events})

@@ -1,16 +1,21 @@
-"""Typed application and request keys (aiohttp's AppKey: no module-level singletons)."""
+"""Typed application and request keys (aiohttp's AppKey: no module-level singletons).
+
+The API reaches jobs only through the job service and users only through :class:`Accounts`;
+the store itself is the composition root's (:mod:`gateway.server`), never a handler's.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from ..accounts import Accounts
 from ..config import Config
 from ..jobs.service import JobService
 from ..proxy.labs import LabProxy
-from ..store import Store, User
+from ..users import User
 
 CONFIG = web.AppKey("config", Config)
-STORE = web.AppKey("store", Store)
+ACCOUNTS = web.AppKey("accounts", Accounts)
 SERVICE = web.AppKey("service", JobService)
 PROXY = web.AppKey("proxy", LabProxy)
 USER_KEY = web.RequestKey("user", User)  # request-scoped: the authenticated gateway user

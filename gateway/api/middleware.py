@@ -12,8 +12,8 @@ from aiohttp import web
 
 from ..errors import GatewayError, TooManyRequests, Unauthorized
 from ..pageheaders import SECURITY_HEADERS
-from ..store import User
-from .keys import CONFIG, STORE, USER_KEY, VIA_COOKIE
+from ..users import User
+from .keys import ACCOUNTS, CONFIG, USER_KEY, VIA_COOKIE
 from .sessions import SESSION_COOKIE, check_xsrf, read_session
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def _bearer_user(request: web.Request) -> User | None:
     scheme, _, token = request.headers["Authorization"].partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("send Authorization: Bearer <token>")
-    user = request.app[STORE].user_for_token(token.strip())
+    user = request.app[ACCOUNTS].user_for_token(token.strip())
     if user is None:
         raise Unauthorized("the token is not valid (unknown or revoked)")
     return user
@@ -91,7 +91,7 @@ def _session_user(request: web.Request) -> User | None:
     if not cookie:
         return None
     token_id = read_session(request.app[CONFIG].gateway.cookie_secret, cookie)
-    return request.app[STORE].user_for_token_id(token_id) if token_id is not None else None
+    return request.app[ACCOUNTS].user_for_token_id(token_id) if token_id is not None else None
 
 
 def _wants_page(request: web.Request) -> bool:

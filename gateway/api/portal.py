@@ -18,7 +18,7 @@ async def portal(request: web.Request) -> web.Response:
     """The caller's 50 newest jobs; a logout form carrying the ``hpcgw_xsrf`` cookie's value
     (what ``POST /logout`` checks). Everything user-controlled is HTML-escaped."""
     user = current_user(request)
-    jobs = request.app[SERVICE].store.list_jobs(user.id, limit=50)
+    jobs = request.app[SERVICE].list_jobs(user, limit=50)
     xsrf = request.cookies.get(XSRF_COOKIE, "")
     rows = "\n".join(
         f"<tr><td>{html.escape(job['name'])}</td><td>{html.escape(job['kind'])}</td>"

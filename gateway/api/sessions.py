@@ -30,7 +30,7 @@ from .forms import (
     read_form,
     set_form_cookie,
 )
-from .keys import CONFIG, STORE
+from .keys import ACCOUNTS, CONFIG
 
 SESSION_COOKIE = "hpcgw_session"
 XSRF_COOKIE = "hpcgw_xsrf"
@@ -135,7 +135,7 @@ async def login(request: web.Request) -> web.Response:
                          form.get(FORM_FIELD, "")):
         return _login_response(request, next_path, 403, "This login form has expired or was "
                                "not sent by this gateway's page; please log in again.")
-    found = request.app[STORE].authenticate(form.get("token", "").strip())
+    found = request.app[ACCOUNTS].authenticate(form.get("token", "").strip())
     if found is None:
         return _login_response(request, next_path, 401, "That token is not valid.")
     lifetime = gateway.session_hours * 3600

@@ -157,9 +157,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 async def _serve(config: Config, host: str, port: int) -> None:
-    """Serve until SIGINT/SIGTERM, with :func:`gateway.api.app.server_options` (a connection
+    """Serve until SIGINT/SIGTERM, with :func:`gateway.server.server_options` (a connection
     must send a request's headers within ``gateway.header_timeout`` seconds)."""
-    from ..api.app import make_app, server_options
+    from ..server import make_app, server_options
 
     runner = web.AppRunner(make_app(config), **server_options(config))
     await runner.setup()

@@ -22,7 +22,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..config import ClusterConfig
 from ..errors import ClusterUnavailable, CommandTimeout, GatewayError
@@ -30,10 +30,8 @@ from ..scheduler import SchedulerState
 from ..states import Reason, State
 from ..timestamps import parse_timestamp
 from ..transport import RemoteFileMissing, RemoteFileRefused, RemoteFileTooLarge, Transport
+from .context import JobContext
 from .outcome import decide
-
-if TYPE_CHECKING:
-    from .service import JobService
 
 log = logging.getLogger(__name__)
 FIRST_BACKOFF = 1.0
@@ -54,22 +52,22 @@ class Artifacts:
 NO_ARTIFACTS = Artifacts(record=None, log_tail="", has_notebook=False)
 
 
-async def collect(service: JobService, job_id: str) -> None:
+async def collect(ctx: JobContext, job_id: str) -> None:
     """Fetch the artifacts of ``job_id`` (retrying while the cluster is away, until the
     deadline) and end the job; a job not in ``collecting`` is left alone."""
-    job = service.store.get_job(job_id)
+    job = ctx.store.get_job(job_id)
     if job["state"] != State.COLLECTING:
         return
-    runtime = service.clusters.get(job["cluster"])
+    link = ctx.clusters.get(job["cluster"])
     artifacts = NO_ARTIFACTS
-    if runtime is not None:
+    if link is not None:
         try:
             artifacts = await _fetch_until_deadline(
-                service, job, runtime.transport, _deadline(service, job, runtime.config))
+                ctx, job, link.transport, _deadline(ctx, job, link.config))
         except GatewayError as exc:
             message = _failure_message(exc)
             log.warning("collecting job %s failed: %s", job_id, message)
-            service.store.transition(job_id, State.FAILED, reason=Reason.JOB_ERROR,
+            ctx.store.transition(job_id, State.FAILED, reason=Reason.JOB_ERROR,
                                      message=message, has_notebook=0)
             return
     outcome = decide(
@@ -80,7 +78,7 @@ async def collect(service: JobService, job_id: str) -> None:
         kind=job["kind"],
         stop_reason=job["stop_reason"],
     )
-    service.store.transition(job_id, outcome.state, reason=outcome.reason,
+    ctx.store.transition(job_id, outcome.state, reason=outcome.reason,
                              message=outcome.message, has_notebook=int(artifacts.has_notebook))
 
 
@@ -91,17 +89,17 @@ class CollectDeadlinePassed(GatewayError):
     title = "Collection deadline passed"
 
 
-def _deadline(service: JobService, job: dict[str, Any], cluster: ClusterConfig) -> float:
+def _deadline(ctx: JobContext, job: dict[str, Any], cluster: ClusterConfig) -> float:
     """When retrying must stop (epoch seconds): ``collect_deadline`` after the job's latest
     move into ``collecting`` (now, if the events don't show one)."""
-    entered = [event["at"] for event in service.store.events(job["id"])
+    entered = [event["at"] for event in ctx.store.events(job["id"])
                if event["to_state"] == State.COLLECTING]
     start = parse_timestamp(entered[-1]).timestamp() if entered else time.time()
     return start + cluster.collect_deadline
 
 
 async def _fetch_until_deadline(
-    service: JobService, job: dict[str, Any], transport: Transport, deadline: float
+    ctx: JobContext, job: dict[str, Any], transport: Transport, deadline: float
 ) -> Artifacts:
     """:func:`_fetch_artifacts`, retried with backoff while the cluster is unreachable or a
     command times out; raises :class:`CollectDeadlinePassed` once waiting more would pass
@@ -109,7 +107,7 @@ async def _fetch_until_deadline(
     backoff = FIRST_BACKOFF
     while True:
         try:
-            return await _fetch_artifacts(service, job, transport)
+            return await _fetch_artifacts(ctx, job, transport)
         except (ClusterUnavailable, CommandTimeout) as exc:
             if time.time() + backoff > deadline:
                 raise CollectDeadlinePassed(
@@ -142,12 +140,12 @@ async def _read(transport: Transport, path: str, user: str, limit: int,
 
 
 async def _fetch_artifacts(
-    service: JobService, job: dict[str, Any], transport: Transport
+    ctx: JobContext, job: dict[str, Any], transport: Transport
 ) -> Artifacts:
     """Bring back the log's tail, the exit record and the notebook of ``job`` (in that order)
     into its data directory; what is missing on the cluster is simply absent."""
-    user, workdir, local = job["unix_user"], job["workdir"], service.job_dir(job["id"])
-    gateway = service.config.gateway
+    user, workdir, local = job["unix_user"], job["workdir"], ctx.job_dir(job["id"])
+    gateway = ctx.config.gateway
     log_bytes = await _read(transport, f"{workdir}/job.log", user, gateway.log_tail_bytes,
                             tail=True) or b""
     record_bytes = await _read(transport, f"{workdir}/exit.json", user, EXIT_RECORD_LIMIT)

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..config import PollConfig
 from ..errors import ClusterUnavailable, CommandFailed, GatewayError, SchedulerError
@@ -26,61 +26,58 @@ from ..scheduler import SchedulerState, SchedulerStatus
 from ..states import State
 from ..store import Move
 from ..timestamps import parse_timestamp
-from .collector import collect
-from .runtime import ClusterRuntime
-
-if TYPE_CHECKING:
-    from .service import JobService
+from .clusters import ClusterLink
+from .context import JobContext
 
 log = logging.getLogger(__name__)
 MIN_GAP = 0.2  # seconds between two cycles, however often the poller is woken
 
 
-async def poll_forever(service: JobService, runtime: ClusterRuntime) -> None:
+async def poll_forever(ctx: JobContext, link: ClusterLink) -> None:
     while True:
-        interval = await poll_cycle(service, runtime)
-        await refresh_view(runtime, service.config.poll.old_interval)
+        interval = await poll_cycle(ctx, link)
+        await refresh_view(link, ctx.config.poll.old_interval)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(runtime.wake.wait(), interval)
-        runtime.wake.clear()
+            await asyncio.wait_for(link.wake.wait(), interval)
+        link.wake.clear()
         await asyncio.sleep(MIN_GAP)
 
 
-async def poll_cycle(service: JobService, runtime: ClusterRuntime) -> float:
-    """One cycle for ``runtime``'s cluster; the seconds to wait before the next one.
+async def poll_cycle(ctx: JobContext, link: ClusterLink) -> float:
+    """One cycle for ``link``'s cluster; the seconds to wait before the next one.
 
     A cycle that fails is logged, and the next one starts from a full read of the store.
     """
-    tracked = runtime.tracked
+    tracked = link.tracked
     try:
-        tracked.refresh(service.store, runtime.name)
+        tracked.refresh(ctx.store, link.name)
         if tracked.jobs:
-            await poll_once(service, runtime)
+            await poll_once(ctx, link)
     except Exception:
-        log.exception("poll cycle on %s failed", runtime.name)
+        log.exception("poll cycle on %s failed", link.name)
         tracked.invalidate()
-    return next_interval(tracked.newest_created_at(), service.config.poll)
+    return next_interval(tracked.newest_created_at(), ctx.config.poll)
 
 
-async def refresh_view(runtime: ClusterRuntime, every: float) -> None:
-    """Refresh ``runtime.view`` (and ``reachable``) if it is older than ``every`` seconds.
+async def refresh_view(link: ClusterLink, every: float) -> None:
+    """Refresh ``link.view`` (and ``reachable``) if it is older than ``every`` seconds.
 
     A failure keeps the old view and marks the cluster unreachable; it is logged, not raised.
     """
-    if runtime.view is not None and time.monotonic() - runtime.view_at < every:
+    if link.view is not None and time.monotonic() - link.view_at < every:
         return
-    runtime.view_at = time.monotonic()
+    link.view_at = time.monotonic()
     try:
-        runtime.view = await runtime.backend.cluster_info()
+        link.view = await link.backend.cluster_info()
     except GatewayError as exc:
-        runtime.reachable, runtime.last_error = False, exc.detail
-        log.warning("cluster %s: no cluster view: %s", runtime.name, exc.detail)
+        link.reachable, link.last_error = False, exc.detail
+        log.warning("cluster %s: no cluster view: %s", link.name, exc.detail)
         return
     except Exception as exc:
-        runtime.reachable, runtime.last_error = False, f"cluster view failed: {exc!r}"[:300]
-        log.exception("cluster %s: cluster view failed", runtime.name)
+        link.reachable, link.last_error = False, f"cluster view failed: {exc!r}"[:300]
+        log.exception("cluster %s: cluster view failed", link.name)
         return
-    runtime.reachable, runtime.last_error = True, None
+    link.reachable, link.last_error = True, None
 
 
 def next_interval(newest_created_at: str | None, poll: PollConfig) -> float:
@@ -110,23 +107,23 @@ class Cycle:
         self.moves.append(Move(job_id, State.COLLECTING, fields))
 
 
-async def poll_once(service: JobService, runtime: ClusterRuntime) -> None:
-    """One ``status_many`` call for every tracked job of ``runtime.tracked`` (refreshed by the
+async def poll_once(ctx: JobContext, link: ClusterLink) -> None:
+    """One ``status_many`` call for every tracked job of ``link.tracked`` (refreshed by the
     caller), then only the jobs whose status changed evaluated and the changes written."""
-    tracked = runtime.tracked
+    tracked = link.tracked
     try:
-        statuses = await runtime.backend.status_many(tracked.by_slurm.keys())
+        statuses = await link.backend.status_many(tracked.by_slurm.keys())
     except (ClusterUnavailable, CommandFailed, SchedulerError) as exc:
-        runtime.reachable, runtime.last_error = False, exc.detail
-        log.warning("cluster %s unreachable: %s", runtime.name, exc.detail)
-        service.store.update_many({job_id: {"scheduler_reachable": 0} for job_id in
+        link.reachable, link.last_error = False, exc.detail
+        log.warning("cluster %s unreachable: %s", link.name, exc.detail)
+        ctx.store.update_many({job_id: {"scheduler_reachable": 0} for job_id in
                                    tracked.jobs.keys() - tracked.unreachable})
         return
-    runtime.reachable, runtime.last_error = True, None
+    link.reachable, link.last_error = True, None
     cycle = Cycle()
     changed = {slurm_job_id: status for slurm_job_id, status in statuses.items()
                if tracked.evaluated.get(slurm_job_id) != status}
-    refused = _unbelievable(runtime, changed)
+    refused = _unbelievable(link, changed)
     if refused:  # those count as not listed
         statuses = {slurm_job_id: status for slurm_job_id, status in statuses.items()
                     if slurm_job_id not in refused}
@@ -134,22 +131,22 @@ async def poll_once(service: JobService, runtime: ClusterRuntime) -> None:
             del changed[slurm_job_id]
     for slurm_job_id, status in changed.items():
         apply_status(cycle, tracked.jobs[tracked.by_slurm[slurm_job_id]], status)
-    _check_missing(service.config.poll, runtime, statuses, cycle)
+    _check_missing(ctx.config.poll, link, statuses, cycle)
     for job_id in tracked.unreachable:
         cycle.update(job_id, scheduler_reachable=1)
-    _write(service, runtime, cycle)
+    _write(ctx, link, cycle)
     tracked.evaluated.update(changed)
-    await _send_pending_cancels(runtime)
+    await _send_pending_cancels(link)
 
 
-def _unbelievable(runtime: ClusterRuntime, changed: dict[str, SchedulerStatus]) -> set[str]:
+def _unbelievable(link: ClusterLink, changed: dict[str, SchedulerStatus]) -> set[str]:
     """The Slurm ids among ``changed`` statuses not to believe: jobs not tracked (a backend may
     answer for more than it was asked), and tracked jobs whose scheduler-reported user is not
     the job's unix user (a reused id, a forged accounting record; logged once).
 
     Only changed statuses need the check: an unchanged one equals a status already believed.
     """
-    tracked, refused = runtime.tracked, set()
+    tracked, refused = link.tracked, set()
     for slurm_job_id, status in changed.items():
         job_id = tracked.by_slurm.get(slurm_job_id)
         if job_id is None:
@@ -159,8 +156,8 @@ def _unbelievable(runtime: ClusterRuntime, changed: dict[str, SchedulerStatus]) 
         if status.user == unix_user:
             continue
         refused.add(slurm_job_id)
-        if (slurm_job_id, str(status.user)) not in runtime.refused_users:
-            runtime.refused_users.add((slurm_job_id, str(status.user)))
+        if (slurm_job_id, str(status.user)) not in link.refused_users:
+            link.refused_users.add((slurm_job_id, str(status.user)))
             log.warning("job %s: Slurm job %s is listed for user %r, not %r; ignored", job_id,
                         slurm_job_id, status.user, unix_user)
     return refused
@@ -180,24 +177,24 @@ def apply_status(cycle: Cycle, job: dict[str, Any], status: SchedulerStatus) -> 
 
 
 def _check_missing(
-    poll: PollConfig, runtime: ClusterRuntime, statuses: dict[str, SchedulerStatus],
+    poll: PollConfig, link: ClusterLink, statuses: dict[str, SchedulerStatus],
     cycle: Cycle,
 ) -> None:
     """Jobs the scheduler did not answer for: to the collector once missing for ``lost_after``."""
-    tracked, now = runtime.tracked, time.monotonic()
+    tracked, now = link.tracked, time.monotonic()
     missing = {tracked.by_slurm[slurm_job_id]
                for slurm_job_id in tracked.by_slurm.keys() - statuses.keys()}
     missing |= tracked.unlinked
-    for job_id in runtime.missing_since.keys() - missing:
-        del runtime.missing_since[job_id]  # listed again, or no longer tracked
+    for job_id in link.missing_since.keys() - missing:
+        del link.missing_since[job_id]  # listed again, or no longer tracked
     for job_id in missing:
-        if now - runtime.missing_since.setdefault(job_id, now) >= poll.lost_after:
+        if now - link.missing_since.setdefault(job_id, now) >= poll.lost_after:
             cycle.to_collecting(job_id, None)
 
 
-def _write(service: JobService, runtime: ClusterRuntime, cycle: Cycle) -> None:
+def _write(ctx: JobContext, link: ClusterLink, cycle: Cycle) -> None:
     """Write ``cycle`` to the store, then bring the tracked jobs and the collectors in line."""
-    store, tracked = service.store, runtime.tracked
+    store, tracked = ctx.store, link.tracked
     refused = store.transition_many(cycle.moves, cycle.updates)
     for move in cycle.moves:
         job_id = move.job_id
@@ -206,19 +203,19 @@ def _write(service: JobService, runtime: ClusterRuntime, cycle: Cycle) -> None:
             tracked.forget(job_id)  # read again by the next refresh if still tracked
         elif move.new is State.COLLECTING:
             tracked.forget(job_id)
-            runtime.missing_since.pop(job_id, None)
-            runtime.cancel_sent.discard(job_id)
-            service.spawn(collect(service, job_id), f"collect-{job_id}")
+            link.missing_since.pop(job_id, None)
+            link.cancel_sent.discard(job_id)
+            ctx.collect_later(job_id)
         else:
             tracked.jobs[job_id]["state"] = move.new.value
 
 
-async def _send_pending_cancels(runtime: ClusterRuntime) -> None:
+async def _send_pending_cancels(link: ClusterLink) -> None:
     """Re-send scancel for jobs whose cancel could not reach the scheduler before."""
-    tracked = runtime.tracked
-    for job_id in sorted(tracked.cancels - runtime.cancel_sent):
+    tracked = link.tracked
+    for job_id in sorted(tracked.cancels - link.cancel_sent):
         job = tracked.jobs.get(job_id)
         if job is None or not job["slurm_job_id"]:
             continue
-        if not await runtime.send_cancel(job):
+        if not await link.send_cancel(job):
             return

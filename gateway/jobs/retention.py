@@ -24,13 +24,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..store import Store
 from ..timestamps import format_timestamp
-
-if TYPE_CHECKING:
-    from .service import JobService
+from .context import JobContext
 
 log = logging.getLogger(__name__)
 
@@ -136,16 +133,16 @@ async def prune_in_background(store: Store, data_dir: Path,
     return report
 
 
-async def prune_daily(service: JobService, first_delay: float = FIRST_RUN_DELAY_S) -> None:
+async def prune_daily(ctx: JobContext, first_delay: float = FIRST_RUN_DELAY_S) -> None:
     """The server's retention task: a pass ``first_delay`` seconds after start, then one a
     day. Nothing is pruned while ``artifact_retention_days`` is 0 (keep for ever). A failed
     pass is logged and the next one runs a day later; the task ends only when cancelled."""
     await asyncio.sleep(first_delay)
     while True:
-        days = service.config.gateway.artifact_retention_days
+        days = ctx.config.gateway.artifact_retention_days
         if days > 0:
             try:
-                report = await prune_in_background(service.store, service.data_dir, days)
+                report = await prune_in_background(ctx.store, ctx.data_dir, days)
             except Exception:
                 log.exception("artifact retention pass failed")
             else:

@@ -1,10 +1,14 @@
-"""The job service: creates jobs, answers for them, cancels them, and runs their lifecycle.
+"""The job service: the one owner of the job lifecycle.
 
-Requests only ever touch the store and the data directory synchronously (a POST is stored and
-answered 201 at once); everything that talks to the cluster runs in background tasks:
-the submitter (:mod:`.submitter`), one poller per cluster (:mod:`.poller`) and the collector
-(:mod:`.collector`). All of them resume from the store after a restart, so the gateway can be
-killed at any moment.
+It is the only way the API, the CLI's server and the lab proxy reach jobs: every public call
+takes the caller and answers 404 (:class:`NotFound`) for another user's job, exactly as for a
+missing one. Requests only ever touch the store and the data directory synchronously (a POST is
+stored and answered 201 at once); everything that talks to the cluster runs in background tasks
+the service owns: the submitters (:mod:`.submitter`), one poller per cluster (:mod:`.poller`),
+one collection per finished job (:mod:`.collector`), the lab watcher (:mod:`.lab_watcher`) and
+artifact retention (:mod:`.retention`). The workers share a :class:`JobContext`, never the
+service, and hand jobs on through its queues. All of them resume from the store after a
+restart, so the gateway can be killed at any moment.
 """
 
 from __future__ import annotations
@@ -25,15 +29,19 @@ from ..config import Config
 from ..errors import Conflict, FieldError, Gone, ValidationFailed
 from ..spec import ResolvedSpec, parse_spec, resolve_spec
 from ..states import TERMINAL, IllegalTransition, Reason, State
-from ..store import Store, User, private_dir
+from ..store import Store, private_dir
 from ..templates import make_environment
 from ..transport import RemoteFileMissing
 from ..units import format_slurm_time
+from ..users import User
+from .clusters import ClusterLink
 from .collector import collect
+from .context import JobContext
+from .lab_watcher import LabWatcher
+from .labs import LabProbe, LabRoute, open_lab
 from .limits import check_limits
 from .poller import poll_forever
 from .retention import prune_daily
-from .runtime import ClusterRuntime
 from .submitter import submit_worker
 
 log = logging.getLogger(__name__)
@@ -46,21 +54,20 @@ class JobService:
         self,
         config: Config,
         store: Store,
-        clusters: dict[str, ClusterRuntime],
+        clusters: dict[str, ClusterLink],
         templates: jinja2.Environment | None = None,
     ) -> None:
         self.config = config
-        self.store = store
         self.clusters = clusters
-        self.templates = templates or make_environment()
-        self.data_dir = config.gateway.data_dir
-        private_dir(self.data_dir / "jobs")
+        self._store = store
+        templates = templates or make_environment(config.gateway.template_dir)
+        self.ctx = JobContext(config, store, clusters, templates)
+        private_dir(self.ctx.data_dir / "jobs")
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.submit_queue: asyncio.Queue[str] = asyncio.Queue()
 
     # -- background work ------------------------------------------------------------------
 
-    def spawn(self, coroutine: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Run ``coroutine`` in the background; the service cancels it on stop."""
         task = asyncio.create_task(coroutine, name=name)
         self._tasks.add(task)
@@ -72,30 +79,55 @@ class JobService:
         if not task.cancelled() and task.exception() is not None:
             log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
-    async def start(self) -> None:
-        """Start the submitter, the pollers, the collectors and the daily artifact retention
-        pass (:mod:`.retention`); resume unfinished jobs."""
-        for job in self.store.jobs_in({State.ACCEPTED, State.STAGING}):
-            self.submit_queue.put_nowait(job["id"])
+    async def _run_collections(self) -> None:
+        """One collection task for each job handed to the collector (they retry for minutes
+        each, so they run side by side, not from a pool)."""
+        while True:
+            job_id = await self.ctx.collect_queue.get()
+            self._spawn(collect(self.ctx, job_id), f"collect-{job_id}")
+
+    async def start(self, lab_probe: LabProbe | None = None) -> None:
+        """Start the submitters, the pollers, the collections, the daily artifact retention
+        pass and, given the lab proxy's ``lab_probe``, the lab watcher; resume unfinished jobs."""
+        ctx = self.ctx
+        for job in self._store.jobs_in({State.ACCEPTED, State.STAGING}):
+            ctx.submit_later(job["id"])
+        for job in self._store.jobs_in({State.COLLECTING}):
+            ctx.collect_later(job["id"])
         for number in range(4):
-            self.spawn(submit_worker(self), f"submitter-{number}")
-        for runtime in self.clusters.values():
-            self.spawn(poll_forever(self, runtime), f"poller-{runtime.name}")
-        for job in self.store.jobs_in({State.COLLECTING}):
-            self.spawn(collect(self, job["id"]), f"collect-{job['id']}")
-        self.spawn(prune_daily(self), "artifact-retention")
+            self._spawn(submit_worker(ctx), f"submitter-{number}")
+        for link in self.clusters.values():
+            self._spawn(poll_forever(ctx, link), f"poller-{link.name}")
+        self._spawn(self._run_collections(), "collections")
+        self._spawn(prune_daily(ctx), "artifact-retention")
+        if lab_probe is not None:
+            self._spawn(LabWatcher(ctx, lab_probe).run(), "lab-watcher")
 
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for runtime in self.clusters.values():
-            await runtime.transport.close()
+        for link in self.clusters.values():
+            await link.transport.close()
 
     # -- requests ---------------------------------------------------------------------------
 
-    def job_dir(self, job_id: str) -> Path:
-        return self.data_dir / "jobs" / job_id
+    def get_job(self, user: User, job_id: str) -> dict[str, Any]:
+        """``user``'s job ``job_id`` (a store row); NotFound for a missing or another's job."""
+        return self._store.get_job(job_id, user.id)
+
+    def list_jobs(self, user: User, limit: int = 500) -> list[dict[str, Any]]:
+        """``user``'s newest jobs, at most ``limit``."""
+        return self._store.list_jobs(user.id, limit=limit)
+
+    def events(self, user: User, job_id: str) -> list[dict[str, Any]]:
+        """Every state change of ``user``'s job, oldest first; NotFound as :meth:`get_job`."""
+        self._store.get_job(job_id, user.id)
+        return self._store.events(job_id)
+
+    async def open_lab(self, user: User, job_id: str) -> LabRoute:
+        """The route to ``user``'s ready lab (see :func:`.labs.open_lab`)."""
+        return await open_lab(self.ctx, user.id, job_id)
 
     def create_notebook_job(
         self, user: User, raw_spec: Any, notebook: bytes, idempotency_key: str | None = None
@@ -109,10 +141,10 @@ class JobService:
         bad field, the notebook included.
         """
         if idempotency_key:
-            existing = self.store.job_by_idempotency_key(user.id, idempotency_key)
+            existing = self._store.job_by_idempotency_key(user.id, idempotency_key)
             if existing:
                 return existing, False
-        check_limits(self.store, self.config.limits, user, "notebook")
+        check_limits(self._store, self.config.limits, user, "notebook")
         spec = parse_spec(raw_spec)
         errors: list[FieldError] = []
         try:
@@ -142,10 +174,10 @@ class JobService:
         when the submitter puts it on the cluster as a 0600 file and when the proxy injects it.
         """
         if idempotency_key:
-            existing = self.store.job_by_idempotency_key(user.id, idempotency_key)
+            existing = self._store.job_by_idempotency_key(user.id, idempotency_key)
             if existing:
                 return existing, False
-        check_limits(self.store, self.config.limits, user, "lab")
+        check_limits(self._store, self.config.limits, user, "lab")
         spec = parse_spec(raw_spec)
         if spec.kind != "lab":
             raise ValidationFailed([FieldError(
@@ -162,7 +194,7 @@ class JobService:
         cluster = self.config.cluster(resolved.cluster)
         assert cluster is not None  # resolve_spec checked it
         job_id = secrets.token_hex(JOB_ID_BYTES)
-        directory = self.job_dir(job_id)
+        directory = self.ctx.job_dir(job_id)
         directory.mkdir(parents=True, mode=0o700)
         for name, data in files.items():
             (directory / name).write_bytes(data)
@@ -179,12 +211,12 @@ class JobService:
             **extra,
         }
         try:
-            job = self.store.insert_job(row)
+            job = self._store.insert_job(row)
         except Conflict:  # the same key raced in from a parallel request
-            existing = self.store.job_by_idempotency_key(user.id, idempotency_key or "")
+            existing = self._store.job_by_idempotency_key(user.id, idempotency_key or "")
             assert existing is not None
             return existing, False
-        self.submit_queue.put_nowait(job_id)
+        self.ctx.submit_later(job_id)
         return job, True
 
     async def cancel(self, user: User, job_id: str) -> tuple[dict[str, Any], bool]:
@@ -193,28 +225,28 @@ class JobService:
         A job not yet in Slurm is cancelled at once. Otherwise ``scancel`` is sent now if the
         scheduler answers, else by the poller as soon as it does; the state follows Slurm.
         """
-        job = self.store.get_job(job_id, user.id)
+        job = self._store.get_job(job_id, user.id)
         if State(job["state"]) in TERMINAL:
             return job, False
-        self.store.update_job(job_id, cancel_requested=1)
+        self._store.update_job(job_id, cancel_requested=1)
         if job["state"] == State.ACCEPTED:
             try:
-                return self.store.transition(
+                return self._store.transition(
                     job_id, State.CANCELLED, reason=Reason.USER_CANCELLED,
                     message="cancelled before submission"), True
             except IllegalTransition:  # the submitter picked it up meanwhile
-                job = self.store.get_job(job_id)
-        runtime = self.clusters.get(job["cluster"])
-        if job["slurm_job_id"] and runtime:
-            await runtime.send_cancel(job)
-            runtime.wake.set()
-        return self.store.get_job(job_id), True
+                job = self._store.get_job(job_id)
+        link = self.clusters.get(job["cluster"])
+        if job["slurm_job_id"] and link:
+            await link.send_cancel(job)
+            link.wake.set()
+        return self._store.get_job(job_id), True
 
     def output_notebook(self, user: User, job_id: str) -> Path | None:
         """The executed notebook's path; None while there is none (yet). Raises
         :class:`Gone` (410) once retention removed the job's artifacts: that is for good."""
-        job = _with_artifacts(self.store.get_job(job_id, user.id))
-        path = self.job_dir(job_id) / "output.ipynb"
+        job = _with_artifacts(self._store.get_job(job_id, user.id))
+        path = self.ctx.job_dir(job_id) / "output.ipynb"
         return path if job["has_notebook"] and path.exists() else None
 
     async def job_log(self, user: User, job_id: str) -> bytes:
@@ -225,15 +257,15 @@ class JobService:
         the file), never a read of whatever it leads to. :class:`Gone` (410) once retention
         removed the job's artifacts.
         """
-        job = _with_artifacts(self.store.get_job(job_id, user.id))
-        collected = self.job_dir(job_id) / "job.log"
+        job = _with_artifacts(self._store.get_job(job_id, user.id))
+        collected = self.ctx.job_dir(job_id) / "job.log"
         if State(job["state"]) in TERMINAL or not job["slurm_job_id"]:
             return collected.read_bytes() if collected.exists() else b""
-        runtime = self.clusters.get(job["cluster"])
-        if runtime is None:
+        link = self.clusters.get(job["cluster"])
+        if link is None:
             return b""
         try:
-            return await runtime.transport.read_file(
+            return await link.transport.read_file(
                 f"{job['workdir']}/job.log", user=job["unix_user"],
                 limit=self.config.gateway.log_tail_bytes, tail=True)
         except RemoteFileMissing:

@@ -16,125 +16,103 @@ import json
 import logging
 import time
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import ClusterUnavailable, GatewayError
 from ..spec import ResolvedSpec
 from ..states import TERMINAL, IllegalTransition, Reason, State
-from ..templates import render
 from ..timestamps import parse_timestamp
 from ..tokens import lab_token
 from ..transport import RemoteFileMissing, RemoteFileRefused
-from .collector import collect
-from .runtime import ClusterRuntime
-
-if TYPE_CHECKING:
-    from .service import JobService
+from .clusters import ClusterLink
+from .context import JobContext
+from .scripts import render_script, submit_options
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 30.0
-# Files only a Slurm job that started writes into its work directory (job_templates/notebook.sh.j2).
+# Files only a Slurm job that started writes into its work directory (Slurm's output, the
+# runner's exit record: gateway/job_templates/).
 TRACES = ("job.log", "exit.json")
 
 
-async def submit_worker(service: JobService) -> None:
+async def submit_worker(ctx: JobContext) -> None:
     """Take job ids off the queue forever and submit each."""
     while True:
-        job_id = await service.submit_queue.get()
+        job_id = await ctx.submit_queue.get()
         try:
-            await submit_job(service, job_id)
+            await submit_job(ctx, job_id)
         except Exception:
             log.exception("submission of job %s failed unexpectedly", job_id)
 
 
-def render_script(service: JobService, job: dict[str, Any], runtime: ClusterRuntime) -> str:
-    """The batch script of ``job``: ``notebook.sh.j2`` or ``lab.sh.j2`` by its kind."""
-    spec = ResolvedSpec.model_validate_json(job["spec"])
-    return render(
-        service.templates,
-        f"{spec.kind}.sh.j2",
-        job_id=job["id"],
-        workdir=job["workdir"],
-        python=runtime.config.python,
-        slurm_name=slurm_job_name(spec.name),
-        spec=spec,
-        lab_bind=runtime.config.lab_bind,
-    )
-
-
-def slurm_job_name(name: str) -> str:
-    """The job name as Slurm shows it: the gateway name reduced to safe characters."""
-    cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in name)
-    return ("hpcgw-" + cleaned)[:64]
-
-
-async def submit_job(service: JobService, job_id: str) -> None:
+async def submit_job(ctx: JobContext, job_id: str) -> None:
     """Bring one job from ``accepted``/``staging`` into the scheduler, or to a terminal state.
 
     While the scheduler is known to be unreachable the job waits in ``accepted`` (nothing is
     sent); the cluster is probed with backoff until it answers or the deadline passes.
     """
-    store = service.store
+    store = ctx.store
     job = store.get_job(job_id)
-    runtime = service.clusters.get(job["cluster"])
+    link = ctx.clusters.get(job["cluster"])
     if State(job["state"]) in TERMINAL:
         return
-    if runtime is None:
-        _fail(service, job_id, f"cluster {job['cluster']} is disabled")
+    if link is None:
+        _fail(ctx, job_id, f"cluster {job['cluster']} is disabled")
         return
-    deadline = parse_timestamp(job["created_at"]).timestamp() + runtime.config.submit_deadline
+    deadline = parse_timestamp(job["created_at"]).timestamp() + link.config.submit_deadline
     backoff = 1.0
     while True:
         try:
-            await _enter_staging(service, runtime, job_id)
-            await _attempt(service, runtime, store.get_job(job_id))
+            await _enter_staging(ctx, link, job_id)
+            await _attempt(ctx, link, store.get_job(job_id))
             return
         except IllegalTransition:  # cancelled meanwhile
             return
         except ClusterUnavailable as exc:
-            runtime.reachable, runtime.last_error = False, exc.detail
+            link.reachable, link.last_error = False, exc.detail
             store.update_job(job_id, scheduler_reachable=0, message=exc.detail)
             if time.time() + backoff > deadline:
-                _fail(service, job_id, f"scheduler unreachable until the deadline: {exc.detail}")
+                _fail(ctx, job_id, f"scheduler unreachable until the deadline: {exc.detail}")
                 return
         except GatewayError as exc:
-            _fail(service, job_id, exc.detail)
+            _fail(ctx, job_id, exc.detail)
             return
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, MAX_BACKOFF)
 
 
-async def _enter_staging(service: JobService, runtime: ClusterRuntime, job_id: str) -> None:
-    if service.store.get_job(job_id)["state"] != State.ACCEPTED:
+async def _enter_staging(ctx: JobContext, link: ClusterLink, job_id: str) -> None:
+    if ctx.store.get_job(job_id)["state"] != State.ACCEPTED:
         return
-    if runtime.reachable is False:
-        await runtime.backend.cluster_info()  # raises ClusterUnavailable while still down
-        runtime.reachable = True
-    service.store.transition(job_id, State.STAGING)
+    if link.reachable is False:
+        await link.backend.cluster_info()  # raises ClusterUnavailable while still down
+        link.reachable = True
+    ctx.store.transition(job_id, State.STAGING)
 
 
-def _fail(service: JobService, job_id: str, message: str) -> None:
+def _fail(ctx: JobContext, job_id: str, message: str) -> None:
     """End a job that never reached the scheduler as ``failed``/``launch_failed``."""
-    service.store.transition(job_id, State.FAILED, reason=Reason.LAUNCH_FAILED, message=message)
+    ctx.store.transition(job_id, State.FAILED, reason=Reason.LAUNCH_FAILED, message=message)
 
 
-async def _attempt(service: JobService, runtime: ClusterRuntime, job: dict[str, Any]) -> None:
-    store = service.store
+async def _attempt(ctx: JobContext, link: ClusterLink, job: dict[str, Any]) -> None:
+    store = ctx.store
     if job["cancel_requested"] and not job["submit_attempts"]:
         store.transition(job["id"], State.CANCELLED, reason=Reason.USER_CANCELLED,
                          message="cancelled before submission")
         return
-    if job["submit_attempts"] and await _resume_earlier_attempt(service, runtime, job):
+    if job["submit_attempts"] and await _resume_earlier_attempt(ctx, link, job):
         return
-    script = render_script(service, job, runtime)
-    await stage_inputs(service, runtime, job, script)
+    script = render_script(ctx.templates, job, link.config, link.container_runtime)
+    options = submit_options(job, link.config)
+    await stage_inputs(ctx, link, job, script)
     store.update_job(job["id"], submit_attempts=job["submit_attempts"] + 1)
-    slurm_job_id = await runtime.backend.submit(script, user=job["unix_user"], tag=job["id"])
-    _entered_scheduler(service, runtime, job["id"], slurm_job_id)
+    slurm_job_id = await link.backend.submit(script, options)
+    _entered_scheduler(ctx, link, job["id"], slurm_job_id)
 
 
 async def _resume_earlier_attempt(
-    service: JobService, runtime: ClusterRuntime, job: dict[str, Any]
+    ctx: JobContext, link: ClusterLink, job: dict[str, Any]
 ) -> bool:
     """Look for what an earlier ``sbatch`` of ``job`` may have created; True if the job was
     moved on from it (so nothing may be submitted), False if a new submission is due.
@@ -144,14 +122,14 @@ async def _resume_earlier_attempt(
     so the job goes to ``collecting`` (or to ``cancelled`` if a cancel was asked for meanwhile).
     Without either, a requested cancel ends the job here instead of submitting it again.
     """
-    store, job_id = service.store, job["id"]
-    found = await runtime.backend.find_by_tag(job_id, user=job["unix_user"])
+    store, job_id = ctx.store, job["id"]
+    found = await link.backend.find_by_tag(job_id, user=job["unix_user"])
     if found is not None:
         log.info("job %s: adopting Slurm job %s", job_id, found.job_id)
         store.update_job(job_id, slurm_job_id=found.job_id)
-        _entered_scheduler(service, runtime, job_id, found.job_id)
+        _entered_scheduler(ctx, link, job_id, found.job_id)
         return True
-    ran = await _left_traces(runtime, job)
+    ran = await _left_traces(link, job)
     if job["cancel_requested"]:
         store.transition(job_id, State.CANCELLED, reason=Reason.USER_CANCELLED,
                          message="cancelled" + (" after an earlier submission had run"
@@ -162,11 +140,11 @@ async def _resume_earlier_attempt(
     log.info("job %s: an earlier submission already ran (left %s); collecting", job_id, ran)
     store.transition(job_id, State.COLLECTING, scheduler_reachable=1)
     store.update_job(job_id, message=None)
-    service.spawn(collect(service, job_id), f"collect-{job_id}")
+    ctx.collect_later(job_id)
     return True
 
 
-async def _left_traces(runtime: ClusterRuntime, job: dict[str, Any]) -> str | None:
+async def _left_traces(link: ClusterLink, job: dict[str, Any]) -> str | None:
     """The name of the first file a started Slurm job writes into its work directory that
     exists there (``job.log``: Slurm's output, ``exit.json``: the runner's record), or None.
 
@@ -176,7 +154,7 @@ async def _left_traces(runtime: ClusterRuntime, job: dict[str, Any]) -> str | No
     """
     for name in TRACES:
         try:
-            await runtime.transport.read_file(
+            await link.transport.read_file(
                 f"{job['workdir']}/{name}", user=job["unix_user"], limit=1, tail=True)
         except RemoteFileMissing:
             continue
@@ -187,34 +165,34 @@ async def _left_traces(runtime: ClusterRuntime, job: dict[str, Any]) -> str | No
 
 
 def _entered_scheduler(
-    service: JobService, runtime: ClusterRuntime, job_id: str, slurm_job_id: str
+    ctx: JobContext, link: ClusterLink, job_id: str, slurm_job_id: str
 ) -> None:
-    service.store.transition(job_id, State.PENDING, slurm_job_id=slurm_job_id,
+    ctx.store.transition(job_id, State.PENDING, slurm_job_id=slurm_job_id,
                              scheduler_reachable=1)
-    service.store.update_job(job_id, message=None)  # clear an earlier "unreachable" message
-    runtime.wake.set()
+    ctx.store.update_job(job_id, message=None)  # clear an earlier "unreachable" message
+    link.wake.set()
 
 
 async def stage_inputs(
-    service: JobService, runtime: ClusterRuntime, job: dict[str, Any], script: str
+    ctx: JobContext, link: ClusterLink, job: dict[str, Any], script: str
 ) -> None:
     """Create the job's private directory on the cluster and put its inputs (and, for the
     record, the batch ``script`` as submitted) there."""
-    transport, user, workdir = runtime.transport, job["unix_user"], job["workdir"]
-    await transport.put_files(workdir, {**job_files(service, job), "job.sh": script.encode()},
+    transport, user, workdir = link.transport, job["unix_user"], job["workdir"]
+    await transport.put_files(workdir, {**job_files(ctx, job), "job.sh": script.encode()},
                               user=user)
 
 
-def job_files(service: JobService, job: dict[str, Any]) -> dict[str, bytes]:
+def job_files(ctx: JobContext, job: dict[str, Any]) -> dict[str, bytes]:
     """What a job needs in its directory: the notebook, its parameters and the runner for a
     notebook run; the launcher and the server token (0600, like every staged file) for a lab."""
     jobside = resources.files("gateway.jobside")
     if job["kind"] == "lab":
         return {"lab.py": jobside.joinpath("lab.py").read_bytes(),
-                "lab.token": lab_token(service.config.gateway.cookie_secret, job["id"]).encode()}
+                "lab.token": lab_token(ctx.config.gateway.cookie_secret, job["id"]).encode()}
     spec = ResolvedSpec.model_validate_json(job["spec"])
     return {
-        "input.ipynb": (service.job_dir(job["id"]) / "input.ipynb").read_bytes(),
+        "input.ipynb": (ctx.job_dir(job["id"]) / "input.ipynb").read_bytes(),
         "parameters.json": json.dumps(spec.parameters).encode(),
         "runner.py": jobside.joinpath("runner.py").read_bytes(),
     }

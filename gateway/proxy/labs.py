@@ -1,13 +1,14 @@
 """The lab proxy: ``/labs/{job_id}/...`` of a ready lab, for its owner only.
 
-Every request and WebSocket upgrade is checked: the job must exist, belong to the caller (another
-user's lab answers exactly like a missing one) and be ``ready``. The upstream address is the
-job's own (its node and the port its server reported), reached through the cluster's transport
-(``Transport.forward``: directly, or through an SSH port forward as the lab's owner); nothing
-in the URL can change it, and every new connection there is proven to reach the lab's own server
-before the lab's token goes over it (:mod:`.identity`). Cookie-authenticated WebSocket upgrades
-must come from the gateway's own origin. Each relayed request or frame counts as activity for the
-idle cull.
+The API hands each request over with its authenticated caller. Every request and WebSocket
+upgrade is checked by the job service's ``open_lab`` (:func:`gateway.jobs.labs.open_lab`): the
+job must exist, belong to the caller (another user's lab answers exactly like a missing one)
+and be ``ready``. The upstream address is the job's own (its node and the port its server
+reported, through the cluster's transport); nothing in the URL can change it, and every new
+connection there is proven to reach the lab's own server before the lab's token goes over it
+(:mod:`.identity`). Cookie-authenticated WebSocket upgrades must come from the gateway's own
+origin. Each relayed request or frame counts as activity for the idle cull: the proxy is the
+lifecycle's :class:`gateway.jobs.labs.LabProbe` (a probe and the activity clock).
 """
 
 from __future__ import annotations
@@ -17,18 +18,17 @@ import ipaddress
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from ..errors import Forbidden, LabUnavailable, NotFound
-from ..jobs.service import JobService
+from ..errors import Forbidden, LabUnavailable, LabUnproven, NotFound
+from ..jobs.labs import LabRoute
 from ..pageheaders import SECURITY_HEADERS
-from ..states import State
-from ..timestamps import parse_timestamp
-from ..tokens import lab_token
-from .identity import LabIdentity, LabSessions
+from ..users import User
+from .identity import LabIdentity, LabNotProven, LabSessions
 from .relay import Upstream, relay_http, relay_websocket
 
 log = logging.getLogger(__name__)
@@ -37,98 +37,67 @@ PROBE_TIMEOUT = 5.0
 MAX_PROBE_ANSWER = 64 * 1024  # a lab API answer the gateway reads for itself
 
 
-def lab_prefix(job_id: str) -> str:
-    return f"/labs/{job_id}/"
+# (caller, job id) -> the route to that caller's ready lab; raises NotFound / LabUnavailable.
+FindLab = Callable[[User, str], Awaitable[LabRoute]]
 
 
 class LabProxy:
-    """Owns the per-lab HTTP client sessions and the per-lab activity clock."""
+    """Relays lab traffic; owns the per-lab HTTP client sessions and the activity clock."""
 
-    def __init__(self, service: JobService, gateway_cookies: frozenset[str],
+    def __init__(self, find_lab: FindLab, gateway_cookies: frozenset[str],
                  public_origin: str | None = None) -> None:
-        self.service = service
+        self.find_lab = find_lab
         self.sessions = LabSessions(CONNECT_TIMEOUT)
         self.gateway_cookies = gateway_cookies
         self.public_origin = public_origin
         # job id -> wall-clock time of the last proxied request or WebSocket frame
         self.activity: dict[str, float] = {}
-        # job id -> why the server at the lab's reported address failed the identity proof
-        self.unproven: dict[str, str] = {}
-
-    async def start(self) -> None:
-        return None
 
     async def stop(self) -> None:
         await self.sessions.close()
 
+    # -- the lifecycle's LabProbe ----------------------------------------------------------
+
     def touch(self, job_id: str) -> None:
         self.activity[job_id] = time.time()
 
-    def last_activity(self, job: dict[str, Any]) -> float:
-        """The latest of: proxied traffic seen by this process, the stored activity stamp, the
-        moment the lab became ready (so a restarted gateway keeps counting idle time)."""
-        stamps = [self.activity.get(job["id"], 0.0)]
-        for column in ("last_activity", "started_at"):
-            if job.get(column):
-                stamps.append(parse_timestamp(job[column]).timestamp())
-        return max(stamps)
+    def last_activity(self, job_id: str) -> float:
+        return self.activity.get(job_id, 0.0)
 
-    def forward_key(self, job: dict[str, Any]) -> tuple[str, str, str, int] | None:
-        """``(cluster, unix user, host, port)`` of a lab's server as its cluster's side reaches
-        it (see ``Transport.forward``); None before its port is known."""
-        runtime = self.service.clusters.get(job["cluster"])
-        if runtime is None or not job["lab_port"]:
-            return None
-        host = runtime.config.lab_host.replace("{node}", job["node"] or "")
-        return (runtime.name, job["unix_user"], host, int(job["lab_port"]))
+    def retain(self, live: set[str]) -> None:
+        for job_id in self.activity.keys() - live:
+            del self.activity[job_id]
+        self.sessions.retain(live)
 
-    async def upstream(self, job: dict[str, Any]) -> tuple[Upstream, aiohttp.ClientSession]:
-        """The lab server of ``job`` (which must have reported its port), as reached from here,
-        and the client session whose connections are proven to reach it."""
-        runtime = self.service.clusters.get(job["cluster"])
-        key = self.forward_key(job)
-        if runtime is None or key is None:
-            raise LabUnavailable("the lab's server address is not known yet")
-        _, user, node_host, node_port = key
-        host, port = await runtime.transport.forward(node_host, node_port, user=user)
-        token = lab_token(self.service.config.gateway.cookie_secret, job["id"])
-        upstream = Upstream(host, port, token, lab_prefix(job["id"]))
-        identity = LabIdentity(token, upstream.prefix, node_port,
-                               None if (host, port) == (node_host, node_port)
-                               else _literal_ip(node_host))
-        return upstream, self.sessions.get(job["id"], identity, host, port)
-
-    async def get(self, job: dict[str, Any], path: str) -> Any:
+    async def get(self, route: LabRoute, path: str) -> Any:
         """GET ``path`` (under the lab's prefix) from the lab's REST API as JSON, bypassing the
-        activity clock (the gateway's own checks never keep a lab alive). An answer over
-        MAX_PROBE_ANSWER bytes raises ValueError after reading no more than that."""
-        upstream, session = await self.upstream(job)
-        async with session.get(
-            upstream.url(upstream.prefix + path, ""),
-            headers={"Authorization": f"token {upstream.token}"},
-            timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT), allow_redirects=False,
-        ) as answer:
-            answer.raise_for_status()
-            body = await answer.content.read(MAX_PROBE_ANSWER + 1)
-            if len(body) > MAX_PROBE_ANSWER:
-                raise ValueError(f"the lab's {path} answer is over {MAX_PROBE_ANSWER} bytes")
-            return json.loads(body)
+        activity clock (the gateway's own checks never keep a lab alive). A server that fails
+        the identity proof raises :class:`LabUnproven`; an answer over MAX_PROBE_ANSWER bytes
+        raises ValueError after reading no more than that."""
+        upstream, session = self.upstream(route)
+        try:
+            async with session.get(
+                upstream.url(upstream.prefix + path, ""),
+                headers={"Authorization": f"token {upstream.token}"},
+                timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT), allow_redirects=False,
+            ) as answer:
+                answer.raise_for_status()
+                body = await answer.content.read(MAX_PROBE_ANSWER + 1)
+        except LabNotProven as exc:
+            raise LabUnproven(str(exc), job_id=route.job_id) from None
+        if len(body) > MAX_PROBE_ANSWER:
+            raise ValueError(f"the lab's {path} answer is over {MAX_PROBE_ANSWER} bytes")
+        return json.loads(body)
 
     # -- the route ------------------------------------------------------------------------
 
-    def _ready_lab(self, request: web.Request) -> dict[str, Any]:
-        from ..api.keys import current_user  # the api package imports this module
-
-        job = self.service.store.get_job(request.match_info["job_id"], current_user(request).id)
-        if job["kind"] != "lab":
-            raise NotFound(f"no job {job['id']}")
-        state = State(job["state"])
-        if state is State.READY:
-            return job
-        if state in (State.ACCEPTED, State.STAGING, State.PENDING, State.RUNNING):
-            raise LabUnavailable(f"the lab is starting (state {state}); try again shortly",
-                                 state=str(state))
-        raise NotFound(f"the lab has ended (state {state})")
+    def upstream(self, route: LabRoute) -> tuple[Upstream, aiohttp.ClientSession]:
+        """The lab's server as reached from here, and the client session whose connections
+        are proven to reach it."""
+        upstream = Upstream(route.host, route.port, route.token, route.prefix)
+        identity = LabIdentity(route.token, route.prefix, route.node_port,
+                               _literal_ip(route.node_host) if route.forwarded else None)
+        return upstream, self.sessions.get(route.job_id, identity, route.host, route.port)
 
     def _check_origin(self, request: web.Request) -> None:
         own = self.public_origin or f"{request.scheme}://{request.host}"
@@ -136,22 +105,24 @@ class LabProxy:
             raise Forbidden("a WebSocket with a session cookie must come from the gateway's "
                             "own pages (Origin mismatch)")
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        from ..api.keys import VIA_COOKIE
-
+    async def handle(self, request: web.Request, caller: User, via_cookie: bool
+                     ) -> web.StreamResponse:
+        """Relay ``request`` to ``caller``'s lab named in the path; ``via_cookie``: the caller
+        was authenticated by a browser session cookie (WebSocket upgrades must then carry the
+        gateway's own Origin)."""
+        job_id = request.match_info["job_id"]
         try:
-            job = self._ready_lab(request)
+            route = await self.find_lab(caller, job_id)
         except LabUnavailable as exc:
             if "text/html" in request.headers.get("Accept", "") and request.method == "GET":
                 return _starting_page(exc.detail)
             raise
-        if not request.rel_url.raw_path.startswith(lab_prefix(job["id"])):
+        if not request.rel_url.raw_path.startswith(route.prefix):
             raise NotFound("no such path in this lab")
         websocket = request.headers.get("Upgrade", "").lower() == "websocket"
-        if websocket and request[VIA_COOKIE]:
+        if websocket and via_cookie:
             self._check_origin(request)
-        upstream, session = await self.upstream(job)
-        job_id = job["id"]
+        upstream, session = self.upstream(route)
         self.touch(job_id)
         try:
             if websocket:

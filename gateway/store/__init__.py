@@ -16,7 +16,6 @@ import secrets
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -26,6 +25,7 @@ from ..config import IDENTIFIER, UNIX_USER
 from ..errors import BadRequest, Conflict, NotFound
 from ..states import IN_SCHEDULER, TERMINAL, TRANSITIONS, State, check_transition
 from ..timestamps import parse_timestamp, utcnow
+from ..users import User
 from .files import loose_modes, private_database, private_dir
 from .schema import LAB_TOKENS_DROPPED, MIGRATIONS
 
@@ -69,13 +69,6 @@ def _transition_update(
     if new is not State.PENDING:
         update["pending_reason"] = None
     return update
-
-
-@dataclass(frozen=True)
-class User:
-    id: int
-    name: str
-    unix_user: str
 
 
 class Store:
@@ -284,7 +277,7 @@ class Store:
         ).fetchall()
         return (rows[-1][0] if rows else event_id), {job: state for _, job, state in rows}
 
-    def lab_jobs(self) -> list[dict[str, Any]]:
+    def live_labs(self) -> list[dict[str, Any]]:
         """Labs whose server may be up (``running`` or ``ready``), oldest first."""
         return list(self._table("jobs").rows_where(
             "kind = 'lab' AND state IN (?, ?)", [State.RUNNING.value, State.READY.value],

@@ -13,6 +13,7 @@ import pytest
 
 from gateway.states import State
 from gateway.store import Store
+from tests.factories import add_job
 
 from .conftest import (
     DEV_DIR,
@@ -91,6 +92,11 @@ async def test_killed_during_submission_submits_each_job_once(restartable: Resta
     api = restartable.api()
     ids = [(await api.submit(SHORT, {"name": f"s{n}"}))[1]["id"] for n in range(12)]
     restartable.kill()  # some are accepted, some staging, some pending: none may be lost or doubled
+    store = Store(restartable.config.parent / "data" / "hpcgw.db")
+    at_kill = {store.get_job(job_id)["state"] for job_id in ids}
+    store.close()
+    # The kill landed inside the submission window: jobs not yet handed to Slurm were left.
+    assert at_kill & {"accepted", "staging"}, at_kill
     restartable.start()
     api = restartable.api()
     for job_id in ids:
@@ -120,11 +126,8 @@ async def test_job_slurm_forgot_ends_lost(restartable: Restartable) -> None:
     store = Store(restartable.config.parent / "data" / "hpcgw.db")
     user = store.get_user("alice")
     job_id = "0123456789abcdef"
-    store.insert_job({"id": job_id, "user_id": user.id, "unix_user": "alice", "kind": "notebook",
-                      "name": "forgotten", "cluster": "dev", "spec": forgotten_spec(),
-                      "workdir": "/home/alice/.hpcgw/jobs/" + job_id})
-    for state in (State.STAGING, State.PENDING, State.RUNNING):
-        store.transition(job_id, state, slurm_job_id="987654321")
+    add_job(store, user, job_id, state=State.RUNNING, name="forgotten", spec=forgotten_spec(),
+            at={State.PENDING: {"slurm_job_id": "987654321"}})
     store.close()
     restartable.start()
     job = await restartable.api().wait_terminal(job_id, 30)

@@ -14,6 +14,7 @@ import pytest
 
 from gateway.states import State
 from gateway.store import Store
+from tests.factories import add_job
 
 from .conftest import (
     Api,
@@ -59,11 +60,8 @@ def store_attempted_job(home: Path, spec: str) -> str:
     store = Store(home / "data" / "hpcgw.db")
     user = store.get_user("alice")
     workdir = f"/home/alice/.hpcgw/jobs/{JOB_ID}"
-    store.insert_job({"id": JOB_ID, "user_id": user.id, "unix_user": "alice",
-                      "kind": "notebook", "name": "outage", "cluster": "dev", "spec": spec,
-                      "workdir": workdir})
-    store.transition(JOB_ID, State.STAGING)
-    store.update_job(JOB_ID, submit_attempts=1)
+    add_job(store, user, JOB_ID, state=State.STAGING, name="outage", spec=spec,
+            workdir=workdir, submit_attempts=1)
     store.close()
     local = home / "data" / "jobs" / JOB_ID  # what a resubmission would stage
     local.mkdir(parents=True)

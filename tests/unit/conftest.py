@@ -5,7 +5,7 @@
 - :class:`FakeTransport`: the Transport protocol over a dict of files.
 - :class:`FakeBackend`: the SchedulerBackend protocol over a dict of Slurm job states; tests move
   jobs along by editing ``backend.states``.
-- :class:`FakeClusters`: a ``runtime_factory`` for ``make_app`` that remembers the fakes it made.
+- :class:`FakeClusters`: a ``cluster_factory`` for ``make_app`` that remembers the fakes it made.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import pytest
 
 from gateway.config import ClusterConfig, Config, parse_config
 from gateway.errors import ClusterUnavailable
-from gateway.jobs.runtime import ClusterRuntime
-from gateway.scheduler import SchedulerState, SchedulerStatus
+from gateway.jobs.clusters import ClusterLink
+from gateway.scheduler import SchedulerState, SchedulerStatus, SubmitOptions
 from gateway.store import Store
 from gateway.transport import CommandResult, RemoteFileMissing, RemoteFileTooLarge
 
@@ -137,6 +137,7 @@ class Submission:
     user: str
     tag: str
     slurm_job_id: str
+    options: SubmitOptions | None = None  # None: put there by a test (FakeBackend.enqueue)
 
 
 @dataclass
@@ -157,11 +158,17 @@ class FakeBackend:
         if self.unreachable:
             raise ClusterUnavailable("squeue: Unable to contact slurm controller")
 
-    async def submit(self, script: str, *, user: str, tag: str) -> str:
+    async def submit(self, script: str, options: SubmitOptions) -> str:
         self._check_reachable()
+        return self.enqueue(options.user, options.tag, script, options)
+
+    def enqueue(self, user: str, tag: str, script: str = "#!/bin/bash\n",
+                options: SubmitOptions | None = None) -> str:
+        """A new PENDING Slurm job of ``user`` tagged ``tag`` (as an sbatch the gateway did not
+        see the answer of would leave); its Slurm job id."""
         self._next_id += 1
         job_id = str(self._next_id)
-        self.submissions.append(Submission(script, user, tag, job_id))
+        self.submissions.append(Submission(script, user, tag, job_id, options))
         self.states[job_id] = SchedulerState.PENDING
         return job_id
 
@@ -204,15 +211,15 @@ class FakeCluster:
 
 
 class FakeClusters:
-    """``runtime_factory`` for ``make_app``: one FakeTransport + FakeBackend per cluster."""
+    """``cluster_factory`` for ``make_app``: one FakeTransport + FakeBackend per cluster."""
 
     def __init__(self) -> None:
         self.by_name: dict[str, FakeCluster] = {}
 
-    def __call__(self, cluster: ClusterConfig) -> ClusterRuntime:
+    def __call__(self, cluster: ClusterConfig) -> ClusterLink:
         fake = FakeCluster(FakeTransport(), FakeBackend())
         self.by_name[cluster.name] = fake
-        return ClusterRuntime(cluster, fake.transport, fake.backend)
+        return ClusterLink(cluster, fake.transport, fake.backend)
 
 
 # Test modules get these through fixtures, never ``import conftest`` (several conftest.py files

@@ -20,10 +20,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway.api.app import make_app
-from gateway.api.keys import STORE
 from gateway.config import parse_config
 from gateway.scheduler import SchedulerState
+from gateway.server import STORE, make_app
 from gateway.store import User
 
 if TYPE_CHECKING:
@@ -123,7 +122,7 @@ async def api(
     make_notebook: Callable[..., bytes],
 ) -> Api:
     config = parse_config(make_raw_config(tmp_path / "data", max_notebook_bytes=NOTEBOOK_LIMIT))
-    app = make_app(config, runtime_factory=fake_clusters)
+    app = make_app(config, cluster_factory=fake_clusters)
     client = await aiohttp_client(app)
     store = app[STORE]
     alice = store.issue_token(store.add_user("alice", "alice"))
@@ -243,7 +242,8 @@ async def test_submitted_job_reaches_slurm_as_its_owner(api: Api) -> None:
     assert submission.user == "alice"
     assert submission.tag == job["id"]
     assert job["slurm_job_id"] == submission.slurm_job_id
-    assert "#SBATCH --partition=cpu\n" in submission.script
+    assert submission.options is not None and submission.options.partition == "cpu"
+    assert "#SBATCH" not in submission.script  # scheduler options travel as SubmitOptions
     assert "export HPCGW_JOB_NAME='x'\"'\"'; id'\n" in submission.script
     files = api.cluster.transport.files
     workdir = api.workdir(job["id"])
@@ -545,15 +545,15 @@ async def test_many_jobs_one_status_query_per_cycle(api: Api) -> None:
     assert backend.status_calls - before < 5
 
 
-async def test_a_script_that_cannot_be_rendered_fails_the_job(api: Api) -> None:
+async def test_a_job_whose_submission_cannot_be_built_fails(api: Api) -> None:
     store = api.app[STORE]
     # A row Store.add_user would refuse today (as an older store may hold): its unix name makes
-    # an unsafe workdir, so the script cannot be rendered.
+    # an unsafe workdir, so no sbatch options can be built for it.
     row_id = store.db["users"].insert(
         {"name": "carol", "unix_user": "car ol", "created_at": "2026-01-01T00:00:00Z"}).last_pk
     token = store.issue_token(User(int(row_id), "carol", "car ol"))
     job = await api.create({"name": "x"}, token=token)
     done = await api.wait(job["id"], lambda j: j["state"] in TERMINAL, token=token)
     assert (done["state"], done["reason"]) == ("failed", "launch_failed")
-    assert "unsafe value" in done["message"]
+    assert "refused submit options" in done["message"] and "car ol" in done["message"]
     assert not api.cluster.backend.submissions

@@ -20,11 +20,10 @@ import pytest
 from aiohttp import web
 
 from gateway.api import app as app_module
-from gateway.api.app import make_app, server_options
 from gateway.api.forms import make_form_token
-from gateway.api.keys import STORE
 from gateway.config import ClusterConfig, parse_config
-from gateway.jobs.runtime import ClusterRuntime
+from gateway.jobs.clusters import ClusterLink
+from gateway.server import STORE, make_app, server_options
 
 if TYPE_CHECKING:
     from conftest import FakeClusters
@@ -95,8 +94,8 @@ async def make_site(
         config = parse_config(raw)
         calls: list[float] = []
 
-        def runtime_factory(cluster: ClusterConfig) -> ClusterRuntime:
-            runtime: ClusterRuntime = fake_clusters(cluster)
+        def cluster_factory(cluster: ClusterConfig) -> ClusterLink:
+            runtime: ClusterLink = fake_clusters(cluster)
             original = runtime.backend.cluster_info
 
             async def counted() -> dict[str, Any]:
@@ -108,7 +107,7 @@ async def make_site(
             monkeypatch.setattr(runtime.backend, "cluster_info", counted)
             return runtime
 
-        app = make_app(config, runtime_factory=runtime_factory)
+        app = make_app(config, cluster_factory=cluster_factory)
         app.router.add_get("/labs/plain", _plain_page)  # stands for a relayed lab page
         runner = web.AppRunner(app, **server_options(config))
         await runner.setup()

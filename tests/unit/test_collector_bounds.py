@@ -17,10 +17,10 @@ import gateway.jobs.collector as collector
 from gateway.config import Config
 from gateway.errors import ClusterUnavailable, CommandFailed, CommandTimeout
 from gateway.jobs.collector import EXIT_RECORD_LIMIT, collect
-from gateway.jobs.service import JobService
 from gateway.states import State
 from gateway.store import Store
 from gateway.transport import NotARegularFile
+from tests.factories import add_job, job_context
 
 if TYPE_CHECKING:
     from conftest import FakeClusters, FakeTransport
@@ -42,16 +42,11 @@ class Setup:
             "clusters": [config.clusters[0].model_copy(update=cluster)]})
         self.runtime = fake_clusters(config.clusters[0])
         self.transport: FakeTransport = fake_clusters.by_name["dev"].transport
-        self.service = JobService(config, store, {"dev": self.runtime})
+        self.ctx = job_context(config, store, {"dev": self.runtime})
         self.store = store
-        user = store.add_user("alice", "alice")
-        store.insert_job({"id": "j1", "user_id": user.id, "unix_user": "alice",
-                          "kind": "notebook", "name": "nb", "cluster": "dev", "spec": "{}",
-                          "workdir": WORKDIR, "idempotency_key": None})
-        for state in (State.STAGING, State.PENDING, State.RUNNING):
-            store.transition("j1", state)
-        store.update_job("j1", slurm_job_id="101", slurm_state="COMPLETED")
-        store.transition("j1", State.COLLECTING)
+        add_job(store, store.add_user("alice", "alice"), "j1", state=State.COLLECTING,
+                workdir=WORKDIR, at={State.PENDING: {"slurm_job_id": "101"},
+                                     State.COLLECTING: {"slurm_state": "COMPLETED"}})
         self.transport.files.update({
             LOG: b"hpcgw: job j1 on vm\n",
             EXIT: json.dumps({"status": "ok"}).encode(),
@@ -62,7 +57,7 @@ class Setup:
         return self.store.get_job("j1")
 
     def local(self, name: str) -> Path:
-        return self.service.job_dir("j1") / name
+        return self.ctx.job_dir("j1") / name
 
     def reads_of(self, path: str) -> list[tuple[str, int, bool]]:
         return [read for read in self.transport.reads if read[0] == path]
@@ -75,13 +70,13 @@ def setup(config: Config, store: Store, fake_clusters: FakeClusters) -> Setup:
 
 async def test_a_normal_job_brings_back_its_notebook_and_log_within_their_caps(
         setup: Setup) -> None:
-    await collect(setup.service, "j1")
+    await collect(setup.ctx, "j1")
     job = setup.job()
     assert (job["state"], job["reason"], job["has_notebook"]) == ("succeeded", "completed", 1)
     assert setup.local("output.ipynb").read_bytes() == b'{"cells": []}'
     assert not setup.local("output.ipynb.part").exists()
     assert setup.local("job.log").read_bytes() == b"hpcgw: job j1 on vm\n"
-    log_tail = setup.service.config.gateway.log_tail_bytes
+    log_tail = setup.ctx.config.gateway.log_tail_bytes
     assert setup.reads_of(LOG) == [(LOG, log_tail, True)]
     assert setup.reads_of(EXIT) == [(EXIT, EXIT_RECORD_LIMIT, False)]
     assert setup.reads_of(NOTEBOOK) == [(NOTEBOOK, 2048, False)]
@@ -90,7 +85,7 @@ async def test_a_normal_job_brings_back_its_notebook_and_log_within_their_caps(
 async def test_a_notebook_over_max_result_bytes_fails_the_job_at_once_naming_file_and_cap(
         setup: Setup) -> None:
     setup.transport.files[NOTEBOOK] = b"x" * 2049
-    await collect(setup.service, "j1")
+    await collect(setup.ctx, "j1")
     job = setup.job()
     assert (job["state"], job["reason"], job["has_notebook"]) == ("failed", "job_error", 0)
     assert NOTEBOOK in job["message"] and "2 KiB (2048 bytes)" in job["message"]
@@ -104,7 +99,7 @@ async def test_a_notebook_over_max_result_bytes_fails_the_job_at_once_naming_fil
 async def test_an_exit_record_that_is_not_a_regular_file_fails_the_job_at_once(
         setup: Setup) -> None:
     setup.transport.errors[EXIT] = [NotARegularFile(["sh"], EXIT)]
-    await collect(setup.service, "j1")
+    await collect(setup.ctx, "j1")
     job = setup.job()
     assert (job["state"], job["reason"]) == ("failed", "job_error")
     assert job["message"].startswith("exit.json not collected: ")
@@ -113,7 +108,7 @@ async def test_an_exit_record_that_is_not_a_regular_file_fails_the_job_at_once(
 
 async def test_a_command_that_fails_is_not_retried(setup: Setup) -> None:
     setup.transport.errors[LOG] = [CommandFailed(["sh"], 1, "sh: Permission denied")] * 5
-    await collect(setup.service, "j1")
+    await collect(setup.ctx, "j1")
     job = setup.job()
     assert (job["state"], job["reason"]) == ("failed", "job_error")
     assert "Permission denied" in job["message"]
@@ -124,7 +119,7 @@ async def test_an_unreachable_cluster_and_timeouts_are_retried_until_it_answers(
         setup: Setup) -> None:
     setup.transport.errors[EXIT] = [ClusterUnavailable("ssh: connection refused"),
                                     CommandTimeout(["sh"], 30)]
-    await collect(setup.service, "j1")
+    await collect(setup.ctx, "j1")
     job = setup.job()
     assert (job["state"], job["reason"], job["has_notebook"]) == ("succeeded", "completed", 1)
     assert len(setup.reads_of(EXIT)) == 3
@@ -134,7 +129,7 @@ async def test_past_collect_deadline_the_job_fails_with_the_last_error(
         config: Config, store: Store, fake_clusters: FakeClusters) -> None:
     setup = Setup(config, store, fake_clusters, collect_deadline=0.3)
     setup.transport.errors[LOG] = [ClusterUnavailable("ssh: connection refused")] * 1000
-    await asyncio.wait_for(collect(setup.service, "j1"), 30)  # it gives up, not retries for ever
+    await asyncio.wait_for(collect(setup.ctx, "j1"), 30)  # it gives up, not retries for ever
     job = setup.job()
     assert (job["state"], job["reason"]) == ("failed", "job_error")
     assert "collect_deadline" in job["message"] and "connection refused" in job["message"]
@@ -148,7 +143,7 @@ async def test_the_deadline_counts_from_entering_collecting_not_from_a_restart(
     setup.transport.errors[EXIT] = [CommandTimeout(["sh"], 30)] * 1000
     # The gateway (re)starts collecting 61 s after the job entered collecting.
     monkeypatch.setattr(collector, "time", SimpleNamespace(time=lambda: time.time() + 61))
-    await collect(setup.service, "j1")
+    await collect(setup.ctx, "j1")
     job = setup.job()
     assert (job["state"], job["reason"]) == ("failed", "job_error")
     assert "timed out after 30s" in job["message"]

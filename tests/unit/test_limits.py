@@ -22,9 +22,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway.api.app import make_app
-from gateway.api.keys import STORE
 from gateway.config import parse_config
+from gateway.server import STORE, make_app
 from gateway.store import Store
 from gateway.timestamps import format_timestamp
 
@@ -86,7 +85,7 @@ async def make_gateway(
     async def make(**limits: int) -> Gateway:
         raw = make_raw_config(tmp_path / "data")
         raw["limits"] = limits
-        app = make_app(parse_config(raw), runtime_factory=fake_clusters)
+        app = make_app(parse_config(raw), cluster_factory=fake_clusters)
         client = await aiohttp_client(app)
         store = app[STORE]
         tokens = {name: store.issue_token(store.add_user(name, name))

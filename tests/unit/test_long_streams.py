@@ -16,9 +16,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from test_relay import SECRET, GatewayServer, bearer, ready_lab
 
-from gateway.api.app import make_app
-from gateway.api.keys import STORE
 from gateway.config import parse_config
+from gateway.server import STORE, make_app
 from gateway.tokens import lab_proof, lab_token
 
 LIFETIME = 305.0  # seconds each stream stays open
@@ -68,7 +67,7 @@ async def test_http_and_websocket_streams_survive_past_300_seconds(
     raw = make_raw_config(tmp_path / "data")
     raw["clusters"][0]["lab_host"] = "127.0.0.1"
     raw["labs"] = {"check_interval": 3600, "idle_timeout": 3600}
-    app = make_app(parse_config(raw), runtime_factory=fake_clusters)
+    app = make_app(parse_config(raw), cluster_factory=fake_clusters)
     server = GatewayServer(app, handler_cancellation=False)  # as `hpcgw serve` runs it
     await server.start_server()
     store = app[STORE]

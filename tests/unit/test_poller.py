@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -15,26 +14,25 @@ import pytest
 import gateway.jobs.poller as poller
 import gateway.jobs.tracked as tracked_module
 from gateway.config import Config
+from gateway.jobs.clusters import ClusterLink
 from gateway.jobs.poller import poll_cycle
-from gateway.jobs.runtime import ClusterRuntime
 from gateway.scheduler import SchedulerState, SchedulerStatus
 from gateway.states import Reason, State
 from gateway.store import Store, User
+from tests.factories import add_job, job_context
 
 if TYPE_CHECKING:
     from conftest import FakeBackend, FakeClusters
 
 
 class Setup:
-    """A store, a fake cluster ``dev`` and the parts of a JobService the poller uses."""
+    """A store, a fake cluster ``dev`` and the workers' context the poller uses."""
 
     def __init__(self, store: Store, config: Config, fake_clusters: FakeClusters) -> None:
         self.store = store
-        self.runtime: ClusterRuntime = fake_clusters(config.clusters[0])
+        self.runtime: ClusterLink = fake_clusters(config.clusters[0])
         self.backend: FakeBackend = fake_clusters.by_name["dev"].backend
-        self.collected: list[str] = []
-        self.service: Any = SimpleNamespace(store=store, config=config, spawn=self._spawn,
-                                            clusters={"dev": self.runtime})
+        self.ctx = job_context(config, store, {"dev": self.runtime})
         self.user: User = store.add_user("alice", "alice")
         self.asked: list[set[str]] = []  # the job ids of each status query
         status_many = self.backend.status_many
@@ -45,26 +43,23 @@ class Setup:
 
         self.backend.status_many = recording  # type: ignore[method-assign]
 
-    def _spawn(self, coroutine: Any, name: str) -> None:
-        coroutine.close()  # the collector is not under test here
-        self.collected.append(name.removeprefix("collect-"))
+    def collected(self) -> list[str]:
+        """The job ids the poller handed to the collector (not under test here)."""
+        queue = self.ctx.collect_queue
+        return [queue.get_nowait() for _ in range(queue.qsize())]
 
     async def job(self, n: int, state: State = State.PENDING) -> tuple[str, str]:
         """A gateway job in ``state`` (pending or running) with its Slurm job; (id, Slurm id)."""
         job_id = f"{n:016x}"
-        slurm_job_id = await self.backend.submit("#!/bin/bash\n", user="alice", tag=job_id)
-        self.store.insert_job({"id": job_id, "user_id": self.user.id, "unix_user": "alice",
-                               "kind": "notebook", "name": "nb", "cluster": "dev", "spec": "{}",
-                               "workdir": f"/w/{job_id}", "idempotency_key": None})
-        self.store.transition(job_id, State.STAGING)
-        self.store.transition(job_id, State.PENDING, slurm_job_id=slurm_job_id)
+        slurm_job_id = self.backend.enqueue("alice", job_id)
+        add_job(self.store, self.user, job_id, state=state,
+                at={State.PENDING: {"slurm_job_id": slurm_job_id}})
         if state is State.RUNNING:
-            self.store.transition(job_id, State.RUNNING)
             self.backend.states[slurm_job_id] = SchedulerState.RUNNING
         return job_id, slurm_job_id
 
     async def cycle(self) -> None:
-        await poll_cycle(self.service, self.runtime)
+        await poll_cycle(self.ctx, self.runtime)
         await asyncio.sleep(0.003)  # later writes get later stamps
 
     def state(self, job_id: str) -> str:
@@ -102,7 +97,7 @@ async def test_a_job_follows_slurm_with_one_query_per_cycle(setup: Setup) -> Non
     await setup.cycle()
     job = setup.store.get_job(job_id)
     assert (job["state"], job["slurm_state"], job["node"]) == ("collecting", "COMPLETED", "vm")
-    assert setup.collected == [job_id]
+    assert setup.collected() == [job_id]
     assert [e["to_state"] for e in setup.store.events(job_id)] == [
         "accepted", "staging", "pending", "running", "collecting"]
     await setup.cycle()

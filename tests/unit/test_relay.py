@@ -30,15 +30,17 @@ from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from gateway.api.app import make_app
-from gateway.api.keys import CONFIG, PROXY, STORE
+from gateway.api.keys import CONFIG, PROXY, SERVICE
 from gateway.api.sessions import make_session
 from gateway.config import parse_config
+from gateway.jobs.labs import lab_route
 from gateway.scheduler import SchedulerState
+from gateway.server import STORE, make_app
 from gateway.states import State
 from gateway.store import Store, User
 from gateway.timestamps import utcnow
 from gateway.tokens import lab_proof, lab_token
+from tests.factories import add_job
 
 if TYPE_CHECKING:
     from conftest import FakeBackend, FakeClusters
@@ -228,21 +230,11 @@ async def ready_lab(store: Store, backend: FakeBackend, user: User, port: int,
     """A lab job of ``user`` moved to ``state`` along the allowed transitions, its server on
     127.0.0.1:``port``; the fake Slurm lists it as RUNNING so the poller leaves it alone."""
     job_id = secrets.token_hex(8)
-    slurm = await backend.submit("#!/bin/bash\n", user=user.unix_user, tag=f"hpcgw:{job_id}")
+    slurm = backend.enqueue(user.unix_user, job_id)
     backend.states[slurm] = SchedulerState.RUNNING
-    store.insert_job({
-        "id": job_id, "user_id": user.id, "unix_user": user.unix_user, "kind": "lab",
-        "name": "lab", "cluster": "dev", "spec": "{}",
-        "workdir": f"/home/{user.unix_user}/.hpcgw/jobs/{job_id}",
-    })
-    path = [State.STAGING, State.PENDING, State.RUNNING, State.READY]
-    for step in path[: path.index(state) + 1]:
-        fields: dict[str, Any] = {
-            State.PENDING: {"slurm_job_id": slurm}, State.RUNNING: {"node": "vm"},
-            State.READY: {"lab_port": port, "last_activity": utcnow()},
-        }.get(step, {})
-        store.transition(job_id, step, **fields)
-    return store.get_job(job_id)
+    return add_job(store, user, job_id, state=state, kind="lab", name="lab", at={
+        State.PENDING: {"slurm_job_id": slurm}, State.RUNNING: {"node": "vm"},
+        State.READY: {"lab_port": port, "last_activity": utcnow()}})
 
 
 @dataclass
@@ -337,7 +329,7 @@ async def gw(
     raw = make_raw_config(tmp_path / "data")
     raw["clusters"][0]["lab_host"] = "127.0.0.1"
     raw["labs"] = {"check_interval": 3600}  # the watcher's probes stay out of the way
-    app = make_app(parse_config(raw), runtime_factory=fake_clusters)
+    app = make_app(parse_config(raw), cluster_factory=fake_clusters)
     server = GatewayServer(app, handler_cancellation=getattr(request, "param", False))
     client = await aiohttp_client(server)
     store, backend = app[STORE], fake_clusters.by_name["dev"].backend
@@ -893,7 +885,8 @@ async def test_the_gateway_reads_at_most_64_kib_of_a_labs_api_answer(gw: Gateway
     gw.upstream.huge_api = True
     proxy = gw.app[PROXY]
     with pytest.raises(ValueError, match="over 65536 bytes"):
-        await asyncio.wait_for(proxy.get(gw.lab, "api/status"), WAIT)
+        route = await lab_route(gw.app[SERVICE].ctx, gw.lab)
+        await asyncio.wait_for(proxy.get(route, "api/status"), WAIT)
     # The gateway hung up rather than reading on: the lab's endless answer was cut off.
     await asyncio.wait_for(gw.upstream.endless_ended.wait(), WAIT)
 
@@ -902,6 +895,6 @@ async def test_lab_connections_have_no_read_or_total_timeout(gw: Gateway) -> Non
     """What the slow 305 s stream test (test_long_streams.py) relies on, checked fast: a lab's
     client session never times out a response or a WebSocket that is merely quiet."""
     proxy = gw.app[PROXY]
-    _, session = await proxy.upstream(gw.lab)
+    _, session = proxy.upstream(await lab_route(gw.app[SERVICE].ctx, gw.lab))
     assert session.timeout.total is None and session.timeout.sock_read is None
     assert session.timeout.sock_connect is not None  # connecting is bounded

@@ -17,15 +17,16 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway.api.app import make_app
-from gateway.api.keys import SERVICE, STORE
+from gateway.api.keys import SERVICE
 from gateway.cli.main import main
 from gateway.config import parse_config
 from gateway.jobs.retention import DAY_S, prune, prune_daily
 from gateway.scheduler import SchedulerState
-from gateway.states import Reason, State
+from gateway.server import STORE, make_app
+from gateway.states import State
 from gateway.store import Store, User
 from gateway.timestamps import format_timestamp
+from tests.factories import add_job
 
 if TYPE_CHECKING:
     from conftest import FakeClusters
@@ -50,18 +51,14 @@ def job_with_files(store: Store, data_dir: Path, user: User, job_id: str,
                    ended_days_ago: float | None, files: dict[str, bytes]) -> Path:
     """A job with ``files`` in its directory; terminal (succeeded, with a notebook) and ended
     that many days before NOW unless ``ended_days_ago`` is None (then still pending)."""
-    store.insert_job({"id": job_id, "user_id": user.id, "unix_user": user.unix_user,
-                      "kind": "notebook", "name": "nb", "cluster": "dev", "spec": "{}",
-                      "workdir": f"/w/{job_id}"})
+    ended = ended_days_ago is not None
+    add_job(store, user, job_id, state=State.SUCCEEDED if ended else State.PENDING,
+            at={State.PENDING: {"slurm_job_id": "1"}, State.SUCCEEDED: {"has_notebook": 1}})
     directory = data_dir / "jobs" / job_id
     directory.mkdir(parents=True)
     for name, data in files.items():
         (directory / name).write_bytes(data)
-    store.transition(job_id, State.STAGING)
-    store.transition(job_id, State.PENDING, slurm_job_id="1")
     if ended_days_ago is not None:
-        store.transition(job_id, State.COLLECTING)
-        store.transition(job_id, State.SUCCEEDED, reason=Reason.COMPLETED, has_notebook=1)
         store.update_job(job_id, ended_at=format_timestamp(NOW - ended_days_ago * DAY_S))
     return directory
 
@@ -185,7 +182,7 @@ async def served(
     make_raw_config: Callable[..., dict[str, Any]],
 ) -> tuple[TestClient[Any, Any], web.Application]:
     app = make_app(parse_config(make_raw_config(data_dir, artifact_retention_days=1)),
-                   runtime_factory=fake_clusters)
+                   cluster_factory=fake_clusters)
     return await aiohttp_client(app), app
 
 
@@ -251,7 +248,7 @@ async def test_the_server_prunes_by_itself(
     fresh = await run_to_success(client, app, fake_clusters, make_notebook(), auth)
     store.update_job(old, ended_at=format_timestamp(time.time() - 2 * DAY_S))  # retention: 1 day
 
-    task = asyncio.create_task(prune_daily(service, first_delay=0))
+    task = asyncio.create_task(prune_daily(service.ctx, first_delay=0))
     try:
         deadline = time.monotonic() + 10
         while not store.get_job(old)["artifacts_removed_at"]:

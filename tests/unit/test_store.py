@@ -13,6 +13,7 @@ import pytest
 from gateway.errors import Conflict, NotFound
 from gateway.states import IllegalTransition, Reason, State
 from gateway.store import MIGRATIONS, TOKEN_PREFIX, Store, User, hash_token
+from tests.factories import add_job
 
 
 @pytest.fixture
@@ -28,11 +29,7 @@ def store(db_path: Path) -> Iterator[Store]:
 
 
 def new_job(store: Store, user: User, job_id: str, key: str | None = None) -> dict[str, Any]:
-    return store.insert_job({
-        "id": job_id, "user_id": user.id, "unix_user": user.unix_user, "kind": "notebook",
-        "name": "nb", "cluster": "dev", "spec": "{}", "workdir": f"/w/{job_id}",
-        "idempotency_key": key,
-    })
+    return add_job(store, user, job_id, workdir=f"/w/{job_id}", idempotency_key=key)
 
 
 # -- users and tokens ------------------------------------------------------------------------------

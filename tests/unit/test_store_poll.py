@@ -11,6 +11,7 @@ import pytest
 from gateway.states import Reason, State
 from gateway.store import Move, Store, User
 from gateway.timestamps import utcnow
+from tests.factories import add_job
 
 
 @pytest.fixture
@@ -21,11 +22,8 @@ def alice(store: Store) -> User:
 def pending_job(store: Store, user: User, n: int, *, cluster: str = "dev") -> str:
     """A job in ``pending`` with Slurm job id ``1000 + n``."""
     job_id = f"{n:016x}"
-    store.insert_job({"id": job_id, "user_id": user.id, "unix_user": user.unix_user,
-                      "kind": "notebook", "name": "nb", "cluster": cluster, "spec": "{}",
-                      "workdir": f"/w/{job_id}", "idempotency_key": None})
-    store.transition(job_id, State.STAGING)
-    store.transition(job_id, State.PENDING, slurm_job_id=str(1000 + n))
+    add_job(store, user, job_id, state=State.PENDING, cluster=cluster,
+            at={State.PENDING: {"slurm_job_id": str(1000 + n)}})
     return job_id
 
 

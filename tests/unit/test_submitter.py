@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Coroutine
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from gateway.config import Config
-from gateway.jobs.submitter import _entered_scheduler, slurm_job_name, submit_job
+from gateway.jobs.collector import collect
+from gateway.jobs.context import JobContext
+from gateway.jobs.scripts import slurm_job_name
+from gateway.jobs.submitter import _entered_scheduler, submit_job
 from gateway.scheduler import SchedulerState
 from gateway.spec import parse_spec, resolve_spec
 from gateway.states import State
 from gateway.store import Store, User
-from gateway.templates import make_environment
+from tests.factories import add_job, job_context
 
 if TYPE_CHECKING:
     from conftest import FakeCluster, FakeClusters
@@ -27,32 +29,17 @@ JOB = "00112233aabbccdd"
 
 def insert(store: Store, config: Config, user: User, **fields: Any) -> dict[str, Any]:
     spec = resolve_spec(parse_spec({"name": "nb"}), config, default_name="nb")
-    job = store.insert_job({
-        "id": JOB, "user_id": user.id, "unix_user": user.unix_user, "kind": "notebook",
-        "name": "nb", "cluster": "dev", "spec": spec.model_dump_json(),
-        "workdir": f"/home/{user.unix_user}/.hpcgw/jobs/{JOB}", "idempotency_key": None,
-    })
-    if fields:
-        store.update_job(JOB, **fields)
-    return job
+    return add_job(store, user, JOB, spec=spec.model_dump_json(), **fields)
 
 
-def service(store: Store, config: Config, clusters: dict[str, Any]) -> Any:
-    """The parts of a JobService the submitter (and the collector it may start) use."""
-    tasks: list[asyncio.Task[Any]] = []
-
-    def spawn(coroutine: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        tasks.append(asyncio.create_task(coroutine, name=name))
-        return tasks[-1]
-
-    return SimpleNamespace(store=store, config=config, clusters=clusters, spawn=spawn,
-                           tasks=tasks, templates=make_environment(),
-                           job_dir=lambda job_id: config.gateway.data_dir / "jobs" / job_id)
+def queued(queue: asyncio.Queue[str]) -> list[str]:
+    """Everything on ``queue`` now, taken off it."""
+    return [queue.get_nowait() for _ in range(queue.qsize())]
 
 
 async def test_a_disabled_cluster_fails_the_job(store: Store, config: Config) -> None:
     insert(store, config, store.add_user("alice", "alice"))
-    await submit_job(service(store, config, {}), JOB)
+    await submit_job(job_context(config, store, {}), JOB)
     job = store.get_job(JOB)
     assert (job["state"], job["reason"]) == ("failed", "launch_failed")
     assert "dev" in job["message"]
@@ -63,7 +50,7 @@ async def test_cancel_before_submission_sends_nothing(
 ) -> None:
     runtime = fake_clusters(config.clusters[0])
     insert(store, config, store.add_user("alice", "alice"), cancel_requested=1)
-    await submit_job(service(store, config, {"dev": runtime}), JOB)
+    await submit_job(job_context(config, store, {"dev": runtime}), JOB)
     job = store.get_job(JOB)
     assert (job["state"], job["reason"]) == ("cancelled", "user_cancelled")
     fake = fake_clusters.by_name["dev"]
@@ -76,11 +63,11 @@ async def test_an_attempted_job_is_adopted_not_submitted_again(
     runtime = fake_clusters(config.clusters[0])
     backend = fake_clusters.by_name["dev"].backend
     # A previous gateway process ran sbatch, then died before it could store the answer.
-    slurm_job_id = await backend.submit("#!/bin/bash\n", user="alice", tag=JOB)
+    slurm_job_id = backend.enqueue("alice", JOB)
     backend.states[slurm_job_id] = SchedulerState.RUNNING
     insert(store, config, store.add_user("alice", "alice"), submit_attempts=1)
     store.transition(JOB, State.STAGING)
-    await submit_job(service(store, config, {"dev": runtime}), JOB)
+    await submit_job(job_context(config, store, {"dev": runtime}), JOB)
     job = store.get_job(JOB)
     assert (job["state"], job["slurm_job_id"]) == ("pending", slurm_job_id)
     assert len(backend.submissions) == 1  # nothing new went to Slurm
@@ -90,7 +77,7 @@ async def test_an_attempted_job_is_adopted_not_submitted_again(
 async def attempted_job_gone_from_the_queue(
     store: Store, config: Config, fake_clusters: FakeClusters, traces: dict[str, bytes],
     **fields: Any,
-) -> tuple[Any, FakeCluster]:
+) -> tuple[JobContext, FakeCluster]:
     """A job whose earlier sbatch answer was lost; Slurm no longer lists anything with its tag
     (the job ended and aged out, or never got there); ``traces`` are in its work directory."""
     runtime = fake_clusters(config.clusters[0])
@@ -98,11 +85,11 @@ async def attempted_job_gone_from_the_queue(
     job = insert(store, config, store.add_user("alice", "alice"), submit_attempts=1, **fields)
     store.transition(JOB, State.STAGING)
     fake.transport.files.update({f"{job['workdir']}/{name}": data for name, data in traces.items()})
-    svc = service(store, config, {"dev": runtime})
-    svc.job_dir(JOB).mkdir(parents=True)
-    (svc.job_dir(JOB) / "input.ipynb").write_bytes(b"{}")  # only staged, never read
-    await submit_job(svc, JOB)
-    return svc, fake
+    ctx = job_context(config, store, {"dev": runtime})
+    ctx.job_dir(JOB).mkdir(parents=True)
+    (ctx.job_dir(JOB) / "input.ipynb").write_bytes(b"{}")  # only staged, never read
+    await submit_job(ctx, JOB)
+    return ctx, fake
 
 
 @pytest.mark.parametrize("traces", [
@@ -113,10 +100,11 @@ async def attempted_job_gone_from_the_queue(
 async def test_an_attempted_job_that_already_ran_is_collected_not_submitted_again(
     store: Store, config: Config, fake_clusters: FakeClusters, traces: dict[str, bytes]
 ) -> None:
-    svc, fake = await attempted_job_gone_from_the_queue(store, config, fake_clusters, traces)
+    ctx, fake = await attempted_job_gone_from_the_queue(store, config, fake_clusters, traces)
     assert store.get_job(JOB)["state"] == "collecting"
     assert fake.backend.submissions == [] and fake.transport.puts == []
-    await asyncio.gather(*svc.tasks)  # the collector decides from what the job left
+    assert queued(ctx.collect_queue) == [JOB]  # handed to the collector, which decides
+    await collect(ctx, JOB)  # from what the job left
     job = store.get_job(JOB)
     # Without an exit record nor a word from Slurm, the collector can only say ``lost``.
     expected = ("succeeded", "completed") if "exit.json" in traces else ("failed", "lost")
@@ -128,11 +116,11 @@ async def test_an_attempted_job_that_already_ran_is_collected_not_submitted_agai
 async def test_a_cancel_meanwhile_ends_an_attempted_job_that_already_ran_cancelled(
     store: Store, config: Config, fake_clusters: FakeClusters
 ) -> None:
-    svc, fake = await attempted_job_gone_from_the_queue(
+    ctx, fake = await attempted_job_gone_from_the_queue(
         store, config, fake_clusters, {"job.log": b"x"}, cancel_requested=1)
     job = store.get_job(JOB)
     assert (job["state"], job["reason"]) == ("cancelled", "user_cancelled")
-    assert fake.backend.submissions == [] and svc.tasks == []
+    assert fake.backend.submissions == [] and queued(ctx.collect_queue) == []
 
 
 async def test_an_attempted_job_without_traces_is_submitted_again(
@@ -162,7 +150,7 @@ def test_entering_the_scheduler_clears_an_unreachable_message(
     store.update_job(JOB, scheduler_reachable=0,
                      message="sbatch: Unable to contact slurm controller")
     runtime = SimpleNamespace(wake=asyncio.Event())
-    _entered_scheduler(service(store, config, {}), runtime, JOB, "42")  # type: ignore[arg-type]
+    _entered_scheduler(job_context(config, store), runtime, JOB, "42")  # type: ignore[arg-type]
     job = store.get_job(JOB)
     assert (job["state"], job["scheduler_reachable"]) == ("pending", 1)
     assert job["message"] is None

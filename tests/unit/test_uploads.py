@@ -17,9 +17,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway.api.app import make_app
-from gateway.api.keys import STORE
 from gateway.config import parse_config
+from gateway.server import STORE, make_app
 
 if TYPE_CHECKING:
     from conftest import FakeClusters
@@ -86,7 +85,7 @@ async def upload(
     make_raw_config: Callable[..., dict[str, Any]], make_notebook: Callable[..., bytes],
 ) -> Upload:
     config = parse_config(make_raw_config(tmp_path / "data", max_notebook_bytes=LIMIT))
-    app = make_app(config, runtime_factory=fake_clusters)
+    app = make_app(config, cluster_factory=fake_clusters)
     client = await aiohttp_client(app)
     store = app[STORE]
     return Upload(client, store.issue_token(store.add_user("alice", "alice")), make_notebook(),

@@ -1,4 +1,5 @@
-"""What the job service holds per cluster: its transport, its backend, and poll bookkeeping."""
+"""What the job service holds per cluster (a ClusterLink): its transport, its scheduler backend,
+and poll bookkeeping. Not a container runtime (those are gateway.runtimes)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any
 
 from ..config import ClusterConfig
 from ..errors import ClusterUnavailable, CommandFailed
+from ..runtimes import ContainerRuntime, load_runtime
+from ..runtimes.none import HostRuntime
 from ..scheduler import SchedulerBackend, load_backend
 from ..transport import Transport, load_transport
 from .tracked import TrackedJobs
@@ -17,10 +20,13 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class ClusterRuntime:
+class ClusterLink:
     config: ClusterConfig
     transport: Transport
     backend: SchedulerBackend
+    # What a job's command runs through on this cluster's nodes (today always the host's own
+    # environment; container images choose theirs).
+    container_runtime: ContainerRuntime = field(default_factory=HostRuntime)
     # Set to poll now (a job was submitted or cancelled); the poller clears it.
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     # None until the first poll; False while the scheduler can't be reached.
@@ -56,8 +62,9 @@ class ClusterRuntime:
         return True
 
 
-def make_runtime(cluster: ClusterConfig) -> ClusterRuntime:
-    """A cluster's transport and scheduler backend, each loaded by name through its entry point
-    group; ConfigError (the cluster is disabled) for an unknown name."""
+def make_cluster_link(cluster: ClusterConfig) -> ClusterLink:
+    """A cluster's transport, scheduler backend and container runtime, each loaded by name
+    through its entry point group; ConfigError (the cluster is disabled) for an unknown name."""
     transport = load_transport(cluster)
-    return ClusterRuntime(cluster, transport, load_backend(cluster, transport))
+    return ClusterLink(cluster, transport, load_backend(cluster, transport),
+                       load_runtime("none", cluster=cluster.name))

@@ -1,0 +1,48 @@
+"""The narrow interface the lifecycle's workers get instead of the job service.
+
+The submitter, the pollers, the collector, the lab watcher and artifact retention each take a
+:class:`JobContext`: the config, the store, the clusters and two hand-off queues. No worker
+imports another worker or the service, and none starts another's task: a worker that is done
+with a job puts its id on the next worker's queue (``submit_queue``, ``collect_queue``), and the
+service (:mod:`.service`), which owns every background task, runs what is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+
+from ..config import Config
+from ..store import Store
+from .clusters import ClusterLink
+
+
+@dataclass
+class JobContext:
+    config: Config
+    store: Store
+    clusters: dict[str, ClusterLink]
+    templates: jinja2.Environment
+    # Job ids to bring into the scheduler (accepted or staging), taken by the submitters.
+    submit_queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+    # Job ids that entered ``collecting``: the service starts one collection for each.
+    collect_queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.config.gateway.data_dir
+
+    def job_dir(self, job_id: str) -> Path:
+        """The gateway-side directory of a job (its upload, its collected artifacts)."""
+        return self.data_dir / "jobs" / job_id
+
+    def collect_later(self, job_id: str) -> None:
+        """Hand a job that just entered ``collecting`` to the collector."""
+        self.collect_queue.put_nowait(job_id)
+
+    def submit_later(self, job_id: str) -> None:
+        """Hand a stored job to the submitters."""
+        self.submit_queue.put_nowait(job_id)

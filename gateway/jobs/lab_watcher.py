@@ -1,0 +1,140 @@
+"""The lab watcher: makes labs ``ready`` when their server answers, and stops labs that idle or
+never start (the rules are in :mod:`.labs`). Everything a cycle learns is written to the store,
+so a restart loses nothing but the in-memory activity of the last seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from ..errors import GatewayError, LabUnavailable, LabUnproven
+from ..states import IllegalTransition, State
+from ..timestamps import format_timestamp, parse_timestamp, utcnow
+from .clusters import ClusterLink
+from .context import JobContext
+from .labs import (
+    ACTIVITY_SAVE_GAP,
+    STARTING_INTERVAL,
+    LabProbe,
+    forward_key,
+    lab_route,
+    last_activity,
+    read_lab_port,
+)
+
+log = logging.getLogger(__name__)
+
+
+class LabWatcher:
+    """Owns the readiness checks, the start timeout and the idle cull of every lab."""
+
+    def __init__(self, ctx: JobContext, probe: LabProbe) -> None:
+        self.ctx = ctx
+        self.probe = probe
+        # job id -> why the server at the lab's reported address failed the identity proof
+        self.unproven: dict[str, str] = {}
+
+    async def run(self) -> None:
+        """Run :meth:`check` forever."""
+        while True:
+            starting = await self.check()
+            await asyncio.sleep(STARTING_INTERVAL if starting else
+                                self.ctx.config.labs.check_interval)
+
+    async def check(self) -> bool:
+        """One look at every lab that may be up; True if one is still starting. Forwards,
+        connections and bookkeeping of labs that ended are dropped."""
+        labs = self.ctx.store.live_labs()
+        results = await asyncio.gather(*(self._check_one(job) for job in labs))
+        live = {job["id"] for job in labs}
+        for job_id in self.unproven.keys() - live:
+            del self.unproven[job_id]
+        keep = {key for job in labs if (key := forward_key(self.ctx, job))}
+        for name, link in self.ctx.clusters.items():
+            link.transport.retain_forwards({key[1:] for key in keep if key[0] == name})
+        self.probe.retain(live)
+        return any(results)
+
+    async def _check_one(self, job: dict[str, Any]) -> bool:
+        try:
+            if job["state"] == State.RUNNING:
+                return await self._check_starting(job)
+            await self._check_idle(job)
+        except (GatewayError, OSError, TimeoutError, ValueError) as exc:
+            log.info("lab %s: check skipped: %s", job["id"], getattr(exc, "detail", repr(exc)))
+        except Exception:
+            log.exception("lab %s: check failed", job["id"])
+        return bool(job["state"] == State.RUNNING)
+
+    async def _check_starting(self, job: dict[str, Any]) -> bool:
+        """Make a running lab ``ready`` once its server answers; True while still starting."""
+        store, job_id = self.ctx.store, job["id"]
+        link = self.ctx.clusters.get(job["cluster"])
+        if link is None:
+            return False
+        if not job["lab_port"]:
+            port = await read_lab_port(link, job)
+            if port is not None:
+                store.update_job(job_id, lab_port=port)
+                job = {**job, "lab_port": port}
+        if job["lab_port"] and await self._answers(job):
+            try:
+                store.transition(job_id, State.READY, last_activity=utcnow())
+            except IllegalTransition:  # ended meanwhile
+                return False
+            self.probe.touch(job_id)
+            log.info("lab %s is ready", job_id)
+            return False
+        started = (parse_timestamp(job["started_at"]).timestamp() if job["started_at"]
+                   else time.time())
+        if time.time() - started > self.ctx.config.labs.start_timeout:
+            await self.stop(link, job, "unproven" if job_id in self.unproven else "start_timeout")
+            return False
+        return True
+
+    async def _answers(self, job: dict[str, Any]) -> bool:
+        try:
+            await self.probe.get(await lab_route(self.ctx, job), "api/status")
+        except LabUnproven as exc:
+            log.warning("lab %s: the server at port %s failed the identity proof: %s",
+                        job["id"], job["lab_port"], exc.detail)
+            self.unproven[job["id"]] = exc.detail
+            self.ctx.store.update_job(job["id"], lab_port=None)  # read lab.json again
+            return False
+        except Exception as exc:  # connection refused, HTTP errors, timeouts: not up yet
+            log.debug("lab %s not answering yet: %r", job["id"], exc)
+            return False
+        return True
+
+    async def _check_idle(self, job: dict[str, Any]) -> None:
+        job_id = job["id"]
+        try:
+            kernels = await self.probe.get(await lab_route(self.ctx, job), "api/kernels")
+        except LabUnavailable:
+            kernels = None
+        except Exception as exc:  # unreachable right now: don't cull what we can't see
+            log.info("lab %s: kernels unknown: %r", job_id, exc)
+            return
+        if kernels and any(k.get("execution_state") == "busy" for k in kernels):
+            self.probe.touch(job_id)
+        last = last_activity(self.probe, job)
+        stored = (parse_timestamp(job["last_activity"]).timestamp() if job["last_activity"]
+                  else 0.0)
+        if last - stored > ACTIVITY_SAVE_GAP:
+            self.ctx.store.update_job(job_id, last_activity=format_timestamp(last))
+        if time.time() - last > self.ctx.config.labs.idle_timeout:
+            link = self.ctx.clusters.get(job["cluster"])
+            if link is not None:
+                await self.stop(link, job, "idle")
+
+    async def stop(self, link: ClusterLink, job: dict[str, Any], reason: str) -> None:
+        """Cancel a lab as its owner, remembering why (the outcome says so).
+
+        ``cancel_requested`` is set too, so the poller re-sends scancel if Slurm is away now.
+        """
+        log.info("lab %s: stopping (%s)", job["id"], reason)
+        self.ctx.store.update_job(job["id"], stop_reason=reason, cancel_requested=1)
+        await link.send_cancel(job)
+        link.wake.set()

@@ -1,0 +1,87 @@
+"""The composition root: builds the store, the accounts, the job service and the lab proxy, and
+puts them with the API's routes into one aiohttp application.
+
+This is the only module that wires the parts together; data flows inward from here
+(API and proxy → job service → scheduler, transport, store) and nothing imports this module
+but the CLI's ``serve`` and the tests.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from aiohttp import web
+
+from .accounts import Accounts
+from .api import sessions
+from .api.app import add_routes, middlewares
+from .api.keys import ACCOUNTS, CONFIG, PROXY, SERVICE
+from .api.middleware import security_headers
+from .config import ClusterConfig, Config
+from .errors import GatewayError
+from .jobs.clusters import ClusterLink, make_cluster_link
+from .jobs.service import JobService
+from .proxy.labs import LabProxy
+from .store import Store
+
+log = logging.getLogger(__name__)
+ClusterFactory = Callable[[ClusterConfig], ClusterLink]
+# The store, for tests and admin tooling that run beside a server (handlers never see it).
+STORE = web.AppKey("store", Store)
+
+
+def server_options(config: Config) -> dict[str, Any]:
+    """How ``hpcgw serve`` runs the app (``web.AppRunner`` keyword arguments).
+
+    ``keepalive_timeout`` is aiohttp's timer for a connection with no complete request in
+    progress: it starts when the connection opens and again after each response, and closes the
+    connection if a request's headers have not all arrived by then. Set to
+    ``gateway.header_timeout`` it closes slowloris connections (headers sent a byte at a time, or
+    never); an idle keep-alive connection is closed after as long (clients reconnect). A request
+    whose headers have arrived is not cut by it, however long it runs.
+    """
+    return {"access_log": logging.getLogger("hpcgw.access"),
+            "keepalive_timeout": config.gateway.header_timeout}
+
+
+def connect_clusters(config: Config, factory: ClusterFactory) -> dict[str, ClusterLink]:
+    """A link to every configured cluster; one that cannot be set up is disabled, with its
+    error kept in ``config.cluster_errors`` (``/health`` reports it)."""
+    links = {}
+    for cluster in config.clusters:
+        try:
+            links[cluster.name] = factory(cluster)
+        except GatewayError as exc:
+            config.cluster_errors[cluster.name] = exc.detail
+            log.error("cluster %s disabled: %s", cluster.name, exc.detail)
+    return links
+
+
+def make_app(config: Config, *,
+             cluster_factory: ClusterFactory = make_cluster_link) -> web.Application:
+    """The gateway application. ``cluster_factory`` lets tests put a fault-injecting cluster in."""
+    app = web.Application(
+        middlewares=middlewares(),
+        client_max_size=config.gateway.max_notebook_bytes + 1024 * 1024,
+    )
+    app[CONFIG] = config
+    app.on_response_prepare.append(security_headers)
+    add_routes(app)
+
+    async def parts(app: web.Application) -> AsyncIterator[None]:
+        store = Store(config.gateway.data_dir / "hpcgw.db")
+        service = JobService(config, store, connect_clusters(config, cluster_factory))
+        proxy = LabProxy(service.open_lab, sessions.GATEWAY_COOKIES,
+                         config.gateway.public_origin)
+        app[STORE], app[ACCOUNTS], app[SERVICE], app[PROXY] = (
+            store, Accounts(store), service, proxy)
+        await service.start(lab_probe=proxy)
+        yield
+        await service.stop()
+        await proxy.stop()
+        store.close()
+
+    app.cleanup_ctx.append(parts)
+    return app
