@@ -33,6 +33,8 @@ def _job_schema() -> dict[str, Any]:
             "state": {"enum": _STATES}, "pending_reason": nullable_string,
             "reason": {"enum": [*_REASONS, None]}, "message": nullable_string,
             "slurm_job_id": nullable_string, "node": nullable_string,
+            "exit_code": {"type": ["integer", "null"],
+                          "description": "the batch script's exit code as Slurm reported it"},
             "partition": {"type": "string"}, "cpus": {"type": "integer"},
             "gpus": {"type": "integer"}, "gpu_type": nullable_string, "memory": nullable_string,
             "time": {"type": "string"}, "parameters": {"type": "object"},

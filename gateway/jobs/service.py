@@ -287,8 +287,8 @@ def job_view(job: dict[str, Any]) -> dict[str, Any]:
     view = {
         key: job[key]
         for key in ("id", "kind", "name", "cluster", "state", "pending_reason", "reason",
-                    "message", "slurm_job_id", "node", "created_at", "started_at", "ended_at",
-                    "updated_at", "artifacts_removed_at")
+                    "message", "slurm_job_id", "node", "exit_code", "created_at", "started_at",
+                    "ended_at", "updated_at", "artifacts_removed_at")
     }
     view.update(
         {key: spec[key] for key in ("partition", "account", "qos", "constraint", "reservation",

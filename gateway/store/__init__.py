@@ -11,7 +11,6 @@ construction.
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -30,7 +29,7 @@ from .files import loose_modes, private_database, private_dir
 from .schema import LAB_TOKENS_DROPPED, MIGRATIONS
 
 __all__ = ["LAB_TOKENS_DROPPED", "MIGRATIONS", "TOKEN_PREFIX", "Move", "Store", "User",
-           "hash_token", "loose_modes", "private_dir", "spec_of"]
+           "hash_token", "loose_modes", "private_dir"]
 
 TOKEN_PREFIX = "hpcgw_"  # noqa: S105 - a recognisable prefix, not a secret
 
@@ -406,7 +405,3 @@ class Store:
         self.update_many({job_id: {"artifacts_removed_at": now, "has_notebook": 0}
                           for job_id in job_ids})
 
-
-def spec_of(job: dict[str, Any]) -> dict[str, Any]:
-    spec: dict[str, Any] = json.loads(job["spec"])
-    return spec

@@ -78,6 +78,10 @@ MIGRATIONS: list[str] = [
     CREATE INDEX jobs_user_kind_state ON jobs(user_id, kind, state);
     CREATE INDEX jobs_ended ON jobs(ended_at) WHERE ended_at IS NOT NULL;
     """,
+    # last_seen_at was never written nor read.
+    """
+    ALTER TABLE jobs DROP COLUMN last_seen_at;
+    """,
 ]
 
 
