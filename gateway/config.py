@@ -23,8 +23,9 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import ConfigError
+from .errors import ConfigError, ValidationFailed
 from .plugins import plugin_names
+from .staging.hostkeys import pinned_host_keys
 from .units import parse_memory_mb, parse_slurm_time
 
 # Identifiers that reach sbatch options or paths must match this (design.md §4: allowlists).
@@ -262,6 +263,24 @@ class LimitsConfig(_Strict):
     max_submissions_per_minute: int = Field(60, ge=1)
 
 
+class StagingConfig(_Strict):
+    """Data staging: what the admin pins for users' storage servers."""
+
+    # Host keys the admin vouches for, as known_hosts lines (``[host]:port ssh-ed25519 AAAA...``
+    # or ``host ssh-ed25519 ...`` for port 22). A storage server listed here gets this key,
+    # whatever a user says; others are pinned on first contact, confirmed by the user.
+    known_hosts: list[str] = Field(default_factory=list)
+
+    @field_validator("known_hosts")
+    @classmethod
+    def _known_hosts_lines(cls, lines: list[str]) -> list[str]:
+        try:
+            pinned_host_keys(lines)
+        except ValidationFailed as exc:
+            raise ValueError("; ".join(error["message"] for error in exc.errors)) from None
+        return lines
+
+
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -269,6 +288,7 @@ class Config(BaseModel):
     poll: PollConfig = Field(default_factory=lambda: PollConfig.model_validate({}))
     labs: LabConfig = Field(default_factory=lambda: LabConfig.model_validate({}))
     limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig.model_validate({}))
+    staging: StagingConfig = Field(default_factory=lambda: StagingConfig.model_validate({}))
     clusters: list[ClusterConfig]
     cluster_errors: dict[str, str] = Field(default_factory=dict, exclude=True)
 

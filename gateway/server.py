@@ -17,13 +17,14 @@ from aiohttp import web
 from .accounts import Accounts
 from .api import sessions
 from .api.app import add_routes, middlewares
-from .api.keys import ACCOUNTS, CONFIG, PROXY, SERVICE
+from .api.keys import ACCOUNTS, CONFIG, PROXY, SERVICE, STORAGE
 from .api.middleware import security_headers
 from .config import ClusterConfig, Config
 from .errors import GatewayError
 from .jobs.clusters import ClusterLink, make_cluster_link
 from .jobs.service import JobService
 from .proxy.labs import LabProxy
+from .staging.credentials import StorageCredentials
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ def make_app(config: Config, *,
                          config.gateway.public_origin)
         app[STORE], app[ACCOUNTS], app[SERVICE], app[PROXY] = (
             store, Accounts(store), service, proxy)
+        app[STORAGE] = StorageCredentials(store.storage, config.gateway.cookie_secret,
+                                          config.staging)
         await service.start(lab_probe=proxy)
         yield
         await service.stop()

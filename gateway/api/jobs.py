@@ -133,12 +133,12 @@ async def read_notebook_upload(request: web.Request) -> tuple[bytes, Any]:
     return found["notebook"], parse_json(found["spec"], "spec")
 
 
-async def _json_body(request: web.Request) -> Any:
-    """A lab request: JSON of at most 64 KiB (413), parsed as :func:`parse_json` does."""
+async def read_json_body(request: web.Request, what: str) -> Any:
+    """A JSON body (a lab request, a storage request) of at most 64 KiB (413 naming ``what``),
+    parsed as :func:`parse_json` does."""
     if request.content_length is not None and request.content_length > MAX_SPEC_BYTES:
-        raise PayloadTooLarge(f"a lab request is at most {MAX_SPEC_BYTES} bytes")
-    return parse_json(await read_capped(request.content.readany, MAX_SPEC_BYTES, "a lab request"),
-                      "body")
+        raise PayloadTooLarge(f"{what} is at most {MAX_SPEC_BYTES} bytes")
+    return parse_json(await read_capped(request.content.readany, MAX_SPEC_BYTES, what), "body")
 
 
 @routes.post("/api/v1/jobs")
@@ -151,7 +151,8 @@ async def submit_job(request: web.Request) -> web.Response:
         notebook, spec = await read_notebook_upload(request)
         job, created = request.app[SERVICE].create_notebook_job(user, spec, notebook, key)
     elif request.content_type == "application/json":
-        job, created = request.app[SERVICE].create_lab_job(user, await _json_body(request), key)
+        job, created = request.app[SERVICE].create_lab_job(
+            user, await read_json_body(request, "a lab request"), key)
     else:
         raise UnsupportedMediaType(
             "send multipart/form-data (notebook + spec) for a notebook run, "

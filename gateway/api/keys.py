@@ -12,11 +12,13 @@ from ..accounts import Accounts
 from ..config import Config
 from ..jobs.service import JobService
 from ..proxy.labs import LabProxy
+from ..staging.credentials import StorageCredentials
 from ..users import User
 
 CONFIG = web.AppKey("config", Config)
 ACCOUNTS = web.AppKey("accounts", Accounts)
 SERVICE = web.AppKey("service", JobService)
+STORAGE = web.AppKey("storage", StorageCredentials)
 PROXY = web.AppKey("proxy", LabProxy)
 USER_KEY = web.RequestKey("user", User)  # request-scoped: the authenticated gateway user
 VIA_COOKIE = web.RequestKey("via_cookie", bool)  # authenticated by a browser session cookie

@@ -44,7 +44,8 @@ class Client:
                     session.request(method, self.url + path, headers=headers, **kwargs) as reply:
                 body = await reply.read()
                 if reply.status >= 400:
-                    raise ClientError(_problem_text(reply.status, body))
+                    raise ClientError(_problem_text(reply.status, body), status=reply.status,
+                                      problem=_problem(body))
                 return reply.status, body, reply.content_type
         except aiohttp.ClientError as exc:
             raise ClientError(f"cannot reach the gateway at {self.url}: {exc}") from exc
@@ -53,10 +54,18 @@ class Client:
         return json.loads((await self.request(method, path, **kwargs))[1])
 
 
-def _problem_text(status: int, body: bytes) -> str:
+def _problem(body: bytes) -> dict[str, Any]:
+    """The problem+json object of an error answer; empty if it is none."""
     try:
         problem = json.loads(body)
     except ValueError:
+        return {}
+    return problem if isinstance(problem, dict) else {}
+
+
+def _problem_text(status: int, body: bytes) -> str:
+    problem = _problem(body)
+    if not problem:
         return f"HTTP {status}"
     text = f"{problem.get('title', 'error')} ({status}): {problem.get('detail', '')}"
     for error in problem.get("errors", []):

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import GatewayError
-from . import admin, client
+from . import admin, client, storage
 
 
 class _Subcommands:
@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ended more than DAYS ago (default: gateway.artifact_retention_days;"
                        " 0 there prunes nothing)")
     prune.set_defaults(run=admin.cmd_artifacts_prune)
+    storage.add_parsers(_Subcommands(sub.add_parser(
+        "storage", help="your storage servers for data staging").add_subparsers(
+        dest="storage_command", required=True), common))
     sub.add_parser("check-config", help="explain every problem in the config").set_defaults(
         run=admin.cmd_check_config)
     return parser

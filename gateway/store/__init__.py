@@ -27,6 +27,7 @@ from ..timestamps import parse_timestamp, utcnow
 from ..users import User
 from .files import loose_modes, private_database, private_dir
 from .schema import LAB_TOKENS_DROPPED, MIGRATIONS
+from .storage import StorageTable
 
 __all__ = ["LAB_TOKENS_DROPPED", "MIGRATIONS", "TOKEN_PREFIX", "Move", "Store", "User",
            "hash_token", "loose_modes", "private_dir"]
@@ -88,6 +89,7 @@ class Store:
         self.db.execute("PRAGMA synchronous = NORMAL")
         self.db.execute("PRAGMA cache_size = -65536")  # 64 MiB: the poll reads every tracked row
         self._migrate()
+        self.storage = StorageTable(self.db)
 
     def _migrate(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]

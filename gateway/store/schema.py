@@ -82,6 +82,23 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs DROP COLUMN last_seen_at;
     """,
+    # Users' storage servers for data staging: the pinned host key, the public key to authorize
+    # there, the private key sealed (gateway.staging.keys), never in the clear.
+    """
+    CREATE TABLE storage (
+        id INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        name TEXT NOT NULL,
+        host TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        username TEXT NOT NULL,
+        host_key TEXT NOT NULL,
+        public_key TEXT NOT NULL,
+        sealed_key BLOB NOT NULL,
+        created_at TEXT NOT NULL,
+        UNIQUE (user_id, name)
+    );
+    """,
 ]
 
 

@@ -1,0 +1,68 @@
+"""Storage routes: the caller's registered storage servers (data staging credentials).
+
+``POST /api/v1/storage`` registers one (JSON: ``name``, ``host``, ``port`` (22), ``user``, and
+optionally ``host_key`` and ``private_key``); without a host key the gateway answers 409 with
+the key the server offers, to confirm. The answer's ``public_key`` goes into the storage
+account's ``authorized_keys``. Private keys are never returned. Another user's storage server
+is a 404, as a missing one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..errors import FieldError, ValidationFailed
+from .jobs import read_json_body
+from .keys import STORAGE, current_user
+
+routes = web.RouteTableDef()
+ONE = "/api/v1/storage/{name}"
+
+
+class StorageRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str
+    host: str
+    port: int = 22
+    user: str
+    host_key: str | None = None
+    private_key: str | None = None
+
+
+def _parse(raw: Any) -> StorageRequest:
+    try:
+        return StorageRequest.model_validate(raw)
+    except ValidationError as exc:
+        raise ValidationFailed([FieldError(".".join(str(p) for p in e["loc"]) or "body",
+                                           e["msg"]) for e in exc.errors()]) from None
+
+
+@routes.post("/api/v1/storage")
+async def add_storage(request: web.Request) -> web.Response:
+    asked = _parse(await read_json_body(request, "a storage request"))
+    view = await request.app[STORAGE].add(
+        current_user(request), asked.name, asked.host, asked.port, asked.user, asked.host_key,
+        asked.private_key.encode() if asked.private_key is not None else None)
+    return web.json_response(view, status=201,
+                             headers={"Location": f"/api/v1/storage/{asked.name}"})
+
+
+@routes.get("/api/v1/storage")
+async def list_storage(request: web.Request) -> web.Response:
+    return web.json_response({"storage": request.app[STORAGE].list(current_user(request))})
+
+
+@routes.get(ONE)
+async def show_storage(request: web.Request) -> web.Response:
+    return web.json_response(
+        request.app[STORAGE].get(current_user(request), request.match_info["name"]))
+
+
+@routes.delete(ONE)
+async def remove_storage(request: web.Request) -> web.Response:
+    request.app[STORAGE].remove(current_user(request), request.match_info["name"])
+    return web.Response(status=204)

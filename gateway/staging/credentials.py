@@ -1,0 +1,113 @@
+"""Users' storage servers: the only way the API and the job lifecycle reach staging credentials.
+
+A storage server is registered per gateway user under a name: host, port, login name, its pinned
+host key, and an SSH key (generated here, or uploaded) whose public half the user puts in that
+account's ``authorized_keys``. Passwords are not accepted. The host key comes from the admin's
+``[staging] known_hosts`` when listed there (a different key from the user is refused), else
+from the user; without one the gateway fetches the key the server offers and answers
+:class:`HostKeyUnconfirmed` (409, with the key and its fingerprint) so the user confirms it and
+asks again with it, as ``ssh`` does on first contact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import HOST, IDENTIFIER, UNIX_USER, StagingConfig
+from ..errors import Conflict, FieldError, ValidationFailed
+from ..store.storage import StorageTable
+from ..users import User
+from .hostkeys import fetch_host_key, fingerprint, parse_host_key, pinned_host_keys
+from .keys import check_private_key, generate_key, seal, unseal
+
+
+class HostKeyUnconfirmed(Conflict):
+    """The storage server's host key is not pinned yet: confirm the offered one."""
+
+    type_slug = "host-key-unconfirmed"
+    title = "Confirm the storage server's host key"
+
+
+def storage_view(row: dict[str, Any]) -> dict[str, Any]:
+    """A storage server as the API shows it (never the private key)."""
+    return {"name": row["name"], "host": row["host"], "port": row["port"],
+            "user": row["username"], "host_key": row["host_key"],
+            "host_key_fingerprint": fingerprint(row["host_key"]),
+            "public_key": row["public_key"], "created_at": row["created_at"]}
+
+
+def _check_target(name: str, host: str, port: int, username: str) -> None:
+    errors = []
+    if not IDENTIFIER.match(name):
+        errors.append(FieldError("name", f"must match {IDENTIFIER.pattern}"))
+    if not HOST.match(host):
+        errors.append(FieldError("host", "not a host name or address"))
+    if not 1 <= port <= 65535:
+        errors.append(FieldError("port", "must be 1-65535"))
+    if not UNIX_USER.match(username):
+        errors.append(FieldError("user", f"must match {UNIX_USER.pattern}"))
+    if errors:
+        raise ValidationFailed(errors)
+
+
+class StorageCredentials:
+    def __init__(self, table: StorageTable, secret: str, staging: StagingConfig) -> None:
+        self._table = table
+        self._secret = secret
+        self._pinned = pinned_host_keys(staging.known_hosts)
+
+    async def add(self, user: User, name: str, host: str, port: int, username: str,
+                  host_key: str | None = None, private_key: bytes | None = None
+                  ) -> dict[str, Any]:
+        """Register a storage server for ``user``; its view, whose ``public_key`` goes into
+        the server's ``authorized_keys``. 422 for bad fields or keys, 409 for a name already
+        used or (:class:`HostKeyUnconfirmed`) a host key to confirm first."""
+        _check_target(name, host, port, username)
+        if host_key is None and (host, port) not in self._pinned:
+            raise await self._offered_host_key(host, port)
+        pinned = self._host_key(host, port, host_key)
+        if private_key is None:
+            key, public = generate_key(f"hpcgw:{user.name}:{name}")
+        else:
+            key, public = check_private_key(private_key)
+        row = self._table.add(user.id, {
+            "name": name, "host": host, "port": port, "username": username,
+            "host_key": pinned, "public_key": public,
+            "sealed_key": seal(self._secret, key, owner=user.id, name=name)})
+        return storage_view(row)
+
+    def _host_key(self, host: str, port: int, given: str | None) -> str:
+        """The key to pin: the admin's, or ``given`` (which must then match the admin's)."""
+        vouched = self._pinned.get((host, port))
+        if given is None:
+            assert vouched is not None  # add() asked the user to confirm the offered key
+            return vouched
+        key = parse_host_key(given, host, port)
+        if vouched is not None and key != vouched:
+            raise ValidationFailed([FieldError(
+                "host_key", "not the key the gateway's admin pinned for this server "
+                f"({fingerprint(vouched)})")])
+        return key
+
+    async def _offered_host_key(self, host: str, port: int) -> HostKeyUnconfirmed:
+        """The 409 to answer when no host key was given nor pinned: the key the server offers
+        now, with its fingerprint, for the user to confirm."""
+        offered = await fetch_host_key(host, port)
+        return HostKeyUnconfirmed(
+            f"confirm the host key of {host}:{port} ({fingerprint(offered)}) and send it as "
+            "host_key", host_key=offered, host_key_fingerprint=fingerprint(offered))
+
+    def list(self, user: User) -> list[dict[str, Any]]:
+        return [storage_view(row) for row in self._table.list(user.id)]
+
+    def get(self, user: User, name: str) -> dict[str, Any]:
+        """``user``'s storage server ``name``; 404 for a missing or another user's one."""
+        return storage_view(self._table.get(user.id, name))
+
+    def remove(self, user: User, name: str) -> None:
+        self._table.remove(user.id, name)
+
+    def private_key(self, user_id: int, name: str) -> bytes:
+        """The private key of ``user_id``'s storage server ``name``, for staging only."""
+        row = self._table.get(user_id, name, sealed=True)
+        return unseal(self._secret, row["sealed_key"], owner=user_id, name=name)

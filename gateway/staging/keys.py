@@ -1,0 +1,82 @@
+"""SSH keys of storage credentials: generated or uploaded, checked, encrypted at rest.
+
+Private keys are sealed with AES-256-GCM under a key derived (HKDF-SHA256) from the config's
+``cookie_secret`` for this purpose only; the associated data binds each sealed key to its owner
+and storage name, so a sealed key copied into another user's row does not open. Keys are never
+logged, never on an argv, never in a job script: they reach the cluster only as 0600 files in
+the job's own 0700 directory.
+"""
+
+from __future__ import annotations
+
+import os
+
+import asyncssh
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from ..errors import FieldError, ValidationFailed
+
+MAX_KEY_BYTES = 16 * 1024
+MIN_RSA_BITS = 2048
+_NONCE_BYTES = 12
+_SEAL_VERSION = b"\x01"
+
+
+class SealedKeyError(Exception):
+    """A sealed key could not be opened (another secret, another row, or damaged)."""
+
+
+def _cipher(secret: str) -> AESGCM:
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+               info=b"hpcgw storage private keys v1").derive(secret.encode())
+    return AESGCM(key)
+
+
+def seal(secret: str, private_key: bytes, *, owner: int, name: str) -> bytes:
+    """``private_key`` encrypted for the row of ``owner``'s storage ``name``."""
+    nonce = os.urandom(_NONCE_BYTES)
+    sealed = _cipher(secret).encrypt(nonce, private_key, f"{owner}/{name}".encode())
+    return _SEAL_VERSION + nonce + sealed
+
+
+def unseal(secret: str, sealed: bytes, *, owner: int, name: str) -> bytes:
+    """The private key :func:`seal` sealed for exactly this row; :class:`SealedKeyError` else."""
+    if not sealed.startswith(_SEAL_VERSION) or len(sealed) < 1 + _NONCE_BYTES + 16:
+        raise SealedKeyError("not a sealed key")
+    nonce, body = sealed[1:1 + _NONCE_BYTES], sealed[1 + _NONCE_BYTES:]
+    try:
+        return _cipher(secret).decrypt(nonce, body, f"{owner}/{name}".encode())
+    except Exception as exc:  # cryptography's InvalidTag
+        raise SealedKeyError("the sealed key does not open with this gateway's secret") from exc
+
+
+def generate_key(comment: str) -> tuple[bytes, str]:
+    """A new ed25519 key: (the private key in OpenSSH format, the public key line)."""
+    key = asyncssh.generate_private_key("ssh-ed25519", comment=comment)
+    return key.export_private_key("openssh"), key.export_public_key("openssh").decode().strip()
+
+
+def check_private_key(data: bytes, field: str = "private_key") -> tuple[bytes, str]:
+    """An uploaded private key, re-exported in OpenSSH format, and its public key line.
+
+    Refused (422 naming ``field``): too large, not a private key, protected by a passphrase
+    (the gateway could not use it unattended), or RSA under :data:`MIN_RSA_BITS` bits. The
+    error never quotes the key.
+    """
+    if len(data) > MAX_KEY_BYTES:
+        raise ValidationFailed([FieldError(field, f"over {MAX_KEY_BYTES} bytes")])
+    try:
+        key = asyncssh.import_private_key(data)
+    except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError, ValueError, TypeError) as exc:
+        # asyncssh says "Passphrase must be specified ..." for an encrypted key.
+        problem = ("the key is protected by a passphrase; upload a key without one"
+                   if "passphrase" in str(exc).lower()
+                   else "not an SSH private key (OpenSSH or PEM format)")
+        raise ValidationFailed([FieldError(field, problem)]) from None
+    algorithm = key.get_algorithm()
+    bits = getattr(getattr(key, "pyca_key", None), "key_size", None)
+    if algorithm == "ssh-rsa" and isinstance(bits, int) and bits < MIN_RSA_BITS:
+        raise ValidationFailed([FieldError(field, f"RSA keys need {MIN_RSA_BITS} bits or more")])
+    return key.export_private_key("openssh"), key.export_public_key("openssh").decode().strip()
