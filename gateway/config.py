@@ -238,6 +238,9 @@ class GatewayConfig(_Strict):
     # by default the request's own scheme and Host. Cookie-authenticated WebSockets must match.
     public_origin: str | None = None
     max_notebook_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    # All side files of one notebook run together (extra `file` parts of the upload: a helper
+    # module, a small CSV); 0 refuses side files.
+    max_side_files_bytes: int = Field(16 * 1024 * 1024, ge=0)
     log_tail_bytes: int = Field(1024 * 1024, ge=1024)
     # Largest executed notebook the gateway brings back (streamed to disk); a bigger one fails
     # the job with a message naming the file and this cap.

@@ -17,6 +17,7 @@ from aiohttp import web
 from .accounts import Accounts
 from .api import sessions
 from .api.app import add_routes, middlewares
+from .api.jobs import upload_limit
 from .api.keys import ACCOUNTS, CONFIG, PROXY, SERVICE, STORAGE
 from .api.middleware import security_headers
 from .config import ClusterConfig, Config
@@ -65,7 +66,8 @@ def make_app(config: Config, *,
     """The gateway application. ``cluster_factory`` lets tests put a fault-injecting cluster in."""
     app = web.Application(
         middlewares=middlewares(),
-        client_max_size=config.gateway.max_notebook_bytes + 1024 * 1024,
+        client_max_size=upload_limit(config.gateway.max_notebook_bytes,
+                                     config.gateway.max_side_files_bytes),
     )
     app[CONFIG] = config
     app.on_response_prepare.append(security_headers)

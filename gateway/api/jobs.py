@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import BodyPartReader, MultipartReader, web
@@ -20,6 +21,7 @@ from ..errors import (
     ValidationFailed,
 )
 from ..jobs.service import job_view
+from ..staging.sidefiles import MAX_SIDE_FILES
 from .forms import read_capped
 from .keys import CONFIG, SERVICE, current_user
 
@@ -28,13 +30,15 @@ JOB = "/api/v1/jobs/{job_id:[0-9a-f]{16}}"
 MAX_SPEC_BYTES = 64 * 1024
 MAX_IDEMPOTENCY_KEY = 200
 UPLOAD_MARGIN = 16 * 1024  # boundaries and part headers of a notebook upload
+SIDE_PART_MARGIN = 1024  # the boundary and headers of one side file (its name <= 128 chars)
 MAX_JSON_DEPTH = 64  # a spec or lab request nested deeper is refused
 
 
-def upload_limit(max_notebook_bytes: int) -> int:
-    """The most bytes a whole notebook upload may have: both parts at their caps plus room for
-    boundaries and part headers."""
-    return max_notebook_bytes + MAX_SPEC_BYTES + UPLOAD_MARGIN
+def upload_limit(max_notebook_bytes: int, max_side_files_bytes: int = 0) -> int:
+    """The most bytes a whole notebook upload may have: every part at its cap plus room for
+    boundaries and part headers (of the side files too)."""
+    side_margin = SIDE_PART_MARGIN * MAX_SIDE_FILES if max_side_files_bytes else 0
+    return max_notebook_bytes + MAX_SPEC_BYTES + max_side_files_bytes + UPLOAD_MARGIN + side_margin
 
 
 def parse_json(data: bytes, field: str) -> Any:
@@ -101,36 +105,64 @@ async def _parts(reader: MultipartReader) -> AsyncIterator[BodyPartReader]:
         yield part
 
 
-async def read_notebook_upload(request: web.Request) -> tuple[bytes, Any]:
-    """The ``notebook`` file part and the parsed ``spec`` part, in any order.
+@dataclass
+class NotebookUpload:
+    notebook: bytes
+    spec: Any
+    side_files: list[tuple[str, bytes]]  # (file name, content) in upload order, not checked
+
+
+async def read_notebook_upload(request: web.Request) -> NotebookUpload:
+    """The ``notebook`` file part, the parsed ``spec`` part and any ``file`` parts (side
+    files, by their file names), in any order.
 
     400: no boundary, malformed framing, a part without a name. 411/413: see
     :func:`_multipart`; 413 also for a part over its own cap (the notebook:
-    ``max_notebook_bytes``; the spec: 64 KiB). 422: a part sent twice, an unknown part, a
-    missing part, a spec that is not JSON or is nested too deep.
+    ``max_notebook_bytes``; the spec: 64 KiB; the side files together:
+    ``max_side_files_bytes``). 422: ``notebook`` or ``spec`` sent twice, an unknown part, a
+    missing part, a ``file`` part without a file name, a spec that is not JSON or is nested
+    too deep. Side files' names are checked by the job service.
     """
-    limit = request.app[CONFIG].gateway.max_notebook_bytes
-    reader = await _multipart(request, upload_limit(limit))
+    gateway = request.app[CONFIG].gateway
+    reader = await _multipart(request, upload_limit(gateway.max_notebook_bytes,
+                                                    gateway.max_side_files_bytes))
     found: dict[str, bytes] = {}
+    side: list[tuple[str, bytes]] = []
+    side_budget = gateway.max_side_files_bytes
     try:
         async for part in _parts(reader):
             name = part.name
             if not name:
                 raise BadRequest("a form part without a name (Content-Disposition)")
+            if name == "file":
+                data = await _side_file(part, side_budget)
+                side_budget -= len(data[1])
+                side.append(data)
+                continue
             if name not in ("notebook", "spec"):
                 raise ValidationFailed([FieldError(name, "unknown form part")])
             if name in found:
                 raise ValidationFailed([FieldError(name, "sent more than once")])
             found[name] = await read_capped(
                 functools.partial(part.read_chunk, 64 * 1024),
-                limit if name == "notebook" else MAX_SPEC_BYTES, name, fields=[name])
+                gateway.max_notebook_bytes if name == "notebook" else MAX_SPEC_BYTES, name,
+                fields=[name])
     except (ValueError, AssertionError, HttpProcessingError, ConnectionError) as exc:
         # framing broken inside a part, or the body ended early
         raise BadRequest(f"malformed multipart body: {exc}") from None
     missing = [FieldError(n, "missing part") for n in ("notebook", "spec") if n not in found]
     if missing:
         raise ValidationFailed(missing)
-    return found["notebook"], parse_json(found["spec"], "spec")
+    return NotebookUpload(found["notebook"], parse_json(found["spec"], "spec"), side)
+
+
+async def _side_file(part: BodyPartReader, budget: int) -> tuple[str, bytes]:
+    """One ``file`` part: (its file name, its content), at most ``budget`` bytes (413)."""
+    if not part.filename:
+        raise ValidationFailed([FieldError("file", "a side file needs a file name")])
+    data = await read_capped(functools.partial(part.read_chunk, 64 * 1024), budget,
+                             "the side files together", fields=["file"])
+    return part.filename, data
 
 
 async def read_json_body(request: web.Request, what: str) -> Any:
@@ -148,8 +180,9 @@ async def submit_job(request: web.Request) -> web.Response:
     if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
         raise ValidationFailed([FieldError("Idempotency-Key", "1 to 200 characters")])
     if request.content_type == "multipart/form-data":
-        notebook, spec = await read_notebook_upload(request)
-        job, created = request.app[SERVICE].create_notebook_job(user, spec, notebook, key)
+        upload = await read_notebook_upload(request)
+        job, created = request.app[SERVICE].create_notebook_job(
+            user, upload.spec, upload.notebook, key, side_files=upload.side_files)
     elif request.content_type == "application/json":
         job, created = request.app[SERVICE].create_lab_job(
             user, await read_json_body(request, "a lab request"), key)

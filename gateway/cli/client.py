@@ -156,6 +156,9 @@ async def cmd_submit(args: argparse.Namespace) -> int:
                    content_type="application/json")
     form.add_field("notebook", notebook.read_bytes(), filename=notebook.name,
                    content_type="application/x-ipynb+json")
+    for side in map(Path, args.file or []):
+        form.add_field("file", side.read_bytes(), filename=side.name,
+                       content_type="application/octet-stream")
     job = await client.json("POST", "/api/v1/jobs", data=form)
     if not args.wait:
         print_job(job, True) if args.json else print(f"Submitted job {job['id']}")

@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     _resource_flags(submit)
     submit.add_argument("-P", "--parameter", action="append", metavar="NAME=VALUE",
                         help="papermill parameter (value parsed as JSON, else a string)")
+    submit.add_argument("--file", action="append", metavar="PATH",
+                        help="a side file, put next to the notebook under its own name")
     submit.set_defaults(run=client.cmd_submit)
 
     lab = sub.add_parser("lab", help="start an interactive JupyterLab; prints its URL")

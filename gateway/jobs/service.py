@@ -18,7 +18,7 @@ import json
 import logging
 import secrets
 import warnings
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import nbformat
 from ..config import Config
 from ..errors import Conflict, FieldError, Gone, ValidationFailed
 from ..spec import ResolvedSpec, parse_spec, resolve_spec
+from ..staging.sidefiles import SIDE_DIR, side_file_errors
 from ..states import TERMINAL, IllegalTransition, Reason, State
 from ..store import Store, private_dir
 from ..templates import make_environment
@@ -130,9 +131,11 @@ class JobService:
         return await open_lab(self.ctx, user.id, job_id)
 
     def create_notebook_job(
-        self, user: User, raw_spec: Any, notebook: bytes, idempotency_key: str | None = None
+        self, user: User, raw_spec: Any, notebook: bytes, idempotency_key: str | None = None,
+        side_files: Sequence[tuple[str, bytes]] = (),
     ) -> tuple[dict[str, Any], bool]:
-        """Validate and store a notebook run; ``(job, created)``.
+        """Validate and store a notebook run, with its ``side_files`` ((name, content) pairs,
+        :mod:`gateway.staging.sidefiles`); ``(job, created)``.
 
         A repeated ``idempotency_key`` of the same user returns the first job and False, even
         over a limit. Otherwise :class:`TooManyRequests` (429) if the user is at
@@ -154,6 +157,7 @@ class JobService:
                 nbformat.validate(parsed)
         except Exception as exc:  # nbformat raises many types for bad input
             errors.append(FieldError("notebook", f"not a valid Jupyter notebook: {exc}"[:300]))
+        errors += side_file_errors([name for name, _ in side_files])
         try:
             resolved = resolve_spec(spec, self.config, default_name="notebook")
         except ValidationFailed as exc:
@@ -162,7 +166,9 @@ class JobService:
             errors.append(FieldError("kind", "a lab is asked for with a JSON body, not a form"))
         if errors:
             raise ValidationFailed(errors)
-        return self._store_new_job(user, resolved, idempotency_key, {"input.ipynb": notebook})
+        files = {"input.ipynb": notebook,
+                 **{f"{SIDE_DIR}/{name}": data for name, data in side_files}}
+        return self._store_new_job(user, resolved, idempotency_key, files)
 
     def create_lab_job(
         self, user: User, raw_spec: Any, idempotency_key: str | None = None
@@ -197,6 +203,7 @@ class JobService:
         directory = self.ctx.job_dir(job_id)
         directory.mkdir(parents=True, mode=0o700)
         for name, data in files.items():
+            (directory / name).parent.mkdir(mode=0o700, exist_ok=True)
             (directory / name).write_bytes(data)
         row = {
             "id": job_id,

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import ClusterUnavailable, GatewayError
 from ..spec import ResolvedSpec
+from ..staging.sidefiles import SIDE_DIR
 from ..states import TERMINAL, IllegalTransition, Reason, State
 from ..timestamps import parse_timestamp
 from ..tokens import lab_token
@@ -184,15 +185,20 @@ async def stage_inputs(
 
 
 def job_files(ctx: JobContext, job: dict[str, Any]) -> dict[str, bytes]:
-    """What a job needs in its directory: the notebook, its parameters and the runner for a
-    notebook run; the launcher and the server token (0600, like every staged file) for a lab."""
+    """What a job needs in its directory: the notebook, its side files (next to it), its
+    parameters and the runner for a notebook run; the launcher and the server token (0600,
+    like every staged file) for a lab. Side files' names were checked when the job was
+    stored; the gateway's own files come last, so none can be replaced anyway."""
     jobside = resources.files("gateway.jobside")
     if job["kind"] == "lab":
         return {"lab.py": jobside.joinpath("lab.py").read_bytes(),
                 "lab.token": lab_token(ctx.config.gateway.cookie_secret, job["id"]).encode()}
     spec = ResolvedSpec.model_validate_json(job["spec"])
+    local = ctx.job_dir(job["id"])
+    side = sorted((local / SIDE_DIR).iterdir()) if (local / SIDE_DIR).is_dir() else []
     return {
-        "input.ipynb": (ctx.job_dir(job["id"]) / "input.ipynb").read_bytes(),
+        **{path.name: path.read_bytes() for path in side},
+        "input.ipynb": (local / "input.ipynb").read_bytes(),
         "parameters.json": json.dumps(spec.parameters).encode(),
         "runner.py": jobside.joinpath("runner.py").read_bytes(),
     }

@@ -68,6 +68,25 @@ async def test_cli_submit_wait_fetch_status_queue_log(gateway: Gateway, tmp_path
     assert plain.stdout.startswith("Submitted job ")
 
 
+async def test_side_files_sit_next_to_the_notebook_in_the_job(
+        gateway: Gateway, tmp_path: Path) -> None:
+    (tmp_path / "helper.py").write_text("def double(x):\n    return 2 * x\n")
+    (tmp_path / "data.csv").write_text("a,b\n1,2\n3,4\n")
+    notebook = tmp_path / "nb.ipynb"
+    notebook.write_bytes(make_notebook(
+        "import csv, os\nfrom helper import double\n"
+        "rows = list(csv.reader(open('data.csv')))\n"
+        "print('doubled', double(len(rows)), sorted(os.listdir('.')))"))
+    submitted = gateway.cli("alice", "submit", str(notebook), "--file", str(tmp_path / "helper.py"),
+                            "--file", str(tmp_path / "data.csv"), "-J", "side files", "--wait",
+                            "--json")
+    job = json.loads(submitted.stdout)
+    assert job["state"] == "succeeded", job
+    gateway.cli("alice", "fetch", job["id"], "-o", str(tmp_path / "out.ipynb"))
+    text = outputs_text((tmp_path / "out.ipynb").read_bytes())
+    assert "doubled 6" in text and "'data.csv'" in text and "'helper.py'" in text
+
+
 async def test_failing_notebook_ends_failed_with_the_error(alice: Api, gateway: Gateway,
                                                            tmp_path: Path) -> None:
     notebook = make_notebook("print('before the error')", "raise ValueError('boom 42')",

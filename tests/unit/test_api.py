@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from gateway.api.keys import CONFIG
 from gateway.config import parse_config
 from gateway.scheduler import SchedulerState
 from gateway.server import STORE, make_app
@@ -51,6 +52,7 @@ class Api:
     async def submit(
         self, spec: Any, *, token: str | None = None, notebook: bytes | None = None,
         spec_first: bool = False, key: str | None = None, raw_spec: str | None = None,
+        files: Sequence[tuple[str, bytes]] = (),
     ) -> aiohttp.ClientResponse:
         parts: list[tuple[str, Any, str | None, str]] = [
             ("notebook", self.notebook if notebook is None else notebook, "in.ipynb",
@@ -59,6 +61,8 @@ class Api:
              "application/json"),
         ]
         form = aiohttp.FormData()
+        parts += [("file", data, filename, "application/octet-stream")
+                  for filename, data in files]
         for name, value, filename, content_type in (parts[::-1] if spec_first else parts):
             form.add_field(name, value, filename=filename, content_type=content_type)
         headers = self.auth(token or self.alice)
@@ -556,4 +560,43 @@ async def test_a_job_whose_submission_cannot_be_built_fails(api: Api) -> None:
     done = await api.wait(job["id"], lambda j: j["state"] in TERMINAL, token=token)
     assert (done["state"], done["reason"]) == ("failed", "launch_failed")
     assert "refused submit options" in done["message"] and "car ol" in done["message"]
+    assert not api.cluster.backend.submissions
+
+
+async def test_side_files_land_next_to_the_notebook(api: Api) -> None:
+    files = [("helper.py", b"def double(x):\n    return 2 * x\n"), ("data.csv", b"a,b\n1,2\n")]
+    response = await api.submit({"name": "with files"}, files=files)
+    assert response.status == 201, await response.text()
+    job = await api.wait_state((await response.json())["id"], "pending")
+    staged = api.cluster.transport.files
+    for name, data in files:
+        assert staged[f"{api.workdir(job['id'])}/{name}"] == data
+    assert staged[f"{api.workdir(job['id'])}/input.ipynb"] == api.notebook
+
+
+@pytest.mark.parametrize(("name", "problem"), [
+    ("../evil.py", "one plain file name"),
+    ("sub/dir.py", "one plain file name"),
+    (".bashrc", "one plain file name"),
+    ("naïve name.py", "one plain file name"),
+    ("x" * 200, "one plain file name"),
+    ("runner.py", "the gateway uses this name itself"),
+    ("input.ipynb", "the gateway uses this name itself"),
+    ("lab.token", "the gateway uses this name itself"),
+])
+async def test_bad_side_file_names_are_refused(api: Api, name: str, problem: str) -> None:
+    response = await api.submit({"name": "x"}, files=[(name, b"x")])
+    body = await assert_problem(response, 422)
+    assert any(problem in error["message"] for error in body["errors"]), body
+    assert not api.cluster.backend.submissions
+
+
+async def test_side_files_sent_twice_or_too_large_are_refused(api: Api) -> None:
+    body = await assert_problem(
+        await api.submit({"name": "x"}, files=[("a.py", b"1"), ("a.py", b"2")]), 422)
+    assert [e["message"] for e in body["errors"]] == ["sent more than once"]
+    limit = api.app[CONFIG].gateway.max_side_files_bytes
+    response = await api.submit({"name": "x"}, files=[("a.bin", b"x" * (limit // 2 + 1)),
+                                                      ("b.bin", b"x" * (limit // 2 + 1))])
+    await assert_problem(response, 413)
     assert not api.cluster.backend.submissions

@@ -84,7 +84,8 @@ async def upload(
     tmp_path: Path, aiohttp_client: ClientFactory, fake_clusters: FakeClusters,
     make_raw_config: Callable[..., dict[str, Any]], make_notebook: Callable[..., bytes],
 ) -> Upload:
-    config = parse_config(make_raw_config(tmp_path / "data", max_notebook_bytes=LIMIT))
+    config = parse_config(make_raw_config(tmp_path / "data", max_notebook_bytes=LIMIT,
+                                          max_side_files_bytes=LIMIT))
     app = make_app(config, cluster_factory=fake_clusters)
     client = await aiohttp_client(app)
     store = app[STORE]
@@ -148,7 +149,7 @@ async def test_a_repeated_part_is_422_naming_it(upload: Upload, name: str) -> No
 
 
 async def test_the_whole_upload_is_capped_before_it_is_read(upload: Upload) -> None:
-    # Announced far over max_notebook_bytes + spec + margin, nothing sent: 413 at once.
+    # Announced far over every part's cap + margins, nothing sent: 413 at once.
     status, problem = await upload.multipart(b"", length=100 * 1024 * 1024)
     assert status == 413 and "at most" in problem["detail"]
     reader, writer = await asyncio.open_connection("127.0.0.1", upload.port)
