@@ -273,6 +273,10 @@ class StagingConfig(_Strict):
     # or ``host ssh-ed25519 ...`` for port 22). A storage server listed here gets this key,
     # whatever a user says; others are pinned on first contact, confirmed by the user.
     known_hosts: list[str] = Field(default_factory=list)
+    # The most bytes one copied input may hold (checked before anything is copied).
+    max_input_bytes: int = Field(100 * 1024**3, ge=1)
+    # Seconds all of a job's copy inputs may take together before the job fails (reason staging).
+    copy_timeout: float = Field(3600.0, gt=0)
 
     @field_validator("known_hosts")
     @classmethod

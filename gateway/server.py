@@ -75,13 +75,15 @@ def make_app(config: Config, *,
 
     async def parts(app: web.Application) -> AsyncIterator[None]:
         store = Store(config.gateway.data_dir / "hpcgw.db")
-        service = JobService(config, store, connect_clusters(config, cluster_factory))
+        credentials = StorageCredentials(store.storage, config.gateway.cookie_secret,
+                                         config.staging)
+        service = JobService(config, store, connect_clusters(config, cluster_factory),
+                             credentials=credentials)
         proxy = LabProxy(service.open_lab, sessions.GATEWAY_COOKIES,
                          config.gateway.public_origin)
         app[STORE], app[ACCOUNTS], app[SERVICE], app[PROXY] = (
             store, Accounts(store), service, proxy)
-        app[STORAGE] = StorageCredentials(store.storage, config.gateway.cookie_secret,
-                                          config.staging)
+        app[STORAGE] = credentials
         await service.start(lab_probe=proxy)
         yield
         await service.stop()

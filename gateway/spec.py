@@ -9,6 +9,7 @@ field into one :class:`ValidationFailed` (422) before anything reaches Slurm. Th
 from __future__ import annotations
 
 import keyword
+import re
 import unicodedata
 from typing import Any, Literal
 
@@ -17,6 +18,38 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .config import Config
 from .errors import FieldError, ValidationFailed
 from .units import format_slurm_time, parse_memory_mb, parse_slurm_time
+
+# A path on a storage server: absolute, printable, no '..' component, none of the characters
+# scp/sftp would expand as a glob pattern or an escape (so it names exactly one file or directory).
+STORAGE_PATH = re.compile(r"^/[^\x00-\x1f\x7f*?\[\]\\]{0,1023}\Z")
+
+
+class InputSpec(BaseModel):
+    """One input: a file or directory on a registered storage server, bound to a parameter."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    parameter: str
+    storage: str = Field(max_length=64)
+    path: str
+    mode: Literal["copy", "mount"] = "copy"
+    # A mount is read-only unless asked; a copy is the job's own either way.
+    writable: bool = False
+
+    @field_validator("parameter")
+    @classmethod
+    def _parameter_name(cls, value: str) -> str:
+        if not value.isidentifier() or keyword.iskeyword(value) or len(value) > 64:
+            raise ValueError("must be a Python identifier (a papermill parameter)")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _storage_path(cls, value: str) -> str:
+        if not STORAGE_PATH.match(value) or ".." in value.split("/"):
+            raise ValueError("an absolute path on the storage server, without '..', control "
+                             "characters or any of * ? [ ] \\")
+        return value
 
 
 class JobSpec(BaseModel):
@@ -40,7 +73,7 @@ class JobSpec(BaseModel):
     image: str | None = None
     kernel: str = "python3"
     parameters: dict[str, Any] = Field(default_factory=dict)
-    inputs: list[dict[str, str]] = Field(default_factory=list)
+    inputs: list[InputSpec] = Field(default_factory=list, max_length=32)
     outputs: list[dict[str, str]] = Field(default_factory=list)
 
     @field_validator("name")
@@ -81,6 +114,7 @@ class ResolvedSpec(BaseModel):
     image: str | None
     kernel: str
     parameters: dict[str, Any]
+    inputs: tuple[InputSpec, ...] = ()
 
     @property
     def time(self) -> str:
@@ -132,9 +166,9 @@ def resolve_spec(spec: JobSpec, config: Config, default_name: str) -> ResolvedSp
     if spec.image is not None:  # until a container runtime exists: never silently ignored
         errors.append(FieldError("image", "container images are not enabled on this cluster"))
     _allowed(errors, "kernel", spec.kernel, cluster.kernels)
-    if spec.inputs or spec.outputs:
-        field = "inputs" if spec.inputs else "outputs"
-        errors.append(FieldError(field, "staging connectors are not enabled on this gateway"))
+    _check_inputs(errors, spec)
+    if spec.outputs:
+        errors.append(FieldError("outputs", "outputs are not staged by this gateway yet"))
     if spec.kind == "lab" and spec.parameters:
         errors.append(FieldError("parameters", "parameters are for notebook runs, not labs"))
     time_s = memory_mb = None
@@ -158,7 +192,25 @@ def resolve_spec(spec: JobSpec, config: Config, default_name: str) -> ResolvedSp
         constraint=spec.constraint, reservation=spec.reservation, gpus=spec.gpus,
         gpu_type=spec.gpu_type, cpus=spec.cpus, memory_mb=memory_mb, time_s=time_s,
         image=spec.image, kernel=spec.kernel, parameters=spec.parameters,
+        inputs=tuple(spec.inputs),
     )
+
+
+def _check_inputs(errors: list[FieldError], spec: JobSpec) -> None:
+    """Each input's parameter bound once, and not also given a value in ``parameters``; only
+    copy inputs, and only for notebook runs, for now."""
+    bound: set[str] = set()
+    for number, given in enumerate(spec.inputs):
+        field = f"inputs.{number}"
+        if given.parameter in bound:
+            errors.append(FieldError(f"{field}.parameter", "bound by another input too"))
+        elif given.parameter in spec.parameters:
+            errors.append(FieldError(f"{field}.parameter", "also given a value in parameters"))
+        bound.add(given.parameter)
+        if given.mode != "copy":
+            errors.append(FieldError(f"{field}.mode", "mount inputs are not enabled yet; use copy"))
+    if spec.inputs and spec.kind == "lab":
+        errors.append(FieldError("inputs", "inputs are for notebook runs (labs: not yet)"))
 
 
 def _check_limits(

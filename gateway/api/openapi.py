@@ -38,6 +38,10 @@ def _job_schema() -> dict[str, Any]:
             "partition": {"type": "string"}, "cpus": {"type": "integer"},
             "gpus": {"type": "integer"}, "gpu_type": nullable_string, "memory": nullable_string,
             "time": {"type": "string"}, "parameters": {"type": "object"},
+            "inputs": {"type": "array", "items": {"type": "object", "properties": {
+                "parameter": {"type": "string"}, "storage": {"type": "string"},
+                "path": {"type": "string"}, "mode": {"enum": ["copy", "mount"]},
+                "writable": {"type": "boolean"}}}},
             "scheduler_reachable": {"type": "boolean"},
             "notebook_available": {"type": "boolean"},
             "artifacts_removed_at": {"type": ["string", "null"], "format": "date-time"},

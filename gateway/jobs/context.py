@@ -1,10 +1,12 @@
 """The narrow interface the lifecycle's workers get instead of the job service.
 
-The submitter, the pollers, the collector, the lab watcher and artifact retention each take a
-:class:`JobContext`: the config, the store, the clusters and two hand-off queues. No worker
+The submitter, the stager, the pollers, the collector, the lab watcher and artifact retention
+each take a :class:`JobContext`: the config, the store, the clusters, the storage credentials
+and three hand-off queues. No worker
 imports another worker or the service, and none starts another's task: a worker that is done
 with a job puts its id on the next worker's queue (``submit_queue``, ``collect_queue``), and the
-service (:mod:`.service`), which owns every background task, runs what is queued.
+service (:mod:`.service`), which owns every background task, runs what is queued
+(``submit_queue``, ``stage_queue``, ``collect_queue``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import jinja2
 
 from ..config import Config
+from ..staging.credentials import StorageCredentials
 from ..store import Store
 from .clusters import ClusterLink
 
@@ -26,8 +29,12 @@ class JobContext:
     store: Store
     clusters: dict[str, ClusterLink]
     templates: jinja2.Environment
+    # Users' storage servers, for staging (None: a gateway without them, as in some tests).
+    credentials: StorageCredentials | None = None
     # Job ids to bring into the scheduler (accepted or staging), taken by the submitters.
     submit_queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+    # Job ids in ``staging`` whose copy inputs must move first: one staging task for each.
+    stage_queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
     # Job ids that entered ``collecting``: the service starts one collection for each.
     collect_queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
 
@@ -42,6 +49,10 @@ class JobContext:
     def collect_later(self, job_id: str) -> None:
         """Hand a job that just entered ``collecting`` to the collector."""
         self.collect_queue.put_nowait(job_id)
+
+    def stage_later(self, job_id: str) -> None:
+        """Hand a job whose inputs must be copied first to the stager."""
+        self.stage_queue.put_nowait(job_id)
 
     def submit_later(self, job_id: str) -> None:
         """Hand a stored job to the submitters."""

@@ -18,7 +18,7 @@ import json
 import logging
 import secrets
 import warnings
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import nbformat
 from ..config import Config
 from ..errors import Conflict, FieldError, Gone, ValidationFailed
 from ..spec import ResolvedSpec, parse_spec, resolve_spec
+from ..staging.credentials import StorageCredentials
 from ..staging.sidefiles import SIDE_DIR, side_file_errors
 from ..states import TERMINAL, IllegalTransition, Reason, State
 from ..store import Store, private_dir
@@ -43,9 +44,12 @@ from .labs import LabProbe, LabRoute, open_lab
 from .limits import check_limits
 from .poller import poll_forever
 from .retention import prune_daily
+from .stager import stage_job
 from .submitter import submit_worker
 
 log = logging.getLogger(__name__)
+# A worker's per-job entry point (stage_job, collect).
+JobWork = Callable[[JobContext, str], Coroutine[Any, Any, None]]
 
 JOB_ID_BYTES = 8
 
@@ -57,12 +61,14 @@ class JobService:
         store: Store,
         clusters: dict[str, ClusterLink],
         templates: jinja2.Environment | None = None,
+        credentials: StorageCredentials | None = None,
     ) -> None:
         self.config = config
         self.clusters = clusters
         self._store = store
+        self._credentials = credentials
         templates = templates or make_environment(config.gateway.template_dir)
-        self.ctx = JobContext(config, store, clusters, templates)
+        self.ctx = JobContext(config, store, clusters, templates, credentials)
         private_dir(self.ctx.data_dir / "jobs")
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -80,12 +86,12 @@ class JobService:
         if not task.cancelled() and task.exception() is not None:
             log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
-    async def _run_collections(self) -> None:
-        """One collection task for each job handed to the collector (they retry for minutes
-        each, so they run side by side, not from a pool)."""
+    async def _run_each(self, queue: asyncio.Queue[str], work: JobWork, name: str) -> None:
+        """One task of ``work`` for each job id put on ``queue``: stagings and collections may
+        take minutes each, so they run side by side, not from a pool."""
         while True:
-            job_id = await self.ctx.collect_queue.get()
-            self._spawn(collect(self.ctx, job_id), f"collect-{job_id}")
+            job_id = await queue.get()
+            self._spawn(work(self.ctx, job_id), f"{name}-{job_id}")
 
     async def start(self, lab_probe: LabProbe | None = None) -> None:
         """Start the submitters, the pollers, the collections, the daily artifact retention
@@ -99,7 +105,8 @@ class JobService:
             self._spawn(submit_worker(ctx), f"submitter-{number}")
         for link in self.clusters.values():
             self._spawn(poll_forever(ctx, link), f"poller-{link.name}")
-        self._spawn(self._run_collections(), "collections")
+        self._spawn(self._run_each(ctx.stage_queue, stage_job, "stage"), "stagings")
+        self._spawn(self._run_each(ctx.collect_queue, collect, "collect"), "collections")
         self._spawn(prune_daily(ctx), "artifact-retention")
         if lab_probe is not None:
             self._spawn(LabWatcher(ctx, lab_probe).run(), "lab-watcher")
@@ -112,6 +119,15 @@ class JobService:
             await link.transport.close()
 
     # -- requests ---------------------------------------------------------------------------
+
+    def _unknown_storage(self, user: User, spec: ResolvedSpec) -> list[FieldError]:
+        """An error for each input naming a storage server ``user`` has not registered
+        (another user's server is unknown too)."""
+        known = self._credentials.known if self._credentials else (lambda _user, _name: False)
+        return [FieldError(f"inputs.{number}.storage", f"no storage server {binding.storage!r} "
+                           "(hpcgw storage list)")
+                for number, binding in enumerate(spec.inputs)
+                if not known(user, binding.storage)]
 
     def get_job(self, user: User, job_id: str) -> dict[str, Any]:
         """``user``'s job ``job_id`` (a store row); NotFound for a missing or another's job."""
@@ -164,6 +180,7 @@ class JobService:
             raise ValidationFailed(errors + exc.errors) from None
         if resolved.kind != "notebook":
             errors.append(FieldError("kind", "a lab is asked for with a JSON body, not a form"))
+        errors += self._unknown_storage(user, resolved)
         if errors:
             raise ValidationFailed(errors)
         files = {"input.ipynb": notebook,
@@ -301,6 +318,7 @@ def job_view(job: dict[str, Any]) -> dict[str, Any]:
         {key: spec[key] for key in ("partition", "account", "qos", "constraint", "reservation",
                                     "cpus", "gpus", "gpu_type", "image", "kernel", "parameters")}
     )
+    view["inputs"] = spec.get("inputs", [])
     view["memory"] = f"{spec['memory_mb']}M" if spec["memory_mb"] else None
     view["time"] = format_slurm_time(spec["time_s"])
     view["scheduler_reachable"] = bool(job["scheduler_reachable"])

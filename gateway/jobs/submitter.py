@@ -28,6 +28,7 @@ from ..transport import RemoteFileMissing, RemoteFileRefused
 from .clusters import ClusterLink
 from .context import JobContext
 from .scripts import render_script, submit_options
+from .stager import needs_staging
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 30.0
@@ -103,6 +104,9 @@ async def _attempt(ctx: JobContext, link: ClusterLink, job: dict[str, Any]) -> N
                          message="cancelled before submission")
         return
     if job["submit_attempts"] and await _resume_earlier_attempt(ctx, link, job):
+        return
+    if needs_staging(job):  # copied by a task of its own, then queued here again
+        ctx.stage_later(job["id"])
         return
     script = render_script(ctx.templates, job, link.config, link.container_runtime)
     options = submit_options(job, link.config)
@@ -199,6 +203,7 @@ def job_files(ctx: JobContext, job: dict[str, Any]) -> dict[str, bytes]:
     return {
         **{path.name: path.read_bytes() for path in side},
         "input.ipynb": (local / "input.ipynb").read_bytes(),
-        "parameters.json": json.dumps(spec.parameters).encode(),
+        "parameters.json": json.dumps(
+            {**spec.parameters, **json.loads(job["staged_inputs"] or "{}")}).encode(),
         "runner.py": jobside.joinpath("runner.py").read_bytes(),
     }

@@ -11,6 +11,7 @@ asks again with it, as ``ssh`` does on first contact.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import HOST, IDENTIFIER, UNIX_USER, StagingConfig
@@ -19,6 +20,15 @@ from ..store.storage import StorageTable
 from ..users import User
 from .hostkeys import fetch_host_key, fingerprint, parse_host_key, pinned_host_keys
 from .keys import check_private_key, generate_key, seal, unseal
+
+
+@dataclass(frozen=True)
+class Transfer:
+    host: str
+    port: int
+    user: str
+    host_key: str  # the pinned public key line
+    private_key: bytes = field(repr=False)
 
 
 class HostKeyUnconfirmed(Conflict):
@@ -107,7 +117,13 @@ class StorageCredentials:
     def remove(self, user: User, name: str) -> None:
         self._table.remove(user.id, name)
 
-    def private_key(self, user_id: int, name: str) -> bytes:
-        """The private key of ``user_id``'s storage server ``name``, for staging only."""
+    def known(self, user: User, name: str) -> bool:
+        """Whether ``user`` has a storage server ``name``."""
+        return any(row["name"] == name for row in self._table.list(user.id))
+
+    def for_transfer(self, user_id: int, name: str) -> Transfer:
+        """Everything a transfer needs from ``user_id``'s storage server ``name``, its private
+        key unsealed: for staging only, never logged. NotFound if the server was removed."""
         row = self._table.get(user_id, name, sealed=True)
-        return unseal(self._secret, row["sealed_key"], owner=user_id, name=name)
+        return Transfer(row["host"], row["port"], row["username"], row["host_key"],
+                        unseal(self._secret, row["sealed_key"], owner=user_id, name=name))

@@ -99,6 +99,10 @@ MIGRATIONS: list[str] = [
         UNIQUE (user_id, name)
     );
     """,
+    # Where a job's copied inputs landed ({parameter: local path}); set once staging is done.
+    """
+    ALTER TABLE jobs ADD COLUMN staged_inputs TEXT;
+    """,
 ]
 
 

@@ -24,11 +24,11 @@ FORBIDDEN = [
     *(("gateway.jobs", outer) for outer in ("gateway.api", "gateway.proxy", "gateway.server",
                                               "gateway.cli")),
     *((inner, outer) for inner in ("gateway.scheduler", "gateway.transport", "gateway.store",
-                                   "gateway.runtimes")
+                                   "gateway.runtimes", "gateway.staging")
       for outer in ("gateway.jobs", "gateway.api", "gateway.proxy", "gateway.server")),
     # Workers share the JobContext, never the service nor each other's functions.
     *((f"gateway.jobs.{worker}", "gateway.jobs.service")
-      for worker in ("submitter", "poller", "collector", "lab_watcher", "retention")),
+      for worker in ("submitter", "stager", "poller", "collector", "lab_watcher", "retention")),
     ("gateway.jobs.poller", "gateway.jobs.collector"),
     ("gateway.jobs.submitter", "gateway.jobs.collector"),
     ("gateway.jobside", "gateway"),  # runs on the cluster, where the gateway is not installed

@@ -158,7 +158,8 @@ def test_a_full_valid_spec_resolves(config: Config) -> None:
     ({"memory": "lots"}, "memory"),
     ({"cpus": 9}, "cpus"),
     ({"kind": "lab", "parameters": {"a": 1}}, "parameters"),  # parameters are for notebooks
-    ({"inputs": [{"src": "/data"}]}, "inputs"),
+    ({"kind": "lab", "inputs": [{"parameter": "x", "storage": "s", "path": "/d"}]}, "inputs"),
+    ({"outputs": [{"path": "results/"}]}, "outputs"),  # not staged yet
 ])
 def test_out_of_policy_values_name_their_field(
     raw: dict[str, Any], field: str, config: Config

@@ -1,0 +1,162 @@
+"""Stage-in: a job's ``copy`` inputs, from storage servers into its work directory, before sbatch.
+
+Where the transfer runs: on the cluster's login side, through the cluster's transport, as the
+job's own user (gateway/jobside/stage.py, with scp). The data goes from the storage server to
+the cluster directly, never through the gateway, and lands on the file system the job reads;
+the job is in ``staging`` meanwhile and only goes to Slurm once every input is there and
+checked, so no Slurm job waits for data, and a failed input ends the job ``failed`` with reason
+``staging`` and a message naming the input and the cause. The storage keys and the pinned host
+keys reach the cluster as 0600 files in ``<workdir>/.stage`` (0700), removed when the stager
+ends, however it ends (and by the collector's cleanup should the gateway die meanwhile: the
+next staging attempt replaces them).
+
+Each job's staging runs as a task of its own (the service starts one per job on the
+``stage_queue``), so a long copy never holds a submitter: other users' submissions go on. A
+gateway restart mid-staging starts the job's staging again from the start (the stager's
+temporary names make that safe); nothing was sent to Slurm yet, so nothing is duplicated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from importlib import resources
+from typing import Any
+
+from connectors import StorageTarget, load_connector
+
+from ..errors import ClusterUnavailable, CommandTimeout, GatewayError
+from ..spec import InputSpec, ResolvedSpec
+from ..states import IllegalTransition, Reason, State
+from ..timestamps import parse_timestamp
+from ..transport import Transport
+from ..transport.base import mkdir_argv
+from .clusters import ClusterLink
+from .context import JobContext
+
+log = logging.getLogger(__name__)
+STAGE_DIR = ".stage"
+REPORT_LIMIT = 64 * 1024  # the stager prints one small JSON object
+MAX_BACKOFF = 30.0
+
+
+class StagingFailed(GatewayError):
+    """An input could not be staged; ``detail`` names the input and the cause."""
+
+    type_slug = "staging"
+    title = "Staging failed"
+
+
+def copy_inputs(spec: ResolvedSpec) -> list[InputSpec]:
+    return [binding for binding in spec.inputs if binding.mode == "copy"]
+
+
+def needs_staging(job: dict[str, Any]) -> bool:
+    """Whether ``job`` has copy inputs not staged yet."""
+    spec = ResolvedSpec.model_validate_json(job["spec"])
+    return bool(copy_inputs(spec)) and job["staged_inputs"] is None
+
+
+async def stage_job(ctx: JobContext, job_id: str) -> None:
+    """Stage ``job_id``'s copy inputs, then hand it back to the submitters; or end it
+    ``failed``/``staging``. A cluster that can't be reached is retried with backoff until the
+    cluster's ``submit_deadline``. A job no longer in ``staging`` (cancelled) is left alone."""
+    job = ctx.store.get_job(job_id)
+    link = ctx.clusters.get(job["cluster"])
+    if job["state"] != State.STAGING or job["staged_inputs"] is not None or link is None:
+        return
+    deadline = parse_timestamp(job["created_at"]).timestamp() + link.config.submit_deadline
+    backoff = 1.0
+    while True:
+        try:
+            staged = await _stage(ctx, link, job)
+            break
+        except (ClusterUnavailable, CommandTimeout) as exc:
+            if isinstance(exc, CommandTimeout) or time.time() + backoff > deadline:
+                _fail(ctx, job_id, f"staging did not finish: {exc.detail}")
+                return
+            log.warning("job %s: staging waits for the cluster: %s", job_id, exc.detail)
+        except GatewayError as exc:
+            _fail(ctx, job_id, exc.detail)
+            return
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, MAX_BACKOFF)
+    ctx.store.update_job(job_id, staged_inputs=json.dumps(staged))
+    ctx.submit_later(job_id)
+
+
+def _fail(ctx: JobContext, job_id: str, message: str) -> None:
+    log.info("job %s: staging failed: %s", job_id, message)
+    with contextlib.suppress(IllegalTransition):  # cancelled meanwhile
+        ctx.store.transition(job_id, State.FAILED, reason=Reason.STAGING, message=message)
+
+
+def stage_files(ctx: JobContext, job: dict[str, Any]) -> dict[str, bytes]:
+    """What goes into ``<workdir>/.stage``: the stager, its plan, the pinned host keys and one
+    private key per input (``key-<n>``)."""
+    spec = ResolvedSpec.model_validate_json(job["spec"])
+    assert ctx.credentials is not None
+    files: dict[str, bytes] = {}
+    plan, known_hosts = [], []
+    for number, binding in enumerate(copy_inputs(spec)):
+        transfer = ctx.credentials.for_transfer(job["user_id"], binding.storage)
+        files[f"key-{number}"] = transfer.private_key
+        known_hosts.append(f"[{transfer.host}]:{transfer.port} {transfer.host_key}")
+        target = StorageTarget(transfer.host, transfer.port, transfer.user, f"key-{number}")
+        plan.append(load_connector(binding.mode).plan(binding, target))
+    files["known_hosts"] = ("\n".join(known_hosts) + "\n").encode()
+    files["plan.json"] = json.dumps({"inputs": plan,
+                                     "max_bytes": ctx.config.staging.max_input_bytes}).encode()
+    files["stage.py"] = resources.files("gateway.jobside").joinpath("stage.py").read_bytes()
+    return files
+
+
+async def _stage(ctx: JobContext, link: ClusterLink, job: dict[str, Any]) -> dict[str, str]:
+    """Run the stager on the cluster; ``{parameter: local path}``. StagingFailed naming the
+    input and the cause when an input could not be staged."""
+    transport, user, workdir = link.transport, job["unix_user"], job["workdir"]
+    files = stage_files(ctx, job)
+    await transport.run(mkdir_argv(workdir), user=user)  # 0700 before its .stage child
+    try:
+        await transport.put_files(f"{workdir}/{STAGE_DIR}", files, user=user)
+        result = await transport.run(
+            [link.config.python, "-I", f"{workdir}/{STAGE_DIR}/stage.py", "--workdir", workdir],
+            user=user, timeout=ctx.config.staging.copy_timeout, check=False)
+    finally:
+        await _remove_stage_dir(transport, workdir, user)
+    expected = {binding.parameter for binding in
+                copy_inputs(ResolvedSpec.model_validate_json(job["spec"]))}
+    return _report(result.stdout[:REPORT_LIMIT], result.stderr, workdir, expected)
+
+
+async def _remove_stage_dir(transport: Transport, workdir: str, user: str) -> None:
+    """Remove the keys and the plan from the cluster; a failure is logged (the next staging
+    attempt or the job's collection removes them)."""
+    try:
+        await transport.run(["rm", "-rf", "--", f"{workdir}/{STAGE_DIR}"], user=user)
+    except GatewayError as exc:
+        log.warning("could not remove %s/%s: %s", workdir, STAGE_DIR, exc.detail)
+
+
+def _report(stdout: bytes, stderr: str, workdir: str, expected: set[str]) -> dict[str, str]:
+    """The stager's answer, checked (it comes from the cluster): a path for each ``expected``
+    parameter, inside ``<workdir>/inputs/<parameter>``; or StagingFailed for its error."""
+    try:
+        report = json.loads(stdout)
+    except ValueError:
+        raise StagingFailed("the stager gave no answer: "
+                            + (stderr.strip().splitlines() or ["(no output)"])[-1][:300]) from None
+    error = report.get("error") if isinstance(report, dict) else None
+    if isinstance(error, dict):
+        raise StagingFailed(f"input {str(error.get('parameter'))[:64]}: "
+                            f"{str(error.get('cause'))[:64]}: {str(error.get('message'))[:300]}")
+    staged = report.get("inputs") if isinstance(report, dict) else None
+    if not isinstance(staged, dict) or set(staged) != expected or not all(
+            isinstance(path, str) and ".." not in path.split("/")
+            and (path + "/").startswith(f"{workdir}/inputs/{parameter}/")
+            for parameter, path in staged.items()):
+        raise StagingFailed("the stager's answer is malformed")
+    return staged

@@ -1,0 +1,133 @@
+"""Copy inputs from the dev cluster's storage server (127.0.0.1:2223, its own sshd and host key)
+into real jobs, on both transports: registering the server through the CLI (pinned host key,
+first contact confirmed by fingerprint), files and directories arriving checked, and each
+staging failure ending the job ``failed``/``staging`` before anything reaches Slurm."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+
+from .conftest import DEV_DIR, REPO, Api, Gateway, make_notebook, slurm_jobs_tagged
+from .test_notebook_runs import outputs_text
+
+STORAGE = json.loads((DEV_DIR / "storage.json").read_text())
+READ_INPUTS = (
+    "import hashlib, os\n"
+    "names = sorted(os.listdir(data_dir))\n"
+    "digest = hashlib.sha256(open(numbers, 'rb').read()).hexdigest()\n"
+    "print('files', names, 'numbers', digest, 'at', numbers.startswith(os.getcwd()))")
+
+
+@pytest.fixture
+def authorized() -> Iterator[list[str]]:
+    """Public keys to authorize on the storage server; the lines added are removed after."""
+    keys: list[str] = []
+    yield keys
+    path = Path(STORAGE["authorized_keys"])
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(line for line in lines if line.strip() not in keys))
+
+
+def register(gateway: Gateway, user: str, authorized: list[str] | None, *extra: str,
+             check: bool = True) -> tuple[str, subprocess.CompletedProcess[str]]:
+    """``hpcgw storage add`` a server named for this test as ``user``; its public key
+    authorized on the storage server unless ``authorized`` is None. (name, the CLI's result)"""
+    name = "store-" + secrets.token_hex(4)
+    added = gateway.cli(user, "storage", "add", name, "--host", STORAGE["host"], "--port",
+                        str(STORAGE["port"]), "--user", STORAGE["user"], *extra, check=check)
+    if authorized is not None and added.returncode == 0:
+        public = added.stdout.strip().splitlines()[-1]
+        subprocess.run([str(REPO / "scripts" / "dev-cluster"), "storage-authorize"],
+                       input=public + "\n", text=True, check=True, capture_output=True)
+        authorized.append(public)
+    return name, added
+
+
+async def run_with_inputs(api: Api, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+    status, job = await api.submit(make_notebook(READ_INPUTS, parameters="data_dir = ''\n"
+                                                 "numbers = ''"),
+                                   {"name": "staged", "inputs": inputs})
+    assert status == 201, job
+    return await api.wait_terminal(job["id"], 120)
+
+
+async def test_copied_file_and_directory_reach_the_notebook_checked(
+        gateway: Gateway, alice: Api, authorized: list[str]) -> None:
+    name, _ = register(gateway, "alice", authorized, "--host-key-file",
+                       STORAGE["host_key_file"])
+    job = await run_with_inputs(alice, [
+        {"parameter": "data_dir", "storage": name, "path": "/srv/storage/demo/set1"},
+        {"parameter": "numbers", "storage": name, "path": "/srv/storage/demo/numbers.csv",
+         "mode": "copy"}])
+    assert job["state"] == "succeeded", job
+    status, notebook = await alice.call("GET", f"/api/v1/jobs/{job['id']}/notebook")
+    assert status == 200
+    text = outputs_text(notebook)
+    assert "['alpha.txt', 'beta.json', 'gamma.csv']" in text
+    assert f"numbers {STORAGE['demo_files']['demo/numbers.csv']} at True" in text
+    _, events = await alice.call("GET", f"/api/v1/jobs/{job['id']}/events")
+    assert [e["to_state"] for e in events["events"]][:3] == ["accepted", "staging", "pending"]
+    workdir = Path(f"/home/alice/.hpcgw/jobs/{job['id']}")
+    leftovers = {p.name for p in workdir.iterdir()} & {".stage"}
+    assert leftovers == set()  # the keys left the cluster with the stager
+    assert not list((workdir / "inputs").glob(".partial-*"))
+
+
+async def test_first_contact_pins_the_offered_key_only_when_its_fingerprint_is_confirmed(
+        gateway: Gateway, authorized: list[str]) -> None:
+    offered = str(asyncssh.import_public_key(
+        Path(STORAGE["host_key_file"]).read_text()).get_fingerprint("sha256"))
+    _, refused = register(gateway, "alice", None, check=False)  # not a terminal: no prompt
+    assert refused.returncode == 1 and offered in refused.stderr
+    _, wrong = register(gateway, "alice", None, "--accept-host-key", "SHA256:" + "A" * 43,
+                        check=False)
+    assert wrong.returncode == 1 and "not pinned" in wrong.stderr
+    name, added = register(gateway, "alice", authorized, "--accept-host-key", offered)
+    assert offered in added.stderr
+    listed = json.loads(gateway.cli("alice", "storage", "list", "--json").stdout)
+    assert {s["name"]: s["host_key_fingerprint"] for s in listed}[name] == offered
+
+
+@pytest.mark.parametrize(("setup", "cause"), [
+    ("missing path", "not found"),
+    ("key not authorized", "authentication refused"),
+    ("other host key", "host key"),
+])
+async def test_a_staging_failure_ends_the_job_before_slurm_naming_input_and_cause(
+        gateway: Gateway, alice: Api, authorized: list[str], setup: str, cause: str,
+        tmp_path: Path) -> None:
+    host_key = STORAGE["host_key_file"]
+    if setup == "other host key":
+        other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+        host_key = str(tmp_path / "other.pub")
+        Path(host_key).write_text(other)
+    name, _ = register(gateway, "alice", None if setup == "key not authorized" else authorized,
+                       "--host-key-file", host_key)
+    path = "/srv/storage/demo/nothing-here" if setup == "missing path" \
+        else "/srv/storage/demo/numbers.csv"
+    job = await run_with_inputs(alice, [{"parameter": "numbers", "storage": name, "path": path}])
+    assert (job["state"], job["reason"]) == ("failed", "staging"), job
+    assert job["message"].startswith("input numbers: ") and cause in job["message"], job
+    assert job["slurm_job_id"] is None and slurm_jobs_tagged(job["id"]) == []
+    assert not Path(f"/home/alice/.hpcgw/jobs/{job['id']}/.stage").exists()
+
+
+async def test_another_users_storage_server_is_unknown(
+        gateway: Gateway, alice: Api, bob: Api, authorized: list[str]) -> None:
+    name, _ = register(gateway, "alice", authorized, "--host-key-file",
+                       STORAGE["host_key_file"])
+    status, problem = await bob.submit(make_notebook("print(1)"), {"inputs": [
+        {"parameter": "numbers", "storage": name, "path": "/srv/storage/demo/numbers.csv"}]})
+    assert status == 422
+    assert problem["errors"] == [{"field": "inputs.0.storage",
+                                  "message": f"no storage server {name!r} (hpcgw storage list)"}]
+    status, _ = await bob.call("GET", f"/api/v1/storage/{name}")
+    assert status == 404

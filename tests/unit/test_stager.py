@@ -1,0 +1,94 @@
+"""The stager's gateway side without a cluster: the plan it sends (keys as files, never in the
+plan), and the answer it reads back from the cluster, which is untrusted."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncssh
+import pytest
+
+from gateway.config import Config
+from gateway.errors import ValidationFailed
+from gateway.jobs.stager import StagingFailed, _report, stage_files
+from gateway.spec import parse_spec, resolve_spec
+from gateway.staging.credentials import StorageCredentials
+from gateway.store import Store
+from tests.factories import add_job, job_context
+
+WORKDIR = "/home/alice/.hpcgw/jobs/0011223344556677"
+HOST_KEY = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+
+
+async def test_the_plan_names_key_files_and_the_keys_travel_as_files(
+        config: Config, store: Store) -> None:
+    credentials = StorageCredentials(store.storage, "c" * 40, config.staging)
+    alice = store.add_user("alice", "alice")
+    await credentials.add(alice, "data", "127.0.0.1", 2223, "storage", HOST_KEY)
+    spec = resolve_spec(parse_spec({"name": "nb", "inputs": [
+        {"parameter": "a", "storage": "data", "path": "/srv/a"},
+        {"parameter": "b", "storage": "data", "path": "/srv/b.csv"}]}), config, "nb")
+    job = add_job(store, alice, "0011223344556677", spec=spec.model_dump_json())
+    ctx = job_context(config, store)
+    ctx.credentials = credentials
+    files = stage_files(ctx, job)
+    plan = json.loads(files["plan.json"])
+    assert [(i["parameter"], i["key"], i["path"]) for i in plan["inputs"]] == [
+        ("a", "key-0", "/srv/a"), ("b", "key-1", "/srv/b.csv")]
+    assert b"PRIVATE KEY" not in files["plan.json"]
+    assert files["key-0"].startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert files["known_hosts"].decode().splitlines() == [f"[127.0.0.1]:2223 {HOST_KEY}"] * 2
+    assert set(files) == {"plan.json", "known_hosts", "stage.py", "key-0", "key-1"}
+
+
+@pytest.mark.parametrize("answer", [
+    b"", b"not json", b"[]", b'{"inputs": "x"}',
+    b'{"inputs": {}}',  # a parameter missing
+    json.dumps({"inputs": {"a": "/etc/passwd"}}).encode(),  # outside the job
+    json.dumps({"inputs": {"a": f"{WORKDIR}/inputs/a/../../../x"}}).encode(),
+    json.dumps({"inputs": {"a": f"{WORKDIR}/inputs/ab"}}).encode(),  # another input's place
+    json.dumps({"inputs": {"a": f"{WORKDIR}/inputs/a", "b": "/x"}}).encode(),
+])
+def test_an_untrusted_answer_is_refused(answer: bytes) -> None:
+    with pytest.raises(StagingFailed):
+        _report(answer, "", WORKDIR, {"a"})
+
+
+def test_a_good_answer_and_an_error_answer() -> None:
+    good = {"a": f"{WORKDIR}/inputs/a", "b": f"{WORKDIR}/inputs/b/numbers.csv"}
+    assert _report(json.dumps({"inputs": good}).encode(), "", WORKDIR, {"a", "b"}) == good
+    error: dict[str, Any] = {"error": {"parameter": "b", "cause": "not found",
+                                       "message": "/srv/b: no such file or directory"}}
+    with pytest.raises(StagingFailed, match=r"^input b: not found: /srv/b: no such"):
+        _report(json.dumps(error).encode(), "", WORKDIR, {"a", "b"})
+    with pytest.raises(StagingFailed, match="no answer: Traceback line"):
+        _report(b"", "Traceback\nTraceback line", WORKDIR, {"a"})
+
+
+@pytest.mark.parametrize(("inputs", "fields"), [
+    ([{"parameter": "x", "storage": "s", "path": "relative"}], {"inputs.0.path"}),
+    ([{"parameter": "x", "storage": "s", "path": "/a/../etc"}], {"inputs.0.path"}),
+    ([{"parameter": "x", "storage": "s", "path": "/a/*"}], {"inputs.0.path"}),
+    ([{"parameter": "not valid", "storage": "s", "path": "/a"}], {"inputs.0.parameter"}),
+    ([{"parameter": "x", "storage": "s", "path": "/a", "mode": "ftp"}], {"inputs.0.mode"}),
+    ([{"parameter": "x", "storage": "s", "path": "/a", "user": "root"}], {"inputs.0.user"}),
+])
+def test_bad_inputs_are_refused_by_shape(inputs: list[dict[str, Any]], fields: set[str]) -> None:
+    with pytest.raises(ValidationFailed) as info:
+        parse_spec({"inputs": inputs})
+    assert {error["field"] for error in info.value.errors} == fields
+
+
+def test_a_parameter_bound_twice_or_also_given_is_refused(config: Config) -> None:
+    given = {"parameters": {"y": 1}, "inputs": [
+        {"parameter": "x", "storage": "s", "path": "/a"},
+        {"parameter": "x", "storage": "s", "path": "/b"},
+        {"parameter": "y", "storage": "s", "path": "/c"},
+        {"parameter": "z", "storage": "s", "path": "/d", "mode": "mount"}]}
+    with pytest.raises(ValidationFailed) as info:
+        resolve_spec(parse_spec(given), config, "nb")
+    assert [(e["field"], e["message"]) for e in info.value.errors] == [
+        ("inputs.1.parameter", "bound by another input too"),
+        ("inputs.2.parameter", "also given a value in parameters"),
+        ("inputs.3.mode", "mount inputs are not enabled yet; use copy")]
