@@ -52,6 +52,29 @@ class InputSpec(BaseModel):
         return value
 
 
+class OutputSpec(BaseModel):
+    """A file or directory the notebook writes (relative to its work directory), brought back
+    to the gateway when the job ends (to a storage server: ``storage`` and ``dest``, later)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str
+    storage: str | None = Field(None, max_length=64)
+    dest: str | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _relative_path(cls, value: str) -> str:
+        value = value.rstrip("/")
+        parts = value.split("/")
+        if (not value or value.startswith("/") or ".." in parts or "." in parts or "" in parts
+                or len(value) > 1024 or any(unicodedata.category(c).startswith("C")
+                                            for c in value)):
+            raise ValueError("a path relative to the job's work directory, without '.', '..', "
+                             "empty components or control characters")
+        return value
+
+
 class JobSpec(BaseModel):
     """A job as a client asks for it (design.md §3, "A job spec")."""
 
@@ -74,7 +97,7 @@ class JobSpec(BaseModel):
     kernel: str = "python3"
     parameters: dict[str, Any] = Field(default_factory=dict)
     inputs: list[InputSpec] = Field(default_factory=list, max_length=32)
-    outputs: list[dict[str, str]] = Field(default_factory=list)
+    outputs: list[OutputSpec] = Field(default_factory=list, max_length=32)
 
     @field_validator("name")
     @classmethod
@@ -115,6 +138,7 @@ class ResolvedSpec(BaseModel):
     kernel: str
     parameters: dict[str, Any]
     inputs: tuple[InputSpec, ...] = ()
+    outputs: tuple[OutputSpec, ...] = ()
 
     @property
     def time(self) -> str:
@@ -167,8 +191,7 @@ def resolve_spec(spec: JobSpec, config: Config, default_name: str) -> ResolvedSp
         errors.append(FieldError("image", "container images are not enabled on this cluster"))
     _allowed(errors, "kernel", spec.kernel, cluster.kernels)
     _check_inputs(errors, spec)
-    if spec.outputs:
-        errors.append(FieldError("outputs", "outputs are not staged by this gateway yet"))
+    _check_outputs(errors, spec)
     if spec.kind == "lab" and spec.parameters:
         errors.append(FieldError("parameters", "parameters are for notebook runs, not labs"))
     time_s = memory_mb = None
@@ -192,8 +215,22 @@ def resolve_spec(spec: JobSpec, config: Config, default_name: str) -> ResolvedSp
         constraint=spec.constraint, reservation=spec.reservation, gpus=spec.gpus,
         gpu_type=spec.gpu_type, cpus=spec.cpus, memory_mb=memory_mb, time_s=time_s,
         image=spec.image, kernel=spec.kernel, parameters=spec.parameters,
-        inputs=tuple(spec.inputs),
+        inputs=tuple(spec.inputs), outputs=tuple(spec.outputs),
     )
+
+
+def _check_outputs(errors: list[FieldError], spec: JobSpec) -> None:
+    """Each output once; back to the gateway only, for now; notebook runs only."""
+    seen: set[str] = set()
+    for number, given in enumerate(spec.outputs):
+        if given.path in seen:
+            errors.append(FieldError(f"outputs.{number}.path", "listed twice"))
+        seen.add(given.path)
+        if given.storage is not None or given.dest is not None:
+            errors.append(FieldError(f"outputs.{number}.storage",
+                                     "outputs to storage servers are not enabled yet"))
+    if spec.outputs and spec.kind == "lab":
+        errors.append(FieldError("outputs", "outputs are for notebook runs"))
 
 
 def _check_inputs(errors: list[FieldError], spec: JobSpec) -> None:

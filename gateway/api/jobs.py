@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -224,6 +225,22 @@ async def executed_notebook(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={
         "Content-Type": "application/x-ipynb+json",
         "Content-Disposition": f'attachment; filename="{job_id}.ipynb"',
+    })
+
+
+@routes.get(JOB + "/files")
+async def output_files(request: web.Request) -> web.Response:
+    files = request.app[SERVICE].output_files(current_user(request), request.match_info["job_id"])
+    return web.json_response({"files": files})
+
+
+@routes.get(JOB + "/files/{path:.+}")
+async def output_file(request: web.Request) -> web.StreamResponse:
+    path = request.app[SERVICE].output_file(
+        current_user(request), request.match_info["job_id"], request.match_info["path"])
+    return web.FileResponse(path, headers={
+        "Content-Type": "application/octet-stream",
+        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(path.name)}",
     })
 
 

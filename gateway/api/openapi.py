@@ -42,6 +42,8 @@ def _job_schema() -> dict[str, Any]:
                 "parameter": {"type": "string"}, "storage": {"type": "string"},
                 "path": {"type": "string"}, "mode": {"enum": ["copy", "mount"]},
                 "writable": {"type": "boolean"}}}},
+            "outputs": {"type": "array", "items": {"type": "object", "properties": {
+                "path": {"type": "string"}}}},
             "scheduler_reachable": {"type": "boolean"},
             "notebook_available": {"type": "boolean"},
             "artifacts_removed_at": {"type": ["string", "null"], "format": "date-time"},
@@ -50,6 +52,9 @@ def _job_schema() -> dict[str, Any]:
             "ended_at": {"type": ["string", "null"], "format": "date-time"},
         },
     }
+
+
+_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
 def _paths() -> dict[str, Any]:
@@ -102,6 +107,27 @@ def _paths() -> dict[str, Any]:
             "parameters": [_ID], "summary": "The job's output log",
             "responses": {"200": {"description": "log", "content": {"text/plain": {}}},
                           "410": _PROBLEM, **errors}}},
+        "/api/v1/jobs/{job_id}/files": {"get": {
+            "parameters": [_ID], "summary": "The job's collected output files (path, size)",
+            "responses": {"200": {"description": "files"}, "410": _PROBLEM, **errors}}},
+        "/api/v1/jobs/{job_id}/files/{path}": {"get": {
+            "parameters": [_ID, {"name": "path", "in": "path", "required": True,
+                                 "schema": {"type": "string"}}],
+            "summary": "One collected output file",
+            "responses": {"200": {"description": "file", "content": {
+                "application/octet-stream": {}}}, "410": _PROBLEM, **errors}}},
+        "/api/v1/storage": {
+            "get": {"summary": "Your storage servers",
+                    "responses": {"200": {"description": "storage servers"}, "401": _PROBLEM}},
+            "post": {"summary": "Register a storage server (409: confirm its host key)",
+                     "responses": {"201": {"description": "registered; public_key to authorize"},
+                                   "401": _PROBLEM, "409": _PROBLEM, "413": _PROBLEM,
+                                   "422": _PROBLEM, "503": _PROBLEM}}},
+        "/api/v1/storage/{name}": {
+            "get": {"parameters": [_NAME], "summary": "One storage server",
+                    "responses": {"200": {"description": "storage server"}, **errors}},
+            "delete": {"parameters": [_NAME], "summary": "Forget a storage server",
+                       "responses": {"204": {"description": "forgotten"}, **errors}}},
         "/api/v1/jobs/{job_id}/events": {"get": {
             "parameters": [_ID], "summary": "The job's state history",
             "responses": {"200": {"description": "events"}, **errors}}},

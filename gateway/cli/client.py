@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -213,7 +214,27 @@ async def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+async def fetch_outputs(client: Client, job_id: str, directory: Path) -> int:
+    """Download every collected output file of ``job_id`` under ``directory``; how many.
+    A path that would land outside ``directory`` is refused (the answer is not trusted)."""
+    files = (await client.json("GET", f"/api/v1/jobs/{job_id}/files"))["files"]
+    root = directory.resolve()
+    for entry in files:
+        target = (root / entry["path"]).resolve()
+        if not target.is_relative_to(root) or target == root:
+            raise ClientError(f"refusing output path {entry['path']!r}")
+        _, body, _ = await client.request(
+            "GET", f"/api/v1/jobs/{job_id}/files/{quote(entry['path'])}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(body)
+    print(f"wrote {len(files)} output file(s) under {directory}", file=sys.stderr)
+    return len(files)
+
+
 async def cmd_fetch(args: argparse.Namespace) -> int:
+    if args.outputs is not None:
+        await fetch_outputs(Client(), args.job_id, Path(args.outputs))
+        return 0
     _, body, _ = await Client().request("GET", f"/api/v1/jobs/{args.job_id}/notebook")
     if args.output == "-":
         sys.stdout.buffer.write(body)

@@ -79,8 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text)
         command.add_argument("job_id")
         command.set_defaults(run=func)
-    fetch = sub.add_parser("fetch", help="download the executed notebook")
+    fetch = sub.add_parser("fetch", help="download the executed notebook (or the outputs)")
     fetch.add_argument("job_id")
+    fetch.add_argument("--outputs", metavar="DIR",
+                       help="download the job's collected output files under DIR instead")
     fetch.add_argument("-o", "--output", help="file to write ('-' for stdout; default ID.ipynb)")
     fetch.set_defaults(run=client.cmd_fetch)
     sub.add_parser("queue", help="list your jobs").set_defaults(run=client.cmd_queue)

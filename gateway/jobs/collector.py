@@ -32,6 +32,7 @@ from ..timestamps import parse_timestamp
 from ..transport import RemoteFileMissing, RemoteFileRefused, RemoteFileTooLarge, Transport
 from .context import JobContext
 from .outcome import decide
+from .outputs import collect_outputs
 
 log = logging.getLogger(__name__)
 FIRST_BACKOFF = 1.0
@@ -47,6 +48,8 @@ class Artifacts:
     record: dict[str, Any] | None
     log_tail: str
     has_notebook: bool
+    # Listed outputs that did not come back, each "<path> (<why>)".
+    missing_outputs: tuple[str, ...] = ()
 
 
 NO_ARTIFACTS = Artifacts(record=None, log_tail="", has_notebook=False)
@@ -79,7 +82,16 @@ async def collect(ctx: JobContext, job_id: str) -> None:
         stop_reason=job["stop_reason"],
     )
     ctx.store.transition(job_id, outcome.state, reason=outcome.reason,
-                             message=outcome.message, has_notebook=int(artifacts.has_notebook))
+                         message=_with_missing(outcome.message, artifacts.missing_outputs),
+                         has_notebook=int(artifacts.has_notebook))
+
+
+def _with_missing(message: str | None, missing: tuple[str, ...]) -> str | None:
+    """The outcome's message, saying which outputs did not come back (if any did not)."""
+    if not missing:
+        return message
+    note = "outputs missing: " + ", ".join(missing)
+    return f"{message}; {note}" if message else note
 
 
 class CollectDeadlinePassed(GatewayError):
@@ -153,6 +165,9 @@ async def _fetch_artifacts(
     (local / "job.log").write_bytes(log_bytes)
     has_notebook = await _fetch_notebook(transport, f"{workdir}/output.ipynb", user, local,
                                          gateway.max_result_bytes)
+    listed = [output["path"] for output in json.loads(job["spec"]).get("outputs", [])]
+    missing = await collect_outputs(transport, workdir, user, listed, local,
+                                    gateway.max_output_bytes) if listed else []
     try:
         record = json.loads(record_bytes) if record_bytes else None
     except ValueError:
@@ -161,6 +176,7 @@ async def _fetch_artifacts(
         record=record if isinstance(record, dict) else None,
         log_tail=log_bytes[-4096:].decode(errors="replace"),
         has_notebook=has_notebook,
+        missing_outputs=tuple(missing),
     )
 
 

@@ -26,7 +26,7 @@ import jinja2
 import nbformat
 
 from ..config import Config
-from ..errors import Conflict, FieldError, Gone, ValidationFailed
+from ..errors import Conflict, FieldError, Gone, NotFound, ValidationFailed
 from ..spec import ResolvedSpec, parse_spec, resolve_spec
 from ..staging.credentials import StorageCredentials
 from ..staging.sidefiles import SIDE_DIR, side_file_errors
@@ -42,6 +42,7 @@ from .context import JobContext
 from .lab_watcher import LabWatcher
 from .labs import LabProbe, LabRoute, open_lab
 from .limits import check_limits
+from .outputs import list_outputs, output_file
 from .poller import poll_forever
 from .retention import prune_daily
 from .stager import stage_job
@@ -273,6 +274,21 @@ class JobService:
         path = self.ctx.job_dir(job_id) / "output.ipynb"
         return path if job["has_notebook"] and path.exists() else None
 
+    def output_files(self, user: User, job_id: str) -> list[dict[str, Any]]:
+        """The job's collected output files (path, size); empty before it ended or without
+        outputs. :class:`Gone` once retention removed them."""
+        _with_artifacts(self._store.get_job(job_id, user.id))
+        return list_outputs(self.ctx.job_dir(job_id))
+
+    def output_file(self, user: User, job_id: str, path: str) -> Path:
+        """One collected output file; NotFound for a path that is not one (no link is
+        followed, nothing outside the job's outputs), :class:`Gone` after retention."""
+        _with_artifacts(self._store.get_job(job_id, user.id))
+        found = output_file(self.ctx.job_dir(job_id), path)
+        if found is None:
+            raise NotFound(f"no output file {path[:200]!r}", job_id=job_id)
+        return found
+
     async def job_log(self, user: User, job_id: str) -> bytes:
         """The job's output log: collected once it ended, read live from the cluster before.
 
@@ -319,6 +335,7 @@ def job_view(job: dict[str, Any]) -> dict[str, Any]:
                                     "cpus", "gpus", "gpu_type", "image", "kernel", "parameters")}
     )
     view["inputs"] = spec.get("inputs", [])
+    view["outputs"] = spec.get("outputs", [])
     view["memory"] = f"{spec['memory_mb']}M" if spec["memory_mb"] else None
     view["time"] = format_slurm_time(spec["time_s"])
     view["scheduler_reachable"] = bool(job["scheduler_reachable"])

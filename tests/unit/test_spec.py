@@ -159,7 +159,7 @@ def test_a_full_valid_spec_resolves(config: Config) -> None:
     ({"cpus": 9}, "cpus"),
     ({"kind": "lab", "parameters": {"a": 1}}, "parameters"),  # parameters are for notebooks
     ({"kind": "lab", "inputs": [{"parameter": "x", "storage": "s", "path": "/d"}]}, "inputs"),
-    ({"outputs": [{"path": "results/"}]}, "outputs"),  # not staged yet
+    ({"kind": "lab", "outputs": [{"path": "results/"}]}, "outputs"),  # notebook runs only
 ])
 def test_out_of_policy_values_name_their_field(
     raw: dict[str, Any], field: str, config: Config
