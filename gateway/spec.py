@@ -234,8 +234,8 @@ def _check_outputs(errors: list[FieldError], spec: JobSpec) -> None:
 
 
 def _check_inputs(errors: list[FieldError], spec: JobSpec) -> None:
-    """Each input's parameter bound once, and not also given a value in ``parameters``; only
-    copy inputs, and only for notebook runs, for now."""
+    """Each input's parameter bound once, and not also given a value in ``parameters``;
+    ``writable`` only for a mount; notebook runs only, for now."""
     bound: set[str] = set()
     for number, given in enumerate(spec.inputs):
         field = f"inputs.{number}"
@@ -244,8 +244,8 @@ def _check_inputs(errors: list[FieldError], spec: JobSpec) -> None:
         elif given.parameter in spec.parameters:
             errors.append(FieldError(f"{field}.parameter", "also given a value in parameters"))
         bound.add(given.parameter)
-        if given.mode != "copy":
-            errors.append(FieldError(f"{field}.mode", "mount inputs are not enabled yet; use copy"))
+        if given.writable and given.mode != "mount":
+            errors.append(FieldError(f"{field}.writable", "only a mount can be writable"))
     if spec.inputs and spec.kind == "lab":
         errors.append(FieldError("inputs", "inputs are for notebook runs (labs: not yet)"))
 

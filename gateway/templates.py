@@ -14,6 +14,8 @@ cannot get it wrong silently:
   new line of the script. A :class:`ShellVariable` word (made in a template with
   ``shell_var(NAME, prefix)``) is its quoted prefix followed by ``"$NAME"``, and only names in
   :data:`SHELL_VARIABLES` can be one: the job's own variables, never text from a request.
+- ``words`` quotes a host command's argv (a list of text) word by word, as ``in_runtime`` does
+  without a runtime (the SSHFS mounts: they are made on the node, outside any container).
 - ``in_runtime`` hands a command's argv to the job's container runtime (the ``runtime`` in the
   render context, a :class:`gateway.runtimes.base.ContainerRuntime`) and renders the argv it
   returns as one command line, every word through ``q``.
@@ -154,6 +156,14 @@ def in_runtime(context: jinja2.runtime.Context, argv: Sequence[Word]) -> str:
     return shell_words(words)
 
 
+def host_words(argv: Sequence[str]) -> str:
+    """The ``words`` filter: a command run on the host itself (not in the job's container),
+    a list of text words, quoted word by word."""
+    if isinstance(argv, str) or not all(isinstance(word, str) for word in argv):
+        raise TemplateValueError("words takes a list of text words")
+    return shell_words(argv)
+
+
 def _printable(value: Any) -> Any:
     """Jinja's ``finalize``: what ``{{ ... }}`` may print as it is (text and numbers)."""
     if isinstance(value, str | int | float):
@@ -184,6 +194,7 @@ def make_environment(template_dir: Path | None = None) -> jinja2.Environment:
     )
     environment.filters["q"] = shell_quote
     environment.filters["in_runtime"] = in_runtime
+    environment.filters["words"] = host_words
     environment.globals["shell_var"] = ShellVariable
     return environment
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from connectors.mount import MOUNT_DIR
+
 from ..config import ClusterConfig
 from ..errors import ClusterUnavailable, CommandTimeout, GatewayError
 from ..scheduler import SchedulerState
@@ -165,6 +167,10 @@ async def _fetch_artifacts(
     (local / "job.log").write_bytes(log_bytes)
     has_notebook = await _fetch_notebook(transport, f"{workdir}/output.ipynb", user, local,
                                          gateway.max_result_bytes)
+    if json.loads(job.get("staged_inputs") or "{}").get("mounts"):
+        # The script removes its mount keys; a job killed outright (SIGKILL) could not.
+        await transport.run(["rm", "-rf", "--", f"{workdir}/{MOUNT_DIR}"], user=user,
+                            check=False)
     listed = [output["path"] for output in json.loads(job["spec"]).get("outputs", [])]
     missing = await collect_outputs(transport, workdir, user, listed, local,
                                     gateway.max_output_bytes) if listed else []

@@ -86,6 +86,9 @@ def decide(
     if _OOM_IN_LOG.search(log_tail):
         return Outcome(State.FAILED, Reason.OUT_OF_MEMORY,
                        "the job was killed for exceeding its memory")
+    if status == "staging_error":  # the script could not mount an input (notebook.sh.j2)
+        return Outcome(State.FAILED, Reason.STAGING,
+                       f"{record.get('ename', 'Error')}: {record.get('evalue', '')}".strip())
     if status == "error":
         return Outcome(State.FAILED, Reason.JOB_ERROR,
                        f"{record.get('ename', 'Error')}: {record.get('evalue', '')}".strip())

@@ -7,10 +7,14 @@ script (:func:`render_script`) carries no scheduler option; those are :func:`sub
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
 import jinja2
+
+from connectors.base import StorageTarget
+from connectors.mount import MountConnector
 
 from ..config import ClusterConfig
 from ..runtimes import ContainerRuntime
@@ -52,7 +56,24 @@ def render_script(
         spec=spec,
         lab_bind=cluster.lab_bind,
         runtime=runtime,
+        mounts=mount_commands(job, spec),
     )
+
+
+def mount_commands(job: Mapping[str, Any], spec: ResolvedSpec) -> list[dict[str, Any]]:
+    """The job's SSHFS mounts (``staged_inputs``, from the stager): for each, its mount point
+    and the sshfs argv, run on the host (a container gets the mount bound in)."""
+    staged = json.loads(job.get("staged_inputs") or "{}")
+    connector = MountConnector()
+    commands = []
+    for mount in staged.get("mounts", []):
+        binding = spec.inputs[mount["input"]]
+        target = StorageTarget(mount["host"], mount["port"], mount["user"],
+                               f"key-{mount['input']}")
+        commands.append({"point": f"{job['workdir']}/inputs/{binding.parameter}",
+                         "argv": connector.sshfs_argv(binding, target, mount["remote"],
+                                                      job["workdir"])})
+    return commands
 
 
 def submit_options(job: Mapping[str, Any], cluster: ClusterConfig) -> SubmitOptions:

@@ -1,4 +1,5 @@
-"""Stage-in: a job's ``copy`` inputs, from storage servers into its work directory, before sbatch.
+"""Stage-in: a job's inputs, copied from storage servers into its work directory (``copy``), or
+probed to be mounted by the job (``mount``), before sbatch.
 
 Where the transfer runs: on the cluster's login side, through the cluster's transport, as the
 job's own user (gateway/jobside/stage.py, with scp). The data goes from the storage server to
@@ -22,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import posixpath
 import time
 from importlib import resources
 from typing import Any
@@ -50,14 +52,22 @@ class StagingFailed(GatewayError):
     title = "Staging failed"
 
 
-def copy_inputs(spec: ResolvedSpec) -> list[InputSpec]:
-    return [binding for binding in spec.inputs if binding.mode == "copy"]
-
-
 def needs_staging(job: dict[str, Any]) -> bool:
-    """Whether ``job`` has copy inputs not staged yet."""
+    """Whether ``job`` has inputs not staged (copied, or probed for a mount) yet."""
     spec = ResolvedSpec.model_validate_json(job["spec"])
-    return bool(copy_inputs(spec)) and job["staged_inputs"] is None
+    return bool(spec.inputs) and job["staged_inputs"] is None
+
+
+def staged_parameters(job: dict[str, Any]) -> dict[str, str]:
+    """The local path of each staged input, by parameter (empty before staging)."""
+    staged: dict[str, str] = json.loads(job["staged_inputs"] or "{}").get("parameters", {})
+    return staged
+
+
+def staged_mounts(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """The mounts the job's script makes: parameter, remote directory, input number."""
+    mounts: list[dict[str, Any]] = json.loads(job["staged_inputs"] or "{}").get("mounts", [])
+    return mounts
 
 
 async def stage_job(ctx: JobContext, job_id: str) -> None:
@@ -101,7 +111,7 @@ def stage_files(ctx: JobContext, job: dict[str, Any]) -> dict[str, bytes]:
     assert ctx.credentials is not None
     files: dict[str, bytes] = {}
     plan, known_hosts = [], []
-    for number, binding in enumerate(copy_inputs(spec)):
+    for number, binding in enumerate(spec.inputs):
         transfer = ctx.credentials.for_transfer(job["user_id"], binding.storage)
         files[f"key-{number}"] = transfer.private_key
         known_hosts.append(f"[{transfer.host}]:{transfer.port} {transfer.host_key}")
@@ -114,9 +124,10 @@ def stage_files(ctx: JobContext, job: dict[str, Any]) -> dict[str, bytes]:
     return files
 
 
-async def _stage(ctx: JobContext, link: ClusterLink, job: dict[str, Any]) -> dict[str, str]:
-    """Run the stager on the cluster; ``{parameter: local path}``. StagingFailed naming the
-    input and the cause when an input could not be staged."""
+async def _stage(ctx: JobContext, link: ClusterLink, job: dict[str, Any]) -> dict[str, Any]:
+    """Run the stager on the cluster; what ``staged_inputs`` records: ``{"parameters":
+    {parameter: local path}, "mounts": [{"parameter", "remote", "input"}]}``. StagingFailed
+    naming the input and the cause when an input could not be staged."""
     transport, user, workdir = link.transport, job["unix_user"], job["workdir"]
     files = stage_files(ctx, job)
     await transport.run(mkdir_argv(workdir), user=user)  # 0700 before its .stage child
@@ -127,9 +138,14 @@ async def _stage(ctx: JobContext, link: ClusterLink, job: dict[str, Any]) -> dic
             user=user, timeout=ctx.config.staging.copy_timeout, check=False)
     finally:
         await _remove_stage_dir(transport, workdir, user)
-    expected = {binding.parameter for binding in
-                copy_inputs(ResolvedSpec.model_validate_json(job["spec"]))}
-    return _report(result.stdout[:REPORT_LIMIT], result.stderr, workdir, expected)
+    spec = ResolvedSpec.model_validate_json(job["spec"])
+    staged = _report(result.stdout[:REPORT_LIMIT], result.stderr, workdir, spec.inputs)
+    assert ctx.credentials is not None
+    for mount in staged["mounts"]:  # where the job's script connects (no secret)
+        transfer = ctx.credentials.for_transfer(job["user_id"],
+                                                spec.inputs[mount["input"]].storage)
+        mount.update(host=transfer.host, port=transfer.port, user=transfer.user)
+    return staged
 
 
 async def _remove_stage_dir(transport: Transport, workdir: str, user: str) -> None:
@@ -141,22 +157,48 @@ async def _remove_stage_dir(transport: Transport, workdir: str, user: str) -> No
         log.warning("could not remove %s/%s: %s", workdir, STAGE_DIR, exc.detail)
 
 
-def _report(stdout: bytes, stderr: str, workdir: str, expected: set[str]) -> dict[str, str]:
-    """The stager's answer, checked (it comes from the cluster): a path for each ``expected``
-    parameter, inside ``<workdir>/inputs/<parameter>``; or StagingFailed for its error."""
+def _report(stdout: bytes, stderr: str, workdir: str,
+            inputs: tuple[InputSpec, ...]) -> dict[str, Any]:
+    """The stager's answer, checked (it comes from the cluster): for each input a local path
+    inside ``<workdir>/inputs/<parameter>``, and for each mount input the directory to mount
+    (its path, or a file's parent directory); or StagingFailed for its error."""
     try:
         report = json.loads(stdout)
     except ValueError:
         raise StagingFailed("the stager gave no answer: "
                             + (stderr.strip().splitlines() or ["(no output)"])[-1][:300]) from None
-    error = report.get("error") if isinstance(report, dict) else None
+    if not isinstance(report, dict):
+        raise StagingFailed("the stager's answer is malformed")
+    error = report.get("error")
     if isinstance(error, dict):
         raise StagingFailed(f"input {str(error.get('parameter'))[:64]}: "
                             f"{str(error.get('cause'))[:64]}: {str(error.get('message'))[:300]}")
-    staged = report.get("inputs") if isinstance(report, dict) else None
-    if not isinstance(staged, dict) or set(staged) != expected or not all(
-            isinstance(path, str) and ".." not in path.split("/")
-            and (path + "/").startswith(f"{workdir}/inputs/{parameter}/")
-            for parameter, path in staged.items()):
+    paths, remotes = report.get("inputs"), report.get("mounts", {})
+    if not isinstance(paths, dict) or not isinstance(remotes, dict) \
+            or set(paths) != {binding.parameter for binding in inputs} \
+            or set(remotes) != {b.parameter for b in inputs if b.mode == "mount"}:
         raise StagingFailed("the stager's answer is malformed")
-    return staged
+    mounts = []
+    for number, binding in enumerate(inputs):
+        if not _expected_path(paths[binding.parameter], workdir, binding,
+                              remotes.get(binding.parameter)):
+            raise StagingFailed("the stager's answer is malformed")
+        if binding.mode == "mount":
+            mounts.append({"parameter": binding.parameter, "input": number,
+                           "remote": remotes[binding.parameter]})
+    return {"parameters": paths, "mounts": mounts}
+
+
+def _expected_path(path: Any, workdir: str, binding: InputSpec, remote: Any) -> bool:
+    """Whether the stager's ``path`` (and ``remote``, for a mount) are where this input goes."""
+    point = f"{workdir}/inputs/{binding.parameter}"
+    if not isinstance(path, str) or ".." in path.split("/") or \
+            not (path + "/").startswith(point + "/"):
+        return False
+    if binding.mode != "mount":
+        return True
+    source = binding.path.rstrip("/") or "/"
+    as_dir = remote == source and path == point
+    as_file = (remote == posixpath.dirname(source)
+               and path == f"{point}/{posixpath.basename(source)}")
+    return isinstance(remote, str) and (as_dir or as_file)

@@ -18,6 +18,8 @@ import time
 from importlib import resources
 from typing import Any
 
+from connectors.mount import MOUNT_DIR
+
 from ..errors import ClusterUnavailable, GatewayError
 from ..spec import ResolvedSpec
 from ..staging.sidefiles import SIDE_DIR
@@ -28,7 +30,7 @@ from ..transport import RemoteFileMissing, RemoteFileRefused
 from .clusters import ClusterLink
 from .context import JobContext
 from .scripts import render_script, submit_options
-from .stager import needs_staging
+from .stager import needs_staging, staged_mounts, staged_parameters
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 30.0
@@ -182,10 +184,30 @@ async def stage_inputs(
     ctx: JobContext, link: ClusterLink, job: dict[str, Any], script: str
 ) -> None:
     """Create the job's private directory on the cluster and put its inputs (and, for the
-    record, the batch ``script`` as submitted) there."""
+    record, the batch ``script`` as submitted) there; the keys of its mounts go into its
+    private ``.mounts`` directory (the script removes it when the job ends)."""
     transport, user, workdir = link.transport, job["unix_user"], job["workdir"]
     await transport.put_files(workdir, {**job_files(ctx, job), "job.sh": script.encode()},
                               user=user)
+    keys = mount_keys(ctx, job)
+    if keys:
+        await transport.put_files(f"{workdir}/{MOUNT_DIR}", keys, user=user)
+
+
+def mount_keys(ctx: JobContext, job: dict[str, Any]) -> dict[str, bytes]:
+    """``key-<input number>`` and ``known_hosts`` for the job's mounts (none: empty)."""
+    mounts = staged_mounts(job)
+    if not mounts:
+        return {}
+    assert ctx.credentials is not None
+    spec = ResolvedSpec.model_validate_json(job["spec"])
+    files, known_hosts = {}, []
+    for mount in mounts:
+        transfer = ctx.credentials.for_transfer(job["user_id"],
+                                                spec.inputs[mount["input"]].storage)
+        files[f"key-{mount['input']}"] = transfer.private_key
+        known_hosts.append(f"[{transfer.host}]:{transfer.port} {transfer.host_key}")
+    return {**files, "known_hosts": ("\n".join(known_hosts) + "\n").encode()}
 
 
 def job_files(ctx: JobContext, job: dict[str, Any]) -> dict[str, bytes]:
@@ -204,6 +226,6 @@ def job_files(ctx: JobContext, job: dict[str, Any]) -> dict[str, bytes]:
         **{path.name: path.read_bytes() for path in side},
         "input.ipynb": (local / "input.ipynb").read_bytes(),
         "parameters.json": json.dumps(
-            {**spec.parameters, **json.loads(job["staged_inputs"] or "{}")}).encode(),
+            {**spec.parameters, **staged_parameters(job)}).encode(),
         "runner.py": jobside.joinpath("runner.py").read_bytes(),
     }

@@ -12,9 +12,13 @@ own user; it depends on nothing of the gateway's. For each input of ``plan.json`
 3. checks every file's size and SHA-256 against what the server said, then renames it to
    ``inputs/<parameter>`` (a directory's contents), or ``inputs/<parameter>/<name>`` (a file).
 
-It prints one JSON object: ``{"inputs": {parameter: local path}}``, or ``{"error":
-{"parameter": ..., "cause": ..., "message": ...}}`` for the first input that failed (exit 1).
-Running it again repeats every copy from the start (a gateway restart mid-staging).
+A ``mount`` input is only probed (1.): it is mounted on the node by the job itself (SSHFS), at
+``inputs/<parameter>``: its directory, or a file's parent directory.
+
+It prints one JSON object: ``{"inputs": {parameter: local path}, "mounts": {parameter: the
+directory to mount}}``, or ``{"error": {"parameter": ..., "cause": ..., "message": ...}}`` for
+the first input that failed (exit 1). Running it again repeats every copy from the start (a
+gateway restart mid-staging).
 """
 
 from __future__ import annotations
@@ -155,6 +159,16 @@ def verify(kind: str, listing: dict[str, tuple[str, int]], partial: str) -> None
                              "copy (size or SHA-256)")
 
 
+def plan_mount(item: dict[str, Any], workdir: str, stage_dir: str) -> tuple[str, str]:
+    """Probe one mount input: (the local path its parameter gets, the directory to mount)."""
+    kind, _ = probe(item, stage_dir)
+    point = os.path.join(workdir, "inputs", item["parameter"])
+    if kind == "dir":
+        return point, item["path"]
+    name = os.path.basename(item["path"].rstrip("/"))
+    return os.path.join(point, name), os.path.dirname(item["path"].rstrip("/")) or "/"
+
+
 def stage_one(item: dict[str, Any], workdir: str, stage_dir: str, max_bytes: int) -> str:
     """Copy one input into the job's ``inputs/``; the local path its parameter gets."""
     kind, listing = probe(item, stage_dir)
@@ -188,8 +202,13 @@ def main() -> int:
     with open(os.path.join(stage_dir, "plan.json")) as handle:
         plan = json.load(handle)
     staged: dict[str, str] = {}
+    mounts: dict[str, str] = {}
     for item in plan["inputs"]:
         try:
+            if item.get("mode") == "mount":
+                staged[item["parameter"]], mounts[item["parameter"]] = plan_mount(
+                    item, args.workdir, stage_dir)
+                continue
             staged[item["parameter"]] = stage_one(item, args.workdir, stage_dir,
                                                   plan["max_bytes"])
         except StageError as exc:
@@ -201,7 +220,7 @@ def main() -> int:
             print(json.dumps({"error": {"parameter": item["parameter"], "cause": cause,
                                         "message": str(exc)[:300]}}))
             return 1
-    print(json.dumps({"inputs": staged}))
+    print(json.dumps({"inputs": staged, "mounts": mounts}))
     return 0
 
 

@@ -131,3 +131,64 @@ async def test_another_users_storage_server_is_unknown(
                                   "message": f"no storage server {name!r} (hpcgw storage list)"}]
     status, _ = await bob.call("GET", f"/api/v1/storage/{name}")
     assert status == 404
+
+
+def mounted_under(workdir: str) -> list[str]:
+    """The mount points in /proc/mounts under ``workdir`` (this machine is the job's node)."""
+    return [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
+            if line.split()[1].startswith(workdir + "/")]
+
+
+MOUNT_READER = (
+    "import hashlib, os, time\n"
+    "digest = hashlib.sha256(open(numbers, 'rb').read()).hexdigest()\n"
+    "try:\n"
+    "    open(os.path.join(data_dir, 'new.txt'), 'w').write('x')\n"
+    "    wrote = 'wrote'\n"
+    "except OSError as exc:\n"
+    "    wrote = 'refused %s' % exc.errno\n"
+    "print('mounted', sorted(os.listdir(data_dir)), digest, wrote)\n"
+    "time.sleep(hold)")
+
+
+async def run_mounted(api: Api, name: str, hold: int) -> dict[str, Any]:
+    status, job = await api.submit(
+        make_notebook(MOUNT_READER, parameters="data_dir = ''\nnumbers = ''\nhold = 0"),
+        {"name": "mounted", "parameters": {"hold": hold}, "inputs": [
+            {"parameter": "data_dir", "storage": name, "path": "/srv/storage/demo/set1",
+             "mode": "mount"},
+            {"parameter": "numbers", "storage": name, "path": "/srv/storage/demo/numbers.csv",
+             "mode": "mount"}]})
+    assert status == 201, job
+    return dict(job)
+
+
+async def test_mounted_inputs_are_read_only_and_gone_when_the_job_ends(
+        gateway: Gateway, alice: Api, authorized: list[str]) -> None:
+    name, _ = register(gateway, "alice", authorized, "--host-key-file",
+                       STORAGE["host_key_file"])
+    job = await alice.wait_terminal((await run_mounted(alice, name, 0))["id"], 120)
+    assert job["state"] == "succeeded", job
+    _, notebook = await alice.call("GET", f"/api/v1/jobs/{job['id']}/notebook")
+    text = outputs_text(notebook)
+    assert "['alpha.txt', 'beta.json', 'gamma.csv']" in text
+    assert STORAGE["demo_files"]["demo/numbers.csv"] in text and "refused 30" in text  # EROFS
+    workdir = f"/home/alice/.hpcgw/jobs/{job['id']}"
+    assert mounted_under(workdir) == []
+    assert not Path(workdir, ".mounts").exists()
+
+
+async def test_a_job_cancelled_while_mounted_leaves_no_mount_behind(
+        gateway: Gateway, alice: Api, authorized: list[str]) -> None:
+    name, _ = register(gateway, "alice", authorized, "--host-key-file",
+                       STORAGE["host_key_file"])
+    job = await run_mounted(alice, name, 600)
+    workdir = f"/home/alice/.hpcgw/jobs/{job['id']}"
+    await alice.wait_for(job["id"], lambda _: len(mounted_under(workdir)) == 2, 60,
+                         "both mounts up")
+    status, _ = await alice.call("POST", f"/api/v1/jobs/{job['id']}/cancel")
+    assert status == 202
+    job = await alice.wait_terminal(job["id"], 120)
+    assert job["state"] == "cancelled", job
+    await alice.wait_for(job["id"], lambda _: mounted_under(workdir) == [], 60, "unmounted")
+    assert not Path(workdir, ".mounts").exists()

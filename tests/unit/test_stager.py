@@ -12,7 +12,7 @@ import pytest
 from gateway.config import Config
 from gateway.errors import ValidationFailed
 from gateway.jobs.stager import StagingFailed, _report, stage_files
-from gateway.spec import parse_spec, resolve_spec
+from gateway.spec import InputSpec, parse_spec, resolve_spec
 from gateway.staging.credentials import StorageCredentials
 from gateway.store import Store
 from tests.factories import add_job, job_context
@@ -42,6 +42,10 @@ async def test_the_plan_names_key_files_and_the_keys_travel_as_files(
     assert set(files) == {"plan.json", "known_hosts", "stage.py", "key-0", "key-1"}
 
 
+COPY_A = InputSpec(parameter="a", storage="s", path="/srv/a")
+MOUNT_B = InputSpec(parameter="b", storage="s", path="/srv/set/b.csv", mode="mount")
+
+
 @pytest.mark.parametrize("answer", [
     b"", b"not json", b"[]", b'{"inputs": "x"}',
     b'{"inputs": {}}',  # a parameter missing
@@ -52,18 +56,33 @@ async def test_the_plan_names_key_files_and_the_keys_travel_as_files(
 ])
 def test_an_untrusted_answer_is_refused(answer: bytes) -> None:
     with pytest.raises(StagingFailed):
-        _report(answer, "", WORKDIR, {"a"})
+        _report(answer, "", WORKDIR, (COPY_A,))
+
+
+@pytest.mark.parametrize("mounts", [
+    {},  # the mount's remote directory missing
+    {"b": "/etc"},  # not the input's directory
+    {"b": "/srv/set/b.csv"},  # a file as the directory to mount, yet a file's path given
+    {"b": "/srv/set", "a": "/srv"},  # a copy input as a mount
+])
+def test_an_untrusted_mount_answer_is_refused(mounts: dict[str, str]) -> None:
+    answer = {"inputs": {"a": f"{WORKDIR}/inputs/a", "b": f"{WORKDIR}/inputs/b/b.csv"},
+              "mounts": mounts}
+    with pytest.raises(StagingFailed):
+        _report(json.dumps(answer).encode(), "", WORKDIR, (COPY_A, MOUNT_B))
 
 
 def test_a_good_answer_and_an_error_answer() -> None:
-    good = {"a": f"{WORKDIR}/inputs/a", "b": f"{WORKDIR}/inputs/b/numbers.csv"}
-    assert _report(json.dumps({"inputs": good}).encode(), "", WORKDIR, {"a", "b"}) == good
+    good = {"a": f"{WORKDIR}/inputs/a", "b": f"{WORKDIR}/inputs/b/b.csv"}
+    answer = json.dumps({"inputs": good, "mounts": {"b": "/srv/set"}}).encode()
+    assert _report(answer, "", WORKDIR, (COPY_A, MOUNT_B)) == {
+        "parameters": good, "mounts": [{"parameter": "b", "input": 1, "remote": "/srv/set"}]}
     error: dict[str, Any] = {"error": {"parameter": "b", "cause": "not found",
                                        "message": "/srv/b: no such file or directory"}}
     with pytest.raises(StagingFailed, match=r"^input b: not found: /srv/b: no such"):
-        _report(json.dumps(error).encode(), "", WORKDIR, {"a", "b"})
+        _report(json.dumps(error).encode(), "", WORKDIR, (COPY_A, MOUNT_B))
     with pytest.raises(StagingFailed, match="no answer: Traceback line"):
-        _report(b"", "Traceback\nTraceback line", WORKDIR, {"a"})
+        _report(b"", "Traceback\nTraceback line", WORKDIR, (COPY_A,))
 
 
 @pytest.mark.parametrize(("inputs", "fields"), [
@@ -85,10 +104,10 @@ def test_a_parameter_bound_twice_or_also_given_is_refused(config: Config) -> Non
         {"parameter": "x", "storage": "s", "path": "/a"},
         {"parameter": "x", "storage": "s", "path": "/b"},
         {"parameter": "y", "storage": "s", "path": "/c"},
-        {"parameter": "z", "storage": "s", "path": "/d", "mode": "mount"}]}
+        {"parameter": "z", "storage": "s", "path": "/d", "writable": True}]}
     with pytest.raises(ValidationFailed) as info:
         resolve_spec(parse_spec(given), config, "nb")
     assert [(e["field"], e["message"]) for e in info.value.errors] == [
         ("inputs.1.parameter", "bound by another input too"),
         ("inputs.2.parameter", "also given a value in parameters"),
-        ("inputs.3.mode", "mount inputs are not enabled yet; use copy")]
+        ("inputs.3.writable", "only a mount can be writable")]
