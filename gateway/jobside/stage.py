@@ -24,6 +24,7 @@ gateway restart mid-staging).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -199,6 +200,10 @@ def main() -> int:
     parser.add_argument("--workdir", required=True)
     args = parser.parse_args()
     stage_dir = os.path.join(args.workdir, ".stage")
+    # One stager per job at a time: one left running by a gateway that was killed is waited
+    # for (held until it exits), then everything is copied again.
+    lock = os.open(os.path.join(args.workdir, ".stage.lock"), os.O_WRONLY | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
     with open(os.path.join(stage_dir, "plan.json")) as handle:
         plan = json.load(handle)
     staged: dict[str, str] = {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +16,19 @@ from typing import Any
 import asyncssh
 import pytest
 
-from .conftest import DEV_DIR, REPO, Api, Gateway, make_notebook, slurm_jobs_tagged
+from gateway.store import Store
+
+from .conftest import (
+    DEV_DIR,
+    REPO,
+    Api,
+    Gateway,
+    make_notebook,
+    slurm_jobs_tagged,
+    stop_gateway,
+)
 from .test_notebook_runs import outputs_text
+from .test_resilience import Restartable
 
 STORAGE = json.loads((DEV_DIR / "storage.json").read_text())
 READ_INPUTS = (
@@ -98,6 +110,7 @@ async def test_first_contact_pins_the_offered_key_only_when_its_fingerprint_is_c
 
 @pytest.mark.parametrize(("setup", "cause"), [
     ("missing path", "not found"),
+    ("unreadable file", "permission denied"),
     ("key not authorized", "authentication refused"),
     ("other host key", "host key"),
 ])
@@ -113,7 +126,17 @@ async def test_a_staging_failure_ends_the_job_before_slurm_naming_input_and_caus
                        "--host-key-file", host_key)
     path = "/srv/storage/demo/nothing-here" if setup == "missing path" \
         else "/srv/storage/demo/numbers.csv"
-    job = await run_with_inputs(alice, [{"parameter": "numbers", "storage": name, "path": path}])
+    if setup == "unreadable file":  # root's, 0600: the storage account cannot read it
+        unreadable = Path(STORAGE["root"]) / "demo" / f"private-{secrets.token_hex(4)}"
+        unreadable.write_text("secret")
+        unreadable.chmod(0o600)
+        path = str(unreadable)
+    try:
+        job = await run_with_inputs(
+            alice, [{"parameter": "numbers", "storage": name, "path": path}])
+    finally:
+        if setup == "unreadable file":
+            unreadable.unlink()
     assert (job["state"], job["reason"]) == ("failed", "staging"), job
     assert job["message"].startswith("input numbers: ") and cause in job["message"], job
     assert job["slurm_job_id"] is None and slurm_jobs_tagged(job["id"]) == []
@@ -192,3 +215,59 @@ async def test_a_job_cancelled_while_mounted_leaves_no_mount_behind(
     assert job["state"] == "cancelled", job
     await alice.wait_for(job["id"], lambda _: mounted_under(workdir) == [], 60, "unmounted")
     assert not Path(workdir, ".mounts").exists()
+
+
+def stagers_of(job_id: str) -> list[int]:
+    """Pids of the stager processes (gateway/jobside/stage.py) running for ``job_id``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(word.endswith(b"/.stage/stage.py") and job_id.encode() in word
+               for word in command):
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture
+def big_input() -> Iterator[str]:
+    """A 256 MiB file on the storage server (its owner's), removed after the test."""
+    path = Path(STORAGE["root"]) / "demo" / f"big-{secrets.token_hex(4)}.bin"
+    subprocess.run(["sudo", "-n", "-u", STORAGE["user"], "head", "-c", "256M", "/dev/urandom"],
+                   stdout=path.open("wb"), check=True)
+    shutil.chown(path, STORAGE["user"])
+    yield str(path)
+    path.unlink()
+
+
+async def test_a_gateway_killed_during_staging_stages_again_and_submits_once(
+        dev_config: Path, tmp_path: Path, authorized: list[str], big_input: str) -> None:
+    restartable = Restartable(dev_config, tmp_path)
+    try:
+        gateway = restartable.gateway
+        assert gateway is not None
+        name, _ = register(gateway, "alice", authorized, "--host-key-file",
+                           STORAGE["host_key_file"])
+        api = restartable.api()
+        status, job = await api.submit(make_notebook(
+            "import os\nprint('size', os.path.getsize(big))", parameters="big = ''"),
+            {"name": "killed while staging",
+             "inputs": [{"parameter": "big", "storage": name, "path": big_input}]})
+        assert status == 201, job
+        await api.wait_for(job["id"], lambda _: bool(stagers_of(job["id"])), 60,
+                           "the stager running")
+        restartable.kill()  # the fault lands inside staging: the stager is running now
+        store = Store(tmp_path / "data" / "hpcgw.db")
+        assert store.get_job(job["id"])["state"] == "staging"
+        store.close()
+        restartable.start()
+        done = await restartable.api().wait_terminal(job["id"], 180)
+        assert done["state"] == "succeeded", done
+        assert len(slurm_jobs_tagged(job["id"])) == 1
+        _, notebook = await restartable.api().call("GET", f"/api/v1/jobs/{job['id']}/notebook")
+        assert f"size {256 * 1024 * 1024}" in outputs_text(notebook)
+    finally:
+        assert restartable.gateway is not None
+        stop_gateway(restartable.gateway.process)
