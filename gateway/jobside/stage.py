@@ -5,12 +5,14 @@ known_hosts file, all 0600 in a 0700 directory) and run on the cluster's login s
 own user; it depends on nothing of the gateway's. For each input of ``plan.json`` it
 
 1. asks the storage server (``ssh``, pinned host key, the input's key only) what the path is:
-   a directory (every regular file's SHA-256) or a file (its SHA-256 and size), or missing or
-   unreadable;
-2. copies it with ``scp`` to ``inputs/.partial-<parameter>`` (a temporary name: a partial copy
-   never looks complete), after checking its size against the plan's cap and the free space;
-3. checks every file's size and SHA-256 against what the server said, then renames it to
-   ``inputs/<parameter>`` (a directory's contents), or ``inputs/<parameter>/<name>`` (a file).
+   a directory (its regular files' sizes) or a file (its size), or missing or unreadable;
+2. after checking the size against the plan's cap and the free space, streams it over ssh (a
+   file as it is, a directory as a tar stream) into ``inputs/.partial-<parameter>`` (a
+   temporary name: a partial copy never looks complete), while a second ssh has the server
+   compute every file's SHA-256 (both at once), then hashes what arrived;
+3. checks that every file the server listed arrived with its size and SHA-256 (and nothing
+   else: links and special files are not copied), then renames it to ``inputs/<parameter>``
+   (a directory's contents), or ``inputs/<parameter>/<name>`` (a file).
 
 A ``mount`` input is only probed (1.): it is mounted on the node by the job itself (SSHFS), at
 ``inputs/<parameter>``: its directory, or a file's parent directory.
@@ -30,8 +32,10 @@ import json
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 from typing import Any
 
 SSH_TIMEOUT = 15  # seconds to connect; keepalives end a transfer that stalls
@@ -59,7 +63,7 @@ class StageError(Exception):
 
 
 def ssh_options(item: dict[str, Any], stage_dir: str) -> list[str]:
-    """Options shared by ssh and scp: only this input's key, only the pinned host key."""
+    """ssh options: only this input's key, only the pinned host key, keepalives."""
     return ["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
             "-o", f"IdentityFile={os.path.join(stage_dir, item['key'])}",
             "-o", f"UserKnownHostsFile={os.path.join(stage_dir, 'known_hosts')}",
@@ -76,23 +80,35 @@ def explain(stderr: str, fallback: str) -> StageError:
                       else fallback)
 
 
-# Run by the storage account's shell: what the path is, and the checksums to verify against.
+# Run by the storage account's shell: what the path is, and each regular file's size.
 PROBE = """LC_ALL=C; p={path}
 if [ ! -e "$p" ]; then echo missing
 elif [ ! -r "$p" ]; then echo unreadable
-elif [ -d "$p" ]; then echo dir; cd "$p" && find . -type f -exec sha256sum {{}} + \\
-  && find . -type f -printf 'size %s %p\\n'
-elif [ -f "$p" ]; then echo file; sha256sum < "$p"; stat -c 'size %s' -- "$p"
+elif [ -d "$p" ]; then echo dir; cd "$p" && find . -type f -printf '%s %p\\n'
+elif [ -f "$p" ]; then echo file; stat -c '%s .' -- "$p"
 else echo special; fi"""
+# Each regular file's SHA-256, by openssl when there is one (it uses the CPU's SHA
+# instructions; coreutils' sha256sum is several times slower), run while the data streams.
+CHECKSUMS = """LC_ALL=C; p={path}
+if command -v openssl >/dev/null 2>&1; then set -- openssl dgst -sha256 -r
+else set -- sha256sum; fi
+if [ -d "$p" ]; then cd "$p" && find . -type f -exec "$@" {{}} +; else "$@" < "$p"; fi"""
+# The data itself: a file as it is, a directory as a tar stream (links stay links).
+STREAM = """p={path}; if [ -d "$p" ]; then exec tar -C "$p" -cf - .; else exec cat -- "$p"; fi"""
+BLOCK = 1 << 20
 
 
-def probe(item: dict[str, Any], stage_dir: str) -> tuple[str, dict[str, tuple[str, int]]]:
-    """``(kind, {relative path: (sha256, size)})`` of the input on its server."""
-    target = f"{item['user']}@{item['host']}"
-    done = subprocess.run(
-        ["ssh", *ssh_options(item, stage_dir), "-p", str(item["port"]), target, "--",
-         PROBE.format(path=shlex.quote(item["path"]))],
-        capture_output=True, text=True, check=False)
+def remote(item: dict[str, Any], stage_dir: str, script: str) -> list[str]:
+    """The ssh argv that runs ``script`` (with the input's quoted path) on its server."""
+    return ["ssh", *ssh_options(item, stage_dir), "-p", str(item["port"]),
+            f"{item['user']}@{item['host']}", "--",
+            script.format(path=shlex.quote(item["path"]))]
+
+
+def probe(item: dict[str, Any], stage_dir: str) -> tuple[str, dict[str, int]]:
+    """``(kind, {relative path: size})`` of the input on its server."""
+    done = subprocess.run(remote(item, stage_dir, PROBE), capture_output=True, text=True,
+                          check=False)
     if done.returncode != 0 and not done.stdout:
         raise explain(done.stderr, "probe failed")
     lines = done.stdout.splitlines()
@@ -105,59 +121,88 @@ def probe(item: dict[str, Any], stage_dir: str) -> tuple[str, dict[str, tuple[st
                                                 "special": "neither a file nor a directory"}[kind])
     if done.returncode != 0 or kind not in ("file", "dir"):
         raise explain(done.stderr, "probe failed")
-    return kind, parse_listing(kind, lines[1:])
+    sizes = {}
+    for line in lines[1:]:
+        size, _, name = line.partition(" ")
+        sizes[name] = int(size)
+    return kind, sizes
 
 
-def parse_listing(kind: str, lines: list[str]) -> dict[str, tuple[str, int]]:
-    sums: dict[str, str] = {}
-    sizes: dict[str, int] = {}
-    for line in lines:
-        if line.startswith("size "):
-            _, size, *rest = line.split(" ", 2)
-            sizes[rest[0] if rest else "."] = int(size)
-        else:
-            digest, _, name = line.partition("  ")
-            sums[name or "."] = digest
-    if kind == "file":
-        return {".": (sums["-"] if "-" in sums else next(iter(sums.values())), sizes["."])}
-    return {name: (sums[name], sizes[name]) for name in sums}
+def parse_checksums(kind: str, text: str) -> dict[str, str]:
+    """``{relative path: sha256}`` from ``openssl dgst -r`` or ``sha256sum`` lines."""
+    sums = {}
+    for line in text.splitlines():
+        digest, name = line[:64], line[64:]
+        name = name[2:] if name.startswith((" *", "  ")) else name
+        sums["." if kind == "file" else name] = digest
+    return sums
 
 
 def sha256_of(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
+        while block := handle.read(BLOCK):
             digest.update(block)
     return digest.hexdigest()
 
 
-def copy(item: dict[str, Any], stage_dir: str, partial: str) -> None:
-    source = f"{item['user']}@{item['host']}:{item['path']}"
-    done = subprocess.run(
-        ["scp", "-B", "-q", "-r", "-P", str(item["port"]), *ssh_options(item, stage_dir),
-         "--", source, partial], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise explain(done.stderr, "copy failed")
-
-
-def verify(kind: str, listing: dict[str, tuple[str, int]], partial: str) -> None:
-    """Every file the server listed is here with its size and SHA-256, and nothing else."""
+def local_files(partial: str, kind: str) -> dict[str, tuple[str, int]]:
+    """``{relative path: (sha256, size)}`` of what arrived, as the server names them; anything
+    but regular files and directories (a link in the tar stream) is removed first."""
     if kind == "file":
-        found = {".": partial}
-    else:
-        found = {}
-        for root, _, names in os.walk(partial):
-            for name in names:
-                local = os.path.join(root, name)
-                found["./" + os.path.relpath(local, partial)] = local
-    if set(found) != set(listing):
-        raise StageError("checksum mismatch", "the copy does not hold the files the storage "
-                         "server listed")
-    for name, local in found.items():
-        digest, size = listing[name]
-        if os.path.getsize(local) != size or sha256_of(local) != digest:
-            raise StageError("checksum mismatch", f"{name} differs from the storage server's "
-                             "copy (size or SHA-256)")
+        return {".": (sha256_of(partial), os.path.getsize(partial))}
+    found = {}
+    for root, dirs, names in os.walk(partial):
+        for name in names + dirs:
+            path = os.path.join(root, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISREG(mode):
+                found["./" + os.path.relpath(path, partial)] = (sha256_of(path),
+                                                                os.path.getsize(path))
+            elif not stat.S_ISDIR(mode):
+                os.unlink(path)  # links and special files are not copied
+    return found
+
+
+def receive(item: dict[str, Any], stage_dir: str, kind: str, partial: str,
+            errors: Any) -> subprocess.Popen[bytes]:
+    """Start the data stream into ``partial``: ssh writes a file straight to disk; a
+    directory's tar stream goes to GNU tar (which never writes through a link it made: links
+    to absolute or '..' targets stay placeholders until the end, and are removed after)."""
+    if kind == "file":
+        with open(partial, "xb") as out:
+            return subprocess.Popen(remote(item, stage_dir, STREAM), stdout=out, stderr=errors)
+    os.mkdir(partial, 0o700)
+    data = subprocess.Popen(remote(item, stage_dir, STREAM), stdout=subprocess.PIPE,
+                            stderr=errors)
+    unpack = subprocess.Popen(["tar", "-x", "-f", "-", "-C", partial, "--no-same-owner",
+                               "--no-same-permissions"], stdin=data.stdout, stderr=errors)
+    assert data.stdout is not None
+    data.stdout.close()  # tar holds it now
+    if unpack.wait() != 0:
+        data.kill()
+    return data
+
+
+def copy_checked(item: dict[str, Any], stage_dir: str, kind: str, sizes: dict[str, int],
+                 partial: str) -> None:
+    """Stream the input into ``partial`` while its server computes the checksums, then check
+    that every file it listed arrived with its size and SHA-256, and nothing else."""
+    with tempfile.TemporaryFile() as errors:
+        sums = subprocess.Popen(remote(item, stage_dir, CHECKSUMS), stdout=subprocess.PIPE,
+                                stderr=errors)
+        data = receive(item, stage_dir, kind, partial, errors)
+        listed = parse_checksums(kind, sums.communicate()[0].decode(errors="replace"))
+        if data.wait() != 0 or sums.returncode != 0:
+            errors.seek(0)
+            raise explain(errors.read().decode(errors="replace"), "copy failed")
+    received = local_files(partial, kind)
+    expected = {name: (listed.get(name), size) for name, size in sizes.items()}
+    if received != expected:
+        wrong = sorted(set(received) ^ set(expected)
+                       | {n for n in received if received[n] != expected.get(n)})
+        raise StageError("checksum mismatch", f"{(wrong or ['?'])[0]} differs from the "
+                         "storage server's copy (size or SHA-256)")
 
 
 def plan_mount(item: dict[str, Any], workdir: str, stage_dir: str) -> tuple[str, str]:
@@ -172,8 +217,8 @@ def plan_mount(item: dict[str, Any], workdir: str, stage_dir: str) -> tuple[str,
 
 def stage_one(item: dict[str, Any], workdir: str, stage_dir: str, max_bytes: int) -> str:
     """Copy one input into the job's ``inputs/``; the local path its parameter gets."""
-    kind, listing = probe(item, stage_dir)
-    total = sum(size for _, size in listing.values())
+    kind, sizes = probe(item, stage_dir)
+    total = sum(sizes.values())
     if total > max_bytes:
         raise StageError("too large", f"{total} bytes, over the gateway's cap of {max_bytes}")
     inputs = os.path.join(workdir, "inputs")
@@ -184,8 +229,7 @@ def stage_one(item: dict[str, Any], workdir: str, stage_dir: str, max_bytes: int
     final = os.path.join(inputs, item["parameter"])
     for stale in (partial, final):
         shutil.rmtree(stale, ignore_errors=True)
-    copy(item, stage_dir, partial)
-    verify(kind, listing, partial)
+    copy_checked(item, stage_dir, kind, sizes, partial)
     if kind == "dir":
         os.replace(partial, final)
         return final

@@ -1,7 +1,8 @@
 """The job-side stager (gateway/jobside/stage.py) run by hand as alice against the dev storage
 server, for the failures a whole job can't easily provoke: the cap, a full file system (a
-small tmpfs as the work directory) and a copy that arrives damaged (a stand-in ``scp`` on PATH
-that runs the real one, then flips a byte: fault injection, which the check must catch)."""
+small tmpfs as the work directory) and a copy that arrives damaged (a stand-in ``ssh`` on PATH
+that runs the real one and changes a byte of the data stream: fault injection, which the check
+must catch)."""
 
 from __future__ import annotations
 
@@ -85,12 +86,28 @@ def test_a_full_file_system_is_named_before_copying(workdir: Path) -> None:
 def test_a_damaged_copy_is_refused_and_never_looks_complete(workdir: Path) -> None:
     fake = workdir / "bin"
     fake.mkdir()
-    (fake / "scp").write_text(
-        "#!/bin/sh\n/usr/bin/scp \"$@\" || exit $?\n"
-        "for last; do :; done\n"  # the destination, the last argument
-        "printf 'X' | dd of=\"$last\" bs=1 seek=10 conv=notrunc status=none\n")
-    (fake / "scp").chmod(0o700)  # alice's after run_stager's chown
+    (fake / "ssh").write_text(  # the data stream (not the probe, not the checksums) damaged
+        "#!/bin/bash\ncase \"$*\" in *'exec cat'*) ;; *) exec /usr/bin/ssh \"$@\" ;; esac\n"
+        "/usr/bin/ssh \"$@\" | { head -c 10; printf X; tail -c +12; }\n")
+    (fake / "ssh").chmod(0o700)  # alice's after run_stager's chown
     error = run_stager(workdir, "/srv/storage/demo/numbers.csv",
                        env={"PATH": f"{fake}:/usr/bin:/bin"})["error"]
     assert error["cause"] == "checksum mismatch", error
     assert not (workdir / "inputs" / "data").exists()  # only the temporary name was written
+
+
+def test_links_in_a_directory_are_not_copied(workdir: Path) -> None:
+    tree = Path(STORAGE["root"]) / f"links-{secrets.token_hex(4)}"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "real.txt").write_text("real")
+    (tree / "passwd").symlink_to("/etc/passwd")
+    (tree / "up").symlink_to("..")
+    subprocess.run(["chown", "-hR", f"{STORAGE['user']}:", str(tree)], check=True)
+    try:
+        assert "inputs" in run_stager(workdir, str(tree))
+    finally:
+        shutil.rmtree(tree)
+    copied = workdir / "inputs" / "data"
+    assert sorted(str(p.relative_to(copied)) for p in copied.rglob("*")) == ["sub",
+                                                                          "sub/real.txt"]
+    assert not any(p.is_symlink() for p in copied.rglob("*"))
