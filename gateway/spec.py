@@ -54,7 +54,8 @@ class InputSpec(BaseModel):
 
 class OutputSpec(BaseModel):
     """A file or directory the notebook writes (relative to its work directory), brought back
-    to the gateway when the job ends (to a storage server: ``storage`` and ``dest``, later)."""
+    to the gateway when the job ends, or sent into directory ``dest`` of the user's storage
+    server ``storage`` under its own name."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -72,6 +73,14 @@ class OutputSpec(BaseModel):
                                             for c in value)):
             raise ValueError("a path relative to the job's work directory, without '.', '..', "
                              "empty components or control characters")
+        return value
+
+    @field_validator("dest")
+    @classmethod
+    def _storage_dest(cls, value: str | None) -> str | None:
+        if value is not None and (not STORAGE_PATH.match(value) or ".." in value.split("/")):
+            raise ValueError("an absolute directory on the storage server, without '..', "
+                             "control characters or any of * ? [ ] \\")
         return value
 
 
@@ -220,15 +229,16 @@ def resolve_spec(spec: JobSpec, config: Config, default_name: str) -> ResolvedSp
 
 
 def _check_outputs(errors: list[FieldError], spec: JobSpec) -> None:
-    """Each output once; back to the gateway only, for now; notebook runs only."""
+    """Each output once; to a storage server with both ``storage`` and ``dest``; notebook
+    runs only."""
     seen: set[str] = set()
     for number, given in enumerate(spec.outputs):
         if given.path in seen:
             errors.append(FieldError(f"outputs.{number}.path", "listed twice"))
         seen.add(given.path)
-        if given.storage is not None or given.dest is not None:
-            errors.append(FieldError(f"outputs.{number}.storage",
-                                     "outputs to storage servers are not enabled yet"))
+        if (given.storage is None) != (given.dest is None):
+            errors.append(FieldError(f"outputs.{number}.dest",
+                                     "an output to a storage server needs storage and dest"))
     if spec.outputs and spec.kind == "lab":
         errors.append(FieldError("outputs", "outputs are for notebook runs"))
 

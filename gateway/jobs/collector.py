@@ -29,12 +29,15 @@ from connectors.mount import MOUNT_DIR
 from ..config import ClusterConfig
 from ..errors import ClusterUnavailable, CommandTimeout, GatewayError
 from ..scheduler import SchedulerState
+from ..spec import OutputSpec
 from ..states import Reason, State
 from ..timestamps import parse_timestamp
 from ..transport import RemoteFileMissing, RemoteFileRefused, RemoteFileTooLarge, Transport
+from .clusters import ClusterLink
 from .context import JobContext
 from .outcome import decide
 from .outputs import collect_outputs
+from .pusher import push_outputs
 
 log = logging.getLogger(__name__)
 FIRST_BACKOFF = 1.0
@@ -68,7 +71,7 @@ async def collect(ctx: JobContext, job_id: str) -> None:
     if link is not None:
         try:
             artifacts = await _fetch_until_deadline(
-                ctx, job, link.transport, _deadline(ctx, job, link.config))
+                ctx, job, link, _deadline(ctx, job, link.config))
         except GatewayError as exc:
             message = _failure_message(exc)
             log.warning("collecting job %s failed: %s", job_id, message)
@@ -113,7 +116,7 @@ def _deadline(ctx: JobContext, job: dict[str, Any], cluster: ClusterConfig) -> f
 
 
 async def _fetch_until_deadline(
-    ctx: JobContext, job: dict[str, Any], transport: Transport, deadline: float
+    ctx: JobContext, job: dict[str, Any], link: ClusterLink, deadline: float
 ) -> Artifacts:
     """:func:`_fetch_artifacts`, retried with backoff while the cluster is unreachable or a
     command times out; raises :class:`CollectDeadlinePassed` once waiting more would pass
@@ -121,7 +124,7 @@ async def _fetch_until_deadline(
     backoff = FIRST_BACKOFF
     while True:
         try:
-            return await _fetch_artifacts(ctx, job, transport)
+            return await _fetch_artifacts(ctx, job, link)
         except (ClusterUnavailable, CommandTimeout) as exc:
             if time.time() + backoff > deadline:
                 raise CollectDeadlinePassed(
@@ -154,12 +157,13 @@ async def _read(transport: Transport, path: str, user: str, limit: int,
 
 
 async def _fetch_artifacts(
-    ctx: JobContext, job: dict[str, Any], transport: Transport
+    ctx: JobContext, job: dict[str, Any], link: ClusterLink
 ) -> Artifacts:
     """Bring back the log's tail, the exit record and the notebook of ``job`` (in that order)
-    into its data directory; what is missing on the cluster is simply absent."""
+    into its data directory, then its outputs; what is missing on the cluster is simply
+    absent."""
     user, workdir, local = job["unix_user"], job["workdir"], ctx.job_dir(job["id"])
-    gateway = ctx.config.gateway
+    gateway, transport = ctx.config.gateway, link.transport
     log_bytes = await _read(transport, f"{workdir}/job.log", user, gateway.log_tail_bytes,
                             tail=True) or b""
     record_bytes = await _read(transport, f"{workdir}/exit.json", user, EXIT_RECORD_LIMIT)
@@ -171,9 +175,7 @@ async def _fetch_artifacts(
         # The script removes its mount keys; a job killed outright (SIGKILL) could not.
         await transport.run(["rm", "-rf", "--", f"{workdir}/{MOUNT_DIR}"], user=user,
                             check=False)
-    listed = [output["path"] for output in json.loads(job["spec"]).get("outputs", [])]
-    missing = await collect_outputs(transport, workdir, user, listed, local,
-                                    gateway.max_output_bytes) if listed else []
+    missing = await _outputs(ctx, job, link, local)
     try:
         record = json.loads(record_bytes) if record_bytes else None
     except ValueError:
@@ -184,6 +186,20 @@ async def _fetch_artifacts(
         has_notebook=has_notebook,
         missing_outputs=tuple(missing),
     )
+
+
+async def _outputs(ctx: JobContext, job: dict[str, Any], link: ClusterLink,
+                   local: Path) -> list[str]:
+    """Bring the job's listed outputs back (:mod:`.outputs`) and send those bound for storage
+    servers (:mod:`.pusher`); what did not arrive, each with why."""
+    outputs = [OutputSpec.model_validate(o) for o in json.loads(job["spec"]).get("outputs", [])]
+    home = [output.path for output in outputs if output.storage is None]
+    away = [output for output in outputs if output.storage is not None]
+    missing = await collect_outputs(link.transport, job["workdir"], job["unix_user"], home,
+                                    local, ctx.config.gateway.max_output_bytes) if home else []
+    if away:
+        missing += await push_outputs(ctx, link.transport, link.config.python, job, away)
+    return missing
 
 
 async def _fetch_notebook(transport: Transport, path: str, user: str, local: Path,

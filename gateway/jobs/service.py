@@ -122,13 +122,14 @@ class JobService:
     # -- requests ---------------------------------------------------------------------------
 
     def _unknown_storage(self, user: User, spec: ResolvedSpec) -> list[FieldError]:
-        """An error for each input naming a storage server ``user`` has not registered
-        (another user's server is unknown too)."""
+        """An error for each input or output naming a storage server ``user`` has not
+        registered (another user's server is unknown too)."""
         known = self._credentials.known if self._credentials else (lambda _user, _name: False)
-        return [FieldError(f"inputs.{number}.storage", f"no storage server {binding.storage!r} "
-                           "(hpcgw storage list)")
-                for number, binding in enumerate(spec.inputs)
-                if not known(user, binding.storage)]
+        named = [(f"inputs.{n}.storage", b.storage) for n, b in enumerate(spec.inputs)]
+        named += [(f"outputs.{n}.storage", o.storage) for n, o in enumerate(spec.outputs)
+                  if o.storage is not None]
+        return [FieldError(field, f"no storage server {name!r} (hpcgw storage list)")
+                for field, name in named if not known(user, name)]
 
     def get_job(self, user: User, job_id: str) -> dict[str, Any]:
         """``user``'s job ``job_id`` (a store row); NotFound for a missing or another's job."""

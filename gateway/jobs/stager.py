@@ -137,7 +137,7 @@ async def _stage(ctx: JobContext, link: ClusterLink, job: dict[str, Any]) -> dic
             [link.config.python, "-I", f"{workdir}/{STAGE_DIR}/stage.py", "--workdir", workdir],
             user=user, timeout=ctx.config.staging.copy_timeout, check=False)
     finally:
-        await _remove_stage_dir(transport, workdir, user)
+        await remove_stage_dir(transport, workdir, user)
     spec = ResolvedSpec.model_validate_json(job["spec"])
     staged = _report(result.stdout[:REPORT_LIMIT], result.stderr, workdir, spec.inputs)
     assert ctx.credentials is not None
@@ -148,7 +148,7 @@ async def _stage(ctx: JobContext, link: ClusterLink, job: dict[str, Any]) -> dic
     return staged
 
 
-async def _remove_stage_dir(transport: Transport, workdir: str, user: str) -> None:
+async def remove_stage_dir(transport: Transport, workdir: str, user: str) -> None:
     """Remove the keys and the plan from the cluster; a failure is logged (the next staging
     attempt or the job's collection removes them)."""
     try:

@@ -239,9 +239,86 @@ def stage_one(item: dict[str, Any], workdir: str, stage_dir: str, max_bytes: int
     return os.path.join(final, name)
 
 
+# Run by the storage account's shell with the tar stream on stdin: unpack into a temporary
+# directory beside the destination (refused if the destination's name is taken).
+RECEIVE = """LC_ALL=C; d={dest}; n={name}; t={partial}
+mkdir -p -- "$d" && cd -- "$d" || exit 3
+if [ -e "$n" ] || [ -L "$n" ]; then echo "hpcgw: $n already exists in $d" >&2; exit 17; fi
+rm -rf -- "$t" && mkdir -m 700 -- "$t" && tar -xf - -C "$t" || exit 4
+if command -v openssl >/dev/null 2>&1; then set -- openssl dgst -sha256 -r
+else set -- sha256sum; fi
+cd -- "$t" && find . -type f -exec "$@" {{}} +"""
+PUBLISH = """d={dest}; n={name}; t={partial}; s={source}
+cd -- "$d" && mv -- "$s" "$n" && rm -rf -- "$t"
+"""
+
+
+def local_tree(workdir: str, path: str) -> dict[str, str]:
+    """``{"./<path>/...": sha256}`` of the regular files of an output (links not followed:
+    tar sends them as links); StageError if the path is missing or leaves the work directory."""
+    full = os.path.join(workdir, path)
+    real = os.path.realpath(full)
+    if not (real + "/").startswith(os.path.realpath(workdir) + "/") or not os.path.lexists(full):
+        raise StageError("not written", f"{path}: not in the job's work directory")
+    if os.path.isfile(full) and not os.path.islink(full):
+        return {f"./{path}": sha256_of(full)}
+    sums = {}
+    for root, _dirs, names in os.walk(full):
+        for name in names:
+            local = os.path.join(root, name)
+            if stat.S_ISREG(os.lstat(local).st_mode):
+                sums["./" + os.path.relpath(local, workdir)] = sha256_of(local)
+    return sums
+
+
+def push_one(item: dict[str, Any], workdir: str, stage_dir: str) -> str:
+    """Send one output to its storage server: into a temporary directory beside ``dest``,
+    every file checked there by SHA-256, then renamed to ``dest/<the output's name>``."""
+    sums = local_tree(workdir, item["path"])
+    name = os.path.basename(item["path"])
+    partial = f".partial-{name}-{os.getpid()}"
+    words = {"dest": shlex.quote(item["dest"]), "name": shlex.quote(name),
+             "partial": shlex.quote(partial),
+             "source": shlex.quote(f"{partial}/{item['path']}")}
+    target = ["ssh", *ssh_options(item, stage_dir), "-p", str(item["port"]),
+              f"{item['user']}@{item['host']}", "--"]
+    tar = subprocess.Popen(["tar", "-C", workdir, "-cf", "-", "--", item["path"]],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    sent = subprocess.run([*target, RECEIVE.format(**words)], stdin=tar.stdout,
+                          capture_output=True, text=True, check=False)
+    tar.wait()
+    if sent.returncode == 17:
+        raise StageError("exists", f"{item['dest']}/{name} already exists on the server")
+    if sent.returncode != 0:
+        raise explain(sent.stderr, "push failed")
+    if parse_checksums("dir", sent.stdout) != sums:
+        raise StageError("checksum mismatch", "the storage server's copy differs")
+    moved = subprocess.run([*target, PUBLISH.format(**words)],
+                           capture_output=True, text=True, check=False)
+    if moved.returncode != 0:
+        raise explain(moved.stderr, "push failed")
+    return f"{item['dest'].rstrip('/')}/{name}"
+
+
+def push_all(plan: dict[str, Any], workdir: str, stage_dir: str) -> int:
+    """``--push``: each output of the plan to its server; prints ``{"pushed": {path: where}}``
+    and ``{"failed": {path: "cause: message"}}`` (one failure does not stop the others)."""
+    pushed, failed = {}, {}
+    for item in plan["outputs"]:
+        try:
+            pushed[item["path"]] = push_one(item, workdir, stage_dir)
+        except StageError as exc:
+            failed[item["path"]] = f"{exc.cause}: {exc.message}"
+        except OSError as exc:
+            failed[item["path"]] = f"local error: {exc}"[:300]
+    print(json.dumps({"pushed": pushed, "failed": failed}))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", required=True)
+    parser.add_argument("--push", action="store_true", help="send the plan's outputs")
     args = parser.parse_args()
     stage_dir = os.path.join(args.workdir, ".stage")
     # One stager per job at a time: one left running by a gateway that was killed is waited
@@ -250,6 +327,8 @@ def main() -> int:
     fcntl.flock(lock, fcntl.LOCK_EX)
     with open(os.path.join(stage_dir, "plan.json")) as handle:
         plan = json.load(handle)
+    if args.push:
+        return push_all(plan, args.workdir, stage_dir)
     staged: dict[str, str] = {}
     mounts: dict[str, str] = {}
     for item in plan["inputs"]:

@@ -271,3 +271,43 @@ async def test_a_gateway_killed_during_staging_stages_again_and_submits_once(
     finally:
         assert restartable.gateway is not None
         stop_gateway(restartable.gateway.process)
+
+
+@pytest.fixture
+def storage_dest() -> Iterator[Path]:
+    """A directory on the storage server for outputs (not created: the push makes it)."""
+    dest = Path(STORAGE["root"]) / f"out-{secrets.token_hex(4)}"
+    yield dest
+    shutil.rmtree(dest, ignore_errors=True)
+
+
+async def test_outputs_go_to_storage_checked_and_never_overwrite(
+        gateway: Gateway, alice: Api, authorized: list[str], storage_dest: Path) -> None:
+    name, _ = register(gateway, "alice", authorized, "--host-key-file",
+                       STORAGE["host_key_file"])
+    writes = ("import os\nos.makedirs('results/deep', exist_ok=True)\n"
+              "open('results/deep/a.txt', 'w').write('alpha')\n"
+              "open('summary.json', 'w').write('{}')\nopen('kept.txt', 'w').write('here')")
+    spec = {"name": "push", "outputs": [
+        {"path": "results", "storage": name, "dest": str(storage_dest)},
+        {"path": "summary.json", "storage": name, "dest": str(storage_dest)},
+        {"path": "kept.txt"}]}
+    status, job = await alice.submit(make_notebook(writes), spec)
+    assert status == 201, job
+    job = await alice.wait_terminal(job["id"], 120)
+    assert (job["state"], job["message"]) == ("succeeded", "the notebook ran to the end"), job
+    assert (storage_dest / "results" / "deep" / "a.txt").read_text() == "alpha"
+    assert (storage_dest / "summary.json").read_text() == "{}"
+    assert storage_dest.stat().st_uid == (storage_dest / "summary.json").stat().st_uid != 0
+    assert sorted(p.name for p in storage_dest.iterdir()) == ["results", "summary.json"]
+    _, files = await alice.call("GET", f"/api/v1/jobs/{job['id']}/files")
+    assert [f["path"] for f in files["files"]] == ["kept.txt"]  # the others went to storage
+    assert not Path(f"/home/alice/.hpcgw/jobs/{job['id']}/.stage").exists()
+
+    # The same destination again: refused, the first results intact, the outcome kept.
+    status, again = await alice.submit(make_notebook(writes), spec)
+    again = await alice.wait_terminal(again["id"], 120)
+    assert again["state"] == "succeeded", again
+    assert "results (to " in again["message"] and "already exists" in again["message"]
+    assert (storage_dest / "results" / "deep" / "a.txt").read_text() == "alpha"
+    assert sorted(p.name for p in storage_dest.iterdir()) == ["results", "summary.json"]
