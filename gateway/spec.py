@@ -84,6 +84,25 @@ class OutputSpec(BaseModel):
         return value
 
 
+class PersistSpec(BaseModel):
+    """Where a lab keeps its working directory between sessions: restored from this directory
+    of the user's storage server at start (empty the first time), sent back when it stops."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    storage: str = Field(max_length=64)
+    path: str
+
+    @field_validator("path")
+    @classmethod
+    def _storage_dir(cls, value: str) -> str:
+        value = value.rstrip("/")
+        if not STORAGE_PATH.match(value) or ".." in value.split("/") or value.count("/") < 2:
+            raise ValueError("an absolute directory below / on the storage server, without "
+                             "'..', control characters or any of * ? [ ] \\")
+        return value
+
+
 class JobSpec(BaseModel):
     """A job as a client asks for it (design.md §3, "A job spec")."""
 
@@ -107,6 +126,7 @@ class JobSpec(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
     inputs: list[InputSpec] = Field(default_factory=list, max_length=32)
     outputs: list[OutputSpec] = Field(default_factory=list, max_length=32)
+    persist: PersistSpec | None = None
 
     @field_validator("name")
     @classmethod
@@ -148,6 +168,7 @@ class ResolvedSpec(BaseModel):
     parameters: dict[str, Any]
     inputs: tuple[InputSpec, ...] = ()
     outputs: tuple[OutputSpec, ...] = ()
+    persist: PersistSpec | None = None
 
     @property
     def time(self) -> str:
@@ -224,7 +245,7 @@ def resolve_spec(spec: JobSpec, config: Config, default_name: str) -> ResolvedSp
         constraint=spec.constraint, reservation=spec.reservation, gpus=spec.gpus,
         gpu_type=spec.gpu_type, cpus=spec.cpus, memory_mb=memory_mb, time_s=time_s,
         image=spec.image, kernel=spec.kernel, parameters=spec.parameters,
-        inputs=tuple(spec.inputs), outputs=tuple(spec.outputs),
+        inputs=tuple(spec.inputs), outputs=tuple(spec.outputs), persist=spec.persist,
     )
 
 
@@ -256,8 +277,13 @@ def _check_inputs(errors: list[FieldError], spec: JobSpec) -> None:
         bound.add(given.parameter)
         if given.writable and given.mode != "mount":
             errors.append(FieldError(f"{field}.writable", "only a mount can be writable"))
-    if spec.inputs and spec.kind == "lab":
-        errors.append(FieldError("inputs", "inputs are for notebook runs (labs: not yet)"))
+    if spec.kind == "lab":
+        errors += [FieldError(f"inputs.{number}.mode", "a lab's inputs are copied (mounts: "
+                              "notebook runs only, for now)")
+                   for number, given in enumerate(spec.inputs) if given.mode == "mount"]
+    elif spec.persist is not None:
+        errors.append(FieldError("persist", "a lab keeps its working directory; a notebook "
+                                 "run lists outputs"))
 
 
 def _check_limits(

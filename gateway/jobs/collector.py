@@ -29,7 +29,7 @@ from connectors.mount import MOUNT_DIR
 from ..config import ClusterConfig
 from ..errors import ClusterUnavailable, CommandTimeout, GatewayError
 from ..scheduler import SchedulerState
-from ..spec import OutputSpec
+from ..spec import ResolvedSpec
 from ..states import Reason, State
 from ..timestamps import parse_timestamp
 from ..transport import RemoteFileMissing, RemoteFileRefused, RemoteFileTooLarge, Transport
@@ -37,7 +37,7 @@ from .clusters import ClusterLink
 from .context import JobContext
 from .outcome import decide
 from .outputs import collect_outputs
-from .pusher import push_outputs
+from .pusher import push_outputs, pushes_of
 
 log = logging.getLogger(__name__)
 FIRST_BACKOFF = 1.0
@@ -192,11 +192,14 @@ async def _outputs(ctx: JobContext, job: dict[str, Any], link: ClusterLink,
                    local: Path) -> list[str]:
     """Bring the job's listed outputs back (:mod:`.outputs`) and send those bound for storage
     servers (:mod:`.pusher`); what did not arrive, each with why."""
-    outputs = [OutputSpec.model_validate(o) for o in json.loads(job["spec"]).get("outputs", [])]
-    home = [output.path for output in outputs if output.storage is None]
-    away = [output for output in outputs if output.storage is not None]
+    raw = json.loads(job["spec"])
+    if "outputs" not in raw and "persist" not in raw:  # a row from before staging existed
+        return []
+    spec = ResolvedSpec.model_validate(raw)
+    home = [output.path for output in spec.outputs if output.storage is None]
     missing = await collect_outputs(link.transport, job["workdir"], job["unix_user"], home,
                                     local, ctx.config.gateway.max_output_bytes) if home else []
+    away = pushes_of(spec)
     if away:
         missing += await push_outputs(ctx, link.transport, link.config.python, job, away)
     return missing

@@ -1,4 +1,5 @@
-"""Stage-out to storage servers: outputs with ``storage`` and ``dest``, sent when the job ends.
+"""Stage-out to storage servers when the job ends: outputs with ``storage`` and ``dest``, and a
+lab's persisted working directory.
 
 Like stage-in (:mod:`.stager`), the transfer runs on the cluster's login side as the job's own
 user (gateway/jobside/stage.py ``--push``): the job's directory goes straight to the storage
@@ -13,11 +14,13 @@ names it and the cause), the job's outcome stays.
 from __future__ import annotations
 
 import json
+import posixpath
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 from ..errors import GatewayError
-from ..spec import OutputSpec
+from ..spec import ResolvedSpec
 from ..transport import Transport
 from .context import JobContext
 from .stager import REPORT_LIMIT, STAGE_DIR, remove_stage_dir
@@ -25,18 +28,43 @@ from .stager import REPORT_LIMIT, STAGE_DIR, remove_stage_dir
 PUSH_TIMEOUT = 3600.0
 
 
-def push_files(ctx: JobContext, job: dict[str, Any],
-               outputs: list[OutputSpec]) -> dict[str, bytes]:
+@dataclass(frozen=True)
+class Push:
+    """One tree to send: ``path`` (relative to the work directory, ``exclude`` left out) to
+    ``dest/<name>`` on storage server ``storage``; ``replace``: a lab's persisted directory
+    (the previous copy is replaced once the new one is checked), else a name already taken
+    is refused."""
+
+    path: str
+    storage: str
+    dest: str
+    name: str
+    replace: bool = False
+    exclude: str | None = None
+
+
+def pushes_of(spec: ResolvedSpec) -> list[Push]:
+    """What ``spec`` sends to storage servers when the job ends."""
+    pushes = [Push(o.path, o.storage, o.dest, posixpath.basename(o.path))
+              for o in spec.outputs if o.storage is not None and o.dest is not None]
+    if spec.persist is not None:
+        pushes.append(Push("work", spec.persist.storage, posixpath.dirname(spec.persist.path),
+                           posixpath.basename(spec.persist.path), replace=True,
+                           exclude="work/inputs"))
+    return pushes
+
+
+def push_files(ctx: JobContext, job: dict[str, Any], pushes: list[Push]) -> dict[str, bytes]:
     """What goes into ``<workdir>/.stage`` for a push: the plan, keys, pinned host keys."""
     assert ctx.credentials is not None
     files: dict[str, bytes] = {}
     plan, known_hosts = [], []
-    for number, output in enumerate(outputs):
-        assert output.storage is not None and output.dest is not None
-        transfer = ctx.credentials.for_transfer(job["user_id"], output.storage)
+    for number, push in enumerate(pushes):
+        transfer = ctx.credentials.for_transfer(job["user_id"], push.storage)
         files[f"key-{number}"] = transfer.private_key
         known_hosts.append(f"[{transfer.host}]:{transfer.port} {transfer.host_key}")
-        plan.append({"path": output.path, "dest": output.dest, "host": transfer.host,
+        plan.append({"path": push.path, "dest": push.dest, "name": push.name,
+                     "replace": push.replace, "exclude": push.exclude, "host": transfer.host,
                      "port": transfer.port, "user": transfer.user, "key": f"key-{number}"})
     files["known_hosts"] = ("\n".join(known_hosts) + "\n").encode()
     files["plan.json"] = json.dumps({"outputs": plan}).encode()
@@ -45,14 +73,14 @@ def push_files(ctx: JobContext, job: dict[str, Any],
 
 
 async def push_outputs(ctx: JobContext, transport: Transport, python: str,
-                       job: dict[str, Any], outputs: list[OutputSpec]) -> list[str]:
-    """Send ``outputs`` to their storage servers; each one not sent as ``"<path> (<why>)"``.
+                       job: dict[str, Any], pushes: list[Push]) -> list[str]:
+    """Send ``pushes`` to their storage servers; each one not sent as ``"<path> (<why>)"``.
     Cluster errors (unreachable, timeout) are raised: the collector retries them."""
     user, workdir = job["unix_user"], job["workdir"]
     try:
-        files = push_files(ctx, job, outputs)
+        files = push_files(ctx, job, pushes)
     except GatewayError as exc:  # a storage server removed since the job was accepted
-        return [f"{output.path} ({exc.detail})" for output in outputs]
+        return [f"{push.path} ({exc.detail})" for push in pushes]
     try:
         await transport.put_files(f"{workdir}/{STAGE_DIR}", files, user=user)
         result = await transport.run(
@@ -60,10 +88,10 @@ async def push_outputs(ctx: JobContext, transport: Transport, python: str,
             user=user, timeout=PUSH_TIMEOUT, check=False)
     finally:
         await remove_stage_dir(transport, workdir, user)
-    return _not_sent(result.stdout[:REPORT_LIMIT], outputs)
+    return _not_sent(result.stdout[:REPORT_LIMIT], pushes)
 
 
-def _not_sent(stdout: bytes, outputs: list[OutputSpec]) -> list[str]:
+def _not_sent(stdout: bytes, pushes: list[Push]) -> list[str]:
     """The outputs the stager's (untrusted) answer does not report as sent, with its cause."""
     try:
         report = json.loads(stdout)
@@ -72,10 +100,10 @@ def _not_sent(stdout: bytes, outputs: list[OutputSpec]) -> list[str]:
     pushed = report.get("pushed", {}) if isinstance(report, dict) else {}
     failed = report.get("failed", {}) if isinstance(report, dict) else {}
     missing = []
-    for output in outputs:
-        if isinstance(pushed, dict) and output.path in pushed:
+    for push in pushes:
+        if isinstance(pushed, dict) and push.path in pushed:
             continue
-        why = failed.get(output.path) if isinstance(failed, dict) else None
-        missing.append(f"{output.path} (to {output.storage}: "
+        why = failed.get(push.path) if isinstance(failed, dict) else None
+        missing.append(f"{push.path} (to {push.storage}: "
                        f"{str(why)[:300] if why else 'not sent'})")
     return missing

@@ -57,6 +57,8 @@ def render_script(
         lab_bind=cluster.lab_bind,
         runtime=runtime,
         mounts=mount_commands(job, spec),
+        lab_root=(f"{job['workdir']}/work" if spec.kind == "lab" and (spec.inputs or spec.persist)
+                  else None),
     )
 
 

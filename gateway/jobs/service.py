@@ -128,6 +128,8 @@ class JobService:
         named = [(f"inputs.{n}.storage", b.storage) for n, b in enumerate(spec.inputs)]
         named += [(f"outputs.{n}.storage", o.storage) for n, o in enumerate(spec.outputs)
                   if o.storage is not None]
+        if spec.persist is not None:
+            named.append(("persist.storage", spec.persist.storage))
         return [FieldError(field, f"no storage server {name!r} (hpcgw storage list)")
                 for field, name in named if not known(user, name)]
 
@@ -209,6 +211,9 @@ class JobService:
                 "kind", 'a JSON body asks for a lab ("kind": "lab"); send a notebook run as '
                 "multipart/form-data")])
         resolved = resolve_spec(spec, self.config, default_name="lab")
+        errors = self._unknown_storage(user, resolved)
+        if errors:
+            raise ValidationFailed(errors)
         return self._store_new_job(user, resolved, idempotency_key, {})
 
     def _store_new_job(

@@ -53,9 +53,9 @@ class StagingFailed(GatewayError):
 
 
 def needs_staging(job: dict[str, Any]) -> bool:
-    """Whether ``job`` has inputs not staged (copied, or probed for a mount) yet."""
+    """Whether ``job`` has inputs (or a lab's persisted directory) not staged yet."""
     spec = ResolvedSpec.model_validate_json(job["spec"])
-    return bool(spec.inputs) and job["staged_inputs"] is None
+    return bool(spec.inputs or spec.persist) and job["staged_inputs"] is None
 
 
 def staged_parameters(job: dict[str, Any]) -> dict[str, str]:
@@ -117,6 +117,13 @@ def stage_files(ctx: JobContext, job: dict[str, Any]) -> dict[str, bytes]:
         known_hosts.append(f"[{transfer.host}]:{transfer.port} {transfer.host_key}")
         target = StorageTarget(transfer.host, transfer.port, transfer.user, f"key-{number}")
         plan.append(load_connector(binding.mode).plan(binding, target))
+    if spec.persist is not None:
+        transfer = ctx.credentials.for_transfer(job["user_id"], spec.persist.storage)
+        files["key-persist"] = transfer.private_key
+        known_hosts.append(f"[{transfer.host}]:{transfer.port} {transfer.host_key}")
+        plan.append({"parameter": "persist", "persist": True, "host": transfer.host,
+                     "port": transfer.port, "user": transfer.user, "key": "key-persist",
+                     "path": spec.persist.path})
     files["known_hosts"] = ("\n".join(known_hosts) + "\n").encode()
     files["plan.json"] = json.dumps({"inputs": plan,
                                      "max_bytes": ctx.config.staging.max_input_bytes}).encode()
@@ -139,7 +146,8 @@ async def _stage(ctx: JobContext, link: ClusterLink, job: dict[str, Any]) -> dic
     finally:
         await remove_stage_dir(transport, workdir, user)
     spec = ResolvedSpec.model_validate_json(job["spec"])
-    staged = _report(result.stdout[:REPORT_LIMIT], result.stderr, workdir, spec.inputs)
+    staged = _report(result.stdout[:REPORT_LIMIT], result.stderr, workdir, spec.inputs,
+                     spec.persist is not None)
     assert ctx.credentials is not None
     for mount in staged["mounts"]:  # where the job's script connects (no secret)
         transfer = ctx.credentials.for_transfer(job["user_id"],
@@ -158,10 +166,11 @@ async def remove_stage_dir(transport: Transport, workdir: str, user: str) -> Non
 
 
 def _report(stdout: bytes, stderr: str, workdir: str,
-            inputs: tuple[InputSpec, ...]) -> dict[str, Any]:
+            inputs: tuple[InputSpec, ...], persist: bool = False) -> dict[str, Any]:
     """The stager's answer, checked (it comes from the cluster): for each input a local path
-    inside ``<workdir>/inputs/<parameter>``, and for each mount input the directory to mount
-    (its path, or a file's parent directory); or StagingFailed for its error."""
+    inside ``<workdir>/inputs/<parameter>``, for each mount input the directory to mount (its
+    path, or a file's parent directory), and ``<workdir>/work`` for a lab's persisted
+    directory; or StagingFailed for its error."""
     try:
         report = json.loads(stdout)
     except ValueError:
@@ -176,7 +185,8 @@ def _report(stdout: bytes, stderr: str, workdir: str,
     paths, remotes = report.get("inputs"), report.get("mounts", {})
     if not isinstance(paths, dict) or not isinstance(remotes, dict) \
             or set(paths) != {binding.parameter for binding in inputs} \
-            or set(remotes) != {b.parameter for b in inputs if b.mode == "mount"}:
+            or set(remotes) != {b.parameter for b in inputs if b.mode == "mount"} \
+            or report.get("persist") != (f"{workdir}/work" if persist else None):
         raise StagingFailed("the stager's answer is malformed")
     mounts = []
     for number, binding in enumerate(inputs):
@@ -186,7 +196,7 @@ def _report(stdout: bytes, stderr: str, workdir: str,
         if binding.mode == "mount":
             mounts.append({"parameter": binding.parameter, "input": number,
                            "remote": remotes[binding.parameter]})
-    return {"parameters": paths, "mounts": mounts}
+    return {"parameters": paths, "mounts": mounts, "persist": persist}
 
 
 def _expected_path(path: Any, workdir: str, binding: InputSpec, remote: Any) -> bool:

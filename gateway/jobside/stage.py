@@ -215,13 +215,36 @@ def plan_mount(item: dict[str, Any], workdir: str, stage_dir: str) -> tuple[str,
     return os.path.join(point, name), os.path.dirname(item["path"].rstrip("/")) or "/"
 
 
-def stage_one(item: dict[str, Any], workdir: str, stage_dir: str, max_bytes: int) -> str:
-    """Copy one input into the job's ``inputs/``; the local path its parameter gets."""
+def restore(item: dict[str, Any], workdir: str, stage_dir: str, max_bytes: int) -> str:
+    """A lab's persisted working directory, copied into ``work/`` (empty the first time, when
+    the directory does not exist on the server yet); its path."""
+    work = os.path.join(workdir, "work")
+    try:
+        copied = stage_one({**item, "parameter": "work"}, workdir, stage_dir, max_bytes,
+                           os.path.join(workdir, ".restore"))
+    except StageError as exc:
+        if exc.cause != "not found":
+            raise
+        shutil.rmtree(work, ignore_errors=True)
+        os.mkdir(work, 0o700)
+        return work
+    shutil.rmtree(work, ignore_errors=True)
+    os.replace(copied, work)
+    os.rmdir(os.path.join(workdir, ".restore"))
+    return work
+
+
+def stage_one(item: dict[str, Any], workdir: str, stage_dir: str, max_bytes: int,
+              inputs: str | None = None) -> str:
+    """Copy one input into the job's ``inputs/`` (or ``inputs``); the local path its
+    parameter gets."""
     kind, sizes = probe(item, stage_dir)
+    if item.get("persist") and kind != "dir":
+        raise StageError("not a directory", f"{item['path']}: a lab persists a directory")
     total = sum(sizes.values())
     if total > max_bytes:
         raise StageError("too large", f"{total} bytes, over the gateway's cap of {max_bytes}")
-    inputs = os.path.join(workdir, "inputs")
+    inputs = inputs or os.path.join(workdir, "inputs")
     os.makedirs(inputs, mode=0o700, exist_ok=True)
     if shutil.disk_usage(inputs).free < total:
         raise StageError("disk full", f"{total} bytes do not fit in the job's file system")
@@ -241,19 +264,22 @@ def stage_one(item: dict[str, Any], workdir: str, stage_dir: str, max_bytes: int
 
 # Run by the storage account's shell with the tar stream on stdin: unpack into a temporary
 # directory beside the destination (refused if the destination's name is taken).
-RECEIVE = """LC_ALL=C; d={dest}; n={name}; t={partial}
+RECEIVE = """LC_ALL=C; d={dest}; n={name}; t={partial}; keep={keep}
 mkdir -p -- "$d" && cd -- "$d" || exit 3
-if [ -e "$n" ] || [ -L "$n" ]; then echo "hpcgw: $n already exists in $d" >&2; exit 17; fi
+if [ "$keep" = 1 ] && {{ [ -e "$n" ] || [ -L "$n" ]; }}; then
+  echo "hpcgw: $n already exists in $d" >&2; exit 17; fi
 rm -rf -- "$t" && mkdir -m 700 -- "$t" && tar -xf - -C "$t" || exit 4
 if command -v openssl >/dev/null 2>&1; then set -- openssl dgst -sha256 -r
 else set -- sha256sum; fi
 cd -- "$t" && find . -type f -exec "$@" {{}} +"""
 PUBLISH = """d={dest}; n={name}; t={partial}; s={source}
-cd -- "$d" && mv -- "$s" "$n" && rm -rf -- "$t"
+cd -- "$d" || exit 3
+if [ -e "$n" ]; then mv -- "$n" "$t/.replaced" || exit 3; fi
+mv -- "$s" "$n" && rm -rf -- "$t"
 """
 
 
-def local_tree(workdir: str, path: str) -> dict[str, str]:
+def local_tree(workdir: str, path: str, exclude: str | None = None) -> dict[str, str]:
     """``{"./<path>/...": sha256}`` of the regular files of an output (links not followed:
     tar sends them as links); StageError if the path is missing or leaves the work directory."""
     full = os.path.join(workdir, path)
@@ -266,23 +292,28 @@ def local_tree(workdir: str, path: str) -> dict[str, str]:
     for root, _dirs, names in os.walk(full):
         for name in names:
             local = os.path.join(root, name)
+            relative = os.path.relpath(local, workdir)
+            if exclude and (relative + "/").startswith(exclude + "/"):
+                continue
             if stat.S_ISREG(os.lstat(local).st_mode):
-                sums["./" + os.path.relpath(local, workdir)] = sha256_of(local)
+                sums["./" + relative] = sha256_of(local)
     return sums
 
 
 def push_one(item: dict[str, Any], workdir: str, stage_dir: str) -> str:
     """Send one output to its storage server: into a temporary directory beside ``dest``,
     every file checked there by SHA-256, then renamed to ``dest/<the output's name>``."""
-    sums = local_tree(workdir, item["path"])
-    name = os.path.basename(item["path"])
+    sums = local_tree(workdir, item["path"], item.get("exclude"))
+    name = item.get("name") or os.path.basename(item["path"])
     partial = f".partial-{name}-{os.getpid()}"
     words = {"dest": shlex.quote(item["dest"]), "name": shlex.quote(name),
-             "partial": shlex.quote(partial),
+             "partial": shlex.quote(partial), "keep": "0" if item.get("replace") else "1",
              "source": shlex.quote(f"{partial}/{item['path']}")}
     target = ["ssh", *ssh_options(item, stage_dir), "-p", str(item["port"]),
               f"{item['user']}@{item['host']}", "--"]
-    tar = subprocess.Popen(["tar", "-C", workdir, "-cf", "-", "--", item["path"]],
+    excluded = [f"--exclude=./{item['exclude']}"] if item.get("exclude") else []
+    tar = subprocess.Popen(["tar", "-C", workdir, *excluded, "-cf", "-", "--",
+                            f"./{item['path']}"],
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     sent = subprocess.run([*target, RECEIVE.format(**words)], stdin=tar.stdout,
                           capture_output=True, text=True, check=False)
@@ -331,8 +362,12 @@ def main() -> int:
         return push_all(plan, args.workdir, stage_dir)
     staged: dict[str, str] = {}
     mounts: dict[str, str] = {}
+    persisted = None
     for item in plan["inputs"]:
         try:
+            if item.get("persist"):
+                persisted = restore(item, args.workdir, stage_dir, plan["max_bytes"])
+                continue
             if item.get("mode") == "mount":
                 staged[item["parameter"]], mounts[item["parameter"]] = plan_mount(
                     item, args.workdir, stage_dir)
@@ -348,7 +383,7 @@ def main() -> int:
             print(json.dumps({"error": {"parameter": item["parameter"], "cause": cause,
                                         "message": str(exc)[:300]}}))
             return 1
-    print(json.dumps({"inputs": staged, "mounts": mounts}))
+    print(json.dumps({"inputs": staged, "mounts": mounts, "persist": persisted}))
     return 0
 
 

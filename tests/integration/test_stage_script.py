@@ -63,7 +63,7 @@ def run_stager(work: Path, path: str, max_bytes: int = 10**9,
 
 def test_a_good_copy_then_the_cap(workdir: Path) -> None:
     assert run_stager(workdir, "/srv/storage/demo/set1") == {
-        "inputs": {"data": f"{workdir}/inputs/data"}, "mounts": {}}
+        "inputs": {"data": f"{workdir}/inputs/data"}, "mounts": {}, "persist": None}
     assert sorted(os.listdir(workdir / "inputs" / "data")) == ["alpha.txt", "beta.json",
                                                                 "gamma.csv"]
     error = run_stager(workdir, "/srv/storage/demo/numbers.csv", max_bytes=100)["error"]

@@ -27,6 +27,7 @@ from .conftest import (
     slurm_jobs_tagged,
     stop_gateway,
 )
+from .lab_helpers import lab_get, request_lab, wait_ready
 from .test_notebook_runs import outputs_text
 from .test_resilience import Restartable
 
@@ -311,3 +312,38 @@ async def test_outputs_go_to_storage_checked_and_never_overwrite(
     assert "results (to " in again["message"] and "already exists" in again["message"]
     assert (storage_dest / "results" / "deep" / "a.txt").read_text() == "alpha"
     assert sorted(p.name for p in storage_dest.iterdir()) == ["results", "summary.json"]
+
+
+async def test_a_lab_keeps_its_work_between_sessions_and_sees_its_inputs(
+        gateway: Gateway, alice: Api, authorized: list[str], storage_dest: Path) -> None:
+    name, _ = register(gateway, "alice", authorized, "--host-key-file",
+                       STORAGE["host_key_file"])
+    spec = {"time": "00:10:00", "persist": {"storage": name, "path": f"{storage_dest}/home"},
+            "inputs": [{"parameter": "data", "storage": name, "path": "/srv/storage/demo/set1"}]}
+    first = await request_lab(alice, **spec)
+    try:
+        await wait_ready(alice, first["id"])
+        status, listed = await lab_get(alice, first["id"], "api/contents/inputs/data")
+        assert status == 200, listed
+        assert sorted(item["name"] for item in listed["content"]) == [
+            "alpha.txt", "beta.json", "gamma.csv"]
+        status, _ = await alice.call("PUT", f"/labs/{first['id']}/api/contents/notes.txt", json={
+            "type": "file", "format": "text", "content": "written in the first session"})
+        assert status in (200, 201)
+    finally:
+        await alice.call("POST", f"/api/v1/jobs/{first['id']}/cancel")
+    ended = await alice.wait_terminal(first["id"], 120)
+    assert ended["state"] == "cancelled" and ended["message"] is not None \
+        and "missing" not in ended["message"], ended
+    home = storage_dest / "home"
+    assert (home / "notes.txt").read_text() == "written in the first session"
+    assert not (home / "inputs").exists()  # copied inputs are not sent back
+
+    second = await request_lab(alice, **{**spec, "inputs": []})
+    try:
+        await wait_ready(alice, second["id"])
+        status, notes = await lab_get(alice, second["id"], "api/contents/notes.txt")
+        assert status == 200 and notes["content"] == "written in the first session"
+    finally:
+        await alice.call("POST", f"/api/v1/jobs/{second['id']}/cancel")
+    await alice.wait_terminal(second["id"], 120)

@@ -4,6 +4,8 @@ plan), and the answer it reads back from the cluster, which is untrusted."""
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import asyncssh
@@ -72,11 +74,23 @@ def test_an_untrusted_mount_answer_is_refused(mounts: dict[str, str]) -> None:
         _report(json.dumps(answer).encode(), "", WORKDIR, (COPY_A, MOUNT_B))
 
 
+def test_a_persisted_lab_directory_must_be_its_work_directory() -> None:
+    for persist, ok in ((f"{WORKDIR}/work", True), (f"{WORKDIR}/inputs", False),
+                        ("/home/alice", False), (None, False)):
+        answer = json.dumps({"inputs": {}, "mounts": {}, "persist": persist}).encode()
+        if ok:
+            assert _report(answer, "", WORKDIR, (), persist=True)["persist"] is True
+        else:
+            with pytest.raises(StagingFailed):
+                _report(answer, "", WORKDIR, (), persist=True)
+
+
 def test_a_good_answer_and_an_error_answer() -> None:
     good = {"a": f"{WORKDIR}/inputs/a", "b": f"{WORKDIR}/inputs/b/b.csv"}
     answer = json.dumps({"inputs": good, "mounts": {"b": "/srv/set"}}).encode()
     assert _report(answer, "", WORKDIR, (COPY_A, MOUNT_B)) == {
-        "parameters": good, "mounts": [{"parameter": "b", "input": 1, "remote": "/srv/set"}]}
+        "parameters": good, "mounts": [{"parameter": "b", "input": 1, "remote": "/srv/set"}],
+        "persist": False}
     error: dict[str, Any] = {"error": {"parameter": "b", "cause": "not found",
                                        "message": "/srv/b: no such file or directory"}}
     with pytest.raises(StagingFailed, match=r"^input b: not found: /srv/b: no such"):
@@ -111,3 +125,17 @@ def test_a_parameter_bound_twice_or_also_given_is_refused(config: Config) -> Non
         ("inputs.1.parameter", "bound by another input too"),
         ("inputs.2.parameter", "also given a value in parameters"),
         ("inputs.3.writable", "only a mount can be writable")]
+
+
+def test_the_stagers_remote_scripts_format_and_parse_as_sh(tmp_path: Path) -> None:
+    """Every remote script of gateway/jobside/stage.py takes its quoted values (a stray brace
+    would be a KeyError at push time) and is valid sh."""
+    from gateway.jobside import stage
+
+    words = {"path": "'/srv/a b'", "dest": "/srv/d", "name": "n", "partial": ".partial-n-1",
+             "keep": "1", "source": "'.partial-n-1/./x'"}
+    for script in (stage.PROBE, stage.CHECKSUMS, stage.STREAM, stage.RECEIVE, stage.PUBLISH):
+        text = script.format(**words)
+        checked = subprocess.run(["sh", "-n", "-c", text], capture_output=True, text=True,
+                                 check=False)
+        assert checked.returncode == 0, (text, checked.stderr)
