@@ -266,7 +266,7 @@ def _check_outputs(errors: list[FieldError], spec: JobSpec) -> None:
 
 def _check_inputs(errors: list[FieldError], spec: JobSpec) -> None:
     """Each input's parameter bound once, and not also given a value in ``parameters``;
-    ``writable`` only for a mount; notebook runs only, for now."""
+    ``writable`` only for a mount; ``persist`` only for a lab."""
     bound: set[str] = set()
     for number, given in enumerate(spec.inputs):
         field = f"inputs.{number}"
@@ -277,11 +277,7 @@ def _check_inputs(errors: list[FieldError], spec: JobSpec) -> None:
         bound.add(given.parameter)
         if given.writable and given.mode != "mount":
             errors.append(FieldError(f"{field}.writable", "only a mount can be writable"))
-    if spec.kind == "lab":
-        errors += [FieldError(f"inputs.{number}.mode", "a lab's inputs are copied (mounts: "
-                              "notebook runs only, for now)")
-                   for number, given in enumerate(spec.inputs) if given.mode == "mount"]
-    elif spec.persist is not None:
+    if spec.kind != "lab" and spec.persist is not None:
         errors.append(FieldError("persist", "a lab keeps its working directory; a notebook "
                                  "run lists outputs"))
 

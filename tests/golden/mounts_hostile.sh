@@ -32,7 +32,7 @@ if ! sshfs \
     printf '{"status": "staging_error", "ename": "MountFailed", "evalue": "%s could not be mounted"}\n' /home/alice/.hpcgw/jobs/0123456789abcdef/inputs/table > exit.json
     exit 5
 fi
-# Not exec: the EXIT trap must run. SIGTERM is passed on to the runner, whose end is waited for.
+# Not exec: the EXIT trap must run. SIGTERM is passed on to the command, whose end is waited for.
 /usr/bin/python3 -I runner.py --input input.ipynb --output output.ipynb \
     --parameters parameters.json --kernel python3 --exit-record exit.json \
     --runtime-dir "$JUPYTER_RUNTIME_DIR" &

@@ -347,3 +347,23 @@ async def test_a_lab_keeps_its_work_between_sessions_and_sees_its_inputs(
     finally:
         await alice.call("POST", f"/api/v1/jobs/{second['id']}/cancel")
     await alice.wait_terminal(second["id"], 120)
+
+
+async def test_a_lab_with_a_mount_reads_it_and_leaves_no_mount_behind(
+        gateway: Gateway, alice: Api, authorized: list[str]) -> None:
+    name, _ = register(gateway, "alice", authorized, "--host-key-file",
+                       STORAGE["host_key_file"])
+    lab = await request_lab(alice, time="00:10:00", inputs=[
+        {"parameter": "data", "storage": name, "path": "/srv/storage/demo/set1",
+         "mode": "mount"}])
+    workdir = f"/home/alice/.hpcgw/jobs/{lab['id']}"
+    try:
+        await wait_ready(alice, lab["id"])
+        assert mounted_under(workdir) == [f"{workdir}/inputs/data"]
+        status, alpha = await lab_get(alice, lab["id"], "api/contents/inputs/data/alpha.txt")
+        assert status == 200 and alpha["content"].strip(), alpha
+    finally:
+        await alice.call("POST", f"/api/v1/jobs/{lab['id']}/cancel")
+    assert (await alice.wait_terminal(lab["id"], 120))["state"] == "cancelled"
+    await alice.wait_for(lab["id"], lambda _: mounted_under(workdir) == [], 60, "unmounted")
+    assert not Path(workdir, ".mounts").exists()

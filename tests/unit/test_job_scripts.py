@@ -215,7 +215,7 @@ def test_an_unreadable_site_template_is_a_render_error(tmp_path: Path) -> None:
 
 
 def test_template_problems(tmp_path: Path) -> None:
-    assert builtin_templates() == ["base.sh.j2", "lab.sh.j2", "notebook.sh.j2"]
+    assert builtin_templates() == ["base.sh.j2", "lab.sh.j2", "mounts.sh.j2", "notebook.sh.j2"]
     assert template_problems(None) == []
     assert template_problems(tmp_path) == []
     assert template_problems(tmp_path / "missing") == [

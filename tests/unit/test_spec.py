@@ -158,8 +158,6 @@ def test_a_full_valid_spec_resolves(config: Config) -> None:
     ({"memory": "lots"}, "memory"),
     ({"cpus": 9}, "cpus"),
     ({"kind": "lab", "parameters": {"a": 1}}, "parameters"),  # parameters are for notebooks
-    ({"kind": "lab", "inputs": [{"parameter": "x", "storage": "s", "path": "/d",
-                                 "mode": "mount"}]}, "inputs.0.mode"),
     ({"persist": {"storage": "s", "path": "/srv/lab"}}, "persist"),  # labs only
     ({"kind": "lab", "outputs": [{"path": "results/"}]}, "outputs"),  # notebook runs only
 ])
