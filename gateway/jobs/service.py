@@ -87,6 +87,14 @@ class JobService:
         if not task.cancelled() and task.exception() is not None:
             log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
+    def _stop_task(self, name: str) -> bool:
+        """Cancel the background task called ``name`` (its commands are killed and its
+        cleanup runs); whether there was one."""
+        found = [task for task in self._tasks if task.get_name() == name and not task.done()]
+        for task in found:
+            task.cancel()
+        return bool(found)
+
     async def _run_each(self, queue: asyncio.Queue[str], work: JobWork, name: str) -> None:
         """One task of ``work`` for each job id put on ``queue``: stagings and collections may
         take minutes each, so they run side by side, not from a pool."""
@@ -253,18 +261,21 @@ class JobService:
     async def cancel(self, user: User, job_id: str) -> tuple[dict[str, Any], bool]:
         """Cancel a job; ``(job, accepted)``. Idempotent; a terminal job is returned unchanged.
 
-        A job not yet in Slurm is cancelled at once. Otherwise ``scancel`` is sent now if the
-        scheduler answers, else by the poller as soon as it does; the state follows Slurm.
+        A job not yet in Slurm is cancelled at once, its staging stopped if it is copying
+        inputs. Otherwise ``scancel`` is sent now if the scheduler answers, else by the poller
+        as soon as it does; the state follows Slurm.
         """
         job = self._store.get_job(job_id, user.id)
         if State(job["state"]) in TERMINAL:
             return job, False
         self._store.update_job(job_id, cancel_requested=1)
-        if job["state"] == State.ACCEPTED:
+        staging = job["state"] == State.STAGING and self._stop_task(f"stage-{job_id}")
+        if job["state"] == State.ACCEPTED or staging:
             try:
                 return self._store.transition(
                     job_id, State.CANCELLED, reason=Reason.USER_CANCELLED,
-                    message="cancelled before submission"), True
+                    message="cancelled during staging" if staging
+                    else "cancelled before submission"), True
             except IllegalTransition:  # the submitter picked it up meanwhile
                 job = self._store.get_job(job_id)
         link = self.clusters.get(job["cluster"])

@@ -367,3 +367,24 @@ async def test_a_lab_with_a_mount_reads_it_and_leaves_no_mount_behind(
     assert (await alice.wait_terminal(lab["id"], 120))["state"] == "cancelled"
     await alice.wait_for(lab["id"], lambda _: mounted_under(workdir) == [], 60, "unmounted")
     assert not Path(workdir, ".mounts").exists()
+
+
+async def test_a_cancel_during_staging_stops_the_copy(
+        gateway: Gateway, alice: Api, authorized: list[str], big_input: str) -> None:
+    name, _ = register(gateway, "alice", authorized, "--host-key-file",
+                       STORAGE["host_key_file"])
+    status, job = await alice.submit(make_notebook("print(1)", parameters="big = ''"), {
+        "name": "cancelled while staging",
+        "inputs": [{"parameter": "big", "storage": name, "path": big_input}]})
+    assert status == 201, job
+    await alice.wait_for(job["id"], lambda _: bool(stagers_of(job["id"])), 60,
+                         "the stager running")
+    status, cancelled = await alice.call("POST", f"/api/v1/jobs/{job['id']}/cancel")
+    assert status == 202
+    assert (cancelled["state"], cancelled["reason"], cancelled["message"]) == (
+        "cancelled", "user_cancelled", "cancelled during staging")
+    await alice.wait_for(job["id"], lambda _: not stagers_of(job["id"]), 30, "stager gone")
+    workdir = Path(f"/home/alice/.hpcgw/jobs/{job['id']}")
+    await alice.wait_for(job["id"], lambda _: not (workdir / ".stage").exists(), 30,
+                         "keys removed")
+    assert slurm_jobs_tagged(job["id"]) == []
