@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -49,6 +50,9 @@ def as_alice(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[s
 
 
 def timed(action: Callable[[], object]) -> float:
+    """Seconds ``action`` takes, started with no dirty page left to write back (the previous
+    contender's 1 GiB would otherwise be flushed on the next one's time)."""
+    os.sync()
     started = time.perf_counter()
     action()
     return time.perf_counter() - started
@@ -103,7 +107,6 @@ def scp_file(work: Path, big: Path, cipher: str | None) -> None:
 
 def tar_pipe(work: Path, many: Path, cipher: str | None) -> None:
     target = work / "tarred"
-    as_alice(["rm", "-rf", str(target)])
     as_alice(["mkdir", str(target)])
     as_alice(["sh", "-c", 'ssh "$@" | tar -xf - -C ' + str(target), "sh",
               "-p", str(STORAGE["port"]), *ssh_options(work, cipher),
@@ -126,6 +129,16 @@ def sshfs_read(work: Path, big: Path, cipher: str | None, extra: str) -> float:
                                        "bs=1M", "status=none"]))
     finally:
         as_alice(["fusermount3", "-u", str(point)])
+
+
+def reset(work: Path) -> None:
+    """Remove what earlier contenders copied into ``work``."""
+    for name in ("inputs", "tarred", "scp.bin"):
+        target = work / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
 
 
 def median(values: list[float]) -> float:
@@ -152,10 +165,14 @@ def main() -> None:
     times: dict[str, list[float]] = {k: [] for k in ("scp", "stage", "sshfs", "tar", "many")}
     try:
         for _ in range(args.rounds):
+            reset(work)  # every contender starts from an empty target, outside the timing
             times["scp"].append(timed(lambda: scp_file(work, big, args.cipher)))
+            reset(work)
             times["stage"].append(timed(lambda: stage(work, str(big))))
             times["sshfs"].append(sshfs_read(work, big, args.cipher, args.sshfs_options))
+            reset(work)
             times["tar"].append(timed(lambda: tar_pipe(work, many, args.cipher)))
+            reset(work)
             times["many"].append(timed(lambda: stage(work, str(many))))
     finally:
         shutil.rmtree(data, ignore_errors=True)

@@ -36,6 +36,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from typing import Any
 
 SSH_TIMEOUT = 15  # seconds to connect; keepalives end a transfer that stalls
@@ -96,6 +97,7 @@ if [ -d "$p" ]; then cd "$p" && find . -type f -exec "$@" {{}} +; else "$@" < "$
 # The data itself: a file as it is, a directory as a tar stream (links stay links).
 STREAM = """p={path}; if [ -d "$p" ]; then exec tar -C "$p" -cf - .; else exec cat -- "$p"; fi"""
 BLOCK = 1 << 20
+FOLLOW_PAUSE = 0.005  # seconds to wait for more of a file that is still being written
 
 
 def remote(item: dict[str, Any], stage_dir: str, script: str) -> list[str]:
@@ -184,6 +186,23 @@ def receive(item: dict[str, Any], stage_dir: str, kind: str, partial: str,
     return data
 
 
+def follow(path: str, data: subprocess.Popen[bytes]) -> tuple[str, int]:
+    """SHA-256 and size of the file ``data`` is writing, read as it grows (tail -f), so the
+    hashing overlaps the transfer; complete once ``data`` has ended."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as growing:
+        while True:
+            ended = data.poll() is not None  # before the read: nothing is missed after it
+            block = growing.read(BLOCK)
+            if block:
+                digest.update(block)
+                size += len(block)
+            elif ended:
+                return digest.hexdigest(), size
+            else:
+                time.sleep(FOLLOW_PAUSE)
+
+
 def copy_checked(item: dict[str, Any], stage_dir: str, kind: str, sizes: dict[str, int],
                  partial: str) -> None:
     """Stream the input into ``partial`` while its server computes the checksums, then check
@@ -192,11 +211,12 @@ def copy_checked(item: dict[str, Any], stage_dir: str, kind: str, sizes: dict[st
         sums = subprocess.Popen(remote(item, stage_dir, CHECKSUMS), stdout=subprocess.PIPE,
                                 stderr=errors)
         data = receive(item, stage_dir, kind, partial, errors)
+        followed = follow(partial, data) if kind == "file" else None
         listed = parse_checksums(kind, sums.communicate()[0].decode(errors="replace"))
         if data.wait() != 0 or sums.returncode != 0:
             errors.seek(0)
             raise explain(errors.read().decode(errors="replace"), "copy failed")
-    received = local_files(partial, kind)
+    received = {".": followed} if followed else local_files(partial, kind)
     expected = {name: (listed.get(name), size) for name, size in sizes.items()}
     if received != expected:
         wrong = sorted(set(received) ^ set(expected)
