@@ -1,5 +1,6 @@
-"""Stage-in: a job's inputs, copied from storage servers into its work directory (``copy``), or
-probed to be mounted by the job (``mount``), before sbatch.
+"""Stage-in: a job's inputs, copied from storage servers into its work directory (``copy``) or
+probed to be mounted by the job (``mount``), and a lab's persisted working directory restored
+into ``work/``, before sbatch.
 
 Where the transfer runs: on the cluster's login side, through the cluster's transport, as the
 job's own user (gateway/jobside/stage.py, with scp). The data goes from the storage server to
@@ -71,7 +72,8 @@ def staged_mounts(job: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def stage_job(ctx: JobContext, job_id: str) -> None:
-    """Stage ``job_id``'s copy inputs, then hand it back to the submitters; or end it
+    """Stage ``job_id``'s inputs (copied, or probed for a mount) and a lab's persisted
+    directory, then hand it back to the submitters; or end it
     ``failed``/``staging``. A cluster that can't be reached is retried with backoff until the
     cluster's ``submit_deadline``. A job no longer in ``staging`` (cancelled) is left alone."""
     job = ctx.store.get_job(job_id)
