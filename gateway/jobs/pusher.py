@@ -16,14 +16,13 @@ from __future__ import annotations
 import json
 import posixpath
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 from ..errors import GatewayError
 from ..spec import ResolvedSpec
 from ..transport import Transport
 from .context import JobContext
-from .stager import REPORT_LIMIT, STAGE_DIR, remove_stage_dir
+from .stager import REPORT_LIMIT, key_files, run_stager
 
 PUSH_TIMEOUT = 3600.0
 
@@ -55,20 +54,17 @@ def pushes_of(spec: ResolvedSpec) -> list[Push]:
 
 
 def push_files(ctx: JobContext, job: dict[str, Any], pushes: list[Push]) -> dict[str, bytes]:
-    """What goes into ``<workdir>/.stage`` for a push: the plan, keys, pinned host keys."""
-    assert ctx.credentials is not None
-    files: dict[str, bytes] = {}
-    plan, known_hosts = [], []
+    """What goes into ``<workdir>/.stage`` for a push (besides the stager): the plan, one
+    private key per push (``key-<n>``), the pinned host keys."""
+    files, transfers = key_files(
+        ctx, job, {f"key-{number}": push.storage for number, push in enumerate(pushes)})
+    plan = []
     for number, push in enumerate(pushes):
-        transfer = ctx.credentials.for_transfer(job["user_id"], push.storage)
-        files[f"key-{number}"] = transfer.private_key
-        known_hosts.append(f"[{transfer.host}]:{transfer.port} {transfer.host_key}")
+        transfer = transfers[f"key-{number}"]
         plan.append({"path": push.path, "dest": push.dest, "name": push.name,
                      "replace": push.replace, "exclude": push.exclude, "host": transfer.host,
                      "port": transfer.port, "user": transfer.user, "key": f"key-{number}"})
-    files["known_hosts"] = ("\n".join(known_hosts) + "\n").encode()
     files["plan.json"] = json.dumps({"outputs": plan}).encode()
-    files["stage.py"] = resources.files("gateway.jobside").joinpath("stage.py").read_bytes()
     return files
 
 
@@ -76,18 +72,11 @@ async def push_outputs(ctx: JobContext, transport: Transport, python: str,
                        job: dict[str, Any], pushes: list[Push]) -> list[str]:
     """Send ``pushes`` to their storage servers; each one not sent as ``"<path> (<why>)"``.
     Cluster errors (unreachable, timeout) are raised: the collector retries them."""
-    user, workdir = job["unix_user"], job["workdir"]
     try:
         files = push_files(ctx, job, pushes)
     except GatewayError as exc:  # a storage server removed since the job was accepted
         return [f"{push.path} ({exc.detail})" for push in pushes]
-    try:
-        await transport.put_files(f"{workdir}/{STAGE_DIR}", files, user=user)
-        result = await transport.run(
-            [python, "-I", f"{workdir}/{STAGE_DIR}/stage.py", "--workdir", workdir, "--push"],
-            user=user, timeout=PUSH_TIMEOUT, check=False)
-    finally:
-        await remove_stage_dir(transport, workdir, user)
+    result = await run_stager(transport, python, job, files, "--push", timeout=PUSH_TIMEOUT)
     return _not_sent(result.stdout[:REPORT_LIMIT], pushes)
 
 

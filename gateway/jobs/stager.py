@@ -26,6 +26,7 @@ import json
 import logging
 import posixpath
 import time
+from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
@@ -33,9 +34,10 @@ from connectors import StorageTarget, load_connector
 
 from ..errors import ClusterUnavailable, CommandTimeout, GatewayError
 from ..spec import InputSpec, ResolvedSpec
+from ..staging.credentials import Transfer
 from ..states import IllegalTransition, Reason, State
 from ..timestamps import parse_timestamp
-from ..transport import Transport
+from ..transport import CommandResult, Transport
 from ..transport.base import mkdir_argv
 from .clusters import ClusterLink
 from .context import JobContext
@@ -106,54 +108,76 @@ def _fail(ctx: JobContext, job_id: str, message: str) -> None:
         ctx.store.transition(job_id, State.FAILED, reason=Reason.STAGING, message=message)
 
 
-def stage_files(ctx: JobContext, job: dict[str, Any]) -> dict[str, bytes]:
-    """What goes into ``<workdir>/.stage``: the stager, its plan, the pinned host keys and one
-    private key per input (``key-<n>``)."""
-    spec = ResolvedSpec.model_validate_json(job["spec"])
+def key_files(ctx: JobContext, job: dict[str, Any],
+              storages: Mapping[str, str]) -> tuple[dict[str, bytes], dict[str, Transfer]]:
+    """For each ``key file name -> storage server name`` of the job's user: the private key as
+    that file, plus ``known_hosts`` pinning each server's host key (what the job-side stager
+    and the mount script give ssh); and the unsealed transfers by key file name."""
     assert ctx.credentials is not None
-    files: dict[str, bytes] = {}
-    plan, known_hosts = [], []
+    transfers = {key: ctx.credentials.for_transfer(job["user_id"], storage)
+                 for key, storage in storages.items()}
+    files = {key: transfer.private_key for key, transfer in transfers.items()}
+    files["known_hosts"] = "".join(f"[{t.host}]:{t.port} {t.host_key}\n"
+                                   for t in transfers.values()).encode()
+    return files, transfers
+
+
+def stage_files(ctx: JobContext,
+                job: dict[str, Any]) -> tuple[dict[str, bytes], dict[str, Transfer]]:
+    """What goes into ``<workdir>/.stage``: the stager, its plan, the pinned host keys and one
+    private key per input (``key-<n>``) and for a persisted lab directory (``key-persist``);
+    and the transfers by key file name."""
+    spec = ResolvedSpec.model_validate_json(job["spec"])
+    storages = {f"key-{number}": binding.storage for number, binding in enumerate(spec.inputs)}
+    if spec.persist is not None:
+        storages["key-persist"] = spec.persist.storage
+    files, transfers = key_files(ctx, job, storages)
+    plan = []
     for number, binding in enumerate(spec.inputs):
-        transfer = ctx.credentials.for_transfer(job["user_id"], binding.storage)
-        files[f"key-{number}"] = transfer.private_key
-        known_hosts.append(f"[{transfer.host}]:{transfer.port} {transfer.host_key}")
+        transfer = transfers[f"key-{number}"]
         target = StorageTarget(transfer.host, transfer.port, transfer.user, f"key-{number}")
         plan.append(load_connector(binding.mode).plan(binding, target))
     if spec.persist is not None:
-        transfer = ctx.credentials.for_transfer(job["user_id"], spec.persist.storage)
-        files["key-persist"] = transfer.private_key
-        known_hosts.append(f"[{transfer.host}]:{transfer.port} {transfer.host_key}")
+        transfer = transfers["key-persist"]
         plan.append({"parameter": "persist", "persist": True, "host": transfer.host,
                      "port": transfer.port, "user": transfer.user, "key": "key-persist",
                      "path": spec.persist.path})
-    files["known_hosts"] = ("\n".join(known_hosts) + "\n").encode()
     files["plan.json"] = json.dumps({"inputs": plan,
                                      "max_bytes": ctx.config.staging.max_input_bytes}).encode()
-    files["stage.py"] = resources.files("gateway.jobside").joinpath("stage.py").read_bytes()
-    return files
+    return files, transfers
+
+
+async def run_stager(transport: Transport, python: str, job: dict[str, Any],
+                     files: dict[str, bytes], *args: str, timeout: float) -> CommandResult:
+    """Put ``files`` and the job-side stager in ``<workdir>/.stage`` and run it there as the
+    job's user with ``args`` (its status is the caller's to read); the directory, keys and
+    all, is removed afterwards, however the run ends."""
+    user, workdir = job["unix_user"], job["workdir"]
+    stager = resources.files("gateway.jobside").joinpath("stage.py").read_bytes()
+    try:
+        await transport.put_files(f"{workdir}/{STAGE_DIR}", {**files, "stage.py": stager},
+                                  user=user)
+        return await transport.run(
+            [python, "-I", f"{workdir}/{STAGE_DIR}/stage.py", "--workdir", workdir, *args],
+            user=user, timeout=timeout, check=False)
+    finally:
+        await remove_stage_dir(transport, workdir, user)
 
 
 async def _stage(ctx: JobContext, link: ClusterLink, job: dict[str, Any]) -> dict[str, Any]:
     """Run the stager on the cluster; what ``staged_inputs`` records: ``{"parameters":
-    {parameter: local path}, "mounts": [{"parameter", "remote", "input"}]}``. StagingFailed
-    naming the input and the cause when an input could not be staged."""
-    transport, user, workdir = link.transport, job["unix_user"], job["workdir"]
-    files = stage_files(ctx, job)
-    await transport.run(mkdir_argv(workdir), user=user)  # 0700 before its .stage child
-    try:
-        await transport.put_files(f"{workdir}/{STAGE_DIR}", files, user=user)
-        result = await transport.run(
-            [link.config.python, "-I", f"{workdir}/{STAGE_DIR}/stage.py", "--workdir", workdir],
-            user=user, timeout=ctx.config.staging.copy_timeout, check=False)
-    finally:
-        await remove_stage_dir(transport, workdir, user)
+    {parameter: local path}, "mounts": [{"parameter", "remote", "input", "host", "port",
+    "user"}], "persist": bool}``. StagingFailed naming the input and the cause when an input
+    could not be staged."""
+    files, transfers = stage_files(ctx, job)
+    await link.transport.run(mkdir_argv(job["workdir"]), user=job["unix_user"])  # 0700 first
+    result = await run_stager(link.transport, link.config.python, job, files,
+                              timeout=ctx.config.staging.copy_timeout)
     spec = ResolvedSpec.model_validate_json(job["spec"])
-    staged = _report(result.stdout[:REPORT_LIMIT], result.stderr, workdir, spec.inputs,
+    staged = _report(result.stdout[:REPORT_LIMIT], result.stderr, job["workdir"], spec.inputs,
                      spec.persist is not None)
-    assert ctx.credentials is not None
     for mount in staged["mounts"]:  # where the job's script connects (no secret)
-        transfer = ctx.credentials.for_transfer(job["user_id"],
-                                                spec.inputs[mount["input"]].storage)
+        transfer = transfers[f"key-{mount['input']}"]
         mount.update(host=transfer.host, port=transfer.port, user=transfer.user)
     return staged
 

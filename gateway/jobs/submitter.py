@@ -30,7 +30,7 @@ from ..transport import RemoteFileMissing, RemoteFileRefused
 from .clusters import ClusterLink
 from .context import JobContext
 from .scripts import render_script, submit_options
-from .stager import needs_staging, staged_mounts, staged_parameters
+from .stager import key_files, needs_staging, staged_mounts, staged_parameters
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 30.0
@@ -199,15 +199,9 @@ def mount_keys(ctx: JobContext, job: dict[str, Any]) -> dict[str, bytes]:
     mounts = staged_mounts(job)
     if not mounts:
         return {}
-    assert ctx.credentials is not None
     spec = ResolvedSpec.model_validate_json(job["spec"])
-    files, known_hosts = {}, []
-    for mount in mounts:
-        transfer = ctx.credentials.for_transfer(job["user_id"],
-                                                spec.inputs[mount["input"]].storage)
-        files[f"key-{mount['input']}"] = transfer.private_key
-        known_hosts.append(f"[{transfer.host}]:{transfer.port} {transfer.host_key}")
-    return {**files, "known_hosts": ("\n".join(known_hosts) + "\n").encode()}
+    return key_files(ctx, job, {f"key-{mount['input']}": spec.inputs[mount["input"]].storage
+                                for mount in mounts})[0]
 
 
 def job_files(ctx: JobContext, job: dict[str, Any]) -> dict[str, bytes]:

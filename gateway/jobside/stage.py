@@ -100,11 +100,12 @@ BLOCK = 1 << 20
 FOLLOW_PAUSE = 0.005  # seconds to wait for more of a file that is still being written
 
 
-def remote(item: dict[str, Any], stage_dir: str, script: str) -> list[str]:
-    """The ssh argv that runs ``script`` (with the input's quoted path) on its server."""
+def remote(item: dict[str, Any], stage_dir: str, script: str, **words: str) -> list[str]:
+    """The ssh argv that runs ``script`` on the item's server, its ``{path}`` the item's quoted
+    path and its other fields ``words`` (quoted by the caller)."""
     return ["ssh", *ssh_options(item, stage_dir), "-p", str(item["port"]),
             f"{item['user']}@{item['host']}", "--",
-            script.format(path=shlex.quote(item["path"]))]
+            script.format(**{"path": shlex.quote(item["path"]), **words})]
 
 
 def probe(item: dict[str, Any], stage_dir: str) -> tuple[str, dict[str, int]]:
@@ -329,13 +330,11 @@ def push_one(item: dict[str, Any], workdir: str, stage_dir: str) -> str:
     words = {"dest": shlex.quote(item["dest"]), "name": shlex.quote(name),
              "partial": shlex.quote(partial), "keep": "0" if item.get("replace") else "1",
              "source": shlex.quote(f"{partial}/{item['path']}")}
-    target = ["ssh", *ssh_options(item, stage_dir), "-p", str(item["port"]),
-              f"{item['user']}@{item['host']}", "--"]
     excluded = [f"--exclude=./{item['exclude']}"] if item.get("exclude") else []
     tar = subprocess.Popen(["tar", "-C", workdir, *excluded, "-cf", "-", "--",
                             f"./{item['path']}"],
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    sent = subprocess.run([*target, RECEIVE.format(**words)], stdin=tar.stdout,
+    sent = subprocess.run(remote(item, stage_dir, RECEIVE, **words), stdin=tar.stdout,
                           capture_output=True, text=True, check=False)
     tar.wait()
     if sent.returncode == 17:
@@ -344,7 +343,7 @@ def push_one(item: dict[str, Any], workdir: str, stage_dir: str) -> str:
         raise explain(sent.stderr, "push failed")
     if parse_checksums("dir", sent.stdout) != sums:
         raise StageError("checksum mismatch", "the storage server's copy differs")
-    moved = subprocess.run([*target, PUBLISH.format(**words)],
+    moved = subprocess.run(remote(item, stage_dir, PUBLISH, **words),
                            capture_output=True, text=True, check=False)
     if moved.returncode != 0:
         raise explain(moved.stderr, "push failed")

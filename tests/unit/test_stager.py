@@ -34,14 +34,15 @@ async def test_the_plan_names_key_files_and_the_keys_travel_as_files(
     job = add_job(store, alice, "0011223344556677", spec=spec.model_dump_json())
     ctx = job_context(config, store)
     ctx.credentials = credentials
-    files = stage_files(ctx, job)
+    files, transfers = stage_files(ctx, job)
     plan = json.loads(files["plan.json"])
     assert [(i["parameter"], i["key"], i["path"]) for i in plan["inputs"]] == [
         ("a", "key-0", "/srv/a"), ("b", "key-1", "/srv/b.csv")]
     assert b"PRIVATE KEY" not in files["plan.json"]
     assert files["key-0"].startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
     assert files["known_hosts"].decode().splitlines() == [f"[127.0.0.1]:2223 {HOST_KEY}"] * 2
-    assert set(files) == {"plan.json", "known_hosts", "stage.py", "key-0", "key-1"}
+    assert set(files) == {"plan.json", "known_hosts", "key-0", "key-1"}  # the stager: run_stager
+    assert {key: t.port for key, t in transfers.items()} == {"key-0": 2223, "key-1": 2223}
 
 
 COPY_A = InputSpec(parameter="a", storage="s", path="/srv/a")
