@@ -4,9 +4,10 @@ It is the only way the API, the CLI's server and the lab proxy reach jobs: every
 takes the caller and answers 404 (:class:`NotFound`) for another user's job, exactly as for a
 missing one. Requests only ever touch the store and the data directory synchronously (a POST is
 stored and answered 201 at once); everything that talks to the cluster runs in background tasks
-the service owns: the submitters (:mod:`.submitter`), one poller per cluster (:mod:`.poller`),
-one collection per finished job (:mod:`.collector`), the lab watcher (:mod:`.lab_watcher`) and
-artifact retention (:mod:`.retention`). The workers share a :class:`JobContext`, never the
+the service owns: the submitters (:mod:`.submitter`), one staging per job with inputs
+(:mod:`.stager`), one poller per cluster (:mod:`.poller`), one collection per finished job
+(:mod:`.collector`), the lab watcher (:mod:`.lab_watcher`) and artifact retention
+(:mod:`.retention`). The workers share a :class:`JobContext`, never the
 service, and hand jobs on through its queues. All of them resume from the store after a
 restart, so the gateway can be killed at any moment.
 """
@@ -67,7 +68,6 @@ class JobService:
         self.config = config
         self.clusters = clusters
         self._store = store
-        self._credentials = credentials
         templates = templates or make_environment(config.gateway.template_dir)
         self.ctx = JobContext(config, store, clusters, templates, credentials)
         private_dir(self.ctx.data_dir / "jobs")
@@ -132,7 +132,8 @@ class JobService:
     def _unknown_storage(self, user: User, spec: ResolvedSpec) -> list[FieldError]:
         """An error for each input or output naming a storage server ``user`` has not
         registered (another user's server is unknown too)."""
-        known = self._credentials.known if self._credentials else (lambda _user, _name: False)
+        credentials = self.ctx.credentials
+        known = credentials.known if credentials else (lambda _user, _name: False)
         named = [(f"inputs.{n}.storage", b.storage) for n, b in enumerate(spec.inputs)]
         named += [(f"outputs.{n}.storage", o.storage) for n, o in enumerate(spec.outputs)
                   if o.storage is not None]
