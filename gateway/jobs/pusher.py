@@ -22,7 +22,7 @@ from ..errors import GatewayError
 from ..spec import ResolvedSpec
 from ..transport import Transport
 from .context import JobContext
-from .stager import REPORT_LIMIT, key_files, run_stager
+from .stager import key_files, run_stager
 
 PUSH_TIMEOUT = 3600.0
 
@@ -76,8 +76,8 @@ async def push_outputs(ctx: JobContext, transport: Transport, python: str,
         files = push_files(ctx, job, pushes)
     except GatewayError as exc:  # a storage server removed since the job was accepted
         return [f"{push.path} ({exc.detail})" for push in pushes]
-    result = await run_stager(transport, python, job, files, "--push", timeout=PUSH_TIMEOUT)
-    return _not_sent(result.stdout[:REPORT_LIMIT], pushes)
+    answer, _ = await run_stager(transport, python, job, files, "--push", timeout=PUSH_TIMEOUT)
+    return _not_sent(answer, pushes)
 
 
 def _not_sent(stdout: bytes, pushes: list[Push]) -> list[str]:

@@ -37,14 +37,14 @@ from ..spec import InputSpec, ResolvedSpec
 from ..staging.credentials import Transfer
 from ..states import IllegalTransition, Reason, State
 from ..timestamps import parse_timestamp
-from ..transport import CommandResult, Transport
+from ..transport import Transport
 from ..transport.base import mkdir_argv
 from .clusters import ClusterLink
 from .context import JobContext
 
 log = logging.getLogger(__name__)
 STAGE_DIR = ".stage"
-REPORT_LIMIT = 64 * 1024  # the stager prints one small JSON object
+REPORT_LIMIT = 64 * 1024  # the stager prints one small JSON object (and errors before it)
 MAX_BACKOFF = 30.0
 
 
@@ -148,20 +148,31 @@ def stage_files(ctx: JobContext,
 
 
 async def run_stager(transport: Transport, python: str, job: dict[str, Any],
-                     files: dict[str, bytes], *args: str, timeout: float) -> CommandResult:
+                     files: dict[str, bytes], *args: str, timeout: float) -> tuple[bytes, str]:
     """Put ``files`` and the job-side stager in ``<workdir>/.stage`` and run it there as the
-    job's user with ``args`` (its status is the caller's to read); the directory, keys and
-    all, is removed afterwards, however the run ends."""
+    job's user with ``args``; the directory, keys and all, is removed afterwards, however the
+    run ends. Returns its answer (the last line it printed) and what it printed before (its
+    errors).
+
+    The job's user could replace the stager before it runs: what it prints is cut on the
+    cluster at :data:`REPORT_LIMIT` bytes (``head -c``), so the gateway never holds more; an
+    answer over that is no answer.
+    """
     user, workdir = job["unix_user"], job["workdir"]
     stager = resources.files("gateway.jobside").joinpath("stage.py").read_bytes()
     try:
         await transport.put_files(f"{workdir}/{STAGE_DIR}", {**files, "stage.py": stager},
                                   user=user)
-        return await transport.run(
-            [python, "-I", f"{workdir}/{STAGE_DIR}/stage.py", "--workdir", workdir, *args],
+        result = await transport.run(
+            ["sh", "-c", f'"$@" 2>&1 | head -c {REPORT_LIMIT + 1}', "sh",
+             python, "-I", f"{workdir}/{STAGE_DIR}/stage.py", "--workdir", workdir, *args],
             user=user, timeout=timeout, check=False)
     finally:
         await remove_stage_dir(transport, workdir, user)
+    if len(result.stdout) > REPORT_LIMIT:
+        return b"", f"the stager printed more than {REPORT_LIMIT} bytes"
+    earlier, _, answer = result.stdout.rstrip(b"\n").rpartition(b"\n")
+    return answer, earlier.decode(errors="replace")
 
 
 async def _stage(ctx: JobContext, link: ClusterLink, job: dict[str, Any]) -> dict[str, Any]:
@@ -171,11 +182,10 @@ async def _stage(ctx: JobContext, link: ClusterLink, job: dict[str, Any]) -> dic
     could not be staged."""
     files, transfers = stage_files(ctx, job)
     await link.transport.run(mkdir_argv(job["workdir"]), user=job["unix_user"])  # 0700 first
-    result = await run_stager(link.transport, link.config.python, job, files,
-                              timeout=ctx.config.staging.copy_timeout)
+    answer, errors = await run_stager(link.transport, link.config.python, job, files,
+                                      timeout=ctx.config.staging.copy_timeout)
     spec = ResolvedSpec.model_validate_json(job["spec"])
-    staged = _report(result.stdout[:REPORT_LIMIT], result.stderr, job["workdir"], spec.inputs,
-                     spec.persist is not None)
+    staged = _report(answer, errors, job["workdir"], spec.inputs, spec.persist is not None)
     for mount in staged["mounts"]:  # where the job's script connects (no secret)
         transfer = transfers[f"key-{mount['input']}"]
         mount.update(host=transfer.host, port=transfer.port, user=transfer.user)
@@ -200,8 +210,9 @@ def _report(stdout: bytes, stderr: str, workdir: str,
     try:
         report = json.loads(stdout)
     except ValueError:
+        printed = (stderr + "\n" + stdout.decode(errors="replace")).strip().splitlines()
         raise StagingFailed("the stager gave no answer: "
-                            + (stderr.strip().splitlines() or ["(no output)"])[-1][:300]) from None
+                            + (printed or ["(no output)"])[-1][:300]) from None
     if not isinstance(report, dict):
         raise StagingFailed("the stager's answer is malformed")
     error = report.get("error")

@@ -13,10 +13,11 @@ import pytest
 
 from gateway.config import Config
 from gateway.errors import ValidationFailed
-from gateway.jobs.stager import StagingFailed, _report, stage_files
+from gateway.jobs.stager import StagingFailed, _report, run_stager, stage_files
 from gateway.spec import InputSpec, parse_spec, resolve_spec
 from gateway.staging.credentials import StorageCredentials
 from gateway.store import Store
+from gateway.transport.local import LocalTransport
 from tests.factories import add_job, job_context
 
 WORKDIR = "/home/alice/.hpcgw/jobs/0011223344556677"
@@ -140,3 +141,21 @@ def test_the_stagers_remote_scripts_format_and_parse_as_sh(tmp_path: Path) -> No
         checked = subprocess.run(["sh", "-n", "-c", text], capture_output=True, text=True,
                                  check=False)
         assert checked.returncode == 0, (text, checked.stderr)
+
+
+@pytest.mark.parametrize(("printed", "answer", "errors"), [
+    ("echo 'ssh: a warning'; echo '{\"inputs\": {}}'", b'{"inputs": {}}', "ssh: a warning"),
+    # A stager replaced by the job's user, flooding: cut on the cluster, never read whole.
+    ("head -c 10000000 /dev/zero | tr '\\0' x; echo '{\"inputs\": {}}'", b"",
+     "the stager printed more than 65536 bytes"),
+])
+async def test_what_the_stager_prints_is_capped_and_split(
+        config: Config, tmp_path: Path, printed: str, answer: bytes, errors: str) -> None:
+    fake_python = tmp_path / "python"
+    fake_python.write_text(f"#!/bin/sh\n{printed}\n")
+    fake_python.chmod(0o700)
+    transport = LocalTransport(config.clusters[0].model_copy(update={"command_prefix": []}))
+    job = {"unix_user": "alice", "workdir": str(tmp_path / "work")}
+    got = await run_stager(transport, str(fake_python), job, {"plan.json": b"{}"}, timeout=30)
+    assert got == (answer, errors)
+    assert not (tmp_path / "work" / ".stage").exists()  # the keys' directory went too
