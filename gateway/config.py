@@ -86,6 +86,73 @@ class PartitionConfig(_Strict):
         return parse_memory_mb(self.max_memory)
 
 
+# A registry reference Apptainer pulls on the node: docker://[host[:port]/]name[:tag][@sha256:...]
+REGISTRY_REFERENCE = re.compile(
+    r"^(docker|oras|library)://[a-z0-9][a-z0-9._-]*(:[0-9]{1,5})?(/[a-z0-9][a-z0-9._-]*)*"
+    r"(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(@sha256:[0-9a-f]{64})?\Z")
+# Where a registry image can be run from a reference (the others need a file or directory).
+PULLING_RUNTIMES = frozenset({"apptainer"})
+
+
+class ImageConfig(_Strict):
+    """A container image users may pick by name (``[clusters.images.NAME]``)."""
+
+    # The runtime that runs it, by entry point name (group ``hpcgw.runtimes``): "apptainer",
+    # "charliecloud", or "none" (the host's own environment, with this image's python).
+    runtime: str = "apptainer"
+    # Where it is on the nodes: a SIF file or a directory image, or for Apptainer a registry
+    # reference (docker://...), pulled on the node into the user's own cache. Empty for "none".
+    path: str = ""
+    # The Python inside the image that has papermill, ipykernel and JupyterLab; by default
+    # /usr/bin/python3 in an image, the cluster's python for runtime "none".
+    python: str | None = None
+    # Whether the image has GPU support (CUDA); shown to users, who pick it for GPU jobs.
+    gpu: bool = False
+    description: str = Field("", max_length=200)
+    # Further host directories that must be at the same path inside (the job's own directory
+    # always is): a shared software tree, a scratch file system.
+    binds: list[str] = Field(default_factory=list, max_length=16)
+
+    @field_validator("runtime")
+    @classmethod
+    def _runtime_installed(cls, value: str) -> str:
+        known = plugin_names("hpcgw.runtimes")
+        if value not in known:
+            raise ValueError(f"unknown runtime {value!r} (installed: {', '.join(known)})")
+        return value
+
+    @field_validator("python")
+    @classmethod
+    def _python_path(cls, value: str | None) -> str | None:
+        if value is not None and not SAFE_PATH.match(value):
+            raise ValueError(f"must be an absolute path of [A-Za-z0-9._/+-]: {value!r}")
+        return value
+
+    @field_validator("binds")
+    @classmethod
+    def _bind_paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not SAFE_PATH.match(path) or "{" in path or ".." in path.split("/") or path == "/":
+                raise ValueError(f"a bind must be an absolute directory of [A-Za-z0-9._/+-] "
+                                 f"other than /: {path!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _location(self) -> ImageConfig:
+        if self.runtime == "none":
+            if self.path:
+                raise ValueError('runtime "none" runs on the host: give it no path')
+            return self
+        if REGISTRY_REFERENCE.match(self.path):
+            if self.runtime not in PULLING_RUNTIMES:
+                raise ValueError(f"runtime {self.runtime!r} needs a file or directory image, "
+                                 "not a registry reference")
+        elif not SAFE_PATH.match(self.path) or "{" in self.path or ".." in self.path.split("/"):
+            raise ValueError("path: an absolute path of [A-Za-z0-9._/+-] (or, for apptainer, "
+                             f"a docker:// reference): {self.path!r}")
+        return self
+
+
 class SSHConfig(_Strict):
     """How the gateway reaches a cluster's login host (``transport = "ssh"``)."""
 
@@ -140,6 +207,10 @@ class ClusterConfig(_Strict):
     constraints: list[str] = Field(default_factory=list)
     reservations: list[str] = Field(default_factory=list)
     kernels: list[str] = Field(default_factory=lambda: ["python3"])
+    # Container images by name ([clusters.images.NAME]); a job names one as its `image`, or gets
+    # default_image (none: the host's own environment, `python` above).
+    images: dict[str, ImageConfig] = Field(default_factory=dict)
+    default_image: str | None = None
     command_timeout: float = Field(30.0, gt=0)
     # How long a submission may keep waiting for an unreachable scheduler before it fails.
     submit_deadline: float = Field(600.0, gt=0)
@@ -188,6 +259,12 @@ class ClusterConfig(_Strict):
             raise ValueError(f"must be an absolute path of [A-Za-z0-9._/+-]: {value!r}")
         return value
 
+    @field_validator("images")
+    @classmethod
+    def _image_names(cls, value: dict[str, ImageConfig]) -> dict[str, ImageConfig]:
+        _identifiers(list(value))
+        return value
+
     @field_validator("partitions")
     @classmethod
     def _partition_names(cls, value: dict[str, PartitionConfig]) -> dict[str, PartitionConfig]:
@@ -202,7 +279,18 @@ class ClusterConfig(_Strict):
             raise ValueError(f"default_partition {self.default_partition!r} is not in partitions")
         if self.transport == "ssh" and self.ssh is None:
             raise ValueError('transport = "ssh" needs an [clusters.ssh] section')
+        if self.default_image is not None and self.default_image not in self.images:
+            raise ValueError(f"default_image {self.default_image!r} is not in images")
         return self
+
+    def image_python(self, image: str | None) -> str:
+        """The job-side Python for a job in ``image`` (a name in :attr:`images`, or None for
+        the host's environment)."""
+        if image is None:
+            return self.python
+        config = self.images[image]
+        default = self.python if config.runtime == "none" else "/usr/bin/python3"
+        return config.python or default
 
 
 class PollConfig(_Strict):

@@ -121,7 +121,7 @@ class JobSpec(BaseModel):
     cpus: int = Field(1, ge=1, le=4096)
     memory: str | None = None
     time: str | None = None
-    image: str | None = None
+    image: str | None = Field(None, max_length=64)
     kernel: str = "python3"
     parameters: dict[str, Any] = Field(default_factory=dict)
     inputs: list[InputSpec] = Field(default_factory=list, max_length=32)
@@ -217,8 +217,11 @@ def resolve_spec(spec: JobSpec, config: Config, default_name: str) -> ResolvedSp
     _allowed(errors, "qos", spec.qos, cluster.qos)
     _allowed(errors, "constraint", spec.constraint, cluster.constraints)
     _allowed(errors, "reservation", spec.reservation, cluster.reservations)
-    if spec.image is not None:  # until a container runtime exists: never silently ignored
-        errors.append(FieldError("image", "container images are not enabled on this cluster"))
+    image = spec.image if spec.image is not None else cluster.default_image
+    if image is not None and image not in cluster.images:
+        shown = ", ".join(cluster.images) or "this cluster offers none"
+        errors.append(FieldError("image", f"{image!r} is not an image of cluster "
+                                 f"{cluster.name} (allowed: {shown})"))
     _allowed(errors, "kernel", spec.kernel, cluster.kernels)
     _check_inputs(errors, spec)
     _check_outputs(errors, spec)
@@ -244,7 +247,7 @@ def resolve_spec(spec: JobSpec, config: Config, default_name: str) -> ResolvedSp
         partition=partition_name, account=spec.account, qos=spec.qos,
         constraint=spec.constraint, reservation=spec.reservation, gpus=spec.gpus,
         gpu_type=spec.gpu_type, cpus=spec.cpus, memory_mb=memory_mb, time_s=time_s,
-        image=spec.image, kernel=spec.kernel, parameters=spec.parameters,
+        image=image, kernel=spec.kernel, parameters=spec.parameters,
         inputs=tuple(spec.inputs), outputs=tuple(spec.outputs), persist=spec.persist,
     )
 

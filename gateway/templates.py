@@ -13,7 +13,9 @@ cannot get it wrong silently:
   control characters becomes an ANSI-C ``$'...'`` word, so a newline in a value can never start a
   new line of the script. A :class:`ShellVariable` word (made in a template with
   ``shell_var(NAME, prefix)``) is its quoted prefix followed by ``"$NAME"``, and only names in
-  :data:`SHELL_VARIABLES` can be one: the job's own variables, never text from a request.
+  :data:`SHELL_VARIABLES` can be one: the job's own variables, never text from a request. A
+  :class:`ShellArray` word is ``"${NAME[@]}"``: the words of one of :data:`SHELL_ARRAYS`, the
+  arrays the script itself fills (the environment a container starts with).
 - ``words`` quotes a host command's argv (a list of text) word by word, as ``in_runtime`` does
   without a runtime (the SSHFS mounts: they are made on the node, outside any container).
 - ``in_runtime`` hands a command's argv to the job's container runtime (the ``runtime`` in the
@@ -43,14 +45,19 @@ BUILTIN_PACKAGE, BUILTIN_DIR = "gateway", "job_templates"
 # The prefix under which a site template can reach a built-in one it overrides.
 BUILTIN_PREFIX = "builtin"
 # The shell variables a script may pass to its command unexpanded by the gateway: set by the
-# script itself (JUPYTER_RUNTIME_DIR) or by Slurm for the job's user (HOME).
-SHELL_VARIABLES = frozenset({"HOME", "JUPYTER_RUNTIME_DIR"})
+# script itself (JUPYTER_RUNTIME_DIR) or for the job's user by sudo, sshd and Slurm (HOME, USER,
+# PATH).
+SHELL_VARIABLES = frozenset({"HOME", "USER", "PATH", "JUPYTER_RUNTIME_DIR"})
+# The bash arrays a command may take whole words from, each filled by the script itself.
+SHELL_ARRAYS = frozenset({"hpcgw_env"})
 _ANSI_C = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _SHELL_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*\Z")
 # Continuation lines of a long command start with this; a line is broken before an option word
 # once it would pass COMMAND_WIDTH characters.
 COMMAND_WIDTH = 90
 _CONTINUATION = " \\\n    "
+# Where a continuation line may start: an option, an assignment, an array's words.
+_STARTS_GROUP = re.compile(r'-|[A-Za-z_][A-Za-z0-9_]*=|"\$\{')
 
 
 class TemplateValueError(ValueError):
@@ -86,8 +93,22 @@ class ShellVariable:
             raise TemplateValueError(f"the prefix of ${self.name} must be text")
 
 
-# A word of a command's argv: literal text, or a reference to one of the script's variables.
-Word = str | ShellVariable
+@dataclass(frozen=True)
+class ShellArray:
+    """Any number of command words: the elements of the bash array ``name`` when the script
+    runs (``"${name[@]}"``), each one word. ``name`` must be in :data:`SHELL_ARRAYS`."""
+
+    name: str
+
+    def __post_init__(self) -> None:
+        if self.name not in SHELL_ARRAYS:
+            raise TemplateValueError(f"shell array {self.name!r} is not one a script may pass "
+                                     f"on (allowed: {', '.join(sorted(SHELL_ARRAYS))})")
+
+
+# A word of a command's argv: literal text, or a reference to one of the script's variables
+# (or to an array of words the script holds).
+Word = str | ShellVariable | ShellArray
 
 
 def shell_quote(value: Any) -> str:
@@ -97,6 +118,10 @@ def shell_quote(value: Any) -> str:
         if value.name not in SHELL_VARIABLES:  # frozen, but checked where it counts
             raise TemplateValueError(f"shell variable {value.name!r} is not allowed")
         return (shell_quote(value.prefix) if value.prefix else "") + f'"${value.name}"'
+    if isinstance(value, ShellArray):
+        if value.name not in SHELL_ARRAYS:
+            raise TemplateValueError(f"shell array {value.name!r} is not allowed")
+        return f'"${{{value.name}[@]}}"'
     text = str(value)
     if text.isprintable():
         return shlex.quote(text)
@@ -113,11 +138,12 @@ def shell_quote(value: Any) -> str:
 def shell_words(words: Iterable[Word]) -> str:
     """``words`` as one bash command line, each quoted by :func:`shell_quote`. A line longer
     than :data:`COMMAND_WIDTH` is continued (backslash, newline, indent) before an option word
-    (one starting with ``-``), so an option stays on the line of its values. No word ever holds
-    a raw newline, so the line breaks are only these."""
-    groups: list[str] = []  # an option with the words up to the next option
+    (one starting with ``-``), an ``env`` assignment (``NAME=...``) or an array's words, so an
+    option stays on the line of its values. No word ever holds a raw newline, so the line
+    breaks are only these."""
+    groups: list[str] = []  # an option (or assignment) with the words up to the next one
     for text in map(shell_quote, words):
-        if groups and not text.startswith("-"):
+        if groups and not _STARTS_GROUP.match(text):
             groups[-1] += " " + text
         else:
             groups.append(text)
@@ -134,9 +160,9 @@ def shell_words(words: Iterable[Word]) -> str:
 @jinja2.pass_context
 def in_runtime(context: jinja2.runtime.Context, argv: Sequence[Word]) -> str:
     """The ``in_runtime`` filter: ``argv`` (text, whole numbers and :class:`ShellVariable`
-    words) as the context's container runtime runs it, quoted word by word
-    (:func:`shell_words`)."""
-    runtime = context.get("runtime")
+    words) as the context's container runtime runs it for the context's ``container`` (a
+    :class:`gateway.runtimes.base.ContainerJob`), quoted word by word (:func:`shell_words`)."""
+    runtime, container = context.get("runtime"), context.get("container")
     if runtime is None:
         raise TemplateValueError("no container runtime in the render context")
     if isinstance(argv, str | jinja2.Undefined):
@@ -150,8 +176,10 @@ def in_runtime(context: jinja2.runtime.Context, argv: Sequence[Word]) -> str:
         if not isinstance(word, str | ShellVariable):
             raise TemplateValueError(f"in_runtime: {type(word).__name__} is not a word")
         command.append(word)
-    words = runtime.exec_argv(command)
-    if not words or not all(isinstance(w, str | ShellVariable) for w in words):
+    if container is None:
+        raise TemplateValueError("no container job in the render context")
+    words = runtime.exec_argv(container, command)
+    if not words or not all(isinstance(w, str | ShellVariable | ShellArray) for w in words):
         raise TemplateValueError(f"runtime {runtime.name!r} returned no argv of words")
     return shell_words(words)
 

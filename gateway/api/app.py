@@ -66,7 +66,9 @@ async def health(request: web.Request) -> web.Response:
 @routes.get("/api/v1/clusters")
 async def clusters(request: web.Request) -> web.Response:
     """The clusters' policy (config) and, per partition, what the scheduler last said about it
-    (the poller's cached view; ``null`` until the first refresh). Starts no process."""
+    (the poller's cached view; ``null`` until the first refresh), and the container images a
+    job may name (``default_image``: what a job that names none runs in; ``null``: the host's
+    environment). Starts no process."""
     service = request.app[SERVICE]
     answer = []
     for runtime in service.clusters.values():
@@ -81,8 +83,11 @@ async def clusters(request: web.Request) -> web.Response:
                 for name, limits in config.partitions.items()
             },
             "accounts": config.accounts, "qos": config.qos, "constraints": config.constraints,
-            "reservations": config.reservations, "images": [],  # no container runtime yet
-            "kernels": config.kernels,
+            "reservations": config.reservations, "kernels": config.kernels,
+            "images": [{"name": name, "runtime": image.runtime, "gpu": image.gpu,
+                        "description": image.description}
+                       for name, image in config.images.items()],
+            "default_image": config.default_image,
         })
     return web.json_response({"clusters": answer})
 

@@ -38,7 +38,8 @@ def _resource_flags(parser: argparse.ArgumentParser) -> None:
     add("--mem", help="memory, e.g. 4G")
     add("-t", "--time", help="time limit, e.g. 1:00:00 or 1-00:00:00")
     add("-J", "--job-name")
-    add("--image")
+    add("--image", metavar="NAME",
+        help="run in this container image of the cluster (GET /api/v1/clusters lists them)")
     add("--kernel")
     add("--wait", action="store_true", help="wait until the job ends")
 

@@ -24,9 +24,10 @@ class ClusterLink:
     config: ClusterConfig
     transport: Transport
     backend: SchedulerBackend
-    # What a job's command runs through on this cluster's nodes (today always the host's own
-    # environment; container images choose theirs).
-    container_runtime: ContainerRuntime = field(default_factory=HostRuntime)
+    # What a job's command runs through on this cluster's nodes, by runtime name: "none" (the
+    # host's own environment) and each runtime the cluster's images use.
+    runtimes: dict[str, ContainerRuntime] = field(
+        default_factory=lambda: {"none": HostRuntime()})
     # Set to poll now (a job was submitted or cancelled); the poller clears it.
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     # None until the first poll; False while the scheduler can't be reached.
@@ -63,8 +64,10 @@ class ClusterLink:
 
 
 def make_cluster_link(cluster: ClusterConfig) -> ClusterLink:
-    """A cluster's transport, scheduler backend and container runtime, each loaded by name
-    through its entry point group; ConfigError (the cluster is disabled) for an unknown name."""
+    """A cluster's transport, scheduler backend and container runtimes (none, and those of its
+    images), each loaded by name through its entry point group; ConfigError (the cluster is
+    disabled) for an unknown name."""
     transport = load_transport(cluster)
-    return ClusterLink(cluster, transport, load_backend(cluster, transport),
-                       load_runtime("none", cluster=cluster.name))
+    names = dict.fromkeys(["none", *(image.runtime for image in cluster.images.values())])
+    runtimes = {name: load_runtime(name, cluster=cluster.name) for name in names}
+    return ClusterLink(cluster, transport, load_backend(cluster, transport), runtimes)

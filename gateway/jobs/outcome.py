@@ -33,9 +33,20 @@ _BY_SCHEDULER: dict[SchedulerState, tuple[State, Reason, str]] = {
 }
 
 
+# The most characters of a log line a message quotes.
+LINE_LIMIT = 400
+
+
 def _tail(log_tail: str) -> str:
     lines = log_tail.strip().splitlines()[-5:]
     return ": " + " | ".join(lines) if lines else ""
+
+
+def last_line(log_tail: str) -> str:
+    """The last non-blank line of the log, trimmed to :data:`LINE_LIMIT` characters; empty if
+    there is none."""
+    lines = [line.strip() for line in log_tail.splitlines() if line.strip()]
+    return lines[-1][:LINE_LIMIT] if lines else ""
 
 
 def decide(
@@ -54,7 +65,9 @@ def decide(
     memory, node failures and cancellation; the exit record explains the rest. A lab has no
     exit record: its end is the scheduler's word, or why the gateway stopped it
     (``stop_reason``: ``idle``; ``start_timeout`` when its server never answered; ``unproven``
-    when a server answered at the reported address but failed the identity proof).
+    when a server answered at the reported address but failed the identity proof). A record
+    ``launch_error`` (the command never started: its runtime, its image or its Python failed)
+    ends the job ``launch_failed`` with the log's last line, the runtime's own error.
     """
     if stop_reason == "start_timeout":
         return Outcome(State.FAILED, Reason.LAUNCH_FAILED,
@@ -71,6 +84,10 @@ def decide(
     if scheduler_state in _BY_SCHEDULER:
         state, reason, message = _BY_SCHEDULER[scheduler_state]
         return Outcome(state, reason, message)
+    if record is not None and record.get("status") == "launch_error":
+        line = last_line(log_tail)
+        return Outcome(State.FAILED, Reason.LAUNCH_FAILED, "the job's command could not start"
+                       + (f": {line}" if line else ""))
     if kind == "lab" and scheduler_state is SchedulerState.COMPLETED:
         return Outcome(State.SUCCEEDED, Reason.COMPLETED, "the lab's server was shut down")
     if record is None and scheduler_state is None:
@@ -92,5 +109,7 @@ def decide(
     if status == "error":
         return Outcome(State.FAILED, Reason.JOB_ERROR,
                        f"{record.get('ename', 'Error')}: {record.get('evalue', '')}".strip())
-    what = "the lab's server stopped" if kind == "lab" else "the job ended without an exit record"
+    what = ("the lab's server stopped" if kind == "lab" else
+            "the notebook runner stopped before it recorded how the run ended"
+            if status == "started" else "the job ended without an exit record")
     return Outcome(State.FAILED, Reason.JOB_ERROR, what + _tail(log_tail))

@@ -18,9 +18,10 @@ from connectors.mount import MountConnector
 
 from ..config import ClusterConfig
 from ..runtimes import ContainerRuntime
+from ..runtimes.base import PASSED_VARIABLES, SYSTEM_PATH, ContainerJob
 from ..scheduler.options import InvalidSubmitOptions, SubmitOptions
 from ..spec import ResolvedSpec
-from ..templates import render
+from ..templates import ScriptRenderError, ShellVariable, Word, render
 
 # Slurm's output file in the job's directory (also a trace that the job ran: see submitter.py).
 JOB_LOG = "job.log"
@@ -36,29 +37,65 @@ def render_script(
     templates: jinja2.Environment,
     job: Mapping[str, Any],
     cluster: ClusterConfig,
-    runtime: ContainerRuntime,
+    runtimes: Mapping[str, ContainerRuntime],
 ) -> str:
     """The batch script of ``job``: ``notebook.sh.j2`` or ``lab.sh.j2`` (by the spec's kind) from
-    ``templates``, its command run through ``runtime``.
+    ``templates``, its command run through the runtime of its image (``runtimes`` by name; the
+    host's environment, ``none``, without an image).
 
-    Template context: ``job_id``, ``workdir``, ``python`` (the cluster's), ``slurm_name``,
-    ``spec`` (the ResolvedSpec), ``lab_bind`` (the cluster's) and ``runtime``. Raises
-    :class:`gateway.templates.ScriptRenderError` for an unsafe value or a broken template.
+    Template context: ``job_id``, ``workdir``, ``python`` (the image's, else the cluster's),
+    ``slurm_name``, ``spec`` (the ResolvedSpec), ``lab_bind`` (the cluster's), ``runtime`` and
+    ``container`` (the :class:`ContainerJob` it runs for). Raises
+    :class:`gateway.templates.ScriptRenderError` for an unsafe value or a broken template, or
+    an image or runtime the cluster no longer has (its config changed since the job was
+    accepted).
     """
     spec = ResolvedSpec.model_validate_json(job["spec"])
+    image = cluster.images.get(spec.image) if spec.image is not None else None
+    runtime = runtimes.get(image.runtime if image is not None else "none")
+    if runtime is None or (spec.image is not None and image is None):
+        raise ScriptRenderError(f"image {spec.image!r} is no longer offered by cluster "
+                                f"{cluster.name}")
+    python = cluster.image_python(spec.image)
     return render(
         templates,
         f"{spec.kind}.sh.j2",
         job_id=job["id"],
         workdir=job["workdir"],
-        python=cluster.python,
+        python=python,
         slurm_name=slurm_job_name(spec.name),
         spec=spec,
         lab_bind=cluster.lab_bind,
         runtime=runtime,
+        container=ContainerJob(
+            image=image.path if image is not None else "",
+            workdir=job["workdir"],
+            binds=tuple(image.binds) if image is not None else (),
+            gpus=spec.gpus,
+            env=container_environment(job, spec, python),
+        ),
+        passed_variables=PASSED_VARIABLES,
         mounts=mount_commands(job, spec),
         lab_root=(f"{job['workdir']}/work" if spec.kind == "lab" and (spec.inputs or spec.persist)
                   else None),
+    )
+
+
+def container_environment(job: Mapping[str, Any], spec: ResolvedSpec,
+                          python: str) -> tuple[tuple[str, Word], ...]:
+    """The variables a job's command gets in a container (besides Slurm's and the GPU
+    selection, which the script passes on): the user's ``HOME`` and ``USER``, a ``PATH`` that
+    starts at the image's Python, a UTF-8 locale, the job's private Jupyter runtime directory
+    and the job's id and name. The lab's token is not among them: ``lab.py`` reads it from its
+    0600 file."""
+    return (
+        ("HOME", ShellVariable("HOME")),
+        ("USER", ShellVariable("USER")),
+        ("PATH", f"{python.rsplit('/', 1)[0]}:{SYSTEM_PATH}"),
+        ("LANG", "C.UTF-8"),
+        ("JUPYTER_RUNTIME_DIR", ShellVariable("JUPYTER_RUNTIME_DIR")),
+        ("HPCGW_JOB_ID", str(job["id"])),
+        ("HPCGW_JOB_NAME", spec.name),
     )
 
 

@@ -110,7 +110,7 @@ async def _attempt(ctx: JobContext, link: ClusterLink, job: dict[str, Any]) -> N
     if needs_staging(job):  # copied by a task of its own, then queued here again
         ctx.stage_later(job["id"])
         return
-    script = render_script(ctx.templates, job, link.config, link.container_runtime)
+    script = render_script(ctx.templates, job, link.config, link.runtimes)
     options = submit_options(job, link.config)
     await stage_inputs(ctx, link, job, script)
     store.update_job(job["id"], submit_attempts=job["submit_attempts"] + 1)

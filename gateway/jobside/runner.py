@@ -5,11 +5,18 @@ papermill). It depends on nothing of the gateway's and never contacts it. The ex
 (``exit.json``, written atomically) tells the gateway what happened even after Slurm has
 forgotten the job:
 
+    {"status": "started"}   (as soon as it runs and papermill imports; replaced at the end)
     {"status": "ok"}
     {"status": "notebook_error", "ename": ..., "evalue": ..., "cell": N}
     {"status": "error", "ename": ..., "evalue": ...}
 
-Exit status: 0 ok, 3 the notebook raised, 4 anything else (kernel died, bad input, ...).
+Exit status: 0 ok, 3 the notebook raised, 4 anything else (kernel died, bad input, ...). A
+Python without papermill (an image that lacks it) writes no record at all: the batch script
+then records a launch error, and this script's last line says what was missing.
+
+It may run inside a container (``gateway/runtimes/``), started in the job's directory. When
+``$HOME`` is not a directory there (a home the image does not reach), ``HOME`` becomes the job's
+directory, so Jupyter's files have somewhere to go.
 
 The kernel talks to this runner over IPC (unix domain) sockets, never TCP: no port is picked
 free and bound later, so runs starting together on one node never collide, and no other user
@@ -112,6 +119,16 @@ def execute(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     return 0, {"status": "ok"}
 
 
+def usable_home() -> None:
+    """Point ``HOME`` at the working directory when it names no directory here (shared with
+    lab.py: each launcher is copied into the job's directory on its own)."""
+    home = os.environ.get("HOME", "")
+    if not os.path.isdir(home):
+        print(f"hpcgw: HOME ({home or 'unset'}) is not a directory here; using {os.getcwd()}",
+              flush=True)
+        os.environ["HOME"] = os.getcwd()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     for option in ("--input", "--output", "--parameters", "--kernel", "--exit-record"):
@@ -119,6 +136,13 @@ def main() -> int:
     parser.add_argument("--runtime-dir", default="runtime",
                         help="the job's private (0700) directory for the kernel's files")
     args = parser.parse_args()
+    try:
+        import papermill  # noqa: F401 - the one thing this Python must have
+    except ImportError as exc:
+        print(f"hpcgw: papermill cannot be imported by {sys.executable}: {exc}", flush=True)
+        return 4
+    usable_home()
+    write_record(args.exit_record, {"status": "started"})
     try:
         code, record = execute(args)
     except Exception as exc:  # the record must say what happened, whatever it was

@@ -18,7 +18,8 @@ NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}\Z")
 # jobside/): a side file must never replace or pose as one of them.
 RESERVED = frozenset({
     "input.ipynb", "output.ipynb", "parameters.json", "runner.py", "exit.json", "job.log",
-    "job.sh", "lab.py", "lab.token", "lab.json", "runtime", "files",
+    "job.sh", "lab.py", "lab.token", "lab.json", "runtime", "files", "exit.json.part",
+    "lab.json.part",
 })
 # Where the gateway keeps a job's side files in its data directory (beside input.ipynb).
 SIDE_DIR = "files"

@@ -5,8 +5,6 @@ umask 077
 export HPCGW_JOB_ID=0123456789abcdef
 export HPCGW_JOB_NAME=lab
 echo "hpcgw: lab $HPCGW_JOB_ID on $(hostname) at $(date -Is) (CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-})"
-JUPYTER_TOKEN="$(< lab.token)" || exit 4
-export JUPYTER_TOKEN
 export JUPYTER_RUNTIME_DIR="$PWD/runtime"
 mkdir -p -m 700 runtime
 # Kernels talk to the server over IPC sockets, never TCP (--KernelManager.transport=ipc): no
@@ -21,10 +19,16 @@ if [ $(( $(printf %s "$JUPYTER_RUNTIME_DIR" | wc -c) + 51 )) -gt 107 ]; then
     echo "hpcgw: $JUPYTER_RUNTIME_DIR is too long to name unix sockets in; kernels use $alias_dir/r"
     JUPYTER_RUNTIME_DIR="$alias_dir/r"
 fi
-# jupyter_server writes runtime/jpserver-<pid>.json once it listens; exec keeps this pid.
-ln -sfn "runtime/jpserver-$$.json" lab.json
-exec /usr/bin/python3 -I lab.py --no-browser --ServerApp.ip=127.0.0.1 --ServerApp.port=0 \
+# Not exec: the command runs in the background and is waited for (SIGTERM is passed on), so an
+# EXIT trap still runs. Its launcher writes exit.json as soon as it runs: none means it never
+# started, and job.log's last line says why.
+/usr/bin/python3 -I lab.py --no-browser --ServerApp.ip=127.0.0.1 --ServerApp.port=0 \
     --ServerApp.port_retries=0 --ServerApp.base_url=/labs/0123456789abcdef/ \
     --ServerApp.root_dir="$HOME" --ServerApp.preferred_dir="$HOME" \
     --ServerApp.default_url=/lab --ServerApp.shutdown_no_activity_timeout=0 \
-    --KernelSpecManager.ensure_native_kernel=False --KernelManager.transport=ipc
+    --KernelSpecManager.ensure_native_kernel=False --KernelManager.transport=ipc &
+hpcgw_child=$!
+trap 'kill -TERM "$hpcgw_child" 2>/dev/null' TERM INT
+while wait "$hpcgw_child"; hpcgw_status=$?; kill -0 "$hpcgw_child" 2>/dev/null; do :; done
+[ -e exit.json ] || printf '{"status": "launch_error", "exit_status": %d}\n' "$hpcgw_status" > exit.json
+exit "$hpcgw_status"

@@ -8,6 +8,14 @@ echo "hpcgw: job $HPCGW_JOB_ID on $(hostname) at $(date -Is) (CUDA_VISIBLE_DEVIC
 # The kernel's connection file and IPC sockets go here, private to the job (never TCP).
 export JUPYTER_RUNTIME_DIR="$PWD/runtime"
 mkdir -p -m 700 runtime
-exec /usr/bin/python3 -I runner.py --input input.ipynb --output output.ipynb \
+# Not exec: the command runs in the background and is waited for (SIGTERM is passed on), so an
+# EXIT trap still runs. Its launcher writes exit.json as soon as it runs: none means it never
+# started, and job.log's last line says why.
+/usr/bin/python3 -I runner.py --input input.ipynb --output output.ipynb \
     --parameters parameters.json --kernel python3 --exit-record exit.json \
-    --runtime-dir "$JUPYTER_RUNTIME_DIR"
+    --runtime-dir "$JUPYTER_RUNTIME_DIR" &
+hpcgw_child=$!
+trap 'kill -TERM "$hpcgw_child" 2>/dev/null' TERM INT
+while wait "$hpcgw_child"; hpcgw_status=$?; kill -0 "$hpcgw_child" 2>/dev/null; do :; done
+[ -e exit.json ] || printf '{"status": "launch_error", "exit_status": %d}\n' "$hpcgw_status" > exit.json
+exit "$hpcgw_status"

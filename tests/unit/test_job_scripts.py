@@ -14,10 +14,11 @@ import pytest
 from test_templates import JOB_ID, PYTHON, WORKDIR, cluster_config, job_row, spec
 
 from gateway.cli.admin import config_problems
-from gateway.config import parse_config
+from gateway.config import ImageConfig, parse_config
 from gateway.errors import ConfigError
 from gateway.jobs.scripts import render_script, slurm_job_name, submit_options
 from gateway.runtimes import ContainerRuntime, load_runtime
+from gateway.runtimes.base import ContainerJob
 from gateway.runtimes.none import HostRuntime
 from gateway.scheduler.options import InvalidSubmitOptions
 from gateway.templates import (
@@ -34,45 +35,62 @@ from gateway.templates import (
 
 
 class FakeContainer:
-    """A container runtime as the container issue will add them: its launcher, then the
-    command."""
+    """A container runtime that returns words of its own (some hostile) around the command,
+    standing in for the cluster's apptainer runtime."""
 
-    name = "fake"
+    name = "apptainer"
+    program = None
+    environment_prefix = None
 
     def __init__(self, image: str = "/images/py 3.sif") -> None:
         self.image = image
 
-    def exec_argv(self, argv: Sequence[Word]) -> list[Word]:
+    def exec_argv(self, job: ContainerJob, argv: Sequence[Word]) -> list[Word]:
         return ["apptainer", "exec", "--bind", ShellVariable("HOME", "--home="), self.image,
                 *argv]
 
 
 def script(kind: str = "notebook", templates: Path | None = None,
            runtime: ContainerRuntime | None = None, name: str = "n", **overrides: Any) -> str:
-    return render_script(make_environment(templates), job_row(spec(name, kind=kind, **overrides)),
-                         cluster_config(), runtime or HostRuntime())
+    """The rendered script of a job; with ``runtime``, the job is in the cluster's image
+    ``py`` and that runtime runs it."""
+    cluster = cluster_config()
+    if runtime is not None:
+        cluster = cluster.model_copy(update={"images": {
+            "py": ImageConfig(runtime="apptainer", path="/images/py.sif")}})
+        overrides["image"] = "py"
+    runtimes: dict[str, ContainerRuntime] = {"none": HostRuntime()}
+    if runtime is not None:
+        runtimes["apptainer"] = runtime
+    return render_script(make_environment(templates),
+                         job_row(spec(name, kind=kind, **overrides)), cluster, runtimes)
 
 
-def exec_line(text: str) -> str:
-    """The script's command line, continuation lines joined."""
-    return text.split("\nexec ", 1)[1].replace(" \\\n    ", " ").rstrip("\n")
+def command_line(text: str) -> str:
+    """The script's command line (the one it runs in the background and waits for),
+    continuation lines joined."""
+    lines = text.replace(" \\\n    ", " ").split("\n")
+    return lines[lines.index('hpcgw_child=$!') - 1].removesuffix(" &")
 
 
 # -- the runtime hook ------------------------------------------------------------------------------
 
 
-def test_load_runtime_finds_the_host_runtime_by_name() -> None:
+def test_load_runtime_finds_each_runtime_by_name() -> None:
     runtime = load_runtime("none", cluster="dev")
     assert isinstance(runtime, HostRuntime) and runtime.name == "none"
-    assert runtime.exec_argv(["a", ShellVariable("HOME")]) == ["a", ShellVariable("HOME")]
+    job = ContainerJob(image="", workdir=WORKDIR)
+    assert runtime.exec_argv(job, ["a", ShellVariable("HOME")]) == ["a", ShellVariable("HOME")]
+    assert load_runtime("apptainer", cluster="dev").program == "apptainer"
+    assert load_runtime("charliecloud", cluster="dev").program == "ch-run"
     with pytest.raises(ConfigError, match="cluster dev: unknown container runtime 'docker'"):
         load_runtime("docker", cluster="dev")
 
 
 @pytest.mark.parametrize("kind", ["notebook", "lab"])
 def test_the_command_runs_through_the_runtime(kind: str) -> None:
-    host = exec_line(script(kind))
-    contained = exec_line(script(kind, runtime=FakeContainer()))
+    host = command_line(script(kind))
+    contained = command_line(script(kind, runtime=FakeContainer()))
     assert contained == f"apptainer exec --bind --home=\"$HOME\" '/images/py 3.sif' {host}"
     assert host.startswith(f"{PYTHON} -I ")
 
@@ -83,16 +101,22 @@ def test_hostile_words_from_a_runtime_are_quoted_too(tmp_path: Path) -> None:
     text = script(runtime=FakeContainer(image))
     # Its only line breaks are the command's continuations: no word holds a raw newline.
     assert all(c == "\n" or c.isprintable() for c in text)
-    assert exec_line(text).count("\n") == 0
-    words = bash_words(exec_line(text), tmp_path)
+    words = bash_words(command_line(text), tmp_path)
     assert words[4] == image
     assert not marker.exists()
 
 
 def test_a_missing_runtime_is_a_render_error() -> None:
-    with pytest.raises(ScriptRenderError, match="no container runtime"):
+    with pytest.raises(ScriptRenderError, match="'runtime' is undefined"):
         render(make_environment(), "notebook.sh.j2", job_id=JOB_ID, workdir=WORKDIR,
-               python=PYTHON, slurm_name="hpcgw-n", spec=spec("n"), lab_bind="127.0.0.1")
+               python=PYTHON, slurm_name="hpcgw-n", spec=spec("n"), lab_bind="127.0.0.1",
+               passed_variables=())
+
+
+def test_an_image_the_cluster_no_longer_offers_is_a_render_error() -> None:
+    row = job_row(spec("n", image="gone"))
+    with pytest.raises(ScriptRenderError, match="image 'gone' is no longer offered"):
+        render_script(make_environment(), row, cluster_config(), {"none": HostRuntime()})
 
 
 # -- shell variables in the command ----------------------------------------------------------------
@@ -116,11 +140,12 @@ def test_shell_variables_expand_to_one_word_each(tmp_path: Path) -> None:
 
 
 def test_lab_passes_home_to_the_server_unexpanded_by_the_gateway() -> None:
-    line = exec_line(script("lab"))
+    line = command_line(script("lab"))
     assert '--ServerApp.root_dir="$HOME" --ServerApp.preferred_dir="$HOME"' in line
 
 
-@pytest.mark.parametrize("name", ["PATH", "HPCGW_JOB_NAME", "home", "HOME;id", "", "LD_PRELOAD"])
+@pytest.mark.parametrize("name", ["HPCGW_JOB_NAME", "home", "HOME;id", "", "LD_PRELOAD",
+                                  "SLURM_JOB_ID"])
 def test_only_allowlisted_variables_can_be_passed(name: str, tmp_path: Path) -> None:
     with pytest.raises(TemplateValueError):
         ShellVariable(name)
@@ -186,7 +211,7 @@ def test_a_site_template_can_extend_the_builtin_one_it_replaces(tmp_path: Path) 
         "{% endblock %}\n")
     lab, builtin = script("lab", tmp_path), script("lab")
     assert lab.replace("module load jupyter\n", "") == builtin
-    assert "\nmodule load jupyter\n# jupyter_server writes" in lab
+    assert "\nmodule load jupyter\n" in lab
 
 
 def test_a_site_base_is_used_by_the_builtin_templates(tmp_path: Path) -> None:
@@ -215,7 +240,8 @@ def test_an_unreadable_site_template_is_a_render_error(tmp_path: Path) -> None:
 
 
 def test_template_problems(tmp_path: Path) -> None:
-    assert builtin_templates() == ["base.sh.j2", "lab.sh.j2", "mounts.sh.j2", "notebook.sh.j2"]
+    assert builtin_templates() == ["base.sh.j2", "lab.sh.j2", "launch.sh.j2", "mounts.sh.j2",
+                                   "notebook.sh.j2"]
     assert template_problems(None) == []
     assert template_problems(tmp_path) == []
     assert template_problems(tmp_path / "missing") == [

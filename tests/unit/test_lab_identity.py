@@ -41,30 +41,36 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def real_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """The real launcher on 127.0.0.1, port picked by the server, token from the environment
-    (as the job script starts it; a missing job environment fails the test, never skips)."""
+    """The real launcher on 127.0.0.1, port picked by the server, token read from the job's
+    0600 ``lab.token`` and the port from the launcher's own report, ``lab.json`` (as the job
+    script starts it; a missing job environment fails the test, never skips)."""
     assert JOB_PYTHON.exists(), f"no job-side Python at {JOB_PYTHON}: run scripts/dev-cluster up"
     workdir = tmp_path_factory.mktemp("lab")
     shutil.copy(REPO / "gateway" / "jobside" / "lab.py", workdir / "lab.py")
+    (workdir / "lab.token").write_text(TOKEN)
+    (workdir / "lab.token").chmod(0o600)
     runtime = workdir / "runtime"
     runtime.mkdir(mode=0o700)
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(workdir), "JUPYTER_TOKEN": TOKEN,
-           "JUPYTER_RUNTIME_DIR": str(runtime)}
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(workdir), "JUPYTER_RUNTIME_DIR": str(runtime)}
     process = subprocess.Popen(
         [str(JOB_PYTHON), "-I", "lab.py", "--no-browser", "--allow-root",
          "--ServerApp.ip=127.0.0.1", "--ServerApp.port=0", "--ServerApp.port_retries=0",
          f"--ServerApp.base_url={PREFIX}", f"--ServerApp.root_dir={workdir}"],
         cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=(workdir / "lab.log").open("w"))
-    info = runtime / f"jpserver-{process.pid}.json"
+    report = workdir / "lab.json"
     deadline = time.monotonic() + START_TIMEOUT
     port = None
     while port is None:
         assert process.poll() is None, (workdir / "lab.log").read_text()[-2000:]
         assert time.monotonic() < deadline, "the launcher did not start"
         try:
-            port = int(json.loads(info.read_text())["port"])
-        except (OSError, ValueError):  # not written yet, or not whole yet
+            reported = json.loads(report.read_text())
+        except OSError:  # not written yet (it is replaced whole, never seen half-written)
             time.sleep(0.1)
+            continue
+        assert reported == {"port": reported["port"], "pid": process.pid, "base_url": PREFIX}
+        port = int(reported["port"])
+    assert json.loads((workdir / "exit.json").read_text()) == {"status": "started"}
     yield Lab("127.0.0.1", port)
     process.terminate()
     process.wait(timeout=20)

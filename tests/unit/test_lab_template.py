@@ -1,5 +1,6 @@
 """The lab batch script (gateway/job_templates/lab.sh.j2): golden files, and what the script hands
-to the JupyterLab launcher — the token only through the environment, never argv."""
+to the JupyterLab launcher: never the token (lab.py reads it from its 0600 file), its private
+runtime directory, and an exit record when the launcher never ran."""
 
 from __future__ import annotations
 
@@ -91,13 +92,14 @@ def run_lab_script(tmp_path: Path, token: str, job: Path | None = None) -> dict[
             "pid": (job / "pid.txt").read_text().strip(), "job": job, "stdout": done.stdout}
 
 
-def test_the_token_reaches_the_server_only_through_its_environment(short_tmp: Path) -> None:
+def test_the_token_never_passes_through_the_script(short_tmp: Path) -> None:
     token = "tok-" + "s3cr3t" * 6
     ran = run_lab_script(short_tmp, token)
     env, argv = ran["env"], ran["argv"]
     assert isinstance(env, dict) and isinstance(argv, list)
-    assert env["JUPYTER_TOKEN"] == token
-    assert not any(token in arg for arg in argv)
+    assert "lab.token" not in render_lab("x")  # lab.py reads it itself
+    assert "JUPYTER_TOKEN" not in env
+    assert not any(token in arg for arg in argv) and token not in "".join(env.values())
     assert token.encode() not in ran["stdout"]  # nothing echoes it into job.log
     assert "--ServerApp.port=0" in argv  # the server picks its own free port: no race
     assert f"--ServerApp.base_url=/labs/{JOB_ID}/" in argv
@@ -106,15 +108,16 @@ def test_the_token_reaches_the_server_only_through_its_environment(short_tmp: Pa
     assert not (Path(str(ran["job"])) / MARKER).exists()
 
 
-def test_lab_json_points_at_the_info_file_of_the_exec_d_server(short_tmp: Path) -> None:
+def test_a_launcher_that_never_ran_leaves_a_launch_error(short_tmp: Path) -> None:
+    # The stand-in Python writes no exit record, as a runtime that failed to start the image
+    # (or an image without JupyterLab) would not: the script records a launch error. The
+    # server's report, lab.json, is the launcher's to write, not the script's.
     ran = run_lab_script(short_tmp, "t" * 43)
     job = Path(str(ran["job"]))
-    link = job / "lab.json"
-    assert os.readlink(link) == f"runtime/jpserver-{ran['pid']}.json"
+    assert json.loads((job / "exit.json").read_text()) == {"status": "launch_error",
+                                                           "exit_status": 0}
+    assert not (job / "lab.json").exists()
     assert (job / "runtime").stat().st_mode & 0o777 == 0o700
-    info = {"port": 40001, "base_url": f"/labs/{JOB_ID}/"}
-    (job / "runtime" / f"jpserver-{ran['pid']}.json").write_text(json.dumps(info))
-    assert json.loads(link.read_text())["port"] == 40001
 
 
 # A kernel's sockets are <runtime dir>/kernel-<36-char id>-ipc-<N>: 50 bytes after the directory.
@@ -149,7 +152,5 @@ def test_a_long_job_path_reaches_the_runtime_dir_through_a_short_private_alias(
         assert alias.is_symlink() and alias.resolve() == runtime.resolve()
         assert len(str(alias)) + SOCKET_NAME_BYTES <= SOCKET_PATH_MAX
         assert f"kernels use {alias}".encode() in ran["stdout"]
-        # The server's info file still lands in the job's runtime/, where lab.json points.
-        assert os.readlink(job / "lab.json") == f"runtime/jpserver-{ran['pid']}.json"
     finally:
         shutil.rmtree(alias.parent, ignore_errors=True)

@@ -29,7 +29,7 @@ def mounted_script() -> str:
                     "host": "storage.example", "port": 2223, "user": "storage"},
                    {"parameter": "table", "input": 1, "remote": "/srv",
                     "host": "storage.example", "port": 2223, "user": "storage"}]})}
-    return render_script(make_environment(), job, cluster_config(), HostRuntime())
+    return render_script(make_environment(), job, cluster_config(), {"none": HostRuntime()})
 
 
 def test_golden_with_mounts() -> None:

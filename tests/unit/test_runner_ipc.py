@@ -26,6 +26,7 @@ from typing import Any
 import nbformat
 import pytest
 
+from gateway.runtimes.base import PASSED_VARIABLES, ContainerJob
 from gateway.runtimes.none import HostRuntime
 from gateway.spec import ResolvedSpec
 from gateway.templates import make_environment, render
@@ -71,7 +72,9 @@ def notebook_script(python: str) -> str:
         time_s=600, image=None, kernel="python3", parameters={})
     return render(make_environment(), "notebook.sh.j2", job_id="0123456789abcdef",
                   workdir="/home/alice/.hpcgw/jobs/0123456789abcdef", python=python,
-                  slurm_name="hpcgw-ipc", spec=job_spec, runtime=HostRuntime())
+                  slurm_name="hpcgw-ipc", spec=job_spec, runtime=HostRuntime(),
+                  container=ContainerJob(image="", workdir="/home/alice/.hpcgw/jobs/x"),
+                  passed_variables=PASSED_VARIABLES)
 
 
 def run_job(job: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:

@@ -169,12 +169,6 @@ def test_out_of_policy_values_name_their_field(
     assert field in error.problem()["fields"]
 
 
-def test_an_image_is_refused_rather_than_ignored(config: Config) -> None:
-    error = policy_refused({"image": "pytorch"}, config)
-    assert error.errors == [{"field": "image",
-                             "message": "container images are not enabled on this cluster"}]
-
-
 @pytest.mark.parametrize("time", ["0", "00:00", "0-00:00:00"])
 def test_zero_time_is_refused(time: str, config: Config) -> None:
     assert fields_of(policy_refused({"time": time}, config)) == {"time"}

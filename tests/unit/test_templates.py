@@ -71,7 +71,7 @@ def job_row(job_spec: ResolvedSpec, *, workdir: str = WORKDIR) -> dict[str, Any]
 
 def render_job(job_spec: ResolvedSpec, *, workdir: str = WORKDIR, python: str = PYTHON) -> str:
     return render_script(make_environment(), job_row(job_spec, workdir=workdir),
-                         cluster_config(python), HostRuntime())
+                         cluster_config(python), {"none": HostRuntime()})
 
 
 def render_notebook(job_spec: ResolvedSpec, *, workdir: str = WORKDIR) -> str:
@@ -219,10 +219,11 @@ def test_job_name_arrives_literally(case: str, locale: str, tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_whole_script_up_to_exec_runs_no_injected_command(case: str, tmp_path: Path) -> None:
+def test_whole_script_up_to_its_command_runs_no_injected_command(case: str,
+                                                                 tmp_path: Path) -> None:
     name, overrides, _ = CASES[case]
     script = render_notebook(spec(name, **overrides))
-    head = script.split("\nexec ")[0]
+    head = script.split(f"\n{PYTHON} -I runner.py")[0]
     assert "runner.py" not in head
     result = bash(head + '\nprintf %s "$HPCGW_JOB_NAME" > name.out\n', tmp_path)
     assert result.returncode == 0, result.stderr.decode()
