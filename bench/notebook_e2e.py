@@ -13,12 +13,12 @@ extra".
   to ``collecting``: the job's exit, Slurm completing it, the poller's next squeue) and
   "+ collected" (``collecting`` -> ``succeeded``: three reads, the final transition).
 - Reference: the same job script the gateway rendered for its warm-up job (``job.sh`` in its work
-  directory, the #SBATCH lines and the ``exec $python -I runner.py ...`` line that runs
-  papermill), with only the work directory changed, in a directory staged as alice beforehand
-  (untimed) with the same input.ipynb, parameters.json and runner.py. Timed from just before
-  ``sudo -n -u alice -- sbatch --parsable job.sh`` until the runner's ``exit.json`` (written
-  atomically as its last act) was written: its mtime, seen by polling every 25 ms. Its "in
-  Slurm" is sbatch's return.
+  directory: the line that runs ``$python -I runner.py ...``, papermill, and waits for it),
+  with only the work directory changed, in a directory staged as alice beforehand (untimed)
+  with the same input.ipynb, parameters.json and runner.py. Timed from just before ``sudo -n -u
+  alice -- sbatch --parsable job.sh`` until the runner's final ``exit.json`` (written
+  atomically as its last act, replacing the ``started`` record of its first) was written: its
+  mtime, seen by polling every 25 ms. Its "in Slurm" is sbatch's return.
 - ROUNDS rounds after one unmeasured warm-up pair; which goes first flips every round, and the
   next starts only when both have ended (one job at a time on the 2 cores). Medians, and the
   median of the per-round differences. Every Slurm job is scancelled at the end (no-op when it
@@ -130,11 +130,14 @@ def bare_run(directory: str, made: Made) -> Run:
     slurm_id = done.stdout.strip().split(";")[0]
     made.slurm_ids.append(slurm_id)
     deadline = time.monotonic() + JOB_DEADLINE_S
-    while (written := mtime(f"{directory}/exit.json")) is None:
+    while True:
+        if (written := mtime(f"{directory}/exit.json")) is not None:
+            record = json.loads(read_as_user(f"{directory}/exit.json"))
+            if record.get("status") != "started":  # the runner's first record, not its last
+                break
         if time.monotonic() > deadline:
-            raise SystemExit(f"bare job {slurm_id}: no exit.json after {JOB_DEADLINE_S} s")
+            raise SystemExit(f"bare job {slurm_id}: no final exit.json after {JOB_DEADLINE_S} s")
         time.sleep(0.025)
-    record = json.loads(read_as_user(f"{directory}/exit.json"))
     if record.get("status") != "ok":
         raise SystemExit(f"bare job {slurm_id} did not succeed: {record}")
     return Run(written - started, in_slurm, written - started, written - started, slurm_id)

@@ -112,7 +112,7 @@ def print_job(job: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(job, indent=2))
         return
     for key in ("id", "name", "state", "reason", "message", "pending_reason", "slurm_job_id",
-                "node", "partition", "cpus", "memory", "gpus", "time", "created_at",
+                "node", "partition", "cpus", "memory", "gpus", "time", "image", "created_at",
                 "started_at", "ended_at"):
         if job.get(key) is not None:
             print(f"{key:15} {job[key]}")

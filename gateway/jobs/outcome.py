@@ -61,7 +61,8 @@ def decide(
     """The terminal state of a job.
 
     ``scheduler_state`` is None when the scheduler forgot the job; then only the exit record
-    speaks, and without one the job is ``lost``. The scheduler's word wins for time limits,
+    speaks, and without one (or with only the launcher's first record, ``started``) the job is
+    ``lost``. The scheduler's word wins for time limits,
     memory, node failures and cancellation; the exit record explains the rest. A lab has no
     exit record: its end is the scheduler's word, or why the gateway stopped it
     (``stop_reason``: ``idle``; ``start_timeout`` when its server never answered; ``unproven``
@@ -90,7 +91,7 @@ def decide(
                        + (f": {line}" if line else ""))
     if kind == "lab" and scheduler_state is SchedulerState.COMPLETED:
         return Outcome(State.SUCCEEDED, Reason.COMPLETED, "the lab's server was shut down")
-    if record is None and scheduler_state is None:
+    if scheduler_state is None and (record is None or record.get("status") == "started"):
         return Outcome(State.FAILED, Reason.LOST,
                        "Slurm no longer knows the job and it left no exit record")
     record = record or {}

@@ -84,14 +84,14 @@ def dev_source(dev_config: Path, transport: str) -> Path:
 def write_config(source: Path, target: Path, data_dir: Path, gateway_extra: str = "",
                  **settings: object) -> None:
     """A copy of the dev cluster's gateway config with its own data directory, ``settings``
-    (keys the config already has, values as TOML text) overridden, and ``gateway_extra`` (TOML
-    lines) added to its ``[gateway]`` table."""
+    (keys the config already has, values as TOML text; the first occurrence of each)
+    overridden, and ``gateway_extra`` (TOML lines) added to its ``[gateway]`` table."""
     text = source.read_text()
     text = re.sub(r'(?m)^data_dir = ".*"$',
                   f'data_dir = "{data_dir}"' + (f"\n{gateway_extra}" if gateway_extra else ""),
                   text)
-    for key, value in settings.items():
-        text, count = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
+    for key, value in settings.items():  # the first: a cluster's own key, before its sub-tables
+        text, count = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", text, count=1)
         assert count == 1, key
     tomllib.loads(text)
     target.write_text(text)

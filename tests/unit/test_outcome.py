@@ -14,6 +14,10 @@ OK = {"status": "ok"}
 NB_ERROR = {"status": "notebook_error", "ename": "ZeroDivisionError",
             "evalue": "division by zero", "cell": 3}
 RUNNER_ERROR = {"status": "error", "ename": "DeadKernelError", "evalue": "Kernel died"}
+# The launcher's first record (it runs); replaced by its outcome at the end.
+STARTED = {"status": "started"}
+# Written by the job script when the launcher never ran (launch.sh.j2).
+LAUNCH_ERROR = {"status": "launch_error", "exit_status": 1}
 
 
 def end(
@@ -44,6 +48,12 @@ def end(
     (S.FAILED, None, (State.FAILED, Reason.JOB_ERROR)),
     (S.COMPLETED, None, (State.FAILED, Reason.JOB_ERROR)),   # exit 0 but no record: not ok
     (S.COMPLETED, {"status": "???"}, (State.FAILED, Reason.JOB_ERROR)),
+    (S.FAILED, STARTED, (State.FAILED, Reason.JOB_ERROR)),    # the runner died mid-run
+    (None, STARTED, (State.FAILED, Reason.LOST)),             # ... and Slurm forgot it
+    (S.FAILED, LAUNCH_ERROR, (State.FAILED, Reason.LAUNCH_FAILED)),
+    (None, LAUNCH_ERROR, (State.FAILED, Reason.LAUNCH_FAILED)),
+    (S.CANCELLED, LAUNCH_ERROR, (State.CANCELLED, Reason.USER_CANCELLED)),
+    (S.TIMEOUT, LAUNCH_ERROR, (State.TIMED_OUT, Reason.TIME_LIMIT)),
 ])
 def test_decide(
     scheduler: S | None, record: dict[str, Any] | None, expected: tuple[State, Reason]
@@ -95,6 +105,26 @@ def test_cancel_message_says_who() -> None:
     assert "outside" in decide(S.CANCELLED, None, cancel_requested=False).message
 
 
+@pytest.mark.parametrize("kind", ["notebook", "lab"])
+def test_a_launch_error_quotes_the_logs_last_line(kind: str) -> None:
+    log = ("hpcgw: job 0123 on vm at 2026-12-02T07:00:00+00:00\n"
+           "ch-run[4242]: error: can't stat: /images/x: No such file or directory (ch_core.c:255 2)"
+           "\n\n  \n")
+    outcome = decide(S.FAILED, LAUNCH_ERROR, cancel_requested=False, log_tail=log, kind=kind)
+    assert (outcome.state, outcome.reason) == (State.FAILED, Reason.LAUNCH_FAILED)
+    assert outcome.message == ("the job's command could not start: ch-run[4242]: error: can't "
+                               "stat: /images/x: No such file or directory (ch_core.c:255 2)")
+    assert decide(S.FAILED, LAUNCH_ERROR, cancel_requested=False).message == (
+        "the job's command could not start")
+    long = decide(S.FAILED, LAUNCH_ERROR, cancel_requested=False, log_tail="x" * 5000).message
+    assert long == "the job's command could not start: " + "x" * 400
+
+
+def test_a_runner_that_stopped_after_it_started_says_so() -> None:
+    assert decide(S.FAILED, STARTED, cancel_requested=False).message == (
+        "the notebook runner stopped before it recorded how the run ended")
+
+
 def test_lost_message() -> None:
     message = decide(None, None, cancel_requested=False).message
     assert "no exit record" in message
@@ -102,7 +132,7 @@ def test_lost_message() -> None:
 
 @pytest.mark.parametrize("scheduler", [*S, None])
 def test_every_outcome_is_terminal(scheduler: S | None) -> None:
-    for record in (None, OK, NB_ERROR, RUNNER_ERROR):
+    for record in (None, OK, NB_ERROR, RUNNER_ERROR, STARTED, LAUNCH_ERROR):
         state, _ = end(scheduler, record)
         assert state in {State.SUCCEEDED, State.FAILED, State.CANCELLED, State.TIMED_OUT}
 
