@@ -123,13 +123,14 @@ async def test_an_idle_lab_is_stopped_with_reason_idle(own_gateway: object) -> N
     assert status == 404
 
 
-async def test_a_lab_whose_server_never_starts_fails_with_the_log_tail(
+async def test_a_lab_whose_server_never_starts_fails_with_pythons_error(
     own_gateway: object
 ) -> None:
-    # A job-side Python without JupyterLab: the server can't start.
+    # A job-side Python without JupyterLab: the launcher never runs, the job could not start.
     gateway = own_gateway(python='"/usr/bin/python3"')  # type: ignore[operator]
     api = gateway.api()
     lab = await request_lab(api, time="00:10:00")
     job = await api.wait_terminal(lab["id"], timeout=120)
-    assert (job["state"], job["reason"]) == ("failed", "job_error"), job
-    assert "No module named" in job["message"], job["message"]
+    assert (job["state"], job["reason"]) == ("failed", "launch_failed"), job
+    assert job["message"] == ("the job's command could not start: ModuleNotFoundError: No module "
+                              "named 'jupyter_server'"), job["message"]
