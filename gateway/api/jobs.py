@@ -205,7 +205,8 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 @routes.get(JOB)
 async def show_job(request: web.Request) -> web.Response:
-    job = request.app[SERVICE].get_job(current_user(request), request.match_info["job_id"])
+    job = await request.app[SERVICE].current_job(current_user(request),
+                                                 request.match_info["job_id"])
     return web.json_response(job_view(job))
 
 
@@ -244,10 +245,35 @@ async def output_file(request: web.Request) -> web.StreamResponse:
     })
 
 
+# The headers of a log answer: where its bytes start in the job's log, where a reader that
+# follows it asks next (both only with ?offset=), and the job's state when it was read.
+LOG_START, LOG_NEXT, JOB_STATE = "Hpcgw-Log-Start", "Hpcgw-Log-Next", "Hpcgw-Job-State"
+MAX_OFFSET = 2**53
+
+
 @routes.get(JOB + "/log")
 async def job_log(request: web.Request) -> web.Response:
-    text = await request.app[SERVICE].job_log(current_user(request), request.match_info["job_id"])
-    return web.Response(body=text, content_type="text/plain", charset="utf-8")
+    """The job's log: its tail, or with ``?offset=N`` the bytes from byte N on (at most
+    ``gateway.log_tail_bytes``), with :data:`LOG_START` and :data:`LOG_NEXT` so that a client
+    following the log (``hpcgw log -f``) never gets a byte twice; :data:`JOB_STATE` tells it
+    when to stop (a terminal state and an empty answer: the whole log was read)."""
+    offset = _offset(request.query.get("offset"))
+    chunk, job = await request.app[SERVICE].job_log(
+        current_user(request), request.match_info["job_id"], offset)
+    headers = {JOB_STATE: job["state"]}
+    if chunk.start is not None and chunk.next_offset is not None:
+        headers.update({LOG_START: str(chunk.start), LOG_NEXT: str(chunk.next_offset)})
+    return web.Response(body=chunk.data, content_type="text/plain", charset="utf-8",
+                        headers=headers)
+
+
+def _offset(raw: str | None) -> int | None:
+    """The ``offset`` query parameter: a byte position (0 or more), or absent."""
+    if raw is None:
+        return None
+    if not raw.isascii() or not raw.isdigit() or int(raw) >= MAX_OFFSET:
+        raise ValidationFailed([FieldError("offset", "a byte position: a whole number >= 0")])
+    return int(raw)
 
 
 @routes.get(JOB + "/events")

@@ -19,6 +19,8 @@ from ..errors import GatewayError
 
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out"}
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=300, connect=10)
+# Seconds between two reads of a followed log that had nothing new.
+FOLLOW_INTERVAL = 1.0
 _GRES = re.compile(r"^gpu(?::(?P<type>[A-Za-z0-9._+-]*[A-Za-z._+-][A-Za-z0-9._+-]*))?"
                    r"(?::(?P<count>\d+))?$")
 
@@ -36,6 +38,26 @@ class Client:
         if not token:
             raise ClientError("set HPCGW_TOKEN to your gateway token")
         self._headers = {"Authorization": f"Bearer {token}"}
+
+    async def log_from(self, job_id: str, offset: int) -> tuple[bytes, int, str]:
+        """The job's log from byte ``offset`` (as much as one answer holds): ``(bytes, the
+        offset to ask next, the job's state)``."""
+        try:
+            async with aiohttp.ClientSession(timeout=REQUEST_TIMEOUT) as session, \
+                    session.get(f"{self.url}/api/v1/jobs/{quote(job_id)}/log",
+                                params={"offset": str(offset)}, headers=self._headers) as reply:
+                body = await reply.read()
+                if reply.status >= 400:
+                    raise ClientError(_problem_text(reply.status, body), status=reply.status,
+                                      problem=_problem(body))
+                next_offset = reply.headers.get("Hpcgw-Log-Next", "")
+                state = reply.headers.get("Hpcgw-Job-State", "")
+        except aiohttp.ClientError as exc:
+            raise ClientError(f"cannot reach the gateway at {self.url}: {exc}") from exc
+        if not next_offset.isdigit() or not state:
+            raise ClientError(f"{self.url} did not answer as an hpcgw gateway does (no log "
+                              "offset in its answer)")
+        return body, int(next_offset), state
 
     async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes, str]:
         """``(status, body, content_type)``; a problem answer raises ClientError."""
@@ -116,6 +138,8 @@ def print_job(job: dict[str, Any], as_json: bool) -> None:
                 "started_at", "ended_at"):
         if job.get(key) is not None:
             print(f"{key:15} {job[key]}")
+    if job.get("progress"):
+        print(f"{'progress':15} {job['progress']['done']}/{job['progress']['total']} cells done")
 
 
 async def wait_for_end(client: Client, job_id: str) -> dict[str, Any]:
@@ -138,8 +162,11 @@ async def wait_until(client: Client, job_id: str, states: set[str]) -> dict[str,
             job = await client.json("GET", f"/api/v1/jobs/{job_id}")
             if progress is not None:
                 detail = job["pending_reason"] if job["state"] == "pending" else job["node"]
+                cells = job.get("progress")
                 progress.update(f"job {job_id}: {job['state']}"
                                 + (f" ({detail})" if detail else "")
+                                + (f", cell {cells['done']}/{cells['total']} done"
+                                   if cells else "")
                                 + f"  {time.monotonic() - started:.0f}s")
             if job["state"] in TERMINAL or job["state"] in states:
                 return dict(job)
@@ -246,6 +273,20 @@ async def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 async def cmd_log(args: argparse.Namespace) -> int:
-    _, body, _ = await Client().request("GET", f"/api/v1/jobs/{args.job_id}/log")
-    sys.stdout.buffer.write(body)
-    return 0
+    """Print the job's log (its tail); with ``-f``, all of it from the start and then what is
+    added, until the job ended (exit status as ``submit --wait``: 0 only if it succeeded)."""
+    client = Client()
+    if not args.follow:
+        _, body, _ = await client.request("GET", f"/api/v1/jobs/{args.job_id}/log")
+        sys.stdout.buffer.write(body)
+        return 0
+    offset = 0
+    while True:
+        body, offset, state = await client.log_from(args.job_id, offset)
+        sys.stdout.buffer.write(body)
+        sys.stdout.buffer.flush()
+        if body:
+            continue  # there may be more right away
+        if state in TERMINAL:
+            return 0 if state == "succeeded" else 1
+        await asyncio.sleep(FOLLOW_INTERVAL)

@@ -75,11 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, help_text in (
         ("status", client.cmd_status, "show one job"),
         ("cancel", client.cmd_cancel, "cancel a job"),
-        ("log", client.cmd_log, "print a job's output log"),
+        ("log", client.cmd_log, "print a job's output log (each cell's output as it runs)"),
     ):
         command = sub.add_parser(name, help=help_text)
         command.add_argument("job_id")
         command.set_defaults(run=func)
+        if name == "log":
+            command.add_argument("-f", "--follow", action="store_true",
+                                 help="print the whole log, then what is added, until the job "
+                                      "ends (exit status 0 only if it succeeded)")
     fetch = sub.add_parser("fetch", help="download the executed notebook (or the outputs)")
     fetch.add_argument("job_id")
     fetch.add_argument("--outputs", metavar="DIR",

@@ -35,6 +35,7 @@ from ..timestamps import parse_timestamp
 from ..transport import RemoteFileMissing, RemoteFileRefused, RemoteFileTooLarge, Transport
 from .clusters import ClusterLink
 from .context import JobContext
+from .joblog import LOG_BASE, log_size, read_progress
 from .outcome import decide
 from .outputs import collect_outputs
 from .pusher import push_outputs, pushes_of
@@ -55,6 +56,8 @@ class Artifacts:
     has_notebook: bool
     # Listed outputs that did not come back, each "<path> (<why>)".
     missing_outputs: tuple[str, ...] = ()
+    # The runner's last progress record (notebook runs), as the store keeps it.
+    progress: str | None = None
 
 
 NO_ARTIFACTS = Artifacts(record=None, log_tail="", has_notebook=False)
@@ -86,9 +89,10 @@ async def collect(ctx: JobContext, job_id: str) -> None:
         kind=job["kind"],
         stop_reason=job["stop_reason"],
     )
+    final = {"progress": artifacts.progress} if artifacts.progress else {}
     ctx.store.transition(job_id, outcome.state, reason=outcome.reason,
                          message=_with_missing(outcome.message, artifacts.missing_outputs),
-                         has_notebook=int(artifacts.has_notebook))
+                         has_notebook=int(artifacts.has_notebook), **final)
 
 
 def _with_missing(message: str | None, missing: tuple[str, ...]) -> str | None:
@@ -169,6 +173,11 @@ async def _fetch_artifacts(
     record_bytes = await _read(transport, f"{workdir}/exit.json", user, EXIT_RECORD_LIMIT)
     local.mkdir(parents=True, exist_ok=True)
     (local / "job.log").write_bytes(log_bytes)
+    if len(log_bytes) >= gateway.log_tail_bytes:  # a tail: say where it starts in the log
+        size = await log_size(transport, job)
+        if size is not None:
+            (local / LOG_BASE).write_text(json.dumps({"offset": max(0, size - len(log_bytes))}))
+    progress = await read_progress(transport, job) if job["kind"] == "notebook" else None
     has_notebook = await _fetch_notebook(transport, f"{workdir}/output.ipynb", user, local,
                                          gateway.max_result_bytes)
     if json.loads(job.get("staged_inputs") or "{}").get("mounts"):
@@ -185,6 +194,7 @@ async def _fetch_artifacts(
         log_tail=log_bytes[-4096:].decode(errors="replace"),
         has_notebook=has_notebook,
         missing_outputs=tuple(missing),
+        progress=json.dumps(progress) if progress is not None else None,
     )
 
 

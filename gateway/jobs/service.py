@@ -27,19 +27,19 @@ import jinja2
 import nbformat
 
 from ..config import Config
-from ..errors import Conflict, FieldError, Gone, NotFound, ValidationFailed
+from ..errors import Conflict, FieldError, GatewayError, Gone, NotFound, ValidationFailed
 from ..spec import ResolvedSpec, parse_spec, resolve_spec
 from ..staging.credentials import StorageCredentials
 from ..staging.sidefiles import SIDE_DIR, side_file_errors
 from ..states import TERMINAL, IllegalTransition, Reason, State
 from ..store import Store, private_dir
 from ..templates import make_environment
-from ..transport import RemoteFileMissing
 from ..units import format_slurm_time
 from ..users import User
 from .clusters import ClusterLink
 from .collector import collect
 from .context import JobContext
+from .joblog import PROGRESS_EVERY, LogChunk, collected_log, live_log, read_progress
 from .lab_watcher import LabWatcher
 from .labs import LabProbe, LabRoute, open_lab
 from .limits import check_limits
@@ -72,6 +72,8 @@ class JobService:
         self.ctx = JobContext(config, store, clusters, templates, credentials)
         private_dir(self.ctx.data_dir / "jobs")
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Job id -> loop time its progress was last read from the cluster.
+        self._progress_read: dict[str, float] = {}
 
     # -- background work ------------------------------------------------------------------
 
@@ -145,6 +147,26 @@ class JobService:
     def get_job(self, user: User, job_id: str) -> dict[str, Any]:
         """``user``'s job ``job_id`` (a store row); NotFound for a missing or another's job."""
         return self._store.get_job(job_id, user.id)
+
+    async def current_job(self, user: User, job_id: str) -> dict[str, Any]:
+        """:meth:`get_job`, with a running notebook's progress read from the cluster first
+        (at most every :data:`.joblog.PROGRESS_EVERY` seconds; a failed read keeps the last)."""
+        job = self._store.get_job(job_id, user.id)
+        link = self.clusters.get(job["cluster"])
+        now = asyncio.get_running_loop().time()
+        if (job["kind"] != "notebook" or job["state"] != State.RUNNING or link is None
+                or now - self._progress_read.get(job_id, -PROGRESS_EVERY) < PROGRESS_EVERY):
+            return job
+        self._progress_read[job_id] = now
+        try:
+            progress = await read_progress(link.transport, job)
+        except GatewayError as exc:
+            log.info("progress of job %s not read: %s", job_id, exc.detail)
+            return job
+        if progress is not None and json.dumps(progress) != job["progress"]:
+            self._store.update_job(job_id, progress=json.dumps(progress))
+            job = self._store.get_job(job_id, user.id)
+        return job
 
     def list_jobs(self, user: User, limit: int = 500) -> list[dict[str, Any]]:
         """``user``'s newest jobs, at most ``limit``."""
@@ -307,27 +329,22 @@ class JobService:
             raise NotFound(f"no output file {path[:200]!r}", job_id=job_id)
         return found
 
-    async def job_log(self, user: User, job_id: str) -> bytes:
-        """The job's output log: collected once it ended, read live from the cluster before.
+    async def job_log(self, user: User, job_id: str,
+                      offset: int | None = None) -> tuple[LogChunk, dict[str, Any]]:
+        """The job's output log and the job: read live from the cluster until it ended, the
+        collected copy after (:mod:`.joblog`). Without ``offset`` its last
+        ``gateway.log_tail_bytes``; with one, at most that many bytes from there on.
 
-        Either way at most its last ``gateway.log_tail_bytes``; empty while there is none.
-        A live log that is not a regular file raises :class:`RemoteFileRefused` (502, naming
-        the file), never a read of whatever it leads to. :class:`Gone` (410) once retention
-        removed the job's artifacts.
+        Empty while there is none. A live log that is not a regular file raises
+        :class:`RemoteFileRefused` (502, naming the file), never a read of whatever it leads
+        to. :class:`Gone` (410) once retention removed the job's artifacts.
         """
         job = _with_artifacts(self._store.get_job(job_id, user.id))
-        collected = self.ctx.job_dir(job_id) / "job.log"
-        if State(job["state"]) in TERMINAL or not job["slurm_job_id"]:
-            return collected.read_bytes() if collected.exists() else b""
+        limit = self.config.gateway.log_tail_bytes
         link = self.clusters.get(job["cluster"])
-        if link is None:
-            return b""
-        try:
-            return await link.transport.read_file(
-                f"{job['workdir']}/job.log", user=job["unix_user"],
-                limit=self.config.gateway.log_tail_bytes, tail=True)
-        except RemoteFileMissing:
-            return b""
+        if State(job["state"]) in TERMINAL or not job["slurm_job_id"] or link is None:
+            return collected_log(self.ctx.job_dir(job_id), limit, offset), job
+        return await live_log(link.transport, job, limit, offset), job
 
 
 def _with_artifacts(job: dict[str, Any]) -> dict[str, Any]:
@@ -356,6 +373,7 @@ def job_view(job: dict[str, Any]) -> dict[str, Any]:
     view["outputs"] = spec.get("outputs", [])
     view["memory"] = f"{spec['memory_mb']}M" if spec["memory_mb"] else None
     view["time"] = format_slurm_time(spec["time_s"])
+    view["progress"] = json.loads(job["progress"]) if job.get("progress") else None
     view["scheduler_reachable"] = bool(job["scheduler_reachable"])
     view["notebook_available"] = bool(job["has_notebook"])
     if job["kind"] == "lab":

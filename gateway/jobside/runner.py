@@ -10,6 +10,11 @@ forgotten the job:
     {"status": "notebook_error", "ename": ..., "evalue": ..., "cell": N}
     {"status": "error", "ename": ..., "evalue": ...}
 
+While it runs, what each cell prints (stdout and stderr) goes to this process's own output,
+the job's log, with a line ``hpcgw: cell N/M`` before each code cell; a failing cell's
+traceback follows (colours stripped). ``--progress`` (``progress.json``, written atomically)
+holds ``{"done": N, "total": M}``: code cells finished out of all code cells of the notebook.
+
 Exit status: 0 ok, 3 the notebook raised, 4 anything else (kernel died, bad input, ...). A
 Python without papermill (an image that lacks it) writes no record at all: the batch script
 then records a launch error, and this script's last line says what was missing.
@@ -33,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -47,6 +53,8 @@ SOCKET_PATH_MAX = 107
 # names that exist): room for N up to 999, should stale sockets of an earlier attempt be there.
 SOCKET_SUFFIX_MAX = len("-999")
 SOCKET_STEM = "kernel-ipc"
+# The colour codes of an IPython traceback, stripped before it goes to the log.
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def write_record(path: str, record: dict[str, Any]) -> None:
@@ -94,13 +102,48 @@ def ipc_kernel_manager(runtime_dir: str, prefix: str) -> type[Any]:
     return IpcKernelManager
 
 
+def progress_engine(progress_path: str) -> type[Any]:
+    """papermill's nbclient engine, reporting as it goes: ``hpcgw: cell N/M`` on stdout before
+    each code cell and ``{"done": N, "total": M}`` in ``progress_path`` after each (a failed
+    cell is not done)."""
+    from papermill.engines import NBClientEngine
+
+    class ProgressEngine(NBClientEngine):  # type: ignore[misc]
+        @classmethod
+        def execute_managed_notebook(cls, nb_man: Any, kernel_name: str, **kwargs: Any) -> Any:
+            code = [index for index, cell in enumerate(nb_man.nb.cells)
+                    if cell.cell_type == "code"]
+            done = 0
+            write_record(progress_path, {"done": done, "total": len(code)})
+            started, completed = nb_man.cell_start, nb_man.cell_complete
+
+            def cell_start(cell: Any, cell_index: int | None = None, **more: Any) -> None:
+                if cell_index in code:
+                    print(f"hpcgw: cell {code.index(cell_index) + 1}/{len(code)}", flush=True)
+                started(cell, cell_index, **more)
+
+            def cell_complete(cell: Any, cell_index: int | None = None, **more: Any) -> None:
+                nonlocal done
+                completed(cell, cell_index, **more)
+                if cell_index in code and cell.metadata.papermill.get("status") != "failed":
+                    done += 1
+                    write_record(progress_path, {"done": done, "total": len(code)})
+
+            nb_man.cell_start, nb_man.cell_complete = cell_start, cell_complete
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+    return ProgressEngine
+
+
 def execute(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     import papermill
+    from papermill.engines import papermill_engines
     from papermill.exceptions import PapermillExecutionError
 
     with open(args.parameters) as handle:
         parameters = json.load(handle)
     os.makedirs(args.runtime_dir, mode=0o700, exist_ok=True)
+    papermill_engines.register("hpcgw", progress_engine(args.progress))
     try:
         with socket_prefix(args.runtime_dir) as prefix:
             papermill.execute_notebook(
@@ -108,12 +151,16 @@ def execute(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
                 args.output,
                 parameters=parameters,
                 kernel_name=args.kernel,
+                engine_name="hpcgw",
                 progress_bar=False,
-                log_output=True,
+                stdout_file=sys.stdout,
+                stderr_file=sys.stderr,
                 request_save_on_cell_execute=True,
                 kernel_manager_class=ipc_kernel_manager(args.runtime_dir, prefix),
             )
     except PapermillExecutionError as exc:
+        print(f"hpcgw: the notebook raised in cell [{exc.exec_count}]:", flush=True)
+        print(ANSI_ESCAPE.sub("", "\n".join(exc.traceback)), flush=True)
         return 3, {"status": "notebook_error", "ename": exc.ename, "evalue": exc.evalue,
                    "cell": exc.exec_count}
     return 0, {"status": "ok"}
@@ -135,6 +182,8 @@ def main() -> int:
         parser.add_argument(option, required=True)
     parser.add_argument("--runtime-dir", default="runtime",
                         help="the job's private (0700) directory for the kernel's files")
+    parser.add_argument("--progress", default="progress.json",
+                        help="where the code cells done / total are kept while it runs")
     args = parser.parse_args()
     try:
         import papermill  # noqa: F401 - the one thing this Python must have

@@ -19,7 +19,7 @@ NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}\Z")
 RESERVED = frozenset({
     "input.ipynb", "output.ipynb", "parameters.json", "runner.py", "exit.json", "job.log",
     "job.sh", "lab.py", "lab.token", "lab.json", "runtime", "files", "exit.json.part",
-    "lab.json.part",
+    "lab.json.part", "progress.json", "progress.json.part",
 })
 # Where the gateway keeps a job's side files in its data directory (beside input.ipynb).
 SIDE_DIR = "files"

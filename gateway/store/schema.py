@@ -103,6 +103,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN staged_inputs TEXT;
     """,
+    # A notebook run's last known progress ({"done": N, "total": M} code cells).
+    """
+    ALTER TABLE jobs ADD COLUMN progress TEXT;
+    """,
 ]
 
 

@@ -110,12 +110,15 @@ class Transport(Protocol):
         """
         ...
 
-    async def read_file(self, path: str, *, user: str, limit: int, tail: bool = False) -> bytes:
+    async def read_file(self, path: str, *, user: str, limit: int, tail: bool = False,
+                        offset: int | None = None) -> bytes:
         """Read ``path`` as ``user``, at most ``limit`` bytes of it (``limit`` >= 0).
 
         Without ``tail``: the whole file if it holds at most ``limit`` bytes, else
         :class:`RemoteFileTooLarge`. With ``tail``: its last ``limit`` bytes (all of a smaller
-        file). Symlinks are followed, but what they lead to must be a regular file, else
+        file). With ``offset`` (and no ``tail``): a window, the bytes from ``offset`` on, at
+        most ``limit`` of them (empty at or past the end; never too large). Symlinks are
+        followed, but what they lead to must be a regular file, else
         :class:`NotARegularFile` (a FIFO, ``/dev/zero``, a directory). A file swapped after the
         check is still refused or cut at the cap: the gateway never holds more than ``limit``
         bytes of it, whatever the cluster sends. Raises :class:`RemoteFileMissing` if it does
@@ -173,7 +176,8 @@ class CommandTransport:
         await self.run(mkdir_argv(directory), user=user)
         await self.run(untar_argv(directory), user=user, stdin=archive)
 
-    async def read_file(self, path: str, *, user: str, limit: int, tail: bool = False) -> bytes:
+    async def read_file(self, path: str, *, user: str, limit: int, tail: bool = False,
+                        offset: int | None = None) -> bytes:
         raise NotImplementedError  # needs a runner that counts the output: see the subclasses
 
     async def fetch_to(self, path: str, local_path: str | os.PathLike[str], *, user: str,
@@ -203,28 +207,35 @@ def untar_argv(directory: str) -> list[str]:
             "-C", directory, "-f", "-"]
 
 
-# The one remote command behind every file read, run by ``sh -c`` with the mode (``head`` or
-# ``tail``), the byte count and the path as positional arguments: nothing a caller passes is ever
-# part of the script's text. The path must lead to a regular file both before it is opened (a FIFO
-# would block the open) and once it is open (stdin: a file swapped in between is refused too);
-# then at most COUNT bytes leave: ``head -c`` for a whole read (the cap plus one, so that a file
-# over the cap shows as one), ``tail -c`` for a tail read (it seeks on a regular file).
+# The one remote command behind every file read, run by ``sh -c`` with the mode (``head``,
+# ``tail`` or ``from``), the byte count, the path and (``from``) the first byte's position,
+# counted from 1, as positional arguments: nothing a caller passes is ever part of the script's
+# text. The path must lead to a regular file both before it is opened (a FIFO would block the
+# open) and once it is open (stdin: a file swapped in between is refused too); then at most COUNT
+# bytes leave: ``head -c`` for a whole read (the cap plus one, so that a file over the cap shows
+# as one), ``tail -c`` for a tail read (it seeks on a regular file), both for a window.
 READ_SCRIPT = """\
 [ -e "$3" ] || { echo "hpcgw-read: no such file" >&2; exit 3; }
 [ -f "$3" ] || { echo "hpcgw-read: not a regular file" >&2; exit 4; }
 exec <"$3"
 [ -f /dev/stdin ] || { echo "hpcgw-read: not a regular file" >&2; exit 4; }
 if [ "$1" = tail ]; then exec tail -c "$2"; fi
+if [ "$1" = from ]; then tail -c "+$4" | head -c "$2"; exit; fi
 exec head -c "$2"
 """
 READ_MISSING, READ_NOT_REGULAR = 3, 4
 
 
-def read_argv(path: str, limit: int, tail: bool) -> list[str]:
+def read_argv(path: str, limit: int, tail: bool, offset: int | None = None) -> list[str]:
     """The command that writes at most ``limit`` + 1 bytes of ``path`` to stdout (its last
-    ``limit`` bytes with ``tail``), refusing what is not a regular file (:data:`READ_SCRIPT`)."""
+    ``limit`` bytes with ``tail``; at most ``limit`` bytes from ``offset`` with one), refusing
+    what is not a regular file (:data:`READ_SCRIPT`)."""
     if limit < 0:
         raise ValueError(f"a read's limit must be >= 0, not {limit}")
+    if offset is not None:
+        if offset < 0 or tail:
+            raise ValueError(f"a window read needs an offset >= 0 and no tail, not {offset}")
+        return ["sh", "-c", READ_SCRIPT, "hpcgw-read", "from", str(limit), path, str(offset + 1)]
     mode, count = ("tail", limit) if tail else ("head", limit + 1)
     return ["sh", "-c", READ_SCRIPT, "hpcgw-read", mode, str(count), path]
 

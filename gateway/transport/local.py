@@ -51,10 +51,11 @@ class LocalTransport(CommandTransport):
             check=check,
         )
 
-    async def read_file(self, path: str, *, user: str, limit: int, tail: bool = False) -> bytes:
+    async def read_file(self, path: str, *, user: str, limit: int, tail: bool = False,
+                        offset: int | None = None) -> bytes:
         """As :meth:`Transport.read_file`: the read command's output is counted as it arrives
         and the command killed as soon as there is more than ``limit`` bytes of it."""
-        argv = self._as_user(read_argv(path, limit, tail), user)
+        argv = self._as_user(read_argv(path, limit, tail, offset), user)
         try:
             result = await run_command(argv, timeout=self._timeout, stdout_limit=limit)
         except CommandFailed as exc:

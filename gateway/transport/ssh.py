@@ -173,11 +173,12 @@ class SSHTransport(CommandTransport):
         await self.run(mkdir_argv(directory), user=user)
         await self._stream(untar_argv(directory), user=user, pieces=pieces)
 
-    async def read_file(self, path: str, *, user: str, limit: int, tail: bool = False) -> bytes:
+    async def read_file(self, path: str, *, user: str, limit: int, tail: bool = False,
+                        offset: int | None = None) -> bytes:
         """As :meth:`Transport.read_file`, streamed and counted: the transfer stops (and the
         channel closes) at the first chunk past ``limit``, whatever the remote side sends."""
         buffer = bytearray()
-        await self._read(read_argv(path, limit, tail), path, limit, user, buffer.extend)
+        await self._read(read_argv(path, limit, tail, offset), path, limit, user, buffer.extend)
         return bytes(buffer)
 
     async def fetch_to(self, path: str, local_path: str | os.PathLike[str], *, user: str,

@@ -33,7 +33,8 @@ env -i HOME="$HOME" USER="$USER" PATH="$PATH" "${hpcgw_env[@]}" \
     --bind=/home/alice/.hpcgw/jobs/0123456789abcdef \
     --pwd=/home/alice/.hpcgw/jobs/0123456789abcdef docker://ghcr.io/org/jupyter:2024.1 /usr/bin/python3 \
     -I runner.py --input input.ipynb --output output.ipynb --parameters parameters.json \
-    --kernel python3 --exit-record exit.json --runtime-dir "$JUPYTER_RUNTIME_DIR" &
+    --kernel python3 --exit-record exit.json --progress progress.json \
+    --runtime-dir "$JUPYTER_RUNTIME_DIR" &
 hpcgw_child=$!
 trap 'kill -TERM "$hpcgw_child" 2>/dev/null' TERM INT
 while wait "$hpcgw_child"; hpcgw_status=$?; kill -0 "$hpcgw_child" 2>/dev/null; do :; done

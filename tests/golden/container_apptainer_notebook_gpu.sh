@@ -34,7 +34,8 @@ env -i HOME="$HOME" USER="$USER" PATH="$PATH" "${hpcgw_env[@]}" \
     --bind=/software \
     --pwd=/home/alice/.hpcgw/jobs/0123456789abcdef /shared/images/pytorch-2.5+cu12.sif /usr/bin/python3 \
     -I runner.py --input input.ipynb --output output.ipynb --parameters parameters.json \
-    --kernel python3 --exit-record exit.json --runtime-dir "$JUPYTER_RUNTIME_DIR" &
+    --kernel python3 --exit-record exit.json --progress progress.json \
+    --runtime-dir "$JUPYTER_RUNTIME_DIR" &
 hpcgw_child=$!
 trap 'kill -TERM "$hpcgw_child" 2>/dev/null' TERM INT
 while wait "$hpcgw_child"; hpcgw_status=$?; kill -0 "$hpcgw_child" 2>/dev/null; do :; done

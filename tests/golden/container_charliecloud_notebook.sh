@@ -32,7 +32,7 @@ env -i "${hpcgw_env[@]}" HOME="$HOME" USER="$USER" \
     --cd=/home/alice/.hpcgw/jobs/0123456789abcdef /var/cache/hpcgw/images/bookworm-jupyter-0a1b2c3d4e5f \
     -- /opt/jupyter/bin/python -I runner.py --input input.ipynb --output output.ipynb \
     --parameters parameters.json --kernel python3 --exit-record exit.json \
-    --runtime-dir "$JUPYTER_RUNTIME_DIR" &
+    --progress progress.json --runtime-dir "$JUPYTER_RUNTIME_DIR" &
 hpcgw_child=$!
 trap 'kill -TERM "$hpcgw_child" 2>/dev/null' TERM INT
 while wait "$hpcgw_child"; hpcgw_status=$?; kill -0 "$hpcgw_child" 2>/dev/null; do :; done

@@ -13,7 +13,7 @@ mkdir -p -m 700 runtime
 # started, and job.log's last line says why.
 /usr/bin/python3 -I runner.py --input input.ipynb --output output.ipynb \
     --parameters parameters.json --kernel python3 --exit-record exit.json \
-    --runtime-dir "$JUPYTER_RUNTIME_DIR" &
+    --progress progress.json --runtime-dir "$JUPYTER_RUNTIME_DIR" &
 hpcgw_child=$!
 trap 'kill -TERM "$hpcgw_child" 2>/dev/null' TERM INT
 while wait "$hpcgw_child"; hpcgw_status=$?; kill -0 "$hpcgw_child" 2>/dev/null; do :; done

@@ -91,6 +91,8 @@ class FakeTransport:
         check: bool = True,
     ) -> CommandResult:
         self.commands.append((list(argv), user))
+        if list(argv[:4]) == ["stat", "-L", "-c", "%s"] and argv[-1] in self.files:
+            return CommandResult(list(argv), 0, b"%d\n" % len(self.files[argv[-1]]), "")
         return CommandResult(list(argv), 0, b"", "")
 
     async def put_files(self, directory: str, files: Mapping[str, bytes], *, user: str) -> None:
@@ -99,16 +101,20 @@ class FakeTransport:
             assert "/" not in name
             self.files[f"{directory}/{name}"] = data
 
-    async def read_file(self, path: str, *, user: str, limit: int, tail: bool = False) -> bytes:
+    async def read_file(self, path: str, *, user: str, limit: int, tail: bool = False,
+                        offset: int | None = None) -> bytes:
         """As the real transports: RemoteFileMissing, RemoteFileTooLarge over ``limit`` (whole
-        reads), or the last ``limit`` bytes (tail reads). ``errors[path]`` is raised instead,
-        popped from its list so that tests can script a sequence (``[]``: no more errors)."""
+        reads), the last ``limit`` bytes (tail reads), or ``limit`` bytes from ``offset``
+        (window reads). ``errors[path]`` is raised instead, popped from its list so that tests
+        can script a sequence (``[]``: no more errors)."""
         self.reads.append((path, limit, tail))
         if self.errors.get(path):
             raise self.errors[path].pop(0)
         if path not in self.files:
             raise RemoteFileMissing(["sh", "-c", "read", path], 3, f"{path}: no such file")
         data = self.files[path]
+        if offset is not None:
+            return data[offset:offset + limit]
         if tail:
             return data[len(data) - limit:] if limit else b""
         if len(data) > limit:

@@ -442,6 +442,50 @@ async def test_a_run_to_success(api: Api) -> None:
     assert (await response.json())["state"] == "succeeded"
 
 
+async def log_from(api: Api, job_id: str, offset: int | str) -> tuple[bytes, dict[str, str]]:
+    response = await api.get(f"/api/v1/jobs/{job_id}/log?offset={offset}")
+    assert response.status == 200, await response.text()
+    return await response.read(), dict(response.headers)
+
+
+async def test_a_followed_log_gets_each_byte_once_live_and_after_the_end(api: Api) -> None:
+    job = await api.pending()
+    slurm_id = api.slurm(job)
+    api.cluster.backend.states[slurm_id] = SchedulerState.RUNNING
+    await api.wait_state(job["id"], "running")
+    files, workdir = api.cluster.transport.files, api.workdir(job["id"])
+    limit = api.app[CONFIG].gateway.log_tail_bytes
+    body, headers = await log_from(api, job["id"], 0)  # before Slurm wrote any
+    assert body == b"" and headers["Hpcgw-Log-Next"] == "0"
+    assert headers["Hpcgw-Job-State"] == "running"
+    first = b"".join(b"cell %6d done\n" % n for n in range(limit // 16 + 8))  # limit + 128
+    files[f"{workdir}/job.log"] = first
+    body, headers = await log_from(api, job["id"], 0)
+    assert body == first[:limit] and headers["Hpcgw-Log-Start"] == "0"
+    body, headers = await log_from(api, job["id"], headers["Hpcgw-Log-Next"])
+    assert body == first[limit:] and headers["Hpcgw-Log-Next"] == str(len(first))
+    files[f"{workdir}/job.log"] += b"the end\n"
+    body, headers = await log_from(api, job["id"], len(first))
+    assert body == b"the end\n"
+    files[f"{workdir}/progress.json"] = b'{"done": 2, "total": 3}'
+    await api.wait(job["id"], lambda j: j["progress"] == {"done": 2, "total": 3})
+    files[f"{workdir}/exit.json"] = b'{"status": "ok"}'
+    files[f"{workdir}/progress.json"] = b'{"done": 3, "total": 3}'
+    api.cluster.backend.states[slurm_id] = SchedulerState.COMPLETED
+    done = await api.wait_state(job["id"], *TERMINAL)
+    assert done["progress"] == {"done": 3, "total": 3}
+    # Collected: only the log's tail is kept, and offsets keep their meaning.
+    whole = files[f"{workdir}/job.log"]
+    body, headers = await log_from(api, job["id"], len(first))
+    assert body == b"the end\n" and headers["Hpcgw-Job-State"] == "succeeded"
+    body, headers = await log_from(api, job["id"], 0)  # before the kept tail: from its start
+    assert headers["Hpcgw-Log-Start"] == str(len(whole) - limit) and body == whole[-limit:]
+    body, headers = await log_from(api, job["id"], len(whole))
+    assert body == b"" and headers["Hpcgw-Log-Next"] == str(len(whole))
+    for bad in ("-1", "x", "1e3", str(2**60)):
+        await assert_problem(await api.get(f"/api/v1/jobs/{job['id']}/log?offset={bad}"), 422)
+
+
 async def test_a_failing_notebook_keeps_its_partial_notebook(api: Api) -> None:
     job = await api.pending()
     workdir = api.workdir(job["id"])

@@ -164,6 +164,24 @@ async def test_a_tail_read_gives_the_last_bytes_even_of_a_4_gib_sparse_file(
         SPARSE_END)
 
 
+async def test_a_window_read_gives_the_bytes_from_an_offset_up_to_the_cap(
+        transport: Transport, files: Path) -> None:
+    over = (files / "over").read_bytes()
+    path = str(files / "over")
+    assert await transport.read_file(path, user="alice", limit=CAP, offset=0) == over[:CAP]
+    assert await transport.read_file(path, user="alice", limit=CAP, offset=CAP) == over[CAP:]
+    assert await transport.read_file(path, user="alice", limit=10, offset=7) == over[7:17]
+    assert await transport.read_file(path, user="alice", limit=CAP, offset=CAP + 1) == b""
+    assert await transport.read_file(path, user="alice", limit=CAP, offset=10**12) == b""
+    far = await transport.read_file(str(files / "big"), user="alice", limit=CAP,
+                                    offset=BIG - len(SPARSE_END))
+    assert far == SPARSE_END  # a window far into a 4 GiB file: tail seeks, nothing streams
+    with pytest.raises(RemoteFileMissing):
+        await transport.read_file(str(files / "dangling"), user="alice", limit=CAP, offset=0)
+    with pytest.raises(NotARegularFile):
+        await transport.read_file(str(files / "zero"), user="alice", limit=CAP, offset=0)
+
+
 @pytest.mark.parametrize("name", ["zero", "fifo", "dir"])
 @pytest.mark.parametrize("tail", [False, True])
 async def test_what_is_not_a_regular_file_is_refused(

@@ -1,0 +1,127 @@
+"""A notebook job's own output and progress, as the API shows them while it runs and after.
+
+The log (``job.log`` in the job's directory: Slurm's output, with each cell's stdout and stderr
+as the runner passes them on) is read live from the cluster until the job ends; the collector
+then keeps its last ``gateway.log_tail_bytes`` in the job's data directory, with
+:data:`LOG_BASE` saying where that copy starts in the whole log, so that offsets keep their
+meaning. A client that follows a log asks for the bytes from an offset (a window read), and
+gets back where they start and where the next read starts: nothing is sent twice.
+
+Progress is what the runner keeps in ``progress.json``: ``{"done": N, "total": M}`` code cells.
+It is read on demand (at most every :data:`PROGRESS_EVERY` seconds per job) and kept in the
+job's row, so lists show the last one seen; the collector reads the final one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import GatewayError
+from ..transport import RemoteFileMissing, RemoteFileRefused, Transport
+
+log = logging.getLogger(__name__)
+
+LOG_NAME = "job.log"
+# Beside the collected job.log: {"offset": N}, where its first byte was in the whole log.
+LOG_BASE = "job.log.json"
+PROGRESS_NAME = "progress.json"
+PROGRESS_LIMIT = 4096
+PROGRESS_EVERY = 2.0
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    """Bytes of a job's log: ``data`` starts at byte ``start`` of the whole log, and a reader
+    that follows it asks next from ``next_offset``. ``start`` is None for a tail read (no
+    offset asked), whose position is not known."""
+
+    data: bytes
+    start: int | None
+
+    @property
+    def next_offset(self) -> int | None:
+        return None if self.start is None else self.start + len(self.data)
+
+
+async def live_log(transport: Transport, job: dict[str, Any], limit: int,
+                   offset: int | None) -> LogChunk:
+    """The running job's log on the cluster: its last ``limit`` bytes, or ``limit`` bytes from
+    ``offset``; empty before Slurm made it."""
+    path = f"{job['workdir']}/{LOG_NAME}"
+    try:
+        data = await transport.read_file(path, user=job["unix_user"], limit=limit,
+                                         tail=offset is None, offset=offset)
+    except RemoteFileMissing:
+        data = b""
+    return LogChunk(data, offset if offset is not None else None)
+
+
+def collected_log(job_dir: Path, limit: int, offset: int | None) -> LogChunk:
+    """The ended job's collected log: the whole copy (its last ``limit`` bytes), or ``limit``
+    bytes from ``offset``; an offset before the copy's start gets the copy from its start (the
+    chunk's ``start`` says so)."""
+    path = job_dir / LOG_NAME
+    if not path.exists():
+        return LogChunk(b"", offset if offset is not None else None)
+    base = log_base(job_dir)
+    with path.open("rb") as copy:
+        if offset is None:
+            size = path.stat().st_size
+            copy.seek(max(0, size - limit))
+            return LogChunk(copy.read(limit), None)
+        start = max(offset, base)
+        copy.seek(start - base)
+        return LogChunk(copy.read(limit), start)
+
+
+def log_base(job_dir: Path) -> int:
+    """Where the collected copy starts in the whole log (0 when it is all of it)."""
+    try:
+        offset = json.loads((job_dir / LOG_BASE).read_text())["offset"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    return offset if isinstance(offset, int) and offset >= 0 else 0
+
+
+async def log_size(transport: Transport, job: dict[str, Any]) -> int | None:
+    """The size of the job's log on the cluster, or None when it can't be told."""
+    try:
+        result = await transport.run(["stat", "-L", "-c", "%s", "--",
+                                      f"{job['workdir']}/{LOG_NAME}"],
+                                     user=job["unix_user"], check=False)
+    except GatewayError:  # unreachable, timed out: the log itself was collected
+        return None
+    text = result.stdout.decode(errors="replace").strip()
+    return int(text) if result.returncode == 0 and text.isdigit() and len(text) < 20 else None
+
+
+def parse_progress(raw: bytes) -> dict[str, int] | None:
+    """``{"done": N, "total": M}`` from the runner's file (0 <= N <= M), else None."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or set(value) != {"done", "total"}:
+        return None
+    done, total = value["done"], value["total"]
+    if not all(type(n) is int for n in (done, total)) or not 0 <= done <= total < 10**6:
+        return None
+    return {"done": done, "total": total}
+
+
+async def read_progress(transport: Transport, job: dict[str, Any]) -> dict[str, int] | None:
+    """The runner's progress of ``job`` on the cluster; None before it wrote one, or when what
+    is there is not a progress record (refused files are logged)."""
+    try:
+        raw = await transport.read_file(f"{job['workdir']}/{PROGRESS_NAME}",
+                                        user=job["unix_user"], limit=PROGRESS_LIMIT)
+    except RemoteFileMissing:
+        return None
+    except RemoteFileRefused as exc:
+        log.warning("progress of job %s not read: %s", job["id"], exc.detail)
+        return None
+    return parse_progress(raw)
