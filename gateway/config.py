@@ -55,6 +55,11 @@ class PartitionConfig(_Strict):
     max_memory: str = "16G"
     max_gpus: int = Field(0, ge=0)
     gpu_types: list[str] = Field(default_factory=list)
+    # What a job that names none gets: CPUs, memory (None: Slurm's own default, DefMemPerCPU),
+    # and for labs their own memory default (JupyterLab needs more than a small batch job).
+    default_cpus: int = Field(1, ge=1)
+    default_memory: str | None = None
+    lab_default_memory: str | None = None
 
     @field_validator("max_time", "default_time")
     @classmethod
@@ -62,11 +67,32 @@ class PartitionConfig(_Strict):
         parse_slurm_time(value)
         return value
 
-    @field_validator("max_memory")
+    @field_validator("max_memory", "default_memory", "lab_default_memory")
     @classmethod
-    def _memory(cls, value: str) -> str:
-        parse_memory_mb(value)
+    def _memory(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_memory_mb(value)
         return value
+
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> PartitionConfig:
+        problems = []
+        if self.default_time_s > self.max_time_s:
+            problems.append(f"default_time {self.default_time} is over max_time {self.max_time}")
+        if self.default_cpus > self.max_cpus:
+            problems.append(f"default_cpus {self.default_cpus} is over max_cpus {self.max_cpus}")
+        for name in ("default_memory", "lab_default_memory"):
+            value = getattr(self, name)
+            if value is not None and parse_memory_mb(value) > self.max_memory_mb:
+                problems.append(f"{name} {value} is over max_memory {self.max_memory}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def default_memory_mb(self, kind: str) -> int | None:
+        """The memory a job of ``kind`` that names none gets (MB); None: Slurm's default."""
+        value = (self.lab_default_memory if kind == "lab" else None) or self.default_memory
+        return parse_memory_mb(value) if value is not None else None
 
     @field_validator("gpu_types")
     @classmethod

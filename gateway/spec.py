@@ -118,7 +118,8 @@ class JobSpec(BaseModel):
     reservation: str | None = None
     gpus: int = Field(0, ge=0, le=64)
     gpu_type: str | None = None
-    cpus: int = Field(1, ge=1, le=4096)
+    # None: the partition's default_cpus (and memory its default_memory, lab_default_memory).
+    cpus: int | None = Field(None, ge=1, le=4096)
     memory: str | None = None
     time: str | None = None
     image: str | None = Field(None, max_length=64)
@@ -236,17 +237,21 @@ def resolve_spec(spec: JobSpec, config: Config, default_name: str) -> ResolvedSp
         memory_mb = parse_memory_mb(spec.memory) if spec.memory else None
     except ValueError:
         errors.append(FieldError("memory", "use a size such as 512M or 4G"))
+    cpus = spec.cpus
     if partition is not None:
         time_s = partition.default_time_s if time_s is None else time_s
-        _check_limits(errors, spec, time_s, memory_mb, partition)
+        cpus = partition.default_cpus if cpus is None else cpus
+        if memory_mb is None and spec.memory is None:
+            memory_mb = partition.default_memory_mb(spec.kind)
+        _check_limits(errors, spec, time_s, cpus, memory_mb, partition)
     if errors:
         raise ValidationFailed(errors)
-    assert partition is not None and time_s is not None
+    assert partition is not None and time_s is not None and cpus is not None
     return ResolvedSpec(
         kind=spec.kind, name=spec.name or default_name, cluster=cluster.name,
         partition=partition_name, account=spec.account, qos=spec.qos,
         constraint=spec.constraint, reservation=spec.reservation, gpus=spec.gpus,
-        gpu_type=spec.gpu_type, cpus=spec.cpus, memory_mb=memory_mb, time_s=time_s,
+        gpu_type=spec.gpu_type, cpus=cpus, memory_mb=memory_mb, time_s=time_s,
         image=image, kernel=spec.kernel, parameters=spec.parameters,
         inputs=tuple(spec.inputs), outputs=tuple(spec.outputs), persist=spec.persist,
     )
@@ -286,13 +291,14 @@ def _check_inputs(errors: list[FieldError], spec: JobSpec) -> None:
 
 
 def _check_limits(
-    errors: list[FieldError], spec: JobSpec, time_s: int, memory_mb: int | None, partition: Any
+    errors: list[FieldError], spec: JobSpec, time_s: int, cpus: int, memory_mb: int | None,
+    partition: Any,
 ) -> None:
     if time_s > partition.max_time_s:
         errors.append(FieldError("time", f"over the partition's limit of {partition.max_time}"))
     if time_s < 60:
         errors.append(FieldError("time", "at least one minute"))
-    if spec.cpus > partition.max_cpus:
+    if cpus > partition.max_cpus:
         errors.append(FieldError("cpus", f"at most {partition.max_cpus} on this partition"))
     if memory_mb is not None and memory_mb > partition.max_memory_mb:
         errors.append(FieldError("memory", f"at most {partition.max_memory} on this partition"))

@@ -237,3 +237,26 @@ async def test_cancel_ends_the_slurm_job_and_removes_the_route(
     assert squeue_state(slurm_ids[0]) in ("", "CANCELLED")
     status, _ = await lab_get(alice, job_id, "api/status")
     assert status == 404
+
+
+async def test_a_lab_asked_for_with_no_resources_handles_a_10_mib_kernel_message(
+        alice: Api, gateway: Gateway) -> None:
+    # The partition's lab_default_memory (1G on the dev cluster), not Slurm's 256 MB per CPU,
+    # at which such a message killed JupyterLab.
+    lab = await request_lab(alice)
+    try:
+        job = await wait_ready(alice, lab["id"])
+        assert job["memory"] == "1024M" and job["cpus"] == 1
+        base = f"{gateway.url}/labs/{lab['id']}/"
+        async with aiohttp.ClientSession() as session:
+            kernel = await start_kernel(session, base, alice.headers)
+            async with session.ws_connect(f"{base}api/kernels/{kernel}/channels",
+                                          headers=alice.headers, max_msg_size=0) as ws:
+                # 10 MiB in all with the message's envelope: JupyterLab's (tornado's) own cap.
+                size = 10 * 1024 * 1024 - 4096
+                code = "data = '" + "x" * size + "'\nprint(len(data))"
+                printed = await run_cell(ws, code, timeout=120)
+        assert printed == f"{size}\n"
+        assert (await alice.job(lab["id"]))["state"] == "ready"
+    finally:
+        await alice.call("POST", f"/api/v1/jobs/{lab['id']}/cancel")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.config import Config
+from gateway.config import Config, parse_config
 from gateway.errors import ValidationFailed
 from gateway.spec import JobSpec, ResolvedSpec, parse_spec, resolve_spec
 
@@ -37,9 +38,8 @@ def test_minimal_spec_parses_with_defaults() -> None:
     spec = parse_spec({})
     assert isinstance(spec, JobSpec)
     assert spec.model_dump(exclude_defaults=True) == {}
-    assert (spec.kind, spec.gpus, spec.cpus, spec.kernel, spec.parameters) == (
-        "notebook", 0, 1, "python3", {})
-    assert spec.name is spec.partition is spec.time is spec.memory is None
+    assert (spec.kind, spec.gpus, spec.kernel, spec.parameters) == ("notebook", 0, "python3", {})
+    assert spec.name is spec.partition is spec.time is spec.memory is spec.cpus is None
 
 
 def test_unknown_fields_are_refused_by_name() -> None:
@@ -118,6 +118,43 @@ def test_defaults_are_filled_from_the_cluster(config: Config) -> None:
     assert resolved.kernel == "python3"
     assert resolved.memory_mb is None
     assert resolved.gres is None
+
+
+def with_partition(config: Config, name: str, **changes: Any) -> Config:
+    cluster = config.clusters[0]
+    partition = cluster.partitions[name].model_validate(
+        {**cluster.partitions[name].model_dump(), **changes})
+    partitions = {**cluster.partitions, name: partition}
+    return config.model_copy(update={"clusters": [
+        cluster.model_copy(update={"partitions": partitions})]})
+
+
+def test_cpus_and_memory_defaults_come_from_the_partition(config: Config) -> None:
+    assert resolve_spec(parse_spec({}), config, "n").cpus == 1
+    configured = with_partition(config, "cpu", default_cpus=2, default_memory="512M",
+                                lab_default_memory="2G")
+    notebook = resolve_spec(parse_spec({}), configured, "n")
+    assert (notebook.cpus, notebook.memory_mb) == (2, 512)
+    lab = resolve_spec(parse_spec({"kind": "lab"}), configured, "n")
+    assert (lab.cpus, lab.memory_mb) == (2, 2048)
+    asked = resolve_spec(parse_spec({"kind": "lab", "cpus": 4, "memory": "3G"}), configured, "n")
+    assert (asked.cpus, asked.memory_mb) == (4, 3072)
+    only_batch = with_partition(config, "cpu", default_memory="768M")
+    assert resolve_spec(parse_spec({"kind": "lab"}), only_batch, "n").memory_mb == 768
+
+
+@pytest.mark.parametrize(("changes", "problem"), [
+    ({"default_cpus": 9}, "default_cpus 9 is over max_cpus 8"),
+    ({"default_memory": "9G"}, "default_memory 9G is over max_memory 8G"),
+    ({"lab_default_memory": "16G"}, "lab_default_memory 16G is over max_memory 8G"),
+    ({"default_time": "03:00:00"}, "default_time 03:00:00 is over max_time 02:00:00"),
+    ({"lab_default_memory": "lots"}, "lab_default_memory"),
+])
+def test_partition_defaults_must_be_within_its_limits(
+        changes: dict[str, Any], problem: str, make_raw_config: Any, tmp_path: Path) -> None:
+    raw = make_raw_config(tmp_path)
+    raw["clusters"][0]["partitions"]["cpu"].update(changes)
+    assert problem in parse_config(raw).cluster_errors["dev"]
 
 
 def test_default_time_follows_the_chosen_partition(config: Config) -> None:
