@@ -145,6 +145,14 @@ class ValidationFailed(GatewayError):
         self.errors = list(errors)
 
 
+class IdempotencyKeyReused(GatewayError):
+    """An ``Idempotency-Key`` already used for a different request (the IETF draft's 422)."""
+
+    status = 422
+    type_slug = "idempotency-key-reused"
+    title = "Idempotency key reused for another request"
+
+
 class ClusterUnavailable(GatewayError):
     status = 503
     type_slug = "cluster-unavailable"

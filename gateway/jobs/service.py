@@ -39,6 +39,7 @@ from ..users import User
 from .clusters import ClusterLink
 from .collector import collect
 from .context import JobContext
+from .idempotency import replayed_job, request_hash
 from .joblog import PROGRESS_EVERY, LogChunk, collected_log, live_log, read_progress
 from .lab_watcher import LabWatcher
 from .labs import LabProbe, LabRoute, open_lab
@@ -194,10 +195,10 @@ class JobService:
         parsed: a refused request costs no validation); then ValidationFailed (422) naming every
         bad field, the notebook included.
         """
-        if idempotency_key:
-            existing = self._store.job_by_idempotency_key(user.id, idempotency_key)
-            if existing:
-                return existing, False
+        fingerprint = request_hash("notebook", raw_spec, notebook, side_files)
+        existing = replayed_job(self._store, user.id, idempotency_key, fingerprint)
+        if existing:
+            return existing, False
         check_limits(self._store, self.config.limits, user, "notebook")
         spec = parse_spec(raw_spec)
         errors: list[FieldError] = []
@@ -220,7 +221,8 @@ class JobService:
             raise ValidationFailed(errors)
         files = {"input.ipynb": notebook,
                  **{f"{SIDE_DIR}/{name}": data for name, data in side_files}}
-        return self._store_new_job(user, resolved, idempotency_key, files)
+        return self._store_new_job(user, resolved, idempotency_key, files,
+                                   request_hash=fingerprint)
 
     def create_lab_job(
         self, user: User, raw_spec: Any, idempotency_key: str | None = None
@@ -231,10 +233,10 @@ class JobService:
         The lab's server token is never stored: :func:`gateway.tokens.lab_token` derives it
         when the submitter puts it on the cluster as a 0600 file and when the proxy injects it.
         """
-        if idempotency_key:
-            existing = self._store.job_by_idempotency_key(user.id, idempotency_key)
-            if existing:
-                return existing, False
+        fingerprint = request_hash("lab", raw_spec)
+        existing = replayed_job(self._store, user.id, idempotency_key, fingerprint)
+        if existing:
+            return existing, False
         check_limits(self._store, self.config.limits, user, "lab")
         spec = parse_spec(raw_spec)
         if spec.kind != "lab":
@@ -245,7 +247,7 @@ class JobService:
         errors = self._unknown_storage(user, resolved)
         if errors:
             raise ValidationFailed(errors)
-        return self._store_new_job(user, resolved, idempotency_key, {})
+        return self._store_new_job(user, resolved, idempotency_key, {}, request_hash=fingerprint)
 
     def _store_new_job(
         self, user: User, resolved: ResolvedSpec, idempotency_key: str | None,
@@ -275,7 +277,8 @@ class JobService:
         try:
             job = self._store.insert_job(row)
         except Conflict:  # the same key raced in from a parallel request
-            existing = self._store.job_by_idempotency_key(user.id, idempotency_key or "")
+            existing = replayed_job(self._store, user.id, idempotency_key,
+                                    extra.get("request_hash", ""))
             assert existing is not None
             return existing, False
         self.ctx.submit_later(job_id)

@@ -107,6 +107,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN progress TEXT;
     """,
+    # What the request that created the job held (a SHA-256 of it), for Idempotency-Key replays.
+    """
+    ALTER TABLE jobs ADD COLUMN request_hash TEXT;
+    """,
 ]
 
 

@@ -329,14 +329,28 @@ async def test_other_content_types(api: Api) -> None:
 async def test_idempotency_key_replays_the_same_job(api: Api) -> None:
     first = await api.submit({"name": "once"}, key="run-42")
     assert first.status == 201
-    second = await api.submit({"name": "twice"}, key="run-42", spec_first=True)
+    second = await api.submit({"name": "once"}, key="run-42", spec_first=True)  # parts swapped
     assert second.status == 201
     assert second.headers["Idempotent-Replayed"] == "true"
     first_job, second_job = await first.json(), await second.json()
     assert second_job["id"] == first_job["id"]
-    assert second_job["name"] == "once"
     jobs = (await (await api.get("/api/v1/jobs")).json())["jobs"]
     assert [j["id"] for j in jobs] == [first_job["id"]]
+    # The same key with another request is refused, whatever differs.
+    for different in ({"spec": {"name": "twice"}}, {"spec": {"name": "once"}, "notebook": b"{}"},
+                      {"spec": {"name": "once"}, "files": [("helper.py", b"x = 1")]}):
+        response = await api.submit(different.pop("spec"), key="run-42", **different)
+        body = await assert_problem(response, 422)
+        assert body["type"].endswith("/idempotency-key-reused")
+        assert body["job_id"] == first_job["id"]
+        assert "already used for a different request" in body["detail"]
+    lab = {"kind": "lab", "time": "00:10:00"}
+    for spec, status in ((lab, 201), (lab, 201), ({**lab, "cpus": 2}, 422)):
+        response = await api.client.post("/api/v1/jobs", json=spec, headers={
+            **api.auth(api.alice), "Idempotency-Key": "lab-1"})
+        assert response.status == status, await response.text()
+    jobs = (await (await api.get("/api/v1/jobs")).json())["jobs"]
+    assert len(jobs) == 2
     # Bob may use the same key: it is his own job.
     bobs = await api.submit({"name": "bob"}, key="run-42", token=api.bob)
     assert bobs.status == 201
