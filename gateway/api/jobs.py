@@ -22,6 +22,7 @@ from ..errors import (
     ValidationFailed,
 )
 from ..jobs.service import job_view
+from ..listing import cursor_after, parse_query
 from ..staging.sidefiles import MAX_SIDE_FILES
 from .forms import read_capped
 from .keys import CONFIG, SERVICE, current_user
@@ -111,6 +112,7 @@ class NotebookUpload:
     notebook: bytes
     spec: Any
     side_files: list[tuple[str, bytes]]  # (file name, content) in upload order, not checked
+    filename: str | None = None  # the notebook part's file name, as the client sent it
 
 
 async def read_notebook_upload(request: web.Request) -> NotebookUpload:
@@ -128,6 +130,7 @@ async def read_notebook_upload(request: web.Request) -> NotebookUpload:
     reader = await _multipart(request, upload_limit(gateway.max_notebook_bytes,
                                                     gateway.max_side_files_bytes))
     found: dict[str, bytes] = {}
+    filename: str | None = None
     side: list[tuple[str, bytes]] = []
     side_budget = gateway.max_side_files_bytes
     try:
@@ -144,6 +147,8 @@ async def read_notebook_upload(request: web.Request) -> NotebookUpload:
                 raise ValidationFailed([FieldError(name, "unknown form part")])
             if name in found:
                 raise ValidationFailed([FieldError(name, "sent more than once")])
+            if name == "notebook":
+                filename = part.filename
             found[name] = await read_capped(
                 functools.partial(part.read_chunk, 64 * 1024),
                 gateway.max_notebook_bytes if name == "notebook" else MAX_SPEC_BYTES, name,
@@ -154,7 +159,7 @@ async def read_notebook_upload(request: web.Request) -> NotebookUpload:
     missing = [FieldError(n, "missing part") for n in ("notebook", "spec") if n not in found]
     if missing:
         raise ValidationFailed(missing)
-    return NotebookUpload(found["notebook"], parse_json(found["spec"], "spec"), side)
+    return NotebookUpload(found["notebook"], parse_json(found["spec"], "spec"), side, filename)
 
 
 async def _side_file(part: BodyPartReader, budget: int) -> tuple[str, bytes]:
@@ -183,7 +188,8 @@ async def submit_job(request: web.Request) -> web.Response:
     if request.content_type == "multipart/form-data":
         upload = await read_notebook_upload(request)
         job, created = request.app[SERVICE].create_notebook_job(
-            user, upload.spec, upload.notebook, key, side_files=upload.side_files)
+            user, upload.spec, upload.notebook, key, side_files=upload.side_files,
+            filename=upload.filename)
     elif request.content_type == "application/json":
         job, created = request.app[SERVICE].create_lab_job(
             user, await read_json_body(request, "a lab request"), key)
@@ -199,8 +205,17 @@ async def submit_job(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/jobs")
 async def list_jobs(request: web.Request) -> web.Response:
-    jobs = request.app[SERVICE].list_jobs(current_user(request))
-    return web.json_response({"jobs": [job_view(job) for job in jobs]})
+    """The caller's jobs, newest first, filtered and paged (:mod:`gateway.listing`); ``next``
+    (also a ``Link: <...>; rel="next"`` header) is the next page's URL, null on the last."""
+    query = parse_query(request.query)
+    jobs = request.app[SERVICE].list_jobs(current_user(request), query)
+    answer: dict[str, Any] = {"jobs": [job_view(job) for job in jobs], "next": None}
+    headers = {}
+    if len(jobs) == query.limit:
+        params = {**request.query, "cursor": cursor_after(jobs[-1])}
+        answer["next"] = str(request.rel_url.with_query(params))
+        headers["Link"] = f'<{answer["next"]}>; rel="next"'
+    return web.json_response(answer, headers=headers)
 
 
 @routes.get(JOB)

@@ -6,6 +6,7 @@ import html
 
 from aiohttp import web
 
+from ..listing import JobQuery
 from .forms import FORM_FIELD
 from .keys import SERVICE, current_user
 from .sessions import XSRF_COOKIE
@@ -18,7 +19,7 @@ async def portal(request: web.Request) -> web.Response:
     """The caller's 50 newest jobs; a logout form carrying the ``hpcgw_xsrf`` cookie's value
     (what ``POST /logout`` checks). Everything user-controlled is HTML-escaped."""
     user = current_user(request)
-    jobs = request.app[SERVICE].list_jobs(user, limit=50)
+    jobs = request.app[SERVICE].list_jobs(user, JobQuery(limit=50))
     xsrf = request.cookies.get(XSRF_COOKIE, "")
     rows = "\n".join(
         f"<tr><td>{html.escape(job['name'])}</td><td>{html.escape(job['kind'])}</td>"

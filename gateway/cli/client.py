@@ -9,24 +9,38 @@ import os
 import re
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 
 from ..errors import GatewayError
 
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out"}
+# Exit statuses (README, `hpcgw --help`): how a job ended, or why the command could not tell.
+EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_CANCELLED, EXIT_TIMED_OUT = 0, 1, 2, 3, 4
+EXIT_HTTP_ERROR, EXIT_UNREACHABLE = 5, 6
+EXIT_FOR_STATE = {"succeeded": EXIT_OK, "failed": EXIT_JOB_FAILED, "cancelled": EXIT_CANCELLED,
+                  "timed_out": EXIT_TIMED_OUT}
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=300, connect=10)
 # Seconds between two reads of a followed log that had nothing new.
 FOLLOW_INTERVAL = 1.0
+ALL_STATES = {"accepted", "staging", "pending", "running", "ready", "collecting", *TERMINAL}
 _GRES = re.compile(r"^gpu(?::(?P<type>[A-Za-z0-9._+-]*[A-Za-z._+-][A-Za-z0-9._+-]*))?"
                    r"(?::(?P<count>\d+))?$")
 
 
 class ClientError(GatewayError):
-    """The gateway answered with a problem, or could not be reached."""
+    """The gateway answered with a problem (``status`` in its extras), or could not be
+    reached."""
+
+    @property
+    def exit_status(self) -> int:
+        if "exit" in self.extra:
+            return int(self.extra["exit"])
+        return EXIT_HTTP_ERROR if "status" in self.extra else EXIT_UNREACHABLE
 
 
 class Client:
@@ -34,10 +48,25 @@ class Client:
 
     def __init__(self, url: str | None = None, token: str | None = None) -> None:
         self.url = (url or os.environ.get("HPCGW_URL") or "http://127.0.0.1:8000").rstrip("/")
+        if not re.match(r"^https?://[^/\s]+", self.url):
+            raise ClientError(f"HPCGW_URL must be the gateway's http:// or https:// URL, e.g. "
+                              f"http://gateway.example.org:8000, not {self.url!r}",
+                              exit=EXIT_USAGE)
         token = token or os.environ.get("HPCGW_TOKEN")
         if not token:
-            raise ClientError("set HPCGW_TOKEN to your gateway token")
+            raise ClientError("set HPCGW_TOKEN to your gateway token", exit=EXIT_USAGE)
         self._headers = {"Authorization": f"Bearer {token}"}
+
+    async def all_jobs(self, params: dict[str, str]) -> list[dict[str, Any]]:
+        """Every job of the caller that matches ``params`` (the list's filters), all pages."""
+        jobs: list[dict[str, Any]] = []
+        query = "?" + urlencode({**params, "limit": "500"})
+        while True:
+            page = await self.json("GET", "/api/v1/jobs" + query)
+            jobs += page["jobs"]
+            if not page.get("next"):
+                return jobs
+            query = "?" + page["next"].split("?", 1)[1]
 
     async def log_from(self, job_id: str, offset: int) -> tuple[bytes, int, str]:
         """The job's log from byte ``offset`` (as much as one answer holds): ``(bytes, the
@@ -67,6 +96,11 @@ class Client:
                     session.request(method, self.url + path, headers=headers, **kwargs) as reply:
                 body = await reply.read()
                 if reply.status >= 400:
+                    if not _problem(body):
+                        raise ClientError(
+                            f"{self.url} did not answer as an hpcgw gateway does (HTTP "
+                            f"{reply.status} {reply.content_type} for {method} {path}): is "
+                            "HPCGW_URL the gateway's address?", status=reply.status)
                     raise ClientError(_problem_text(reply.status, body), status=reply.status,
                                       problem=_problem(body))
                 return reply.status, body, reply.content_type
@@ -74,7 +108,17 @@ class Client:
             raise ClientError(f"cannot reach the gateway at {self.url}: {exc}") from exc
 
     async def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return json.loads((await self.request(method, path, **kwargs))[1])
+        """The JSON answer of a request; ClientError saying so when the server at HPCGW_URL
+        does not answer JSON (it is not an hpcgw gateway)."""
+        _, body, content_type = await self.request(method, path, **kwargs)
+        try:
+            if content_type != "application/json":
+                raise ValueError(content_type)
+            return json.loads(body)
+        except ValueError:
+            raise ClientError(f"{self.url} did not answer as an hpcgw gateway does ({method} "
+                              f"{path} gave {content_type or 'no content type'}, not JSON): "
+                              "is HPCGW_URL the gateway's address?") from None
 
 
 def _problem(body: bytes) -> dict[str, Any]:
@@ -100,7 +144,7 @@ def parse_parameter(text: str) -> tuple[str, Any]:
     """``name=value``: the value is JSON if it parses as JSON, else the literal string."""
     name, sep, raw = text.partition("=")
     if not sep or not name:
-        raise ClientError(f"-P wants name=value, got {text!r}")
+        raise ClientError(f"-P wants name=value, got {text!r}", exit=EXIT_USAGE)
     try:
         return name, json.loads(raw)
     except ValueError:
@@ -117,10 +161,13 @@ def spec_from_args(args: argparse.Namespace, kind: str) -> dict[str, Any]:
                         ("kernel", "kernel")):
         if getattr(args, flag, None) is not None:
             spec[field] = getattr(args, flag)
+    if getattr(args, "gpus", None) is not None:
+        spec["gpus"] = args.gpus
     if args.gres:
         match = _GRES.match(args.gres)
         if not match:
-            raise ClientError(f"--gres wants gpu[:TYPE][:COUNT], got {args.gres!r}")
+            raise ClientError(f"--gres wants gpu[:TYPE][:COUNT], got {args.gres!r}",
+                              exit=EXIT_USAGE)
         spec["gpus"] = int(match["count"] or 1)
         if match["type"]:
             spec["gpu_type"] = match["type"]
@@ -143,8 +190,14 @@ def print_job(job: dict[str, Any], as_json: bool) -> None:
 
 
 async def wait_for_end(client: Client, job_id: str) -> dict[str, Any]:
-    """Poll the job until it is terminal; a live status line on a terminal only."""
-    return await wait_until(client, job_id, TERMINAL)
+    """Poll the job until it is terminal; a live status line on a terminal only. Interrupted
+    (Ctrl-C), it says that the job goes on and how to cancel it."""
+    try:
+        return await wait_until(client, job_id, TERMINAL)
+    except asyncio.CancelledError:
+        print(f"\nhpcgw: stopped waiting; job {job_id} keeps running (hpcgw status {job_id}, "
+              f"hpcgw cancel {job_id})", file=sys.stderr)
+        raise
 
 
 async def wait_until(client: Client, job_id: str, states: set[str]) -> dict[str, Any]:
@@ -179,7 +232,7 @@ async def wait_until(client: Client, job_id: str, states: set[str]) -> dict[str,
 async def cmd_submit(args: argparse.Namespace) -> int:
     client = Client()
     notebook = Path(args.notebook)
-    form = aiohttp.FormData()
+    form = aiohttp.FormData(quote_fields=False)  # file names as they are, as browsers send them
     form.add_field("spec", json.dumps(spec_from_args(args, "notebook")),
                    content_type="application/json")
     form.add_field("notebook", notebook.read_bytes(), filename=notebook.name,
@@ -188,13 +241,18 @@ async def cmd_submit(args: argparse.Namespace) -> int:
         form.add_field("file", side.read_bytes(), filename=side.name,
                        content_type="application/octet-stream")
     job = await client.json("POST", "/api/v1/jobs", data=form)
-    if not args.wait:
+    if args.parsable:
+        print(job["id"])
+    elif not args.wait:
         print_job(job, True) if args.json else print(f"Submitted job {job['id']}")
-        return 0
-    print(f"Submitted job {job['id']}", file=sys.stderr)
+    if not args.wait:
+        return EXIT_OK
+    if not args.parsable:
+        print(f"Submitted job {job['id']}", file=sys.stderr)
     job = await wait_for_end(client, job["id"])
-    print_job(job, args.json)
-    return 0 if job["state"] == "succeeded" else 1
+    if not args.parsable:
+        print_job(job, args.json)
+    return EXIT_FOR_STATE.get(job["state"], EXIT_JOB_FAILED)
 
 
 async def cmd_lab(args: argparse.Namespace) -> int:
@@ -217,28 +275,109 @@ async def cmd_lab(args: argparse.Namespace) -> int:
     return 0 if job["state"] == "ready" else 1
 
 
+# The columns `hpcgw queue` can show (--format), each a header and how to get it from a job.
+COLUMNS: dict[str, tuple[str, Any]] = {
+    "id": ("ID", lambda job: job["id"]),
+    "name": ("NAME", lambda job: job["name"]),
+    "kind": ("KIND", lambda job: job["kind"]),
+    "state": ("STATE", lambda job: job["state"]),
+    "partition": ("PARTITION", lambda job: job["partition"]),
+    "slurm": ("SLURM", lambda job: job["slurm_job_id"] or "-"),
+    "time": ("TIME", lambda job: elapsed(job)),
+    "node": ("NODE", lambda job: job["node"] or "-"),
+    "cells": ("CELLS", lambda job: (f"{job['progress']['done']}/{job['progress']['total']}"
+                                    if job.get("progress") else "-")),
+    "reason": ("REASON", lambda job: job["pending_reason"] or job["reason"] or ""),
+}
+DEFAULT_COLUMNS = "id,name,state,partition,slurm,time,node,reason"
+
+
+def elapsed(job: dict[str, Any]) -> str:
+    """How long the job has run (until now, or until it ended), as squeue's TIME shows it:
+    ``M:SS``, ``H:MM:SS``, ``D-HH:MM:SS``; ``0:00`` before it started."""
+    if not job.get("started_at"):
+        return "0:00"
+    start = datetime.fromisoformat(job["started_at"].replace("Z", "+00:00"))
+    end = (datetime.fromisoformat(job["ended_at"].replace("Z", "+00:00"))
+           if job.get("ended_at") else datetime.now(UTC))
+    seconds = max(0, int((end - start).total_seconds()))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days}-{hours:02}:{minutes:02}:{seconds:02}"
+    return f"{hours}:{minutes:02}:{seconds:02}" if hours else f"{minutes}:{seconds:02}"
+
+
 async def cmd_queue(args: argparse.Namespace) -> int:
-    jobs = (await Client().json("GET", "/api/v1/jobs"))["jobs"]
+    """Your jobs, newest first (every page), optionally filtered, as a table or JSON."""
+    columns = [c.strip() for c in (args.format or DEFAULT_COLUMNS).split(",") if c.strip()]
+    unknown = [c for c in columns if c not in COLUMNS]
+    if unknown or not columns:
+        raise ClientError(f"--format: unknown column(s) {', '.join(unknown) or '(none)'}; "
+                          f"columns: {', '.join(COLUMNS)}", exit=EXIT_USAGE)
+    params = {key: value for key, value in (("state", args.state), ("name", args.name),
+                                            ("kind", args.kind)) if value}
+    jobs = await Client().all_jobs(params)
     if args.json:
         print(json.dumps(jobs, indent=2))
-        return 0
-    print(f"{'ID':17} {'NAME':20} {'STATE':11} {'PARTITION':10} {'SLURM':>7}  REASON")
-    for job in jobs:
-        why = job["pending_reason"] or job["reason"] or ""
-        print(f"{job['id']:17} {job['name'][:20]:20} {job['state']:11} {job['partition']:10} "
-              f"{job['slurm_job_id'] or '-':>7}  {why}")
-    return 0
+        return EXIT_OK
+    rows = [[str(COLUMNS[c][1](job)) for c in columns] for job in jobs]
+    header = [COLUMNS[c][0] for c in columns]
+    widths = [max([len(header[i]), *(len(row[i]) for row in rows)]) for i in range(len(columns))]
+    lines = ([] if args.noheader else [header]) + rows
+    for line in lines:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+              .rstrip())
+    return EXIT_OK
+
+
+async def find_job(client: Client, ident: str) -> dict[str, Any]:
+    """The caller's job by gateway id, or by Slurm job id (digits); ClientError saying it was
+    not found, in words."""
+    if ident.isdigit():
+        found = await client.all_jobs({"slurm_job_id": ident})
+        if not found:
+            raise ClientError(f"no job of yours has Slurm job id {ident}", status=404)
+        return found[0]
+    try:
+        job: dict[str, Any] = await client.json("GET", f"/api/v1/jobs/{quote(ident)}")
+    except ClientError as exc:
+        if exc.extra.get("status") == 404:
+            raise ClientError(f"no job {ident} (of yours): hpcgw queue lists them",
+                              status=404) from None
+        raise
+    return job
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
-    print_job(await Client().json("GET", f"/api/v1/jobs/{args.job_id}"), args.json)
-    return 0
+    print_job(await find_job(Client(), args.job_id), args.json)
+    return EXIT_OK
 
 
 async def cmd_cancel(args: argparse.Namespace) -> int:
-    job = await Client().json("POST", f"/api/v1/jobs/{args.job_id}/cancel")
-    print_job(job, True) if args.json else print(f"job {job['id']}: {job['state']}")
-    return 0
+    """Cancel the jobs named (gateway or Slurm ids), or those of yours that match --state /
+    --name; says "cancel requested" for each (Slurm then ends it), or how it already ended."""
+    client = Client()
+    if not args.job_ids and not (args.state or args.name):
+        raise ClientError("name the jobs to cancel (IDs), or filter them with --state/--name",
+                          exit=EXIT_USAGE)
+    jobs = [await find_job(client, ident) for ident in args.job_ids]
+    if args.state or args.name:
+        params = {"state": args.state or ",".join(sorted(TERMINAL ^ ALL_STATES)),
+                  **({"name": args.name} if args.name else {})}
+        jobs += await client.all_jobs(params)
+    results = []
+    for job in {job["id"]: job for job in jobs}.values():
+        done = await client.json("POST", f"/api/v1/jobs/{job['id']}/cancel")
+        results.append(done)
+        if not args.json:
+            what = (f"already {done['state']}" if done["state"] in TERMINAL and
+                    job["state"] in TERMINAL else "cancel requested")
+            print(f"job {done['id']}: {what}")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return EXIT_OK
 
 
 async def fetch_outputs(client: Client, job_id: str, directory: Path) -> int:
@@ -288,5 +427,5 @@ async def cmd_log(args: argparse.Namespace) -> int:
         if body:
             continue  # there may be more right away
         if state in TERMINAL:
-            return 0 if state == "succeeded" else 1
+            return EXIT_FOR_STATE.get(state, EXIT_JOB_FAILED)
         await asyncio.sleep(FOLLOW_INTERVAL)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import inspect
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +27,28 @@ class _Subcommands:
         return parser
 
 
+EPILOG = """\
+examples:
+  hpcgw submit analysis.ipynb -p gpu -G 1 -t 1:00:00 -P alpha=0.5 --wait
+  hpcgw submit analysis.ipynb --parsable          # prints only the job id
+  hpcgw log -f ID                                 # each cell's output as it runs
+  hpcgw queue -t running,pending                  # your jobs, as squeue
+  hpcgw cancel ID [ID...]   |   hpcgw cancel -t pending
+  hpcgw lab -p gpu -G 1 --image bookworm-jupyter  # a JupyterLab; prints its URL
+
+environment:
+  HPCGW_URL      the gateway (default http://127.0.0.1:8000)
+  HPCGW_TOKEN    your token (hpcgw user add / token issue print one)
+  HPCGW_CONFIG   the gateway's config file (admin commands: serve, user, token, check-config)
+
+exit status:
+  0 success (the job succeeded, with --wait or log -f)   1 the job failed
+  2 usage, or a local file could not be read or written   3 the job was cancelled
+  4 the job reached its time limit   5 the gateway refused the request (HTTP error)
+  6 the gateway could not be reached   130 interrupted (the job keeps running)
+"""
+
+
 def _resource_flags(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("-M", "--cluster", help="cluster name (default: the gateway's first)")
@@ -33,6 +57,7 @@ def _resource_flags(parser: argparse.ArgumentParser) -> None:
     add("-q", "--qos")
     add("-C", "--constraint")
     add("--reservation")
+    add("-G", "--gpus", type=int, metavar="N", help="number of GPUs (as sbatch's -G)")
     add("--gres", help="gpu[:TYPE]:COUNT")
     add("-c", "--cpus-per-task", dest="cpus", type=int)
     add("--mem", help="memory, e.g. 4G")
@@ -51,7 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="gateway config (default: $HPCGW_CONFIG)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="machine-readable output")
-    parser = argparse.ArgumentParser(prog="hpcgw", description=__doc__, parents=[common])
+    parser = argparse.ArgumentParser(
+        prog="hpcgw", description="Run notebooks and JupyterLabs on Slurm through an hpcgw "
+        "gateway; sbatch's flag names where sbatch has the option.", parents=[common],
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version",
+                        version=f"hpcgw {importlib.metadata.version('hpcgw')}")
     sub = _Subcommands(parser.add_subparsers(dest="command", required=True), common)
 
     serve = sub.add_parser("serve", help="run the gateway")
@@ -66,31 +96,46 @@ def build_parser() -> argparse.ArgumentParser:
                         help="papermill parameter (value parsed as JSON, else a string)")
     submit.add_argument("--file", action="append", metavar="PATH",
                         help="a side file, put next to the notebook under its own name")
+    submit.add_argument("--parsable", action="store_true",
+                        help="print only the job's id (as sbatch --parsable)")
     submit.set_defaults(run=client.cmd_submit)
 
     lab = sub.add_parser("lab", help="start an interactive JupyterLab; prints its URL")
     _resource_flags(lab)
     lab.set_defaults(run=client.cmd_lab)
 
-    for name, func, help_text in (
-        ("status", client.cmd_status, "show one job"),
-        ("cancel", client.cmd_cancel, "cancel a job"),
-        ("log", client.cmd_log, "print a job's output log (each cell's output as it runs)"),
-    ):
-        command = sub.add_parser(name, help=help_text)
-        command.add_argument("job_id")
-        command.set_defaults(run=func)
-        if name == "log":
-            command.add_argument("-f", "--follow", action="store_true",
-                                 help="print the whole log, then what is added, until the job "
-                                      "ends (exit status 0 only if it succeeded)")
+    status = sub.add_parser("status", help="show one job")
+    status.add_argument("job_id", help="the job's id, or its Slurm job id")
+    status.set_defaults(run=client.cmd_status)
+    cancel = sub.add_parser("cancel", help="cancel jobs (as scancel)")
+    cancel.add_argument("job_ids", nargs="*", metavar="ID",
+                        help="job ids or Slurm job ids")
+    cancel.add_argument("-t", "--state", help="cancel your jobs in these states "
+                                              "(comma-separated; default: all that run)")
+    cancel.add_argument("-n", "--name", help="cancel your running jobs with this name")
+    cancel.set_defaults(run=client.cmd_cancel)
+    log = sub.add_parser("log", help="print a job's output log (each cell's output as it runs)")
+    log.add_argument("job_id")
+    log.add_argument("-f", "--follow", action="store_true",
+                     help="print the whole log, then what is added, until the job ends (exit "
+                          "status as submit --wait)")
+    log.set_defaults(run=client.cmd_log)
     fetch = sub.add_parser("fetch", help="download the executed notebook (or the outputs)")
     fetch.add_argument("job_id")
     fetch.add_argument("--outputs", metavar="DIR",
                        help="download the job's collected output files under DIR instead")
     fetch.add_argument("-o", "--output", help="file to write ('-' for stdout; default ID.ipynb)")
     fetch.set_defaults(run=client.cmd_fetch)
-    sub.add_parser("queue", help="list your jobs").set_defaults(run=client.cmd_queue)
+    queue = sub.add_parser("queue", help="list your jobs, newest first (as squeue)")
+    queue.add_argument("-t", "--state", help="only these states, comma-separated "
+                                             "(e.g. pending,running)")
+    queue.add_argument("-n", "--name", help="only jobs with this exact name")
+    queue.add_argument("--kind", choices=["notebook", "lab"], help="only notebook runs or labs")
+    queue.add_argument("--noheader", action="store_true", help="no header line")
+    queue.add_argument("--format", metavar="COLUMNS",
+                       help=f"columns, comma-separated (default {client.DEFAULT_COLUMNS}; "
+                            f"all: {','.join(client.COLUMNS)})")
+    queue.set_defaults(run=client.cmd_queue)
 
     user = _Subcommands(sub.add_parser("user", help="manage gateway users").add_subparsers(
         dest="user_command", required=True), common)
@@ -136,9 +181,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if inspect.iscoroutine(result):
             result = asyncio.run(result)
         return int(result)
+    except client.ClientError as exc:
+        print(f"hpcgw: error: {exc.detail}", file=sys.stderr)
+        return exc.exit_status
     except GatewayError as exc:
         print(f"hpcgw: error: {exc.detail}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `hpcgw queue | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:  # a local file: the notebook, a side file, -o
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"hpcgw: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return client.EXIT_USAGE
     except KeyboardInterrupt:
         return 130
 

@@ -28,6 +28,7 @@ import nbformat
 
 from ..config import Config
 from ..errors import Conflict, FieldError, GatewayError, Gone, NotFound, ValidationFailed
+from ..listing import JobQuery
 from ..spec import ResolvedSpec, parse_spec, resolve_spec
 from ..staging.credentials import StorageCredentials
 from ..staging.sidefiles import SIDE_DIR, side_file_errors
@@ -169,9 +170,9 @@ class JobService:
             job = self._store.get_job(job_id, user.id)
         return job
 
-    def list_jobs(self, user: User, limit: int = 500) -> list[dict[str, Any]]:
-        """``user``'s newest jobs, at most ``limit``."""
-        return self._store.list_jobs(user.id, limit=limit)
+    def list_jobs(self, user: User, query: JobQuery | None = None) -> list[dict[str, Any]]:
+        """``user``'s jobs that match ``query`` (:mod:`gateway.listing`), newest first."""
+        return self._store.query_jobs(user.id, query or JobQuery())
 
     def events(self, user: User, job_id: str) -> list[dict[str, Any]]:
         """Every state change of ``user``'s job, oldest first; NotFound as :meth:`get_job`."""
@@ -184,10 +185,11 @@ class JobService:
 
     def create_notebook_job(
         self, user: User, raw_spec: Any, notebook: bytes, idempotency_key: str | None = None,
-        side_files: Sequence[tuple[str, bytes]] = (),
+        side_files: Sequence[tuple[str, bytes]] = (), filename: str | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """Validate and store a notebook run, with its ``side_files`` ((name, content) pairs,
-        :mod:`gateway.staging.sidefiles`); ``(job, created)``.
+        :mod:`gateway.staging.sidefiles`); ``(job, created)``. A spec without a name gets the
+        notebook's ``filename`` without ``.ipynb`` (as sbatch names a job after its script).
 
         A repeated ``idempotency_key`` of the same user returns the first job and False, even
         over a limit. Otherwise :class:`TooManyRequests` (429) if the user is at
@@ -211,7 +213,7 @@ class JobService:
             errors.append(FieldError("notebook", f"not a valid Jupyter notebook: {exc}"[:300]))
         errors += side_file_errors([name for name, _ in side_files])
         try:
-            resolved = resolve_spec(spec, self.config, default_name="notebook")
+            resolved = resolve_spec(spec, self.config, default_name=name_of_file(filename))
         except ValidationFailed as exc:
             raise ValidationFailed(errors + exc.errors) from None
         if resolved.kind != "notebook":
@@ -348,6 +350,15 @@ class JobService:
         if State(job["state"]) in TERMINAL or not job["slurm_job_id"] or link is None:
             return collected_log(self.ctx.job_dir(job_id), limit, offset), job
         return await live_log(link.transport, job, limit, offset), job
+
+
+def name_of_file(filename: str | None) -> str:
+    """A job name from an uploaded notebook's file name: its last path part without
+    ``.ipynb``; ``notebook`` when that leaves nothing printable."""
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".ipynb")[:256]
+    if not name.strip() or not name.isprintable():
+        return "notebook"
+    return name
 
 
 def _with_artifacts(job: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import sqlite_utils
 
 from ..config import IDENTIFIER, UNIX_USER
 from ..errors import BadRequest, Conflict, NotFound
+from ..listing import JobQuery
 from ..states import IN_SCHEDULER, TERMINAL, TRANSITIONS, State, check_transition
 from ..timestamps import parse_timestamp, utcnow
 from ..users import User
@@ -238,8 +239,30 @@ class Store:
         return rows[0] if rows else None
 
     def list_jobs(self, user_id: int, limit: int = 500) -> list[dict[str, Any]]:
+        return self.query_jobs(user_id, JobQuery(limit=limit))
+
+    def query_jobs(self, user_id: int, query: JobQuery) -> list[dict[str, Any]]:
+        """``user_id``'s jobs that match ``query``, newest first (by creation time, then id),
+        at most ``query.limit``; with ``query.before`` only those after that one in this
+        order (the next page)."""
+        where: list[str] = ["user_id = ?"]
+        values: list[Any] = [user_id]
+        for column, allowed in (("state", query.states), ("kind", query.kinds)):
+            if allowed:
+                where.append(f"{column} IN ({','.join('?' for _ in allowed)})")
+                values += list(allowed)
+        for column, value in (("name", query.name), ("slurm_job_id", query.slurm_job_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                values.append(value)
+        if query.since is not None:
+            where.append("created_at >= ?")
+            values.append(query.since)
+        if query.before is not None:
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            values += [query.before[0], query.before[0], query.before[1]]
         return list(self._table("jobs").rows_where(
-            "user_id = ?", [user_id], order_by="created_at DESC, rowid DESC", limit=limit))
+            " AND ".join(where), values, order_by="created_at DESC, id DESC", limit=query.limit))
 
     def jobs_in(self, states: frozenset[State] | set[State]) -> list[dict[str, Any]]:
         marks = ",".join("?" for _ in states)

@@ -658,3 +658,58 @@ async def test_side_files_sent_twice_or_too_large_are_refused(api: Api) -> None:
                                                       ("b.bin", b"x" * (limit // 2 + 1))])
     await assert_problem(response, 413)
     assert not api.cluster.backend.submissions
+
+
+# -- listing: filters and pages --------------------------------------------------------------------
+
+
+async def list_page(api: Api, query: str, token: str | None = None) -> dict[str, Any]:
+    response = await api.get(f"/api/v1/jobs{query}", token)
+    assert response.status == 200, await response.text()
+    page: dict[str, Any] = await response.json()
+    if page["next"]:
+        assert response.headers["Link"] == f'<{page["next"]}>; rel="next"'
+    return page
+
+
+async def test_the_job_list_pages_and_filters(api: Api) -> None:
+    made = [await api.create({"name": f"run-{n % 2}"}) for n in range(5)]
+    lab = await api.client.post("/api/v1/jobs", json={"kind": "lab", "time": "00:10:00"},
+                                headers=api.auth(api.alice))
+    assert lab.status == 201
+    lab_id = (await lab.json())["id"]
+    await api.create({"name": "bobs"}, token=api.bob)
+    newest_first = [lab_id, *(job["id"] for job in reversed(made))]
+    seen, query = [], "?limit=2"
+    while True:  # every job once, in order, across pages
+        page = await list_page(api, query)
+        seen += [job["id"] for job in page["jobs"]]
+        if not page["next"]:
+            break
+        query = "?" + page["next"].split("?", 1)[1]
+        assert "limit=2" in query
+    assert seen == newest_first
+    by_name = await list_page(api, "?name=run-1")
+    assert [j["id"] for j in by_name["jobs"]] == [made[3]["id"], made[1]["id"]]
+    assert [j["id"] for j in (await list_page(api, "?kind=lab"))["jobs"]] == [lab_id]
+    states = await list_page(api, "?state=accepted,staging,pending&kind=notebook")
+    assert {j["id"] for j in states["jobs"]} == {job["id"] for job in made}
+    assert (await list_page(api, "?since=2999-01-01T00:00:00Z"))["jobs"] == []
+    assert len((await list_page(api, "?since=2000-01-01T00:00:00%2B02:00"))["jobs"]) == 6
+    pending = await api.wait_state(made[0]["id"], "pending")
+    by_slurm = await list_page(api, f"?slurm_job_id={pending['slurm_job_id']}")
+    assert [j["id"] for j in by_slurm["jobs"]] == [made[0]["id"]]
+    assert (await list_page(api, f"?slurm_job_id={pending['slurm_job_id']}", api.bob))[
+        "jobs"] == []  # another user's Slurm job id finds nothing
+
+
+@pytest.mark.parametrize(("query", "fields"), [
+    ("?limit=0", ["limit"]), ("?limit=501", ["limit"]), ("?limit=x", ["limit"]),
+    ("?state=running,bogus", ["state"]), ("?state=", ["state"]), ("?kind=batch", ["kind"]),
+    ("?slurm_job_id=12;3", ["slurm_job_id"]), ("?since=yesterday", ["since"]),
+    ("?since=2026-01-01T00:00:00", ["since"]), ("?cursor=abc", ["cursor"]),
+    ("?color=red&limit=-1", ["color", "limit"]),
+])
+async def test_bad_list_filters_are_422_naming_each(api: Api, query: str,
+                                                     fields: list[str]) -> None:
+    assert (await assert_problem(await api.get(f"/api/v1/jobs{query}"), 422))["fields"] == fields
