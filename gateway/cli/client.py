@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
+import yaml
 
 from ..errors import GatewayError
 
@@ -171,9 +172,63 @@ def spec_from_args(args: argparse.Namespace, kind: str) -> dict[str, Any]:
         spec["gpus"] = int(match["count"] or 1)
         if match["type"]:
             spec["gpu_type"] = match["type"]
-    if getattr(args, "parameter", None):
-        spec["parameters"] = dict(parse_parameter(p) for p in args.parameter)
+    parameters = notebook_parameters(args)
+    if parameters:
+        spec["parameters"] = parameters
     return spec
+
+
+def notebook_parameters(args: argparse.Namespace) -> dict[str, Any]:
+    """The parameters papermill's forms give, merged in papermill's order (a later form wins
+    for a name): ``-f`` files and ``-y`` YAML mappings, ``--parameters NAME VALUE`` (the value
+    typed as papermill types it), ``-r NAME VALUE`` (a string, as given), then ``-P
+    name=value`` (JSON if it parses, else a string)."""
+    parameters: dict[str, Any] = {}
+    for source, text in [*((f, _read_text(f)) for f in getattr(args, "parameters_file", None)
+                           or []),
+                         *(("-y", y) for y in getattr(args, "parameters_yaml", None) or [])]:
+        parameters.update(_yaml_mapping(source, text))
+    for name, value in getattr(args, "parameters", None) or []:
+        parameters[name] = papermill_value(value)
+    for name, value in getattr(args, "parameters_raw", None) or []:
+        parameters[name] = value
+    for text in getattr(args, "parameter", None) or []:
+        name, value = parse_parameter(text)
+        parameters[name] = value
+    return parameters
+
+
+def papermill_value(text: str) -> Any:
+    """A ``-p`` value as papermill reads it: True, False, None, an int, a float, else the
+    string."""
+    if text in ("True", "False", "None"):
+        return {"True": True, "False": False, "None": None}[text]
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
+def _yaml_mapping(source: str, text: str) -> dict[str, Any]:
+    """``text`` as a YAML mapping of parameters (``source`` names it in errors)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ClientError(f"{source}: not YAML: {exc}".splitlines()[0],
+                          exit=EXIT_USAGE) from None
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ClientError(f"{source}: parameters must be a YAML mapping of names to values",
+                          exit=EXIT_USAGE)
+    return value
 
 
 def print_job(job: dict[str, Any], as_json: bool) -> None:
@@ -348,6 +403,21 @@ async def find_job(client: Client, ident: str) -> dict[str, Any]:
                               status=404) from None
         raise
     return job
+
+
+async def cmd_events(args: argparse.Namespace) -> int:
+    """The job's state changes, oldest first: time, from -> to, reason, message."""
+    client = Client()
+    job = await find_job(client, args.job_id)
+    events = (await client.json("GET", f"/api/v1/jobs/{job['id']}/events"))["events"]
+    if args.json:
+        print(json.dumps(events, indent=2))
+        return EXIT_OK
+    for event in events:
+        moved = f"{event.get('from_state') or '-'} -> {event['to_state']}"
+        detail = "  ".join(str(event[k]) for k in ("reason", "message") if event.get(k))
+        print(f"{event['at']}  {moved:24}  {detail}".rstrip())
+    return EXIT_OK
 
 
 async def cmd_status(args: argparse.Namespace) -> int:

@@ -93,7 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("notebook")
     _resource_flags(submit)
     submit.add_argument("-P", "--parameter", action="append", metavar="NAME=VALUE",
-                        help="papermill parameter (value parsed as JSON, else a string)")
+                        help="a parameter (the value parsed as JSON, else a string)")
+    submit.add_argument("--parameters", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                        help="a parameter, typed as papermill -p types it (True, 3, 0.5, text)")
+    submit.add_argument("-r", "--parameters_raw", nargs=2, action="append",
+                        metavar=("NAME", "VALUE"), help="a parameter whose value is a string")
+    submit.add_argument("-f", "--parameters_file", action="append", metavar="FILE",
+                        help="parameters from a YAML file (a mapping)")
+    submit.add_argument("-y", "--parameters_yaml", action="append", metavar="YAML",
+                        help="parameters as YAML, e.g. '{alpha: 0.5, tags: [a, b]}'")
     submit.add_argument("--file", action="append", metavar="PATH",
                         help="a side file, put next to the notebook under its own name")
     submit.add_argument("--parsable", action="store_true",
@@ -114,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                                               "(comma-separated; default: all that run)")
     cancel.add_argument("-n", "--name", help="cancel your running jobs with this name")
     cancel.set_defaults(run=client.cmd_cancel)
+    events = sub.add_parser("events", help="a job's state changes, oldest first")
+    events.add_argument("job_id", help="the job's id, or its Slurm job id")
+    events.set_defaults(run=client.cmd_events)
     log = sub.add_parser("log", help="print a job's output log (each cell's output as it runs)")
     log.add_argument("job_id")
     log.add_argument("-f", "--follow", action="store_true",

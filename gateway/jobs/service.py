@@ -205,10 +205,7 @@ class JobService:
         spec = parse_spec(raw_spec)
         errors: list[FieldError] = []
         try:
-            with warnings.catch_warnings():  # nbformat warns about missing cell ids; fine
-                warnings.simplefilter("ignore")
-                parsed = nbformat.reads(notebook.decode("utf-8"), as_version=4)  # type: ignore[no-untyped-call]
-                nbformat.validate(parsed)
+            notebook = upgraded_notebook(notebook)
         except Exception as exc:  # nbformat raises many types for bad input
             errors.append(FieldError("notebook", f"not a valid Jupyter notebook: {exc}"[:300]))
         errors += side_file_errors([name for name, _ in side_files])
@@ -350,6 +347,22 @@ class JobService:
         if State(job["state"]) in TERMINAL or not job["slurm_job_id"] or link is None:
             return collected_log(self.ctx.job_dir(job_id), limit, offset), job
         return await live_log(link.transport, job, limit, offset), job
+
+
+def upgraded_notebook(notebook: bytes) -> bytes:
+    """``notebook`` as it will run: checked against its nbformat schema (the error raised as
+    nbformat words it), and an older format (v3) upgraded to v4; a v4 notebook is kept byte
+    for byte."""
+    with warnings.catch_warnings():  # nbformat warns about missing cell ids; fine
+        warnings.simplefilter("ignore")
+        original = nbformat.reads(notebook.decode("utf-8"), as_version=nbformat.NO_CONVERT)  # type: ignore[no-untyped-call]
+        nbformat.validate(original)
+        if original.nbformat >= 4:
+            return notebook
+        upgraded = nbformat.v4.upgrade(original)  # type: ignore[no-untyped-call]
+        nbformat.validate(upgraded)
+        text: str = nbformat.writes(upgraded)  # type: ignore[no-untyped-call]
+        return text.encode()
 
 
 def name_of_file(filename: str | None) -> str:

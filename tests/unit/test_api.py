@@ -713,3 +713,43 @@ async def test_the_job_list_pages_and_filters(api: Api) -> None:
 async def test_bad_list_filters_are_422_naming_each(api: Api, query: str,
                                                      fields: list[str]) -> None:
     assert (await assert_problem(await api.get(f"/api/v1/jobs{query}"), 422))["fields"] == fields
+
+
+# -- notebooks as uploaded ------------------------------------------------------------------------
+
+
+def v3_notebook() -> bytes:
+    from nbformat import v3
+
+    notebook = v3.new_notebook()
+    sheet = v3.new_worksheet()
+    sheet.cells.append(v3.new_code_cell(input="print('written in format 3')"))
+    notebook.worksheets.append(sheet)
+    return str(v3.writes_json(notebook)).encode()
+
+
+async def test_an_old_notebook_is_upgraded_and_a_job_is_named_after_its_file(api: Api) -> None:
+    job = await api.create({}, notebook=v3_notebook())
+    assert job["name"] == "in"  # the part's file name, in.ipynb, as sbatch names a job
+    stored = (api.app[CONFIG].gateway.data_dir / "jobs" / job["id"] / "input.ipynb").read_text()
+    upgraded = json.loads(stored)
+    assert upgraded["nbformat"] == 4 and "worksheets" not in upgraded
+    assert "".join(upgraded["cells"][0]["source"]) == "print('written in format 3')"
+    v4 = await api.create({}, notebook=api.notebook)
+    assert (api.app[CONFIG].gateway.data_dir / "jobs" / v4["id"] / "input.ipynb").read_bytes(
+        ) == api.notebook  # a v4 notebook is kept as it came
+
+
+@pytest.mark.parametrize(("notebook", "words"), [
+    (b'{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [{"cell_type": "code"}]}',
+     "not a valid Jupyter notebook: "),
+    (b"not json", "not a valid Jupyter notebook: "),
+    (b'{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [{"cell_type": "code", '
+     b'"id": "a", "source": "1", "metadata": {}, "outputs": [], "execution_count": "one"}]}',
+     "not a valid Jupyter notebook: 'one' is not of type 'integer', 'null'"),
+])
+async def test_an_invalid_notebook_is_refused_with_nbformats_words(
+        api: Api, notebook: bytes, words: str) -> None:
+    body = await assert_problem(await api.submit({"name": "x"}, notebook=notebook), 422)
+    [error] = body["errors"]
+    assert error["field"] == "notebook" and words in error["message"]
