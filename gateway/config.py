@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from .errors import ConfigError, ValidationFailed
+from .plainwords import plain_errors
 from .plugins import plugin_names
 from .staging.hostkeys import pinned_host_keys
 from .units import parse_memory_mb, parse_slurm_time
@@ -425,7 +426,7 @@ class Config(BaseModel):
 
 def _format_errors(error: ValidationError) -> str:
     return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in error.errors()
+        f"{field}: {message}" for field, message in plain_errors(error, "(top)")
     )
 
 

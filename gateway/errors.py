@@ -12,6 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+# Where the gateway explains each problem type (a page it serves: gateway/api/problems.py); a
+# problem's ``type`` is this path and the type's slug, a URI reference resolved against the
+# request's URL (RFC 9457).
+PROBLEM_BASE = "/problems/"
+
 
 class GatewayError(Exception):
     """Base of every error the gateway raises on purpose."""
@@ -28,7 +33,7 @@ class GatewayError(Exception):
     def problem(self) -> dict[str, Any]:
         """The problem+json body for this error (no secrets, nothing from the environment)."""
         body: dict[str, Any] = {
-            "type": f"https://hpcgw.dev/problems/{self.type_slug}",
+            "type": PROBLEM_BASE + self.type_slug,
             "title": self.title,
             "status": self.status,
             "detail": self.detail,
@@ -201,3 +206,14 @@ class SchedulerError(GatewayError):
     status = 502
     type_slug = "scheduler"
     title = "Scheduler error"
+
+
+def problem_types() -> dict[str, type[GatewayError]]:
+    """Every problem type the gateway answers with, by slug (the first class of each)."""
+    found: dict[str, type[GatewayError]] = {}
+    pending: list[type[GatewayError]] = [GatewayError]
+    while pending:
+        kind = pending.pop(0)
+        found.setdefault(kind.type_slug, kind)
+        pending += kind.__subclasses__()
+    return found

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .config import Config
 from .errors import FieldError, ValidationFailed
+from .plainwords import plain_errors
 from .units import format_slurm_time, parse_memory_mb, parse_slurm_time
 
 # A path on a storage server: absolute, printable, no '..' component, none of the characters
@@ -188,10 +189,7 @@ def parse_spec(raw: Any) -> JobSpec:
         return JobSpec.model_validate(raw)
     except ValidationError as exc:
         raise ValidationFailed(
-            [
-                FieldError(".".join(str(p) for p in e["loc"]) or "spec", e["msg"])
-                for e in exc.errors()
-            ]
+            [FieldError(field, message) for field, message in plain_errors(exc, "spec")]
         ) from None
 
 

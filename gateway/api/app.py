@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from ..jobs.clusters import ClusterLink
-from . import jobs, portal, sessions, storage
+from . import jobs, portal, problems, sessions, storage
 from .keys import CONFIG, PROXY, SERVICE, VIA_COOKIE, current_user
 from .middleware import auth_middleware, problem_middleware
 from .openapi import openapi_document
@@ -99,6 +99,7 @@ def add_routes(app: web.Application) -> None:
     app.add_routes(sessions.routes)
     app.add_routes(portal.routes)
     app.add_routes(storage.routes)
+    app.add_routes(problems.routes)
     app.router.add_route("*", "/labs/{job_id:[0-9a-f]{16}}/{tail:.*}", _proxy_lab)
     app.router.add_get("/labs/{job_id:[0-9a-f]{16}}", _lab_root)
 

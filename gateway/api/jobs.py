@@ -44,20 +44,21 @@ def upload_limit(max_notebook_bytes: int, max_side_files_bytes: int = 0) -> int:
 
 
 def parse_json(data: bytes, field: str) -> Any:
-    """``data`` as JSON, or 422 naming ``field``: not JSON, not UTF-8, or nested deeper than
-    :data:`MAX_JSON_DEPTH` (Python's parser would otherwise hit its recursion limit)."""
+    """``data`` as JSON, or 400 (:class:`BadRequest`, naming ``field`` in ``fields``): not
+    JSON, not UTF-8, or nested deeper than :data:`MAX_JSON_DEPTH` (Python's parser would
+    otherwise hit its recursion limit). What parses but does not fit is the callers' 422."""
     try:
         value = json.loads(data)
     except RecursionError:
         value = None
         too_deep = True
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise ValidationFailed([FieldError(field, f"not valid JSON: {exc}")]) from None
+        raise BadRequest(f"{field} is not valid JSON: {exc}", fields=[field]) from None
     else:
         too_deep = _depth_over(value, MAX_JSON_DEPTH)
     if too_deep:
-        raise ValidationFailed([FieldError(
-            field, f"JSON nested more than {MAX_JSON_DEPTH} levels deep")])
+        raise BadRequest(f"{field}: JSON nested more than {MAX_JSON_DEPTH} levels deep",
+                         fields=[field])
     return value
 
 

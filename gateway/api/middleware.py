@@ -19,6 +19,8 @@ from .sessions import SESSION_COOKIE, check_xsrf, read_session
 log = logging.getLogger(__name__)
 PROBLEM_TYPE = "application/problem+json"
 PUBLIC_PATHS = frozenset({"/api/v1/openapi.json", "/api/v1/health", "/login", "/logout"})
+# Paths under which every page is public (the explanations of problem types).
+PUBLIC_PREFIXES = ("/problems/",)
 LAB_PREFIX = "/labs/"  # responses under it are the labs' own (see security_headers)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -61,10 +63,11 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
         return problem_response({
             "type": "about:blank", "title": exc.reason, "status": exc.status,
             "detail": exc.reason,
-        })
+        }, allow)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response({
@@ -105,7 +108,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     Anonymous: a browser page request outside the API goes to the login page (302), anything
     else gets 401. A cookie-authenticated state change needs the XSRF header.
     """
-    if request.path in PUBLIC_PATHS:
+    if request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES):
         return await handler(request)
     user = _bearer_user(request)
     via_cookie = user is None

@@ -15,6 +15,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import FieldError, ValidationFailed
+from ..plainwords import plain_errors
 from .jobs import read_json_body
 from .keys import STORAGE, current_user
 
@@ -37,8 +38,8 @@ def _parse(raw: Any) -> StorageRequest:
     try:
         return StorageRequest.model_validate(raw)
     except ValidationError as exc:
-        raise ValidationFailed([FieldError(".".join(str(p) for p in e["loc"]) or "body",
-                                           e["msg"]) for e in exc.errors()]) from None
+        raise ValidationFailed([FieldError(field, message)
+                                for field, message in plain_errors(exc, "body")]) from None
 
 
 @routes.post("/api/v1/storage")

@@ -206,11 +206,11 @@ async def raw_request(served: Served, head: str, body: bytes) -> tuple[int, str]
      b"\r\n\r\n{}\r\n--b\r\nContent-Disposition: form-data; name=\"notebook\"\r\n\r\n{\"ce",
      400),  # the body ends inside a part
     ("multipart/form-data; boundary=b", b'--b\r\nContent-Disposition: form-data; name="spec"'
-     b"\r\n\r\n" + b"[" * 60_000 + b"\r\n--b--\r\n", 422),  # JSON deeper than Python recurses
+     b"\r\n\r\n" + b"[" * 60_000 + b"\r\n--b--\r\n", 400),  # JSON deeper than Python recurses
     ("multipart/form-data; boundary=b", b'--b\r\nContent-Disposition: form-data; name="spec"'
      b'\r\n\r\n{}\r\n--b\r\nContent-Disposition: form-data; name="spec"\r\n\r\n{}\r\n--b--\r\n',
      422),  # spec twice
-    ("application/json", b"[" * 60_000, 422),
+    ("application/json", b"[" * 60_000, 400),
     ("application/json", b"[" * 100_000, 413),  # over the 64 KiB a lab request may have
 ])
 async def test_malformed_uploads_are_4xx_problems(served: Served, content_type: str,

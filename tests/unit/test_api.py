@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.api.keys import CONFIG
 from gateway.config import parse_config
+from gateway.errors import problem_types
 from gateway.scheduler import SchedulerState
 from gateway.server import STORE, make_app
 from gateway.store import User
@@ -296,9 +297,9 @@ async def test_oversized_notebook_is_413(api: Api) -> None:
     assert not api.cluster.backend.submissions
 
 
-async def test_spec_part_that_is_not_json_is_422(api: Api) -> None:
-    body = await assert_problem(await api.submit(None, raw_spec="{name: x"), 422)
-    assert body["fields"] == ["spec"]
+async def test_spec_part_that_is_not_json_is_400(api: Api) -> None:
+    body = await assert_problem(await api.submit(None, raw_spec="{name: x"), 400)
+    assert body["fields"] == ["spec"] and body["detail"].startswith("spec is not valid JSON: ")
 
 
 async def test_missing_and_unknown_parts_are_422(api: Api) -> None:
@@ -323,7 +324,7 @@ async def test_other_content_types(api: Api) -> None:
     assert (await assert_problem(response, 422))["fields"] == ["kind"]
     response = await api.client.post("/api/v1/jobs", data=b"{not json", headers={
         **api.auth(api.alice), "Content-Type": "application/json"})
-    assert (await assert_problem(response, 422))["fields"] == ["body"]
+    assert (await assert_problem(response, 400))["fields"] == ["body"]
 
 
 async def test_idempotency_key_replays_the_same_job(api: Api) -> None:
@@ -753,3 +754,29 @@ async def test_an_invalid_notebook_is_refused_with_nbformats_words(
     body = await assert_problem(await api.submit({"name": "x"}, notebook=notebook), 422)
     [error] = body["errors"]
     assert error["field"] == "notebook" and words in error["message"]
+
+
+# -- problems explained --------------------------------------------------------------------------
+
+
+async def test_every_problem_type_points_at_a_page_the_gateway_serves(api: Api) -> None:
+    answers = [await api.submit({"gpus": "x"}),  # 422
+               await api.client.get("/api/v1/jobs"),  # 401, no token
+               await api.get("/api/v1/jobs/0123456789abcdef")]  # 404
+    for answer in answers:
+        problem = await answer.json(content_type=PROBLEM)
+        assert problem["type"].startswith("/problems/")
+        page = await api.client.get(problem["type"])  # no token needed
+        assert page.status == 200 and page.content_type == "text/html"
+        assert problem["title"] in await page.text()
+    listing = await (await api.client.get("/problems/")).text()
+    for slug in problem_types():
+        assert f'id="{slug}"' in listing
+    assert "validation" in listing and "<script" not in listing
+    await assert_problem(await api.client.get("/problems/nonsense"), 404)
+
+
+async def test_a_method_not_allowed_says_which_are(api: Api) -> None:
+    response = await api.client.delete("/api/v1/jobs", headers=api.auth(api.alice))
+    await assert_problem(response, 405)
+    assert set(response.headers["Allow"].split(",")) >= {"GET", "POST"}

@@ -197,7 +197,7 @@ def test_charliecloud_binds_top_directories_outside_tmp(paths: list[str],
     ({"runtime": "apptainer", "path": "/x.sif", "binds": ["/a:/b"]}, "a bind must be"),
     ({"runtime": "apptainer", "path": "/x.sif", "binds": ["/"]}, "a bind must be"),
     ({"runtime": "apptainer", "path": "/x.sif", "python": "python3"}, "absolute path"),
-    ({"runtime": "apptainer", "path": "/x.sif", "gpus": True}, "Extra inputs"),
+    ({"runtime": "apptainer", "path": "/x.sif", "gpus": True}, "gpus: not a known field"),
 ])
 def test_a_broken_image_disables_its_cluster_naming_the_problem(
     image: dict[str, Any], message: str, make_raw_config: Any, tmp_path: Path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -259,3 +260,15 @@ def test_gres(gpus: int, gpu_type: str | None, gres: str | None) -> None:
 def test_resolved_spec_round_trips_through_json() -> None:
     spec = resolved(gpus=1, gpu_type="a100", memory_mb=512, parameters={"a": [1, "b"]})
     assert ResolvedSpec.model_validate_json(spec.model_dump_json()) == spec
+
+
+def test_shape_errors_are_in_plain_words() -> None:
+    error = refused({"cpus": "many", "gpus": -1, "kind": "batch", "name": "a" * 300,
+                     "bogus": 1, "parameters": {"1x": 2}, "inputs": "data"})
+    assert {e["field"]: e["message"] for e in error.errors} == {
+        "cpus": "a whole number", "gpus": "at least 0", "kind": "one of 'notebook' or 'lab'",
+        "name": "at most 256 characters", "bogus": "not a known field",
+        "parameters": "parameter names must be Python identifiers: ['1x']",
+        "inputs": "a list"}
+    assert not any(word in json.dumps(error.errors) for word in ("Input should", "Value error",
+                                                                  "pydantic", "Extra inputs"))
