@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .client import Client, ClientError
+from .client import EXIT_USAGE, Client, ClientError
 
 STORAGE = "/api/v1/storage"
 
@@ -45,7 +45,7 @@ def _read(path: Path, what: str) -> str:
     try:
         return path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ClientError(f"cannot read the {what} {path}: {exc}") from None
+        raise ClientError(f"cannot read the {what} {path}: {exc}", exit=EXIT_USAGE) from None
 
 
 def _confirmed(offered: dict[str, Any], args: argparse.Namespace) -> bool:
@@ -54,11 +54,11 @@ def _confirmed(offered: dict[str, Any], args: argparse.Namespace) -> bool:
     if args.accept_host_key is not None:
         if args.accept_host_key != fingerprint:
             raise ClientError(f"the server offered host key {fingerprint}, not "
-                              f"{args.accept_host_key}; not pinned")
+                              f"{args.accept_host_key}; not pinned", exit=EXIT_USAGE)
         return True
     if not sys.stdin.isatty():
         raise ClientError(f"{args.host}:{args.port} offers host key {fingerprint}; confirm it "
-                          "with --accept-host-key or give --host-key-file")
+                          "with --accept-host-key or give --host-key-file", exit=EXIT_USAGE)
     print(f"The storage server {args.host}:{args.port} offers host key {fingerprint}.",
           file=sys.stderr)
     answer = input("Are you sure you want to pin it (yes/no)? ").strip().lower()

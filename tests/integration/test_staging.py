@@ -99,10 +99,10 @@ async def test_first_contact_pins_the_offered_key_only_when_its_fingerprint_is_c
     offered = str(asyncssh.import_public_key(
         Path(STORAGE["host_key_file"]).read_text()).get_fingerprint("sha256"))
     _, refused = register(gateway, "alice", None, check=False)  # not a terminal: no prompt
-    assert refused.returncode == 1 and offered in refused.stderr
+    assert refused.returncode == 2 and offered in refused.stderr  # not confirmed: usage
     _, wrong = register(gateway, "alice", None, "--accept-host-key", "SHA256:" + "A" * 43,
                         check=False)
-    assert wrong.returncode == 1 and "not pinned" in wrong.stderr
+    assert wrong.returncode == 2 and "not pinned" in wrong.stderr
     name, added = register(gateway, "alice", authorized, "--accept-host-key", offered)
     assert offered in added.stderr
     listed = json.loads(gateway.cli("alice", "storage", "list", "--json").stdout)
