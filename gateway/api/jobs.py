@@ -120,12 +120,13 @@ async def read_notebook_upload(request: web.Request) -> NotebookUpload:
     """The ``notebook`` file part, the parsed ``spec`` part and any ``file`` parts (side
     files, by their file names), in any order.
 
-    400: no boundary, malformed framing, a part without a name. 411/413: see
+    400: no boundary, malformed framing, a part without a name, a spec that is not JSON or is
+    nested too deep (before any other check). 411/413: see
     :func:`_multipart`; 413 also for a part over its own cap (the notebook:
     ``max_notebook_bytes``; the spec: 64 KiB; the side files together:
     ``max_side_files_bytes``). 422: ``notebook`` or ``spec`` sent twice, an unknown part, a
-    missing part, a ``file`` part without a file name, a spec that is not JSON or is nested
-    too deep. Side files' names are checked by the job service.
+    missing part, a ``file`` part without a file name. Side files' names are checked by the
+    job service.
     """
     gateway = request.app[CONFIG].gateway
     reader = await _multipart(request, upload_limit(gateway.max_notebook_bytes,
@@ -157,10 +158,11 @@ async def read_notebook_upload(request: web.Request) -> NotebookUpload:
     except (ValueError, AssertionError, HttpProcessingError, ConnectionError) as exc:
         # framing broken inside a part, or the body ended early
         raise BadRequest(f"malformed multipart body: {exc}") from None
+    spec = parse_json(found["spec"], "spec") if "spec" in found else None  # 400 first
     missing = [FieldError(n, "missing part") for n in ("notebook", "spec") if n not in found]
     if missing:
         raise ValidationFailed(missing)
-    return NotebookUpload(found["notebook"], parse_json(found["spec"], "spec"), side, filename)
+    return NotebookUpload(found["notebook"], spec, side, filename)
 
 
 async def _side_file(part: BodyPartReader, budget: int) -> tuple[str, bytes]:
