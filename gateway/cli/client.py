@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ import aiohttp
 import yaml
 
 from ..errors import GatewayError
+from ..states import State
+from ..timestamps import parse_timestamp
 
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out"}
 # Exit statuses (README, `hpcgw --help`): how a job ended, or why the command could not tell.
@@ -28,7 +31,7 @@ EXIT_FOR_STATE = {"succeeded": EXIT_OK, "failed": EXIT_JOB_FAILED, "cancelled": 
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=300, connect=10)
 # Seconds between two reads of a followed log that had nothing new.
 FOLLOW_INTERVAL = 1.0
-ALL_STATES = {"accepted", "staging", "pending", "running", "ready", "collecting", *TERMINAL}
+ALL_STATES = {state.value for state in State}
 _GRES = re.compile(r"^gpu(?::(?P<type>[A-Za-z0-9._+-]*[A-Za-z._+-][A-Za-z0-9._+-]*))?"
                    r"(?::(?P<count>\d+))?$")
 
@@ -72,18 +75,10 @@ class Client:
     async def log_from(self, job_id: str, offset: int) -> tuple[bytes, int, str]:
         """The job's log from byte ``offset`` (as much as one answer holds): ``(bytes, the
         offset to ask next, the job's state)``."""
-        try:
-            async with aiohttp.ClientSession(timeout=REQUEST_TIMEOUT) as session, \
-                    session.get(f"{self.url}/api/v1/jobs/{quote(job_id)}/log",
-                                params={"offset": str(offset)}, headers=self._headers) as reply:
-                body = await reply.read()
-                if reply.status >= 400:
-                    raise ClientError(_problem_text(reply.status, body), status=reply.status,
-                                      problem=_problem(body))
-                next_offset = reply.headers.get("Hpcgw-Log-Next", "")
-                state = reply.headers.get("Hpcgw-Job-State", "")
-        except aiohttp.ClientError as exc:
-            raise ClientError(f"cannot reach the gateway at {self.url}: {exc}") from exc
+        _, body, _, headers = await self._send(
+            "GET", f"/api/v1/jobs/{quote(job_id)}/log", params={"offset": str(offset)})
+        next_offset = headers.get("Hpcgw-Log-Next", "")
+        state = headers.get("Hpcgw-Job-State", "")
         if not next_offset.isdigit() or not state:
             raise ClientError(f"{self.url} did not answer as an hpcgw gateway does (no log "
                               "offset in its answer)")
@@ -91,6 +86,12 @@ class Client:
 
     async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes, str]:
         """``(status, body, content_type)``; a problem answer raises ClientError."""
+        status, body, content_type, _ = await self._send(method, path, **kwargs)
+        return status, body, content_type
+
+    async def _send(self, method: str, path: str,
+                    **kwargs: Any) -> tuple[int, bytes, str, Mapping[str, str]]:
+        """:meth:`request`, with the answer's headers too (names case-insensitive)."""
         headers = {**self._headers, **kwargs.pop("headers", {})}
         try:
             async with aiohttp.ClientSession(timeout=REQUEST_TIMEOUT) as session, \
@@ -104,7 +105,7 @@ class Client:
                             "HPCGW_URL the gateway's address?", status=reply.status)
                     raise ClientError(_problem_text(reply.status, body), status=reply.status,
                                       problem=_problem(body))
-                return reply.status, body, reply.content_type
+                return reply.status, body, reply.content_type, reply.headers.copy()
         except aiohttp.ClientError as exc:
             raise ClientError(f"cannot reach the gateway at {self.url}: {exc}") from exc
 
@@ -352,9 +353,8 @@ def elapsed(job: dict[str, Any]) -> str:
     ``M:SS``, ``H:MM:SS``, ``D-HH:MM:SS``; ``0:00`` before it started."""
     if not job.get("started_at"):
         return "0:00"
-    start = datetime.fromisoformat(job["started_at"].replace("Z", "+00:00"))
-    end = (datetime.fromisoformat(job["ended_at"].replace("Z", "+00:00"))
-           if job.get("ended_at") else datetime.now(UTC))
+    start = parse_timestamp(job["started_at"])
+    end = parse_timestamp(job["ended_at"]) if job.get("ended_at") else datetime.now(UTC)
     seconds = max(0, int((end - start).total_seconds()))
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)
