@@ -24,6 +24,9 @@ DEFAULT_LIMIT, MAX_LIMIT = 100, 500
 KINDS = ("notebook", "lab")
 _JOB_ID = re.compile(r"^[0-9a-f]{16}\Z")
 _SLURM_ID = re.compile(r"^[0-9]{1,12}\Z")
+# ``since``: an RFC 3339 time with its zone (the OpenAPI document gives clients this pattern).
+SINCE_PATTERN = (r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+                 r"(Z|[+-][0-9]{2}:[0-9]{2})$")
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,8 @@ def _with_since(query: JobQuery, raw: str | None, errors: list[FieldError]) -> J
     if raw is None:
         return query
     try:
-        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        moment = (datetime.fromisoformat(raw.replace("Z", "+00:00"))
+                  if re.fullmatch(SINCE_PATTERN[1:-1], raw, re.ASCII) else None)
     except ValueError:
         moment = None
     if moment is None or moment.tzinfo is None:

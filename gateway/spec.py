@@ -186,7 +186,7 @@ class ResolvedSpec(BaseModel):
 def parse_spec(raw: Any) -> JobSpec:
     """Validate the shape of a spec; a 422 naming each failing field otherwise."""
     try:
-        return JobSpec.model_validate(raw)
+        return JobSpec.model_validate(raw, strict=True)
     except ValidationError as exc:
         raise ValidationFailed(
             [FieldError(field, message) for field, message in plain_errors(exc, "spec")]

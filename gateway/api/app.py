@@ -9,11 +9,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from ..jobs.clusters import ClusterLink
 from . import jobs, portal, problems, sessions, storage
 from .keys import CONFIG, PROXY, SERVICE, VIA_COOKIE, current_user
 from .middleware import auth_middleware, problem_middleware
+from .models import ClusterList, Health, SchedulerPartition, json_answer
 from .openapi import openapi_document
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ async def health(request: web.Request) -> web.Response:
     clusters = {name: _cluster_health(r) for name, r in service.clusters.items()}
     for name, error in request.app[CONFIG].cluster_errors.items():
         clusters[name] = {"reachable": False, "error": f"disabled by config: {error}"}
-    return web.json_response({"status": "ok", "clusters": clusters})
+    return json_answer(Health.model_validate({"status": "ok", "clusters": clusters}))
 
 
 @routes.get("/api/v1/clusters")
@@ -79,7 +81,7 @@ async def clusters(request: web.Request) -> web.Response:
             "reachable": runtime.reachable,
             "default_partition": config.default_partition,
             "partitions": {
-                name: {**limits.model_dump(), "scheduler": seen.get(name)}
+                name: {**limits.model_dump(), "scheduler": _scheduler_view(seen.get(name))}
                 for name, limits in config.partitions.items()
             },
             "accounts": config.accounts, "qos": config.qos, "constraints": config.constraints,
@@ -89,7 +91,19 @@ async def clusters(request: web.Request) -> web.Response:
                        for name, image in config.images.items()],
             "default_image": config.default_image,
         })
-    return web.json_response({"clusters": answer})
+    return json_answer(ClusterList.model_validate({"clusters": answer}))
+
+
+def _scheduler_view(seen: Any) -> SchedulerPartition | None:
+    """What the backend said of a partition, if it has the shape the API documents (a backend
+    that says less, or something else, shows as null: the policy still shows)."""
+    if seen is None:
+        return None
+    try:
+        return SchedulerPartition.model_validate(seen)
+    except ValidationError as exc:
+        log.warning("the scheduler's view of a partition does not fit the API: %s", exc)
+        return None
 
 
 def add_routes(app: web.Application) -> None:

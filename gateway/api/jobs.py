@@ -26,6 +26,7 @@ from ..listing import cursor_after, parse_query
 from ..staging.sidefiles import MAX_SIDE_FILES
 from .forms import read_capped
 from .keys import CONFIG, SERVICE, current_user
+from .models import EventList, Job, JobList, OutputFileList, json_answer
 
 routes = web.RouteTableDef()
 JOB = "/api/v1/jobs/{job_id:[0-9a-f]{16}}"
@@ -203,7 +204,7 @@ async def submit_job(request: web.Request) -> web.Response:
     headers = {"Location": f"/api/v1/jobs/{job['id']}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    return web.json_response(job_view(job), status=201, headers=headers)
+    return _job_answer(job, 201, headers)
 
 
 @routes.get("/api/v1/jobs")
@@ -212,27 +213,33 @@ async def list_jobs(request: web.Request) -> web.Response:
     (also a ``Link: <...>; rel="next"`` header) is the next page's URL, null on the last."""
     query = parse_query(request.query)
     jobs = request.app[SERVICE].list_jobs(current_user(request), query)
-    answer: dict[str, Any] = {"jobs": [job_view(job) for job in jobs], "next": None}
+    next_page = None
     headers = {}
     if len(jobs) == query.limit:
         params = {**request.query, "cursor": cursor_after(jobs[-1])}
-        answer["next"] = str(request.rel_url.with_query(params))
-        headers["Link"] = f'<{answer["next"]}>; rel="next"'
-    return web.json_response(answer, headers=headers)
+        next_page = str(request.rel_url.with_query(params))
+        headers["Link"] = f'<{next_page}>; rel="next"'
+    answer = JobList(jobs=[Job.model_validate(job_view(job)) for job in jobs], next=next_page)
+    return json_answer(answer, headers=headers)
 
 
 @routes.get(JOB)
 async def show_job(request: web.Request) -> web.Response:
     job = await request.app[SERVICE].current_job(current_user(request),
                                                  request.match_info["job_id"])
-    return web.json_response(job_view(job))
+    return _job_answer(job)
 
 
 @routes.post(JOB + "/cancel")
 async def cancel_job(request: web.Request) -> web.Response:
     job, accepted = await request.app[SERVICE].cancel(
         current_user(request), request.match_info["job_id"])
-    return web.json_response(job_view(job), status=202 if accepted else 200)
+    return _job_answer(job, 202 if accepted else 200)
+
+
+def _job_answer(job: dict[str, Any], status: int = 200,
+                headers: dict[str, str] | None = None) -> web.Response:
+    return json_answer(Job.model_validate(job_view(job)), status, headers)
 
 
 @routes.get(JOB + "/notebook")
@@ -250,7 +257,7 @@ async def executed_notebook(request: web.Request) -> web.StreamResponse:
 @routes.get(JOB + "/files")
 async def output_files(request: web.Request) -> web.Response:
     files = request.app[SERVICE].output_files(current_user(request), request.match_info["job_id"])
-    return web.json_response({"files": files})
+    return json_answer(OutputFileList.model_validate({"files": files}))
 
 
 @routes.get(JOB + "/files/{path:.+}")
@@ -297,4 +304,4 @@ def _offset(raw: str | None) -> int | None:
 @routes.get(JOB + "/events")
 async def job_events(request: web.Request) -> web.Response:
     events = request.app[SERVICE].events(current_user(request), request.match_info["job_id"])
-    return web.json_response({"events": events})
+    return json_answer(EventList.model_validate({"events": events}))

@@ -1,156 +1,255 @@
-"""The OpenAPI 3.1 document of the HTTP API; the job spec schema comes from the pydantic model."""
+"""The OpenAPI 3.1 document of the HTTP API.
+
+Every schema comes from a pydantic model: the request models the handlers parse with
+(:class:`gateway.spec.JobSpec`, :class:`.storage.StorageRequest`) and the answer models they
+answer with (:mod:`.models`). This module only says which operation takes and answers which;
+``tests/unit/test_openapi.py`` checks that each route is documented and the document is valid,
+and CI runs schemathesis against a real gateway with it.
+"""
 
 from __future__ import annotations
 
 from functools import cache
 from typing import Any
 
+from pydantic.json_schema import models_json_schema
+
 from .. import __version__
+from ..listing import KINDS, MAX_LIMIT, SINCE_PATTERN
 from ..spec import JobSpec
+from ..states import State
+from . import models
+from .storage import StorageRequest
 
+_SCHEMAS = "#/components/schemas/"
+_ANSWERS = [models.Job, models.JobList, models.EventList, models.OutputFileList, models.Health,
+            models.ClusterList, models.Storage, models.StorageList, models.Problem]
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
-_JOB_REF = {"$ref": "#/components/schemas/Job"}
+_UNAUTHORIZED = {"$ref": "#/components/responses/Unauthorized"}
 _ID = {"name": "job_id", "in": "path", "required": True,
-       "schema": {"type": "string", "pattern": "^[0-9a-f]{16}$"}}
-_STATES = ["accepted", "staging", "pending", "running", "ready", "collecting", "succeeded",
-           "failed", "cancelled", "timed_out"]
-_REASONS = ["completed", "notebook_error", "job_error", "launch_failed", "out_of_memory",
-            "node_failure", "preempted", "time_limit", "user_cancelled", "idle", "staging", "lost"]
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _job_schema() -> dict[str, Any]:
-    nullable_string = {"type": ["string", "null"]}
-    return {
-        "type": "object",
-        "required": ["id", "kind", "name", "state", "created_at"],
-        "properties": {
-            "id": {"type": "string"}, "kind": {"enum": ["notebook", "lab"]},
-            "name": {"type": "string"}, "cluster": {"type": "string"},
-            "state": {"enum": _STATES}, "pending_reason": nullable_string,
-            "reason": {"enum": [*_REASONS, None]}, "message": nullable_string,
-            "slurm_job_id": nullable_string, "node": nullable_string,
-            "exit_code": {"type": ["integer", "null"],
-                          "description": "the batch script's exit code as Slurm reported it"},
-            "partition": {"type": "string"}, "cpus": {"type": "integer"},
-            "gpus": {"type": "integer"}, "gpu_type": nullable_string, "memory": nullable_string,
-            "time": {"type": "string"}, "parameters": {"type": "object"},
-            "inputs": {"type": "array", "items": {"type": "object", "properties": {
-                "parameter": {"type": "string"}, "storage": {"type": "string"},
-                "path": {"type": "string"}, "mode": {"enum": ["copy", "mount"]},
-                "writable": {"type": "boolean"}}}},
-            "outputs": {"type": "array", "items": {"type": "object", "properties": {
-                "path": {"type": "string"}}}},
-            "scheduler_reachable": {"type": "boolean"},
-            "notebook_available": {"type": "boolean"},
-            "artifacts_removed_at": {"type": ["string", "null"], "format": "date-time"},
-            "created_at": {"type": "string", "format": "date-time"},
-            "started_at": {"type": ["string", "null"], "format": "date-time"},
-            "ended_at": {"type": ["string", "null"], "format": "date-time"},
-        },
-    }
-
-
+       "schema": {"type": "string", "pattern": models.JOB_ID_PATTERN}}
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
-def _paths() -> dict[str, Any]:
-    errors = {"401": _PROBLEM, "404": _PROBLEM}
+def _ref(model: str) -> dict[str, str]:
+    return {"$ref": _SCHEMAS + model}
+
+
+def _json(model: str, description: str, **extra: Any) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": _ref(model)}}, **extra}
+
+
+def _listed(values: list[str]) -> str:
+    """A pattern for a comma-separated list of ``values``."""
+    one = "(" + "|".join(values) + ")"
+    return f"^{one}(,{one})*$"
+
+
+def _operation(operation_id: str, summary: str, responses: dict[str, Any],
+               parameters: list[dict[str, Any]] | None = None,
+               public: bool = False, **extra: Any) -> dict[str, Any]:
+    """An operation; an authenticated one also answers 401 (the security is the document's)."""
+    answer = {"operationId": operation_id, "summary": summary,
+              "responses": responses if public else {**responses, "401": _UNAUTHORIZED},
+              **extra}
+    if parameters:
+        answer["parameters"] = parameters
+    if public:
+        answer["security"] = []
+    return answer
+
+
+def _job_links() -> dict[str, Any]:
+    """Where a client goes from a job it was given (schemathesis follows these)."""
+    job_id = {"job_id": "$response.body#/id"}
+    return {name: {"operationId": op, "parameters": job_id} for name, op in (
+        ("GetJob", "getJob"), ("CancelJob", "cancelJob"), ("GetJobEvents", "getJobEvents"),
+        ("GetJobLog", "getJobLog"), ("GetJobNotebook", "getJobNotebook"),
+        ("ListJobFiles", "listJobFiles"))}
+
+
+def _job_paths() -> dict[str, Any]:
+    not_found = {"404": _PROBLEM}
+    gone = {"410": _PROBLEM}
+    created = _json("Job", "the stored job (or, for a repeated Idempotency-Key, the first one)",
+                    headers={"Location": {"required": True, "schema": {"type": "string"}},
+                             "Idempotent-Replayed": {"schema": {"const": "true"}}},
+                    links=_job_links())
     return {
-        "/api/v1/openapi.json": {"get": {"summary": "This document", "security": [],
-                                         "responses": {"200": {"description": "OpenAPI"}}}},
-        "/api/v1/health": {"get": {
-            "summary": "Reachability of each cluster, as the poller last saw it", "security": [],
-            "responses": {"200": _json({"type": "object", "properties": {
-                "status": {"type": "string"},
-                "clusters": {"type": "object", "additionalProperties": {
-                    "type": "object", "properties": {
-                        "reachable": {"type": ["boolean", "null"],
-                                      "description": "null: not checked yet (just started)"},
-                        "error": {"type": "string"}}}}}}, "health")}}},
-        "/api/v1/clusters": {"get": {"summary": "Clusters, partitions, allowlists",
-                                     "responses": {"200": {"description": "clusters"}}}},
         "/api/v1/jobs": {
-            "get": {"summary": "The caller's jobs, newest first", "responses": {
-                "200": _json({"type": "object", "properties": {
-                    "jobs": {"type": "array", "items": _JOB_REF}}}, "jobs"), "401": _PROBLEM}},
-            "post": {
-                "summary": "Submit a notebook run (multipart) or ask for a lab (JSON, kind lab)",
-                "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                                "schema": {"type": "string", "maxLength": 200}}],
-                "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-                    "type": "object", "required": ["notebook", "spec"], "properties": {
-                        "notebook": {"type": "string", "format": "binary"},
-                        "spec": {"$ref": "#/components/schemas/JobSpec"}}}},
-                    "application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"}}}},
-                "responses": {"201": _json(_JOB_REF, "the stored job"), "400": _PROBLEM,
-                              "401": _PROBLEM, "411": _PROBLEM, "413": _PROBLEM,
-                              "415": _PROBLEM, "422": _PROBLEM, "429": _PROBLEM},
-            },
+            "get": _operation("listJobs", "The caller's jobs, newest first, filtered and paged",
+                              {"200": _json("JobList", "a page of jobs", headers={"Link": {
+                                  "schema": {"type": "string"},
+                                  "description": 'the next page: <URL>; rel="next"'}}),
+                               "422": _PROBLEM}, _list_filters()),
+            "post": _operation(
+                "submitJob",
+                "Submit a notebook run (multipart: notebook, spec, side files) or ask for a lab "
+                "(JSON spec of kind lab)",
+                {"201": created, "400": _PROBLEM, "409": _PROBLEM, "411": _PROBLEM,
+                 "413": _PROBLEM, "415": _PROBLEM, "422": _PROBLEM, "429": _PROBLEM,
+                 "503": _PROBLEM},
+                [{"name": "Idempotency-Key", "in": "header", "required": False,
+                  "description": "the same key and request: the first job again (201, "
+                  "Idempotent-Replayed); the same key with another request: 422",
+                  "schema": {"type": "string", "minLength": 1, "maxLength": 200}}],
+                requestBody=_submit_body()),
         },
-        "/api/v1/jobs/{job_id}": {"get": {"parameters": [_ID], "summary": "One job",
-                                          "responses": {"200": _json(_JOB_REF, "job"), **errors}}},
-        "/api/v1/jobs/{job_id}/cancel": {"post": {
-            "parameters": [_ID], "summary": "Cancel (idempotent)",
-            "responses": {"202": _json(_JOB_REF, "cancel requested"),
-                          "200": _json(_JOB_REF, "already terminal"), **errors}}},
-        "/api/v1/jobs/{job_id}/notebook": {"get": {
-            "parameters": [_ID],
-            "summary": "The executed notebook (also a failed run's partial one)",
-            "responses": {"200": {"description": "notebook", "content": {
-                "application/x-ipynb+json": {}}}, "409": _PROBLEM, "410": _PROBLEM,
-                **errors}}},
-        "/api/v1/jobs/{job_id}/log": {"get": {
-            "parameters": [_ID], "summary": "The job's output log",
-            "responses": {"200": {"description": "log", "content": {"text/plain": {}}},
-                          "410": _PROBLEM, **errors}}},
-        "/api/v1/jobs/{job_id}/files": {"get": {
-            "parameters": [_ID], "summary": "The job's collected output files (path, size)",
-            "responses": {"200": {"description": "files"}, "410": _PROBLEM, **errors}}},
-        "/api/v1/jobs/{job_id}/files/{path}": {"get": {
-            "parameters": [_ID, {"name": "path", "in": "path", "required": True,
-                                 "schema": {"type": "string"}}],
-            "summary": "One collected output file",
-            "responses": {"200": {"description": "file", "content": {
-                "application/octet-stream": {}}}, "410": _PROBLEM, **errors}}},
-        "/api/v1/storage": {
-            "get": {"summary": "Your storage servers",
-                    "responses": {"200": {"description": "storage servers"}, "401": _PROBLEM}},
-            "post": {"summary": "Register a storage server (409: confirm its host key)",
-                     "responses": {"201": {"description": "registered; public_key to authorize"},
-                                   "401": _PROBLEM, "409": _PROBLEM, "413": _PROBLEM,
-                                   "422": _PROBLEM, "503": _PROBLEM}}},
-        "/api/v1/storage/{name}": {
-            "get": {"parameters": [_NAME], "summary": "One storage server",
-                    "responses": {"200": {"description": "storage server"}, **errors}},
-            "delete": {"parameters": [_NAME], "summary": "Forget a storage server",
-                       "responses": {"204": {"description": "forgotten"}, **errors}}},
-        "/api/v1/jobs/{job_id}/events": {"get": {
-            "parameters": [_ID], "summary": "The job's state history",
-            "responses": {"200": {"description": "events"}, **errors}}},
+        "/api/v1/jobs/{job_id}": {"get": _operation(
+            "getJob", "One job", {"200": _json("Job", "the job"), **not_found}, [_ID])},
+        "/api/v1/jobs/{job_id}/cancel": {"post": _operation(
+            "cancelJob", "Cancel a job (idempotent)",
+            {"202": _json("Job", "cancel requested"),
+             "200": _json("Job", "already ended: nothing to cancel"), **not_found}, [_ID])},
+        "/api/v1/jobs/{job_id}/notebook": {"get": _operation(
+            "getJobNotebook", "The executed notebook (also a failed run's partial one)",
+            {"200": {"description": "the notebook", "content": {
+                "application/x-ipynb+json": {"schema": {"type": "object"}}}},
+             "409": _PROBLEM, **gone, **not_found}, [_ID])},
+        "/api/v1/jobs/{job_id}/log": {"get": _operation(
+            "getJobLog", "The job's output log: its tail, or from byte `offset` on",
+            {"200": _log_answer(), **gone, **not_found, "422": _PROBLEM},
+            [_ID, {"name": "offset", "in": "query", "required": False,
+                   "description": "the first byte to send (a follower's Hpcgw-Log-Next)",
+                   "schema": {"type": "integer", "minimum": 0, "maximum": 2**53 - 1}}])},
+        "/api/v1/jobs/{job_id}/events": {"get": _operation(
+            "getJobEvents", "The job's state changes, oldest first",
+            {"200": _json("EventList", "the events"), **not_found}, [_ID])},
+        "/api/v1/jobs/{job_id}/files": {"get": _operation(
+            "listJobFiles", "The job's collected output files",
+            {"200": _json("OutputFileList", "the files"), **gone, **not_found}, [_ID])},
+        "/api/v1/jobs/{job_id}/files/{path}": {"get": _operation(
+            "getJobFile", "One collected output file",
+            {"200": {"description": "the file", "content": {
+                "application/octet-stream": {"schema": {"type": "string",
+                                                        "format": "binary"}}}},
+             **gone, **not_found},
+            [_ID, {"name": "path", "in": "path", "required": True,
+                   "schema": {"type": "string"}}])},
     }
+
+
+def _list_filters() -> list[dict[str, Any]]:
+    def query(name: str, description: str, **schema: Any) -> dict[str, Any]:
+        return {"name": name, "in": "query", "required": False, "description": description,
+                "schema": {"type": "string", **schema}}
+
+    return [
+        {"name": "limit", "in": "query", "required": False, "description": "jobs per page",
+         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100}},
+        query("cursor", "where the page starts: take it from the previous page's `next`"),
+        query("state", "states, comma-separated (any of them)",
+              pattern=_listed([s.value for s in State])),
+        query("kind", "kinds, comma-separated", pattern=_listed(list(KINDS))),
+        query("name", "the job's exact name"),
+        query("slurm_job_id", "the job Slurm knows by this id", pattern="^[0-9]{1,12}$"),
+        query("since", "created at or after this time (with its zone)", format="date-time",
+              pattern=SINCE_PATTERN),
+    ]
+
+
+def _submit_body() -> dict[str, Any]:
+    notebook_run = {
+        "type": "object", "required": ["notebook", "spec"],
+        "properties": {
+            "notebook": {"type": "string", "format": "binary",
+                         "description": "the notebook (nbformat 4; older ones are upgraded); "
+                         "its file name names a job whose spec has no name"},
+            "spec": _ref("JobSpec"),
+            "file": {"type": "array", "items": {"type": "string", "format": "binary"},
+                     "description": "side files, put next to the notebook by their file names"},
+        }}
+    return {"required": True, "content": {
+        "multipart/form-data": {"schema": notebook_run, "encoding": {
+            "notebook": {"contentType": "application/x-ipynb+json"},
+            "spec": {"contentType": "application/json"},
+            "file": {"contentType": "application/octet-stream"}}},
+        "application/json": {"schema": _ref("JobSpec")}},
+        "description": "multipart/form-data for a notebook run; application/json (a spec of "
+        "kind lab) for a lab"}
+
+
+def _log_answer() -> dict[str, Any]:
+    number = {"schema": {"type": "integer", "minimum": 0}}
+    return {"description": "the log's bytes as UTF-8 text", "headers": {
+        "Hpcgw-Job-State": {"required": True, "schema": {"enum": [s.value for s in State]},
+                            "description": "the job's state when the log was read"},
+        "Hpcgw-Log-Start": {**number, "description": "with offset: where these bytes start"},
+        "Hpcgw-Log-Next": {**number, "description": "with offset: where to ask next"}},
+        "content": {"text/plain": {"schema": {"type": "string"}}}}
+
+
+def _other_paths() -> dict[str, Any]:
+    storage_links = {name: {"operationId": op, "parameters": {"name": "$response.body#/name"}}
+                     for name, op in (("GetStorage", "getStorage"),
+                                      ("DeleteStorage", "deleteStorage"))}
+    return {
+        "/api/v1/openapi.json": {"get": _operation(
+            "getOpenAPI", "This document", {"200": {"description": "OpenAPI 3.1", "content": {
+                "application/json": {"schema": {"type": "object"}}}}}, public=True)},
+        "/api/v1/health": {"get": _operation(
+            "getHealth", "Reachability of each cluster, as the poller last saw it",
+            {"200": _json("Health", "health")}, public=True)},
+        "/api/v1/clusters": {"get": _operation(
+            "listClusters", "Clusters: partitions with limits and defaults, allowlists, images",
+            {"200": _json("ClusterList", "the clusters")})},
+        "/api/v1/storage": {
+            "get": _operation("listStorage", "Your storage servers",
+                              {"200": _json("StorageList", "the storage servers")}),
+            "post": _operation(
+                "addStorage", "Register a storage server (409: confirm its host key first)",
+                {"201": _json("Storage", "registered: put public_key into the account's "
+                              "authorized_keys", links=storage_links,
+                              headers={"Location": {"required": True,
+                                                    "schema": {"type": "string"}}}),
+                 "400": _PROBLEM, "409": _PROBLEM, "413": _PROBLEM, "415": _PROBLEM,
+                 "422": _PROBLEM, "503": _PROBLEM},
+                requestBody={"required": True, "content": {
+                    "application/json": {"schema": _ref("StorageRequest")}}})},
+        "/api/v1/storage/{name}": {
+            "get": _operation("getStorage", "One storage server",
+                              {"200": _json("Storage", "the storage server"),
+                               "404": _PROBLEM}, [_NAME]),
+            "delete": _operation("deleteStorage", "Forget a storage server",
+                                 {"204": {"description": "forgotten"}, "404": _PROBLEM},
+                                 [_NAME])},
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    inputs = [(JobSpec, "validation"), (StorageRequest, "validation")]
+    answers = [(model, "serialization") for model in _ANSWERS]
+    _, document = models_json_schema([*inputs, *answers],  # type: ignore[list-item]
+                                     ref_template=_SCHEMAS + "{model}")
+    return dict(sorted(document["$defs"].items()))
+
+
+def _problem(description: str, **extra: Any) -> dict[str, Any]:
+    return {"description": description, "content": {
+        "application/problem+json": {"schema": _ref("Problem")}}, **extra}
 
 
 @cache
 def openapi_document() -> dict[str, Any]:
-    spec_schema = JobSpec.model_json_schema(ref_template="#/components/schemas/{model}")
-    definitions = spec_schema.pop("$defs", {})
+    """The whole document (built once)."""
     return {
         "openapi": "3.1.0",
         "info": {"title": "hpcgw", "version": __version__,
-                 "description": "Notebook runs and JupyterLab sessions as Slurm batch jobs."},
+                 "description": "Notebook runs and JupyterLab sessions as Slurm batch jobs. "
+                 "Every error is an RFC 9457 problem (application/problem+json) whose `type` "
+                 "is a page of the gateway explaining it. A method a path does not have is a "
+                 "405 problem with an `Allow` header."},
         "security": [{"bearer": []}],
-        "paths": _paths(),
+        "paths": {**_other_paths(), **_job_paths()},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"JobSpec": spec_schema, "Job": _job_schema(), **definitions},
-            "responses": {"Problem": {"description": "RFC 9457 problem", "content": {
-                "application/problem+json": {"schema": {"type": "object", "properties": {
-                    "type": {"type": "string"}, "title": {"type": "string"},
-                    "status": {"type": "integer"}, "detail": {"type": "string"},
-                    "errors": {"type": "array"}}}}}}},
+            "schemas": _schemas(),
+            "responses": {
+                "Problem": _problem("an RFC 9457 problem"),
+                "Unauthorized": _problem(
+                    "no valid token (or browser session)", headers={"WWW-Authenticate": {
+                        "required": True, "schema": {"type": "string"}}}),
+            },
         },
     }

@@ -12,26 +12,33 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import FieldError, ValidationFailed
 from ..plainwords import plain_errors
 from .jobs import read_json_body
 from .keys import STORAGE, current_user
+from .models import Storage, StorageList, json_answer
 
 routes = web.RouteTableDef()
 ONE = "/api/v1/storage/{name}"
 
 
 class StorageRequest(BaseModel):
+    """A storage server to register (the patterns are those the registry checks again)."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str
-    host: str
-    port: int = 22
-    user: str
-    host_key: str | None = None
-    private_key: str | None = None
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+    host: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,253}$",
+                      description="a host name or address")
+    port: int = Field(22, ge=1, le=65535)
+    user: str = Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$", description="the unix account")
+    host_key: str | None = Field(None, description="the server's host key as an OpenSSH public "
+                                 "key line; absent: the gateway answers 409 with the key the "
+                                 "server offers, to confirm")
+    private_key: str | None = Field(None, description="an OpenSSH private key to use; absent: "
+                                    "the gateway makes one")
 
 
 def _parse(raw: Any) -> StorageRequest:
@@ -48,19 +55,20 @@ async def add_storage(request: web.Request) -> web.Response:
     view = await request.app[STORAGE].add(
         current_user(request), asked.name, asked.host, asked.port, asked.user, asked.host_key,
         asked.private_key.encode() if asked.private_key is not None else None)
-    return web.json_response(view, status=201,
-                             headers={"Location": f"/api/v1/storage/{asked.name}"})
+    return json_answer(Storage.model_validate(view), 201,
+                       {"Location": f"/api/v1/storage/{asked.name}"})
 
 
 @routes.get("/api/v1/storage")
 async def list_storage(request: web.Request) -> web.Response:
-    return web.json_response({"storage": request.app[STORAGE].list(current_user(request))})
+    return json_answer(StorageList.model_validate(
+        {"storage": request.app[STORAGE].list(current_user(request))}))
 
 
 @routes.get(ONE)
 async def show_storage(request: web.Request) -> web.Response:
-    return web.json_response(
-        request.app[STORAGE].get(current_user(request), request.match_info["name"]))
+    return json_answer(Storage.model_validate(
+        request.app[STORAGE].get(current_user(request), request.match_info["name"])))
 
 
 @routes.delete(ONE)

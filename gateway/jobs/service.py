@@ -398,6 +398,7 @@ def job_view(job: dict[str, Any]) -> dict[str, Any]:
     )
     view["inputs"] = spec.get("inputs", [])
     view["outputs"] = spec.get("outputs", [])
+    view["persist"] = spec.get("persist")
     view["memory"] = f"{spec['memory_mb']}M" if spec["memory_mb"] else None
     view["time"] = format_slurm_time(spec["time_s"])
     view["progress"] = json.loads(job["progress"]) if job.get("progress") else None

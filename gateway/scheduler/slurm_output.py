@@ -274,6 +274,16 @@ def _json_status(job: dict[str, Any]) -> SchedulerStatus:
     )
 
 
+_COUNT = re.compile(r"^([0-9]{1,12})\+?\Z")
+
+
+def _smallest_count(field: str) -> int | None:
+    """A per-node count of sinfo (``%c``, ``%m``): ``64``, or ``64+`` when the partition's
+    nodes differ (the smallest, then); None for anything else."""
+    found = _COUNT.match(field)
+    return int(found.group(1)) if found else None
+
+
 def parse_sinfo(text: str) -> dict[str, dict[str, Any]]:
     """Parse ``sinfo -h -o SINFO_FORMAT`` into partitions (first line per name wins for limits;
     node counts add up). Lines that don't have the format's fields are skipped."""
@@ -287,7 +297,8 @@ def parse_sinfo(text: str) -> dict[str, dict[str, Any]]:
         entry = partitions.setdefault(
             name,
             {"available": avail == "up", "time_limit": timelimit, "nodes": 0, "gres": gres,
-             "cpus_per_node": cpus, "memory_per_node_mb": memory, "node_states": {}},
+             "cpus_per_node": _smallest_count(cpus),
+             "memory_per_node_mb": _smallest_count(memory), "node_states": {}},
         )
         entry["nodes"] += count
         entry["node_states"][state] = entry["node_states"].get(state, 0) + count

@@ -207,7 +207,10 @@ class FakeBackend:
 
     async def cluster_info(self) -> dict[str, Any]:
         self._check_reachable()
-        return {"partitions": {"cpu": {"available": True}, "gpu": {"available": True}}}
+        return {"partitions": {name: {
+            "available": True, "time_limit": "1-00:00:00", "nodes": 1, "gres": gres,
+            "cpus_per_node": 4, "memory_per_node_mb": 7000, "node_states": {"idle": 1}}
+            for name, gres in (("cpu", "(null)"), ("gpu", "gpu:2"))}}
 
 
 @dataclass

@@ -185,7 +185,7 @@ async def test_openapi_needs_no_auth(api: Api) -> None:
 async def test_health_needs_no_auth(api: Api) -> None:
     response = await api.client.get("/api/v1/health")
     assert response.status == 200
-    assert (await response.json())["clusters"] == {"dev": {"reachable": True}}
+    assert (await response.json())["clusters"] == {"dev": {"reachable": True, "error": None}}
 
 
 async def test_health_reports_an_unreachable_cluster(api: Api) -> None:

@@ -317,12 +317,13 @@ async def test_health_and_clusters_start_no_scheduler_query(make_site: SiteFacto
     auth = {"Authorization": f"Bearer {site.alice}"}
     for _ in range(40):
         async with site.http.get(f"{site.base}/api/v1/health") as response:
-            assert (await response.json())["clusters"] == {"dev": {"reachable": True}}
+            assert (await response.json())["clusters"] == {
+                "dev": {"reachable": True, "error": None}}
     for _ in range(10):
         async with site.http.get(f"{site.base}/api/v1/clusters", headers=auth) as response:
             (dev,) = (await response.json())["clusters"]
             assert dev["reachable"] is True
-            assert dev["partitions"]["gpu"]["scheduler"] == {"available": True}
+            assert dev["partitions"]["gpu"]["scheduler"]["gres"] == "gpu:2"
     assert len(site.cluster_info_calls) == 1  # the poller's first refresh, nothing since
 
 
@@ -334,7 +335,7 @@ async def test_health_before_the_first_check_says_null(
     started = time.monotonic()
     async with site.http.get(f"{site.base}/api/v1/health") as response:
         assert response.status == 200
-        assert (await response.json())["clusters"] == {"dev": {"reachable": None}}
+        assert (await response.json())["clusters"] == {"dev": {"reachable": None, "error": None}}
     assert time.monotonic() - started > 0.25  # it waited for the first check
     assert len(site.cluster_info_calls) == 1  # the poller's, still hanging; none of ours
 

@@ -211,6 +211,18 @@ def test_parse_sinfo_adds_node_counts() -> None:
     assert partitions["cpu"]["available"] is True
     assert partitions["gpu"]["available"] is False
     assert partitions["gpu"]["gres"] == "gpu:a100:2"
+    assert (partitions["cpu"]["cpus_per_node"], partitions["cpu"]["memory_per_node_mb"]) == (
+        16, 64000)
+
+
+def test_parse_sinfo_counts_are_numbers_or_null() -> None:
+    """Nodes that differ print ``64+`` (the smallest); anything else is no number at all."""
+    partitions = parse_sinfo("mixed|up|1:00:00|3|(null)|64+|2000+|idle\n"
+                             "odd|up|1:00:00|1|(null)|n/a|-5|idle\n")
+    assert (partitions["mixed"]["cpus_per_node"], partitions["mixed"]["memory_per_node_mb"]) == (
+        64, 2000)
+    assert (partitions["odd"]["cpus_per_node"], partitions["odd"]["memory_per_node_mb"]) == (
+        None, None)
 
 
 def test_squeue_cache_agrees_with_parse_squeue_over_changing_outputs() -> None:
