@@ -13,7 +13,14 @@ import re
 import unicodedata
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from .config import Config
 from .errors import FieldError, ValidationFailed
@@ -23,6 +30,13 @@ from .units import format_slurm_time, parse_memory_mb, parse_slurm_time
 # A path on a storage server: absolute, printable, no '..' component, none of the characters
 # scp/sftp would expand as a glob pattern or an escape (so it names exactly one file or directory).
 STORAGE_PATH = re.compile(r"^/[^\x00-\x1f\x7f*?\[\]\\]{0,1023}\Z")
+# The forms of a time limit and a memory size (gateway.units parses them; these patterns are
+# also the OpenAPI document's, so a client knows the forms before it asks).
+TIME_PATTERN = (r"^([0-9]{1,5}-[0-9]{1,4}(:[0-9]{1,4}(:[0-9]{1,4})?)?"
+                r"|[0-9]{1,7}(:[0-9]{1,4}(:[0-9]{1,4})?)?)$")
+MEMORY_PATTERN = r"^[0-9]{1,9}[KMGTkmgt]?[Bb]?$"
+TIME_FORMS = "a Slurm time: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"
+MEMORY_FORMS = "a size per node: 4G, 512M, 1024 (megabytes), 1T"
 
 
 class InputSpec(BaseModel):
@@ -121,8 +135,10 @@ class JobSpec(BaseModel):
     gpu_type: str | None = None
     # None: the partition's default_cpus (and memory its default_memory, lab_default_memory).
     cpus: int | None = Field(None, ge=1, le=4096)
-    memory: str | None = None
-    time: str | None = None
+    memory: str | None = Field(None, json_schema_extra={"pattern": MEMORY_PATTERN},
+                               description=MEMORY_FORMS)
+    time: str | None = Field(None, json_schema_extra={"pattern": TIME_PATTERN},
+                             description=TIME_FORMS)
     image: str | None = Field(None, max_length=64)
     kernel: str = "python3"
     parameters: dict[str, Any] = Field(default_factory=dict)
@@ -135,6 +151,15 @@ class JobSpec(BaseModel):
     def _printable_name(cls, value: str | None) -> str | None:
         if value is not None and any(unicodedata.category(c).startswith("C") for c in value):
             raise ValueError("must not contain control characters (newlines, tabs, ...)")
+        return value
+
+    @field_validator("time", "memory")
+    @classmethod
+    def _in_its_form(cls, value: str | None, info: ValidationInfo) -> str | None:
+        pattern, forms = ((TIME_PATTERN, TIME_FORMS) if info.field_name == "time"
+                          else (MEMORY_PATTERN, MEMORY_FORMS))
+        if value is not None and not re.fullmatch(pattern[1:-1], value, re.ASCII):
+            raise ValueError(forms)
         return value
 
     @field_validator("parameters")

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from ..jobs.clusters import ClusterLink
 from . import jobs, portal, problems, sessions, storage
-from .keys import CONFIG, PROXY, SERVICE, VIA_COOKIE, current_user
+from .keys import CONFIG, OPENAPI, PROXY, SERVICE, VIA_COOKIE, current_user
 from .middleware import auth_middleware, problem_middleware
 from .models import ClusterList, Health, SchedulerPartition, json_answer
 from .openapi import openapi_document
@@ -27,7 +27,7 @@ routes = web.RouteTableDef()
 
 @routes.get("/api/v1/openapi.json")
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document())
+    return web.json_response(request.app[OPENAPI])
 
 
 def _cluster_health(runtime: ClusterLink) -> dict[str, Any]:
@@ -108,6 +108,7 @@ def _scheduler_view(seen: Any) -> SchedulerPartition | None:
 
 def add_routes(app: web.Application) -> None:
     """Every route of the API, the browser pages and the lab proxy's path."""
+    app[OPENAPI] = openapi_document(app[CONFIG])
     app.add_routes(routes)
     app.add_routes(jobs.routes)
     app.add_routes(sessions.routes)

@@ -6,6 +6,8 @@ the store itself is the composition root's (:mod:`gateway.server`), never a hand
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from ..accounts import Accounts
@@ -20,6 +22,7 @@ ACCOUNTS = web.AppKey("accounts", Accounts)
 SERVICE = web.AppKey("service", JobService)
 STORAGE = web.AppKey("storage", StorageCredentials)
 PROXY = web.AppKey("proxy", LabProxy)
+OPENAPI = web.AppKey[dict[str, Any]]("openapi")  # the document this gateway serves
 USER_KEY = web.RequestKey("user", User)  # request-scoped: the authenticated gateway user
 VIA_COOKIE = web.RequestKey("via_cookie", bool)  # authenticated by a browser session cookie
 

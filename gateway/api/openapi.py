@@ -9,12 +9,13 @@ and CI runs schemathesis against a real gateway with it.
 
 from __future__ import annotations
 
-from functools import cache
+import copy
 from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
 from .. import __version__
+from ..config import Config
 from ..listing import KINDS, MAX_LIMIT, SINCE_PATTERN
 from ..spec import JobSpec
 from ..states import State
@@ -204,7 +205,7 @@ def _other_paths() -> dict[str, Any]:
                               headers={"Location": {"required": True,
                                                     "schema": {"type": "string"}}}),
                  "400": _PROBLEM, "409": _PROBLEM, "413": _PROBLEM, "415": _PROBLEM,
-                 "422": _PROBLEM, "503": _PROBLEM},
+                 "422": _PROBLEM},
                 requestBody={"required": True, "content": {
                     "application/json": {"schema": _ref("StorageRequest")}}})},
         "/api/v1/storage/{name}": {
@@ -230,9 +231,43 @@ def _problem(description: str, **extra: Any) -> dict[str, Any]:
         "application/problem+json": {"schema": _ref("Problem")}}, **extra}
 
 
-@cache
-def openapi_document() -> dict[str, Any]:
-    """The whole document (built once)."""
+def _with_policy(schemas: dict[str, Any], config: Config) -> dict[str, Any]:
+    """``schemas`` with the job spec's allowlists as enums: the values the gateway's clusters
+    accept (any cluster's: that a partition belongs to the cluster asked for is a rule across
+    fields, checked by the gateway and described here in words)."""
+    clusters = [c for c in config.clusters if c.name not in config.cluster_errors]
+    allowed = {
+        "cluster": [c.name for c in clusters],
+        "partition": [p for c in clusters for p in c.partitions],
+        "account": [a for c in clusters for a in c.accounts],
+        "qos": [q for c in clusters for q in c.qos],
+        "constraint": [k for c in clusters for k in c.constraints],
+        "reservation": [r for c in clusters for r in c.reservations],
+        "gpu_type": [t for c in clusters for p in c.partitions.values() for t in p.gpu_types],
+        "image": [i for c in clusters for i in c.images],
+    }
+    spec = copy.deepcopy(schemas["JobSpec"])
+    for field, values in allowed.items():
+        described = spec["properties"][field]
+        described.pop("anyOf", None)
+        described.pop("maxLength", None)
+        described["anyOf"] = [{"enum": sorted(set(values))}, {"type": "null"}] if values else [
+            {"type": "null"}]
+    kernels = sorted({k for c in clusters for k in c.kernels})
+    spec["properties"]["kernel"] = {**spec["properties"]["kernel"], "enum": kernels}
+    spec["description"] = (spec.get("description", "") + "\n\nThe enums are what any of the "
+                           "gateway's clusters allows; a value must also be allowed by the "
+                           "cluster the job runs on (its partitions, their limits and GPU "
+                           "types: GET /api/v1/clusters).")
+    return {**schemas, "JobSpec": spec}
+
+
+def openapi_document(config: Config | None = None) -> dict[str, Any]:
+    """The whole document; with ``config``, the job spec's allowlists are enums of its
+    clusters' values (the document a gateway serves)."""
+    schemas = _schemas()
+    if config is not None:
+        schemas = _with_policy(schemas, config)
     return {
         "openapi": "3.1.0",
         "info": {"title": "hpcgw", "version": __version__,
@@ -244,7 +279,7 @@ def openapi_document() -> dict[str, Any]:
         "paths": {**_other_paths(), **_job_paths()},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": _schemas(),
+            "schemas": schemas,
             "responses": {
                 "Problem": _problem("an RFC 9457 problem"),
                 "Unauthorized": _problem(

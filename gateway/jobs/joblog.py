@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,17 +64,19 @@ async def live_log(transport: Transport, job: dict[str, Any], limit: int,
 def collected_log(job_dir: Path, limit: int, offset: int | None) -> LogChunk:
     """The ended job's collected log: the whole copy (its last ``limit`` bytes), or ``limit``
     bytes from ``offset``; an offset before the copy's start gets the copy from its start (the
-    chunk's ``start`` says so)."""
+    chunk's ``start`` says so), one past its end nothing."""
     path = job_dir / LOG_NAME
     if not path.exists():
         return LogChunk(b"", offset if offset is not None else None)
     base = log_base(job_dir)
     with path.open("rb") as copy:
+        size = os.fstat(copy.fileno()).st_size
         if offset is None:
-            size = path.stat().st_size
             copy.seek(max(0, size - limit))
             return LogChunk(copy.read(limit), None)
         start = max(offset, base)
+        if start - base >= size:  # (seeking that far may fail: EINVAL past the largest file)
+            return LogChunk(b"", start)
         copy.seek(start - base)
         return LogChunk(copy.read(limit), start)
 

@@ -12,7 +12,7 @@ import asyncio
 
 import asyncssh
 
-from ..errors import ClusterUnavailable, FieldError, ValidationFailed
+from ..errors import FieldError, ValidationFailed
 
 FETCH_TIMEOUT = 10.0
 MAX_LINE = 16 * 1024
@@ -64,12 +64,14 @@ def fingerprint(public_key_line: str) -> str:
 
 async def fetch_host_key(host: str, port: int) -> str:
     """The host key ``host``:``port`` offers now (first contact, to be confirmed by the user);
-    :class:`ClusterUnavailable` (503) if it cannot be reached within :data:`FETCH_TIMEOUT`."""
+    422 naming ``host`` if no SSH server there answers within :data:`FETCH_TIMEOUT` or offers
+    a key: the server the user named cannot be registered (the gateway itself is fine)."""
     try:
         key = await asyncio.wait_for(asyncssh.get_server_host_key(host, port), FETCH_TIMEOUT)
     except (OSError, TimeoutError, asyncssh.Error) as exc:
-        raise ClusterUnavailable(f"storage server {host}:{port} did not answer: {exc}"[:300],
-                                 host=host, port=port) from None
+        raise ValidationFailed([FieldError("host", f"no SSH server at {host}:{port} answered: "
+                                           f"{exc}"[:300])]) from None
     if key is None:
-        raise ClusterUnavailable(f"storage server {host}:{port} offered no host key")
+        raise ValidationFailed([FieldError("host", f"the SSH server at {host}:{port} offered "
+                                           "no host key")])
     return key.export_public_key("openssh").decode().strip()

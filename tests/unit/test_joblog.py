@@ -38,6 +38,8 @@ def test_a_collected_tail_keeps_the_offsets_of_the_whole_log(tmp_path: Path) -> 
     before = collected_log(tmp_path, 1000, 0)  # gone: from where the copy starts
     assert (before.start, before.data) == (6144, whole[6144:7144])
     assert collected_log(tmp_path, 1000, 20000).data == b""
+    far = collected_log(tmp_path, 1000, 2**53 - 1)  # past any file a filesystem can hold
+    assert (far.data, far.start, far.next_offset) == (b"", 2**53 - 1, 2**53 - 1)
     tail = collected_log(tmp_path, 100, None)
     assert (tail.start, tail.data) == (None, whole[-100:])
 

@@ -118,3 +118,16 @@ async def test_a_spec_of_the_wrong_type_is_refused_not_coerced(api: Api) -> None
                                                              "path": "/a", "writable": "yes"}]}):
         response = await api.submit(spec)
         assert response.status == 422, (spec, await response.text())
+
+
+async def test_the_served_document_lists_the_clusters_allowlists(api: Api) -> None:  # noqa: F811
+    """A generated client gets the partitions, images, kernels ... the gateway accepts."""
+    response = await api.client.get("/api/v1/openapi.json")
+    document = await response.json()
+    validate(document)
+    spec = document["components"]["schemas"]["JobSpec"]["properties"]
+    assert spec["partition"]["anyOf"] == [{"enum": ["cpu", "gpu"]}, {"type": "null"}]
+    assert spec["cluster"]["anyOf"][0] == {"enum": ["dev"]}
+    assert spec["kernel"]["enum"] == ["python3"]
+    refused = await api.submit({"partition": "debug"})
+    assert refused.status == 422

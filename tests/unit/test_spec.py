@@ -187,13 +187,11 @@ def test_a_full_valid_spec_resolves(config: Config) -> None:
     ({"time": "02:00:01"}, "time"),                          # cpu allows 02:00:00
     ({"partition": "gpu", "time": "1-00:00:01"}, "time"),
     ({"time": "00:00:30"}, "time"),                          # under a minute
-    ({"time": "soon"}, "time"),
     ({"partition": "gpu", "gpus": 3}, "gpus"),               # gpu allows 2
     ({"gpus": 1}, "gpus"),                                   # cpu has no GPUs
     ({"partition": "gpu", "gpus": 1, "gpu_type": "h100"}, "gpu_type"),
     ({"partition": "gpu", "gpu_type": "a100"}, "gpu_type"),  # a type needs gpus >= 1
     ({"memory": "9G"}, "memory"),                            # cpu allows 8G
-    ({"memory": "lots"}, "memory"),
     ({"cpus": 9}, "cpus"),
     ({"kind": "lab", "parameters": {"a": 1}}, "parameters"),  # parameters are for notebooks
     ({"persist": {"storage": "s", "path": "/srv/lab"}}, "persist"),  # labs only
@@ -205,6 +203,19 @@ def test_out_of_policy_values_name_their_field(
     error = policy_refused(raw, config)
     assert fields_of(error) == {field}
     assert field in error.problem()["fields"]
+
+
+@pytest.mark.parametrize(("raw", "words"), [
+    ({"time": "soon"}, "a Slurm time: MM, MM:SS"), ({"time": " 1:00"}, "a Slurm time"),
+    ({"time": "1:00\n"}, "a Slurm time"), ({"time": "1" * 8}, "a Slurm time"),
+    ({"memory": "lots"}, "a size per node: 4G"), ({"memory": "4 G"}, "a size per node"),
+])
+def test_a_time_or_memory_not_in_its_form_is_refused_in_words(
+    raw: dict[str, Any], words: str
+) -> None:
+    """The forms are the OpenAPI document's patterns, checked before any policy."""
+    (error,) = refused(raw).errors
+    assert error["field"] in raw and words in error["message"]
 
 
 @pytest.mark.parametrize("time", ["0", "00:00", "0-00:00:00"])
