@@ -455,7 +455,10 @@ def parse_config(raw: dict[str, Any]) -> Config:
     try:
         config = Config.model_validate({**raw, "clusters": clusters})
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc)) from exc
+        # ``problems``: each one on its own, the clusters' too (check-config lists them all).
+        problems = [f"{field}: {message}" for field, message in plain_errors(exc, "(top)")]
+        problems += [f"cluster {name}: disabled: {error}" for name, error in errors.items()]
+        raise ConfigError(_format_errors(exc), problems=problems) from exc
     config.cluster_errors = errors
     if not clusters:
         errors.setdefault("(clusters)", "no usable cluster is configured")

@@ -15,6 +15,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..config import Config, load_config
+from ..errors import ConfigError
 from ..store import Store, loose_modes
 from ..templates import template_problems
 
@@ -144,16 +145,41 @@ def config_file_problems(location: str | None) -> list[str]:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    problems = config_problems(config)
-    problems += config_file_problems(args.config or os.environ.get("HPCGW_CONFIG"))
+    """Print every problem of the config (``problem: ...``, one per line; exit 1 if any);
+    with ``--probe``, then what the live cluster says (``ok:``/``problem:``/``note:`` lines)."""
+    location = args.config or os.environ.get("HPCGW_CONFIG")
+    config: Config | None = None
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        problems = list(exc.extra.get("problems") or [exc.detail])
+    else:
+        problems = config_problems(config)
+    problems += config_file_problems(location)
     for problem in problems:
         print(f"problem: {problem}")
-    if problems:
-        return 1
-    names = ", ".join(c.name for c in config.clusters)
-    print(f"config OK: clusters {names}; data in {config.gateway.data_dir}")
-    return 0
+    if config is not None and not problems:
+        names = ", ".join(c.name for c in config.clusters)
+        print(f"config OK: clusters {names}; data in {config.gateway.data_dir}")
+    if config is not None and args.probe:
+        from .probe import probe
+
+        findings = asyncio.run(probe(config, mapped_users(config)))
+        for finding in findings:
+            print(finding.line(), flush=True)
+        problems += [f.text for f in findings if f.kind == "problem"]
+    return 1 if problems else 0
+
+
+def mapped_users(config: Config) -> list[str]:
+    """The distinct unix users the gateway's users run as (none before the store exists)."""
+    if not (config.gateway.data_dir / "hpcgw.db").exists():
+        return []
+    store = open_store(config)
+    try:
+        return list(dict.fromkeys(user["unix_user"] for user in store.list_users()))
+    finally:
+        store.close()
 
 
 async def _serve(config: Config, host: str, port: int) -> None:

@@ -177,8 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     storage.add_parsers(_Subcommands(sub.add_parser(
         "storage", help="your storage servers for data staging").add_subparsers(
         dest="storage_command", required=True), common))
-    sub.add_parser("check-config", help="explain every problem in the config").set_defaults(
-        run=admin.cmd_check_config)
+    check = sub.add_parser(
+        "check-config", help="explain every problem in the config (exit 1 if any)",
+        description="Reads the config and lists every problem in it, one per line, without "
+        "stopping at the first. --probe then checks it against the live cluster.")
+    check.add_argument("--probe", action="store_true",
+                       help="also ask the cluster: partitions in sinfo, commands run as each "
+                       "mapped user, the job Python (and each image's) imports papermill, "
+                       "ipykernel and jupyter_server, pinned SSH host keys match")
+    check.set_defaults(run=admin.cmd_check_config)
     return parser
 
 

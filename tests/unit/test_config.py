@@ -202,3 +202,28 @@ def test_duplicate_cluster_names_are_refused(tmp_path: Path, make_raw_config: Ra
     assert first is not None and first.default_partition == "cpu"  # the first one wins
     (label,) = config.cluster_errors
     assert "dev" in label and "name" in config.cluster_errors[label]
+
+
+def test_check_config_lists_every_problem_in_one_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A broken [gateway] no longer hides the rest: each field and each broken cluster is a
+    line of its own, in words, and the exit status says so."""
+    from gateway.cli.main import main
+
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'[gateway]\ndata_dir = "{tmp_path / "data"}"\nport = 99999\ncookie_secret = "short"\n'
+        '[[clusters]]\nname = "dev"\ndefault_partition = "cpu"\n'
+        '[clusters.partitions.cpu]\nmax_time = "1:00:00"\ndefault_time = "2:00:00"\n'
+        '[[clusters]]\nname = "other"\ntransport = "carrier-pigeon"\ndefault_partition = "x"\n'
+        '[clusters.partitions.x]\n')
+    config.chmod(0o600)
+    assert main(["--config", str(config), "check-config"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == ["problem: gateway.port: at most 65535",
+                         "problem: gateway.cookie_secret: at least 32 characters"]
+    assert "problem: cluster dev: disabled: partitions.cpu: default_time 2:00:00 is over " \
+           "max_time 1:00:00" in lines
+    assert any(line.startswith("problem: cluster other: disabled: ") for line in lines), lines
+    assert len(lines) == 4 and not any("pydantic" in line for line in lines)
