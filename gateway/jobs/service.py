@@ -220,8 +220,9 @@ class JobService:
             raise ValidationFailed(errors)
         files = {"input.ipynb": notebook,
                  **{f"{SIDE_DIR}/{name}": data for name, data in side_files}}
+        warning = parameters_warning(notebook, resolved.parameters)
         return self._store_new_job(user, resolved, idempotency_key, files,
-                                   request_hash=fingerprint)
+                                   request_hash=fingerprint, warning=warning)
 
     def create_lab_job(
         self, user: User, raw_spec: Any, idempotency_key: str | None = None
@@ -365,6 +366,24 @@ def upgraded_notebook(notebook: bytes) -> bytes:
         return text.encode()
 
 
+NO_PARAMETERS_CELL = (
+    "warning: the notebook has no cell tagged 'parameters', so its parameters go in a cell of "
+    "their own at the top (papermill's way); tag the cell that sets their defaults "
+    "'parameters' to have them replace those")
+
+
+def parameters_warning(notebook: bytes, parameters: dict[str, Any]) -> str | None:
+    """:data:`NO_PARAMETERS_CELL` when ``parameters`` are given and no code cell of
+    ``notebook`` (checked, v4) is tagged ``parameters``; None otherwise."""
+    if not parameters:
+        return None
+    cells = json.loads(notebook).get("cells", [])
+    tagged = any(cell.get("cell_type") == "code"
+                 and "parameters" in cell.get("metadata", {}).get("tags", [])
+                 for cell in cells)
+    return None if tagged else NO_PARAMETERS_CELL
+
+
 def name_of_file(filename: str | None) -> str:
     """A job name from an uploaded notebook's file name: its last path part without
     ``.ipynb``; ``notebook`` when that leaves nothing printable."""
@@ -402,6 +421,8 @@ def job_view(job: dict[str, Any]) -> dict[str, Any]:
     view["memory"] = f"{spec['memory_mb']}M" if spec["memory_mb"] else None
     view["time"] = format_slurm_time(spec["time_s"])
     view["progress"] = json.loads(job["progress"]) if job.get("progress") else None
+    if job.get("warning"):  # kept whatever the job's later states say
+        view["message"] = "; ".join(filter(None, [job["message"], job["warning"]]))
     view["scheduler_reachable"] = bool(job["scheduler_reachable"])
     view["notebook_available"] = bool(job["has_notebook"])
     if job["kind"] == "lab":

@@ -200,7 +200,8 @@ class Store:
     # -- jobs -------------------------------------------------------------------------------
 
     def insert_job(self, job: dict[str, Any]) -> dict[str, Any]:
-        """Store a new job in state ``accepted`` with its first event.
+        """Store a new job in state ``accepted`` with its first event (which carries the
+        job's ``warning`` as its message, if it has one).
 
         Raises :class:`Conflict` if (user, idempotency_key) already has a job.
         """
@@ -209,7 +210,7 @@ class Store:
         try:
             with self._transaction():
                 self._table("jobs").insert(row)
-                self._event(job["id"], None, State.ACCEPTED, None, None, now)
+                self._event(job["id"], None, State.ACCEPTED, None, job.get("warning"), now)
         except sqlite3.IntegrityError as exc:
             raise Conflict("a job with this idempotency key exists") from exc
         return self.get_job(job["id"])

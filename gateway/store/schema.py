@@ -111,6 +111,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN request_hash TEXT;
     """,
+    # A warning about the request (no parameters cell), kept for the job's whole life.
+    """
+    ALTER TABLE jobs ADD COLUMN warning TEXT;
+    """,
 ]
 
 

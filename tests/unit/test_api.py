@@ -235,9 +235,9 @@ async def test_submit_in_either_part_order(api: Api, spec_first: bool) -> None:
         "notebook", "my run", "gpu", 1, "a100")
     assert (job["memory"], job["time"], job["account"]) == ("2048M", "0-01:00:00", "proj1")
     assert job["parameters"] == {"lr": 0.5}
-    for key in ("pending_reason", "reason", "message", "slurm_job_id", "node", "started_at",
-                "ended_at"):
+    for key in ("pending_reason", "reason", "slurm_job_id", "node", "started_at", "ended_at"):
         assert job[key] is None, key
+    assert job["message"].startswith("warning: the notebook has no cell tagged 'parameters'")
     assert job["created_at"]
 
 
@@ -754,6 +754,24 @@ async def test_an_invalid_notebook_is_refused_with_nbformats_words(
     body = await assert_problem(await api.submit({"name": "x"}, notebook=notebook), 422)
     [error] = body["errors"]
     assert error["field"] == "notebook" and words in error["message"]
+
+
+async def test_parameters_without_a_parameters_cell_run_with_a_warning(api: Api) -> None:
+    """papermill then injects them in a cell of their own; the job says so, in its message and
+    its first event, and runs. A tagged cell, or no parameters, gets no warning."""
+    untagged = await api.create({"parameters": {"alpha": 1}})
+    assert untagged["message"].startswith("warning: the notebook has no cell tagged "
+                                          "'parameters'")
+    events = await (await api.get(f"/api/v1/jobs/{untagged['id']}/events")).json()
+    assert events["events"][0]["message"] == untagged["message"]
+    pending = await api.wait_state(untagged["id"], "pending")  # the submitter cleared message
+    assert pending["message"] == untagged["message"]
+    tagged_notebook = json.loads(api.notebook)
+    tagged_notebook["cells"][0]["metadata"]["tags"] = ["parameters"]
+    tagged = await api.create({"parameters": {"alpha": 1}},
+                              notebook=json.dumps(tagged_notebook).encode())
+    plain = await api.create({})
+    assert tagged["message"] is None and plain["message"] is None
 
 
 # -- problems explained --------------------------------------------------------------------------
