@@ -393,16 +393,21 @@ async def find_job(client: Client, ident: str) -> dict[str, Any]:
     if ident.isdigit():
         found = await client.all_jobs({"slurm_job_id": ident})
         if not found:
-            raise ClientError(f"no job of yours has Slurm job id {ident}", status=404)
+            raise _not_found(f"no job of yours has Slurm job id {ident}")
         return found[0]
     try:
         job: dict[str, Any] = await client.json("GET", f"/api/v1/jobs/{quote(ident)}")
     except ClientError as exc:
         if exc.extra.get("status") == 404:
-            raise ClientError(f"no job {ident} (of yours): hpcgw queue lists them",
-                              status=404) from None
+            raise _not_found(f"no job {ident} (of yours): hpcgw queue lists them") from None
         raise
     return job
+
+
+def _not_found(detail: str) -> ClientError:
+    """A 404 in the CLI's words (``--json`` shows it as the gateway's not-found problem)."""
+    return ClientError(detail, status=404, problem={
+        "type": "/problems/not-found", "title": "Not found", "status": 404, "detail": detail})
 
 
 async def cmd_events(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib.metadata
 import inspect
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -52,20 +53,21 @@ exit status:
 def _resource_flags(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("-M", "--cluster", help="cluster name (default: the gateway's first)")
-    add("-p", "--partition")
-    add("-A", "--account")
-    add("-q", "--qos")
-    add("-C", "--constraint")
-    add("--reservation")
+    add("-p", "--partition", help="partition (default: the cluster's default partition)")
+    add("-A", "--account", help="Slurm account to charge (one the cluster allows)")
+    add("-q", "--qos", help="quality of service (one the cluster allows)")
+    add("-C", "--constraint", help="node feature(s) the job needs (one the cluster allows)")
+    add("--reservation", help="run in this Slurm reservation (one the cluster allows)")
     add("-G", "--gpus", type=int, metavar="N", help="number of GPUs (as sbatch's -G)")
     add("--gres", help="gpu[:TYPE]:COUNT")
-    add("-c", "--cpus-per-task", dest="cpus", type=int)
+    add("-c", "--cpus-per-task", dest="cpus", type=int, metavar="N",
+        help="CPUs (default: the partition's default_cpus)")
     add("--mem", help="memory, e.g. 4G")
     add("-t", "--time", help="time limit, e.g. 1:00:00 or 1-00:00:00")
-    add("-J", "--job-name")
+    add("-J", "--job-name", help="the job's name (default: the notebook's file name)")
     add("--image", metavar="NAME",
         help="run in this container image of the cluster (GET /api/v1/clusters lists them)")
-    add("--kernel")
+    add("--kernel", help="Jupyter kernel (default python3; GET /api/v1/clusters lists them)")
     add("--wait", action="store_true", help="wait until the job ends")
 
 
@@ -85,12 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = _Subcommands(parser.add_subparsers(dest="command", required=True), common)
 
     serve = sub.add_parser("serve", help="run the gateway")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+    serve.add_argument("--host", help="address to listen on (default: gateway.host)")
+    serve.add_argument("--port", type=int,
+                       help="port to listen on (default: gateway.port; 0: any free one)")
     serve.set_defaults(run=admin.cmd_serve)
 
     submit = sub.add_parser("submit", help="run a notebook as a batch job")
-    submit.add_argument("notebook")
+    submit.add_argument("notebook", help="the .ipynb file to run")
     _resource_flags(submit)
     submit.add_argument("-P", "--parameter", action="append", metavar="NAME=VALUE",
                         help="a parameter (the value parsed as JSON, else a string)")
@@ -126,13 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("job_id", help="the job's id, or its Slurm job id")
     events.set_defaults(run=client.cmd_events)
     log = sub.add_parser("log", help="print a job's output log (each cell's output as it runs)")
-    log.add_argument("job_id")
+    log.add_argument("job_id", help="the job's id (hpcgw queue lists them)")
     log.add_argument("-f", "--follow", action="store_true",
                      help="print the whole log, then what is added, until the job ends (exit "
                           "status as submit --wait)")
     log.set_defaults(run=client.cmd_log)
     fetch = sub.add_parser("fetch", help="download the executed notebook (or the outputs)")
-    fetch.add_argument("job_id")
+    fetch.add_argument("job_id", help="the job's id (hpcgw queue lists them)")
     fetch.add_argument("--outputs", metavar="DIR",
                        help="download the job's collected output files under DIR instead")
     fetch.add_argument("-o", "--output", help="file to write ('-' for stdout; default ID.ipynb)")
@@ -148,21 +151,34 @@ def build_parser() -> argparse.ArgumentParser:
                             f"all: {','.join(client.COLUMNS)})")
     queue.set_defaults(run=client.cmd_queue)
 
-    user = _Subcommands(sub.add_parser("user", help="manage gateway users").add_subparsers(
+    user = _Subcommands(sub.add_parser(
+        "user", help="manage gateway users (admin: needs the config)").add_subparsers(
         dest="user_command", required=True), common)
-    add = user.add_parser("add", help="add a user; prints its token as the last line")
-    add.add_argument("name")
-    add.add_argument("--unix-user", required=True)
+    add = user.add_parser("add", help="add a user; prints its token as the last line",
+                          description="Adds a gateway user whose jobs run as a unix user of "
+                          "the clusters, and prints the user's first token (keep it: it is "
+                          "shown once).")
+    add.add_argument("name", help="the gateway user's name (what the API and logs show)")
+    add.add_argument("--unix-user", required=True, metavar="UNIX_USER",
+                     help="the unix account on the clusters that runs this user's jobs")
     add.set_defaults(run=admin.cmd_user_add)
-    user.add_parser("list").set_defaults(run=admin.cmd_user_list)
+    user.add_parser("list", help="the users: name, unix user, active tokens, created",
+                    description="Lists the gateway's users (--json: as JSON).").set_defaults(
+        run=admin.cmd_user_list)
 
-    token = _Subcommands(sub.add_parser("token", help="manage tokens").add_subparsers(
+    token = _Subcommands(sub.add_parser(
+        "token", help="manage users' tokens (admin: needs the config)").add_subparsers(
         dest="token_command", required=True), common)
-    issue = token.add_parser("issue", help="a new token for a user")
-    issue.add_argument("name")
+    issue = token.add_parser("issue", help="a new token for a user (printed once)",
+                             description="Issues another token for a user; the ones it has "
+                             "keep working.")
+    issue.add_argument("name", help="the gateway user")
     issue.set_defaults(run=admin.cmd_token_issue)
-    revoke = token.add_parser("revoke", help="revoke all of --user's tokens, or one read on stdin")
-    revoke.add_argument("--user")
+    revoke = token.add_parser(
+        "revoke", help="revoke all of --user's tokens, or one read on stdin",
+        description="Revokes tokens at once: every token of --user, or without --user the "
+        "one token read from stdin (never from the command line, which ps shows).")
+    revoke.add_argument("--user", metavar="NAME", help="revoke every token of this user")
     revoke.set_defaults(run=admin.cmd_token_revoke)
     artifacts = _Subcommands(sub.add_parser(
         "artifacts", help="manage the gateway's copies of job files").add_subparsers(
@@ -200,20 +216,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = asyncio.run(result)
         return int(result)
     except client.ClientError as exc:
-        print(f"hpcgw: error: {exc.detail}", file=sys.stderr)
-        return exc.exit_status
+        return _error(args.json, exc.detail, exc.exit_status, exc.extra.get("problem"))
     except GatewayError as exc:
-        print(f"hpcgw: error: {exc.detail}", file=sys.stderr)
-        return 1
+        return _error(args.json, exc.detail, 1)
     except BrokenPipeError:  # `hpcgw queue | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except OSError as exc:  # a local file: the notebook, a side file, -o
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"hpcgw: error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return client.EXIT_USAGE
+        return _error(args.json, f"{where}{exc.strerror or exc}", client.EXIT_USAGE)
     except KeyboardInterrupt:
         return 130
+
+
+# The title of a problem the CLI reports itself (the gateway's own problems keep theirs).
+_LOCAL_TITLES = {client.EXIT_USAGE: "Usage error", client.EXIT_UNREACHABLE: "Gateway unreachable"}
+
+
+def _error(as_json: bool, detail: str, exit_status: int,
+           problem: dict[str, Any] | None = None) -> int:
+    """Report an error and give the exit status: one line on stderr, or with ``--json`` an
+    RFC 9457 problem on stdout (the gateway's own when it sent one, else one the CLI makes;
+    ``exit_status`` added either way), so a script reads errors where it reads answers."""
+    if not as_json:
+        print(f"hpcgw: error: {detail}", file=sys.stderr)
+        return exit_status
+    body = dict(problem) if problem else {
+        "type": "about:blank", "title": _LOCAL_TITLES.get(exit_status, "Error"),
+        "detail": detail}
+    print(json.dumps({**body, "exit_status": exit_status}, indent=2))
+    return exit_status
 
 
 if __name__ == "__main__":

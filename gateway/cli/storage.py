@@ -24,9 +24,9 @@ def add_parsers(sub: Any) -> None:
     """Add ``storage add|list|remove`` to ``sub`` (the ``_Subcommands`` of ``hpcgw``)."""
     add = sub.add_parser("add", help="register a storage server; prints the public key to "
                          "authorize there as the last line")
-    add.add_argument("name")
-    add.add_argument("--host", required=True)
-    add.add_argument("--port", type=int, default=22)
+    add.add_argument("name", help="your name for it (what job inputs and outputs name)")
+    add.add_argument("--host", required=True, help="the storage server's host name or address")
+    add.add_argument("--port", type=int, default=22, help="its SSH port (default 22)")
     add.add_argument("--user", required=True, help="the login name on the storage server")
     add.add_argument("--host-key-file", type=Path,
                      help="the server's host key: a known_hosts line or a public host key")
@@ -37,7 +37,7 @@ def add_parsers(sub: Any) -> None:
     add.set_defaults(run=cmd_add)
     sub.add_parser("list", help="your storage servers").set_defaults(run=cmd_list)
     remove = sub.add_parser("remove", help="forget a storage server")
-    remove.add_argument("name")
+    remove.add_argument("name", help="the storage server's name")
     remove.set_defaults(run=cmd_remove)
 
 

@@ -116,6 +116,26 @@ async def test_errors_are_one_line_and_a_closed_pipe_is_quiet(
     assert closed.returncode == 0 and closed.stderr == ""
 
 
+async def test_json_errors_are_problems_on_stdout(gateway: Gateway, tmp_path: Path) -> None:
+    """With --json a script reads errors where it reads answers: the gateway's own problem
+    (a 404 here), or one the CLI makes (a local file, an unreachable gateway), each with the
+    exit status; stderr stays empty."""
+    refused = gateway.cli("alice", "--json", "status", "0123456789abcdef", check=False)
+    problem = json.loads(refused.stdout)
+    assert (refused.returncode, refused.stderr) == (5, "")
+    assert (problem["status"], problem["type"], problem["exit_status"]) == (
+        404, "/problems/not-found", 5)
+    missing = gateway.cli("alice", "submit", "--json", str(tmp_path / "nope.ipynb"),
+                          check=False)
+    assert missing.returncode == 2 and json.loads(missing.stdout) == {
+        "type": "about:blank", "title": "Usage error", "exit_status": 2,
+        "detail": f"{tmp_path / 'nope.ipynb'}: No such file or directory"}
+    env = {**gateway.env("alice"), "HPCGW_URL": "http://127.0.0.1:9"}  # discard: nobody there
+    away = subprocess.run([*HPCGW, "queue", "--json"], env=env, capture_output=True, text=True)
+    assert away.returncode == 6 and away.stderr == ""
+    assert json.loads(away.stdout)["title"] == "Gateway unreachable"
+
+
 @pytest.fixture
 def not_a_gateway() -> Iterator[str]:
     """A web server on loopback that answers every request with a small HTML page."""

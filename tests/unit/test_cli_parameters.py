@@ -55,3 +55,26 @@ def test_sbatch_flags_make_the_spec() -> None:
         "kind": "notebook", "partition": "gpu", "gpus": 2, "cpus": 4, "memory": "8G",
         "time": "1:00:00", "name": "x", "image": "cpu", "account": "proj", "qos": "normal"}
     assert spec("--gres", "gpu:a100:2") == {"kind": "notebook", "gpus": 2, "gpu_type": "a100"}
+
+
+def test_every_subcommand_and_argument_is_described() -> None:
+    """`hpcgw X --help` teaches: each subcommand (nested ones too) and each of its arguments
+    has a help text."""
+    import argparse
+
+    from gateway.cli.main import build_parser
+
+    undescribed = []
+    pending: list[tuple[str, argparse.ArgumentParser]] = [("hpcgw", build_parser())]
+    while pending:
+        name, parser = pending.pop()
+        for action in parser._actions:  # argparse keeps no public list of them
+            if isinstance(action, argparse._SubParsersAction):
+                helps = {choice.dest: choice.help for choice in action._choices_actions}
+                for sub, subparser in action.choices.items():
+                    if not helps.get(sub):
+                        undescribed.append(f"{name} {sub}")
+                    pending.append((f"{name} {sub}", subparser))
+            elif not action.help and not isinstance(action, argparse._HelpAction):
+                undescribed.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+    assert undescribed == []
