@@ -5,231 +5,34 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import re
 import sys
 import time
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import aiohttp
-import yaml
 
-from ..errors import GatewayError
 from ..states import State
 from ..timestamps import parse_timestamp
+from .http import (
+    EXIT_CANCELLED,
+    EXIT_JOB_FAILED,
+    EXIT_OK,
+    EXIT_TIMED_OUT,
+    EXIT_USAGE,
+    Client,
+    ClientError,
+)
+from .jobspec import spec_from_args
 
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out"}
-# Exit statuses (README, `hpcgw --help`): how a job ended, or why the command could not tell.
-EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_CANCELLED, EXIT_TIMED_OUT = 0, 1, 2, 3, 4
-EXIT_HTTP_ERROR, EXIT_UNREACHABLE = 5, 6
 EXIT_FOR_STATE = {"succeeded": EXIT_OK, "failed": EXIT_JOB_FAILED, "cancelled": EXIT_CANCELLED,
                   "timed_out": EXIT_TIMED_OUT}
-REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=300, connect=10)
 # Seconds between two reads of a followed log that had nothing new.
 FOLLOW_INTERVAL = 1.0
 ALL_STATES = {state.value for state in State}
-_GRES = re.compile(r"^gpu(?::(?P<type>[A-Za-z0-9._+-]*[A-Za-z._+-][A-Za-z0-9._+-]*))?"
-                   r"(?::(?P<count>\d+))?$")
-
-
-class ClientError(GatewayError):
-    """The gateway answered with a problem (``status`` in its extras), or could not be
-    reached."""
-
-    @property
-    def exit_status(self) -> int:
-        if "exit" in self.extra:
-            return int(self.extra["exit"])
-        return EXIT_HTTP_ERROR if "status" in self.extra else EXIT_UNREACHABLE
-
-
-class Client:
-    """A thin async client of the gateway's HTTP API."""
-
-    def __init__(self, url: str | None = None, token: str | None = None) -> None:
-        self.url = (url or os.environ.get("HPCGW_URL") or "http://127.0.0.1:8000").rstrip("/")
-        if not re.match(r"^https?://[^/\s]+", self.url):
-            raise ClientError(f"HPCGW_URL must be the gateway's http:// or https:// URL, e.g. "
-                              f"http://gateway.example.org:8000, not {self.url!r}",
-                              exit=EXIT_USAGE)
-        token = token or os.environ.get("HPCGW_TOKEN")
-        if not token:
-            raise ClientError("set HPCGW_TOKEN to your gateway token", exit=EXIT_USAGE)
-        self._headers = {"Authorization": f"Bearer {token}"}
-
-    async def all_jobs(self, params: dict[str, str]) -> list[dict[str, Any]]:
-        """Every job of the caller that matches ``params`` (the list's filters), all pages."""
-        jobs: list[dict[str, Any]] = []
-        query = "?" + urlencode({**params, "limit": "500"})
-        while True:
-            page = await self.json("GET", "/api/v1/jobs" + query)
-            jobs += page["jobs"]
-            if not page.get("next"):
-                return jobs
-            query = "?" + page["next"].split("?", 1)[1]
-
-    async def log_from(self, job_id: str, offset: int) -> tuple[bytes, int, str]:
-        """The job's log from byte ``offset`` (as much as one answer holds): ``(bytes, the
-        offset to ask next, the job's state)``."""
-        _, body, _, headers = await self._send(
-            "GET", f"/api/v1/jobs/{quote(job_id)}/log", params={"offset": str(offset)})
-        next_offset = headers.get("Hpcgw-Log-Next", "")
-        state = headers.get("Hpcgw-Job-State", "")
-        if not next_offset.isdigit() or not state:
-            raise ClientError(f"{self.url} did not answer as an hpcgw gateway does (no log "
-                              "offset in its answer)")
-        return body, int(next_offset), state
-
-    async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes, str]:
-        """``(status, body, content_type)``; a problem answer raises ClientError."""
-        status, body, content_type, _ = await self._send(method, path, **kwargs)
-        return status, body, content_type
-
-    async def _send(self, method: str, path: str,
-                    **kwargs: Any) -> tuple[int, bytes, str, Mapping[str, str]]:
-        """:meth:`request`, with the answer's headers too (names case-insensitive)."""
-        headers = {**self._headers, **kwargs.pop("headers", {})}
-        try:
-            async with aiohttp.ClientSession(timeout=REQUEST_TIMEOUT) as session, \
-                    session.request(method, self.url + path, headers=headers, **kwargs) as reply:
-                body = await reply.read()
-                if reply.status >= 400:
-                    if not _problem(body):
-                        raise ClientError(
-                            f"{self.url} did not answer as an hpcgw gateway does (HTTP "
-                            f"{reply.status} {reply.content_type} for {method} {path}): is "
-                            "HPCGW_URL the gateway's address?", status=reply.status)
-                    raise ClientError(_problem_text(reply.status, body), status=reply.status,
-                                      problem=_problem(body))
-                return reply.status, body, reply.content_type, reply.headers.copy()
-        except aiohttp.ClientError as exc:
-            raise ClientError(f"cannot reach the gateway at {self.url}: {exc}") from exc
-
-    async def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        """The JSON answer of a request; ClientError saying so when the server at HPCGW_URL
-        does not answer JSON (it is not an hpcgw gateway)."""
-        _, body, content_type = await self.request(method, path, **kwargs)
-        try:
-            if content_type != "application/json":
-                raise ValueError(content_type)
-            return json.loads(body)
-        except ValueError:
-            raise ClientError(f"{self.url} did not answer as an hpcgw gateway does ({method} "
-                              f"{path} gave {content_type or 'no content type'}, not JSON): "
-                              "is HPCGW_URL the gateway's address?") from None
-
-
-def _problem(body: bytes) -> dict[str, Any]:
-    """The problem+json object of an error answer; empty if it is none."""
-    try:
-        problem = json.loads(body)
-    except ValueError:
-        return {}
-    return problem if isinstance(problem, dict) else {}
-
-
-def _problem_text(status: int, body: bytes) -> str:
-    problem = _problem(body)
-    if not problem:
-        return f"HTTP {status}"
-    text = f"{problem.get('title', 'error')} ({status}): {problem.get('detail', '')}"
-    for error in problem.get("errors", []):
-        text += f"\n  {error.get('field')}: {error.get('message')}"
-    return text
-
-
-def parse_parameter(text: str) -> tuple[str, Any]:
-    """``name=value``: the value is JSON if it parses as JSON, else the literal string."""
-    name, sep, raw = text.partition("=")
-    if not sep or not name:
-        raise ClientError(f"-P wants name=value, got {text!r}", exit=EXIT_USAGE)
-    try:
-        return name, json.loads(raw)
-    except ValueError:
-        return name, raw
-
-
-def spec_from_args(args: argparse.Namespace, kind: str) -> dict[str, Any]:
-    """The job spec the sbatch-style flags describe (unset flags are left to the server)."""
-    spec: dict[str, Any] = {"kind": kind}
-    for flag, field in (("cluster", "cluster"), ("partition", "partition"),
-                        ("account", "account"), ("qos", "qos"), ("constraint", "constraint"),
-                        ("reservation", "reservation"), ("cpus", "cpus"), ("mem", "memory"),
-                        ("time", "time"), ("job_name", "name"), ("image", "image"),
-                        ("kernel", "kernel")):
-        if getattr(args, flag, None) is not None:
-            spec[field] = getattr(args, flag)
-    if getattr(args, "gpus", None) is not None:
-        spec["gpus"] = args.gpus
-    if args.gres:
-        match = _GRES.match(args.gres)
-        if not match:
-            raise ClientError(f"--gres wants gpu[:TYPE][:COUNT], got {args.gres!r}",
-                              exit=EXIT_USAGE)
-        spec["gpus"] = int(match["count"] or 1)
-        if match["type"]:
-            spec["gpu_type"] = match["type"]
-    parameters = notebook_parameters(args)
-    if parameters:
-        spec["parameters"] = parameters
-    return spec
-
-
-def notebook_parameters(args: argparse.Namespace) -> dict[str, Any]:
-    """The parameters papermill's forms give, merged in papermill's order (a later form wins
-    for a name): ``-f`` files and ``-y`` YAML mappings, ``--parameters NAME VALUE`` (the value
-    typed as papermill types it), ``-r NAME VALUE`` (a string, as given), then ``-P
-    name=value`` (JSON if it parses, else a string)."""
-    parameters: dict[str, Any] = {}
-    for source, text in [*((f, _read_text(f)) for f in getattr(args, "parameters_file", None)
-                           or []),
-                         *(("-y", y) for y in getattr(args, "parameters_yaml", None) or [])]:
-        parameters.update(_yaml_mapping(source, text))
-    for name, value in getattr(args, "parameters", None) or []:
-        parameters[name] = papermill_value(value)
-    for name, value in getattr(args, "parameters_raw", None) or []:
-        parameters[name] = value
-    for text in getattr(args, "parameter", None) or []:
-        name, value = parse_parameter(text)
-        parameters[name] = value
-    return parameters
-
-
-def papermill_value(text: str) -> Any:
-    """A ``-p`` value as papermill reads it: True, False, None, an int, a float, else the
-    string."""
-    if text in ("True", "False", "None"):
-        return {"True": True, "False": False, "None": None}[text]
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def _read_text(path: str) -> str:
-    with open(path, encoding="utf-8") as handle:
-        return handle.read()
-
-
-def _yaml_mapping(source: str, text: str) -> dict[str, Any]:
-    """``text`` as a YAML mapping of parameters (``source`` names it in errors)."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ClientError(f"{source}: not YAML: {exc}".splitlines()[0],
-                          exit=EXIT_USAGE) from None
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise ClientError(f"{source}: parameters must be a YAML mapping of names to values",
-                          exit=EXIT_USAGE)
-    return value
 
 
 def print_job(job: dict[str, Any], as_json: bool) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import GatewayError
-from . import admin, client, storage
+from . import admin, client, http, storage
 
 
 class _Subcommands:
@@ -215,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if inspect.iscoroutine(result):
             result = asyncio.run(result)
         return int(result)
-    except client.ClientError as exc:
+    except http.ClientError as exc:
         return _error(args.json, exc.detail, exc.exit_status, exc.extra.get("problem"))
     except GatewayError as exc:
         return _error(args.json, exc.detail, 1)
@@ -224,13 +224,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except OSError as exc:  # a local file: the notebook, a side file, -o
         where = f"{exc.filename}: " if exc.filename else ""
-        return _error(args.json, f"{where}{exc.strerror or exc}", client.EXIT_USAGE)
+        return _error(args.json, f"{where}{exc.strerror or exc}", http.EXIT_USAGE)
     except KeyboardInterrupt:
         return 130
 
 
 # The title of a problem the CLI reports itself (the gateway's own problems keep theirs).
-_LOCAL_TITLES = {client.EXIT_USAGE: "Usage error", client.EXIT_UNREACHABLE: "Gateway unreachable"}
+_LOCAL_TITLES = {http.EXIT_USAGE: "Usage error", http.EXIT_UNREACHABLE: "Gateway unreachable"}
 
 
 def _error(as_json: bool, detail: str, exit_status: int,

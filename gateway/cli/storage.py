@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .client import EXIT_USAGE, Client, ClientError
+from .http import EXIT_USAGE, Client, ClientError
 
 STORAGE = "/api/v1/storage"
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from gateway.cli.client import ClientError, papermill_value, spec_from_args
+from gateway.cli.http import ClientError
+from gateway.cli.jobspec import papermill_value, spec_from_args
 from gateway.cli.main import build_parser
 
 
