@@ -236,3 +236,20 @@ def squeue_state(slurm_job_id: str) -> str:
     out = subprocess.run(["squeue", "-h", "-a", "-t", "all", "-j", slurm_job_id, "-o", "%T"],
                          capture_output=True, text=True).stdout
     return out.strip()
+
+
+def cancel_quietly(gateway: Gateway, job_ids: list[str]) -> None:
+    """Teardown: cancel labs a test left running (a lab holds a node's resources)."""
+    async def cancel() -> None:
+        api = Api(gateway, "alice")
+        for job_id in job_ids:
+            await api.call("POST", f"/api/v1/jobs/{job_id}/cancel")
+    asyncio.run(cancel())
+
+
+@pytest.fixture
+def labs(gateway: Gateway) -> Iterator[list[str]]:
+    """Ids of labs a test starts (it appends them); cancelled when the test ends."""
+    started: list[str] = []
+    yield started
+    cancel_quietly(gateway, started)

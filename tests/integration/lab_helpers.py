@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 
-from .conftest import Api, Gateway
+from .conftest import Api
 
 
 async def request_lab(api: Api, **spec: Any) -> dict[str, Any]:
@@ -24,15 +24,6 @@ async def wait_ready(api: Api, job_id: str, timeout: float = 120) -> dict[str, A
                              timeout, "ready")
     assert job["state"] == "ready", job
     return job
-
-
-def cancel_quietly(gateway: Gateway, job_ids: list[str]) -> None:
-    """Teardown: cancel labs a test left running (a lab holds a node's resources)."""
-    async def cancel() -> None:
-        api = Api(gateway, "alice")
-        for job_id in job_ids:
-            await api.call("POST", f"/api/v1/jobs/{job_id}/cancel")
-    asyncio.run(cancel())
 
 
 async def lab_get(api: Api, job_id: str, path: str, **kwargs: Any) -> tuple[int, Any]:

@@ -28,7 +28,7 @@ from .conftest import (
     write_config,
 )
 from .kernel_client import run_cell, start_kernel
-from .lab_helpers import cancel_quietly, request_lab, wait_ready
+from .lab_helpers import request_lab, wait_ready
 from .test_notebook_runs import outputs_text
 from .test_staging import STORAGE, authorized, register  # noqa: F401 - authorized: a fixture
 
@@ -118,12 +118,6 @@ async def test_the_same_probe_on_the_host_sees_the_host(alice: Api) -> None:
     assert seen["image"] is False and seen["python"] == "/opt/hpcgw-jobenv/bin/python"
     assert HOST_ONLY & set(seen["environment"]), seen["environment"]
 
-
-@pytest.fixture
-def labs(gateway: Gateway) -> Iterator[list[str]]:
-    started: list[str] = []
-    yield started
-    cancel_quietly(gateway, started)
 
 
 async def test_a_lab_runs_inside_the_image_and_leaves_nothing_when_cancelled(

@@ -14,15 +14,13 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from .conftest import Api, Gateway
 from .kernel_client import run_cell, start_kernel
-from .lab_helpers import cancel_quietly, request_lab, wait_ready
+from .lab_helpers import request_lab, wait_ready
 
 LAPTOP_JUPYTER = "/opt/hpcgw-jobenv/bin/jupyter"
 LOCAL_TOKEN = "laptop-secret"  # the local server's own token, for this test only
@@ -66,17 +64,11 @@ class Laptop:
                 self.process.wait()
 
 
-@pytest.fixture
-def lab_ids(gateway: Gateway) -> Iterator[list[str]]:
-    ids: list[str] = []
-    yield ids
-    cancel_quietly(gateway, ids)
-
 
 async def test_a_laptop_jupyter_runs_a_cell_on_the_labs_node(
-        gateway: Gateway, alice: Api, tmp_path: Path, lab_ids: list[str]) -> None:
+        gateway: Gateway, alice: Api, tmp_path: Path, labs: list[str]) -> None:
     lab = await request_lab(alice, time="00:20:00")
-    lab_ids.append(lab["id"])
+    labs.append(lab["id"])
     ready = await wait_ready(alice, lab["id"])
     laptop = Laptop(tmp_path, f"{gateway.url}/labs/{lab['id']}", gateway.tokens["alice"])
     local = {"Authorization": f"token {LOCAL_TOKEN}"}
@@ -102,11 +94,11 @@ async def test_a_laptop_jupyter_runs_a_cell_on_the_labs_node(
 
 
 async def test_another_users_token_gets_no_kernel(
-        gateway: Gateway, alice: Api, tmp_path: Path, lab_ids: list[str]) -> None:
+        gateway: Gateway, alice: Api, tmp_path: Path, labs: list[str]) -> None:
     """Bob pointing his laptop at Alice's lab: the gateway refuses every request, so his
     server starts no kernel there."""
     lab = await request_lab(alice, time="00:20:00")
-    lab_ids.append(lab["id"])
+    labs.append(lab["id"])
     await wait_ready(alice, lab["id"])
     laptop = Laptop(tmp_path, f"{gateway.url}/labs/{lab['id']}", gateway.tokens["bob"])
     try:

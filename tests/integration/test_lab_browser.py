@@ -14,8 +14,16 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from .conftest import Api, Gateway, add_users, start_gateway, stop_gateway, write_config
-from .lab_helpers import cancel_quietly, request_lab, wait_ready
+from .conftest import (
+    Api,
+    Gateway,
+    add_users,
+    cancel_quietly,
+    start_gateway,
+    stop_gateway,
+    write_config,
+)
+from .lab_helpers import request_lab, wait_ready
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",

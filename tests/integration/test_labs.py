@@ -15,9 +15,9 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 
-from .conftest import Api, Gateway, slurm_jobs_tagged, squeue_state
+from .conftest import Api, Gateway, cancel_quietly, slurm_jobs_tagged, squeue_state
 from .kernel_client import run_cell, start_kernel
-from .lab_helpers import cancel_quietly, lab_get, login, request_lab, wait_ready
+from .lab_helpers import lab_get, login, request_lab, wait_ready
 
 pytestmark = pytest.mark.timeout(900)
 
