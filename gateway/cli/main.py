@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from ..errors import GatewayError
 from . import admin, client, http, storage
@@ -26,6 +26,16 @@ class _Subcommands:
         parser: argparse.ArgumentParser = self._action.add_parser(
             name, parents=[self._common], **kwargs)
         return parser
+
+
+class _JSONErrorParser(argparse.ArgumentParser):
+    """A parser that, for ``--json``, reports a usage error as a problem on stdout (as every
+    other error is then) instead of argparse's usage lines on stderr; exit status 2 still."""
+
+    def error(self, message: str) -> NoReturn:
+        print(json.dumps({"type": "about:blank", "title": "Usage error",
+                          "detail": f"{self.prog}: {message}", "exit_status": 2}, indent=2))
+        self.exit(2)
 
 
 EPILOG = """\
@@ -71,14 +81,17 @@ def _resource_flags(parser: argparse.ArgumentParser) -> None:
     add("--wait", action="store_true", help="wait until the job ends")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
+    """The whole ``hpcgw`` parser; ``json_errors``: usage errors as problems on stdout (its
+    subcommands' parsers are of the same class)."""
     # --config and --json are accepted before and after the subcommand.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default=argparse.SUPPRESS,
                         help="gateway config (default: $HPCGW_CONFIG)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="machine-readable output")
-    parser = argparse.ArgumentParser(
+    parser_class = _JSONErrorParser if json_errors else argparse.ArgumentParser
+    parser = parser_class(
         prog="hpcgw", description="Run notebooks and JupyterLabs on Slurm through an hpcgw "
         "gateway; sbatch's flag names where sbatch has the option.", parents=[common],
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -206,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(json_errors="--json" in argv).parse_args(argv)
     # Not parser.set_defaults: the common actions are shared with every subparser.
     args.config = getattr(args, "config", None)
     args.json = getattr(args, "json", False)

@@ -3,6 +3,7 @@ resource flags, as the job spec they send."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,25 @@ def test_every_subcommand_and_argument_is_described() -> None:
             elif not action.help and not isinstance(action, argparse._HelpAction):
                 undescribed.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
     assert undescribed == []
+
+
+@pytest.mark.parametrize(("argv", "detail"), [
+    (["--json", "submit"], "hpcgw submit: the following arguments are required: notebook"),
+    (["queue", "--json", "--frobnicate"], "hpcgw: unrecognized arguments: --frobnicate"),
+    (["cancel", "--json", "-t", "x", "-t"], "hpcgw cancel: argument -t/--state: expected one "
+                                            "argument"),
+])
+def test_a_usage_error_with_json_is_a_problem_on_stdout(
+    argv: list[str], detail: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli.main import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    out, err = capsys.readouterr()
+    assert exited.value.code == 2 and err == ""
+    assert json.loads(out) == {"type": "about:blank", "title": "Usage error", "detail": detail,
+                               "exit_status": 2}
+    with pytest.raises(SystemExit):
+        main([word for word in argv if word != "--json"])
+    assert "error:" in capsys.readouterr().err  # without --json: argparse's own lines
