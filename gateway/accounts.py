@@ -17,6 +17,10 @@ class Accounts:
     def __init__(self, store: Store) -> None:
         self._store = store
 
+    def counts(self) -> tuple[int, int]:
+        """(users, tokens not revoked), for the metrics."""
+        return self._store.account_counts()
+
     def user_for_token(self, token: str) -> User | None:
         """The user of a valid (known, unrevoked) API token, else None."""
         return self._store.user_for_token(token)

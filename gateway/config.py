@@ -384,6 +384,13 @@ class LimitsConfig(_Strict):
     max_submissions_per_minute: int = Field(60, ge=1)
 
 
+class MetricsConfig(_Strict):
+    """``GET /metrics`` (Prometheus): scrapers send ``token`` as a bearer token; without a
+    token configured the endpoint does not exist (404)."""
+
+    token: str | None = Field(None, min_length=32)
+
+
 class StagingConfig(_Strict):
     """Data staging: what the admin pins for users' storage servers."""
 
@@ -413,6 +420,7 @@ class Config(BaseModel):
     poll: PollConfig = Field(default_factory=lambda: PollConfig.model_validate({}))
     labs: LabConfig = Field(default_factory=lambda: LabConfig.model_validate({}))
     limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig.model_validate({}))
+    metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig.model_validate({}))
     staging: StagingConfig = Field(default_factory=lambda: StagingConfig.model_validate({}))
     clusters: list[ClusterConfig]
     cluster_errors: dict[str, str] = Field(default_factory=dict, exclude=True)

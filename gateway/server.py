@@ -18,13 +18,15 @@ from .accounts import Accounts
 from .api import sessions
 from .api.app import add_routes, middlewares
 from .api.jobs import upload_limit
-from .api.keys import ACCOUNTS, CONFIG, PROXY, SERVICE, STORAGE
+from .api.keys import ACCOUNTS, CONFIG, METRICS, PROXY, SERVICE, STORAGE
 from .api.middleware import security_headers
 from .config import ClusterConfig, Config
 from .errors import GatewayError
 from .jobs.clusters import ClusterLink, make_cluster_link
 from .jobs.service import JobService
+from .metrics import GatewayMetrics, ScrapeTimeCollector
 from .proxy.labs import LabProxy
+from .scheduler.metered import MeteredBackend
 from .staging.credentials import StorageCredentials
 from .store import Store
 
@@ -70,6 +72,7 @@ def make_app(config: Config, *,
                                      config.gateway.max_side_files_bytes),
     )
     app[CONFIG] = config
+    app[METRICS] = metrics = GatewayMetrics()
     app.on_response_prepare.append(security_headers)
     add_routes(app)
 
@@ -77,12 +80,16 @@ def make_app(config: Config, *,
         store = Store(config.gateway.data_dir / "hpcgw.db")
         credentials = StorageCredentials(store.storage, config.gateway.cookie_secret,
                                          config.staging)
-        service = JobService(config, store, connect_clusters(config, cluster_factory),
-                             credentials=credentials)
+        links = connect_clusters(config, cluster_factory)
+        for link in links.values():  # every scheduler call counted and timed
+            link.backend = MeteredBackend(link.backend, metrics, link.name)
+        service = JobService(config, store, links, credentials=credentials, metrics=metrics)
         proxy = LabProxy(service.open_lab, sessions.GATEWAY_COOKIES,
-                         config.gateway.public_origin)
-        app[STORE], app[ACCOUNTS], app[SERVICE], app[PROXY] = (
-            store, Accounts(store), service, proxy)
+                         config.gateway.public_origin, metrics=metrics)
+        accounts = Accounts(store)
+        metrics.watch(ScrapeTimeCollector(service.job_counts, service.reachability,
+                                          accounts.counts))
+        app[STORE], app[ACCOUNTS], app[SERVICE], app[PROXY] = store, accounts, service, proxy
         app[STORAGE] = credentials
         await service.start(lab_probe=proxy)
         yield

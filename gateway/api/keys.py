@@ -13,6 +13,7 @@ from aiohttp import web
 from ..accounts import Accounts
 from ..config import Config
 from ..jobs.service import JobService
+from ..metrics import GatewayMetrics
 from ..proxy.labs import LabProxy
 from ..staging.credentials import StorageCredentials
 from ..users import User
@@ -22,6 +23,7 @@ ACCOUNTS = web.AppKey("accounts", Accounts)
 SERVICE = web.AppKey("service", JobService)
 STORAGE = web.AppKey("storage", StorageCredentials)
 PROXY = web.AppKey("proxy", LabProxy)
+METRICS = web.AppKey("metrics", GatewayMetrics)
 OPENAPI = web.AppKey[dict[str, Any]]("openapi")  # the document this gateway serves
 USER_KEY = web.RequestKey("user", User)  # request-scoped: the authenticated gateway user
 VIA_COOKIE = web.RequestKey("via_cookie", bool)  # authenticated by a browser session cookie

@@ -12,14 +12,19 @@ service (:mod:`.service`), which owns every background task, runs what is queued
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
 from ..config import Config
+from ..metrics import GatewayMetrics
 from ..staging.credentials import StorageCredentials
 from ..store import Store
+from ..timestamps import parse_timestamp
 from .clusters import ClusterLink
 
 
@@ -37,6 +42,8 @@ class JobContext:
     stage_queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
     # Job ids that entered ``collecting``: the service starts one collection for each.
     collect_queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+    # Where the workers record what they measure (the application's registry).
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
 
     @property
     def data_dir(self) -> Path:
@@ -57,3 +64,23 @@ class JobContext:
     def submit_later(self, job_id: str) -> None:
         """Hand a stored job to the submitters."""
         self.submit_queue.put_nowait(job_id)
+
+    def record_start(self, job_id: str) -> None:
+        """A job just started on a node: its wait since it was accepted
+        (``hpcgw_queue_wait_seconds``)."""
+        job = self.store.get_job(job_id)
+        self.metrics.queue_wait.labels(job["cluster"], _partition(job), job["kind"]).observe(
+            _age(job))
+
+    def record_ready(self, job: dict[str, Any]) -> None:
+        """A lab just answered: its wait since it was accepted (``hpcgw_lab_ready_seconds``)."""
+        self.metrics.lab_ready.labels(job["cluster"], _partition(job)).observe(_age(job))
+
+
+def _partition(job: dict[str, Any]) -> str:
+    return str(json.loads(job["spec"])["partition"])
+
+
+def _age(job: dict[str, Any]) -> float:
+    """Seconds since the job was accepted (never negative: clocks may step)."""
+    return max(0.0, time.time() - parse_timestamp(job["created_at"]).timestamp())

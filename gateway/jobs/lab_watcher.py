@@ -85,6 +85,7 @@ class LabWatcher:
             except IllegalTransition:  # ended meanwhile
                 return False
             self.probe.touch(job_id)
+            self.ctx.record_ready(job)
             log.info("lab %s is ready", job_id)
             return False
         started = (parse_timestamp(job["started_at"]).timestamp() if job["started_at"]

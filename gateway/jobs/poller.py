@@ -49,6 +49,7 @@ async def poll_cycle(ctx: JobContext, link: ClusterLink) -> float:
     A cycle that fails is logged, and the next one starts from a full read of the store.
     """
     tracked = link.tracked
+    started = time.monotonic()
     try:
         tracked.refresh(ctx.store, link.name)
         if tracked.jobs:
@@ -56,6 +57,7 @@ async def poll_cycle(ctx: JobContext, link: ClusterLink) -> float:
     except Exception:
         log.exception("poll cycle on %s failed", link.name)
         tracked.invalidate()
+    ctx.metrics.poll_seconds.labels(link.name).observe(time.monotonic() - started)
     return next_interval(tracked.newest_created_at(), ctx.config.poll)
 
 
@@ -208,6 +210,8 @@ def _write(ctx: JobContext, link: ClusterLink, cycle: Cycle) -> None:
             ctx.collect_later(job_id)
         else:
             tracked.jobs[job_id]["state"] = move.new.value
+            if move.new is State.RUNNING:
+                ctx.record_start(job_id)
 
 
 async def _send_pending_cancels(link: ClusterLink) -> None:

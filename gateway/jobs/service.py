@@ -29,6 +29,7 @@ import nbformat
 from ..config import Config
 from ..errors import Conflict, FieldError, GatewayError, Gone, NotFound, ValidationFailed
 from ..listing import JobQuery
+from ..metrics import GatewayMetrics, JobCount
 from ..spec import ResolvedSpec, parse_spec, resolve_spec
 from ..staging.credentials import StorageCredentials
 from ..staging.sidefiles import SIDE_DIR, side_file_errors
@@ -66,12 +67,14 @@ class JobService:
         clusters: dict[str, ClusterLink],
         templates: jinja2.Environment | None = None,
         credentials: StorageCredentials | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.config = config
         self.clusters = clusters
         self._store = store
         templates = templates or make_environment(config.gateway.template_dir)
-        self.ctx = JobContext(config, store, clusters, templates, credentials)
+        self.ctx = JobContext(config, store, clusters, templates, credentials,
+                              metrics=metrics or GatewayMetrics())
         private_dir(self.ctx.data_dir / "jobs")
         self._tasks: set[asyncio.Task[Any]] = set()
         # Job id -> loop time its progress was last read from the cluster.
@@ -173,6 +176,14 @@ class JobService:
     def list_jobs(self, user: User, query: JobQuery | None = None) -> list[dict[str, Any]]:
         """``user``'s jobs that match ``query`` (:mod:`gateway.listing`), newest first."""
         return self._store.query_jobs(user.id, query or JobQuery())
+
+    def job_counts(self) -> list[JobCount]:
+        """Every job, grouped for ``hpcgw_jobs`` (the metrics endpoint reads it per scrape)."""
+        return [JobCount(*row) for row in self._store.job_counts()]
+
+    def reachability(self) -> dict[str, bool | None]:
+        """Each cluster's reachability as the poller last saw it (None: not looked yet)."""
+        return {name: link.reachable for name, link in self.clusters.items()}
 
     def events(self, user: User, job_id: str) -> list[dict[str, Any]]:
         """Every state change of ``user``'s job, oldest first; NotFound as :meth:`get_job`."""

@@ -105,7 +105,9 @@ async def stage_job(ctx: JobContext, job_id: str) -> None:
 def _fail(ctx: JobContext, job_id: str, message: str) -> None:
     log.info("job %s: staging failed: %s", job_id, message)
     with contextlib.suppress(IllegalTransition):  # cancelled meanwhile
-        ctx.store.transition(job_id, State.FAILED, reason=Reason.STAGING, message=message)
+        job = ctx.store.transition(job_id, State.FAILED, reason=Reason.STAGING,
+                                   message=message)
+        ctx.metrics.staging_failures.labels(job["cluster"]).inc()
 
 
 def key_files(ctx: JobContext, job: dict[str, Any],

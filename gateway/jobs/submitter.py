@@ -96,7 +96,9 @@ async def _enter_staging(ctx: JobContext, link: ClusterLink, job_id: str) -> Non
 
 def _fail(ctx: JobContext, job_id: str, message: str) -> None:
     """End a job that never reached the scheduler as ``failed``/``launch_failed``."""
-    ctx.store.transition(job_id, State.FAILED, reason=Reason.LAUNCH_FAILED, message=message)
+    job = ctx.store.transition(job_id, State.FAILED, reason=Reason.LAUNCH_FAILED,
+                               message=message)
+    ctx.metrics.submit_failures.labels(job["cluster"]).inc()
 
 
 async def _attempt(ctx: JobContext, link: ClusterLink, job: dict[str, Any]) -> None:

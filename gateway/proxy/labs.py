@@ -24,8 +24,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from ..errors import Forbidden, LabUnavailable, LabUnproven, NotFound
+from ..errors import Forbidden, GatewayError, LabUnavailable, LabUnproven, NotFound
 from ..jobs.labs import LabRoute
+from ..metrics import GatewayMetrics
 from ..pageheaders import SECURITY_HEADERS
 from ..users import User
 from .identity import LabIdentity, LabNotProven, LabSessions
@@ -45,8 +46,10 @@ class LabProxy:
     """Relays lab traffic; owns the per-lab HTTP client sessions and the activity clock."""
 
     def __init__(self, find_lab: FindLab, gateway_cookies: frozenset[str],
-                 public_origin: str | None = None) -> None:
+                 public_origin: str | None = None,
+                 metrics: GatewayMetrics | None = None) -> None:
         self.find_lab = find_lab
+        self.metrics = metrics or GatewayMetrics()
         self.sessions = LabSessions(CONNECT_TIMEOUT)
         self.gateway_cookies = gateway_cookies
         self.public_origin = public_origin
@@ -124,16 +127,37 @@ class LabProxy:
             self._check_origin(request)
         upstream, session = self.upstream(route)
         self.touch(job_id)
+        kind, status = ("websocket" if websocket else "http"), 500
         try:
             if websocket:
-                return await relay_websocket(request, upstream, session,
-                                             self.gateway_cookies, lambda: self.touch(job_id))
-            return await relay_http(request, upstream, session, self.gateway_cookies,
-                                    lambda: self.touch(job_id))
+                self.metrics.proxy_websockets.inc()
+                try:
+                    response: web.StreamResponse = await relay_websocket(
+                        request, upstream, session, self.gateway_cookies,
+                        lambda: self.touch(job_id))
+                finally:
+                    self.metrics.proxy_websockets.dec()
+            else:
+                response = await relay_http(request, upstream, session, self.gateway_cookies,
+                                            lambda: self.touch(job_id))
+                self._count_bytes(request, response)
+            status = response.status
+            return response
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             log.warning("lab %s: upstream %s:%s failed: %r", job_id, upstream.host,
                         upstream.port, exc)
+            status = LabUnavailable.status
             raise LabUnavailable("the lab's server did not answer") from None
+        except GatewayError as exc:
+            status = exc.status
+            raise
+        finally:
+            self.metrics.proxy_requests.labels(kind, f"{status // 100}xx").inc()
+
+    def _count_bytes(self, request: web.Request, response: web.StreamResponse) -> None:
+        """An HTTP relay's body bytes: what the client sent up, what went back down."""
+        self.metrics.proxy_bytes.labels("up").inc(request.content_length or 0)
+        self.metrics.proxy_bytes.labels("down").inc(response.body_length)
 
 
 def _literal_ip(host: str) -> str:

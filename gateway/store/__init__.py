@@ -154,6 +154,19 @@ class Store:
             "GROUP BY u.id ORDER BY u.name"
         ))
 
+    def account_counts(self) -> tuple[int, int]:
+        """(users, tokens not revoked)."""
+        users, tokens = self.db.execute(
+            "SELECT (SELECT COUNT(*) FROM users), "
+            "(SELECT COUNT(*) FROM tokens WHERE revoked_at IS NULL)").fetchone()
+        return int(users), int(tokens)
+
+    def job_counts(self) -> list[tuple[str, str, str, str, str, int]]:
+        """Jobs grouped by (state, kind, cluster, partition, reason or ""), with their count."""
+        return [tuple(row) for row in self.db.execute(
+            "SELECT state, kind, cluster, COALESCE(json_extract(spec, '$.partition'), ''), "
+            "COALESCE(reason, ''), COUNT(*) FROM jobs GROUP BY 1, 2, 3, 4, 5").fetchall()]
+
     def issue_token(self, user: User) -> str:
         """A new random token for ``user``; only its hash is stored, so show it once."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
