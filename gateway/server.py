@@ -20,6 +20,7 @@ from .api.app import add_routes, middlewares
 from .api.jobs import upload_limit
 from .api.keys import ACCOUNTS, CONFIG, METRICS, PROXY, SERVICE, STORAGE
 from .api.middleware import security_headers
+from .api.requestlog import AccessLog, request_id_header
 from .config import ClusterConfig, Config
 from .errors import GatewayError
 from .jobs.clusters import ClusterLink, make_cluster_link
@@ -46,7 +47,7 @@ def server_options(config: Config) -> dict[str, Any]:
     never); an idle keep-alive connection is closed after as long (clients reconnect). A request
     whose headers have arrived is not cut by it, however long it runs.
     """
-    return {"access_log": logging.getLogger("hpcgw.access"),
+    return {"access_log": logging.getLogger("hpcgw.access"), "access_log_class": AccessLog,
             "keepalive_timeout": config.gateway.header_timeout}
 
 
@@ -74,6 +75,7 @@ def make_app(config: Config, *,
     app[CONFIG] = config
     app[METRICS] = metrics = GatewayMetrics()
     app.on_response_prepare.append(security_headers)
+    app.on_response_prepare.append(request_id_header)
     add_routes(app)
 
     async def parts(app: web.Application) -> AsyncIterator[None]:

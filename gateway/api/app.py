@@ -17,6 +17,7 @@ from .keys import CONFIG, OPENAPI, PROXY, SERVICE, VIA_COOKIE, current_user
 from .middleware import auth_middleware, problem_middleware
 from .models import ClusterList, Health, SchedulerPartition, json_answer
 from .openapi import openapi_document
+from .requestlog import request_context
 
 log = logging.getLogger(__name__)
 HEALTH_TIMEOUT = 5.0  # seconds /health waits, after startup, for the poller's first check
@@ -121,8 +122,9 @@ def add_routes(app: web.Application) -> None:
 
 
 def middlewares() -> list[Any]:
-    """The API's middlewares, outermost first: problem+json for every error, then the caller."""
-    return [problem_middleware, auth_middleware]
+    """The API's middlewares, outermost first: the request's log context, problem+json for
+    every error, then the caller."""
+    return [request_context, problem_middleware, auth_middleware]
 
 
 async def _proxy_lab(request: web.Request) -> web.StreamResponse:

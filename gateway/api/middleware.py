@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from ..errors import GatewayError, TooManyRequests, Unauthorized
+from ..logs import log_context
 from ..pageheaders import SECURITY_HEADERS
 from ..users import User
 from .keys import ACCOUNTS, CONFIG, USER_KEY, VIA_COOKIE
@@ -124,4 +125,5 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         check_xsrf(request)
     request[USER_KEY] = user
     request[VIA_COOKIE] = via_cookie
-    return await handler(request)
+    with log_context(user=user.name):
+        return await handler(request)

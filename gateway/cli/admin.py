@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from .. import logs
 from ..config import Config, load_config
 from ..errors import ConfigError
 from ..store import Store, loose_modes
@@ -204,10 +205,10 @@ async def _serve(config: Config, host: str, port: int) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(args.log_level, args.log_format)
     for name, error in config.cluster_errors.items():
-        logging.getLogger("hpcgw").error("cluster %s disabled: %s", name, error)
+        logging.getLogger("hpcgw").error("cluster %s disabled: %s", name, error,
+                                         extra={"cluster": name})
     # Files the gateway creates, and those sudo'd commands create for it, are private.
     os.umask(0o077)
     host = args.host or config.gateway.host

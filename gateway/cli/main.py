@@ -103,6 +103,11 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default: gateway.host)")
     serve.add_argument("--port", type=int,
                        help="port to listen on (default: gateway.port; 0: any free one)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                       default="info", help="the least important events logged (default info)")
+    serve.add_argument("--log-format", choices=["json", "text"],
+                       help="one JSON object per event, or text lines (default: text on a "
+                       "terminal, json otherwise)")
     serve.set_defaults(run=admin.cmd_serve)
 
     submit = sub.add_parser("submit", help="run a notebook as a batch job")

@@ -11,6 +11,7 @@ construction.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -33,6 +34,7 @@ from .storage import StorageTable
 __all__ = ["LAB_TOKENS_DROPPED", "MIGRATIONS", "TOKEN_PREFIX", "Move", "Store", "User",
            "hash_token", "loose_modes", "private_dir"]
 
+log = logging.getLogger(__name__)
 TOKEN_PREFIX = "hpcgw_"  # noqa: S105 - a recognisable prefix, not a secret
 
 TRACKED_COLUMNS = ("id", "state", "slurm_job_id", "pending_reason", "scheduler_reachable",
@@ -70,6 +72,14 @@ def _transition_update(
     if new is not State.PENDING:
         update["pending_reason"] = None
     return update
+
+
+def _log_move(job_id: str, old: str | None, new: str, reason: str | None,
+              slurm_job_id: str | None = None) -> None:
+    """One event per state change, with its fields (gateway.logs), once it is written."""
+    log.info("job %s: %s -> %s%s", job_id, old or "(new)", new, f" ({reason})" if reason else "",
+             extra={"job_id": job_id, "from_state": old, "to_state": new, "reason": reason,
+                    "slurm_job_id": slurm_job_id})
 
 
 class Store:
@@ -226,6 +236,7 @@ class Store:
                 self._event(job["id"], None, State.ACCEPTED, None, job.get("warning"), now)
         except sqlite3.IntegrityError as exc:
             raise Conflict("a job with this idempotency key exists") from exc
+        _log_move(job["id"], None, State.ACCEPTED.value, None)
         return self.get_job(job["id"])
 
     def _event(
@@ -378,6 +389,8 @@ class Store:
                 "INSERT INTO events (job_id, at, from_state, to_state, reason, message) "
                 "VALUES (?, ?, ?, ?, ?, ?)", events)
             self._update_rows(updates or {}, now)
+        for job_id, _, old_state, new_state, reason, _ in events:
+            _log_move(job_id, old_state, new_state, reason)
         return refused
 
     def _states_of(self, job_ids: list[str]) -> dict[str, State]:
@@ -406,7 +419,9 @@ class Store:
             update = _transition_update(old, new, reason, message, fields, now)
             self._table("jobs").update(job_id, update)
             self._event(job_id, old, new, reason, message, now)
-        return self.get_job(job_id)
+        job = self.get_job(job_id)
+        _log_move(job_id, old.value, new.value, reason, job["slurm_job_id"])
+        return job
 
     # -- per-user limits and artifact retention (gateway.jobs.limits, gateway.jobs.retention) --
 

@@ -24,6 +24,8 @@ import aiohttp
 import nbformat
 import pytest
 
+from gateway.tokens import lab_token
+
 REPO = Path(__file__).resolve().parents[2]
 DEV_DIR = Path(os.environ.get("HPCGW_DEV_DIR", "/var/lib/hpcgw-dev"))
 HPCGW = [sys.executable, "-m", "gateway.cli.main"]
@@ -97,6 +99,11 @@ def write_config(source: Path, target: Path, data_dir: Path, gateway_extra: str 
     target.write_text(text)
 
 
+# Every secret the suite made or configured (tokens, cookie secrets, metrics tokens): none may
+# appear in any gateway's log (checked once the whole session is over, see below).
+SECRETS: set[str] = set()
+
+
 def add_users(config: Path) -> dict[str, str]:
     """Gateway users alice and bob (mapped to the same unix users); their tokens."""
     tokens = {}
@@ -104,7 +111,47 @@ def add_users(config: Path) -> dict[str, str]:
         added = subprocess.run([*HPCGW, "--config", str(config), "user", "add", user,
                                 "--unix-user", user], capture_output=True, text=True, check=True)
         tokens[user] = added.stdout.strip().splitlines()[-1]
+    SECRETS.update(tokens.values())
     return tokens
+
+
+def log_events(log_path: Path) -> list[dict[str, Any]]:
+    """A gateway's log (JSON, one event per line: `hpcgw serve` writes JSON when its stderr is
+    not a terminal), each event as a dict."""
+    return [json.loads(line) for line in log_path.read_text().splitlines()
+            if line.startswith("{")]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the whole run: no token, cookie secret, lab token or private key in any log a
+    gateway of the suite wrote (lab tokens are derived from each gateway's cookie secret and
+    the job ids its log names)."""
+    yield
+    logs = sorted(tmp_path_factory.getbasetemp().rglob("gateway.log"))
+    for config in tmp_path_factory.getbasetemp().rglob("gateway.toml"):
+        secrets_of(config)
+    for log_path in logs:
+        text = log_path.read_text(errors="replace")
+        lab_tokens = {lab_token(secret, job_id) for secret in COOKIE_SECRETS
+                      for job_id in set(re.findall(r"\b[0-9a-f]{16}\b", text))}
+        leaked = [secret[:12] + "..." for secret in SECRETS | COOKIE_SECRETS | lab_tokens
+                  if secret in text]
+        assert not leaked, f"{log_path} holds secrets: {leaked}"
+        assert "PRIVATE KEY" not in text, f"{log_path} holds a private key"
+    assert logs, "no gateway log was found to check"
+
+
+COOKIE_SECRETS: set[str] = set()
+
+
+def secrets_of(config: Path) -> None:
+    """Remember the cookie secret and the metrics token of a config the suite wrote."""
+    document = tomllib.loads(config.read_text())
+    COOKIE_SECRETS.add(document["gateway"]["cookie_secret"])
+    token = document.get("metrics", {}).get("token")
+    if token:
+        SECRETS.add(token)
 
 
 def start_gateway(config: Path, log_path: Path) -> tuple[subprocess.Popen[str], str]:
