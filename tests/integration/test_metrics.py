@@ -16,7 +16,6 @@ from .conftest import (
     Api,
     Gateway,
     add_users,
-    cancel_quietly,
     make_notebook,
     start_gateway,
     stop_gateway,
@@ -54,7 +53,7 @@ async def test_metrics_after_a_run_and_a_lab_pass_promtool(metered_gateway: Gate
         assert status == 200
         assert (await alice.wait_terminal(job["id"]))["state"] == "succeeded"
     finally:
-        cancel_quietly(metered_gateway, [lab["id"]])
+        await alice.call("POST", f"/api/v1/jobs/{lab['id']}/cancel")
     async with aiohttp.ClientSession() as session, session.get(
             f"{metered_gateway.url}/metrics",
             headers={"Authorization": f"Bearer {TOKEN}"}) as response:
