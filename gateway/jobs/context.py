@@ -78,7 +78,11 @@ class JobContext:
 
 
 def _partition(job: dict[str, Any]) -> str:
-    return str(json.loads(job["spec"])["partition"])
+    """The job's partition ("" if its spec names none: never a reason to fail a worker)."""
+    try:
+        return str(json.loads(job["spec"]).get("partition") or "")
+    except (ValueError, TypeError, AttributeError):
+        return ""
 
 
 def _age(job: dict[str, Any]) -> float:
