@@ -7,6 +7,7 @@ test command does it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -166,6 +167,23 @@ def start_gateway(config: Path, log_path: Path) -> tuple[subprocess.Popen[str], 
         process.kill()
         pytest.fail(f"hpcgw serve did not start: {line!r}\n{log_path.read_text()[-3000:]}")
     return process, match[1]
+
+
+@contextlib.contextmanager
+def own_gateway(source: Path, home: Path, extra_toml: str = "") -> Iterator[Gateway]:
+    """A gateway of a test's own: ``source``'s config (a dev cluster one) with its data in
+    ``home`` and ``extra_toml`` appended, users alice and bob, stopped when the ``with`` ends."""
+    config = home / "gateway.toml"
+    write_config(source, config, home / "data")
+    with config.open("a") as extra:
+        extra.write("\n" + extra_toml)
+    tokens = add_users(config)
+    log_path = home / "gateway.log"
+    process, url = start_gateway(config, log_path)
+    try:
+        yield Gateway(url, config, tokens, process, log_path)
+    finally:
+        stop_gateway(process)
 
 
 def stop_gateway(process: subprocess.Popen[str]) -> None:

@@ -12,15 +12,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import (
-    Api,
-    Gateway,
-    add_users,
-    make_notebook,
-    start_gateway,
-    stop_gateway,
-    write_config,
-)
+from .conftest import Api, Gateway, make_notebook, own_gateway
 from .lab_helpers import lab_get, request_lab, wait_ready
 
 TOKEN = "scrape-" + "s" * 40
@@ -30,16 +22,9 @@ PROMTOOL = "/usr/bin/promtool"
 @pytest.fixture(scope="module")
 def metered_gateway(dev_config: Path, tmp_path_factory: pytest.TempPathFactory
                     ) -> Iterator[Gateway]:
-    home = tmp_path_factory.mktemp("gateway-metrics")
-    config = home / "gateway.toml"
-    write_config(dev_config, config, home / "data")
-    with config.open("a") as metrics:
-        metrics.write(f'\n[metrics]\ntoken = "{TOKEN}"\n')
-    tokens = add_users(config)
-    log_path = home / "gateway.log"
-    process, url = start_gateway(config, log_path)
-    yield Gateway(url, config, tokens, process, log_path)
-    stop_gateway(process)
+    with own_gateway(dev_config, tmp_path_factory.mktemp("gateway-metrics"),
+                     f'[metrics]\ntoken = "{TOKEN}"\n') as gateway:
+        yield gateway
 
 
 async def test_metrics_after_a_run_and_a_lab_pass_promtool(metered_gateway: Gateway) -> None:

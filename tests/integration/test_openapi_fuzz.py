@@ -24,16 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import (
-    TERMINAL,
-    Api,
-    Gateway,
-    add_users,
-    log_events,
-    start_gateway,
-    stop_gateway,
-    write_config,
-)
+from .conftest import TERMINAL, Api, Gateway, log_events, own_gateway
 
 SCHEMATHESIS = [str(Path(sys.executable).with_name("st"))]
 FUZZ_LIMITS = """
@@ -47,16 +38,8 @@ max_submissions_per_minute = 100000
 @pytest.fixture(scope="module")
 def fuzzed_gateway(dev_config: Path, tmp_path_factory: pytest.TempPathFactory
                    ) -> Iterator[Gateway]:
-    home = tmp_path_factory.mktemp("gateway-fuzz")
-    config = home / "gateway.toml"
-    write_config(dev_config, config, home / "data")
-    with config.open("a") as limits:
-        limits.write(FUZZ_LIMITS)
-    tokens = add_users(config)
-    log_path = home / "gateway.log"
-    process, url = start_gateway(config, log_path)
-    yield Gateway(url, config, tokens, process, log_path)
-    stop_gateway(process)
+    with own_gateway(dev_config, tmp_path_factory.mktemp("gateway-fuzz"), FUZZ_LIMITS) as gateway:
+        yield gateway
 
 
 async def cancel_everything(api: Api, timeout: float = 120) -> list[str]:
