@@ -70,8 +70,9 @@ async def test_schemathesis_finds_nothing(fuzzed_gateway: Gateway, tmp_path: Pat
             "--seed", os.environ.get("HPCGW_FUZZ_SEED", FUZZ_SEED),
             "--no-color", "--report", "junit", "--report-dir", str(reports)]
     try:
+        # cwd: schemathesis keeps a cache of what it found in .schemathesis/ there
         run = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True,
-                                      timeout=900)
+                                      timeout=900, cwd=tmp_path)
     finally:
         cancelled = await cancel_everything(Api(fuzzed_gateway, "alice"))
     summary = run.stdout[-8000:] + run.stderr[-2000:]
