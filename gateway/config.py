@@ -36,6 +36,13 @@ SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/{}+-]*\Z")
 HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,253}\Z")
 
 
+def schema_pattern(regex: re.Pattern[str]) -> str:
+    """``regex`` (anchored ``^...\\Z``) as a JSON Schema / OpenAPI pattern (``^...$``), so a
+    model field and the document check exactly what the gateway checks."""
+    assert regex.pattern.startswith("^") and regex.pattern.endswith("\\Z"), regex.pattern
+    return regex.pattern[:-2] + "$"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

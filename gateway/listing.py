@@ -23,7 +23,7 @@ from .timestamps import format_timestamp
 DEFAULT_LIMIT, MAX_LIMIT = 100, 500
 KINDS = ("notebook", "lab")
 _JOB_ID = re.compile(r"^[0-9a-f]{16}\Z")
-_SLURM_ID = re.compile(r"^[0-9]{1,12}\Z")
+SLURM_ID = re.compile(r"^[0-9]{1,12}\Z")
 # ``since``: an RFC 3339 time with its zone (the OpenAPI document gives clients this pattern).
 SINCE_PATTERN = (r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
                  r"(Z|[+-][0-9]{2}:[0-9]{2})$")
@@ -76,7 +76,7 @@ def parse_query(params: Mapping[str, str]) -> JobQuery:
     if "name" in params:
         query = replace(query, name=params["name"])
     if "slurm_job_id" in params:
-        if _SLURM_ID.match(params["slurm_job_id"]):
+        if SLURM_ID.match(params["slurm_job_id"]):
             query = replace(query, slurm_job_id=params["slurm_job_id"])
         else:
             errors.append(FieldError("slurm_job_id", "a Slurm job id: digits"))

@@ -13,8 +13,7 @@ gateway's own allowlists and state table bound, so series stay few.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -116,18 +115,14 @@ class GatewayMetrics:
         """Read ``collector``'s figures at each scrape."""
         self.registry.register(collector)
 
-    @asynccontextmanager
-    async def scheduler_call(self, cluster: str, operation: str) -> AsyncIterator[None]:
-        """Count and time one scheduler call (outcome ``ok`` or ``error``)."""
+    async def timed_call(self, cluster: str, operation: str, call: Awaitable[T]) -> T:
+        """Await one scheduler call, counting it (outcome ``ok`` or ``error``) and timing it."""
         started = time.monotonic()
         outcome = "error"
         try:
-            yield
+            answer = await call
             outcome = "ok"
+            return answer
         finally:
             self.scheduler_calls.labels(cluster, operation, outcome).inc()
             self.scheduler_seconds.labels(cluster, operation).observe(time.monotonic() - started)
-
-    async def timed_call(self, cluster: str, operation: str, call: Awaitable[T]) -> T:
-        async with self.scheduler_call(cluster, operation):
-            return await call

@@ -15,8 +15,8 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from .. import __version__
-from ..config import Config
-from ..listing import KINDS, MAX_LIMIT, SINCE_PATTERN
+from ..config import Config, schema_pattern
+from ..listing import KINDS, MAX_LIMIT, SINCE_PATTERN, SLURM_ID
 from ..spec import JobSpec
 from ..states import State
 from . import models
@@ -144,7 +144,8 @@ def _list_filters() -> list[dict[str, Any]]:
               pattern=_listed([s.value for s in State])),
         query("kind", "kinds, comma-separated", pattern=_listed(list(KINDS))),
         query("name", "the job's exact name"),
-        query("slurm_job_id", "the job Slurm knows by this id", pattern="^[0-9]{1,12}$"),
+        query("slurm_job_id", "the job Slurm knows by this id",
+              pattern=schema_pattern(SLURM_ID)),
         query("since", "created at or after this time (with its zone)", format="date-time",
               pattern=SINCE_PATTERN),
     ]

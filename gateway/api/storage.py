@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..config import HOST, IDENTIFIER, UNIX_USER, schema_pattern
 from ..errors import FieldError, ValidationFailed
 from ..plainwords import plain_errors
 from .jobs import read_json_body
@@ -29,11 +30,10 @@ class StorageRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-    host: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,253}$",
-                      description="a host name or address")
+    name: str = Field(pattern=schema_pattern(IDENTIFIER))
+    host: str = Field(pattern=schema_pattern(HOST), description="a host name or address")
     port: int = Field(22, ge=1, le=65535)
-    user: str = Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$", description="the unix account")
+    user: str = Field(pattern=schema_pattern(UNIX_USER), description="the unix account")
     host_key: str | None = Field(None, description="the server's host key as an OpenSSH public "
                                  "key line; absent: the gateway answers 409 with the key the "
                                  "server offers, to confirm")

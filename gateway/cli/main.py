@@ -33,9 +33,7 @@ class _JSONErrorParser(argparse.ArgumentParser):
     other error is then) instead of argparse's usage lines on stderr; exit status 2 still."""
 
     def error(self, message: str) -> NoReturn:
-        print(json.dumps({"type": "about:blank", "title": "Usage error",
-                          "detail": f"{self.prog}: {message}", "exit_status": 2}, indent=2))
-        self.exit(2)
+        self.exit(_error(True, f"{self.prog}: {message}", http.EXIT_USAGE))
 
 
 EPILOG = """\

@@ -29,7 +29,6 @@ _IMPORT_CHECK = ("import importlib, sys\n"
                  "    module = importlib.import_module(name)\n"
                  "    print(name, getattr(module, '__version__', '?'))\n")
 REGISTRY_PREFIXES = ("docker://", "oras://", "library://")
-UNREACHABLE = "; nothing else was tried on this cluster"
 
 
 @dataclass(frozen=True)
@@ -60,8 +59,8 @@ async def probe_cluster(cluster: ClusterConfig, unix_users: Sequence[str]) -> li
     except GatewayError as exc:
         return [Finding("problem", f"{where}: {exc.detail}")]
     try:
-        findings = await _partitions(link)
-        if findings[0].text.endswith(UNREACHABLE):
+        findings, reachable = await _partitions(link)
+        if not reachable:
             return findings
         if not unix_users:
             findings.append(Finding("note", f"{where}: no gateway users yet, so no command "
@@ -81,13 +80,14 @@ async def probe_cluster(cluster: ClusterConfig, unix_users: Sequence[str]) -> li
         await link.transport.close()
 
 
-async def _partitions(link: ClusterLink) -> list[Finding]:
+async def _partitions(link: ClusterLink) -> tuple[list[Finding], bool]:
+    """A finding per configured partition, and whether the scheduler answered at all."""
     where = f"cluster {link.name}"
     try:
         seen = (await link.backend.cluster_info()).get("partitions", {})
     except GatewayError as exc:
         return [Finding("problem", f"{where}: the scheduler could not be asked (sinfo): "
-                        f"{exc.detail}{UNREACHABLE}")]
+                        f"{exc.detail}; nothing else was tried on this cluster")], False
     findings = []
     for name in link.config.partitions:
         partition = seen.get(name)
@@ -100,7 +100,7 @@ async def _partitions(link: ClusterLink) -> list[Finding]:
         else:
             findings.append(Finding("ok", f"{where}: partition {name} is up "
                                     f"({partition.get('nodes', '?')} node(s))"))
-    return findings
+    return findings, True
 
 
 async def _runs_as(transport: Transport, where: str, user: str) -> Finding:
@@ -157,7 +157,7 @@ async def _image(link: ClusterLink, name: str, user: str | None) -> list[Finding
         findings.append(Finding("ok", f"{where}: {image.path} is there"))
     python = link.config.image_python(name)
     # /tmp: a directory every runtime shares with the host; the check writes nothing.
-    own = tuple((name, ShellVariable(name)) for name in ("HOME", "USER"))
+    own = tuple((variable, ShellVariable(variable)) for variable in ("HOME", "USER"))
     argv = runtime.exec_argv(ContainerJob(image=image.path, workdir="/tmp", env=own),  # noqa: S108
                              [python, "-c", _IMPORT_CHECK, *IMPORTS])
     # As in a job: the user's HOME and USER (sudo may set neither), the job's own variables.
