@@ -23,6 +23,8 @@ from ..transport import Transport
 
 PROBE_TIMEOUT = 30.0  # seconds per command
 # What a notebook run (papermill, ipykernel) and a lab (jupyter_server) import in the job.
+# Run with -I (isolated): as a mapped user, neither the working directory nor the user's own
+# site-packages or PYTHON* variables can put a module of theirs in the check.
 IMPORTS = ("papermill", "ipykernel", "jupyter_server")
 _IMPORT_CHECK = ("import importlib, sys\n"
                  "for name in sys.argv[1:]:\n"
@@ -122,7 +124,7 @@ async def _imports(transport: Transport, where: str, python: str, user: str | No
                    argv: list[str] | None = None, script: bytes | None = None) -> Finding:
     """Whether the job Python imports what jobs need (as ``user``: the jobs' own view); run
     directly, or as ``argv`` with ``script`` on its stdin (in a container image)."""
-    argv = argv or [python, "-c", _IMPORT_CHECK, *IMPORTS]
+    argv = argv or [python, "-I", "-c", _IMPORT_CHECK, *IMPORTS]
     try:
         result = await transport.run(argv, user=user, stdin=script, timeout=PROBE_TIMEOUT,
                                      check=False)
@@ -159,7 +161,7 @@ async def _image(link: ClusterLink, name: str, user: str | None) -> list[Finding
     # /tmp: a directory every runtime shares with the host; the check writes nothing.
     own = tuple((variable, ShellVariable(variable)) for variable in ("HOME", "USER"))
     argv = runtime.exec_argv(ContainerJob(image=image.path, workdir="/tmp", env=own),  # noqa: S108
-                             [python, "-c", _IMPORT_CHECK, *IMPORTS])
+                             [python, "-I", "-c", _IMPORT_CHECK, *IMPORTS])
     # As in a job: the user's HOME and USER (sudo may set neither), the job's own variables.
     script = ('hpcgw_env=()\n: "${USER:=$(id -un)}" "${HOME:=/tmp}"\nexport USER HOME\n'
               f"{shell_words(argv)}\n").encode()
