@@ -223,7 +223,7 @@ async def measure(size: int, cycles: int, seed: int, gap: float | None) -> dict[
         backend = TimedBackend(load_backend(cluster, transport))
         runtime = ClusterLink(cluster, transport, backend)
         ctx = JobContext(config, store, {cluster.name: runtime}, make_environment())
-        user_ids = {u: store.add_user(u, u).id for u in ("alice", "bob")}
+        user_ids = {u: store.users.add_user(u, u).id for u in ("alice", "bob")}
         spec_json = resolve_spec(parse_spec({"name": "bench", "time": "00:10:00"}), config,
                                  default_name="notebook").model_dump_json()
 

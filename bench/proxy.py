@@ -323,8 +323,8 @@ def add_ready_labs(config_path: Path, labs: dict[str, int], slurm_ids: list[str]
     config = parse_config(tomllib.loads(config_path.read_text()))
     store = Store(config.gateway.data_dir / "hpcgw.db")
     try:
-        user = store.add_user("bench", UNIX_USER)
-        token = store.issue_token(user)
+        user = store.users.add_user("bench", UNIX_USER)
+        token = store.users.issue_token(user)
         for job_id, port in labs.items():
             slurm_ids.append(sbatch_sleep(job_id))
             store.insert_job({

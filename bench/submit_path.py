@@ -221,7 +221,7 @@ async def submit_overhead(runs: int, source: Path,
         runtime = ClusterLink(cluster, timed, load_backend(cluster, timed))
         store = Store(Path(tmp) / "data" / "hpcgw.db")
         service = JobService(config, store, {cluster.name: runtime})
-        user = store.add_user("bench-alice", UNIX_USER)
+        user = store.users.add_user("bench-alice", UNIX_USER)
         try:
             for number in range(runs + 1):
                 for label, argv in references.items():

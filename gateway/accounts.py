@@ -19,16 +19,16 @@ class Accounts:
 
     def counts(self) -> tuple[int, int]:
         """(users, tokens not revoked), for the metrics."""
-        return self._store.account_counts()
+        return self._store.users.account_counts()
 
     def user_for_token(self, token: str) -> User | None:
         """The user of a valid (known, unrevoked) API token, else None."""
-        return self._store.user_for_token(token)
+        return self._store.users.user_for_token(token)
 
     def authenticate(self, token: str) -> tuple[int, User] | None:
         """``(token id, user)`` for a valid token (a browser session keeps the id), else None."""
-        return self._store.authenticate(token)
+        return self._store.users.authenticate(token)
 
     def user_for_token_id(self, token_id: int) -> User | None:
         """The user of a browser session's token, while that token is not revoked."""
-        return self._store.user_for_token_id(token_id)
+        return self._store.users.user_for_token_id(token_id)

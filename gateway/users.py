@@ -14,3 +14,4 @@ class User:
     id: int
     name: str
     unix_user: str
+    admin: bool = False  # may see every user's jobs (``/api/v1/admin/...``)

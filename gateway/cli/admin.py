@@ -27,15 +27,15 @@ def open_store(config: Config) -> Store:
 
 def cmd_user_add(args: argparse.Namespace) -> int:
     store = open_store(load_config(args.config))
-    user = store.add_user(args.name, args.unix_user)
+    user = store.users.add_user(args.name, args.unix_user)
     print(f"added user {user.name} (runs jobs as unix user {user.unix_user}); token:",
           file=sys.stderr)
-    print(store.issue_token(user))
+    print(store.users.issue_token(user))
     return 0
 
 
 def cmd_user_list(args: argparse.Namespace) -> int:
-    users = open_store(load_config(args.config)).list_users()
+    users = open_store(load_config(args.config)).users.list_users()
     if args.json:
         import json
 
@@ -50,19 +50,19 @@ def cmd_user_list(args: argparse.Namespace) -> int:
 
 def cmd_token_issue(args: argparse.Namespace) -> int:
     store = open_store(load_config(args.config))
-    print(store.issue_token(store.get_user(args.name)))
+    print(store.users.issue_token(store.users.get_user(args.name)))
     return 0
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
     store = open_store(load_config(args.config))
     if args.user:
-        count = store.revoke_tokens(store.get_user(args.user))
+        count = store.users.revoke_tokens(store.users.get_user(args.user))
         print(f"revoked {count} token(s) of {args.user}")
         return 0
     # The token is read from stdin, never taken from argv (which other users can see in ps).
     token = sys.stdin.readline().strip()
-    if not store.revoke_token(token):
+    if not store.users.revoke_token(token):
         print("hpcgw: no such active token", file=sys.stderr)
         return 1
     print("revoked 1 token")
@@ -178,7 +178,7 @@ def mapped_users(config: Config) -> list[str]:
         return []
     store = open_store(config)
     try:
-        return list(dict.fromkeys(user["unix_user"] for user in store.list_users()))
+        return list(dict.fromkeys(user["unix_user"] for user in store.users.list_users()))
     finally:
         store.close()
 

@@ -1,7 +1,7 @@
 """The gateway's state: SQLite through sqlite-utils, WAL mode, schema versioned by user_version.
 
-Jobs, their state history (``events``), gateway users and their tokens (stored as SHA-256 hashes:
-tokens are 256-bit random strings, so a fast hash is enough and lookups stay indexed). Artifacts
+Jobs and their state history (``events``); users and tokens are :mod:`.users`', storage
+servers :mod:`.storage`'s (``store.users``, ``store.storage``). Artifacts
 (notebooks, logs) live in the data directory, not here. Every state change goes through
 :meth:`Store.transition` (or, batched, :meth:`Store.transition_many`), which checks the transition
 table and writes the event row in the same transaction; terminal states are therefore sticky by
@@ -10,9 +10,7 @@ construction.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import secrets
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -21,8 +19,7 @@ from typing import Any, NamedTuple
 
 import sqlite_utils
 
-from ..config import IDENTIFIER, UNIX_USER
-from ..errors import BadRequest, Conflict, NotFound
+from ..errors import Conflict, NotFound
 from ..listing import JobQuery
 from ..states import IN_SCHEDULER, TERMINAL, TRANSITIONS, State, check_transition
 from ..timestamps import parse_timestamp, utcnow
@@ -30,19 +27,15 @@ from ..users import User
 from .files import loose_modes, private_database, private_dir
 from .schema import LAB_TOKENS_DROPPED, MIGRATIONS
 from .storage import StorageTable
+from .users import TOKEN_PREFIX, UserTable, hash_token
 
 __all__ = ["LAB_TOKENS_DROPPED", "MIGRATIONS", "TOKEN_PREFIX", "Move", "Store", "User",
            "hash_token", "loose_modes", "private_dir"]
 
 log = logging.getLogger(__name__)
-TOKEN_PREFIX = "hpcgw_"  # noqa: S105 - a recognisable prefix, not a secret
 
 TRACKED_COLUMNS = ("id", "state", "slurm_job_id", "pending_reason", "scheduler_reachable",
                    "cancel_requested", "unix_user", "created_at")
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class Move(NamedTuple):
@@ -101,6 +94,7 @@ class Store:
         self.db.execute("PRAGMA cache_size = -65536")  # 64 MiB: the poll reads every tracked row
         self._migrate()
         self.storage = StorageTable(self.db)
+        self.users = UserTable(self.db)
 
     def _migrate(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -135,92 +129,13 @@ class Store:
     def close(self) -> None:
         self.db.conn.close()
 
-    # -- users and tokens -------------------------------------------------------------------
-
-    def add_user(self, name: str, unix_user: str) -> User:
-        """A new gateway user running jobs as ``unix_user``; Conflict if the name is taken."""
-        if not IDENTIFIER.match(name):
-            raise BadRequest(f"user name must match {IDENTIFIER.pattern}")
-        if not UNIX_USER.match(unix_user):
-            raise BadRequest(f"not a valid unix user name: {unix_user!r}")
-        if self._table("users").count_where("name = ?", [name]):
-            raise Conflict(f"user {name!r} already exists")
-        row_id = self._table("users").insert(
-            {"name": name, "unix_user": unix_user, "created_at": utcnow()}
-        ).last_pk
-        assert row_id is not None
-        return User(int(row_id), name, unix_user)
-
-    def get_user(self, name: str) -> User:
-        rows = list(self._table("users").rows_where("name = ?", [name]))
-        if not rows:
-            raise NotFound(f"no user {name!r}")
-        return User(rows[0]["id"], rows[0]["name"], rows[0]["unix_user"])
-
-    def list_users(self) -> list[dict[str, Any]]:
-        return list(self.db.query(
-            "SELECT u.name, u.unix_user, u.created_at, COUNT(t.id) AS active_tokens FROM users u "
-            "LEFT JOIN tokens t ON t.user_id = u.id AND t.revoked_at IS NULL "
-            "GROUP BY u.id ORDER BY u.name"
-        ))
-
-    def account_counts(self) -> tuple[int, int]:
-        """(users, tokens not revoked)."""
-        users, tokens = self.db.execute(
-            "SELECT (SELECT COUNT(*) FROM users), "
-            "(SELECT COUNT(*) FROM tokens WHERE revoked_at IS NULL)").fetchone()
-        return int(users), int(tokens)
+    # -- jobs -------------------------------------------------------------------------------
 
     def job_counts(self) -> list[tuple[str, str, str, str, str, int]]:
         """Jobs grouped by (state, kind, cluster, partition, reason or ""), with their count."""
         return [tuple(row) for row in self.db.execute(
             "SELECT state, kind, cluster, COALESCE(json_extract(spec, '$.partition'), ''), "
             "COALESCE(reason, ''), COUNT(*) FROM jobs GROUP BY 1, 2, 3, 4, 5").fetchall()]
-
-    def issue_token(self, user: User) -> str:
-        """A new random token for ``user``; only its hash is stored, so show it once."""
-        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        self._table("tokens").insert(
-            {"user_id": user.id, "token_hash": hash_token(token), "created_at": utcnow()}
-        )
-        return token
-
-    def revoke_tokens(self, user: User) -> int:
-        cursor = self.db.execute(
-            "UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
-            [utcnow(), user.id],
-        )
-        return cursor.rowcount
-
-    def revoke_token(self, token: str) -> bool:
-        cursor = self.db.execute(
-            "UPDATE tokens SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL",
-            [utcnow(), hash_token(token)],
-        )
-        return cursor.rowcount == 1
-
-    def user_for_token(self, token: str) -> User | None:
-        found = self.authenticate(token)
-        return found[1] if found else None
-
-    def authenticate(self, token: str) -> tuple[int, User] | None:
-        """``(token id, user)`` for a valid (known, unrevoked) token, else None."""
-        row = self.db.execute(
-            "SELECT t.id, u.id, u.name, u.unix_user FROM tokens t JOIN users u "
-            "ON u.id = t.user_id WHERE t.token_hash = ? AND t.revoked_at IS NULL",
-            [hash_token(token)],
-        ).fetchone()
-        return (row[0], User(*row[1:])) if row else None
-
-    def user_for_token_id(self, token_id: int) -> User | None:
-        """The user of a browser session's token, while that token is not revoked."""
-        row = self.db.execute(
-            "SELECT u.id, u.name, u.unix_user FROM tokens t JOIN users u ON u.id = t.user_id "
-            "WHERE t.id = ? AND t.revoked_at IS NULL", [token_id],
-        ).fetchone()
-        return User(*row) if row else None
-
-    # -- jobs -------------------------------------------------------------------------------
 
     def insert_job(self, job: dict[str, Any]) -> dict[str, Any]:
         """Store a new job in state ``accepted`` with its first event (which carries the

@@ -115,6 +115,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN warning TEXT;
     """,
+    # The admin role, and disabled users (their tokens and sessions authenticate nothing).
+    """
+    ALTER TABLE users ADD COLUMN is_admin INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN disabled_at TEXT;
+    """,
 ]
 
 

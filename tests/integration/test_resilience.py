@@ -124,7 +124,7 @@ async def test_job_slurm_forgot_ends_lost(restartable: Restartable) -> None:
     assert restartable.gateway is not None
     stop_gateway(restartable.gateway.process)
     store = Store(restartable.config.parent / "data" / "hpcgw.db")
-    user = store.get_user("alice")
+    user = store.users.get_user("alice")
     job_id = "0123456789abcdef"
     add_job(store, user, job_id, state=State.RUNNING, name="forgotten", spec=forgotten_spec(),
             at={State.PENDING: {"slurm_job_id": "987654321"}})

@@ -58,7 +58,7 @@ def small_spec() -> str:
 def store_attempted_job(home: Path, spec: str) -> str:
     """A job left in ``staging`` by a gateway that ran sbatch and died before the answer."""
     store = Store(home / "data" / "hpcgw.db")
-    user = store.get_user("alice")
+    user = store.users.get_user("alice")
     workdir = f"/home/alice/.hpcgw/jobs/{JOB_ID}"
     add_job(store, user, JOB_ID, state=State.STAGING, name="outage", spec=spec,
             workdir=workdir, submit_attempts=1)

@@ -130,8 +130,8 @@ async def api(
     app = make_app(config, cluster_factory=fake_clusters)
     client = await aiohttp_client(app)
     store = app[STORE]
-    alice = store.issue_token(store.add_user("alice", "alice"))
-    bob = store.issue_token(store.add_user("bob", "bob"))
+    alice = store.users.issue_token(store.users.add_user("alice", "alice"))
+    bob = store.users.issue_token(store.users.add_user("bob", "bob"))
     return Api(client, app, fake_clusters.by_name["dev"], alice, bob, make_notebook())
 
 
@@ -164,7 +164,7 @@ async def test_401_without_a_valid_token(api: Api, header: str | None) -> None:
 
 async def test_revoked_token_is_refused(api: Api) -> None:
     assert (await api.get("/api/v1/jobs")).status == 200
-    assert api.app[STORE].revoke_token(api.alice)
+    assert api.app[STORE].users.revoke_token(api.alice)
     await assert_problem(await api.get("/api/v1/jobs"), 401)
 
 
@@ -262,7 +262,7 @@ async def test_invalid_notebook_is_422(api: Api) -> None:
     for notebook in (b"{not json", b'{"cells": "nope"}', b"\xff\xfe"):
         body = await assert_problem(await api.submit({"name": "x"}, notebook=notebook), 422)
         assert body["fields"] == ["notebook"]
-    assert api.app[STORE].list_jobs(api.app[STORE].get_user("alice").id) == []
+    assert api.app[STORE].list_jobs(api.app[STORE].users.get_user("alice").id) == []
 
 
 async def test_unknown_partition_is_422(api: Api) -> None:
@@ -614,7 +614,7 @@ async def test_a_job_whose_submission_cannot_be_built_fails(api: Api) -> None:
     # an unsafe workdir, so no sbatch options can be built for it.
     row_id = store.db["users"].insert(
         {"name": "carol", "unix_user": "car ol", "created_at": "2026-01-01T00:00:00Z"}).last_pk
-    token = store.issue_token(User(int(row_id), "carol", "car ol"))
+    token = store.users.issue_token(User(int(row_id), "carol", "car ol"))
     job = await api.create({"name": "x"}, token=token)
     done = await api.wait(job["id"], lambda j: j["state"] in TERMINAL, token=token)
     assert (done["state"], done["reason"]) == ("failed", "launch_failed")

@@ -118,7 +118,7 @@ async def make_site(
         http = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         sessions.append(http)
         store = app[STORE]
-        alice = store.issue_token(store.add_user("alice", "alice"))
+        alice = store.users.issue_token(store.users.add_user("alice", "alice"))
         return Site(f"http://127.0.0.1:{port}", port, http, app, alice, calls)
 
     yield make

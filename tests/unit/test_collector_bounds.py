@@ -44,7 +44,7 @@ class Setup:
         self.transport: FakeTransport = fake_clusters.by_name["dev"].transport
         self.ctx = job_context(config, store, {"dev": self.runtime})
         self.store = store
-        add_job(store, store.add_user("alice", "alice"), "j1", state=State.COLLECTING,
+        add_job(store, store.users.add_user("alice", "alice"), "j1", state=State.COLLECTING,
                 workdir=WORKDIR, at={State.PENDING: {"slurm_job_id": "101"},
                                      State.COLLECTING: {"slurm_state": "COMPLETED"}})
         self.transport.files.update({

@@ -88,7 +88,7 @@ async def make_gateway(
         app = make_app(parse_config(raw), cluster_factory=fake_clusters)
         client = await aiohttp_client(app)
         store = app[STORE]
-        tokens = {name: store.issue_token(store.add_user(name, name))
+        tokens = {name: store.users.issue_token(store.users.add_user(name, name))
                   for name in ("alice", "bob")}
         return Gateway(client, store, tokens, make_notebook())
     return make

@@ -93,7 +93,7 @@ async def test_a_request_is_logged_with_its_id_user_and_the_jobs_moves(
     app = make_app(config, cluster_factory=fake_clusters)
     client = await aiohttp_client(await aiohttp_server(app, **server_options(config)))
     store = app[STORE]
-    token = store.issue_token(store.add_user("alice", "alice"))
+    token = store.users.issue_token(store.users.add_user("alice", "alice"))
     auth = {"Authorization": f"Bearer {token}"}
     refused = await client.get("/api/v1/jobs?token=in-the-query", headers=auth)
     assert refused.status == 422  # not a filter of the list

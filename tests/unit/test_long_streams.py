@@ -71,8 +71,8 @@ async def test_http_and_websocket_streams_survive_past_300_seconds(
     server = GatewayServer(app, handler_cancellation=False)  # as `hpcgw serve` runs it
     await server.start_server()
     store = app[STORE]
-    alice = store.add_user("alice", "alice")
-    token = store.issue_token(alice)
+    alice = store.users.add_user("alice", "alice")
+    token = store.users.issue_token(alice)
     lab = await ready_lab(store, fake_clusters.by_name["dev"].backend, alice, upstream.port)
     base = f"http://127.0.0.1:{server.port}/labs/{lab['id']}/"
     timeout = aiohttp.ClientTimeout(total=None, sock_read=None)

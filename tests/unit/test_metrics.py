@@ -36,7 +36,7 @@ async def client_for(tmp_path: Path, aiohttp_client: ClientFactory, fakes: FakeC
     app = make_app(parse_config(raw), cluster_factory=fakes)
     client = await aiohttp_client(app)
     store = app[STORE]
-    return client, store.issue_token(store.add_user("alice", "alice"))
+    return client, store.users.issue_token(store.users.add_user("alice", "alice"))
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -33,7 +33,7 @@ class Setup:
         self.runtime: ClusterLink = fake_clusters(config.clusters[0])
         self.backend: FakeBackend = fake_clusters.by_name["dev"].backend
         self.ctx = job_context(config, store, {"dev": self.runtime})
-        self.user: User = store.add_user("alice", "alice")
+        self.user: User = store.users.add_user("alice", "alice")
         self.asked: list[set[str]] = []  # the job ids of each status query
         status_many = self.backend.status_many
 

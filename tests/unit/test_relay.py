@@ -333,8 +333,8 @@ async def gw(
     server = GatewayServer(app, handler_cancellation=getattr(request, "param", False))
     client = await aiohttp_client(server)
     store, backend = app[STORE], fake_clusters.by_name["dev"].backend
-    alice, bob = store.add_user("alice", "alice"), store.add_user("bob", "bob")
-    tokens = store.issue_token(alice), store.issue_token(bob)
+    alice, bob = store.users.add_user("alice", "alice"), store.users.add_user("bob", "bob")
+    tokens = store.users.issue_token(alice), store.users.issue_token(bob)
     lab = await ready_lab(store, backend, alice, labs[0].port)
     bob_lab = await ready_lab(store, backend, bob, labs[1].port)
     labs[0].job_id, labs[1].job_id = lab["id"], bob_lab["id"]
@@ -787,7 +787,7 @@ async def test_forged_expired_or_revoked_sessions_are_refused(gw: Gateway) -> No
     response = await gw.http.get(gw.url(gw.prefix() + "lab"),
                                  headers={"Cookie": f"hpcgw_session={session}"})
     assert response.status == 200
-    gw.app[STORE].revoke_token(gw.alice)
+    gw.app[STORE].users.revoke_token(gw.alice)
     response = await gw.http.get(gw.url(gw.prefix() + "lab"),
                                  headers={"Cookie": f"hpcgw_session={session}"})
     assert response.status == 401
@@ -822,7 +822,7 @@ async def test_starting_lab_page_escapes_and_only_its_owner_sees_it(
     gw: Gateway, fake_clusters: FakeClusters
 ) -> None:
     store, backend = gw.app[STORE], fake_clusters.by_name["dev"].backend
-    alice = store.get_user("alice")
+    alice = store.users.get_user("alice")
     starting = await ready_lab(store, backend, alice, gw.upstream.port, State.PENDING)
     path = f"/labs/{starting['id']}/lab/<script>alert(1)</script>"
     html_headers = {"Accept": "text/html"}

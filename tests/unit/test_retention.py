@@ -64,7 +64,7 @@ def job_with_files(store: Store, data_dir: Path, user: User, job_id: str,
 
 
 def test_prune_removes_only_jobs_ended_long_enough_ago(store: Store, data_dir: Path) -> None:
-    alice = store.add_user("alice", "alice")
+    alice = store.users.add_user("alice", "alice")
     old = job_with_files(store, data_dir, alice, "a" * 16, 10,
                          {"input.ipynb": b"x" * 100, "output.ipynb": b"y" * 50, "job.log": b"z"})
     recent = job_with_files(store, data_dir, alice, "b" * 16, 1, {"input.ipynb": b"x"})
@@ -86,7 +86,7 @@ def test_prune_removes_only_jobs_ended_long_enough_ago(store: Store, data_dir: P
 
 
 def test_a_missing_directory_is_recorded_with_zero_bytes(store: Store, data_dir: Path) -> None:
-    alice = store.add_user("alice", "alice")
+    alice = store.users.add_user("alice", "alice")
     directory = job_with_files(store, data_dir, alice, "a" * 16, 10, {})
     directory.rmdir()
     report = prune(store, data_dir, 1, now=NOW)
@@ -95,7 +95,7 @@ def test_a_missing_directory_is_recorded_with_zero_bytes(store: Store, data_dir:
 
 
 def test_symlinks_are_never_followed(store: Store, data_dir: Path, tmp_path: Path) -> None:
-    alice = store.add_user("alice", "alice")
+    alice = store.users.add_user("alice", "alice")
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "precious").write_bytes(b"p" * 1000)
@@ -145,7 +145,7 @@ max_time = "02:00:00"
 def test_the_command_uses_the_configured_retention(
     store: Store, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    alice = store.add_user("alice", "alice")
+    alice = store.users.add_user("alice", "alice")
     old = job_with_files(store, data_dir, alice, "a" * 16, 10, {"output.ipynb": b"y" * 64})
     recent = job_with_files(store, data_dir, alice, "b" * 16, 2, {"output.ipynb": b"y" * 8})
 
@@ -217,7 +217,8 @@ async def test_the_api_says_a_pruned_notebook_is_gone(
 ) -> None:
     client, app = served
     store = app[STORE]
-    auth = {"Authorization": f"Bearer {store.issue_token(store.add_user('alice', 'alice'))}"}
+    token = store.users.issue_token(store.users.add_user("alice", "alice"))
+    auth = {"Authorization": f"Bearer {token}"}
     job_id = await run_to_success(client, app, fake_clusters, make_notebook(), auth)
     assert (await client.get(f"/api/v1/jobs/{job_id}/notebook", headers=auth)).status == 200
     assert (await client.get(f"/api/v1/jobs/{job_id}/log", headers=auth)).status == 200
@@ -243,7 +244,8 @@ async def test_the_server_prunes_by_itself(
     client, app = served
     store, service = app[STORE], app[SERVICE]
     assert any(task.get_name() == "artifact-retention" for task in asyncio.all_tasks())
-    auth = {"Authorization": f"Bearer {store.issue_token(store.add_user('alice', 'alice'))}"}
+    token = store.users.issue_token(store.users.add_user("alice", "alice"))
+    auth = {"Authorization": f"Bearer {token}"}
     old = await run_to_success(client, app, fake_clusters, make_notebook(), auth)
     fresh = await run_to_success(client, app, fake_clusters, make_notebook(), auth)
     store.update_job(old, ended_at=format_timestamp(time.time() - 2 * DAY_S))  # retention: 1 day

@@ -91,7 +91,8 @@ async def gateway(tmp_path: Path, aiohttp_client: Callable[..., Any],
     app = make_app(parse_config(raw), cluster_factory=fake_clusters)
     client = await aiohttp_client(app)
     store = app[STORE]
-    auth = {name: {"Authorization": f"Bearer {store.issue_token(store.add_user(name, name))}"}
+    users = store.users
+    auth = {name: {"Authorization": f"Bearer {users.issue_token(users.add_user(name, name))}"}
             for name in ("alice", "bob")}
     return client, auth, tmp_path / "data"
 

@@ -36,34 +36,35 @@ def new_job(store: Store, user: User, job_id: str, key: str | None = None) -> di
 
 
 def test_user_and_token_round_trip(store: Store) -> None:
-    alice = store.add_user("alice", "alice_unix")
+    alice = store.users.add_user("alice", "alice_unix")
     assert alice == User(alice.id, "alice", "alice_unix")
-    token = store.issue_token(alice)
+    token = store.users.issue_token(alice)
     assert token.startswith(TOKEN_PREFIX) and len(token) > len(TOKEN_PREFIX) + 40
-    assert store.user_for_token(token) == alice
-    assert store.get_user("alice") == alice
-    assert store.user_for_token(token + "x") is None
-    assert store.user_for_token("") is None
+    assert store.users.user_for_token(token) == alice
+    assert store.users.get_user("alice") == alice
+    assert store.users.user_for_token(token + "x") is None
+    assert store.users.user_for_token("") is None
 
 
 def test_tokens_are_unique_and_per_user(store: Store) -> None:
-    alice, bob = store.add_user("alice", "u1"), store.add_user("bob", "u1")  # same unix user ok
-    tokens = {store.issue_token(alice) for _ in range(3)} | {store.issue_token(bob)}
+    # the same unix user is fine
+    alice, bob = store.users.add_user("alice", "u1"), store.users.add_user("bob", "u1")
+    tokens = {store.users.issue_token(alice) for _ in range(3)} | {store.users.issue_token(bob)}
     assert len(tokens) == 4
-    assert {store.user_for_token(t) for t in tokens} == {alice, bob}
+    assert {store.users.user_for_token(t) for t in tokens} == {alice, bob}
 
 
 def test_duplicate_user_is_a_conflict(store: Store) -> None:
-    store.add_user("alice", "alice")
+    store.users.add_user("alice", "alice")
     with pytest.raises(Conflict):
-        store.add_user("alice", "other")
+        store.users.add_user("alice", "other")
     with pytest.raises(NotFound):
-        store.get_user("nobody")
+        store.users.get_user("nobody")
 
 
 def test_tokens_are_stored_hashed(store: Store, db_path: Path) -> None:
-    alice = store.add_user("alice", "alice")
-    token = store.issue_token(alice)
+    alice = store.users.add_user("alice", "alice")
+    token = store.users.issue_token(alice)
     hashes = [row["token_hash"] for row in store.db["tokens"].rows]
     assert hashes == [hash_token(token)]
 
@@ -79,27 +80,27 @@ def test_tokens_are_stored_hashed(store: Store, db_path: Path) -> None:
     store.close()
     assert_plaintext_nowhere()  # after the checkpoint on close
     reopened = Store(db_path)
-    assert reopened.user_for_token(token) == alice
+    assert reopened.users.user_for_token(token) == alice
     reopened.close()
 
 
 def test_revoke_one_token(store: Store) -> None:
-    alice = store.add_user("alice", "alice")
-    first, second = store.issue_token(alice), store.issue_token(alice)
-    assert store.revoke_token(first) is True
-    assert store.revoke_token(first) is False  # already revoked
-    assert store.user_for_token(first) is None
-    assert store.user_for_token(second) == alice
+    alice = store.users.add_user("alice", "alice")
+    first, second = store.users.issue_token(alice), store.users.issue_token(alice)
+    assert store.users.revoke_token(first) is True
+    assert store.users.revoke_token(first) is False  # already revoked
+    assert store.users.user_for_token(first) is None
+    assert store.users.user_for_token(second) == alice
 
 
 def test_revoke_all_tokens_of_a_user(store: Store) -> None:
-    alice, bob = store.add_user("alice", "alice"), store.add_user("bob", "bob")
-    alice_tokens = [store.issue_token(alice) for _ in range(2)]
-    bob_token = store.issue_token(bob)
-    assert store.revoke_tokens(alice) == 2
-    assert all(store.user_for_token(t) is None for t in alice_tokens)
-    assert store.user_for_token(bob_token) == bob
-    listed = {u["name"]: u["active_tokens"] for u in store.list_users()}
+    alice, bob = store.users.add_user("alice", "alice"), store.users.add_user("bob", "bob")
+    alice_tokens = [store.users.issue_token(alice) for _ in range(2)]
+    bob_token = store.users.issue_token(bob)
+    assert store.users.revoke_tokens(alice) == 2
+    assert all(store.users.user_for_token(t) is None for t in alice_tokens)
+    assert store.users.user_for_token(bob_token) == bob
+    listed = {u["name"]: u["active_tokens"] for u in store.users.list_users()}
     assert listed == {"alice": 0, "bob": 1}
 
 
@@ -107,7 +108,7 @@ def test_revoke_all_tokens_of_a_user(store: Store) -> None:
 
 
 def test_new_job_is_accepted_with_one_event(store: Store) -> None:
-    alice = store.add_user("alice", "alice")
+    alice = store.users.add_user("alice", "alice")
     job = new_job(store, alice, "a" * 16)
     assert job["state"] == "accepted"
     assert job["created_at"] and job["ended_at"] is None
@@ -116,7 +117,7 @@ def test_new_job_is_accepted_with_one_event(store: Store) -> None:
 
 
 def test_transitions_write_events_and_fields(store: Store) -> None:
-    alice = store.add_user("alice", "alice")
+    alice = store.users.add_user("alice", "alice")
     job_id = new_job(store, alice, "b" * 16)["id"]
     store.transition(job_id, State.STAGING)
     store.transition(job_id, State.PENDING, slurm_job_id="42")
@@ -137,7 +138,7 @@ def test_transitions_write_events_and_fields(store: Store) -> None:
 
 
 def test_illegal_transition_changes_nothing(store: Store) -> None:
-    alice = store.add_user("alice", "alice")
+    alice = store.users.add_user("alice", "alice")
     job_id = new_job(store, alice, "c" * 16)["id"]
     with pytest.raises(IllegalTransition):
         store.transition(job_id, State.RUNNING, node="evil")
@@ -148,7 +149,7 @@ def test_illegal_transition_changes_nothing(store: Store) -> None:
 
 @pytest.mark.parametrize("terminal", [State.CANCELLED, State.FAILED])
 def test_terminal_states_are_sticky(store: Store, terminal: State) -> None:
-    alice = store.add_user("alice", "alice")
+    alice = store.users.add_user("alice", "alice")
     job_id = new_job(store, alice, "d" * 16)["id"]
     store.transition(job_id, terminal, reason=Reason.USER_CANCELLED)
     for target in State:
@@ -159,7 +160,7 @@ def test_terminal_states_are_sticky(store: Store, terminal: State) -> None:
 
 
 def test_another_users_job_is_not_found(store: Store) -> None:
-    alice, bob = store.add_user("alice", "alice"), store.add_user("bob", "bob")
+    alice, bob = store.users.add_user("alice", "alice"), store.users.add_user("bob", "bob")
     job_id = new_job(store, alice, "e" * 16)["id"]
     assert store.get_job(job_id, alice.id)["id"] == job_id
     with pytest.raises(NotFound) as other:
@@ -171,13 +172,13 @@ def test_another_users_job_is_not_found(store: Store) -> None:
 
 
 def test_list_jobs_newest_first(store: Store) -> None:
-    alice = store.add_user("alice", "alice")
+    alice = store.users.add_user("alice", "alice")
     ids = [new_job(store, alice, f"{n:016x}")["id"] for n in range(5)]
     assert [j["id"] for j in store.list_jobs(alice.id)] == ids[::-1]
 
 
 def test_jobs_in(store: Store) -> None:
-    alice = store.add_user("alice", "alice")
+    alice = store.users.add_user("alice", "alice")
     first, second = new_job(store, alice, "1" * 16)["id"], new_job(store, alice, "2" * 16)["id"]
     store.transition(second, State.STAGING)
     assert [j["id"] for j in store.jobs_in({State.ACCEPTED})] == [first]
@@ -185,7 +186,7 @@ def test_jobs_in(store: Store) -> None:
 
 
 def test_update_many_in_one_go(store: Store) -> None:
-    alice = store.add_user("alice", "alice")
+    alice = store.users.add_user("alice", "alice")
     a, b = new_job(store, alice, "3" * 16)["id"], new_job(store, alice, "4" * 16)["id"]
     store.update_many({a: {"scheduler_reachable": 0}, b: {"pending_reason": "Resources"}})
     assert store.get_job(a)["scheduler_reachable"] == 0
@@ -196,7 +197,7 @@ def test_update_many_in_one_go(store: Store) -> None:
 
 
 def test_idempotency_key_is_unique_per_user(store: Store) -> None:
-    alice, bob = store.add_user("alice", "alice"), store.add_user("bob", "bob")
+    alice, bob = store.users.add_user("alice", "alice"), store.users.add_user("bob", "bob")
     new_job(store, alice, "5" * 16, key="k1")
     with pytest.raises(Conflict):
         new_job(store, alice, "6" * 16, key="k1")
@@ -220,8 +221,8 @@ def test_idempotency_key_is_unique_per_user(store: Store) -> None:
 
 def test_reopening_keeps_data_and_schema_version(db_path: Path) -> None:
     store = Store(db_path)
-    alice = store.add_user("alice", "alice")
-    token = store.issue_token(alice)
+    alice = store.users.add_user("alice", "alice")
+    token = store.users.issue_token(alice)
     job_id = new_job(store, alice, "a1" * 8, key="k")["id"]
     store.transition(job_id, State.STAGING)
     store.close()
@@ -230,7 +231,7 @@ def test_reopening_keeps_data_and_schema_version(db_path: Path) -> None:
     try:
         version = again.db.execute("PRAGMA user_version").fetchone()[0]
         assert version == len(MIGRATIONS)
-        assert again.user_for_token(token) == alice
+        assert again.users.user_for_token(token) == alice
         assert again.get_job(job_id)["state"] == "staging"
         assert len(again.events(job_id)) == 2
         assert (again.job_by_idempotency_key(alice.id, "k") or {}).get("id") == job_id

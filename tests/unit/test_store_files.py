@@ -24,7 +24,7 @@ def test_a_new_store_is_private_whatever_the_umask(tmp_path: Path) -> None:
     old = os.umask(0o022)  # what `hpcgw user add` ran under when the hole was found
     try:
         store = Store(tmp_path / "data" / "hpcgw.db")
-        store.add_user("alice", "alice")  # a write, so the WAL and shared memory exist
+        store.users.add_user("alice", "alice")  # a write, so the WAL and shared memory exist
     finally:
         os.umask(old)
     data = tmp_path / "data"

@@ -16,7 +16,7 @@ from tests.factories import add_job
 
 @pytest.fixture
 def alice(store: Store) -> User:
-    return store.add_user("alice", "alice")
+    return store.users.add_user("alice", "alice")
 
 
 def pending_job(store: Store, user: User, n: int, *, cluster: str = "dev") -> str:

@@ -38,7 +38,7 @@ def queued(queue: asyncio.Queue[str]) -> list[str]:
 
 
 async def test_a_disabled_cluster_fails_the_job(store: Store, config: Config) -> None:
-    insert(store, config, store.add_user("alice", "alice"))
+    insert(store, config, store.users.add_user("alice", "alice"))
     await submit_job(job_context(config, store, {}), JOB)
     job = store.get_job(JOB)
     assert (job["state"], job["reason"]) == ("failed", "launch_failed")
@@ -49,7 +49,7 @@ async def test_cancel_before_submission_sends_nothing(
     store: Store, config: Config, fake_clusters: FakeClusters
 ) -> None:
     runtime = fake_clusters(config.clusters[0])
-    insert(store, config, store.add_user("alice", "alice"), cancel_requested=1)
+    insert(store, config, store.users.add_user("alice", "alice"), cancel_requested=1)
     await submit_job(job_context(config, store, {"dev": runtime}), JOB)
     job = store.get_job(JOB)
     assert (job["state"], job["reason"]) == ("cancelled", "user_cancelled")
@@ -65,7 +65,7 @@ async def test_an_attempted_job_is_adopted_not_submitted_again(
     # A previous gateway process ran sbatch, then died before it could store the answer.
     slurm_job_id = backend.enqueue("alice", JOB)
     backend.states[slurm_job_id] = SchedulerState.RUNNING
-    insert(store, config, store.add_user("alice", "alice"), submit_attempts=1)
+    insert(store, config, store.users.add_user("alice", "alice"), submit_attempts=1)
     store.transition(JOB, State.STAGING)
     await submit_job(job_context(config, store, {"dev": runtime}), JOB)
     job = store.get_job(JOB)
@@ -82,7 +82,7 @@ async def attempted_job_gone_from_the_queue(
     (the job ended and aged out, or never got there); ``traces`` are in its work directory."""
     runtime = fake_clusters(config.clusters[0])
     fake = fake_clusters.by_name["dev"]
-    job = insert(store, config, store.add_user("alice", "alice"), submit_attempts=1, **fields)
+    job = insert(store, config, store.users.add_user("alice", "alice"), submit_attempts=1, **fields)
     store.transition(JOB, State.STAGING)
     fake.transport.files.update({f"{job['workdir']}/{name}": data for name, data in traces.items()})
     ctx = job_context(config, store, {"dev": runtime})
@@ -145,7 +145,7 @@ async def test_an_attempted_job_without_traces_and_a_cancel_is_not_submitted_aga
 def test_entering_the_scheduler_clears_an_unreachable_message(
     store: Store, config: Config
 ) -> None:
-    insert(store, config, store.add_user("alice", "alice"))
+    insert(store, config, store.users.add_user("alice", "alice"))
     store.transition(JOB, State.STAGING)
     store.update_job(JOB, scheduler_reachable=0,
                      message="sbatch: Unable to contact slurm controller")

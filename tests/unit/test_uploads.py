@@ -89,8 +89,8 @@ async def upload(
     app = make_app(config, cluster_factory=fake_clusters)
     client = await aiohttp_client(app)
     store = app[STORE]
-    return Upload(client, store.issue_token(store.add_user("alice", "alice")), make_notebook(),
-                  fake_clusters)
+    token = store.users.issue_token(store.users.add_user("alice", "alice"))
+    return Upload(client, token, make_notebook(), fake_clusters)
 
 
 def part(name: str | None, value: bytes, extra: str = "") -> bytes:

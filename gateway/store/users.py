@@ -1,0 +1,140 @@
+"""Gateway users and their API tokens (tables ``users`` and ``tokens``).
+
+Tokens are stored as SHA-256 hashes: they are 256-bit random strings, so a fast hash is enough
+and lookups stay indexed. A *disabled* user's tokens stay in the table but authenticate nothing
+(every lookup checks ``users.disabled_at``), so enabling the user again brings them back; a
+revoked token is gone for good.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Any
+
+import sqlite_utils
+
+from ..config import IDENTIFIER, UNIX_USER
+from ..errors import BadRequest, Conflict, NotFound
+from ..timestamps import utcnow
+from ..users import User
+
+TOKEN_PREFIX = "hpcgw_"  # noqa: S105 - a recognisable prefix, not a secret
+_USER_COLUMNS = "u.id, u.name, u.unix_user, u.is_admin"
+_ENABLED = "u.disabled_at IS NULL"
+# The f-string queries below only splice in these constants (noqa: S608 there).
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _user(row: Any) -> User:
+    return User(int(row[0]), row[1], row[2], bool(row[3]))
+
+
+class UserTable:
+    """Users, their admin flag and enabled state, and their tokens."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self._db = db
+
+    def add_user(self, name: str, unix_user: str, *, admin: bool = False) -> User:
+        """A new gateway user running jobs as ``unix_user``; Conflict if the name is taken."""
+        if not IDENTIFIER.match(name):
+            raise BadRequest(f"user name must match {IDENTIFIER.pattern}")
+        if not UNIX_USER.match(unix_user):
+            raise BadRequest(f"not a valid unix user name: {unix_user!r}")
+        if self._db.table("users").count_where("name = ?", [name]):
+            raise Conflict(f"user {name!r} already exists")
+        row_id = self._db.table("users").insert({
+            "name": name, "unix_user": unix_user, "is_admin": int(admin),
+            "created_at": utcnow()}).last_pk
+        assert row_id is not None
+        return User(int(row_id), name, unix_user, admin)
+
+    def get_user(self, name: str) -> User:
+        """The user called ``name``, enabled or not; NotFound if there is none."""
+        row = self._db.execute(
+            f"SELECT {_USER_COLUMNS} FROM users u WHERE u.name = ?",  # noqa: S608 - constants
+            [name]).fetchone()
+        if row is None:
+            raise NotFound(f"no user {name!r}")
+        return _user(row)
+
+    def is_disabled(self, user: User) -> bool:
+        row = self._db.execute("SELECT disabled_at FROM users WHERE id = ?", [user.id]).fetchone()
+        return row is None or row[0] is not None
+
+    def set_user(self, name: str, *, admin: bool | None = None,
+                 disabled: bool | None = None) -> User:
+        """Change ``name``'s admin flag and/or enabled state (None: leave it); the user as it
+        is now. Disabling stops the user's tokens and sessions at their next request (the
+        lookups below check it); the caller stops the user's labs."""
+        user = self.get_user(name)
+        if admin is not None:
+            self._db.execute("UPDATE users SET is_admin = ? WHERE id = ?", [int(admin), user.id])
+        if disabled is True:
+            self._db.execute("UPDATE users SET disabled_at = ? WHERE id = ? "
+                             "AND disabled_at IS NULL", [utcnow(), user.id])
+        elif disabled is False:
+            self._db.execute("UPDATE users SET disabled_at = NULL WHERE id = ?", [user.id])
+        return self.get_user(name)
+
+    def list_users(self) -> list[dict[str, Any]]:
+        """Every user with ``admin``, ``disabled_at`` and the count of unrevoked tokens."""
+        return [{**row, "admin": bool(row["admin"])} for row in self._db.query(
+            "SELECT u.name, u.unix_user, u.is_admin AS admin, u.disabled_at, u.created_at, "
+            "COUNT(t.id) AS active_tokens FROM users u "
+            "LEFT JOIN tokens t ON t.user_id = u.id AND t.revoked_at IS NULL "
+            "GROUP BY u.id ORDER BY u.name"
+        )]
+
+    def account_counts(self) -> tuple[int, int]:
+        """(enabled users, their tokens not revoked)."""
+        users, tokens = self._db.execute(
+            f"SELECT (SELECT COUNT(*) FROM users u WHERE {_ENABLED}), "  # noqa: S608
+            f"(SELECT COUNT(*) FROM tokens t JOIN users u ON u.id = t.user_id "
+            f"WHERE t.revoked_at IS NULL AND {_ENABLED})").fetchone()
+        return int(users), int(tokens)
+
+    def issue_token(self, user: User) -> str:
+        """A new random token for ``user``; only its hash is stored, so show it once."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        self._db.table("tokens").insert(
+            {"user_id": user.id, "token_hash": hash_token(token), "created_at": utcnow()})
+        return token
+
+    def revoke_tokens(self, user: User) -> int:
+        cursor = self._db.execute(
+            "UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
+            [utcnow(), user.id])
+        return cursor.rowcount
+
+    def revoke_token(self, token: str) -> bool:
+        cursor = self._db.execute(
+            "UPDATE tokens SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL",
+            [utcnow(), hash_token(token)])
+        return cursor.rowcount == 1
+
+    def user_for_token(self, token: str) -> User | None:
+        found = self.authenticate(token)
+        return found[1] if found else None
+
+    def authenticate(self, token: str) -> tuple[int, User] | None:
+        """``(token id, user)`` for a valid token (known, unrevoked, its user enabled)."""
+        row = self._db.execute(
+            f"SELECT t.id, {_USER_COLUMNS} FROM tokens t JOIN users u "  # noqa: S608
+            f"ON u.id = t.user_id "
+            f"WHERE t.token_hash = ? AND t.revoked_at IS NULL AND {_ENABLED}",
+            [hash_token(token)]).fetchone()
+        return (int(row[0]), _user(row[1:])) if row else None
+
+    def user_for_token_id(self, token_id: int) -> User | None:
+        """The user of a browser session's token, while that token is not revoked and the
+        user is enabled."""
+        row = self._db.execute(
+            f"SELECT {_USER_COLUMNS} FROM tokens t JOIN users u "  # noqa: S608
+            f"ON u.id = t.user_id "
+            f"WHERE t.id = ? AND t.revoked_at IS NULL AND {_ENABLED}", [token_id]).fetchone()
+        return _user(row) if row else None
