@@ -42,6 +42,7 @@ class JobQuery:
     since: str | None = None
     before: tuple[str, str] | None = None
     limit: int = DEFAULT_LIMIT
+    user: str | None = None  # the owner's name: only the admin listing takes it
 
 
 def cursor_after(job: Mapping[str, object]) -> str:
@@ -50,14 +51,17 @@ def cursor_after(job: Mapping[str, object]) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def parse_query(params: Mapping[str, str]) -> JobQuery:
+def parse_query(params: Mapping[str, str], *, admin: bool = False) -> JobQuery:
     """A :class:`JobQuery` from query parameters (``limit``, ``cursor``, ``state``, ``kind``,
-    ``name``, ``slurm_job_id``, ``since``; lists comma-separated); 422 naming every bad one."""
+    ``name``, ``slurm_job_id``, ``since``, and with ``admin`` the owner's name ``user``; lists
+    comma-separated); 422 naming every bad one."""
     errors: list[FieldError] = []
     query = JobQuery()
-    unknown = sorted(set(params) - {"limit", "cursor", "state", "kind", "name",
-                                    "slurm_job_id", "since"})
+    known = {"limit", "cursor", "state", "kind", "name", "slurm_job_id", "since"}
+    unknown = sorted(set(params) - known - ({"user"} if admin else set()))
     errors += [FieldError(name, "not a filter of this list") for name in unknown]
+    if admin and "user" in params:
+        query = replace(query, user=params["user"])
     if "limit" in params:
         limit = params["limit"]
         if limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_LIMIT:

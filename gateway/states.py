@@ -37,6 +37,7 @@ class Reason(StrEnum):
     TIME_LIMIT = "time_limit"
     USER_CANCELLED = "user_cancelled"
     IDLE = "idle"
+    USER_DISABLED = "user_disabled"
     STAGING = "staging"
     LOST = "lost"
 

@@ -213,14 +213,20 @@ async def list_jobs(request: web.Request) -> web.Response:
     (also a ``Link: <...>; rel="next"`` header) is the next page's URL, null on the last."""
     query = parse_query(request.query)
     jobs = request.app[SERVICE].list_jobs(current_user(request), query)
-    next_page = None
-    headers = {}
-    if len(jobs) == query.limit:
-        params = {**request.query, "cursor": cursor_after(jobs[-1])}
-        next_page = str(request.rel_url.with_query(params))
-        headers["Link"] = f'<{next_page}>; rel="next"'
+    next_page, headers = next_page_of(request, jobs, query.limit)
     answer = JobList(jobs=[Job.model_validate(job_view(job)) for job in jobs], next=next_page)
     return json_answer(answer, headers=headers)
+
+
+def next_page_of(request: web.Request, jobs: list[dict[str, Any]],
+                 limit: int) -> tuple[str | None, dict[str, str]]:
+    """The next page's URL (None on the last page: fewer than ``limit`` jobs) and its
+    ``Link`` header."""
+    if len(jobs) < limit:
+        return None, {}
+    next_page = str(request.rel_url.with_query({**request.query,
+                                                "cursor": cursor_after(jobs[-1])}))
+    return next_page, {"Link": f'<{next_page}>; rel="next"'}
 
 
 @routes.get(JOB)

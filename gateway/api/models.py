@@ -83,6 +83,18 @@ class JobList(_Answer):
                              "the last page")
 
 
+class AdminJob(Job):
+    """A job in the admin's listing: with its owner."""
+
+    user: str = Field(description="the gateway user who owns the job")
+
+
+class AdminJobList(_Answer):
+    jobs: list[AdminJob]
+    next: str | None = Field(description="the next page's URL (also in a Link header); null on "
+                             "the last page")
+
+
 class Event(_Answer):
     """One state change of a job."""
 

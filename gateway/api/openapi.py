@@ -23,8 +23,9 @@ from . import models
 from .storage import StorageRequest
 
 _SCHEMAS = "#/components/schemas/"
-_ANSWERS = [models.Job, models.JobList, models.EventList, models.OutputFileList, models.Health,
-            models.ClusterList, models.Storage, models.StorageList, models.Problem]
+_ANSWERS = [models.Job, models.JobList, models.AdminJobList, models.EventList,
+            models.OutputFileList, models.Health, models.ClusterList, models.Storage,
+            models.StorageList, models.Problem]
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
 _UNAUTHORIZED = {"$ref": "#/components/responses/Unauthorized"}
 _ID = {"name": "job_id", "in": "path", "required": True,
@@ -97,6 +98,13 @@ def _job_paths() -> dict[str, Any]:
                   "schema": {"type": "string", "minLength": 1, "maxLength": 200}}],
                 requestBody=_submit_body()),
         },
+        "/api/v1/admin/jobs": {"get": _operation(
+            "listAllJobs", "Admins: every user's jobs, newest first, filtered and paged",
+            {"200": _json("AdminJobList", "a page of jobs, each with its owner"),
+             "403": _PROBLEM, "422": _PROBLEM},
+            [*_list_filters(), {"name": "user", "in": "query", "required": False,
+                                "description": "only this user's jobs",
+                                "schema": {"type": "string"}}])},
         "/api/v1/jobs/{job_id}": {"get": _operation(
             "getJob", "One job", {"200": _json("Job", "the job"), **not_found}, [_ID])},
         "/api/v1/jobs/{job_id}/cancel": {"post": _operation(

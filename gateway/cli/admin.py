@@ -27,10 +27,29 @@ def open_store(config: Config) -> Store:
 
 def cmd_user_add(args: argparse.Namespace) -> int:
     store = open_store(load_config(args.config))
-    user = store.users.add_user(args.name, args.unix_user)
-    print(f"added user {user.name} (runs jobs as unix user {user.unix_user}); token:",
+    user = store.users.add_user(args.name, args.unix_user, admin=args.admin)
+    role = "an admin, " if user.admin else ""
+    print(f"added user {user.name} ({role}runs jobs as unix user {user.unix_user}); token:",
           file=sys.stderr)
     print(store.users.issue_token(user))
+    return 0
+
+
+def cmd_user_set(args: argparse.Namespace) -> int:
+    """Change a user's admin flag and/or enabled state; say what the user is now."""
+    from ..jobs.oversight import set_user
+
+    if args.admin is None and args.disabled is None:
+        print("hpcgw: nothing to change: give --admin/--no-admin and/or --disable/--enable",
+              file=sys.stderr)
+        return 2
+    change = set_user(open_store(load_config(args.config)), args.name, admin=args.admin,
+                      disabled=args.disabled)
+    state = "disabled" if change.disabled else "enabled"
+    print(f"user {change.user.name}: {'admin' if change.user.admin else 'not an admin'}, "
+          f"{state}")
+    if change.stopped_labs:
+        print(f"stopping {len(change.stopped_labs)} lab(s): {', '.join(change.stopped_labs)}")
     return 0
 
 
@@ -41,10 +60,11 @@ def cmd_user_list(args: argparse.Namespace) -> int:
 
         print(json.dumps(users, indent=2))
         return 0
-    print(f"{'NAME':20} {'UNIX_USER':16} {'TOKENS':>6}  CREATED")
+    print(f"{'NAME':20} {'UNIX_USER':16} {'ADMIN':5} {'STATE':8} {'TOKENS':>6}  CREATED")
     for user in users:
-        print(f"{user['name']:20} {user['unix_user']:16} {user['active_tokens']:>6}  "
-              f"{user['created_at']}")
+        state = "disabled" if user["disabled_at"] else "enabled"
+        print(f"{user['name']:20} {user['unix_user']:16} {'yes' if user['admin'] else 'no':5} "
+              f"{state:8} {user['active_tokens']:>6}  {user['created_at']}")
     return 0
 
 

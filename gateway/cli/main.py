@@ -177,8 +177,27 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     add.add_argument("name", help="the gateway user's name (what the API and logs show)")
     add.add_argument("--unix-user", required=True, metavar="UNIX_USER",
                      help="the unix account on the clusters that runs this user's jobs")
+    add.add_argument("--admin", action="store_true",
+                     help="an admin: may list every user's jobs (API and portal)")
     add.set_defaults(run=admin.cmd_user_add)
-    user.add_parser("list", help="the users: name, unix user, active tokens, created",
+    change = user.add_parser(
+        "set", help="make a user an admin or not; disable or enable a user",
+        description="Changes a user. --disable stops the user's tokens and browser sessions "
+        "at their next request and stops the user's labs (notebook runs go on); --enable "
+        "brings the tokens back. Works whether or not the gateway runs.")
+    change.add_argument("name", help="the gateway user")
+    role = change.add_mutually_exclusive_group()
+    role.add_argument("--admin", dest="admin", action="store_true", default=None,
+                      help="make the user an admin")
+    role.add_argument("--no-admin", dest="admin", action="store_false",
+                      help="take the admin role away")
+    state = change.add_mutually_exclusive_group()
+    state.add_argument("--disable", dest="disabled", action="store_true", default=None,
+                       help="disable the user (tokens, sessions and labs stop)")
+    state.add_argument("--enable", dest="disabled", action="store_false",
+                       help="enable a disabled user again")
+    change.set_defaults(run=admin.cmd_user_set)
+    user.add_parser("list", help="the users: name, unix user, admin, disabled, active tokens",
                     description="Lists the gateway's users (--json: as JSON).").set_defaults(
         run=admin.cmd_user_list)
 

@@ -35,6 +35,7 @@ _BY_SCHEDULER: dict[SchedulerState, tuple[State, Reason, str]] = {
 
 # The most characters of a log line a message quotes.
 LINE_LIMIT = 400
+DISABLED_STOP = "disabled"  # the stop_reason of a disabled user's labs (gateway.jobs.oversight)
 
 
 def _tail(log_tail: str) -> str:
@@ -65,10 +66,11 @@ def decide(
     ``lost``. The scheduler's word wins for time limits,
     memory, node failures and cancellation; the exit record explains the rest. A lab has no
     exit record: its end is the scheduler's word, or why the gateway stopped it
-    (``stop_reason``: ``idle``; ``start_timeout`` when its server never answered; ``unproven``
-    when a server answered at the reported address but failed the identity proof). A record
-    ``launch_error`` (the command never started: its runtime, its image or its Python failed)
-    ends the job ``launch_failed`` with the log's last line, the runtime's own error.
+    (``stop_reason``: ``idle``; ``disabled`` when its user was disabled; ``start_timeout``
+    when its server never answered; ``unproven`` when a server answered at the reported
+    address but failed the identity proof). A record ``launch_error`` (the command never
+    started: its runtime, its image or its Python failed) ends the job ``launch_failed`` with
+    the log's last line, the runtime's own error.
     """
     if stop_reason == "start_timeout":
         return Outcome(State.FAILED, Reason.LAUNCH_FAILED,
@@ -79,6 +81,9 @@ def decide(
                        "token; the gateway sent it nothing" + _tail(log_tail))
     if stop_reason == "idle" and scheduler_state in (SchedulerState.CANCELLED, None):
         return Outcome(State.CANCELLED, Reason.IDLE, "stopped by the gateway: the lab was idle")
+    if stop_reason == DISABLED_STOP and scheduler_state in (SchedulerState.CANCELLED, None):
+        return Outcome(State.CANCELLED, Reason.USER_DISABLED,
+                       "stopped by the gateway: an administrator disabled the account")
     if scheduler_state is SchedulerState.CANCELLED:
         who = "on request" if cancel_requested else "outside the gateway"
         return Outcome(State.CANCELLED, Reason.USER_CANCELLED, f"cancelled {who}")

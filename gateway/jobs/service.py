@@ -47,6 +47,7 @@ from .lab_watcher import LabWatcher
 from .labs import LabProbe, LabRoute, open_lab
 from .limits import check_limits
 from .outputs import list_outputs, output_file
+from .oversight import admin_jobs, require_admin
 from .poller import poll_forever
 from .retention import prune_daily
 from .stager import stage_job
@@ -176,6 +177,14 @@ class JobService:
     def list_jobs(self, user: User, query: JobQuery | None = None) -> list[dict[str, Any]]:
         """``user``'s jobs that match ``query`` (:mod:`gateway.listing`), newest first."""
         return self._store.query_jobs(user.id, query or JobQuery())
+
+    def require_admin(self, caller: User) -> None:
+        """403 unless ``caller`` is an admin (an admin route checks it before its input)."""
+        require_admin(caller)
+
+    def admin_jobs(self, caller: User, query: JobQuery) -> list[dict[str, Any]]:
+        """Every user's jobs, for an admin (:func:`.oversight.admin_jobs`; 403 otherwise)."""
+        return admin_jobs(self._store, caller, query)
 
     def job_counts(self) -> list[JobCount]:
         """Every job, grouped for ``hpcgw_jobs`` (the metrics endpoint reads it per scrape)."""

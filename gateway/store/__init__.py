@@ -181,12 +181,12 @@ class Store:
     def list_jobs(self, user_id: int, limit: int = 500) -> list[dict[str, Any]]:
         return self.query_jobs(user_id, JobQuery(limit=limit))
 
-    def query_jobs(self, user_id: int, query: JobQuery) -> list[dict[str, Any]]:
-        """``user_id``'s jobs that match ``query``, newest first (by creation time, then id),
-        at most ``query.limit``; with ``query.before`` only those after that one in this
-        order (the next page)."""
-        where: list[str] = ["user_id = ?"]
-        values: list[Any] = [user_id]
+    def query_jobs(self, user_id: int | None, query: JobQuery) -> list[dict[str, Any]]:
+        """``user_id``'s jobs (None: every user's) that match ``query``, newest first (by
+        creation time, then id), at most ``query.limit``; with ``query.before`` only those
+        after that one in this order (the next page)."""
+        where: list[str] = ["1"] if user_id is None else ["user_id = ?"]
+        values: list[Any] = [] if user_id is None else [user_id]
         for column, allowed in (("state", query.states), ("kind", query.kinds)):
             if allowed:
                 where.append(f"{column} IN ({','.join('?' for _ in allowed)})")
@@ -240,6 +240,19 @@ class Store:
             "SELECT id, job_id, to_state FROM events WHERE id > ? ORDER BY id", [event_id]
         ).fetchall()
         return (rows[-1][0] if rows else event_id), {job: state for _, job, state in rows}
+
+    def request_stop(self, user_id: int, kind: str, stop_reason: str) -> list[str]:
+        """Ask the gateway to stop ``user_id``'s unended jobs of ``kind``: mark them
+        ``cancel_requested`` with ``stop_reason`` (the running gateway's submitter and poller
+        act on the mark, see :mod:`gateway.jobs.oversight`); their ids."""
+        marks = ",".join("?" for _ in TERMINAL)
+        with self._transaction():
+            ids = [row[0] for row in self.db.execute(
+                f"SELECT id FROM jobs WHERE user_id = ? AND kind = ? "  # noqa: S608 - marks
+                f"AND state NOT IN ({marks})", [user_id, kind, *TERMINAL]).fetchall()]
+            self._update_rows({job_id: {"cancel_requested": 1, "stop_reason": stop_reason}
+                               for job_id in ids}, utcnow())
+        return ids
 
     def live_labs(self) -> list[dict[str, Any]]:
         """Labs whose server may be up (``running`` or ``ready``), oldest first."""

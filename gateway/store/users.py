@@ -90,6 +90,10 @@ class UserTable:
             "GROUP BY u.id ORDER BY u.name"
         )]
 
+    def names(self) -> dict[int, str]:
+        """Every user's name by id."""
+        return dict(self._db.execute("SELECT id, name FROM users").fetchall())
+
     def account_counts(self) -> tuple[int, int]:
         """(enabled users, their tokens not revoked)."""
         users, tokens = self._db.execute(

@@ -1,0 +1,151 @@
+"""The admin role and disabled users, through the API and the store (fake cluster).
+
+The real thing, with a real lab on the dev cluster and the CLI, is in
+tests/integration/test_admin.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from gateway.config import parse_config
+from gateway.jobs.oversight import set_user
+from gateway.server import STORE, make_app
+from gateway.store import Store
+
+if TYPE_CHECKING:
+    from conftest import FakeCluster, FakeClusters
+
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
+LAB = {"kind": "lab", "time": "00:10:00"}
+
+
+@dataclass
+class Site:
+    client: TestClient[Any, Any]
+    store: Store
+    cluster: FakeCluster
+    tokens: dict[str, str]
+
+    def auth(self, name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[name]}"}
+
+    async def lab(self, name: str) -> dict[str, Any]:
+        response = await self.client.post("/api/v1/jobs", json=LAB, headers=self.auth(name))
+        assert response.status == 201, await response.text()
+        job: dict[str, Any] = await response.json()
+        return job
+
+    async def wait(self, job_id: str, *states: str) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while True:
+            job = self.store.get_job(job_id)
+            if job["state"] in states:
+                return job
+            assert loop.time() < deadline, f"{job_id} stayed {job['state']}, not {states}"
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def site(tmp_path: Path, aiohttp_client: ClientFactory, fake_clusters: FakeClusters,
+               make_raw_config: Callable[..., dict[str, Any]]) -> Site:
+    app = make_app(parse_config(make_raw_config(tmp_path / "data")), cluster_factory=fake_clusters)
+    client = await aiohttp_client(app)
+    users = app[STORE].users
+    tokens = {name: users.issue_token(users.add_user(name, name, admin=name == "root"))
+              for name in ("alice", "bob", "root")}
+    return Site(client, app[STORE], fake_clusters.by_name["dev"], tokens)
+
+
+async def test_only_an_admin_lists_every_users_jobs(site: Site) -> None:
+    mine, theirs = await site.lab("alice"), await site.lab("bob")
+    for caller in ("alice", "bob"):
+        for query in ("", "?user=alice", "?state=nonsense"):  # 403 before the filters
+            answer = await site.client.get(f"/api/v1/admin/jobs{query}", headers=site.auth(caller))
+            assert answer.status == 403, await answer.text()
+            assert "admin" in (await answer.json(content_type=None))["detail"]
+    answer = await site.client.get("/api/v1/admin/jobs", headers=site.auth("root"))
+    assert answer.status == 200
+    listed = {job["id"]: job["user"] for job in (await answer.json())["jobs"]}
+    assert listed == {mine["id"]: "alice", theirs["id"]: "bob"}
+
+
+async def test_admin_filters_by_owner_and_pages(site: Site) -> None:
+    made = [await site.lab("alice") for _ in range(3)] + [await site.lab("bob")]
+    root = site.auth("root")
+    answer = await (await site.client.get("/api/v1/admin/jobs?user=alice&limit=2",
+                                          headers=root)).json()
+    assert [job["user"] for job in answer["jobs"]] == ["alice", "alice"]
+    rest = await (await site.client.get(answer["next"], headers=root)).json()
+    assert [job["id"] for job in answer["jobs"] + rest["jobs"]] == [
+        job["id"] for job in reversed(made[:3])]
+    assert rest["next"] is None
+    nobody = await site.client.get("/api/v1/admin/jobs?user=mallory", headers=root)
+    assert (await nobody.json())["jobs"] == []
+    wrong = await site.client.get("/api/v1/admin/jobs?owner=alice", headers=root)
+    assert wrong.status == 422
+    # The user's own listing still refuses the admin-only filter.
+    mine = await site.client.get("/api/v1/jobs?user=bob", headers=site.auth("root"))
+    assert mine.status == 422
+
+
+async def test_disabling_stops_tokens_at_once_and_enabling_brings_them_back(site: Site) -> None:
+    assert (await site.client.get("/api/v1/jobs", headers=site.auth("alice"))).status == 200
+    set_user(site.store, "alice", disabled=True)
+    refused = await site.client.get("/api/v1/jobs", headers=site.auth("alice"))
+    assert refused.status == 401
+    assert (await site.client.get("/api/v1/jobs", headers=site.auth("bob"))).status == 200
+    set_user(site.store, "alice", disabled=False)
+    assert (await site.client.get("/api/v1/jobs", headers=site.auth("alice"))).status == 200
+
+
+async def test_disabling_stops_the_users_labs_not_notebooks_nor_others(site: Site) -> None:
+    lab = await site.lab("alice")
+    bobs = await site.lab("bob")
+    await site.wait(lab["id"], "pending")
+    await site.wait(bobs["id"], "pending")
+    change = set_user(site.store, "alice", disabled=True)
+    assert change.disabled and change.stopped_labs == [lab["id"]]
+    ended = await site.wait(lab["id"], "cancelled")
+    assert ended["reason"] == "user_disabled"
+    assert "disabled" in ended["message"]
+    assert [user for _, user in site.cluster.backend.cancels] == ["alice"]
+    assert site.store.get_job(bobs["id"])["state"] == "pending"
+
+
+async def test_admin_flag_changes(site: Site) -> None:
+    set_user(site.store, "alice", admin=True)
+    answer = await site.client.get("/api/v1/admin/jobs", headers=site.auth("alice"))
+    assert answer.status == 200
+    set_user(site.store, "alice", admin=False)
+    answer = await site.client.get("/api/v1/admin/jobs", headers=site.auth("alice"))
+    assert answer.status == 403
+
+
+def test_a_disabled_users_browser_session_ends_too(store: Store) -> None:
+    alice = store.users.add_user("alice", "alice")
+    token_id, _ = store.users.authenticate(store.users.issue_token(alice)) or (0, None)
+    assert store.users.user_for_token_id(token_id) == alice
+    store.users.set_user("alice", disabled=True)
+    assert store.users.user_for_token_id(token_id) is None
+    assert store.users.account_counts() == (0, 0)  # the metrics count enabled users only
+    store.users.set_user("alice", disabled=False)
+    assert store.users.user_for_token_id(token_id) == alice
+
+
+def test_user_list_shows_role_and_state(store: Store) -> None:
+    store.users.add_user("alice", "alice", admin=True)
+    store.users.add_user("bob", "bob")
+    store.users.set_user("bob", disabled=True)
+    listed = {user["name"]: (user["admin"], bool(user["disabled_at"]))
+              for user in store.users.list_users()}
+    assert listed == {"alice": (True, False), "bob": (False, True)}
