@@ -115,6 +115,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN warning TEXT;
     """,
+    # What an events row records: a state change ('state'), or a webhook delivery attempt
+    # ('webhook', gateway.store.webhooks) that readers of state changes skip.
+    """
+    ALTER TABLE events ADD COLUMN kind TEXT NOT NULL DEFAULT 'state';
+    """,
 ]
 
 
