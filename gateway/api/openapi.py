@@ -115,7 +115,7 @@ def _job_paths() -> dict[str, Any]:
                    "description": "the first byte to send (a follower's Hpcgw-Log-Next)",
                    "schema": {"type": "integer", "minimum": 0, "maximum": 2**53 - 1}}])},
         "/api/v1/jobs/{job_id}/events": {"get": _operation(
-            "getJobEvents", "The job's state changes, oldest first",
+            "getJobEvents", "The job's state changes and webhook delivery attempts, oldest first",
             {"200": _json("EventList", "the events"), **not_found}, [_ID])},
         "/api/v1/jobs/{job_id}/files": {"get": _operation(
             "listJobFiles", "The job's collected output files",

@@ -186,9 +186,10 @@ class JobService:
         return {name: link.reachable for name, link in self.clusters.items()}
 
     def events(self, user: User, job_id: str) -> list[dict[str, Any]]:
-        """Every state change of ``user``'s job, oldest first; NotFound as :meth:`get_job`."""
+        """Every state change of ``user``'s job and every attempt to deliver one to its
+        webhook, oldest first (``kind`` tells them apart); NotFound as :meth:`get_job`."""
         self._store.get_job(job_id, user.id)
-        return self._store.events(job_id)
+        return self._store.events(job_id, deliveries=True)
 
     async def open_lab(self, user: User, job_id: str) -> LabRoute:
         """The route to ``user``'s ready lab (see :func:`.labs.open_lab`)."""
@@ -429,6 +430,7 @@ def job_view(job: dict[str, Any]) -> dict[str, Any]:
     view["inputs"] = spec.get("inputs", [])
     view["outputs"] = spec.get("outputs", [])
     view["persist"] = spec.get("persist")
+    view["webhook"] = spec.get("webhook")
     view["memory"] = f"{spec['memory_mb']}M" if spec["memory_mb"] else None
     view["time"] = format_slurm_time(spec["time_s"])
     view["progress"] = json.loads(job["progress"]) if job.get("progress") else None
