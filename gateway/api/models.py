@@ -192,6 +192,13 @@ class StorageList(_Answer):
     storage: list[Storage]
 
 
+class WebhookSecret(_Answer):
+    """The caller's webhook secret: the key of the ``Hpcgw-Signature`` on deliveries of their
+    jobs' webhooks (``t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">``)."""
+
+    secret: str
+
+
 class FieldProblem(_Answer):
     field: str
     message: str

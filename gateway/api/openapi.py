@@ -24,7 +24,8 @@ from .storage import StorageRequest
 
 _SCHEMAS = "#/components/schemas/"
 _ANSWERS = [models.Job, models.JobList, models.EventList, models.OutputFileList, models.Health,
-            models.ClusterList, models.Storage, models.StorageList, models.Problem]
+            models.ClusterList, models.Storage, models.StorageList, models.WebhookSecret,
+            models.Problem]
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
 _UNAUTHORIZED = {"$ref": "#/components/responses/Unauthorized"}
 _ID = {"name": "job_id", "in": "path", "required": True,
@@ -196,6 +197,10 @@ def _other_paths() -> dict[str, Any]:
         "/api/v1/clusters": {"get": _operation(
             "listClusters", "Clusters: partitions with limits and defaults, allowlists, images",
             {"200": _json("ClusterList", "the clusters")})},
+        "/api/v1/webhook-secret": {"get": _operation(
+            "getWebhookSecret", "Your webhook secret: the key of the Hpcgw-Signature header "
+            "on your jobs' webhook deliveries",
+            {"200": _json("WebhookSecret", "the secret (the same on every call)")})},
         "/api/v1/storage": {
             "get": _operation("listStorage", "Your storage servers",
                               {"200": _json("StorageList", "the storage servers")}),

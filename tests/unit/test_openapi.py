@@ -100,7 +100,8 @@ async def test_the_api_answers_as_the_document_says(api: Api) -> None:  # noqa: 
     assert lab["lab_url"] == f"/labs/{lab['id']}/lab" and notebook["lab_url"] is None
     for path, schema in (("/api/v1/jobs?limit=1", "JobList"),
                          (f"/api/v1/jobs/{notebook['id']}/events", "EventList"),
-                         ("/api/v1/clusters", "ClusterList")):
+                         ("/api/v1/clusters", "ClusterList"),
+                         ("/api/v1/webhook-secret", "WebhookSecret")):
         response = await api.get(path)
         assert response.status == 200
         conforms(await response.json(), schema)
