@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,13 +70,19 @@ class Receiver:
 
     async def wait_for(self, count: int, timeout: float = 10.0) -> list[Delivery]:
         """The deliveries, once there are at least ``count``; fails at the deadline."""
+        return await self.wait_until(lambda got: len(got) >= count, f"{count} deliveries",
+                                     timeout)
+
+    async def wait_until(self, condition: Callable[[list[Delivery]], bool], what: str,
+                         timeout: float = 10.0) -> list[Delivery]:
+        """The deliveries, once ``condition(deliveries)`` holds; fails at the deadline."""
         async with self._changed:
             try:
                 await asyncio.wait_for(
-                    self._changed.wait_for(lambda: len(self.deliveries) >= count), timeout)
+                    self._changed.wait_for(lambda: condition(self.deliveries)), timeout)
             except TimeoutError:
-                raise AssertionError(f"{len(self.deliveries)} deliveries after {timeout} s, "
-                                     f"not {count}: {self.deliveries}") from None
+                raise AssertionError(f"no {what} after {timeout} s; got "
+                                     f"{[d.body for d in self.deliveries]}") from None
             return list(self.deliveries)
 
 
