@@ -58,7 +58,8 @@ def check_url(value: str) -> str:
         port = url.explicit_port
     except ValueError:
         raise ValueError("not a URL (http:// or https://, a host, a path)") from None
-    if url.scheme not in SCHEMES or not url.is_absolute() or not url.raw_host:
+    if (not value.startswith(tuple(f"{scheme}://" for scheme in SCHEMES))
+            or not url.is_absolute() or not url.raw_host):
         raise ValueError("an http:// or https:// URL with a host")
     if "@" in (url.raw_authority or ""):
         raise ValueError("no user name or password in the URL (the signature authenticates "

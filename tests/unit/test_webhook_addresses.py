@@ -6,12 +6,14 @@ for a literal host and for every address a name resolves to."""
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from gateway.webhooks.addresses import (
+    URL_PATTERN,
     AddressRefused,
     PolicyResolver,
     check_literal,
@@ -82,10 +84,12 @@ def test_check_literal_raises_unless_private_addresses_are_allowed() -> None:
 ])
 def test_good_urls(url: str) -> None:
     assert check_url(url) == url
+    assert re.search(URL_PATTERN, url)  # what the OpenAPI document allows: never less
 
 
 @pytest.mark.parametrize(("url", "words"), [
     ("ftp://hooks.example.org/", "http:// or https://"),
+    ("HTTPS://hooks.example.org/", "http:// or https://"),  # as the document's pattern says
     ("hooks.example.org/in", "http:// or https://"),
     ("https://", "http:// or https://"),
     ("https:///in", "http:// or https://"),
