@@ -48,34 +48,47 @@ class AddressRefused(OSError):
 
 def check_url(value: str) -> str:
     """``value`` if it is a webhook URL of the accepted shape; ValueError saying what is wrong
-    otherwise (pydantic turns it into the field's 422 message)."""
+    otherwise (pydantic turns it into the field's 422 message). The host and port are read
+    from the text itself and must be what the HTTP client (yarl) reads too, so that the host
+    checked here is the host connected to."""
     if len(value) > MAX_URL_LENGTH:
         raise ValueError(f"at most {MAX_URL_LENGTH} characters")
     if not _PRINTABLE.match(value):
         raise ValueError("printable ASCII without spaces (percent-encode the rest)")
-    try:
-        url = URL(value)
-        port = url.explicit_port
-    except ValueError:
-        raise ValueError("not a URL (http:// or https://, a host, a path)") from None
-    if (not value.startswith(tuple(f"{scheme}://" for scheme in SCHEMES))
-            or not url.is_absolute() or not url.raw_host):
+    scheme, sep, rest = value.partition("://")
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if not sep or scheme not in SCHEMES or not authority:
         raise ValueError("an http:// or https:// URL with a host")
-    if "@" in (url.raw_authority or ""):
+    if "@" in authority:
         raise ValueError("no user name or password in the URL (the signature authenticates "
                          "the gateway)")
     if "#" in value:
         raise ValueError("no fragment (#...)")
-    if port is not None and not 0 < port <= 65535:
+    host, port = _host_and_port(authority)
+    try:
+        url = URL(value)
+        read = (_ip(url.raw_host or "") or url.raw_host, url.explicit_port)
+    except ValueError:
+        read = None
+    if read != (_ip(host.strip("[]")) or host, port):
+        raise ValueError("not a URL (http:// or https://, a host, a path)")
+    return value
+
+
+def _host_and_port(authority: str) -> tuple[str, int | None]:
+    """The host (lower case) and port of ``host[:port]``, each checked; ValueError if not."""
+    host, colon, port = authority.lower().rpartition(":")
+    if not colon or host.endswith(":") or not host:  # no port, or an IPv6 address without one
+        host, port = authority.lower(), ""
+    if port and (not port.isdigit() or not 0 < int(port) <= 65535):
         raise ValueError("a port from 1 to 65535")
-    host = url.raw_host.lower()
-    if ":" in host:  # an IPv6 address (yarl took the brackets off)
-        if "%" in host or _ip(host) is None:
-            raise ValueError("not an IPv6 address (and no zone index, %...)")
+    if host.startswith("["):  # an IPv6 address
+        if not host.endswith("]") or "%" in host or _ip(host[1:-1]) is None:
+            raise ValueError("not an IPv6 address in [brackets] (and no zone index, %...)")
     elif _ip(host) is None and not _DNS_NAME.match(host):
         raise ValueError("the host is neither a DNS name nor an IP address written in full "
                          "(four decimal numbers)")
-    return value
+    return host, int(port) if port else None
 
 
 def refusal(address: IPAddress) -> str | None:

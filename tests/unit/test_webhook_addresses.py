@@ -81,6 +81,7 @@ def test_check_literal_raises_unless_private_addresses_are_allowed() -> None:
     "https://hooks.example.org/in", "http://hooks.example.org", "https://h.example:8443/a?b=c",
     "http://8.8.8.8/x", "http://[2606:4700:4700::1111]:8080/", "https://receiver/",
     "https://xn--bcher-kva.example/", "https://EXAMPLE.org./x", "https://h.example/%20x",
+    "http://[::ffff:8.8.8.8]:8080/", "https://h.example:/x", "https://h.example?q=1",
 ])
 def test_good_urls(url: str) -> None:
     assert check_url(url) == url
@@ -97,8 +98,12 @@ def test_good_urls(url: str) -> None:
     ("https://user@hooks.example.org/", "no user name or password"),
     ("https://hooks.example.org/#frag", "no fragment"),
     ("https://hooks.example.org:0/", "port"),
-    ("https://hooks.example.org:99999/", "not a URL"),
-    ("https://hooks.example.org:x/", "not a URL"),
+    ("https://hooks.example.org:99999/", "port"),
+    ("https://hooks.example.org:x/", "port"),
+    ("https://@hooks.example.org/", "no user name or password"),
+    ("https://@https://_@M]..:-|", "no user name or password"),
+    ("https://[::1/", "not an IPv6 address"),
+    ("https://h.example:80:80/", "neither a DNS name"),
     ("https://127.1/", "four decimal numbers"),
     ("https://2130706433/", "four decimal numbers"),
     ("https://0x7f.1/", "four decimal numbers"),
