@@ -23,6 +23,7 @@ from .addresses import AddressRefused, PolicyResolver, check_literal
 from .signing import SIGNATURE_HEADER, signature_header
 
 USER_AGENT = "hpcgw-webhooks"
+READ_BUFFER = 4096  # bytes of an answer's body the client buffers before it stops reading
 
 
 @dataclass(frozen=True)
@@ -45,11 +46,13 @@ def make_session(resolver: AbstractResolver, allow_private: bool,
     """The deliverer's HTTP client (call inside the running loop): names resolved through
     :class:`PolicyResolver` (no DNS cache: every connection is checked), at most ``limit``
     connections, no proxy from the environment, no cookies kept (a receiver's cookie would
-    otherwise go along to the next delivery to its domain, whoever's job it is)."""
+    otherwise go along to the next delivery to its domain, whoever's job it is), and a read
+    buffer of :data:`READ_BUFFER` bytes (an answer's body is never read; the connection is
+    closed instead, so at most a few buffers of it are ever taken in)."""
     connector = aiohttp.TCPConnector(resolver=PolicyResolver(resolver, allow_private),
                                      use_dns_cache=False, limit=limit)
     return aiohttp.ClientSession(connector=connector, trust_env=False,
-                                 cookie_jar=aiohttp.DummyCookieJar())
+                                 cookie_jar=aiohttp.DummyCookieJar(), read_bufsize=READ_BUFFER)
 
 
 async def post_once(

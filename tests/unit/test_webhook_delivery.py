@@ -10,6 +10,7 @@ import socket
 from collections.abc import AsyncIterator
 
 import pytest
+from aiohttp import web
 from aiohttp.abc import AbstractResolver
 
 from gateway.webhooks.delivery import USER_AGENT, Attempt, backoff, make_session, post_once
@@ -103,3 +104,32 @@ async def test_a_name_is_checked_at_connect_and_reached_at_the_checked_address(
         == Attempt(True, "HTTP 204")
     [delivery] = await receiver.wait_for(1)
     assert delivery.headers["Host"].startswith("hooks.example.org:")
+
+
+async def test_an_endless_answer_body_is_never_read() -> None:
+    """A receiver that streams its 200's body for ever: the attempt is delivered at once
+    (only the status counts) and the connection is dropped, not read to its end."""
+    stopped = asyncio.Event()
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        try:
+            while True:
+                await response.write(b"x" * 65536)
+        except (ConnectionError, asyncio.CancelledError):
+            stopped.set()
+            raise
+
+    app = web.Application()
+    app.router.add_post("/hook", endless)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+        assert await attempt(url, timeout=5.0) == Attempt(True, "HTTP 200")
+        await asyncio.wait_for(stopped.wait(), 5.0)  # the client hung up
+    finally:
+        await runner.cleanup()
