@@ -420,6 +420,29 @@ class StagingConfig(_Strict):
         return lines
 
 
+class WebhooksConfig(_Strict):
+    """Job webhooks (a spec's ``webhook.url``): where the gateway may deliver them, and how it
+    retries (gateway.jobs.webhooks)."""
+
+    # Deliver to loopback, private, link-local and other non-public addresses too. Off: a user
+    # could otherwise make the gateway POST to services of its own host or network.
+    allow_private: bool = False
+    # Attempts per state change (the first included); then it is given up.
+    max_attempts: int = Field(5, ge=1, le=20)
+    # Seconds before the second attempt, doubling for each further one, at most max_backoff_s.
+    backoff_s: float = Field(1.0, gt=0, le=3600)
+    max_backoff_s: float = Field(60.0, gt=0, le=86400)
+    # Seconds one attempt may take (connecting, sending, the answer's status and headers).
+    timeout_s: float = Field(10.0, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _cap_above_first(self) -> WebhooksConfig:
+        if self.max_backoff_s < self.backoff_s:
+            raise ValueError(f"max_backoff_s {self.max_backoff_s:g} is below backoff_s "
+                             f"{self.backoff_s:g}")
+        return self
+
+
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -429,6 +452,7 @@ class Config(BaseModel):
     limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig.model_validate({}))
     metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig.model_validate({}))
     staging: StagingConfig = Field(default_factory=lambda: StagingConfig.model_validate({}))
+    webhooks: WebhooksConfig = Field(default_factory=lambda: WebhooksConfig.model_validate({}))
     clusters: list[ClusterConfig]
     cluster_errors: dict[str, str] = Field(default_factory=dict, exclude=True)
 

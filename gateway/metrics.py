@@ -107,6 +107,11 @@ class GatewayMetrics:
         self.proxy_bytes = Counter(
             "hpcgw_proxy_bytes", "Body and message bytes the lab proxy relayed",
             ["direction"], registry=registry)
+        self.webhook_attempts = Counter(
+            "hpcgw_webhook_attempts", "Attempts to deliver a job's state change to its "
+            "webhook, by outcome: delivered (2xx), retrying (failed, tried again later), failed "
+            "(the last attempt failed), refused (an address the policy refuses)",
+            ["outcome"], registry=registry)
         self.proxy_websockets = Gauge(
             "hpcgw_proxy_open_websockets", "Lab WebSockets open through the proxy now",
             registry=registry)

@@ -21,11 +21,13 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
+from yarl import URL
 
 from .config import Config
 from .errors import FieldError, ValidationFailed
 from .plainwords import plain_errors
 from .units import format_slurm_time, parse_memory_mb, parse_slurm_time
+from .webhooks.addresses import MAX_URL_LENGTH, URL_PATTERN, check_url, literal_refusal
 
 # A path on a storage server: absolute, printable, no '..' component, none of the characters
 # scp/sftp would expand as a glob pattern or an escape (so it names exactly one file or directory).
@@ -118,6 +120,23 @@ class PersistSpec(BaseModel):
         return value
 
 
+class WebhookSpec(BaseModel):
+    """Where the gateway POSTs each of the job's state changes, signed with the user's
+    webhook secret (``GET /api/v1/webhook-secret``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(max_length=MAX_URL_LENGTH, json_schema_extra={
+        "format": "uri", "pattern": URL_PATTERN}, description=(
+        "http or https; no user name or password, no fragment. Unless the gateway allows "
+        "it, only public addresses: not loopback, private or link-local ones"))
+
+    @field_validator("url")
+    @classmethod
+    def _webhook_url(cls, value: str) -> str:
+        return check_url(value)
+
+
 class JobSpec(BaseModel):
     """A job as a client asks for it (design.md §3, "A job spec")."""
 
@@ -145,6 +164,7 @@ class JobSpec(BaseModel):
     inputs: list[InputSpec] = Field(default_factory=list, max_length=32)
     outputs: list[OutputSpec] = Field(default_factory=list, max_length=32)
     persist: PersistSpec | None = None
+    webhook: WebhookSpec | None = None
 
     @field_validator("name")
     @classmethod
@@ -196,6 +216,7 @@ class ResolvedSpec(BaseModel):
     inputs: tuple[InputSpec, ...] = ()
     outputs: tuple[OutputSpec, ...] = ()
     persist: PersistSpec | None = None
+    webhook: WebhookSpec | None = None
 
     @property
     def time(self) -> str:
@@ -249,6 +270,7 @@ def resolve_spec(spec: JobSpec, config: Config, default_name: str) -> ResolvedSp
     _allowed(errors, "kernel", spec.kernel, cluster.kernels)
     _check_inputs(errors, spec)
     _check_outputs(errors, spec)
+    _check_webhook(errors, spec, config)
     if spec.kind == "lab" and spec.parameters:
         errors.append(FieldError("parameters", "parameters are for notebook runs, not labs"))
     time_s = memory_mb = None
@@ -277,6 +299,7 @@ def resolve_spec(spec: JobSpec, config: Config, default_name: str) -> ResolvedSp
         gpu_type=spec.gpu_type, cpus=cpus, memory_mb=memory_mb, time_s=time_s,
         image=image, kernel=spec.kernel, parameters=spec.parameters,
         inputs=tuple(spec.inputs), outputs=tuple(spec.outputs), persist=spec.persist,
+        webhook=spec.webhook,
     )
 
 
@@ -293,6 +316,18 @@ def _check_outputs(errors: list[FieldError], spec: JobSpec) -> None:
                                      "an output to a storage server needs storage and dest"))
     if spec.outputs and spec.kind == "lab":
         errors.append(FieldError("outputs", "outputs are for notebook runs"))
+
+
+def _check_webhook(errors: list[FieldError], spec: JobSpec, config: Config) -> None:
+    """Unless ``[webhooks] allow_private``, refuse a webhook URL whose host is itself refused
+    (an IP address that is not public, localhost); a DNS name is checked at delivery."""
+    if spec.webhook is None or config.webhooks.allow_private:
+        return
+    host = URL(spec.webhook.url).raw_host or ""
+    why = literal_refusal(host)
+    if why is not None:
+        errors.append(FieldError("webhook.url", f"{host} is {why}: this gateway delivers "
+                                 "webhooks only to public addresses"))
 
 
 def _check_inputs(errors: list[FieldError], spec: JobSpec) -> None:

@@ -12,7 +12,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from ..jobs.clusters import ClusterLink
-from . import admin, jobs, metrics, portal, problems, sessions, storage
+from . import admin, jobs, metrics, portal, problems, sessions, storage, webhooks
 from .keys import CONFIG, OPENAPI, PROXY, SERVICE, VIA_COOKIE, current_user
 from .middleware import auth_middleware, problem_middleware
 from .models import ClusterList, Health, SchedulerPartition, json_answer
@@ -118,6 +118,7 @@ def add_routes(app: web.Application) -> None:
     app.add_routes(storage.routes)
     app.add_routes(problems.routes)
     app.add_routes(metrics.routes)
+    app.add_routes(webhooks.routes)
     app.router.add_route("*", "/labs/{job_id:[0-9a-f]{16}}/{tail:.*}", _proxy_lab)
     app.router.add_get("/labs/{job_id:[0-9a-f]{16}}", _lab_root)
 

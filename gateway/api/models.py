@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..spec import InputSpec, OutputSpec, PersistSpec
+from ..spec import InputSpec, OutputSpec, PersistSpec, WebhookSpec
 from ..states import Reason, State
 
 Stamp = Annotated[str, Field(json_schema_extra={"format": "date-time"},
@@ -65,6 +65,8 @@ class Job(_Answer):
     inputs: list[InputSpec]
     outputs: list[OutputSpec]
     persist: PersistSpec | None = None
+    webhook: WebhookSpec | None = Field(None, description="where the job's state changes are "
+                                        "POSTed")
     progress: Progress | None = Field(description="notebook runs: cells done and in all")
     scheduler_reachable: bool
     notebook_available: bool = Field(description="whether GET .../notebook has a notebook")
@@ -96,9 +98,12 @@ class AdminJobList(_Answer):
 
 
 class Event(_Answer):
-    """One state change of a job."""
+    """One state change of a job (``kind`` ``state``), or one attempt to deliver one to the
+    job's webhook (``kind`` ``webhook``: ``to_state`` is the state announced, ``from_state``
+    and ``reason`` are null, ``message`` says how the attempt went)."""
 
     at: Stamp
+    kind: Literal["state", "webhook"]
     from_state: State | None
     to_state: State
     reason: Reason | None
@@ -197,6 +202,13 @@ class Storage(_Answer):
 
 class StorageList(_Answer):
     storage: list[Storage]
+
+
+class WebhookSecret(_Answer):
+    """The caller's webhook secret: the key of the ``Hpcgw-Signature`` on deliveries of their
+    jobs' webhooks (``t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">``)."""
+
+    secret: str
 
 
 class FieldProblem(_Answer):

@@ -25,7 +25,7 @@ from .storage import StorageRequest
 _SCHEMAS = "#/components/schemas/"
 _ANSWERS = [models.Job, models.JobList, models.AdminJobList, models.EventList,
             models.OutputFileList, models.Health, models.ClusterList, models.Storage,
-            models.StorageList, models.Problem]
+            models.StorageList, models.WebhookSecret, models.Problem]
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
 _UNAUTHORIZED = {"$ref": "#/components/responses/Unauthorized"}
 _ID = {"name": "job_id", "in": "path", "required": True,
@@ -123,7 +123,7 @@ def _job_paths() -> dict[str, Any]:
                    "description": "the first byte to send (a follower's Hpcgw-Log-Next)",
                    "schema": {"type": "integer", "minimum": 0, "maximum": 2**53 - 1}}])},
         "/api/v1/jobs/{job_id}/events": {"get": _operation(
-            "getJobEvents", "The job's state changes, oldest first",
+            "getJobEvents", "The job's state changes and webhook delivery attempts, oldest first",
             {"200": _json("EventList", "the events"), **not_found}, [_ID])},
         "/api/v1/jobs/{job_id}/files": {"get": _operation(
             "listJobFiles", "The job's collected output files",
@@ -204,6 +204,10 @@ def _other_paths() -> dict[str, Any]:
         "/api/v1/clusters": {"get": _operation(
             "listClusters", "Clusters: partitions with limits and defaults, allowlists, images",
             {"200": _json("ClusterList", "the clusters")})},
+        "/api/v1/webhook-secret": {"get": _operation(
+            "getWebhookSecret", "Your webhook secret: the key of the Hpcgw-Signature header "
+            "on your jobs' webhook deliveries",
+            {"200": _json("WebhookSecret", "the secret (the same on every call)")})},
         "/api/v1/storage": {
             "get": _operation("listStorage", "Your storage servers",
                               {"200": _json("StorageList", "the storage servers")}),

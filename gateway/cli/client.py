@@ -223,8 +223,17 @@ async def cmd_events(args: argparse.Namespace) -> int:
         return EXIT_OK
     for event in events:
         moved = f"{event.get('from_state') or '-'} -> {event['to_state']}"
+        if event.get("kind") == "webhook":  # a delivery attempt, not a state change
+            moved = f"webhook ({event['to_state']})"
         detail = "  ".join(str(event[k]) for k in ("reason", "message") if event.get(k))
         print(f"{event['at']}  {moved:24}  {detail}".rstrip())
+    return EXIT_OK
+
+
+async def cmd_webhook_secret(args: argparse.Namespace) -> int:
+    """Print the caller's webhook secret (``--json``: ``{"secret": ...}``)."""
+    answer = await Client().json("GET", "/api/v1/webhook-secret")
+    print(json.dumps(answer, indent=2) if args.json else answer["secret"])
     return EXIT_OK
 
 

@@ -39,6 +39,8 @@ def spec_from_args(args: argparse.Namespace, kind: str) -> dict[str, Any]:
             spec[field] = getattr(args, flag)
     if getattr(args, "gpus", None) is not None:
         spec["gpus"] = args.gpus
+    if getattr(args, "webhook", None) is not None:
+        spec["webhook"] = {"url": args.webhook}
     if args.gres:
         match = _GRES.match(args.gres)
         if not match:

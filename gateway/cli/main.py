@@ -76,6 +76,9 @@ def _resource_flags(parser: argparse.ArgumentParser) -> None:
     add("--image", metavar="NAME",
         help="run in this container image of the cluster (GET /api/v1/clusters lists them)")
     add("--kernel", help="Jupyter kernel (default python3; GET /api/v1/clusters lists them)")
+    add("--webhook", metavar="URL",
+        help="POST each state change of the job to this http(s) URL, signed (see hpcgw "
+        "webhook-secret)")
     add("--wait", action="store_true", help="wait until the job ends")
 
 
@@ -141,7 +144,8 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
                                               "(comma-separated; default: all that run)")
     cancel.add_argument("-n", "--name", help="cancel your running jobs with this name")
     cancel.set_defaults(run=client.cmd_cancel)
-    events = sub.add_parser("events", help="a job's state changes, oldest first")
+    events = sub.add_parser("events", help="a job's state changes and webhook deliveries, "
+                            "oldest first")
     events.add_argument("job_id", help="the job's id, or its Slurm job id")
     events.set_defaults(run=client.cmd_events)
     log = sub.add_parser("log", help="print a job's output log (each cell's output as it runs)")
@@ -156,6 +160,13 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
                        help="download the job's collected output files under DIR instead")
     fetch.add_argument("-o", "--output", help="file to write ('-' for stdout; default ID.ipynb)")
     fetch.set_defaults(run=client.cmd_fetch)
+    secret = sub.add_parser(
+        "webhook-secret", help="print your webhook secret (the key of the Hpcgw-Signature "
+        "on your jobs' webhook deliveries)",
+        description="Prints your webhook secret. Deliveries to a job's webhook carry "
+        "Hpcgw-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of \"<t>.<raw body>\">, keyed "
+        "with this secret; check it, and that t is recent, before trusting a delivery.")
+    secret.set_defaults(run=client.cmd_webhook_secret)
     queue = sub.add_parser("queue", help="list your jobs, newest first (as squeue)")
     queue.add_argument("-t", "--state", help="only these states, comma-separated "
                                              "(e.g. pending,running)")

@@ -1,12 +1,12 @@
 """The narrow interface the lifecycle's workers get instead of the job service.
 
-The submitter, the stager, the pollers, the collector, the lab watcher and artifact retention
-each take a :class:`JobContext`: the config, the store, the clusters, the storage credentials
-and three hand-off queues. No worker
-imports another worker or the service, and none starts another's task: a worker that is done
-with a job puts its id on the next worker's queue (``submit_queue``, ``collect_queue``), and the
-service (:mod:`.service`), which owns every background task, runs what is queued
-(``submit_queue``, ``stage_queue``, ``collect_queue``).
+The submitter, the stager, the pollers, the collector, the lab watcher, artifact retention and
+the webhook deliverer each take a :class:`JobContext`: the config, the store, the clusters, the
+storage credentials and three hand-off queues. No worker imports another worker or the service,
+and none starts another's task: a worker that is done with a job puts its id on the next
+worker's queue (``submit_queue``, ``collect_queue``), and the service (:mod:`.service`), which
+owns every background task, runs what is queued (``submit_queue``, ``stage_queue``,
+``collect_queue``).
 """
 
 from __future__ import annotations

@@ -6,10 +6,11 @@ missing one. Requests only ever touch the store and the data directory synchrono
 stored and answered 201 at once); everything that talks to the cluster runs in background tasks
 the service owns: the submitters (:mod:`.submitter`), one staging per job with inputs
 (:mod:`.stager`), one poller per cluster (:mod:`.poller`), one collection per finished job
-(:mod:`.collector`), the lab watcher (:mod:`.lab_watcher`) and artifact retention
-(:mod:`.retention`). The workers share a :class:`JobContext`, never the
-service, and hand jobs on through its queues. All of them resume from the store after a
-restart, so the gateway can be killed at any moment.
+(:mod:`.collector`), the lab watcher (:mod:`.lab_watcher`), artifact retention
+(:mod:`.retention`) and the webhook deliverer (:mod:`.webhooks`). The workers share a
+:class:`JobContext`, never the service, and hand jobs on through its queues. All of them resume
+from the store after a restart, so the gateway can be killed at any moment (webhook deliveries
+under way are the exception: see :mod:`.webhooks`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from .poller import poll_forever
 from .retention import prune_daily
 from .stager import stage_job
 from .submitter import submit_worker
+from .webhooks import WebhookDeliverer
 
 log = logging.getLogger(__name__)
 # A worker's per-job entry point (stage_job, collect).
@@ -112,7 +114,8 @@ class JobService:
 
     async def start(self, lab_probe: LabProbe | None = None) -> None:
         """Start the submitters, the pollers, the collections, the daily artifact retention
-        pass and, given the lab proxy's ``lab_probe``, the lab watcher; resume unfinished jobs."""
+        pass, the webhook deliverer and, given the lab proxy's ``lab_probe``, the lab watcher;
+        resume unfinished jobs."""
         ctx = self.ctx
         for job in self._store.jobs_in({State.ACCEPTED, State.STAGING}):
             ctx.submit_later(job["id"])
@@ -125,6 +128,7 @@ class JobService:
         self._spawn(self._run_each(ctx.stage_queue, stage_job, "stage"), "stagings")
         self._spawn(self._run_each(ctx.collect_queue, collect, "collect"), "collections")
         self._spawn(prune_daily(ctx), "artifact-retention")
+        self._spawn(WebhookDeliverer(ctx).run(), "webhooks")
         if lab_probe is not None:
             self._spawn(LabWatcher(ctx, lab_probe).run(), "lab-watcher")
 
@@ -195,9 +199,10 @@ class JobService:
         return {name: link.reachable for name, link in self.clusters.items()}
 
     def events(self, user: User, job_id: str) -> list[dict[str, Any]]:
-        """Every state change of ``user``'s job, oldest first; NotFound as :meth:`get_job`."""
+        """Every state change of ``user``'s job and every attempt to deliver one to its
+        webhook, oldest first (``kind`` tells them apart); NotFound as :meth:`get_job`."""
         self._store.get_job(job_id, user.id)
-        return self._store.events(job_id)
+        return self._store.events(job_id, deliveries=True)
 
     async def open_lab(self, user: User, job_id: str) -> LabRoute:
         """The route to ``user``'s ready lab (see :func:`.labs.open_lab`)."""
@@ -438,6 +443,7 @@ def job_view(job: dict[str, Any]) -> dict[str, Any]:
     view["inputs"] = spec.get("inputs", [])
     view["outputs"] = spec.get("outputs", [])
     view["persist"] = spec.get("persist")
+    view["webhook"] = spec.get("webhook")
     view["memory"] = f"{spec['memory_mb']}M" if spec["memory_mb"] else None
     view["time"] = format_slurm_time(spec["time_s"])
     view["progress"] = json.loads(job["progress"]) if job.get("progress") else None

@@ -28,6 +28,7 @@ from .files import loose_modes, private_database, private_dir
 from .schema import LAB_TOKENS_DROPPED, MIGRATIONS
 from .storage import StorageTable
 from .users import TOKEN_PREFIX, UserTable, hash_token
+from .webhooks import STATE, WebhookEvents
 
 __all__ = ["LAB_TOKENS_DROPPED", "MIGRATIONS", "TOKEN_PREFIX", "Move", "Store", "User",
            "hash_token", "loose_modes", "private_dir"]
@@ -95,6 +96,7 @@ class Store:
         self._migrate()
         self.storage = StorageTable(self.db)
         self.users = UserTable(self.db)
+        self.webhooks = WebhookEvents(self.db)
 
     def _migrate(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -235,10 +237,11 @@ class Store:
 
     def states_since(self, event_id: int) -> tuple[int, dict[str, str]]:
         """The jobs whose state changed after events row ``event_id``:
-        ``(the newest event id, {job id: the state it moved to last})``."""
+        ``(the newest state change's event id, {job id: the state it moved to last})``. Only
+        state changes count (``kind = 'state'``), never webhook delivery rows."""
         rows = self.db.execute(
-            "SELECT id, job_id, to_state FROM events WHERE id > ? ORDER BY id", [event_id]
-        ).fetchall()
+            "SELECT id, job_id, to_state FROM events WHERE id > ? AND kind = ? ORDER BY id",
+            [event_id, STATE]).fetchall()
         return (rows[-1][0] if rows else event_id), {job: state for _, job, state in rows}
 
     def request_stop(self, user_id: int, kind: str, stop_reason: str) -> list[str]:
@@ -260,10 +263,13 @@ class Store:
             "kind = 'lab' AND state IN (?, ?)", [State.RUNNING.value, State.READY.value],
             order_by="created_at"))
 
-    def events(self, job_id: str) -> list[dict[str, Any]]:
+    def events(self, job_id: str, *, deliveries: bool = False) -> list[dict[str, Any]]:
+        """The job's state changes (``kind`` ``state``), oldest first; with ``deliveries``
+        its webhook delivery rows too, in their place (:mod:`.webhooks`)."""
+        where = "" if deliveries else f" AND kind = '{STATE}'"
         return list(self.db.query(
-            "SELECT at, from_state, to_state, reason, message FROM events "
-            "WHERE job_id = ? ORDER BY id", [job_id]))
+            "SELECT at, kind, from_state, to_state, reason, message FROM events "  # noqa: S608
+            f"WHERE job_id = ?{where} ORDER BY id", [job_id]))
 
     def update_job(self, job_id: str, **fields: Any) -> None:
         """Change fields other than ``state`` (use :meth:`transition` for that)."""

@@ -120,6 +120,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE users ADD COLUMN is_admin INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE users ADD COLUMN disabled_at TEXT;
     """,
+    # What an events row records: a state change ('state'), or a webhook delivery attempt
+    # ('webhook', gateway.store.webhooks) that readers of state changes skip.
+    """
+    ALTER TABLE events ADD COLUMN kind TEXT NOT NULL DEFAULT 'state';
+    """,
 ]
 
 

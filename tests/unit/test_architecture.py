@@ -28,7 +28,11 @@ FORBIDDEN = [
       for outer in ("gateway.jobs", "gateway.api", "gateway.proxy", "gateway.server")),
     # Workers share the JobContext, never the service nor each other's functions.
     *((f"gateway.jobs.{worker}", "gateway.jobs.service")
-      for worker in ("submitter", "stager", "poller", "collector", "lab_watcher", "retention")),
+      for worker in ("submitter", "stager", "poller", "collector", "lab_watcher", "retention",
+                     "webhooks")),
+    # Webhook signing and address policy know nothing of jobs, the API or the server.
+    *(("gateway.webhooks", outer) for outer in ("gateway.jobs", "gateway.api", "gateway.proxy",
+                                                  "gateway.server", "gateway.store")),
     ("gateway.jobs.poller", "gateway.jobs.collector"),
     ("gateway.jobs.submitter", "gateway.jobs.collector"),
     ("gateway.jobside", "gateway"),  # runs on the cluster, where the gateway is not installed

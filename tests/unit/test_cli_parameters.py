@@ -57,6 +57,8 @@ def test_sbatch_flags_make_the_spec() -> None:
         "kind": "notebook", "partition": "gpu", "gpus": 2, "cpus": 4, "memory": "8G",
         "time": "1:00:00", "name": "x", "image": "cpu", "account": "proj", "qos": "normal"}
     assert spec("--gres", "gpu:a100:2") == {"kind": "notebook", "gpus": 2, "gpu_type": "a100"}
+    assert spec("--webhook", "https://hooks.example.org/in") == {
+        "kind": "notebook", "webhook": {"url": "https://hooks.example.org/in"}}
 
 
 def test_every_subcommand_and_argument_is_described() -> None:

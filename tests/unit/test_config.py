@@ -227,3 +227,21 @@ def test_check_config_lists_every_problem_in_one_run(
            "max_time 1:00:00" in lines
     assert any(line.startswith("problem: cluster other: disabled: ") for line in lines), lines
     assert len(lines) == 4 and not any("pydantic" in line for line in lines)
+
+
+def test_webhooks_are_public_only_by_default_and_checked(
+    tmp_path: Path, make_raw_config: RawConfig
+) -> None:
+    """[webhooks] is optional; its values are bounded, unknown keys refused, and the backoff's
+    cap may not be below its start."""
+    webhooks = parse_config(make_raw_config(tmp_path)).webhooks
+    assert (webhooks.allow_private, webhooks.max_attempts, webhooks.backoff_s,
+            webhooks.max_backoff_s, webhooks.timeout_s) == (False, 5, 1.0, 60.0, 10.0)
+    for section, mentioned in (({"max_attempts": 0}, "max_attempts"),
+                               ({"timeout_s": 0}, "timeout_s"),
+                               ({"allow_privat": True}, "allow_privat"),
+                               ({"backoff_s": 30, "max_backoff_s": 10}, "max_backoff_s")):
+        raw = make_raw_config(tmp_path)
+        raw["webhooks"] = section
+        with pytest.raises(ConfigError, match=mentioned):
+            parse_config(raw)

@@ -67,8 +67,8 @@ def test_every_job_field_is_in_the_schema_and_required() -> None:
     expected = {"id", "kind", "name", "cluster", "state", "pending_reason", "reason", "message",
                 "slurm_job_id", "node", "exit_code", "partition", "account", "qos",
                 "constraint", "reservation", "cpus", "gpus", "gpu_type", "memory", "time",
-                "image", "kernel", "parameters", "inputs", "outputs", "persist", "progress",
-                "scheduler_reachable", "notebook_available", "lab_url", "created_at",
+                "image", "kernel", "parameters", "inputs", "outputs", "persist", "webhook",
+                "progress", "scheduler_reachable", "notebook_available", "lab_url", "created_at",
                 "updated_at", "started_at", "ended_at", "artifacts_removed_at"}
     assert set(job["properties"]) == expected
     assert set(job["required"]) == expected
@@ -100,7 +100,8 @@ async def test_the_api_answers_as_the_document_says(api: Api) -> None:  # noqa: 
     assert lab["lab_url"] == f"/labs/{lab['id']}/lab" and notebook["lab_url"] is None
     for path, schema in (("/api/v1/jobs?limit=1", "JobList"),
                          (f"/api/v1/jobs/{notebook['id']}/events", "EventList"),
-                         ("/api/v1/clusters", "ClusterList")):
+                         ("/api/v1/clusters", "ClusterList"),
+                         ("/api/v1/webhook-secret", "WebhookSecret")):
         response = await api.get(path)
         assert response.status == 200
         conforms(await response.json(), schema)
@@ -110,6 +111,15 @@ async def test_the_api_answers_as_the_document_says(api: Api) -> None:  # noqa: 
     problem = await api.submit({"gpus": "two"})
     assert problem.status == 422
     conforms(await problem.json(content_type=None), "Problem")
+
+
+def test_the_webhook_url_is_described_with_its_limits() -> None:
+    spec = openapi_document()["components"]["schemas"]
+    url = spec["WebhookSpec"]["properties"]["url"]
+    assert (url["maxLength"], url["format"]) == (2048, "uri")
+    assert url["pattern"].startswith("^https?://")
+    assert spec["WebhookSpec"]["additionalProperties"] is False
+    assert spec["Event"]["properties"]["kind"]["enum"] == ["state", "webhook"]
 
 
 async def test_a_spec_of_the_wrong_type_is_refused_not_coerced(api: Api) -> None:  # noqa: F811

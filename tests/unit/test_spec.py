@@ -283,3 +283,49 @@ def test_shape_errors_are_in_plain_words() -> None:
         "inputs": "a list"}
     assert not any(word in json.dumps(error.errors) for word in ("Input should", "Value error",
                                                                   "pydantic", "Extra inputs"))
+
+
+# -- webhook -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("url", "words"), [
+    ("ftp://hooks.example.org/in", "http:// or https://"),
+    ("https://user:pw@hooks.example.org/in", "no user name or password"),
+    ("https://hooks.example.org/in#top", "no fragment"),
+    ("https://hooks.example.org/" + "x" * 2100, "at most 2048 characters"),
+    ("https://127.1/in", "four decimal numbers"),
+    ("https://hooks.example.org/a b", "printable ASCII"),
+])
+def test_a_bad_webhook_url_is_refused_in_words(url: str, words: str) -> None:
+    error = refused({"webhook": {"url": url}})
+    assert fields_of(error) == {"webhook.url"}
+    assert words in error.errors[0]["message"]
+
+
+@pytest.mark.parametrize("webhook", [{}, {"url": 5}, {"url": "https://h.example", "x": 1},
+                                     "https://h.example"])
+def test_a_webhook_of_the_wrong_shape_is_refused(webhook: Any) -> None:
+    assert all(field.startswith("webhook") for field in fields_of(refused({"webhook": webhook})))
+
+
+def test_a_webhook_to_a_public_host_resolves_and_round_trips(config: Config) -> None:
+    for kind in ("notebook", "lab"):
+        spec = resolve_spec(parse_spec({"kind": kind, "webhook": {
+            "url": "https://hooks.example.org/in?job=1"}}), config, default_name="nb")
+        assert spec.webhook is not None
+        assert spec.webhook.url == "https://hooks.example.org/in?job=1"
+        assert ResolvedSpec.model_validate_json(spec.model_dump_json()) == spec
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::1]", "localhost", "10.0.0.7",
+                                  "169.254.169.254", "[::ffff:127.0.0.1]", "api.localhost"])
+def test_a_webhook_to_an_internal_address_is_refused_unless_allowed(
+    host: str, tmp_path: Path, make_raw_config: Any
+) -> None:
+    raw = {"webhook": {"url": f"http://{host}:8080/hook"}}
+    error = policy_refused(raw, parse_config(make_raw_config(tmp_path)))
+    assert fields_of(error) == {"webhook.url"}
+    assert "only to public addresses" in error.errors[0]["message"]
+    allowing = make_raw_config(tmp_path)
+    allowing["webhooks"] = {"allow_private": True}
+    resolve_spec(parse_spec(raw), parse_config(allowing), default_name="nb")
