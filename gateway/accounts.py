@@ -1,12 +1,14 @@
 """Accounts: the only way the API reaches users and tokens.
 
-It answers "who holds this token" and nothing else, so the store stays out of the request
-handlers. Adding, listing and revoking users and tokens is the admin CLI's
-(``hpcgw user|token``), which opens the store itself.
+It answers "who holds this token", and for single sign-on finds (or, where the config allows,
+creates) the user a provider named and starts and ends their sessions, so the store stays out
+of the request handlers. Adding, listing and revoking users and tokens otherwise is the admin
+CLI's (``hpcgw user|token``), which opens the store itself.
 """
 
 from __future__ import annotations
 
+from .errors import NotFound
 from .store import Store
 from .users import User
 
@@ -32,3 +34,31 @@ class Accounts:
     def user_for_token_id(self, token_id: int) -> User | None:
         """The user of a browser session's token, while that token is not revoked."""
         return self._store.users.user_for_token_id(token_id)
+
+    def user_named(self, name: str) -> User | None:
+        """The user called ``name`` if there is one and it is enabled, else None."""
+        try:
+            user = self._store.users.get_user(name)
+        except NotFound:
+            return None
+        return None if self._store.users.is_disabled(user) else user
+
+    def exists(self, name: str) -> bool:
+        try:
+            self._store.users.get_user(name)
+        except NotFound:
+            return False
+        return True
+
+    def create_user(self, name: str, unix_user: str) -> User:
+        """A new (not admin) user, for single sign-on's ``create_users``."""
+        return self._store.users.add_user(name, unix_user)
+
+    def start_session(self, user: User, lifetime_s: float) -> int:
+        """A single sign-on session's token id (see :meth:`UserTable.start_session`)."""
+        return self._store.users.start_session(user, lifetime_s)
+
+    def end_session(self, token_id: int) -> bool:
+        """End a single sign-on session (a session made from an API token is only dropped
+        by the browser: the token is the user's)."""
+        return self._store.users.end_session(token_id)

@@ -26,6 +26,7 @@ from pydantic import (
 from .errors import ConfigError, ValidationFailed
 from .plainwords import plain_errors
 from .plugins import plugin_names
+from .sso.settings import OIDCConfig
 from .staging.hostkeys import pinned_host_keys
 from .units import parse_memory_mb, parse_slurm_time
 
@@ -453,6 +454,7 @@ class Config(BaseModel):
     metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig.model_validate({}))
     staging: StagingConfig = Field(default_factory=lambda: StagingConfig.model_validate({}))
     webhooks: WebhooksConfig = Field(default_factory=lambda: WebhooksConfig.model_validate({}))
+    oidc: OIDCConfig | None = None  # single sign-on for the portal; None: token login only
     clusters: list[ClusterConfig]
     cluster_errors: dict[str, str] = Field(default_factory=dict, exclude=True)
 

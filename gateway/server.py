@@ -8,17 +8,19 @@ but the CLI's ``serve`` and the tests.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from .accounts import Accounts
 from .api import sessions
 from .api.app import add_routes, middlewares
 from .api.jobs import upload_limit
-from .api.keys import ACCOUNTS, CONFIG, METRICS, PROXY, SERVICE, STORAGE
+from .api.keys import ACCOUNTS, CONFIG, METRICS, OIDC, PROXY, SERVICE, STORAGE
 from .api.middleware import security_headers
 from .api.requestlog import AccessLog, request_id_header
 from .config import ClusterConfig, Config
@@ -28,6 +30,8 @@ from .jobs.service import JobService
 from .metrics import GatewayMetrics, ScrapeTimeCollector
 from .proxy.labs import LabProxy
 from .scheduler.metered import MeteredBackend
+from .sso.client import OIDCClient
+from .sso.settings import OIDCConfig
 from .staging.credentials import StorageCredentials
 from .store import Store
 
@@ -100,4 +104,15 @@ def make_app(config: Config, *,
         store.close()
 
     app.cleanup_ctx.append(parts)
+    if config.oidc is not None:
+        app.cleanup_ctx.append(functools.partial(sso_client, settings=config.oidc))
     return app
+
+
+async def sso_client(app: web.Application, settings: OIDCConfig) -> AsyncIterator[None]:
+    """The single sign-on client and its HTTP session (no cookies kept, no proxy from the
+    environment), for the application's life."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(),
+                                     trust_env=False) as session:
+        app[OIDC] = OIDCClient(settings, session)
+        yield

@@ -12,7 +12,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from ..jobs.clusters import ClusterLink
-from . import admin, jobs, metrics, portal, problems, sessions, storage, webhooks
+from . import admin, jobs, metrics, portal, problems, sessions, sso, storage, webhooks
 from .keys import CONFIG, OPENAPI, PROXY, SERVICE, VIA_COOKIE, current_user
 from .middleware import auth_middleware, problem_middleware
 from .models import ClusterList, Health, SchedulerPartition, json_answer
@@ -114,6 +114,7 @@ def add_routes(app: web.Application) -> None:
     app.add_routes(jobs.routes)
     app.add_routes(admin.routes)
     app.add_routes(sessions.routes)
+    app.add_routes(sso.routes)
     app.add_routes(portal.routes)
     app.add_routes(storage.routes)
     app.add_routes(problems.routes)

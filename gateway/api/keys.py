@@ -15,6 +15,7 @@ from ..config import Config
 from ..jobs.service import JobService
 from ..metrics import GatewayMetrics
 from ..proxy.labs import LabProxy
+from ..sso.client import OIDCClient
 from ..staging.credentials import StorageCredentials
 from ..users import User
 
@@ -24,6 +25,7 @@ SERVICE = web.AppKey("service", JobService)
 STORAGE = web.AppKey("storage", StorageCredentials)
 PROXY = web.AppKey("proxy", LabProxy)
 METRICS = web.AppKey("metrics", GatewayMetrics)
+OIDC = web.AppKey("oidc", OIDCClient)  # only where [oidc] is configured
 OPENAPI = web.AppKey[dict[str, Any]]("openapi")  # the document this gateway serves
 USER_KEY = web.RequestKey("user", User)  # request-scoped: the authenticated gateway user
 VIA_COOKIE = web.RequestKey("via_cookie", bool)  # authenticated by a browser session cookie

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 PROBLEM_TYPE = "application/problem+json"
 # /metrics checks its own token (gateway/api/metrics.py), not a user's.
 PUBLIC_PATHS = frozenset({"/api/v1/openapi.json", "/api/v1/health", "/login", "/logout",
-                          "/metrics"})
+                          "/login/oidc", "/login/oidc/callback", "/metrics"})
 # Paths under which every page is public (the explanations of problem types).
 PUBLIC_PREFIXES = ("/problems/",)
 LAB_PREFIX = "/labs/"  # responses under it are the labs' own (see security_headers)

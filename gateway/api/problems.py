@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import inspect
 
-import jinja2
 from aiohttp import web
 
 from ..errors import NotFound, problem_types
+from .templating import PAGES
 
 routes = web.RouteTableDef()
-PAGES = jinja2.Environment(loader=jinja2.PackageLoader("gateway.api", "pages"),
-                           autoescape=True, undefined=jinja2.StrictUndefined)
 
 
 def _explained() -> list[dict[str, object]]:

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import html
 import secrets
 import time
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -31,6 +31,7 @@ from .forms import (
     set_form_cookie,
 )
 from .keys import ACCOUNTS, CONFIG
+from .templating import page
 
 SESSION_COOKIE = "hpcgw_session"
 XSRF_COOKIE = "hpcgw_xsrf"
@@ -88,35 +89,37 @@ def safe_next(target: str | None) -> str:
     return target
 
 
-def _login_page(next_path: str, form_token: str, error: str = "") -> str:
-    problem = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>hpcgw: log in</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
-<body><main><h1>Log in to hpcgw</h1>{problem}
-<form method="post" action="/login">
-<input type="hidden" name="next" value="{html.escape(next_path)}">
-<input type="hidden" name="{FORM_FIELD}" value="{html.escape(form_token)}">
-<label>Gateway token <input type="password" name="token" autocomplete="off" required></label>
-<button type="submit">Log in</button>
-</form><p>Your token comes from <code>hpcgw user add</code> (ask your administrator).</p>
-</main></body></html>
-"""
-
-
-def _login_response(request: web.Request, next_path: str, status: int = 200,
-                    error: str = "") -> web.Response:
-    """The login page with a fresh form token (cookie and hidden field)."""
-    token = make_form_token(request.app[CONFIG].gateway.cookie_secret)
-    response = web.Response(status=status, text=_login_page(next_path, token, error),
-                            content_type="text/html", headers={"Cache-Control": "no-store"})
+def login_response(request: web.Request, next_path: str, status: int = 200,
+                   error: str = "") -> web.Response:
+    """The login page (the token form, and single sign-on's link where it is configured) with
+    a fresh form token (cookie and hidden field), and ``error`` said at the top."""
+    gateway = request.app[CONFIG].gateway
+    token = make_form_token(gateway.cookie_secret)
+    oidc = request.app[CONFIG].oidc
+    response = page("login.html", status, next_path=next_path, form_field=FORM_FIELD,
+                    form_token=token, error=error,
+                    sso_label=oidc.label if oidc else "",
+                    sso_query=urlencode({"next": next_path}))
     set_form_cookie(response, request, token)
     return response
 
 
+def start_session(request: web.Request, response: web.StreamResponse, token_id: int) -> None:
+    """Put the session cookie (naming ``token_id``) and a fresh XSRF cookie on ``response``;
+    the login form's cookie goes."""
+    gateway = request.app[CONFIG].gateway
+    lifetime = gateway.session_hours * 3600
+    response.set_cookie(SESSION_COOKIE, make_session(gateway.cookie_secret, token_id, lifetime),
+                        max_age=int(lifetime), path="/", httponly=True, samesite="Lax",
+                        secure=gateway.cookie_secure)
+    response.set_cookie(XSRF_COOKIE, secrets.token_urlsafe(24), max_age=int(lifetime), path="/",
+                        samesite="Strict", secure=gateway.cookie_secure)
+    response.del_cookie(FORM_COOKIE, path="/login")
+
+
 @routes.get("/login")
 async def login_form(request: web.Request) -> web.Response:
-    return _login_response(request, safe_next(request.query.get("next")))
+    return login_response(request, safe_next(request.query.get("next")))
 
 
 @routes.post("/login")
@@ -133,25 +136,20 @@ async def login(request: web.Request) -> web.Response:
     gateway = request.app[CONFIG].gateway
     if not form_token_ok(gateway.cookie_secret, request.cookies.get(FORM_COOKIE, ""),
                          form.get(FORM_FIELD, "")):
-        return _login_response(request, next_path, 403, "This login form has expired or was "
+        return login_response(request, next_path, 403, "This login form has expired or was "
                                "not sent by this gateway's page; please log in again.")
     found = request.app[ACCOUNTS].authenticate(form.get("token", "").strip())
     if found is None:
-        return _login_response(request, next_path, 401, "That token is not valid.")
-    lifetime = gateway.session_hours * 3600
+        return login_response(request, next_path, 401, "That token is not valid.")
     response = web.HTTPSeeOther(next_path)
-    response.set_cookie(SESSION_COOKIE, make_session(gateway.cookie_secret, found[0], lifetime),
-                        max_age=int(lifetime), path="/", httponly=True, samesite="Lax",
-                        secure=gateway.cookie_secure)
-    response.set_cookie(XSRF_COOKIE, secrets.token_urlsafe(24), max_age=int(lifetime), path="/",
-                        samesite="Strict", secure=gateway.cookie_secure)
-    response.del_cookie(FORM_COOKIE, path="/login")
+    start_session(request, response, found[0])
     raise response
 
 
 @routes.post("/logout")
 async def logout(request: web.Request) -> web.Response:
-    """End the browser session: clear the gateway's cookies and go to the login page.
+    """End the browser session: clear the gateway's cookies (a single sign-on session's
+    token is revoked too) and go to the login page.
 
     Another site's Origin/Referer: 403. With a session cookie, the form must carry the
     ``hpcgw_xsrf`` cookie's value as ``xsrf`` (the portal's logout form does), else 403 and the
@@ -164,6 +162,10 @@ async def logout(request: web.Request) -> web.Response:
             request.cookies.get(XSRF_COOKIE, ""), sent):
         raise Forbidden(f"log out with the gateway's own form (the {FORM_FIELD} field must "
                         f"carry the {XSRF_COOKIE} cookie's value)")
+    token_id = read_session(request.app[CONFIG].gateway.cookie_secret,
+                            request.cookies.get(SESSION_COOKIE, ""))
+    if token_id is not None:  # a single sign-on session ends for good
+        request.app[ACCOUNTS].end_session(token_id)
     response = web.HTTPSeeOther("/login")
     for name in GATEWAY_COOKIES:
         response.del_cookie(name, path="/login" if name == FORM_COOKIE else "/")

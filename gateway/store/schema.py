@@ -125,6 +125,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE events ADD COLUMN kind TEXT NOT NULL DEFAULT 'state';
     """,
+    # Single sign-on sessions: a token nobody is shown, named by the session cookie, ended by
+    # logout; it stops working at session_expires_at (API tokens have none).
+    """
+    ALTER TABLE tokens ADD COLUMN session_expires_at TEXT;
+    """,
 ]
 
 

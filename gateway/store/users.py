@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from typing import Any
 
 import sqlite_utils
 
 from ..config import IDENTIFIER, UNIX_USER
 from ..errors import BadRequest, Conflict, NotFound
-from ..timestamps import utcnow
+from ..timestamps import format_timestamp, utcnow
 from ..users import User
 
 TOKEN_PREFIX = "hpcgw_"  # noqa: S105 - a recognisable prefix, not a secret
@@ -87,6 +88,7 @@ class UserTable:
             "SELECT u.name, u.unix_user, u.is_admin AS admin, u.disabled_at, u.created_at, "
             "COUNT(t.id) AS active_tokens FROM users u "
             "LEFT JOIN tokens t ON t.user_id = u.id AND t.revoked_at IS NULL "
+            "AND t.session_expires_at IS NULL "
             "GROUP BY u.id ORDER BY u.name"
         )]
 
@@ -99,7 +101,8 @@ class UserTable:
         users, tokens = self._db.execute(
             f"SELECT (SELECT COUNT(*) FROM users u WHERE {_ENABLED}), "  # noqa: S608
             f"(SELECT COUNT(*) FROM tokens t JOIN users u ON u.id = t.user_id "
-            f"WHERE t.revoked_at IS NULL AND {_ENABLED})").fetchone()
+            f"WHERE t.revoked_at IS NULL AND t.session_expires_at IS NULL AND {_ENABLED})"
+        ).fetchone()
         return int(users), int(tokens)
 
     def issue_token(self, user: User) -> str:
@@ -108,6 +111,23 @@ class UserTable:
         self._db.table("tokens").insert(
             {"user_id": user.id, "token_hash": hash_token(token), "created_at": utcnow()})
         return token
+
+    def start_session(self, user: User, lifetime_s: float) -> int:
+        """A single sign-on session for ``user``: a token no one is shown (only its hash is
+        kept), valid for ``lifetime_s`` seconds; its id, which the session cookie names."""
+        row_id = self._db.table("tokens").insert({
+            "user_id": user.id, "token_hash": hash_token(secrets.token_urlsafe(32)),
+            "created_at": utcnow(),
+            "session_expires_at": format_timestamp(time.time() + lifetime_s)}).last_pk
+        assert row_id is not None
+        return int(row_id)
+
+    def end_session(self, token_id: int) -> bool:
+        """Revoke session ``token_id`` (an API token is left alone); whether one ended."""
+        cursor = self._db.execute(
+            "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL "
+            "AND session_expires_at IS NOT NULL", [utcnow(), token_id])
+        return cursor.rowcount == 1
 
     def revoke_tokens(self, user: User) -> int:
         cursor = self._db.execute(
@@ -126,19 +146,24 @@ class UserTable:
         return found[1] if found else None
 
     def authenticate(self, token: str) -> tuple[int, User] | None:
-        """``(token id, user)`` for a valid token (known, unrevoked, its user enabled)."""
+        """``(token id, user)`` for a valid API token (known, unrevoked, its user enabled;
+        never a session's)."""
         row = self._db.execute(
             f"SELECT t.id, {_USER_COLUMNS} FROM tokens t JOIN users u "  # noqa: S608
             f"ON u.id = t.user_id "
-            f"WHERE t.token_hash = ? AND t.revoked_at IS NULL AND {_ENABLED}",
+            f"WHERE t.token_hash = ? AND t.revoked_at IS NULL AND {_ENABLED} "
+            f"AND t.session_expires_at IS NULL",
             [hash_token(token)]).fetchone()
         return (int(row[0]), _user(row[1:])) if row else None
 
     def user_for_token_id(self, token_id: int) -> User | None:
-        """The user of a browser session's token, while that token is not revoked and the
-        user is enabled."""
+        """The user of a browser session's token (an API token the user logged in with, or
+        a single sign-on session), while it is not revoked nor expired and the user is
+        enabled."""
         row = self._db.execute(
             f"SELECT {_USER_COLUMNS} FROM tokens t JOIN users u "  # noqa: S608
             f"ON u.id = t.user_id "
-            f"WHERE t.id = ? AND t.revoked_at IS NULL AND {_ENABLED}", [token_id]).fetchone()
+            f"WHERE t.id = ? AND t.revoked_at IS NULL AND {_ENABLED} "
+            f"AND (t.session_expires_at IS NULL OR t.session_expires_at > ?)",
+            [token_id, utcnow()]).fetchone()
         return _user(row) if row else None
