@@ -178,6 +178,19 @@ provider.use(async (ctx, next) => {
     return page(ctx, 400, 'Error', `<p>${escapeHtml(err.error_description || err.message)}</p>`);
   }
   if (details.uid !== uid) return page(ctx, 400, 'Error', '<p>interaction mismatch</p>');
+  if (details.prompt.name === 'consent') {
+    // Native clients (RFC 8252 loopback redirects) always get a consent prompt from
+    // oidc-provider's policy: grant what was asked, as loadExistingGrant does for the others.
+    const grant = details.grantId
+      ? await provider.Grant.find(details.grantId)
+      : new provider.Grant({ accountId: details.session.accountId, clientId: details.params.client_id });
+    grant.addOIDCScope(String(details.params.scope ?? 'openid'));
+    const grantId = await grant.save();
+    const returnTo = await provider.interactionResult(ctx.req, ctx.res, { consent: { grantId } },
+      { mergeWithLastSubmission: true });
+    ctx.status = 303;
+    return ctx.redirect(returnTo);
+  }
   if (details.prompt.name !== 'login') {
     return page(ctx, 500, 'Error', `<p>unexpected prompt ${escapeHtml(details.prompt.name)}</p>`);
   }
