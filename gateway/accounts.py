@@ -19,8 +19,9 @@ class Accounts:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    def counts(self) -> tuple[int, int]:
-        """(users, tokens not revoked), for the metrics."""
+    def counts(self) -> tuple[int, int, int]:
+        """(enabled users, API tokens not revoked, live single sign-on sessions), for the
+        metrics."""
         return self._store.users.account_counts()
 
     def user_for_token(self, token: str) -> User | None:

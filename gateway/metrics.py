@@ -47,7 +47,7 @@ class ScrapeTimeCollector(Collector):
 
     def __init__(self, job_counts: Callable[[], Iterable[JobCount]],
                  reachability: Callable[[], dict[str, bool | None]],
-                 accounts: Callable[[], tuple[int, int]]) -> None:
+                 accounts: Callable[[], tuple[int, int, int]]) -> None:
         self._job_counts = job_counts
         self._reachability = reachability
         self._accounts = accounts
@@ -67,10 +67,13 @@ class ScrapeTimeCollector(Collector):
             if seen is not None:
                 reachable.add_metric([cluster], 1.0 if seen else 0.0)
         yield reachable
-        users, tokens = self._accounts()
-        yield GaugeMetricFamily("hpcgw_users", "Gateway users", value=users)
-        yield GaugeMetricFamily("hpcgw_active_tokens", "Tokens that are not revoked (API "
-                                "clients and browser sessions log in with them)", value=tokens)
+        users, tokens, sessions = self._accounts()
+        yield GaugeMetricFamily("hpcgw_users", "Enabled gateway users", value=users)
+        yield GaugeMetricFamily("hpcgw_active_tokens", "API tokens that are not revoked (API "
+                                "clients, and browsers that log in with a token, use them)",
+                                value=tokens)
+        yield GaugeMetricFamily("hpcgw_active_sessions", "Single sign-on browser sessions not "
+                                "ended by logout nor expired", value=sessions)
 
 
 class GatewayMetrics:

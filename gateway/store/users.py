@@ -96,14 +96,17 @@ class UserTable:
         """Every user's name by id."""
         return dict(self._db.execute("SELECT id, name FROM users").fetchall())
 
-    def account_counts(self) -> tuple[int, int]:
-        """(enabled users, their tokens not revoked)."""
-        users, tokens = self._db.execute(
+    def account_counts(self) -> tuple[int, int, int]:
+        """(enabled users, their API tokens not revoked, their single sign-on sessions not
+        ended nor expired)."""
+        live = f"t.revoked_at IS NULL AND {_ENABLED}"
+        users, tokens, sessions = self._db.execute(
             f"SELECT (SELECT COUNT(*) FROM users u WHERE {_ENABLED}), "  # noqa: S608
             f"(SELECT COUNT(*) FROM tokens t JOIN users u ON u.id = t.user_id "
-            f"WHERE t.revoked_at IS NULL AND t.session_expires_at IS NULL AND {_ENABLED})"
-        ).fetchone()
-        return int(users), int(tokens)
+            f"WHERE {live} AND t.session_expires_at IS NULL), "
+            f"(SELECT COUNT(*) FROM tokens t JOIN users u ON u.id = t.user_id "
+            f"WHERE {live} AND t.session_expires_at > ?)", [utcnow()]).fetchone()
+        return int(users), int(tokens), int(sessions)
 
     def issue_token(self, user: User) -> str:
         """A new random token for ``user``; only its hash is stored, so show it once."""

@@ -137,7 +137,7 @@ def test_a_disabled_users_browser_session_ends_too(store: Store) -> None:
     assert store.users.user_for_token_id(token_id) == alice
     store.users.set_user("alice", disabled=True)
     assert store.users.user_for_token_id(token_id) is None
-    assert store.users.account_counts() == (0, 0)  # the metrics count enabled users only
+    assert store.users.account_counts() == (0, 0, 0)  # the metrics count enabled users only
     store.users.set_user("alice", disabled=False)
     assert store.users.user_for_token_id(token_id) == alice
 
@@ -149,3 +149,16 @@ def test_user_list_shows_role_and_state(store: Store) -> None:
     listed = {user["name"]: (user["admin"], bool(user["disabled_at"]))
               for user in store.users.list_users()}
     assert listed == {"alice": (True, False), "bob": (False, True)}
+
+
+def test_sso_sessions_end_expire_and_are_counted_apart_from_tokens(store: Store) -> None:
+    alice = store.users.add_user("alice", "alice")
+    store.users.issue_token(alice)
+    live, expired = store.users.start_session(alice, 3600), store.users.start_session(alice, -1)
+    assert store.users.user_for_token_id(live) == alice
+    assert store.users.user_for_token_id(expired) is None
+    assert store.users.account_counts() == (1, 1, 1)
+    assert [user["active_tokens"] for user in store.users.list_users()] == [1]
+    assert store.users.end_session(live) and store.users.user_for_token_id(live) is None
+    api_token = store.users.authenticate(store.users.issue_token(alice))
+    assert api_token is not None and not store.users.end_session(api_token[0])  # not a session

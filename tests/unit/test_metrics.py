@@ -108,8 +108,8 @@ async def test_the_figures_follow_a_job(
         {"cluster": "dev", "partition": "gpu", "kind": "notebook"}.items()))] == 1
     assert seen[("hpcgw_cluster_reachable", frozenset({"cluster": "dev"}.items()))] == 1
     assert seen[("hpcgw_poll_cycle_seconds_count", frozenset({"cluster": "dev"}.items()))] >= 1
-    assert (seen[("hpcgw_users", frozenset())], seen[("hpcgw_active_tokens", frozenset())]) == (
-        1, 1)
+    assert [seen[(name, frozenset())] for name in (
+        "hpcgw_users", "hpcgw_active_tokens", "hpcgw_active_sessions")] == [1, 1, 0]
     backend.unreachable = True  # the poller's next look fails
     await wait_until(lambda: scrape(client), lambda s: s[
         ("hpcgw_cluster_reachable", frozenset({"cluster": "dev"}.items()))] == 0)
