@@ -15,10 +15,12 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 DEV_DIR = Path(os.environ.get("HPCGW_DEV_DIR", "/var/lib/hpcgw-dev"))
 PROVIDER = Path(__file__).resolve().parent / "oidc-provider"
@@ -29,7 +31,9 @@ LOG = DEV_DIR / "log" / "oidc-provider.log"
 INFO = DEV_DIR / "oidc.json"
 CLIENT_ID = "hpcgw-dev"
 REDIRECT = "http://127.0.0.1/login/oidc/callback"
-ACCOUNTS = {"alice": "Alice Liddell", "bob": "Bob Builder"}
+# alice and bob are the cluster's users; carol has no gateway account in the tests' gateways
+# (single sign-on refuses her, or creates her where the config says so).
+ACCOUNTS = {"alice": "Alice Liddell", "bob": "Bob Builder", "carol": "Carol Danvers"}
 NODE_MAJOR = 18  # oidc-provider 8.x runs on Node 18 (Debian 12's) and later
 
 
@@ -63,24 +67,25 @@ def ensure_modules() -> None:
     stamp.touch()
 
 
-def ensure_config() -> dict[str, object]:
-    """The provider's config, made once (random passwords and client secret), kept after."""
+def ensure_config() -> tuple[dict[str, Any], bool]:
+    """The provider's config, made once (random passwords and client secret) and kept after;
+    an account of :data:`ACCOUNTS` it lacks is added. Whether it changed."""
     DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if CONFIG.exists():
-        config: dict[str, object] = json.loads(CONFIG.read_text())
-        return config
-    config = {
+    config: dict[str, Any] = json.loads(CONFIG.read_text()) if CONFIG.exists() else {
         "clients": [{"client_id": CLIENT_ID, "client_secret": secrets.token_urlsafe(32),
                      "application_type": "native", "redirect_uris": [REDIRECT],
                      "token_endpoint_auth_method": "client_secret_basic"}],
-        "accounts": {name: {"password": secrets.token_urlsafe(12), "claims": {
-            "preferred_username": name, "email": f"{name}@example.org", "name": full}}
-            for name, full in ACCOUNTS.items()},
+        "accounts": {},
         "cookie_keys": [secrets.token_urlsafe(32)],
     }
-    CONFIG.touch(mode=0o600)
-    CONFIG.write_text(json.dumps(config, indent=2))
-    return config
+    missing = {name: full for name, full in ACCOUNTS.items() if name not in config["accounts"]}
+    for name, full in missing.items():
+        config["accounts"][name] = {"password": secrets.token_urlsafe(12), "claims": {
+            "preferred_username": name, "email": f"{name}@example.org", "name": full}}
+    if missing:
+        CONFIG.touch(mode=0o600)
+        CONFIG.write_text(json.dumps(config, indent=2))
+    return config, bool(missing)
 
 
 def running_issuer() -> str | None:
@@ -97,8 +102,17 @@ def start() -> str:
     """The provider, started unless it runs; its issuer."""
     ensure_node()
     ensure_modules()
-    config = ensure_config()
+    config, changed = ensure_config()
     issuer = running_issuer()
+    if issuer is not None and changed:
+        say("restarting the OpenID Connect provider: its accounts changed")
+        running = pid()
+        if running:
+            os.kill(running, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while running_issuer() is not None and time.monotonic() < deadline:
+                time.sleep(0.1)
+        issuer = None
     if issuer is None:
         STATE.unlink(missing_ok=True)
         with LOG.open("a") as log:
@@ -115,13 +129,12 @@ def start() -> str:
     return issuer
 
 
-def write_info(issuer: str, config: dict[str, object]) -> None:
-    client = config["clients"][0]  # type: ignore[index]
-    accounts = config["accounts"]
+def write_info(issuer: str, config: dict[str, Any]) -> None:
+    client = config["clients"][0]
     info = {"issuer": issuer, "client_id": client["client_id"],
             "client_secret": client["client_secret"],
-            "passwords": {name: account["password"]  # type: ignore[attr-defined]
-                          for name, account in accounts.items()}}  # type: ignore[attr-defined]
+            "passwords": {name: account["password"]
+                          for name, account in config["accounts"].items()}}
     INFO.touch(mode=0o600)
     INFO.write_text(json.dumps(info, indent=2))
 

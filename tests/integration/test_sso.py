@@ -35,12 +35,16 @@ def provider(dev_config: Path) -> dict[str, Any]:
     return info
 
 
+def oidc_section(provider: dict[str, Any], extra: str = "") -> str:
+    return (f'[oidc]\nissuer = "{provider["issuer"]}"\nclient_id = "{provider["client_id"]}"\n'
+            f'client_secret = "{provider["client_secret"]}"\n{extra}')
+
+
 @pytest.fixture(scope="module")
 def sso_gateway(dev_config: Path, provider: dict[str, Any],
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    extra = (f'[oidc]\nissuer = "{provider["issuer"]}"\nclient_id = "{provider["client_id"]}"\n'
-             f'client_secret = "{provider["client_secret"]}"\n')
-    with own_gateway(dev_config, tmp_path_factory.mktemp("gateway-sso"), extra) as gateway:
+    with own_gateway(dev_config, tmp_path_factory.mktemp("gateway-sso"),
+                     oidc_section(provider)) as gateway:
         yield gateway
 
 
@@ -137,3 +141,26 @@ def test_a_forged_callback_is_refused(sso_gateway: Gateway) -> None:
     assert status == 400
     assert "not started here" in body
     assert "hpcgw_session" not in cookies
+
+
+def test_an_unknown_user_is_refused_or_created_as_configured(
+        sso_gateway: Gateway, provider: dict[str, Any], browser: Browser, dev_config: Path,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """carol is the provider's but not the gateway's: refused, unless create_users."""
+    context = browser.new_context()
+    page = context.new_page()
+    sign_in(page, sso_gateway, "carol", provider["passwords"]["carol"])
+    expect(page.get_by_role("alert")).to_contain_text("carol has no account", timeout=30_000)
+    context.close()
+    with own_gateway(dev_config, tmp_path_factory.mktemp("gateway-sso-create"),
+                     oidc_section(provider, "create_users = true\n")) as creating:
+        context = browser.new_context()
+        page = context.new_page()
+        sign_in(page, creating, "carol", provider["passwords"]["carol"])
+        expect(page).to_have_url(f"{creating.url}/", timeout=30_000)
+        assert context.request.get(f"{creating.url}/api/v1/jobs").status == 200
+        context.close()
+        listed = subprocess.run([*HPCGW, "--config", str(creating.config), "user", "list"],
+                                capture_output=True, text=True, check=True, timeout=60).stdout
+        assert any(line.split()[:4] == ["carol", "carol", "no", "enabled"]
+                   for line in listed.splitlines()), listed
