@@ -12,7 +12,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from ..jobs.clusters import ClusterLink
-from . import admin, jobs, metrics, portal, problems, sessions, storage, webhooks
+from . import admin, jobs, metrics, portal, problems, sessions, storage, stream, webhooks
 from .keys import CONFIG, OPENAPI, PROXY, SERVICE, VIA_COOKIE, current_user
 from .middleware import auth_middleware, problem_middleware
 from .models import ClusterList, Health, SchedulerPartition, json_answer
@@ -111,6 +111,7 @@ def add_routes(app: web.Application) -> None:
     """Every route of the API, the browser pages and the lab proxy's path."""
     app[OPENAPI] = openapi_document(app[CONFIG])
     app.add_routes(routes)
+    stream.setup(app)
     app.add_routes(jobs.routes)
     app.add_routes(admin.routes)
     app.add_routes(sessions.routes)
