@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 PROBLEM_TYPE = "application/problem+json"
 # /metrics checks its own token (gateway/api/metrics.py), not a user's.
 PUBLIC_PATHS = frozenset({"/api/v1/openapi.json", "/api/v1/health", "/login", "/logout",
-                          "/metrics"})
+                          "/metrics", "/favicon.ico"})
 # Paths under which every page is public (the explanations of problem types, the portal's
 # scripts and style sheet).
 PUBLIC_PREFIXES = ("/problems/", "/static/")

@@ -111,6 +111,13 @@ def lab_gone_page(request: web.Request, user: User, job_id: str) -> web.Response
     return message_page(request, user, 404, "This lab is not running", lines)
 
 
+@routes.get("/favicon.ico")
+async def favicon(request: web.Request) -> web.FileResponse:
+    """The icon browsers ask for on every page (the login page's too), public."""
+    return web.FileResponse(STATIC / "favicon.svg", headers={
+        "Content-Type": "image/svg+xml", "Cache-Control": "max-age=86400"})
+
+
 def add_static(app: web.Application) -> None:
     """Serve the portal's scripts and style sheet under ``/static/`` (public: nothing in
     them is secret, and the login page may use the style sheet)."""
