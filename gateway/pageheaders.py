@@ -6,7 +6,10 @@ without one importing the other."""
 from __future__ import annotations
 
 SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
+    # The portal's own scripts (no inline script), its calls to the API and the event stream,
+    # and the frame of a job's rendered notebook (itself sandboxed, gateway.api.rendered).
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; connect-src 'self'; "
+                               "style-src 'self'; img-src 'self'; frame-src 'self'; "
                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",

@@ -11,8 +11,9 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from ..errors import NotFound
 from ..jobs.clusters import ClusterLink
-from . import admin, jobs, metrics, portal, problems, sessions, sso, storage, webhooks
+from . import admin, jobs, metrics, portal, problems, sessions, sso, storage, stream, webhooks
 from .keys import CONFIG, OPENAPI, PROXY, SERVICE, VIA_COOKIE, current_user
 from .middleware import auth_middleware, problem_middleware
 from .models import ClusterList, Health, SchedulerPartition, json_answer
@@ -111,11 +112,13 @@ def add_routes(app: web.Application) -> None:
     """Every route of the API, the browser pages and the lab proxy's path."""
     app[OPENAPI] = openapi_document(app[CONFIG])
     app.add_routes(routes)
+    stream.setup(app)
     app.add_routes(jobs.routes)
     app.add_routes(admin.routes)
     app.add_routes(sessions.routes)
     app.add_routes(sso.routes)
     app.add_routes(portal.routes)
+    portal.add_static(app)
     app.add_routes(storage.routes)
     app.add_routes(problems.routes)
     app.add_routes(metrics.routes)
@@ -131,8 +134,15 @@ def middlewares() -> list[Any]:
 
 
 async def _proxy_lab(request: web.Request) -> web.StreamResponse:
-    """Hand the request and its authenticated caller to the lab proxy."""
-    return await request.app[PROXY].handle(request, current_user(request), request[VIA_COOKIE])
+    """Hand the request and its authenticated caller to the lab proxy. A browser's page
+    request for a lab that ended or does not exist gets a page saying so (404), not JSON."""
+    user = current_user(request)
+    try:
+        return await request.app[PROXY].handle(request, user, request[VIA_COOKIE])
+    except NotFound:
+        if request.method != "GET" or "text/html" not in request.headers.get("Accept", ""):
+            raise
+        return portal.lab_gone_page(request, user, request.match_info["job_id"])
 
 
 async def _lab_root(request: web.Request) -> web.Response:

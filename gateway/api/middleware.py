@@ -21,9 +21,10 @@ log = logging.getLogger(__name__)
 PROBLEM_TYPE = "application/problem+json"
 # /metrics checks its own token (gateway/api/metrics.py), not a user's.
 PUBLIC_PATHS = frozenset({"/api/v1/openapi.json", "/api/v1/health", "/login", "/logout",
-                          "/login/oidc", "/login/oidc/callback", "/metrics"})
-# Paths under which every page is public (the explanations of problem types).
-PUBLIC_PREFIXES = ("/problems/",)
+                          "/login/oidc", "/login/oidc/callback", "/metrics", "/favicon.ico"})
+# Paths under which every page is public (the explanations of problem types, the portal's
+# scripts and style sheet).
+PUBLIC_PREFIXES = ("/problems/", "/static/")
 LAB_PREFIX = "/labs/"  # responses under it are the labs' own (see security_headers)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

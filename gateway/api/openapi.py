@@ -98,6 +98,14 @@ def _job_paths() -> dict[str, Any]:
                   "schema": {"type": "string", "minLength": 1, "maxLength": 200}}],
                 requestBody=_submit_body()),
         },
+        "/api/v1/jobs/stream": {"get": _operation(
+            "streamJobs", "Server-sent events: one `job` event per state change of your jobs "
+            "(data: the job; id: the change's event id, for Last-Event-ID), `: keep-alive` "
+            "comments between; never ends by itself",
+            {"200": {"description": "the event stream", "content": {
+                "text/event-stream": {"schema": {"type": "string"}}}},
+             "403": _PROBLEM, "422": _PROBLEM, "429": _PROBLEM},
+            _stream_parameters())},
         "/api/v1/admin/jobs": {"get": _operation(
             "listAllJobs", "Admins: every user's jobs, newest first, filtered and paged",
             {"200": _json("AdminJobList", "a page of jobs, each with its owner"),
@@ -137,6 +145,19 @@ def _job_paths() -> dict[str, Any]:
             [_ID, {"name": "path", "in": "path", "required": True,
                    "schema": {"type": "string"}}])},
     }
+
+
+def _stream_parameters() -> list[dict[str, Any]]:
+    event_id = {"type": "integer", "minimum": 0, "maximum": 2**53 - 1}
+    return [
+        {"name": "Last-Event-ID", "in": "header", "required": False, "schema": event_id,
+         "description": "resume after this event (EventSource sends it when it reconnects)"},
+        {"name": "after", "in": "query", "required": False, "schema": event_id,
+         "description": "start after this event (without Last-Event-ID); absent: with the "
+         "next change"},
+        {"name": "all", "in": "query", "required": False, "schema": {"const": "1"},
+         "description": "admins: every user's jobs, each with its owner as `user`"},
+    ]
 
 
 def _list_filters() -> list[dict[str, Any]]:

@@ -1,40 +1,124 @@
-"""The portal page: a logged-in browser's list of its labs, with links to open them."""
+"""The browser portal's pages: ``/`` (the notebook and lab forms, the caller's jobs and labs
+updated live), ``/jobs/{id}`` (one job), ``/jobs/{id}/notebook.html`` (its executed notebook,
+rendered and sandboxed), ``/admin`` (every user's jobs, admins only) and the page a browser
+gets for a lab that ended or does not exist.
+
+The pages are jinja2 templates (:mod:`.views`); what they show of jobs comes from the public
+API and the job event stream, read by the page's own scripts under ``/static/`` (no inline
+script: the CSP allows only ``script-src 'self'``). Anonymous browsers go to the login page
+(the auth middleware); another user's job is the same 404 page as a missing one.
+"""
 
 from __future__ import annotations
 
-import html
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
-from ..listing import JobQuery
-from .forms import FORM_FIELD
+from ..errors import NotFound
+from ..users import User
 from .keys import SERVICE, current_user
+from .rendered import CSP as NOTEBOOK_CSP
+from .rendered import render_notebook
 from .sessions import XSRF_COOKIE
+from .views import page
 
 routes = web.RouteTableDef()
+STATIC = Path(__file__).with_name("static")
+JOB_PAGE = "/jobs/{job_id:[0-9a-f]{16}}"
+
+
+def _frame(request: web.Request, user: User) -> dict[str, Any]:
+    """What ``base.html`` needs: the user (name, admin) and the logout form's XSRF value."""
+    return {"user": user, "xsrf": request.cookies.get(XSRF_COOKIE, "")}
 
 
 @routes.get("/")
-async def portal(request: web.Request) -> web.Response:
-    """The caller's 50 newest jobs; a logout form carrying the ``hpcgw_xsrf`` cookie's value
-    (what ``POST /logout`` checks). Everything user-controlled is HTML-escaped."""
+async def dashboard(request: web.Request) -> web.Response:
+    """The dashboard. ``after`` is the newest event when the page was made: the page's
+    script lists the jobs, then streams every change after it, so none falls in between."""
     user = current_user(request)
-    jobs = request.app[SERVICE].list_jobs(user, JobQuery(limit=50))
-    xsrf = request.cookies.get(XSRF_COOKIE, "")
-    rows = "\n".join(
-        f"<tr><td>{html.escape(job['name'])}</td><td>{html.escape(job['kind'])}</td>"
-        f"<td>{html.escape(job['state'])}</td><td>"
-        + (f'<a href="/labs/{job["id"]}/lab">open</a>' if job["state"] == "ready" else "")
-        + "</td></tr>"
-        for job in jobs
-    )
-    return web.Response(content_type="text/html", headers={"Cache-Control": "no-store"}, text=f"""\
-<!doctype html><html lang="en"><head><meta charset="utf-8"><title>hpcgw</title></head>
-<body><main><h1>hpcgw: {html.escape(user.name)}</h1>
-<table><thead><tr><th>name</th><th>kind</th><th>state</th><th></th></tr></thead>
-<tbody>{rows}</tbody></table>
-<form method="post" action="/logout">
-<input type="hidden" name="{FORM_FIELD}" value="{html.escape(xsrf)}">
-<button type="submit">Log out</button></form>
-</main></body></html>
-""")
+    return page("dashboard.html", **_frame(request, user), everyone=False,
+                after=request.app[SERVICE].event_watermark())
+
+
+@routes.get("/admin")
+async def admin(request: web.Request) -> web.Response:
+    """Every user's jobs, live (the admin API and ``?all=1`` stream); 403 page otherwise."""
+    user = current_user(request)
+    if not user.admin:
+        return message_page(request, user, 403, "Not allowed",
+                            ["Only administrators see every user's jobs."])
+    return page("dashboard.html", **_frame(request, user), everyone=True,
+                after=request.app[SERVICE].event_watermark())
+
+
+@routes.get(JOB_PAGE)
+async def job_page(request: web.Request) -> web.Response:
+    """One of the caller's jobs, live; a missing or another user's job is a 404 page."""
+    user, job_id = current_user(request), request.match_info["job_id"]
+    try:
+        request.app[SERVICE].get_job(user, job_id)
+    except NotFound:
+        return message_page(request, user, 404, "No such job",
+                            [f"There is no job {job_id} of yours."])
+    return page("job.html", **_frame(request, user), job_id=job_id,
+                after=request.app[SERVICE].event_watermark())
+
+
+@routes.get(JOB_PAGE + "/notebook.html")
+async def notebook_page(request: web.Request) -> web.Response:
+    """The executed notebook as HTML (:mod:`.rendered`), sandboxed by its CSP; 404 while
+    there is none (as a problem: it is shown in a frame of the job page)."""
+    user, job_id = current_user(request), request.match_info["job_id"]
+    service = request.app[SERVICE]
+    path = service.output_notebook(user, job_id)
+    if path is None:
+        raise NotFound("the job has no executed notebook (yet)", job_id=job_id)
+    name = service.get_job(user, job_id)["name"]
+    return web.Response(text=render_notebook(path, name), content_type="text/html",
+                        headers={"Content-Security-Policy": NOTEBOOK_CSP,
+                                 "Cache-Control": "no-store"})
+
+
+def message_page(request: web.Request, user: User | None, status: int, heading: str,
+                 lines: list[str]) -> web.Response:
+    """A page that says what happened, with a link back to the dashboard."""
+    frame: dict[str, Any] = (_frame(request, user) if user is not None
+                             else {"user": None, "xsrf": ""})
+    return page("message.html", status=status, **frame, heading=heading, lines=lines,
+                back="/", back_text="Back to your jobs")
+
+
+def lab_gone_page(request: web.Request, user: User, job_id: str) -> web.Response:
+    """What a browser gets at ``/labs/{id}/...`` for a lab that ended, is no lab, or does not
+    exist (another user's lab is one that does not exist): a page, never a JSON problem."""
+    try:
+        job = request.app[SERVICE].get_job(user, job_id)
+    except NotFound:
+        return message_page(request, user, 404, "No such lab",
+                            [f"There is no lab {job_id} of yours. It may have belonged to "
+                             "someone else, or the link is wrong."])
+    if job["kind"] != "lab":
+        lines = [f"Job {job_id} ({job['name']}) is a notebook run, not a lab."]
+    else:
+        lines = [f"The lab {job['name']} has ended: it is {job['state']}"
+                 + (f" ({job['reason']})." if job["reason"] else ".")]
+        if job["message"]:
+            lines.append(job["message"])
+        lines.append("Start a new lab from the dashboard.")
+    return message_page(request, user, 404, "This lab is not running", lines)
+
+
+@routes.get("/favicon.ico")
+async def favicon(request: web.Request) -> web.FileResponse:
+    """The icon browsers ask for on every page (the login page's too), public."""
+    return web.FileResponse(STATIC / "favicon.svg", headers={
+        "Content-Type": "image/svg+xml", "Cache-Control": "max-age=86400"})
+
+
+def add_static(app: web.Application) -> None:
+    """Serve the portal's scripts and style sheet under ``/static/`` (public: nothing in
+    them is secret, and the login page may use the style sheet)."""
+    app.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)

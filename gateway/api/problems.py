@@ -9,7 +9,7 @@ import inspect
 from aiohttp import web
 
 from ..errors import NotFound, problem_types
-from .templating import PAGES
+from .views import PAGES
 
 routes = web.RouteTableDef()
 

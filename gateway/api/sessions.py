@@ -31,7 +31,7 @@ from .forms import (
     set_form_cookie,
 )
 from .keys import ACCOUNTS, CONFIG
-from .templating import page
+from .views import page
 
 SESSION_COOKIE = "hpcgw_session"
 XSRF_COOKIE = "hpcgw_xsrf"
@@ -96,7 +96,8 @@ def login_response(request: web.Request, next_path: str, status: int = 200,
     gateway = request.app[CONFIG].gateway
     token = make_form_token(gateway.cookie_secret)
     oidc = request.app[CONFIG].oidc
-    response = page("login.html", status, next_path=next_path, form_field=FORM_FIELD,
+    response = page("login.html", status, user=None, xsrf="", next_path=next_path,
+                    form_field=FORM_FIELD,
                     form_token=token, error=error,
                     sso_label=oidc.label if oidc else "",
                     sso_query=urlencode({"next": next_path}))

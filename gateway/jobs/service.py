@@ -190,6 +190,22 @@ class JobService:
         """Every user's jobs, for an admin (:func:`.oversight.admin_jobs`; 403 otherwise)."""
         return admin_jobs(self._store, caller, query)
 
+    def event_watermark(self) -> int:
+        """The newest events row id: where a job stream asking for no earlier change starts."""
+        return self._store.feed.newest()
+
+    def job_changes(self, caller: User, after: int, *, everyone: bool = False,
+                    limit: int = 200) -> list[tuple[int, dict[str, Any]]]:
+        """``(events row id, job row with its owner as "user")`` for each state change after
+        events row ``after`` of ``caller``'s jobs (``everyone``: every user's; 403 unless an
+        admin), oldest first, at most ``limit``. The job is as it is now: one that moved twice
+        shows its current state twice."""
+        if everyone:
+            require_admin(caller)
+        items = self._store.feed.changes_since(after, None if everyone else caller.id, limit)
+        rows = {item.job_id: self._store.get_job(item.job_id) for item in items}
+        return [(item.event_id, {**rows[item.job_id], "user": item.user}) for item in items]
+
     def job_counts(self) -> list[JobCount]:
         """Every job, grouped for ``hpcgw_jobs`` (the metrics endpoint reads it per scrape)."""
         return [JobCount(*row) for row in self._store.job_counts()]

@@ -24,6 +24,7 @@ from ..listing import JobQuery
 from ..states import IN_SCHEDULER, TERMINAL, TRANSITIONS, State, check_transition
 from ..timestamps import parse_timestamp, utcnow
 from ..users import User
+from .feed import JobFeed
 from .files import loose_modes, private_database, private_dir
 from .schema import LAB_TOKENS_DROPPED, MIGRATIONS
 from .storage import StorageTable
@@ -97,6 +98,7 @@ class Store:
         self.storage = StorageTable(self.db)
         self.users = UserTable(self.db)
         self.webhooks = WebhookEvents(self.db)
+        self.feed = JobFeed(self.db)
 
     def _migrate(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]

@@ -25,8 +25,9 @@ import pytest
 from .conftest import add_users, start_gateway, stop_gateway, write_config
 
 HEADER_TIMEOUT = 2.0
-CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-       "frame-ancestors 'none'; base-uri 'none'")
+CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; "
+       "img-src 'self'; frame-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+       "base-uri 'none'")
 FIELD = re.compile(r'name="xsrf" value="([^"]*)"')
 PROBLEM = "application/problem+json"
 EVIL = "https://evil.example"

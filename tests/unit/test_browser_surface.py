@@ -29,8 +29,9 @@ if TYPE_CHECKING:
     from conftest import FakeClusters
 
 PROBLEM = "application/problem+json"
-CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-       "frame-ancestors 'none'; base-uri 'none'")
+CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; "
+       "img-src 'self'; frame-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+       "base-uri 'none'")
 FIELD = re.compile(r'name="xsrf" value="([^"]*)"')
 NOTEBOOK_LIMIT = 4096
 

@@ -811,7 +811,7 @@ async def test_login_page_escapes_next(gw: Gateway) -> None:
     page = await response.text()
     assert response.status == 200
     assert "<script>" not in page
-    assert "&lt;script&gt;" in page and "&quot;&gt;" in page
+    assert "&lt;script&gt;" in page and "&#34;&gt;" in page  # jinja2 escapes " as &#34;
     response = await gw.post_login("wrong", evil)
     page = await response.text()
     assert response.status == 401
@@ -832,9 +832,13 @@ async def test_starting_lab_page_escapes_and_only_its_owner_sees_it(
     page = await response.text()
     assert "pending" in page and "<script>" not in page
     assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+    # Another user's lab is one that does not exist: a page saying so, nothing of the lab.
     response = await gw.http.get(gw.url(quote(path)), headers=html_headers | bearer(gw.bob))
-    assert response.status == 404
-    assert response.content_type == PROBLEM
+    assert response.status == 404 and response.content_type == "text/html"
+    page = await response.text()
+    assert "No such lab" in page and "pending" not in page and "<script>" not in page
+    response = await gw.http.get(gw.url(quote(path)), headers=bearer(gw.bob))
+    assert response.status == 404 and response.content_type == PROBLEM
     response = await gw.http.get(gw.url(quote(path)), headers=bearer(gw.alice))
     assert response.status == 503
     assert response.content_type == PROBLEM

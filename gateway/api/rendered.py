@@ -1,0 +1,122 @@
+"""An executed notebook as an HTML page (``GET /jobs/{id}/notebook.html``), rendered on the
+gateway by a small renderer of its own over the notebook's JSON, never by the notebook.
+
+Nothing a notebook holds becomes markup: cell sources, text outputs, tracebacks and markdown
+are shown as text (jinja2 autoescape); ``text/html``, JavaScript and widget outputs are not
+rendered (their ``text/plain`` form is shown instead, or a note); PNG, JPEG and GIF images
+become ``data:`` URLs after a strict base64 check. The page is also served with a CSP that
+sandboxes it (``sandbox`` without ``allow-scripts`` or ``allow-same-origin``: an opaque
+origin, no script) and allows no source but its own style block and ``data:`` images, so
+markup missed here still could not run script or reach the gateway's origin.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from .views import render
+
+MAX_RENDERED_BYTES = 32 * 1024 * 1024  # a notebook bigger than this is offered for download only
+MAX_TEXT = 200_000  # characters of one output shown; the rest is cut with a note
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_BASE64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}\Z")
+STYLE = """body{font:14px/1.45 system-ui,sans-serif;margin:0;padding:.5rem;color:#1b1b1b}
+h1{font-size:1.1rem;margin:.2rem 0}
+.cell{border-left:3px solid #ccd;margin:.6rem 0;padding:.2rem .6rem}
+.md{border-left-color:#9ad;white-space:pre-wrap}
+pre{white-space:pre-wrap;word-break:break-word;margin:.3rem 0;font:13px/1.4 monospace}
+.src{background:#f4f5f7;padding:.4rem}.count{color:#555;font:12px monospace}
+.stderr{background:#fff0f0}.error{background:#fde2e2;color:#7a0000}
+.note{color:#555;font-style:italic}img{max-width:100%}"""
+STYLE_HASH = "sha256-" + base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
+CSP = (f"sandbox; default-src 'none'; style-src '{STYLE_HASH}'; img-src data:; "
+       "frame-ancestors 'self'; base-uri 'none'; form-action 'none'")
+
+
+def _text(value: Any) -> str:
+    """A notebook's multi-line string (a string or a list of strings), ANSI colours removed,
+    at most :data:`MAX_TEXT` characters."""
+    text = "".join(value) if isinstance(value, list) else str(value or "")
+    text = _ANSI.sub("", text)
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + "\n… (cut)"
+
+
+def _image(kind: str, data: Any) -> str | None:
+    """A ``data:`` URL for base64 image ``data``, or None if it is not clean base64."""
+    raw = "".join(data) if isinstance(data, list) else str(data or "")
+    raw = "".join(raw.split())
+    if not raw or not _BASE64.match(raw):
+        return None
+    try:
+        base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return f"data:{kind};base64,{raw}"
+
+
+def _output(output: dict[str, Any]) -> dict[str, str]:
+    """One output as ``{"kind": ..., "text"|"src": ...}`` for the template."""
+    kind = output.get("output_type")
+    if kind == "stream":
+        name = "stderr" if output.get("name") == "stderr" else "stdout"
+        return {"kind": name, "text": _text(output.get("text"))}
+    if kind == "error":
+        trace = _text(output.get("traceback")) if output.get("traceback") else ""
+        head = f"{output.get('ename', 'Error')}: {output.get('evalue', '')}"
+        return {"kind": "error", "text": trace or head}
+    data = output.get("data") if isinstance(output.get("data"), dict) else {}
+    assert isinstance(data, dict)
+    for image in IMAGE_TYPES:
+        if image in data:
+            src = _image(image, data[image])
+            if src is not None:
+                return {"kind": "image", "src": src}
+    if "text/plain" in data:
+        return {"kind": "stdout", "text": _text(data["text/plain"])}
+    return {"kind": "note", "text": "(an output of type "
+            f"{', '.join(sorted(map(str, data))) or 'unknown'} is not shown here; download the "
+            "notebook to see it)"}
+
+
+def notebook_cells(notebook: dict[str, Any]) -> list[dict[str, Any]]:
+    """The cells of a v4 notebook (parsed JSON) as the template shows them; anything that
+    does not have the expected shape is skipped or shown as text."""
+    cells = notebook.get("cells") if isinstance(notebook.get("cells"), list) else []
+    shown = []
+    for cell in cells or []:
+        if not isinstance(cell, dict):
+            continue
+        outputs = cell.get("outputs") if isinstance(cell.get("outputs"), list) else []
+        shown.append({
+            "type": "markdown" if cell.get("cell_type") == "markdown" else "code"
+            if cell.get("cell_type") == "code" else "raw",
+            "source": _text(cell.get("source")),
+            "count": cell.get("execution_count") if isinstance(
+                cell.get("execution_count"), int) else None,
+            "outputs": [_output(o) for o in outputs or [] if isinstance(o, dict)],
+        })
+    return shown
+
+
+def render_notebook(path: Path, title: str) -> str:
+    """The page for the notebook at ``path``; a short page saying why when it is too big or
+    not a notebook's JSON."""
+    if path.stat().st_size > MAX_RENDERED_BYTES:
+        return render("notebook.html", title=title, style=STYLE, cells=[],
+                      problem="The notebook is too big to show here; download it instead.")
+    try:
+        notebook = json.loads(path.read_bytes())
+    except ValueError:
+        notebook = None
+    if not isinstance(notebook, dict):
+        return render("notebook.html", title=title, style=STYLE, cells=[],
+                      problem="The executed notebook could not be read.")
+    return render("notebook.html", title=title, style=STYLE, cells=notebook_cells(notebook),
+                  problem="")

@@ -1,0 +1,44 @@
+"""The store's side of the job event stream (``GET /api/v1/jobs/stream``): which jobs changed
+state after a given events row, in the order they changed.
+
+Only state changes count (``kind = 'state'``); webhook delivery rows never appear in a feed.
+The events row id is the stream's event id, so a client resumes after the last row it saw.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import sqlite_utils
+
+from .webhooks import STATE
+
+
+class FeedItem(NamedTuple):
+    """One state change: its events row, the job it moved and the job's owner (a name)."""
+
+    event_id: int
+    job_id: str
+    user: str
+
+
+class JobFeed:
+    """Reads state changes of one user's jobs, or of every user's."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    def newest(self) -> int:
+        """The id of the newest events row (0 if none), state change or not."""
+        return int(self.db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+
+    def changes_since(self, event_id: int, user_id: int | None,
+                      limit: int = 200) -> list[FeedItem]:
+        """The state changes after events row ``event_id`` of ``user_id``'s jobs (None: every
+        user's), oldest first, at most ``limit``. A job that moved twice is listed twice."""
+        rows = self.db.execute(
+            "SELECT e.id, e.job_id, u.name FROM events e JOIN jobs j ON j.id = e.job_id "
+            "JOIN users u ON u.id = j.user_id WHERE e.id > ? AND e.kind = ? "
+            "AND (? IS NULL OR j.user_id = ?) ORDER BY e.id LIMIT ?",
+            [event_id, STATE, user_id, user_id, limit]).fetchall()
+        return [FeedItem(int(row[0]), str(row[1]), str(row[2])) for row in rows]

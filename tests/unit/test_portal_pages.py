@@ -1,0 +1,179 @@
+"""The portal's pages against the fake cluster: the dashboard, the job page, the admin page,
+the rendered notebook (sanitised, sandboxed), the page for an ended or unknown lab, the
+static files; and the browser-side parameter parser (params.js, run with node)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from gateway.api.rendered import CSP, STYLE_HASH, notebook_cells, render_notebook
+from gateway.config import parse_config
+from gateway.server import STORE, make_app
+
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
+STATIC = Path(__file__).resolve().parents[2] / "gateway" / "api" / "static"
+HOSTILE = ['<script>alert(1)</script>', '<img src=x onerror=alert(1)>', 'javascript:alert(1)']
+PAGE = {"Accept": "text/html"}
+
+
+@pytest.fixture
+async def site(tmp_path: Path, aiohttp_client: ClientFactory, fake_clusters: Any,
+               make_raw_config: Callable[..., dict[str, Any]]
+               ) -> tuple[TestClient[Any, Any], dict[str, str]]:
+    app = make_app(parse_config(make_raw_config(tmp_path / "data")), cluster_factory=fake_clusters)
+    client = await aiohttp_client(app)
+    users = app[STORE].users
+    tokens = {name: users.issue_token(users.add_user(name, name, admin=name == "root"))
+              for name in ("alice", "bob", "root")}
+    return client, tokens
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", **PAGE}
+
+
+async def test_dashboard_admin_and_job_pages(site: tuple[TestClient[Any, Any], dict[str, str]]
+                                             ) -> None:
+    client, tokens = site
+    page = await client.get("/", headers=auth(tokens["alice"]))
+    text = await page.text()
+    assert page.status == 200 and "Run a notebook" in text and "Start a lab" in text
+    assert '<script type="module" src="/static/dashboard.js">' in text
+    assert "<script>" not in text  # no inline script: the CSP allows none
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    refused = await client.get("/admin", headers=auth(tokens["alice"]))
+    assert refused.status == 403 and "Only administrators" in await refused.text()
+    allowed = await client.get("/admin", headers=auth(tokens["root"]))
+    assert allowed.status == 200 and "Every user&#39;s jobs" in await allowed.text()
+    lab = await client.post("/api/v1/jobs", json={"kind": "lab", "name": HOSTILE[0]},
+                            headers={"Authorization": f"Bearer {tokens['alice']}"})
+    job_id = (await lab.json())["id"]
+    mine = await client.get(f"/jobs/{job_id}", headers=auth(tokens["alice"]))
+    assert mine.status == 200 and f'data-job="{job_id}"' in await mine.text()
+    theirs = await client.get(f"/jobs/{job_id}", headers=auth(tokens["bob"]))
+    assert theirs.status == 404 and "No such job" in await theirs.text()
+    anonymous = await client.get("/", headers=PAGE, allow_redirects=False)
+    assert anonymous.status == 302 and anonymous.headers["Location"].startswith("/login")
+
+
+async def test_static_files_are_public(site: tuple[TestClient[Any, Any], dict[str, str]]
+                                       ) -> None:
+    client, _ = site
+    script = await client.get("/static/common.js")
+    assert script.status == 200 and "javascript" in script.headers["Content-Type"]
+    assert (await client.get("/static/nothing.js")).status == 404
+
+
+async def test_an_ended_or_unknown_lab_gets_a_page(
+        site: tuple[TestClient[Any, Any], dict[str, str]]) -> None:
+    client, tokens = site
+    bearer = {"Authorization": f"Bearer {tokens['alice']}"}
+    lab = await (await client.post("/api/v1/jobs", json={"kind": "lab", "name": HOSTILE[1]},
+                                   headers=bearer)).json()
+    await client.post(f"/api/v1/jobs/{lab['id']}/cancel", headers=bearer)
+    for _ in range(500):  # the fake cluster moves the lab to cancelled within a few polls
+        state = (await (await client.get(f"/api/v1/jobs/{lab['id']}", headers=bearer)).json())
+        if state["state"] == "cancelled":
+            break
+        await asyncio.sleep(0.02)
+    ended = await client.get(f"/labs/{lab['id']}/lab", headers=auth(tokens["alice"]))
+    text = await ended.text()
+    assert ended.status == 404 and ended.content_type == "text/html"
+    assert "has ended" in text and '<a href="/">' in text
+    assert HOSTILE[1] not in text and "&lt;img src=x onerror=alert(1)&gt;" in text
+    unknown = await client.get("/labs/0123456789abcdef/lab", headers=auth(tokens["alice"]))
+    assert unknown.status == 404 and "No such lab" in await unknown.text()
+    as_api = await client.get(f"/labs/{lab['id']}/api/status", headers=bearer)
+    assert as_api.content_type == "application/problem+json"  # not a browser: a problem
+
+
+def hostile_notebook() -> dict[str, Any]:
+    return {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+        {"cell_type": "markdown", "metadata": {}, "source": HOSTILE},
+        {"cell_type": "code", "metadata": {}, "execution_count": 1, "source": "print(1)",
+         "outputs": [
+             {"output_type": "stream", "name": "stdout", "text": HOSTILE[0]},
+             {"output_type": "display_data", "metadata": {},
+              "data": {"text/html": HOSTILE[1], "text/plain": HOSTILE[2]}},
+             {"output_type": "display_data", "metadata": {},
+              "data": {"application/javascript": "alert(1)"}},
+             {"output_type": "display_data", "metadata": {},
+              "data": {"image/png": "iVBORw0KGgo=\n"}},
+             {"output_type": "display_data", "metadata": {},
+              "data": {"image/png": "\"><script>alert(1)</script>"}},
+             {"output_type": "error", "ename": "E", "evalue": HOSTILE[0],
+              "traceback": ["\x1b[31m" + HOSTILE[1] + "\x1b[0m"]}]}]}
+
+
+def test_the_rendered_notebook_shows_markup_as_text(tmp_path: Path) -> None:
+    path = tmp_path / "output.ipynb"
+    path.write_text(json.dumps(hostile_notebook()))
+    html = render_notebook(path, HOSTILE[0])
+    for text in HOSTILE[:2]:
+        assert text not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert html.count("<script") == 0 and "<img src=x" not in html
+    assert 'src="data:image/png;base64,iVBORw0KGgo="' in html
+    assert "application/javascript" in html  # named in a note, never run
+    assert "\x1b" not in html
+    assert html.count("<img ") == 1  # the bad base64 image is not an image
+
+
+def test_the_notebook_csp_sandboxes_and_allows_only_its_style() -> None:
+    assert CSP.startswith("sandbox;") and "allow-scripts" not in CSP
+    assert f"style-src '{STYLE_HASH}'" in CSP and "script-src" not in CSP
+
+
+def test_cells_of_an_odd_notebook_are_skipped_not_fatal() -> None:
+    assert notebook_cells({"cells": [1, {"cell_type": "code", "outputs": "x"}]}) == [
+        {"type": "code", "source": "", "count": None, "outputs": []}]
+
+
+async def test_the_rendered_notebook_route(site: tuple[TestClient[Any, Any], dict[str, str]]
+                                           ) -> None:
+    client, tokens = site
+    missing = await client.get("/jobs/0123456789abcdef/notebook.html",
+                               headers=auth(tokens["alice"]))
+    assert missing.status == 404
+
+
+NODE = shutil.which("node")
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed")
+def test_params_js_reads_the_parameters_cell(tmp_path: Path) -> None:
+    source = ("alpha = 0.1  # learning rate\nepochs: int = 3\nname = 'it''s'\n"
+              "label = \"<script>x</script>\"\nflag = True\nnothing = None\n"
+              "items = [1, 2]\nimport os\nif = 3\nbig = 1_000\n")
+    notebook = {"cells": [{"cell_type": "code", "metadata": {"tags": ["parameters"]},
+                           "source": source}]}
+    script = tmp_path / "check.mjs"
+    script.write_text(
+        f"import * as p from {json.dumps((STATIC / 'params.js').as_uri())};\n"
+        f"const params = p.findParameters({json.dumps(notebook)});\n"
+        "const changed = p.changedParameters(params, {alpha: 0.1, epochs: 5, flag: true});\n"
+        "console.log(JSON.stringify({params, changed, "
+        "bad: p.readValue({type: 'int'}, '1.5'), none: p.findParameters({cells: []})}));\n")
+    run = subprocess.run([NODE, str(script)], capture_output=True, text=True, timeout=60,
+                         check=True)
+    answer = json.loads(run.stdout)
+    assert answer["params"] == [
+        {"name": "alpha", "type": "float", "value": 0.1},
+        {"name": "epochs", "type": "int", "value": 3},
+        {"name": "label", "type": "str", "value": "<script>x</script>"},
+        {"name": "flag", "type": "bool", "value": True},
+        {"name": "nothing", "type": "none", "value": None},
+        {"name": "big", "type": "int", "value": 1000},
+    ]
+    assert answer["changed"] == {"epochs": 5}
+    assert answer["bad"] == {"error": "a whole number"} and answer["none"] == []
