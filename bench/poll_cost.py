@@ -4,7 +4,7 @@ design.md §5: "one squeue per poll cycle whatever the number of jobs; parsing a
 tracked jobs (from recorded squeue output) costs < 50 ms of gateway CPU per cycle".
 
 For N = 10, 1,000 and 10,000 tracked jobs this builds a store (gateway.store.Store on a temp dir)
-with N jobs in ``pending``/``running`` and a recorded ``squeue -h -a -t all -o "%i|%T|%r|%N|%u"``
+with N jobs in ``pending``/``running`` and a recorded ``squeue -h -a -t all -o "%i|%T|%r|%N|%u|%S"``
 text listing them (plus recently COMPLETED gateway jobs and other users' jobs, as a real queue
 has). A fake transport answers squeue with that text instantly (sacct: empty) and counts every
 scheduler command, so what is measured is the gateway's own work. One cycle is what
@@ -50,7 +50,7 @@ from gateway.jobs.context import JobContext
 from gateway.jobs.poller import next_interval, poll_once
 from gateway.jobs.tracked import TrackedJobs
 from gateway.scheduler import load_backend
-from gateway.scheduler.slurm_output import SQUEUE_FORMAT, parse_squeue
+from gateway.scheduler.slurm_output import SQUEUE_ENV, SQUEUE_FORMAT, parse_squeue
 from gateway.spec import parse_spec, resolve_spec
 from gateway.states import State
 from gateway.store import Store
@@ -58,7 +58,7 @@ from gateway.templates import make_environment
 from gateway.transport import RemoteFileMissing
 from gateway.transport.base import CommandResult
 
-SQUEUE_ARGV = ["squeue", "-h", "-a", "-t", "all", "-o", SQUEUE_FORMAT]
+SQUEUE_ARGV = ["env", SQUEUE_ENV, "squeue", "-h", "-a", "-t", "all", "-o", SQUEUE_FORMAT]
 CHANGE_FRACTION = 0.01
 WARMUP_CYCLES = 2
 
@@ -74,8 +74,9 @@ class RecordedTransport:
         self, argv: Sequence[str], *, user: str | None, stdin: bytes | None = None,
         timeout: float | None = None, check: bool = True,
     ) -> CommandResult:
-        self.calls[argv[0]] += 1
-        out = self.squeue_text if argv[0] == "squeue" else b""
+        name = argv[2] if argv[0] == "env" else argv[0]  # env SLURM_TIME_FORMAT=%s squeue
+        self.calls[name] += 1
+        out = self.squeue_text if name == "squeue" else b""
         return CommandResult(list(argv), 0, out, "")
 
     async def put_files(self, directory: str, files: Mapping[str, bytes], *, user: str) -> None:
@@ -180,7 +181,7 @@ class Fleet:
             self.queue[self._slurm_id()] = [state, reason, node, "carol"]
 
     def squeue_text(self) -> bytes:
-        lines = [f"{sid}|{s}|{r}|{n}|{u}" for sid, (s, r, n, u) in self.queue.items()]
+        lines = [f"{sid}|{s}|{r}|{n}|{u}|N/A" for sid, (s, r, n, u) in self.queue.items()]
         return ("\n".join(lines) + "\n").encode()
 
     def change(self, fraction: float) -> int:

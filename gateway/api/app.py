@@ -92,6 +92,7 @@ async def clusters(request: web.Request) -> web.Response:
                         "description": image.description}
                        for name, image in config.images.items()],
             "default_image": config.default_image,
+            "lab_idle_timeout": request.app[CONFIG].labs.idle_timeout,
         })
     return json_answer(ClusterList.model_validate({"clusters": answer}))
 

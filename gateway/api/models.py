@@ -44,6 +44,8 @@ class Job(_Answer):
     cluster: str
     state: State
     pending_reason: str | None = Field(description="Slurm's reason while the job is pending")
+    expected_start: Stamp | None = Field(
+        description="while pending: when Slurm expects the job to start, if it knows")
     reason: Reason | None = Field(description="why the job reached its terminal state")
     message: str | None = Field(description="a sentence about the last state change")
     slurm_job_id: str | None
@@ -70,6 +72,9 @@ class Job(_Answer):
     progress: Progress | None = Field(description="notebook runs: cells done and in all")
     scheduler_reachable: bool
     notebook_available: bool = Field(description="whether GET .../notebook has a notebook")
+    last_activity: Stamp | None = Field(
+        description="labs: the last traffic or busy kernel the gateway recorded (to within "
+        "seconds); the lab is stopped lab_idle_timeout seconds after it")
     lab_url: str | None = Field(None, description="labs: where the browser opens the lab")
     created_at: Stamp
     updated_at: Stamp
@@ -181,6 +186,8 @@ class Cluster(_Answer):
     kernels: list[str]
     images: list[Image]
     default_image: str | None
+    lab_idle_timeout: float = Field(
+        description="seconds without traffic or a busy kernel after which a lab is stopped")
 
 
 class ClusterList(_Answer):

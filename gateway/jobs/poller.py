@@ -169,8 +169,10 @@ def apply_status(cycle: Cycle, job: dict[str, Any], status: SchedulerStatus) -> 
     """Add to ``cycle`` what ``status`` means for ``job`` (a tracked row), if anything."""
     job_id, state = job["id"], job["state"]
     if status.state is SchedulerState.PENDING:
-        if state == State.PENDING and status.pending_reason != job["pending_reason"]:
-            cycle.update(job_id, pending_reason=status.pending_reason)
+        if state == State.PENDING and (status.pending_reason != job["pending_reason"]
+                                       or status.expected_start != job["expected_start"]):
+            cycle.update(job_id, pending_reason=status.pending_reason,
+                         expected_start=status.expected_start)
     elif status.state is SchedulerState.RUNNING:
         if state == State.PENDING:
             cycle.moves.append(Move(job_id, State.RUNNING, {"node": status.node}))

@@ -465,8 +465,12 @@ def job_view(job: dict[str, Any]) -> dict[str, Any]:
     view["progress"] = json.loads(job["progress"]) if job.get("progress") else None
     if job.get("warning"):  # kept whatever the job's later states say
         view["message"] = "; ".join(filter(None, [job["message"], job["warning"]]))
+    view["expected_start"] = job["expected_start"] if job["state"] == State.PENDING else None
     view["scheduler_reachable"] = bool(job["scheduler_reachable"])
     view["notebook_available"] = bool(job["has_notebook"])
+    view["last_activity"] = None
     if job["kind"] == "lab":
         view["lab_url"] = f"/labs/{job['id']}/lab"
+        stamps = [job[key] for key in ("last_activity", "started_at") if job.get(key)]
+        view["last_activity"] = max(stamps) if stamps else None  # same-format stamps
     return view

@@ -50,6 +50,8 @@ class SchedulerStatus(NamedTuple):
     exit_code: int | None = None
     tag: str | None = None
     user: str | None = None
+    # While pending: when Slurm expects the job to start (a stamp), if it knows.
+    expected_start: str | None = None
 
 
 class SchedulerBackend(Protocol):

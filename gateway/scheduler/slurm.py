@@ -22,6 +22,7 @@ from .options import SubmitOptions
 from .slurm_output import (
     SACCT_FIELDS,
     SINFO_FORMAT,
+    SQUEUE_ENV,
     SQUEUE_FORMAT,
     TAG_PREFIX,
     SqueueCache,
@@ -76,6 +77,11 @@ def sbatch_argv(options: SubmitOptions) -> list[str]:
     return argv
 
 
+def _name(argv: list[str]) -> str:
+    """The Slurm command ``argv`` runs (past a leading ``env VAR=value``)."""
+    return argv[2] if argv[0] == "env" else argv[0]
+
+
 class SlurmCLIBackend:
     """The default scheduler backend: Slurm's CLI, run through the cluster's transport."""
 
@@ -91,10 +97,10 @@ class SlurmCLIBackend:
             result = await self._transport.run(
                 argv, user=user, stdin=stdin, timeout=self._timeout)
         except CommandTimeout as exc:
-            raise ClusterUnavailable(f"{argv[0]} timed out after {exc.timeout:g}s") from exc
+            raise ClusterUnavailable(f"{_name(argv)} timed out after {exc.timeout:g}s") from exc
         except CommandFailed as exc:
             if exc.returncode is None or _UNREACHABLE.search(exc.stderr):
-                raise ClusterUnavailable(f"{argv[0]}: {exc.stderr.strip()[-300:]}") from exc
+                raise ClusterUnavailable(f"{_name(argv)}: {exc.stderr.strip()[-300:]}") from exc
             raise
         return result.text
 
@@ -111,7 +117,8 @@ class SlurmCLIBackend:
         return job_id
 
     async def _squeue_text(self) -> str:
-        return await self._query(["squeue", "-h", "-a", "-t", "all", "-o", SQUEUE_FORMAT])
+        return await self._query(["env", SQUEUE_ENV, "squeue", "-h", "-a", "-t", "all", "-o",
+                                  SQUEUE_FORMAT])
 
     async def _accounting(self, job_ids: list[str]) -> dict[str, SchedulerStatus]:
         base = ["sacct", "-X", "-n", "-P", "-o", SACCT_FIELDS, "-j", ",".join(job_ids)]

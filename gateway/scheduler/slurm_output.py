@@ -5,8 +5,8 @@ or name) raw, newlines included, so a field a user controls could print whole ex
 rules, therefore:
 
 - The text formats the gateway parses hold no user-set field: ``SQUEUE_FORMAT`` is id, state,
-  reason, node and user, all written by Slurm. The tag lookup, which needs the comment, reads
-  ``squeue --json``, where a comment is one JSON string whatever it holds.
+  reason, node, user and start time, all written by Slurm. The tag lookup, which needs the
+  comment, reads ``squeue --json``, where a comment is one JSON string whatever it holds.
 - A line is parsed strictly: the number of fields, a numeric id, a known state word, a user and
   a node that look like names. A line that fails is skipped and logged, never an error for the
   whole cycle. An id that appears on more than one line is skipped (it cannot be told which
@@ -26,13 +26,17 @@ from collections import Counter
 from typing import Any
 
 from ..errors import SchedulerError
+from ..timestamps import format_timestamp
 from .base import SchedulerState, SchedulerStatus
 
 log = logging.getLogger(__name__)
 
 TAG_PREFIX = "hpcgw:"
 FIELD_SEP = "|"
-SQUEUE_FORMAT = "%i|%T|%r|%N|%u"
+SQUEUE_FORMAT = "%i|%T|%r|%N|%u|%S"
+# squeue runs with SLURM_TIME_FORMAT=%s: %S (a pending job's expected start, a running job's
+# start) is then seconds since the epoch, whatever the cluster's time zone.
+SQUEUE_ENV = "SLURM_TIME_FORMAT=%s"
 SACCT_FIELDS = "JobID,State,ExitCode,NodeList,User"
 SINFO_FORMAT = "%R|%a|%l|%D|%G|%c|%m|%T"
 MAX_JSON_BYTES = 256 * 1024 * 1024  # squeue --json for ~50,000 jobs
@@ -45,6 +49,8 @@ _NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 # user does; printable text of bounded length.
 _REASON = re.compile(r"^[^\x00-\x1f\x7f|]{1,200}\Z")
 # sacct -c prints "alice(1001)".
+_EPOCH = re.compile(r"^[0-9]{1,10}\Z")
+_NO_TIME = frozenset({"N/A", "Unknown", "None", "0"})
 _USER_WITH_UID = re.compile(r"^([a-z_][a-z0-9_-]{0,31})(?:\([0-9]+\))?\Z")
 
 _STATE_MAP: dict[str, SchedulerState] = {
@@ -106,18 +112,30 @@ def parse_squeue_line(line: str) -> SchedulerStatus:
     """One line of ``squeue -h -a -t all -o SQUEUE_FORMAT``; SchedulerError if it is not
     exactly what Slurm prints for a job."""
     parts = line.split(FIELD_SEP)
-    if len(parts) != 5:
+    if len(parts) != 6:
         raise SchedulerError(f"unexpected squeue line {line[:200]!r}")
-    job_id, state, reason, node, user = parts
+    job_id, state, reason, node, user, start = parts
     _checked(job_id, _JOB_ID, "job id")
+    mapped = map_state(state)
     return SchedulerStatus(
         job_id=job_id,
-        state=map_state(state),
+        state=mapped,
         raw_state=state,
         pending_reason=_checked(_null(reason), _REASON, "reason"),
         node=_checked(_null(node), _NODE, "node"),
         user=_user(user),
+        expected_start=_start(start) if mapped is SchedulerState.PENDING else None,
     )
+
+
+def _start(value: str) -> str | None:
+    """``%S`` under ``SLURM_TIME_FORMAT=%s``: epoch seconds as a stamp; None when Slurm does
+    not know (``N/A``, ``Unknown``); SchedulerError for anything else."""
+    if value in _NO_TIME:
+        return None
+    if not _EPOCH.match(value):
+        raise SchedulerError(f"unexpected start time {value[:40]!r}")
+    return format_timestamp(int(value))
 
 
 def _line_id(line: str) -> str:

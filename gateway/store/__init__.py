@@ -36,8 +36,8 @@ __all__ = ["LAB_TOKENS_DROPPED", "MIGRATIONS", "TOKEN_PREFIX", "Move", "Store", 
 
 log = logging.getLogger(__name__)
 
-TRACKED_COLUMNS = ("id", "state", "slurm_job_id", "pending_reason", "scheduler_reachable",
-                   "cancel_requested", "unix_user", "created_at")
+TRACKED_COLUMNS = ("id", "state", "slurm_job_id", "pending_reason", "expected_start",
+                   "scheduler_reachable", "cancel_requested", "unix_user", "created_at")
 
 
 class Move(NamedTuple):

@@ -130,6 +130,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE tokens ADD COLUMN session_expires_at TEXT;
     """,
+    # While a job is pending: when Slurm expects it to start (squeue's %S), if it knows.
+    """
+    ALTER TABLE jobs ADD COLUMN expected_start TEXT;
+    """,
 ]
 
 

@@ -1,6 +1,6 @@
 """SubmitOptions against the real Slurm: every option given as an sbatch argument (the script
 holds no #SBATCH line) is what slurmctld records for the job, and the job runs as alice in her
-own directory."""
+own directory; and what the backend reads back of a pending job (its expected start)."""
 
 from __future__ import annotations
 
@@ -99,3 +99,29 @@ async def test_slurm_records_every_submit_option(
     assert output == f"hello\njob id {tag}\n".encode()  # --export reached the job
     found = await backend.find_by_tag(tag, user="alice")
     assert found is not None and found.job_id == slurm_job_id
+
+
+@pytest.mark.parametrize("transport_name", ["local", "ssh"])
+async def test_status_carries_when_slurm_expects_a_pending_job_to_start(
+        dev_config: Path, transport_name: str) -> None:
+    """squeue's %S, read as epoch seconds whatever the cluster's zone, on both transports: a
+    job held with --begin shows that time as its expected start."""
+    config = load_config(dev_config if transport_name == "local"
+                         else dev_config.with_name("gateway-ssh.toml"))
+    cluster = config.clusters[0]
+    begin = int(time.time()) + 3600
+    held = subprocess.run(
+        ["sudo", "-n", "-u", "alice", "--", "sbatch", "--parsable", "-o", "/dev/null",
+         f"--begin={time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(begin))}",
+         "--wrap", "true"], capture_output=True, text=True, check=True, timeout=30)
+    slurm_job_id = held.stdout.strip().split(";")[0]
+    transport = load_transport(cluster)
+    try:
+        status = (await SlurmCLIBackend(cluster, transport).status_many([slurm_job_id]))[
+            slurm_job_id]
+        assert status.pending_reason == "BeginTime"
+        assert status.expected_start == time.strftime("%Y-%m-%dT%H:%M:%S.000Z",
+                                                      time.gmtime(begin))
+    finally:
+        subprocess.run(["scancel", slurm_job_id], timeout=30)
+        await transport.close()

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient
 
 from gateway.config import ClusterConfig, Config, parse_config
 from gateway.errors import ClusterUnavailable
@@ -155,6 +157,8 @@ class FakeBackend:
     # Slurm job id -> the user the scheduler reports (default: whoever submitted it).
     users: dict[str, str] = field(default_factory=dict)
     cancels: list[tuple[str, str]] = field(default_factory=list)
+    # Slurm job id -> when a pending job is expected to start (squeue's %S), if set.
+    expected_starts: dict[str, str] = field(default_factory=dict)
     status_calls: int = 0
     # While set, every call fails the way an unreachable slurmctld does.
     unreachable: bool = False
@@ -185,7 +189,9 @@ class FakeBackend:
             job_id=job_id, state=state, raw_state=state.value,
             pending_reason="Priority" if state is SchedulerState.PENDING else None,
             node=None if state is SchedulerState.PENDING else "vm", tag=submission.tag,
-            user=self.users.get(job_id, submission.user))
+            user=self.users.get(job_id, submission.user),
+            expected_start=(self.expected_starts.get(job_id)
+                            if state is SchedulerState.PENDING else None))
 
     async def status_many(self, job_ids: Iterable[str]) -> dict[str, SchedulerStatus]:
         self.status_calls += 1
@@ -261,3 +267,49 @@ def make_notebook() -> Callable[..., bytes]:
 @pytest.fixture
 def fake_clusters() -> FakeClusters:
     return FakeClusters()
+
+
+@dataclass
+class Site:
+    """A whole gateway app on the fake cluster, with users alice, bob and root (an admin)."""
+
+    client: TestClient[Any, Any]
+    store: Store
+    cluster: FakeCluster
+    tokens: dict[str, str]
+
+    def auth(self, name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[name]}"}
+
+    async def lab(self, name: str) -> dict[str, Any]:
+        """A new lab of user ``name`` (201 asserted)."""
+        response = await self.client.post("/api/v1/jobs", json={"kind": "lab", "time": "00:10:00"},
+                                          headers=self.auth(name))
+        assert response.status == 201, await response.text()
+        job: dict[str, Any] = await response.json()
+        return job
+
+    async def wait(self, job_id: str, *states: str) -> dict[str, Any]:
+        """The job's row once it is in one of ``states`` (10 s deadline)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while True:
+            job = self.store.get_job(job_id)
+            if job["state"] in states:
+                return job
+            assert loop.time() < deadline, f"{job_id} stayed {job['state']}, not {states}"
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def site(tmp_path: Path, aiohttp_client: Any, fake_clusters: FakeClusters,
+               make_raw_config: Callable[..., dict[str, Any]]) -> Site:
+    from gateway.server import STORE, make_app  # the app's own modules, only where needed
+
+    app = make_app(parse_config(make_raw_config(tmp_path / "data")),
+                   cluster_factory=fake_clusters)
+    client = await aiohttp_client(app)
+    users = app[STORE].users
+    tokens = {name: users.issue_token(users.add_user(name, name, admin=name == "root"))
+              for name in ("alice", "bob", "root")}
+    return Site(client, app[STORE], fake_clusters.by_name["dev"], tokens)

@@ -6,64 +6,13 @@ tests/integration/test_admin.py.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
-
-from gateway.config import parse_config
 from gateway.jobs.oversight import set_user
-from gateway.server import STORE, make_app
 from gateway.store import Store
 
 if TYPE_CHECKING:
-    from conftest import FakeCluster, FakeClusters
-
-ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
-LAB = {"kind": "lab", "time": "00:10:00"}
-
-
-@dataclass
-class Site:
-    client: TestClient[Any, Any]
-    store: Store
-    cluster: FakeCluster
-    tokens: dict[str, str]
-
-    def auth(self, name: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.tokens[name]}"}
-
-    async def lab(self, name: str) -> dict[str, Any]:
-        response = await self.client.post("/api/v1/jobs", json=LAB, headers=self.auth(name))
-        assert response.status == 201, await response.text()
-        job: dict[str, Any] = await response.json()
-        return job
-
-    async def wait(self, job_id: str, *states: str) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10
-        while True:
-            job = self.store.get_job(job_id)
-            if job["state"] in states:
-                return job
-            assert loop.time() < deadline, f"{job_id} stayed {job['state']}, not {states}"
-            await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-async def site(tmp_path: Path, aiohttp_client: ClientFactory, fake_clusters: FakeClusters,
-               make_raw_config: Callable[..., dict[str, Any]]) -> Site:
-    app = make_app(parse_config(make_raw_config(tmp_path / "data")), cluster_factory=fake_clusters)
-    client = await aiohttp_client(app)
-    users = app[STORE].users
-    tokens = {name: users.issue_token(users.add_user(name, name, admin=name == "root"))
-              for name in ("alice", "bob", "root")}
-    return Site(client, app[STORE], fake_clusters.by_name["dev"], tokens)
+    from conftest import Site
 
 
 async def test_only_an_admin_lists_every_users_jobs(site: Site) -> None:
@@ -162,3 +111,4 @@ def test_sso_sessions_end_expire_and_are_counted_apart_from_tokens(store: Store)
     assert store.users.end_session(live) and store.users.user_for_token_id(live) is None
     api_token = store.users.authenticate(store.users.issue_token(alice))
     assert api_token is not None and not store.users.end_session(api_token[0])  # not a session
+

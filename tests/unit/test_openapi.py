@@ -64,11 +64,13 @@ def test_operations_have_ids_and_authenticated_ones_answer_401() -> None:
 
 def test_every_job_field_is_in_the_schema_and_required() -> None:
     job = openapi_document()["components"]["schemas"]["Job"]
-    expected = {"id", "kind", "name", "cluster", "state", "pending_reason", "reason", "message",
+    expected = {"id", "kind", "name", "cluster", "state", "pending_reason", "expected_start",
+                "reason", "message",
                 "slurm_job_id", "node", "exit_code", "partition", "account", "qos",
                 "constraint", "reservation", "cpus", "gpus", "gpu_type", "memory", "time",
                 "image", "kernel", "parameters", "inputs", "outputs", "persist", "webhook",
-                "progress", "scheduler_reachable", "notebook_available", "lab_url", "created_at",
+                "progress", "scheduler_reachable", "notebook_available", "lab_url", "last_activity",
+                "created_at",
                 "updated_at", "started_at", "ended_at", "artifacts_removed_at"}
     assert set(job["properties"]) == expected
     assert set(job["required"]) == expected

@@ -23,17 +23,17 @@ from gateway.scheduler.slurm_output import (
 )
 
 SQUEUE = """\
-2|RUNNING|None|vm|alice
-7|PENDING|Resources|(null)|bob
-8|PENDING|Priority||carol
-11|COMPLETING|None|vm|alice
-12|RUNNING|None|vm|dave
+2|RUNNING|None|vm|alice|1796224620
+7|PENDING|Resources|(null)|bob|1796228220
+8|PENDING|Priority||carol|N/A
+11|COMPLETING|None|vm|alice|1796224000
+12|RUNNING|None|vm|dave|1796224000
 """
 
 
 def test_formats_hold_no_user_set_field() -> None:
     # %k (comment) and %j (name) are set by users and printed raw, newlines included.
-    assert SQUEUE_FORMAT == "%i|%T|%r|%N|%u"
+    assert SQUEUE_FORMAT == "%i|%T|%r|%N|%u|%S"
     assert SACCT_FIELDS == "JobID,State,ExitCode,NodeList,User"
 
 
@@ -45,7 +45,8 @@ def test_parse_squeue_realistic_lines() -> None:
         node="vm", user="alice")
     assert statuses["7"] == SchedulerStatus(
         job_id="7", state=SchedulerState.PENDING, raw_state="PENDING",
-        pending_reason="Resources", node=None, user="bob")
+        pending_reason="Resources", node=None, user="bob",
+        expected_start="2026-12-02T16:17:00.000Z")  # only a pending job's start is expected
     assert statuses["8"].pending_reason == "Priority"
     assert statuses["8"].node is None
     assert statuses["11"].state is SchedulerState.RUNNING  # still completing
@@ -54,13 +55,13 @@ def test_parse_squeue_realistic_lines() -> None:
 def test_a_reason_that_is_a_phrase_is_slurms_own_word() -> None:
     # Seen on the dev cluster right after slurmctld restarted: the job must stay listed.
     line = ("740|PENDING|Nodes required for job are DOWN, DRAINED or reserved for jobs in "
-            "higher priority partitions||alice\n")
+            "higher priority partitions||alice|N/A\n")
     status = parse_squeue(line)["740"]
     assert status.pending_reason is not None and status.pending_reason.startswith("Nodes required")
 
 
 def test_parse_squeue_only_wanted_jobs() -> None:
-    text = SQUEUE + "99|SOME_NEW_STATE|None|vm|zed\n"
+    text = SQUEUE + "99|SOME_NEW_STATE|None|vm|zed|N/A\n"
     statuses = parse_squeue(text, wanted={"2", "12", "404"})
     assert set(statuses) == {"2", "12"}
     assert set(parse_squeue(text)) == {"2", "7", "8", "11", "12"}  # the odd line is skipped
@@ -72,10 +73,13 @@ def test_parse_squeue_empty_output() -> None:
 
 
 @pytest.mark.parametrize("line", [
-    "2|RUNNING|None|vm", "garbage", "2|RUNNING", "2|RUNNING|None|vm|alice|extra",
-    "2|WIBBLE|None|vm|alice", "x2|RUNNING|None|vm|alice", "2|RUNNING|None|vm|Alice Smith",
-    "2|RUNNING|None|evil host|alice", "2|RUNNING|None|vm[1-3]|alice",
-    "40|PENDING|a\x1b[2Jb||alice",  # a reason with a control character
+    "2|RUNNING|None|vm|alice", "garbage", "2|RUNNING", "2|RUNNING|None|vm|alice|N/A|extra",
+    "2|WIBBLE|None|vm|alice|N/A", "x2|RUNNING|None|vm|alice|N/A",
+    "2|RUNNING|None|vm|Alice Smith|N/A", "2|RUNNING|None|evil host|alice|N/A",
+    "2|RUNNING|None|vm[1-3]|alice|N/A",
+    "40|PENDING|a\x1b[2Jb||alice|N/A",  # a reason with a control character
+    "2|PENDING|Priority||alice|tomorrow", "2|PENDING|Priority||alice|-5",
+    "2|PENDING|Priority||alice|2026-12-02T16:17:00",  # local time: SLURM_TIME_FORMAT unset
 ])
 def test_parse_squeue_skips_bad_lines_and_logs_them(
         line: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -88,7 +92,7 @@ def test_parse_squeue_skips_bad_lines_and_logs_them(
 
 def test_a_job_id_on_two_lines_is_believed_on_neither() -> None:
     # What a newline in a comment printed with %k used to give: a second line for job 2.
-    statuses = parse_squeue(SQUEUE + "2|TIMEOUT|None|vm|alice\n")
+    statuses = parse_squeue(SQUEUE + "2|TIMEOUT|None|vm|alice|N/A\n")
     assert "2" not in statuses
     assert statuses["7"].user == "bob"
 
@@ -238,8 +242,9 @@ def test_squeue_cache_agrees_with_parse_squeue_over_changing_outputs() -> None:
             else:
                 queue[job_id] = rng.choice(states)
         queue[str(200 + len(queue) + rng.randrange(1000))] = rng.choice(states)
-        lines = [f"{j}|{s}|alice\n" for j, s in queue.items()]
-        lines += [f"{j}|RUNNING|None|vm|alice\n" for j in rng.sample(sorted(queue), 2)]  # repeats
+        lines = [f"{j}|{s}|alice|N/A\n" for j, s in queue.items()]
+        lines += [f"{j}|RUNNING|None|vm|alice|N/A\n"
+                  for j in rng.sample(sorted(queue), 2)]  # repeats
         text = "".join(lines)
         wanted = set(rng.sample(sorted(queue), 30)) | {"99999"}  # and one Slurm never listed
         assert cache.update(text, set(wanted)) == parse_squeue(text, wanted)
@@ -260,9 +265,9 @@ def test_squeue_cache_skips_bad_and_repeated_lines_of_wanted_jobs_and_recovers(
         caplog: pytest.LogCaptureFixture) -> None:
     cache = SqueueCache()
     with caplog.at_level(logging.WARNING):
-        assert set(cache.update(SQUEUE + "40|WIBBLE|None|vm|eve\n", {"2", "40"})) == {"2"}
+        assert set(cache.update(SQUEUE + "40|WIBBLE|None|vm|eve|N/A\n", {"2", "40"})) == {"2"}
         assert "WIBBLE" in caplog.text
-        forged = SQUEUE + "7|TIMEOUT|None|vm|bob\n"
+        forged = SQUEUE + "7|TIMEOUT|None|vm|bob|N/A\n"
         assert set(cache.update(forged, {"2", "7"})) == {"2"}
         assert "job 7 is on 2 lines" in caplog.text
     assert set(cache.update(SQUEUE, {"2", "7"})) == {"2", "7"}  # the extra line went

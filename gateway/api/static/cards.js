@@ -1,11 +1,14 @@
 // Job and lab cards of the dashboard: built with textContent only, updated in place.
-import { api, announce, clock, duration, el, stateBadge, TERMINAL } from "./common.js";
+import {
+  api, announce, clock, duration, el, idleLeft, idleWarns, stateBadge, TERMINAL,
+} from "./common.js";
 
 /** Keeps the cards of the list in `list` (newest first) up to date. */
 export class JobCards {
   constructor(list, empty, everyone, onError) {
     this.list = list; this.empty = empty; this.everyone = everyone; this.onError = onError;
     this.jobs = new Map();
+    this.idleTimeouts = new Map();  // cluster name -> seconds an idle lab is kept
     setInterval(() => this.tick(), 1000);
   }
 
@@ -36,12 +39,16 @@ export class JobCards {
     if (job.state === "pending" && job.pending_reason) {
       card.append(el("p", { text: `Waiting: ${job.pending_reason}` }));
     }
+    if (job.state === "pending" && job.expected_start) {
+      const when = new Date(job.expected_start).toLocaleString();
+      card.append(el("p", { class: "expected", text: `Slurm expects it to start at ${when}` }));
+    }
     if (job.reason) card.append(el("p", { text: `Reason: ${job.reason}` }));
     if (job.message) card.append(el("p", { class: "hint", text: job.message }));
     if (job.progress && job.progress.total) {
       card.append(el("p", { text: `Cells: ${job.progress.done} of ${job.progress.total}` }));
     }
-    card.append(el("p", { class: "clock" }));
+    card.append(el("p", { class: "clock" }), el("p", { class: "idle warning", hidden: "" }));
     const actions = el("div", { class: "actions" });
     if (job.kind === "lab" && job.state === "ready" && job.lab_url && !this.everyone) {
       actions.append(el("a", { class: "button", href: job.lab_url, target: "_blank", rel: "noopener", text: "Open" }));
@@ -67,6 +74,19 @@ export class JobCards {
     node.classList.toggle("warning", remaining !== null && remaining < 300);
     if (remaining !== null && remaining < 300 && job.kind === "lab") {
       node.textContent += " — the lab stops soon: save your work";
+    }
+    this.fillIdle(card, job);
+  }
+
+  /** A ready lab close to its idle stop: how long until the gateway stops it. */
+  fillIdle(card, job) {
+    const node = card.querySelector(".idle");
+    const timeout = this.idleTimeouts.get(job.cluster);
+    const left = idleLeft(job, timeout);
+    node.hidden = !idleWarns(left, timeout);
+    if (!node.hidden) {
+      node.textContent = `Idle: the gateway stops this lab in ${duration(left)} unless it is `
+        + "used (open it, or run something)";
     }
   }
 

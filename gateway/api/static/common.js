@@ -83,6 +83,18 @@ export function clock(job, now = Date.now()) {
   return { elapsed, remaining };
 }
 
+/** Seconds until the gateway stops a ready lab for idleness (`timeout`: the cluster's
+ * lab_idle_timeout), or null when that does not apply (not ready, no activity known). */
+export function idleLeft(job, timeout, now = Date.now()) {
+  if (job.state !== "ready" || !job.last_activity || !timeout) return null;
+  return Math.max(0, Date.parse(job.last_activity) / 1000 + timeout - now / 1000);
+}
+
+/** Whether an idle lab's warning shows: within a quarter of the timeout, at most 15 min. */
+export function idleWarns(left, timeout) {
+  return left !== null && left <= Math.min(900, timeout / 4);
+}
+
 /** A state badge. */
 export function stateBadge(state) {
   return el("span", { class: `state state-${state}`, text: state });

@@ -134,6 +134,7 @@ async function send(form, box, request, resources) {
 async function forms() {
   const { body } = await api("/api/v1/clusters");
   if (!body.clusters.length) { live.textContent = "No cluster is configured."; return; }
+  for (const cluster of body.clusters) cards.idleTimeouts.set(cluster.name, cluster.lab_idle_timeout);
   const runForm = document.getElementById("run-form");
   const labForm = document.getElementById("lab-form");
   const runRes = resourceForm(runForm.querySelector(".resources"), body.clusters, "notebook");

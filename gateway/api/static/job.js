@@ -22,6 +22,8 @@ function show(next) {
   text("reason", job.reason ? `(${job.reason})` : "");
   text("message", job.message);
   text("pending", job.state === "pending" ? job.pending_reason : "");
+  text("expected-start", job.state === "pending" && job.expected_start
+    ? new Date(job.expected_start).toLocaleString() : "");
   const where = [job.cluster, job.partition, `${job.cpus} CPUs`, job.memory, job.gpus ? `${job.gpus} GPU ${job.gpu_type || ""}` : null, job.time, job.image].filter(Boolean);
   text("resources", where.join(" · "));
   text("slurm", job.slurm_job_id ? `${job.slurm_job_id}${job.node ? ` on ${job.node}` : ""}` : "");
