@@ -1,8 +1,11 @@
 """An executed notebook as an HTML page (``GET /jobs/{id}/notebook.html``), rendered on the
 gateway by a small renderer of its own over the notebook's JSON, never by the notebook.
 
-Nothing a notebook holds becomes markup: cell sources, text outputs, tracebacks and markdown
-are shown as text (jinja2 autoescape); ``text/html``, JavaScript and widget outputs are not
+Nothing a notebook holds becomes markup of its own: cell sources, text outputs and tracebacks
+are shown as text (jinja2 autoescape); markdown cells are rendered by markdown-it-py in
+CommonMark mode with raw HTML off (what a cell holds as HTML is shown as text) and its link
+check (no ``javascript:``, ``vbscript:``, ``file:`` or non-image ``data:`` URLs);
+``text/html``, JavaScript and widget outputs are not
 rendered (their ``text/plain`` form is shown instead, or a note); PNG, JPEG and GIF images
 become ``data:`` URLs after a strict base64 check. The page is also served with a CSP that
 sandboxes it (``sandbox`` without ``allow-scripts`` or ``allow-same-origin``: an opaque
@@ -20,7 +23,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+from markdown_it import MarkdownIt
+from markupsafe import Markup
+
 from .views import render
+
+# raw HTML off: a cell's <script> or <img onerror> is text; markdown-it's validateLink refuses
+# javascript:, vbscript:, file: and data: links other than images.
+_MARKDOWN = MarkdownIt("commonmark", {"html": False})
 
 MAX_RENDERED_BYTES = 32 * 1024 * 1024  # a notebook bigger than this is offered for download only
 MAX_TEXT = 200_000  # characters of one output shown; the rest is cut with a note
@@ -30,7 +40,7 @@ _BASE64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}\Z")
 STYLE = """body{font:14px/1.45 system-ui,sans-serif;margin:0;padding:.5rem;color:#1b1b1b}
 h1{font-size:1.1rem;margin:.2rem 0}
 .cell{border-left:3px solid #ccd;margin:.6rem 0;padding:.2rem .6rem}
-.md{border-left-color:#9ad;white-space:pre-wrap}
+.md{border-left-color:#9ad}
 pre{white-space:pre-wrap;word-break:break-word;margin:.3rem 0;font:13px/1.4 monospace}
 .src{background:#f4f5f7;padding:.4rem}.count{color:#555;font:12px monospace}
 .stderr{background:#fff0f0}.error{background:#fde2e2;color:#7a0000}
@@ -98,6 +108,8 @@ def notebook_cells(notebook: dict[str, Any]) -> list[dict[str, Any]]:
             "type": "markdown" if cell.get("cell_type") == "markdown" else "code"
             if cell.get("cell_type") == "code" else "raw",
             "source": _text(cell.get("source")),
+            "html": (Markup(_MARKDOWN.render(_text(cell.get("source"))))  # noqa: S704 - see above
+                     if cell.get("cell_type") == "markdown" else None),
             "count": cell.get("execution_count") if isinstance(
                 cell.get("execution_count"), int) else None,
             "outputs": [_output(o) for o in outputs or [] if isinstance(o, dict)],

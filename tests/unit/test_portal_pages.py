@@ -27,7 +27,7 @@ PAGE = {"Accept": "text/html"}
 
 
 @pytest.fixture
-async def site(tmp_path: Path, aiohttp_client: ClientFactory, fake_clusters: Any,
+async def portal(tmp_path: Path, aiohttp_client: ClientFactory, fake_clusters: Any,
                make_raw_config: Callable[..., dict[str, Any]]
                ) -> tuple[TestClient[Any, Any], dict[str, str]]:
     app = make_app(parse_config(make_raw_config(tmp_path / "data")), cluster_factory=fake_clusters)
@@ -42,9 +42,9 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}", **PAGE}
 
 
-async def test_dashboard_admin_and_job_pages(site: tuple[TestClient[Any, Any], dict[str, str]]
+async def test_dashboard_admin_and_job_pages(portal: tuple[TestClient[Any, Any], dict[str, str]]
                                              ) -> None:
-    client, tokens = site
+    client, tokens = portal
     page = await client.get("/", headers=auth(tokens["alice"]))
     text = await page.text()
     assert page.status == 200 and "Run a notebook" in text and "Start a lab" in text
@@ -66,17 +66,17 @@ async def test_dashboard_admin_and_job_pages(site: tuple[TestClient[Any, Any], d
     assert anonymous.status == 302 and anonymous.headers["Location"].startswith("/login")
 
 
-async def test_static_files_are_public(site: tuple[TestClient[Any, Any], dict[str, str]]
+async def test_static_files_are_public(portal: tuple[TestClient[Any, Any], dict[str, str]]
                                        ) -> None:
-    client, _ = site
+    client, _ = portal
     script = await client.get("/static/common.js")
     assert script.status == 200 and "javascript" in script.headers["Content-Type"]
     assert (await client.get("/static/nothing.js")).status == 404
 
 
 async def test_an_ended_or_unknown_lab_gets_a_page(
-        site: tuple[TestClient[Any, Any], dict[str, str]]) -> None:
-    client, tokens = site
+        portal: tuple[TestClient[Any, Any], dict[str, str]]) -> None:
+    client, tokens = portal
     bearer = {"Authorization": f"Bearer {tokens['alice']}"}
     lab = await (await client.post("/api/v1/jobs", json={"kind": "lab", "name": HOSTILE[1]},
                                    headers=bearer)).json()
@@ -136,12 +136,12 @@ def test_the_notebook_csp_sandboxes_and_allows_only_its_style() -> None:
 
 def test_cells_of_an_odd_notebook_are_skipped_not_fatal() -> None:
     assert notebook_cells({"cells": [1, {"cell_type": "code", "outputs": "x"}]}) == [
-        {"type": "code", "source": "", "count": None, "outputs": []}]
+        {"type": "code", "source": "", "html": None, "count": None, "outputs": []}]
 
 
-async def test_the_rendered_notebook_route(site: tuple[TestClient[Any, Any], dict[str, str]]
+async def test_the_rendered_notebook_route(portal: tuple[TestClient[Any, Any], dict[str, str]]
                                            ) -> None:
-    client, tokens = site
+    client, tokens = portal
     missing = await client.get("/jobs/0123456789abcdef/notebook.html",
                                headers=auth(tokens["alice"]))
     assert missing.status == 404
@@ -199,3 +199,21 @@ def test_the_idle_warning_shows_in_the_last_quarter_of_the_idle_timeout(tmp_path
     assert json.loads(run.stdout) == {
         "fresh": 3000, "old": 600, "over": 0, "running": None, "unknown": None,
         "warnFresh": False, "warnOld": True, "warnShort": True, "quietShort": False}
+
+
+def test_markdown_cells_are_rendered_without_their_html_or_script_links(tmp_path: Path) -> None:
+    source = ("# Results\n\nSome **bold** text and [a link](https://example.org/x).\n\n"
+              "<script>alert(1)</script> <img src=x onerror=alert(1)>\n\n"
+              "[click](javascript:alert(1)) [file](file:///etc/passwd) "
+              "![pixel](data:image/png;base64,iVBORw0KGgo=)\n")
+    notebook = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+        {"cell_type": "markdown", "metadata": {}, "source": source}]}
+    path = tmp_path / "output.ipynb"
+    path.write_text(json.dumps(notebook))
+    html = render_notebook(path, "md")
+    assert "<h1>Results</h1>" in html and "<strong>bold</strong>" in html
+    assert '<a href="https://example.org/x">a link</a>' in html
+    assert "<script" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # shown, as text
+    assert 'href="javascript:' not in html and 'href="file:' not in html
+    assert '<img src="data:image/png;base64,iVBORw0KGgo=" alt="pixel"' in html
