@@ -150,7 +150,7 @@ async def test_same_origin_login_with_the_token_works(http: aiohttp.ClientSessio
     async with http.get(f"{served.url}/", headers={"Cookie": cookie_header(cookies)}) as portal:
         assert portal.status == 200
         page = await portal.text()
-        assert "hpcgw: alice" in page
+        assert "Signed in as <strong>alice</strong>" in page
         assert portal.headers["Content-Security-Policy"] == CSP
         assert portal.headers["X-Content-Type-Options"] == "nosniff"
         assert portal.headers["Referrer-Policy"] == "same-origin"
