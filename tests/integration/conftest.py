@@ -117,6 +117,20 @@ def add_users(config: Path) -> dict[str, str]:
     return tokens
 
 
+def dev_oidc() -> dict[str, Any]:
+    """What dev-cluster published about its OpenID Connect provider: issuer, client_id,
+    client_secret, passwords (a test fails if it is missing); its secrets join SECRETS."""
+    info: dict[str, Any] = json.loads((DEV_DIR / "oidc.json").read_text())
+    SECRETS.update([info["client_secret"], *info["passwords"].values()])
+    return info
+
+
+def oidc_section(provider: dict[str, Any], extra: str = "") -> str:
+    """A gateway config's [oidc] section for that provider, plus ``extra`` lines."""
+    return (f'[oidc]\nissuer = "{provider["issuer"]}"\nclient_id = "{provider["client_id"]}"\n'
+            f'client_secret = "{provider["client_secret"]}"\n{extra}')
+
+
 def log_events(log_path: Path) -> list[dict[str, Any]]:
     """A gateway's log (JSON, one event per line: `hpcgw serve` writes JSON when its stderr is
     not a terminal), each event as a dict."""

@@ -1,7 +1,8 @@
 """The browser portal in a real browser (Debian's headless chromium, driven by Playwright)
 against the real dev cluster and a gateway of the test's own.
 
-A user logs in with the login form, submits a notebook through the form with a changed
+A user logs in (single sign-on through the dev cluster's OpenID Connect provider, or a token),
+submits a notebook through the form with a changed
 parameter and a side file, watches it reach ``succeeded`` without reloading, reads its live
 log, views the rendered notebook and downloads it; starts a lab, opens it, stops it, and opens
 it again to get the page that says it ended. Job names, parameters, notebook outputs and log
@@ -24,7 +25,7 @@ import nbformat
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 
-from .conftest import Gateway, cancel_quietly, dev_source, own_gateway
+from .conftest import Gateway, cancel_quietly, dev_oidc, dev_source, oidc_section, own_gateway
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -57,8 +58,10 @@ def notebook() -> bytes:
 @pytest.fixture(scope="module")
 def portal_gateway(dev_config: Path, tmp_path_factory: pytest.TempPathFactory
                    ) -> Iterator[Gateway]:
+    """A gateway with single sign-on through the dev cluster's OpenID Connect provider."""
     home = tmp_path_factory.mktemp("portal-gateway")
-    with own_gateway(dev_source(dev_config, "local"), home) as gateway:
+    with own_gateway(dev_source(dev_config, "local"), home, oidc_section(dev_oidc())
+                     ) as gateway:
         yield gateway
 
 
@@ -83,6 +86,10 @@ class Watched:
         """Forget Chromium's console line about the page's own 4xx status (it is meant)."""
         self.errors = [e for e in self.errors
                        if not (e.startswith("Failed to load resource") and e.endswith(f"({url})"))]
+
+    def forget_origin(self, origin: str) -> None:
+        """Forget what another site's pages logged (the sign-on provider's missing favicon)."""
+        self.errors = [e for e in self.errors if f"({origin}/" not in e]
 
     def check(self, shots: Path, name: str) -> None:
         """No console error or dialog so far; axe finds nothing serious; a screenshot."""
@@ -110,10 +117,18 @@ def browser_context(portal_gateway: Gateway, tmp_path: Path) -> Iterator[Browser
             browser.close()
 
 
-def log_in(page: Page, gateway: Gateway) -> None:
+def log_in(page: Page, gateway: Gateway, sso: bool = False) -> None:
+    """Log in as alice from the login page: with her token, or (``sso``) through the
+    provider's own login form with her password there."""
     page.goto(f"{gateway.url}/")
     expect(page).to_have_url(f"{gateway.url}/login?next=/", timeout=30_000)
-    page.fill("input[name=token]", gateway.tokens["alice"])
+    if sso:
+        page.click("#sso")
+        expect(page.locator("input[name=login]")).to_be_visible(timeout=30_000)
+        page.fill("input[name=login]", "alice")
+        page.fill("input[name=password]", dev_oidc()["passwords"]["alice"])
+    else:
+        page.fill("input[name=token]", gateway.tokens["alice"])
     page.click("button[type=submit]")
     expect(page).to_have_url(f"{gateway.url}/", timeout=30_000)
     expect(page.locator("#live")).to_have_text(re.compile("^Live"), timeout=30_000)
@@ -127,7 +142,8 @@ def test_notebook_run_through_the_portal(portal_gateway: Gateway, browser_contex
                                          shots: Path, tmp_path: Path) -> None:
     page = browser_context.new_page()
     watched = Watched(page)
-    log_in(page, portal_gateway)
+    log_in(page, portal_gateway, sso=True)
+    watched.forget_origin(dev_oidc()["issuer"])
     watched.check(shots, "dashboard")
     side = tmp_path / "data.txt"
     side.write_text("forty-two\n")

@@ -6,7 +6,6 @@ refused, a forged callback refused. Screenshots under $HPCGW_ARTIFACTS/sso/."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from .conftest import DEV_DIR, HPCGW, SECRETS, Gateway, own_gateway
+from .conftest import HPCGW, Gateway, dev_oidc, oidc_section, own_gateway
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -29,15 +28,7 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def provider(dev_config: Path) -> dict[str, Any]:
-    """What dev-cluster published about its provider (the test fails if it is missing)."""
-    info: dict[str, Any] = json.loads((DEV_DIR / "oidc.json").read_text())
-    SECRETS.update([info["client_secret"], *info["passwords"].values()])
-    return info
-
-
-def oidc_section(provider: dict[str, Any], extra: str = "") -> str:
-    return (f'[oidc]\nissuer = "{provider["issuer"]}"\nclient_id = "{provider["client_id"]}"\n'
-            f'client_secret = "{provider["client_secret"]}"\n{extra}')
+    return dev_oidc()
 
 
 @pytest.fixture(scope="module")
