@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from ..errors import NotFound
+from ..errors import LabUnavailable, NotFound
 from ..jobs.clusters import ClusterLink
 from . import admin, jobs, metrics, portal, problems, sessions, sso, storage, stream, webhooks
 from .keys import CONFIG, OPENAPI, PROXY, SERVICE, VIA_COOKIE, current_user
@@ -136,13 +136,16 @@ def middlewares() -> list[Any]:
 
 async def _proxy_lab(request: web.Request) -> web.StreamResponse:
     """Hand the request and its authenticated caller to the lab proxy. A browser's page
-    request for a lab that ended or does not exist gets a page saying so (404), not JSON."""
+    request for a lab that ended or does not exist gets a page saying so (404), for one not
+    ready yet a page that reloads itself (503); other clients get the problem."""
     user = current_user(request)
     try:
         return await request.app[PROXY].handle(request, user, request[VIA_COOKIE])
-    except NotFound:
+    except (NotFound, LabUnavailable) as exc:
         if request.method != "GET" or "text/html" not in request.headers.get("Accept", ""):
             raise
+        if isinstance(exc, LabUnavailable):
+            return portal.lab_starting_page(request, user, exc.detail)
         return portal.lab_gone_page(request, user, request.match_info["job_id"])
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import NotFound
+from ..pageheaders import SECURITY_HEADERS
 from ..users import User
 from .keys import SERVICE, current_user
 from .rendered import CSP as NOTEBOOK_CSP
@@ -83,12 +84,24 @@ async def notebook_page(request: web.Request) -> web.Response:
 
 
 def message_page(request: web.Request, user: User | None, status: int, heading: str,
-                 lines: list[str]) -> web.Response:
-    """A page that says what happened, with a link back to the dashboard."""
+                 lines: list[str], refresh: int = 0,
+                 headers: dict[str, str] | None = None) -> web.Response:
+    """A page that says what happened, with a link back to the dashboard; ``refresh``: the
+    page reloads itself after that many seconds. It carries the gateway's own security
+    headers also under ``/labs/`` (where the middleware leaves responses to the labs)."""
     frame: dict[str, Any] = (_frame(request, user) if user is not None
                              else {"user": None, "xsrf": ""})
-    return page("message.html", status=status, **frame, heading=heading, lines=lines,
-                back="/", back_text="Back to your jobs")
+    return page("message.html", status=status, headers={**SECURITY_HEADERS, **(headers or {})},
+                **frame, heading=heading,
+                lines=lines, back="/", back_text="Back to your jobs", refresh=refresh)
+
+
+def lab_starting_page(request: web.Request, user: User, detail: str) -> web.Response:
+    """What a browser gets at ``/labs/{id}/...`` while the lab is not ready: a 503 page
+    that says why (the job's state) and reloads itself every 2 s."""
+    return message_page(request, user, 503, "Your lab is not ready yet",
+                        [detail, "This page reloads by itself."], refresh=2,
+                        headers={"Retry-After": "2"})
 
 
 def lab_gone_page(request: web.Request, user: User, job_id: str) -> web.Response:

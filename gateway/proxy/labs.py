@@ -13,7 +13,6 @@ lifecycle's :class:`gateway.jobs.labs.LabProbe` (a probe and the activity clock)
 
 from __future__ import annotations
 
-import html
 import ipaddress
 import json
 import logging
@@ -27,7 +26,6 @@ from aiohttp import web
 from ..errors import Forbidden, GatewayError, LabUnavailable, LabUnproven, NotFound
 from ..jobs.labs import LabRoute
 from ..metrics import GatewayMetrics
-from ..pageheaders import SECURITY_HEADERS
 from ..users import User
 from .identity import LabIdentity, LabNotProven, LabSessions
 from .relay import Upstream, relay_http, relay_websocket
@@ -114,12 +112,7 @@ class LabProxy:
         was authenticated by a browser session cookie (WebSocket upgrades must then carry the
         gateway's own Origin)."""
         job_id = request.match_info["job_id"]
-        try:
-            route = await self.find_lab(caller, job_id)
-        except LabUnavailable as exc:
-            if "text/html" in request.headers.get("Accept", "") and request.method == "GET":
-                return _starting_page(exc.detail)
-            raise
+        route = await self.find_lab(caller, job_id)  # LabUnavailable: the API says it (503)
         if not request.rel_url.raw_path.startswith(route.prefix):
             raise NotFound("no such path in this lab")
         websocket = request.headers.get("Upgrade", "").lower() == "websocket"
@@ -168,12 +161,3 @@ def _literal_ip(host: str) -> str:
     except ValueError:
         return "*"
 
-
-def _starting_page(detail: str) -> web.Response:
-    return web.Response(
-        status=503, content_type="text/html", headers={**SECURITY_HEADERS, "Retry-After": "2"},
-        text=f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="refresh" content="2"><title>hpcgw: lab starting</title></head>
-<body><main><h1>Your lab is not ready yet</h1><p>{html.escape(detail)}</p>
-<p>This page reloads by itself.</p></main></body></html>
-""")

@@ -837,6 +837,7 @@ async def test_starting_lab_page_escapes_and_only_its_owner_sees_it(
     assert response.status == 404 and response.content_type == "text/html"
     page = await response.text()
     assert "No such lab" in page and "pending" not in page and "<script>" not in page
+    assert "default-src 'none'" in response.headers["Content-Security-Policy"]  # the gateway's
     response = await gw.http.get(gw.url(quote(path)), headers=bearer(gw.bob))
     assert response.status == 404 and response.content_type == PROBLEM
     response = await gw.http.get(gw.url(quote(path)), headers=bearer(gw.alice))
