@@ -140,6 +140,14 @@ def card(page: Page, name: str) -> Any:
 
 def test_notebook_run_through_the_portal(portal_gateway: Gateway, browser_context: BrowserContext,
                                          shots: Path, tmp_path: Path) -> None:
+    # Notifications allowed, and each one the page shows recorded in window.__notes.
+    browser_context.grant_permissions(["notifications"], origin=portal_gateway.url)
+    browser_context.add_init_script(
+        "window.__notes = []; const Shown = window.Notification;"
+        "window.Notification = class extends Shown {"
+        "  constructor(title, options) {"
+        "    super(title, options); window.__notes.push(options.body); }"
+        "  static get permission() { return Shown.permission; } };")
     page = browser_context.new_page()
     watched = Watched(page)
     log_in(page, portal_gateway, sso=True)
@@ -167,6 +175,8 @@ def test_notebook_run_through_the_portal(portal_gateway: Gateway, browser_contex
     expect(job).to_be_visible(timeout=30_000)
     expect(job.locator(".state")).to_have_text("succeeded", timeout=180_000)
     assert page.evaluate("window.__noReload") is True  # the state came live, no reload
+    expect(page).to_have_title(f"run {HOSTILE}: succeeded — hpcgw")
+    assert f"run {HOSTILE}: succeeded" in page.evaluate("window.__notes")
     watched.check(shots, "dashboard-succeeded")
 
     job.locator("h3 a").click()
