@@ -101,6 +101,16 @@ def _session_user(request: web.Request) -> User | None:
     return request.app[ACCOUNTS].user_for_token_id(token_id) if token_id is not None else None
 
 
+def caller_now(request: web.Request) -> User | None:
+    """Who the request's credential (bearer token, else session cookie) names *now*, or None
+    if it no longer authenticates: for a long-lived answer (the job stream) that must stop
+    when the token is revoked, the session ended or the user disabled."""
+    try:
+        return _bearer_user(request) or _session_user(request)
+    except Unauthorized:
+        return None
+
+
 def _wants_page(request: web.Request) -> bool:
     return request.method == "GET" and "text/html" in request.headers.get("Accept", "")
 

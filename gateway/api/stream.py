@@ -20,7 +20,7 @@ import contextlib
 import json
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
@@ -29,6 +29,7 @@ from ..errors import FieldError, TooManyRequests, ValidationFailed
 from ..jobs.service import JobService, job_view
 from ..users import User
 from .keys import SERVICE, current_user
+from .middleware import caller_now
 from .models import AdminJob, Job
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,10 @@ BATCH = 200
 class JobStreams:
     """The open streams of one application: the per-user cap, the watcher, shutdown."""
 
-    def __init__(self, per_user: int = 8, interval: float = 0.5, heartbeat: float = 15.0
-                 ) -> None:
+    def __init__(self, per_user: int = 8, interval: float = 0.5, heartbeat: float = 15.0,
+                 lifetime: float = 3600.0) -> None:
         self.per_user, self.interval, self.heartbeat = per_user, interval, heartbeat
+        self.lifetime = lifetime  # a stream ends after this long; EventSource reconnects
         self.open: Counter[int] = Counter()  # user id -> streams open
         self.closing = asyncio.Event()
         self._tick = asyncio.Event()
@@ -129,7 +131,16 @@ async def job_stream(request: web.Request) -> web.StreamResponse:
             "X-Accel-Buffering": "no"})
         await response.prepare(request)
         await response.write(b"retry: 2000\n\n")
-        async for chunk in _messages(service, streams, user, after, everyone):
+
+        def allowed() -> User | None:
+            """The caller while the credential still names them (and, for every user's jobs,
+            they are still an admin); None ends the stream."""
+            now = caller_now(request)
+            if now is None or now.id != user.id or (everyone and not now.admin):
+                return None
+            return now
+
+        async for chunk in _messages(service, streams, allowed, after, everyone):
             await response.write(chunk)
         return response
     finally:
@@ -138,21 +149,36 @@ async def job_stream(request: web.Request) -> web.StreamResponse:
             del streams.open[user.id]
 
 
-async def _messages(service: JobService, streams: JobStreams, user: User, after: int,
+async def _messages(service: JobService, streams: JobStreams,
+                    allowed: Callable[[], User | None], after: int,
                     everyone: bool) -> AsyncIterator[bytes]:
-    """The stream's messages until shutdown: changes after ``after``, heartbeats between."""
-    while not streams.closing.is_set():
-        tick = streams.changed()
+    """The stream's messages: changes after ``after``, heartbeats between, until shutdown,
+    the stream's lifetime, or the moment ``allowed()`` no longer names the caller (checked
+    before every read: a revoked token, an ended session, a disabled or demoted user).
+
+    The position moves past rows that were not the caller's too: once a read returns less
+    than a batch, every change up to the watermark taken before it has been seen, and the
+    heartbeat carries that position as its ``id:`` (EventSource keeps it for a reconnect),
+    so no read rescans what an earlier one passed over."""
+    ends = asyncio.get_running_loop().time() + streams.lifetime
+    sent = after
+    while not streams.closing.is_set() and asyncio.get_running_loop().time() < ends:
+        user = allowed()
+        if user is None:
+            return
+        tick, seen = streams.changed(), service.event_watermark()
         changes = service.job_changes(user, after, everyone=everyone, limit=BATCH)
         for event_id, job in changes:
             yield _message(event_id, job, everyone)
-            after = event_id
+            after = sent = event_id
         if len(changes) == BATCH:
             continue
+        after = max(after, seen)
         try:
             await asyncio.wait_for(tick.wait(), streams.heartbeat)
         except TimeoutError:
-            yield b": keep-alive\n\n"
+            yield (f"id: {after}\n" if after != sent else "") .encode() + b": keep-alive\n\n"
+            sent = after
 
 
 def setup(app: web.Application, streams: JobStreams | None = None) -> None:

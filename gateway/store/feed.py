@@ -36,9 +36,15 @@ class JobFeed:
                       limit: int = 200) -> list[FeedItem]:
         """The state changes after events row ``event_id`` of ``user_id``'s jobs (None: every
         user's), oldest first, at most ``limit``. A job that moved twice is listed twice."""
-        rows = self.db.execute(
-            "SELECT e.id, e.job_id, u.name FROM events e JOIN jobs j ON j.id = e.job_id "
-            "JOIN users u ON u.id = j.user_id WHERE e.id > ? AND e.kind = ? "
-            "AND (? IS NULL OR j.user_id = ?) ORDER BY e.id LIMIT ?",
-            [event_id, STATE, user_id, user_id, limit]).fetchall()
+        if user_id is None:
+            rows = self.db.execute(
+                "SELECT e.id, e.job_id, u.name FROM events e JOIN jobs j ON j.id = e.job_id "
+                "JOIN users u ON u.id = j.user_id WHERE e.id > ? AND e.kind = ? "
+                "ORDER BY e.id LIMIT ?", [event_id, STATE, limit]).fetchall()
+        else:  # from the user's jobs (index jobs_user) to their events (events_job): never
+            # a scan of other users' rows
+            rows = self.db.execute(
+                "SELECT e.id, e.job_id, u.name FROM users u JOIN jobs j ON j.user_id = u.id "
+                "JOIN events e ON e.job_id = j.id WHERE u.id = ? AND e.id > ? AND e.kind = ? "
+                "ORDER BY e.id LIMIT ?", [user_id, event_id, STATE, limit]).fetchall()
         return [FeedItem(int(row[0]), str(row[1]), str(row[2])) for row in rows]

@@ -1,7 +1,8 @@
 """The job event stream (``GET /api/v1/jobs/stream``, server-sent events) against the fake
 cluster: one event per state change with the job as the API shows it, resuming after
-``Last-Event-ID``, only the caller's jobs (an admin's ``?all=1``: everyone's), heartbeats, the
-per-user cap, and streams that end when the gateway shuts down."""
+``Last-Event-ID``, only the caller's jobs (an admin's ``?all=1``: everyone's), heartbeats that
+carry the position past other users' changes, the per-user cap, and streams that end when the
+gateway shuts down or the caller's credential stops naming them (revoked, disabled, demoted)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.api.stream import STREAMS, JobStreams
 from gateway.config import parse_config
+from gateway.jobs.oversight import set_user
 from gateway.scheduler import SchedulerState
 from gateway.server import STORE, make_app
 
@@ -77,7 +79,10 @@ async def read_events(response: aiohttp.ClientResponse, until: Callable[[list[di
             elif line.startswith("data: "):
                 message["data"] = json.loads(line[len("data: "):])
             elif line == "" and message:
-                events.append(message)
+                if "data" in message:  # EventSource dispatches only messages with data
+                    events.append(message)
+                else:
+                    comments.append(f"id {message.get('id')}")  # a position only
                 message = {}
                 if until(events):
                     return
@@ -164,3 +169,49 @@ async def test_shutdown_ends_open_streams(site: Site) -> None:
         await site.app[STREAMS].close()
         rest = await asyncio.wait_for(stream.content.read(), 5)
     assert rest.startswith(b"retry:")  # the stream ended, with nothing after its preamble
+
+
+async def ended(response: aiohttp.ClientResponse) -> bytes:
+    """What is left of the stream once the gateway ends it (5 s deadline)."""
+    return await asyncio.wait_for(response.content.read(), 5)
+
+
+async def test_a_stream_ends_when_its_token_is_revoked_or_its_user_disabled(site: Site) -> None:
+    users = site.app[STORE].users
+    async with site.client.get("/api/v1/jobs/stream", headers=site.auth("alice")) as alice, \
+            site.client.get("/api/v1/jobs/stream", headers=site.auth("bob")) as bob:
+        assert alice.status == bob.status == 200
+        assert users.revoke_token(site.tokens["alice"])
+        set_user(site.app[STORE], "bob", disabled=True)
+        await site.lab("root")  # a change wakes every stream: each checks its caller first
+        for response in (alice, bob):
+            rest = await ended(response)
+            assert b"event: job" not in rest
+
+
+async def test_an_admins_stream_of_everyone_ends_when_they_are_demoted(site: Site) -> None:
+    async with site.client.get("/api/v1/jobs/stream?all=1", headers=site.auth("root")) as every:
+        job = await site.lab("alice")
+        events, _ = await read_events(every, lambda ev: "pending" in states(ev, job["id"]))
+        set_user(site.app[STORE], "root", admin=False)
+        secret = await site.lab("bob")
+        rest = await ended(every)
+    assert secret["id"].encode() not in rest  # nothing of bob's after the demotion
+    assert events  # it did stream while root was an admin
+
+
+async def test_the_position_moves_past_other_users_changes(site: Site) -> None:
+    async with site.client.get("/api/v1/jobs/stream", headers=site.auth("bob")) as bob:
+        job = await site.lab("alice")
+        while site.app[STORE].get_job(job["id"])["state"] != "pending":
+            await asyncio.sleep(0.02)
+        newest = site.app[STORE].feed.newest()
+
+        async def heartbeats_until_newest() -> bytes:
+            seen = b""
+            while f"id: {newest}\n".encode() not in seen:
+                seen += await bob.content.readuntil(b": keep-alive\n\n")
+            return seen
+
+        text = await asyncio.wait_for(heartbeats_until_newest(), 5)
+    assert b"event: job" not in text  # nothing of alice's, but EventSource resumes from there
