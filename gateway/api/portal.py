@@ -11,6 +11,7 @@ script: the CSP allows only ``script-src 'self'``). Anonymous browsers go to the
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from ..pageheaders import SECURITY_HEADERS
 from ..users import User
 from .keys import SERVICE, current_user
 from .rendered import CSP as NOTEBOOK_CSP
-from .rendered import render_notebook
+from .rendered import rendered_page
 from .sessions import XSRF_COOKIE
 from .views import page
 
@@ -78,7 +79,9 @@ async def notebook_page(request: web.Request) -> web.Response:
     if path is None:
         raise NotFound("the job has no executed notebook (yet)", job_id=job_id)
     name = service.get_job(user, job_id)["name"]
-    return web.Response(text=render_notebook(path, name), content_type="text/html",
+    # In a thread: a big notebook takes a while to render, and the loop serves everyone.
+    html = await asyncio.to_thread(rendered_page, path, name)
+    return web.Response(text=html, content_type="text/html",
                         headers={"Content-Security-Policy": NOTEBOOK_CSP,
                                  "Cache-Control": "no-store"})
 

@@ -19,7 +19,9 @@ import base64
 import binascii
 import hashlib
 import json
+import os
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,9 @@ _MARKDOWN = MarkdownIt("commonmark", {"html": False})
 
 MAX_RENDERED_BYTES = 32 * 1024 * 1024  # a notebook bigger than this is offered for download only
 MAX_TEXT = 200_000  # characters of one output shown; the rest is cut with a note
+# Characters of markdown rendered per page (markdown-it-py takes up to ~10 µs a character on
+# pathological input); cells past it are shown as text.
+MARKDOWN_BUDGET = 100_000
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _BASE64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}\Z")
@@ -100,21 +105,43 @@ def notebook_cells(notebook: dict[str, Any]) -> list[dict[str, Any]]:
     does not have the expected shape is skipped or shown as text."""
     cells = notebook.get("cells") if isinstance(notebook.get("cells"), list) else []
     shown = []
+    budget = MARKDOWN_BUDGET
     for cell in cells or []:
         if not isinstance(cell, dict):
             continue
         outputs = cell.get("outputs") if isinstance(cell.get("outputs"), list) else []
+        source = _text(cell.get("source"))
+        html = None
+        if cell.get("cell_type") == "markdown" and len(source) <= budget:
+            budget -= len(source)
+            html = Markup(_MARKDOWN.render(source))  # noqa: S704 - raw HTML off, see above
         shown.append({
             "type": "markdown" if cell.get("cell_type") == "markdown" else "code"
             if cell.get("cell_type") == "code" else "raw",
-            "source": _text(cell.get("source")),
-            "html": (Markup(_MARKDOWN.render(_text(cell.get("source"))))  # noqa: S704 - see above
-                     if cell.get("cell_type") == "markdown" else None),
+            "source": source,
+            "html": html,
             "count": cell.get("execution_count") if isinstance(
                 cell.get("execution_count"), int) else None,
             "outputs": [_output(o) for o in outputs or [] if isinstance(o, dict)],
         })
     return shown
+
+
+def rendered_page(path: Path, title: str) -> str:
+    """:func:`render_notebook`'s page, kept beside the notebook (``output.html``) and reused
+    while the notebook is not newer: an ended job's notebook does not change, so it is
+    rendered once, not on every view."""
+    cache = path.with_name("output.html")
+    try:
+        if cache.stat().st_mtime_ns >= path.stat().st_mtime_ns:
+            return cache.read_text()
+    except FileNotFoundError:
+        pass
+    html = render_notebook(path, title)
+    partial = cache.with_name(f".output.html.{os.getpid()}.{threading.get_ident()}")
+    partial.write_text(html)
+    partial.replace(cache)
+    return html
 
 
 def render_notebook(path: Path, title: str) -> str:

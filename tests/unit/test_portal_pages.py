@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Awaitable, Callable
@@ -16,7 +17,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway.api.rendered import CSP, STYLE_HASH, notebook_cells, render_notebook
+from gateway.api.rendered import (
+    CSP,
+    MARKDOWN_BUDGET,
+    STYLE_HASH,
+    notebook_cells,
+    render_notebook,
+    rendered_page,
+)
 from gateway.config import parse_config
 from gateway.server import STORE, make_app
 
@@ -217,3 +225,22 @@ def test_markdown_cells_are_rendered_without_their_html_or_script_links(tmp_path
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # shown, as text
     assert 'href="javascript:' not in html and 'href="file:' not in html
     assert '<img src="data:image/png;base64,iVBORw0KGgo=" alt="pixel"' in html
+
+
+def test_markdown_past_the_page_budget_is_text_and_fast(tmp_path: Path) -> None:
+    hostile = "![[" * (MARKDOWN_BUDGET // 3 + 1)  # markdown-it's slowest kind of input
+    notebook = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+        {"cell_type": "markdown", "metadata": {}, "source": "*first*"},
+        {"cell_type": "markdown", "metadata": {}, "source": hostile}]}
+    cells = notebook_cells(notebook)
+    assert cells[0]["html"] is not None and cells[1]["html"] is None  # over budget: text
+
+
+def test_the_rendered_page_is_kept_until_the_notebook_changes(tmp_path: Path) -> None:
+    path = tmp_path / "output.ipynb"
+    path.write_text(json.dumps(hostile_notebook()))
+    first = rendered_page(path, "one")
+    assert (tmp_path / "output.html").read_text() == first
+    assert rendered_page(path, "two") == first  # kept: not rendered again
+    os.utime(path, ns=(path.stat().st_mtime_ns + 10**9,) * 2)  # the notebook is newer
+    assert "two" in rendered_page(path, "two")
