@@ -51,9 +51,17 @@ class Accounts:
             return False
         return True
 
-    def create_user(self, name: str, unix_user: str) -> User:
-        """A new (not admin) user, for single sign-on's ``create_users``."""
+    def create_user(self, name: str, unix_user: str) -> User | None:
+        """A new (not admin) user, for single sign-on's ``create_users``; None (nothing made)
+        when ``unix_user`` is root or already runs another gateway user's jobs."""
+        if unix_user == "root" or self._store.users.unix_user_taken(unix_user):
+            return None
         return self._store.users.add_user(name, unix_user)
+
+    def bind_subject(self, user: User, subject: str) -> bool:
+        """Bind ``user`` to a single sign-on identity at its first SSO login; whether the user
+        is bound to exactly that one (False: another identity signed in as this user)."""
+        return self._store.users.bind_subject(user, subject)
 
     def start_session(self, user: User, lifetime_s: float) -> int:
         """A single sign-on session's token id (see :meth:`UserTable.start_session`)."""

@@ -7,8 +7,11 @@ top-level redirect), path ``/login/oidc``, signed with the config's ``cookie_sec
 a label of its own and valid for :data:`ATTEMPT_LIFETIME_S` seconds; it is cleared by the
 callback whatever the outcome. A callback whose ``state`` does not match that cookie (another
 site's forged callback, an old tab) is refused, as is one naming another issuer (RFC 9207
-``iss``). The session is a token of its own (:meth:`Accounts.start_session`), which logout
-revokes; a disabled or unknown user gets the login page with the reason, never a session.
+``iss``). The first SSO login binds the gateway user to the provider's issuer and ``sub``;
+a later login under the same name with another ``sub`` is refused (a name claim can be
+renamed or reused at the provider). The session is a token of its own
+(:meth:`Accounts.start_session`), which logout revokes; a disabled or unknown user gets the
+login page with the reason, never a session.
 """
 
 from __future__ import annotations
@@ -164,9 +167,17 @@ def _session_for(request: web.Request, claims: dict[str, Any]) -> int:
         if not isinstance(unix_user, str) or not UNIX_USER.match(unix_user):
             raise web.HTTPForbidden(text=f"no unix account is known for {name}")
         user = accounts.create_user(name, unix_user)
+        if user is None:
+            raise web.HTTPForbidden(text=f"{name} cannot be created with the unix account "
+                                         "the sign-on provider names; ask an administrator")
         log.warning("single sign-on created user %s (unix user %s)", name, unix_user)
     if user is None:
         raise web.HTTPForbidden(text=f"{name} has no account on this gateway; ask an "
                                      "administrator")
+    # A name claim may be reused or renamed at the provider: the first SSO login binds the
+    # user to the provider's stable identity (issuer and sub), and only that one logs in later.
+    if not accounts.bind_subject(user, f"{settings.issuer} {claims['sub']}"):
+        raise web.HTTPForbidden(text=f"the account {name} belongs to another sign-on "
+                                     "identity; ask an administrator")
     lifetime = request.app[CONFIG].gateway.session_hours * 3600
     return accounts.start_session(user, lifetime)

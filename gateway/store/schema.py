@@ -134,6 +134,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN expected_start TEXT;
     """,
+    # The single sign-on identity (issuer and subject) a user is bound to at first SSO login.
+    """
+    ALTER TABLE users ADD COLUMN sso_subject TEXT;
+    """,
 ]
 
 

@@ -63,6 +63,19 @@ class UserTable:
             raise NotFound(f"no user {name!r}")
         return _user(row)
 
+    def bind_subject(self, user: User, subject: str) -> bool:
+        """Bind ``user`` to the single sign-on identity ``subject`` ("issuer sub") unless it
+        is bound already; whether ``user`` is (now) bound to exactly that one."""
+        self._db.execute("UPDATE users SET sso_subject = ? WHERE id = ? AND sso_subject IS NULL",
+                         [subject, user.id])
+        row = self._db.execute("SELECT sso_subject FROM users WHERE id = ?",
+                               [user.id]).fetchone()
+        return row is not None and row[0] == subject
+
+    def unix_user_taken(self, unix_user: str) -> bool:
+        """Whether some gateway user already runs jobs as ``unix_user``."""
+        return bool(self._db.table("users").count_where("unix_user = ?", [unix_user]))
+
     def is_disabled(self, user: User) -> bool:
         row = self._db.execute("SELECT disabled_at FROM users WHERE id = ?", [user.id]).fetchone()
         return row is None or row[0] is not None

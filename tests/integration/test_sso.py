@@ -18,6 +18,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from gateway.config import load_config
+from gateway.store import Store
+
 from .conftest import HPCGW, Gateway, dev_oidc, oidc_section, own_gateway
 
 CHROMIUM = "/usr/bin/chromium"
@@ -155,3 +158,24 @@ def test_an_unknown_user_is_refused_or_created_as_configured(
                                 capture_output=True, text=True, check=True, timeout=60).stdout
         assert any(line.split()[:4] == ["carol", "carol", "no", "enabled"]
                    for line in listed.splitlines()), listed
+
+
+def test_a_user_bound_to_another_sign_on_identity_is_refused(
+        sso_gateway: Gateway, provider: dict[str, Any], browser: Browser) -> None:
+    """The name claim is not an identity: once a user is bound to the provider's (issuer,
+    sub), a login naming that user with another sub gets no session."""
+    store = Store(load_config(sso_gateway.config).gateway.data_dir / "hpcgw.db")
+    try:
+        bob = store.users.get_user("bob")
+        assert store.users.bind_subject(bob, f"{provider['issuer']} someone-else")
+    finally:
+        store.close()
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        sign_in(page, sso_gateway, "bob", provider["passwords"]["bob"])
+        expect(page.get_by_role("alert")).to_contain_text("another sign-on identity",
+                                                          timeout=30_000)
+        assert not any(c["name"] == "hpcgw_session" for c in context.cookies())
+    finally:
+        context.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from gateway.accounts import Accounts
 from gateway.jobs.oversight import set_user
 from gateway.store import Store
 
@@ -112,3 +113,16 @@ def test_sso_sessions_end_expire_and_are_counted_apart_from_tokens(store: Store)
     api_token = store.users.authenticate(store.users.issue_token(alice))
     assert api_token is not None and not store.users.end_session(api_token[0])  # not a session
 
+
+
+def test_sign_on_binds_a_user_to_one_identity_and_creates_no_shared_unix_user(
+        store: Store) -> None:
+    accounts = Accounts(store)
+    alice = store.users.add_user("alice", "alice")
+    assert accounts.bind_subject(alice, "https://sso alice-sub")
+    assert accounts.bind_subject(alice, "https://sso alice-sub")  # the same again: fine
+    assert not accounts.bind_subject(alice, "https://sso mallory-sub")
+    assert accounts.create_user("mallory", "alice") is None  # alice's unix account
+    assert accounts.create_user("mallory", "root") is None
+    carol = accounts.create_user("carol", "carol")
+    assert carol is not None and not carol.admin
