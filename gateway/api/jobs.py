@@ -21,7 +21,7 @@ from ..errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
-from ..jobs.service import job_view
+from ..jobs.views import job_view
 from ..listing import cursor_after, parse_query
 from ..staging.sidefiles import MAX_SIDE_FILES
 from .forms import read_capped

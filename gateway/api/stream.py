@@ -26,7 +26,9 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import FieldError, TooManyRequests, ValidationFailed
-from ..jobs.service import JobService, job_view
+from ..jobs.oversight import admin_view
+from ..jobs.service import JobService
+from ..jobs.views import job_view
 from ..users import User
 from .keys import SERVICE, current_user
 from .middleware import caller_now
@@ -95,9 +97,8 @@ def _event_id(raw: str | None, field: str) -> int | None:
 
 def _message(event_id: int, job: dict[str, Any], everyone: bool) -> bytes:
     """One SSE message; the JSON has no newline, so it is one ``data:`` line."""
-    view = job_view(job)
-    model = (AdminJob.model_validate({**view, "user": job["user"]}) if everyone
-             else Job.model_validate(view))
+    model = (AdminJob.model_validate(admin_view(job)) if everyone
+             else Job.model_validate(job_view(job)))
     data = json.dumps(model.model_dump(mode="json"), separators=(",", ":"))
     return f"id: {event_id}\nevent: job\ndata: {data}\n\n".encode()
 

@@ -20,7 +20,9 @@ from ..errors import Forbidden, NotFound
 from ..listing import JobQuery
 from ..store import Store
 from ..users import User
+from ..webhooks.addresses import shown
 from .outcome import DISABLED_STOP
+from .views import job_view
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,16 @@ def admin_jobs(store: Store, caller: User, query: JobQuery) -> list[dict[str, An
     names = store.users.names()
     return [{**job, "user": names.get(job["user_id"], "")}
             for job in store.query_jobs(user_id, query)]
+
+
+def admin_view(job: dict[str, Any]) -> dict[str, Any]:
+    """A job (a row with its owner's name as ``user``) as an admin sees it: the API's view
+    plus ``user``, its webhook reduced to the URL's origin (a path or query may hold the
+    receiver's own secret, which only the job's owner reads)."""
+    view = {**job_view(job), "user": job["user"]}
+    if view.get("webhook"):
+        view["webhook"] = {**view["webhook"], "url": shown(view["webhook"]["url"])}
+    return view
 
 
 @dataclass

@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from ..bodies import read_at_most
 from ..errors import Forbidden, GatewayError, LabUnavailable, LabUnproven, NotFound
 from ..jobs.labs import LabRoute
 from ..metrics import GatewayMetrics
@@ -83,7 +84,7 @@ class LabProxy:
                 timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT), allow_redirects=False,
             ) as answer:
                 answer.raise_for_status()
-                body = await answer.content.read(MAX_PROBE_ANSWER + 1)
+                body = await read_at_most(answer.content, MAX_PROBE_ANSWER)
         except LabNotProven as exc:
             raise LabUnproven(str(exc), job_id=route.job_id) from None
         if len(body) > MAX_PROBE_ANSWER:

@@ -27,6 +27,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError as JoseRFCError
 from joserfc.jwk import KeySet
 
+from ..bodies import read_at_most
 from .settings import OIDCConfig
 
 MAX_ANSWER = 256 * 1024
@@ -76,7 +77,7 @@ class OIDCClient:
         try:
             async with self._session.request(method, url, timeout=timeout,
                                              allow_redirects=False, **kwargs) as answer:
-                body = await answer.content.read(MAX_ANSWER + 1)
+                body = await read_at_most(answer.content, MAX_ANSWER)
                 status = answer.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise SSOError(f"the sign-on provider did not answer ({type(exc).__name__})") from exc

@@ -18,6 +18,7 @@ twice:
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 import socket
 
@@ -39,6 +40,8 @@ _KINDS = (("is_loopback", "a loopback address"), ("is_unspecified", "the unspeci
           ("is_link_local", "a link-local address"), ("is_multicast", "a multicast address"),
           ("is_reserved", "a reserved address"), ("is_private", "a private address"),
           ("is_site_local", "a site-local address"))
+
+log = logging.getLogger(__name__)
 
 
 class AddressRefused(OSError):
@@ -154,7 +157,12 @@ class PolicyResolver(AbstractResolver):
             address = _ip(str(entry["host"]))
             why = "not an IP address" if address is None else refusal(address)
             if why is not None:
-                raise AddressRefused(f"{host} resolves to {entry['host']}, {why}")
+                # The address itself goes to the gateway's log only: the refusal is shown to
+                # the user (the job's events), who must not map the gateway's network by it.
+                log.warning("webhook host %s resolves to %s, %s: refused", host,
+                            entry["host"], why)
+                raise AddressRefused(f"{host} resolves to an address webhooks may not reach "
+                                     "(not a public one)")
         if not found:
             raise AddressRefused(f"{host} resolves to no address")
         return found

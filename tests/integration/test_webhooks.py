@@ -166,3 +166,4 @@ async def test_without_allow_private_a_name_resolving_to_loopback_gets_nothing(
     assert row["to_state"] == "accepted"
     assert row["message"].startswith(f"webhook delivery 1/5 of accepted to http://{name}:")
     assert "refused" in row["message"] and row["message"].endswith("not retried")
+    assert not any(address in row["message"] for address in addresses)  # no network map

@@ -15,6 +15,8 @@ from gateway.store import Store
 if TYPE_CHECKING:
     from conftest import Site
 
+LAB = {"kind": "lab", "time": "00:10:00"}
+
 
 async def test_only_an_admin_lists_every_users_jobs(site: Site) -> None:
     mine, theirs = await site.lab("alice"), await site.lab("bob")
@@ -126,3 +128,15 @@ def test_sign_on_binds_a_user_to_one_identity_and_creates_no_shared_unix_user(
     assert accounts.create_user("mallory", "root") is None
     carol = accounts.create_user("carol", "carol")
     assert carol is not None and not carol.admin
+
+
+async def test_an_admin_sees_a_webhooks_origin_not_its_secret_path(site: Site) -> None:
+    hook = {"url": "https://hooks.example.org/services/T000/B000/secret-part?token=abc"}
+    answer = await site.client.post("/api/v1/jobs", json={**LAB, "webhook": hook},
+                                    headers=site.auth("alice"))
+    assert answer.status == 201, await answer.text()
+    job = await answer.json()
+    assert job["webhook"]["url"] == hook["url"]  # the owner sees all of it
+    listed = await (await site.client.get("/api/v1/admin/jobs", headers=site.auth("root"))).json()
+    shown = next(j for j in listed["jobs"] if j["id"] == job["id"])
+    assert shown["webhook"]["url"] == "https://hooks.example.org"
