@@ -191,7 +191,7 @@ class JobService:
 
     def event_watermark(self) -> int:
         """The newest events row id: where a job stream asking for no earlier change starts."""
-        return self._store.feed.newest()
+        return self._store.last_event_id()
 
     def job_changes(self, caller: User, after: int, *, everyone: bool = False,
                     limit: int = 200) -> list[tuple[int, dict[str, Any]]]:

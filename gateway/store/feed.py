@@ -28,10 +28,6 @@ class JobFeed:
     def __init__(self, db: sqlite_utils.Database) -> None:
         self.db = db
 
-    def newest(self) -> int:
-        """The id of the newest events row (0 if none), state change or not."""
-        return int(self.db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
-
     def changes_since(self, event_id: int, user_id: int | None,
                       limit: int = 200) -> list[FeedItem]:
         """The state changes after events row ``event_id`` of ``user_id``'s jobs (None: every

@@ -205,7 +205,7 @@ async def test_the_position_moves_past_other_users_changes(site: Site) -> None:
         job = await site.lab("alice")
         while site.app[STORE].get_job(job["id"])["state"] != "pending":
             await asyncio.sleep(0.02)
-        newest = site.app[STORE].feed.newest()
+        newest = site.app[STORE].last_event_id()
 
         async def heartbeats_until_newest() -> bytes:
             seen = b""
