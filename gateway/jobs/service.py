@@ -36,6 +36,7 @@ from ..staging.credentials import StorageCredentials
 from ..staging.sidefiles import SIDE_DIR, side_file_errors
 from ..states import TERMINAL, IllegalTransition, Reason, State
 from ..store import Store, private_dir
+from ..store.stamped import StampedCache
 from ..templates import make_environment
 from ..users import User
 from .clusters import ClusterLink
@@ -81,6 +82,8 @@ class JobService:
         self._tasks: set[asyncio.Task[Any]] = set()
         # Job id -> loop time its progress was last read from the cluster.
         self._progress_read: dict[str, float] = {}
+        # (user id, job id) -> the route to that user's ready lab, while the store is unchanged.
+        self._lab_routes: StampedCache[tuple[int, str], LabRoute] = store.stamped_cache()
 
     # -- background work ------------------------------------------------------------------
 
@@ -220,8 +223,15 @@ class JobService:
         return self._store.events(job_id, deliveries=True)
 
     async def open_lab(self, user: User, job_id: str) -> LabRoute:
-        """The route to ``user``'s ready lab (see :func:`.labs.open_lab`)."""
-        return await open_lab(self.ctx, user.id, job_id)
+        """The route to ``user``'s ready lab (see :func:`.labs.open_lab`). The answer is kept
+        until the store next changes (a lab that ends changes it) or :meth:`lab_unreachable`."""
+        return await self._lab_routes.lookup_async(
+            (user.id, job_id), lambda: open_lab(self.ctx, user.id, job_id))
+
+    def lab_unreachable(self, user: User, job_id: str) -> None:
+        """The route :meth:`open_lab` gave did not answer (a port forward that went down):
+        the next request works it out again."""
+        self._lab_routes.discard((user.id, job_id))
 
     def create_notebook_job(
         self, user: User, raw_spec: Any, notebook: bytes, idempotency_key: str | None = None,

@@ -27,6 +27,7 @@ from ..users import User
 from .feed import JobFeed
 from .files import loose_modes, private_database, private_dir
 from .schema import LAB_TOKENS_DROPPED, MIGRATIONS
+from .stamped import StampedCache
 from .storage import StorageTable
 from .users import TOKEN_PREFIX, UserTable, hash_token
 from .webhooks import STATE, WebhookEvents
@@ -99,6 +100,10 @@ class Store:
         self.users = UserTable(self.db)
         self.webhooks = WebhookEvents(self.db)
         self.feed = JobFeed(self.db)
+
+    def stamped_cache(self) -> StampedCache[Any, Any]:
+        """A cache of this store's answers, emptied at its next change (:mod:`.stamped`)."""
+        return StampedCache(self.db.conn)
 
     def _migrate(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]

@@ -17,8 +17,9 @@ import sqlite_utils
 
 from ..config import IDENTIFIER, UNIX_USER
 from ..errors import BadRequest, Conflict, NotFound
-from ..timestamps import format_timestamp, utcnow
+from ..timestamps import format_timestamp, parse_timestamp, utcnow
 from ..users import User
+from .stamped import StampedCache
 
 TOKEN_PREFIX = "hpcgw_"  # noqa: S105 - a recognisable prefix, not a secret
 _USER_COLUMNS = "u.id, u.name, u.unix_user, u.is_admin"
@@ -39,6 +40,10 @@ class UserTable:
 
     def __init__(self, db: sqlite_utils.Database) -> None:
         self._db = db
+        # What the lookups below answered, valid while the database is unchanged (every
+        # request asks; see gateway.store.stamped): token hash or session id -> the answer.
+        self._tokens: StampedCache[str, tuple[int, User]] = StampedCache(db.conn)
+        self._sessions: StampedCache[int, User] = StampedCache(db.conn)
 
     def add_user(self, name: str, unix_user: str, *, admin: bool = False) -> User:
         """A new gateway user running jobs as ``unix_user``; Conflict if the name is taken."""
@@ -164,22 +169,35 @@ class UserTable:
     def authenticate(self, token: str) -> tuple[int, User] | None:
         """``(token id, user)`` for a valid API token (known, unrevoked, its user enabled;
         never a session's)."""
-        row = self._db.execute(
-            f"SELECT t.id, {_USER_COLUMNS} FROM tokens t JOIN users u "  # noqa: S608
-            f"ON u.id = t.user_id "
-            f"WHERE t.token_hash = ? AND t.revoked_at IS NULL AND {_ENABLED} "
-            f"AND t.session_expires_at IS NULL",
-            [hash_token(token)]).fetchone()
-        return (int(row[0]), _user(row[1:])) if row else None
+        token_hash = hash_token(token)
+
+        def load() -> tuple[tuple[int, User], None] | None:
+            row = self._db.execute(
+                f"SELECT t.id, {_USER_COLUMNS} FROM tokens t JOIN users u "  # noqa: S608
+                f"ON u.id = t.user_id "
+                f"WHERE t.token_hash = ? AND t.revoked_at IS NULL AND {_ENABLED} "
+                f"AND t.session_expires_at IS NULL",
+                [token_hash]).fetchone()
+            return ((int(row[0]), _user(row[1:])), None) if row else None
+
+        return self._tokens.lookup(token_hash, load, time.time())
 
     def user_for_token_id(self, token_id: int) -> User | None:
         """The user of a browser session's token (an API token the user logged in with, or
         a single sign-on session), while it is not revoked nor expired and the user is
         enabled."""
-        row = self._db.execute(
-            f"SELECT {_USER_COLUMNS} FROM tokens t JOIN users u "  # noqa: S608
-            f"ON u.id = t.user_id "
-            f"WHERE t.id = ? AND t.revoked_at IS NULL AND {_ENABLED} "
-            f"AND (t.session_expires_at IS NULL OR t.session_expires_at > ?)",
-            [token_id, utcnow()]).fetchone()
-        return _user(row) if row else None
+        now = time.time()
+
+        def load() -> tuple[User, float | None] | None:
+            row = self._db.execute(
+                f"SELECT {_USER_COLUMNS}, t.session_expires_at FROM tokens t "  # noqa: S608
+                f"JOIN users u ON u.id = t.user_id "
+                f"WHERE t.id = ? AND t.revoked_at IS NULL AND {_ENABLED} "
+                f"AND (t.session_expires_at IS NULL OR t.session_expires_at > ?)",
+                [token_id, format_timestamp(now)]).fetchone()
+            if row is None:
+                return None
+            expires = parse_timestamp(row[4]).timestamp() if row[4] else None
+            return _user(row[:4]), expires
+
+        return self._sessions.lookup(token_id, load, now)
