@@ -26,7 +26,7 @@ from .timestamps import format_timestamp
 # The fields an event may carry besides its message, in the order they are written.
 FIELDS = ("request_id", "user", "method", "path", "status", "bytes", "seconds", "remote",
           "job_id", "slurm_job_id", "cluster", "from_state", "to_state", "reason",
-          "attempt", "outcome", "webhook")
+          "attempt", "outcome", "webhook", "requests")
 LogFormat = Literal["json", "text"]
 # (name, value) pairs: immutable, so a task started inside a context can't change its parent's.
 _CONTEXT: ContextVar[tuple[tuple[str, str], ...]] = ContextVar("hpcgw_log_context",

@@ -8,8 +8,11 @@ but the CLI's ``serve`` and the tests.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import socket
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -21,13 +24,14 @@ from .api import sessions
 from .api.app import add_routes, middlewares
 from .api.jobs import upload_limit
 from .api.keys import ACCOUNTS, CONFIG, METRICS, OIDC, PROXY, SERVICE, STORAGE
-from .api.middleware import security_headers
+from .api.middleware import lab_caller, security_headers
 from .api.requestlog import AccessLog, request_id_header
 from .config import ClusterConfig, Config
 from .errors import GatewayError
 from .jobs.clusters import ClusterLink, make_cluster_link
 from .jobs.service import JobService
 from .metrics import GatewayMetrics, ScrapeTimeCollector
+from .proxy.front import FrontProtocol
 from .proxy.labs import LabProxy
 from .scheduler.metered import MeteredBackend
 from .sso.client import OIDCClient
@@ -90,9 +94,10 @@ def make_app(config: Config, *,
         for link in links.values():  # every scheduler call counted and timed
             link.backend = MeteredBackend(link.backend, metrics, link.name)
         service = JobService(config, store, links, credentials=credentials, metrics=metrics)
-        proxy = LabProxy(service.open_lab, sessions.GATEWAY_COOKIES,
-                         config.gateway.public_origin, metrics=metrics)
         accounts = Accounts(store)
+        proxy = LabProxy(service, lab_caller(accounts, config.gateway.cookie_secret),
+                         sessions.GATEWAY_COOKIES, config.gateway.public_origin,
+                         metrics=metrics)
         metrics.watch(ScrapeTimeCollector(service.job_counts, service.reachability,
                                           accounts.counts))
         app[STORE], app[ACCOUNTS], app[SERVICE], app[PROXY] = store, accounts, service, proxy
@@ -116,3 +121,43 @@ async def sso_client(app: web.Application, settings: OIDCConfig) -> AsyncIterato
                                      trust_env=False) as session:
         app[OIDC] = OIDCClient(settings, session)
         yield
+
+
+class FrontSite(web.SockSite):
+    """The gateway's listening socket: each connection starts with the lab proxy's fast path
+    (:class:`gateway.proxy.front.FrontProtocol`), which hands it to the runner's aiohttp server
+    for anything but lab traffic. Stopping the site closes the connections it still holds."""
+
+    def __init__(self, runner: web.AppRunner, sock: socket.socket) -> None:
+        super().__init__(runner, sock)
+        self._fronts: weakref.WeakSet[FrontProtocol] = weakref.WeakSet()
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registered with the runner, not served by aiohttp
+        runner = self._runner
+        assert isinstance(runner, web.AppRunner) and runner.server is not None
+        server, fast = runner.server, runner.app[PROXY].fast
+        timeout = runner.app[CONFIG].gateway.header_timeout
+
+        def front() -> FrontProtocol:
+            protocol = FrontProtocol(server, fast, timeout)
+            self._fronts.add(protocol)
+            return protocol
+
+        self._server = await asyncio.get_running_loop().create_server(
+            front, sock=self._sock, backlog=self._backlog)
+
+    async def stop(self) -> None:
+        for protocol in list(self._fronts):
+            protocol.shut()
+        await super().stop()
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (0: any free port), as aiohttp's TCPSite binds."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.setblocking(False)
+    return sock

@@ -10,12 +10,16 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from ..accounts import Accounts
 from ..errors import GatewayError, TooManyRequests, Unauthorized
 from ..logs import log_context
 from ..pageheaders import SECURITY_HEADERS
+from ..proxy.fastpath import Caller, header
+from ..proxy.http1 import RequestHead
 from ..users import User
+from .forms import double_submitted
 from .keys import ACCOUNTS, CONFIG, USER_KEY, VIA_COOKIE
-from .sessions import SESSION_COOKIE, check_xsrf, read_session
+from .sessions import SAFE_METHODS, SESSION_COOKIE, XSRF_HEADER, check_xsrf, read_session
 
 log = logging.getLogger(__name__)
 PROBLEM_TYPE = "application/problem+json"
@@ -109,6 +113,45 @@ def caller_now(request: web.Request) -> User | None:
         return _bearer_user(request) or _session_user(request)
     except Unauthorized:
         return None
+
+
+def lab_caller(accounts: Accounts, cookie_secret: str) -> Caller:
+    """The lab fast path's version of :func:`auth_middleware` and :func:`check_xsrf`, on a
+    parsed head: ``(user, via cookie)`` when the credential clearly names a user (a valid
+    bearer token; else a valid session cookie, with the lab's ``_xsrf`` pair for a state
+    change), None for anything else (the API then answers it, with its 401, login or 403)."""
+
+    def caller(head: RequestHead) -> tuple[User, bool] | None:
+        authorization = header(head, "authorization")
+        if authorization is not None:
+            scheme, _, token = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                return None
+            user = accounts.user_for_token(token.strip())
+            return (user, False) if user is not None else None
+        cookies = _cookies(head)
+        token_id = read_session(cookie_secret, cookies.get(SESSION_COOKIE, ""))
+        found = accounts.user_for_token_id(token_id) if token_id is not None else None
+        if found is None:
+            return None
+        if head.method not in SAFE_METHODS and not double_submitted(
+                cookies.get("_xsrf", ""), header(head, XSRF_HEADER.lower()) or ""):
+            return None
+        return found, True
+
+    return caller
+
+
+def _cookies(head: RequestHead) -> dict[str, str]:
+    """The request's cookies by name (the first of a repeated name, the most specific path's
+    as browsers send them)."""
+    found: dict[str, str] = {}
+    for name, value in head.headers:
+        if name.lower() == "cookie":
+            for pair in value.split(";"):
+                key, _, cookie = pair.strip().partition("=")
+                found.setdefault(key, cookie)
+    return found
 
 
 def _wants_page(request: web.Request) -> bool:

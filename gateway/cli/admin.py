@@ -206,11 +206,11 @@ def mapped_users(config: Config) -> list[str]:
 async def _serve(config: Config, host: str, port: int) -> None:
     """Serve until SIGINT/SIGTERM, with :func:`gateway.server.server_options` (a connection
     must send a request's headers within ``gateway.header_timeout`` seconds)."""
-    from ..server import make_app, server_options
+    from ..server import FrontSite, listening_socket, make_app, server_options
 
     runner = web.AppRunner(make_app(config), **server_options(config))
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = FrontSite(runner, listening_socket(host, port))
     await site.start()
     bound = runner.addresses[0][1] if runner.addresses else port
     print(f"hpcgw: serving on http://{host}:{bound}", flush=True)

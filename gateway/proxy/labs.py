@@ -1,6 +1,9 @@
 """The lab proxy: ``/labs/{job_id}/...`` of a ready lab, for its owner only.
 
-The API hands each request over with its authenticated caller. Every request and WebSocket
+Most lab traffic takes the fast path: the gateway's listening socket (:mod:`.front`) relays
+the requests :class:`.fastpath.LabFastPath` admits, as bytes. What it does not admit, and every
+request on a connection aiohttp already serves, comes here through the API, which hands each
+request over with its authenticated caller. Every request and WebSocket
 upgrade is checked by the job service's ``open_lab`` (:func:`gateway.jobs.labs.open_lab`): the
 job must exist, belong to the caller (another user's lab answers exactly like a missing one)
 and be ``ready``. The upstream address is the job's own (its node and the port its server
@@ -17,7 +20,6 @@ import ipaddress
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -28,6 +30,7 @@ from ..errors import Forbidden, GatewayError, LabUnavailable, LabUnproven, NotFo
 from ..jobs.labs import LabRoute
 from ..metrics import GatewayMetrics
 from ..users import User
+from .fastpath import Caller, LabFastPath, LabRoutes
 from .identity import LabIdentity, LabNotProven, LabSessions
 from .relay import Upstream, relay_http, relay_websocket
 
@@ -37,25 +40,24 @@ PROBE_TIMEOUT = 5.0
 MAX_PROBE_ANSWER = 64 * 1024  # a lab API answer the gateway reads for itself
 
 
-# (caller, job id) -> the route to that caller's ready lab; raises NotFound / LabUnavailable.
-FindLab = Callable[[User, str], Awaitable[LabRoute]]
-
-
 class LabProxy:
     """Relays lab traffic; owns the per-lab HTTP client sessions and the activity clock."""
 
-    def __init__(self, find_lab: FindLab, gateway_cookies: frozenset[str],
+    def __init__(self, routes: LabRoutes, caller: Caller, gateway_cookies: frozenset[str],
                  public_origin: str | None = None,
                  metrics: GatewayMetrics | None = None) -> None:
-        self.find_lab = find_lab
+        self.routes = routes
         self.metrics = metrics or GatewayMetrics()
         self.sessions = LabSessions(CONNECT_TIMEOUT)
         self.gateway_cookies = gateway_cookies
         self.public_origin = public_origin
         # job id -> wall-clock time of the last proxied request or WebSocket frame
         self.activity: dict[str, float] = {}
+        self.fast = LabFastPath(routes, caller, route_upstream, gateway_cookies, public_origin,
+                                self.metrics, self.touch)
 
     async def stop(self) -> None:
+        self.fast.close()
         await self.sessions.close()
 
     # -- the lifecycle's LabProbe ----------------------------------------------------------
@@ -70,6 +72,7 @@ class LabProxy:
         for job_id in self.activity.keys() - live:
             del self.activity[job_id]
         self.sessions.retain(live)
+        self.fast.pool.retain({f"/labs/{job_id}/" for job_id in live})
 
     async def get(self, route: LabRoute, path: str) -> Any:
         """GET ``path`` (under the lab's prefix) from the lab's REST API as JSON, bypassing the
@@ -96,9 +99,7 @@ class LabProxy:
     def upstream(self, route: LabRoute) -> tuple[Upstream, aiohttp.ClientSession]:
         """The lab's server as reached from here, and the client session whose connections
         are proven to reach it."""
-        upstream = Upstream(route.host, route.port, route.token, route.prefix)
-        identity = LabIdentity(route.token, route.prefix, route.node_port,
-                               _literal_ip(route.node_host) if route.forwarded else None)
+        upstream, identity = route_upstream(route)
         return upstream, self.sessions.get(route.job_id, identity, route.host, route.port)
 
     def _check_origin(self, request: web.Request) -> None:
@@ -113,7 +114,7 @@ class LabProxy:
         was authenticated by a browser session cookie (WebSocket upgrades must then carry the
         gateway's own Origin)."""
         job_id = request.match_info["job_id"]
-        route = await self.find_lab(caller, job_id)  # LabUnavailable: the API says it (503)
+        route = await self.routes.open_lab(caller, job_id)  # LabUnavailable: the API says it
         if not request.rel_url.raw_path.startswith(route.prefix):
             raise NotFound("no such path in this lab")
         websocket = request.headers.get("Upgrade", "").lower() == "websocket"
@@ -140,6 +141,7 @@ class LabProxy:
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             log.warning("lab %s: upstream %s:%s failed: %r", job_id, upstream.host,
                         upstream.port, exc)
+            self.routes.lab_unreachable(caller, job_id)
             status = LabUnavailable.status
             raise LabUnavailable("the lab's server did not answer") from None
         except GatewayError as exc:
@@ -152,6 +154,14 @@ class LabProxy:
         """An HTTP relay's body bytes: what the client sent up, what went back down."""
         self.metrics.proxy_bytes.labels("up").inc(request.content_length or 0)
         self.metrics.proxy_bytes.labels("down").inc(response.body_length)
+
+
+def route_upstream(route: LabRoute) -> tuple[Upstream, LabIdentity]:
+    """The lab's server as reached from here, and what it must prove on each connection."""
+    upstream = Upstream(route.host, route.port, route.token, route.prefix)
+    identity = LabIdentity(route.token, route.prefix, route.node_port,
+                           _literal_ip(route.node_host) if route.forwarded else None)
+    return upstream, identity
 
 
 def _literal_ip(host: str) -> str:

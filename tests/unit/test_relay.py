@@ -35,7 +35,7 @@ from gateway.api.sessions import make_session
 from gateway.config import parse_config
 from gateway.jobs.labs import lab_route
 from gateway.scheduler import SchedulerState
-from gateway.server import STORE, make_app
+from gateway.server import STORE, FrontSite, listening_socket, make_app
 from gateway.states import State
 from gateway.store import Store, User
 from gateway.timestamps import utcnow
@@ -72,7 +72,9 @@ class Seen:
 class FakeLab:
     """A JupyterLab stand-in. It answers by the first path segment after ``/labs/<id>/``:
     ``hop``, ``gzip``, ``redirect?to=``, ``cookies``, ``download?n=&gate=``, ``upload?gate=``,
-    ``ws``, ``nows``; anything else is ``200 ok``. ``api/...`` (the gateway's own probes) is
+    ``ws``, ``nows``, ``echo`` (its raw path as the body), ``truncated`` (promises 1 MiB, sends
+    64 KiB, drops the connection), ``hangup`` (drops the connection before answering); anything
+    else is ``200 ok``. ``api/...`` (the gateway's own probes) is
     answered but not recorded; ``hpcgw/proof`` answers the gateway's identity challenge like
     the real launcher (counted in :attr:`proofs`)."""
 
@@ -87,6 +89,7 @@ class FakeLab:
     job_id: str = ""  # the lab it serves: it holds that lab's token only
     huge_api: bool = False  # api/... answers an endless body
     endless_ended: asyncio.Event = field(default_factory=asyncio.Event)
+    upload_aborted: asyncio.Event = field(default_factory=asyncio.Event)  # body failed or short
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -107,6 +110,7 @@ class FakeLab:
             "hop": self.hop, "gzip": self.gzip, "redirect": self.redirect,
             "cookies": self.cookies, "download": self.download, "upload": self.upload,
             "ws": self.websocket, "nows": self.no_websocket, "sw": self.service_worker,
+            "echo": self.echo, "truncated": self.truncated, "hangup": self.hangup,
         }
         if action in handlers:
             return await handlers[action](request)
@@ -182,11 +186,36 @@ class FakeLab:
     async def upload(self, request: web.Request) -> web.StreamResponse:
         """Hash the body as it streams in; :attr:`first_bytes` is set on the first chunk."""
         digest, size = hashlib.sha256(), 0
-        async for chunk in request.content.iter_any():
-            digest.update(chunk)
-            size += len(chunk)
-            self.first_bytes.set()
+        whole = False
+        try:
+            async for chunk in request.content.iter_any():
+                digest.update(chunk)
+                size += len(chunk)
+                self.first_bytes.set()
+            whole = request.content_length is None or size == request.content_length
+        finally:  # the read failed, the handler was cancelled, or the body came short
+            if not whole:
+                self.upload_aborted.set()
         return web.json_response({"size": size, "sha256": digest.hexdigest()})
+
+    async def echo(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(text=request.raw_path)
+
+    async def truncated(self, request: web.Request) -> web.StreamResponse:
+        """Headers promising 1 MiB, 64 KiB of it, then the connection just ends."""
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = MIB
+        await response.prepare(request)
+        await response.write(BLOCK[: 64 * 1024])
+        assert request.transport is not None
+        request.transport.abort()
+        return response
+
+    async def hangup(self, request: web.Request) -> web.StreamResponse:
+        """The connection ends before a single byte of an answer."""
+        assert request.transport is not None
+        request.transport.abort()
+        return web.Response(text="never sent")
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         """Echo frames; ``close <code> <reason>`` makes it close, ``drop`` drops the connection;
@@ -308,6 +337,20 @@ class GatewayServer(TestServer):
     async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
         return await super()._make_runner(**{**kwargs,
                                              "handler_cancellation": self.handler_cancellation})
+
+    async def start_server(self, loop: asyncio.AbstractEventLoop | None = None,
+                           **kwargs: Any) -> None:
+        """As ``hpcgw serve`` listens: the lab fast path in front of aiohttp (FrontSite)."""
+        if self.runner:
+            return
+        self._loop = loop
+        self.runner = await self._make_runner(**kwargs)
+        await self.runner.setup()
+        sock = listening_socket("127.0.0.1", 0)
+        assert isinstance(self.runner, web.AppRunner)
+        await FrontSite(self.runner, sock).start()
+        self.port, self.scheme = sock.getsockname()[1], "http"
+        self._root = URL(f"http://127.0.0.1:{self.port}")
 
 
 BOTH_SERVERS = pytest.mark.parametrize("gw", [False, True], indirect=True,

@@ -1,0 +1,222 @@
+"""The lab proxy's checks for the fast path (:mod:`.front`), its access records and open pipes.
+
+:meth:`LabFastPath.admit` lets a request through only when every check of the lab proxy
+passes: a credential that names a user now (bearer token, or session cookie with the lab's XSRF
+pair for a state change: ``Caller``), that user's own lab, ``ready`` (the job service's
+``open_lab``), a path under the lab's prefix, and for a WebSocket a valid handshake and, with a
+cookie, the gateway's own Origin. Anything else is not admitted, and aiohttp answers it (401,
+login, 403, 404, the lab's "starting" page) exactly as before. Both lookups are cached until
+the store changes (:mod:`gateway.store.stamped`), so a revoked token or an ended lab stops the
+very next request.
+
+Access records and the proxy's counters are kept in memory and written every
+:data:`FLUSH_INTERVAL` s (or :data:`FLUSH_RECORDS` records) as one ``hpcgw.access`` event whose
+``requests`` field lists them: one record per request, none dropped. Open WebSocket pipes are
+checked again every :data:`PIPE_CHECK_INTERVAL` s (cached lookups, so cheap): a pipe whose
+credential no longer names its owner, or whose lab is no longer ready, is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Protocol
+
+from ..errors import GatewayError, LabUnavailable
+from ..logs import masked_path
+from ..metrics import GatewayMetrics
+from ..pageheaders import SECURITY_HEADERS
+from ..users import User
+from .front import Admission
+from .heads import response_head, upstream_head
+from .http1 import RequestHead
+from .identity import LabIdentity
+from .relay import Upstream
+from .upstream import UpstreamPool
+
+access_log = logging.getLogger("hpcgw.access")
+FLUSH_INTERVAL = 1.0
+FLUSH_RECORDS = 1024
+PIPE_CHECK_INTERVAL = 1.0
+LAB_PATH = re.compile(r"^/labs/([0-9a-f]{16})/")
+
+# (request head) -> (user, authenticated by a session cookie) or None when not clearly good.
+Caller = Callable[[RequestHead], tuple[User, bool] | None]
+
+
+class LabRoutes(Protocol):
+    """The job service's side: the route to a caller's ready lab (raises GatewayError), and
+    word that a route did not answer."""
+
+    def open_lab(self, user: User, job_id: str) -> Awaitable[Any]: ...
+
+    def lab_unreachable(self, user: User, job_id: str) -> None: ...
+
+
+@dataclass(slots=True)
+class Pipe:
+    """An open WebSocket, with what admitted it (checked again while it lasts)."""
+
+    head: RequestHead
+    user: User
+    job_id: str
+    close: Callable[[], None]
+
+
+def header(head: RequestHead, name: str) -> str | None:
+    """The first value of header ``name`` (lower case), or None."""
+    for key, value in head.headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def valid_upgrade(head: RequestHead) -> bool:
+    """A WebSocket handshake aiohttp would accept (else it answers 400, never the lab)."""
+    return (head.method == "GET" and "upgrade" in head.connection
+            and header(head, "sec-websocket-version") == "13"
+            and len(header(head, "sec-websocket-key") or "") == 24)
+
+
+class LabFastPath:
+    """What :class:`.front.FrontProtocol` asks of the lab proxy."""
+
+    def __init__(self, routes: LabRoutes, caller: Caller, upstream_of: Callable[..., Any],
+                 gateway_cookies: frozenset[str], public_origin: str | None,
+                 metrics: GatewayMetrics, touch: Callable[[str], None]) -> None:
+        self._routes, self._caller, self._upstream_of = routes, caller, upstream_of
+        self._gateway_cookies, self._public_origin = gateway_cookies, public_origin
+        self._metrics, self.touch = metrics, touch
+        self.pool = UpstreamPool()
+        self._records: list[list[Any]] = []
+        self._flusher: asyncio.TimerHandle | None = None
+        self._pipes: dict[int, Pipe] = {}
+        self._checker: asyncio.Task[None] | None = None
+
+    async def admit(self, head: RequestHead, remote: str | None) -> Admission | None:
+        match = LAB_PATH.match(head.target)
+        asked = header(head, "upgrade")
+        websocket = asked is not None  # an upgrade is a valid WebSocket one, or the API's 400
+        if match is None or (websocket and (asked or "").lower() != "websocket") \
+                or (websocket and not valid_upgrade(head)):
+            return None
+        found = self._caller(head)
+        if found is None:
+            return None
+        user, via_cookie = found
+        if websocket and via_cookie and header(head, "origin") != self._own_origin(head):
+            return None
+        try:
+            route = await self._routes.open_lab(user, match[1])
+        except GatewayError:
+            return None
+        upstream: Upstream
+        identity: LabIdentity
+        upstream, identity = self._upstream_of(route)
+        pool, address = self.pool, (identity, upstream.host, upstream.port)
+        return Admission(
+            job_id=route.job_id, user=user,
+            upstream_head=upstream_head(head, upstream, self._gateway_cookies, remote,
+                                        websocket),
+            acquire=partial(pool.acquire, *address),
+            release=partial(pool.release, *address),
+            response_head=partial(response_head, upstream), websocket=websocket)
+
+    def _own_origin(self, head: RequestHead) -> str:
+        return self._public_origin or f"http://{header(head, 'host') or ''}"
+
+    def unreachable(self, admission: Admission) -> None:
+        self._routes.lab_unreachable(admission.user, admission.job_id)
+
+    def answer_unavailable(self) -> bytes:
+        """A 503 problem, as the API would answer a lab whose server does not answer."""
+        body = json.dumps(LabUnavailable("the lab's server did not answer").problem()).encode()
+        lines = ["HTTP/1.1 503 Service Unavailable", "Content-Type: application/problem+json",
+                 f"Content-Length: {len(body)}",
+                 *(f"{name}: {value}" for name, value in SECURITY_HEADERS.items()),
+                 "Connection: close"]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+    # -- access records and counters ------------------------------------------------------------
+
+    def record(self, head: RequestHead, admission: Admission, status: int, sent: int,
+               seconds: float, remote: str | None) -> None:
+        self._records.append([time.time(), head.method, head.target, status, head.length or 0,
+                              sent, round(seconds, 6), remote, admission.user.name,
+                              admission.websocket])
+        if len(self._records) >= FLUSH_RECORDS:
+            self.flush()
+        elif self._flusher is None:
+            self._flusher = asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self.flush)
+
+    def flush(self) -> None:
+        """Write the records kept so far: one access event, and the counters."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        records, self._records = self._records, []
+        if not records:
+            return
+        requests: dict[tuple[str, str], int] = {}
+        up = down = 0
+        for entry in records:
+            key = ("websocket" if entry[9] else "http", f"{entry[3] // 100}xx")
+            requests[key] = requests.get(key, 0) + 1
+            up, down = up + entry[4], down + entry[5]
+        for (kind, status_class), count in requests.items():
+            self._metrics.proxy_requests.labels(kind, status_class).inc(count)
+        self._metrics.proxy_bytes.labels("up").inc(up)
+        self._metrics.proxy_bytes.labels("down").inc(down)
+        fields = ("time", "method", "path", "status", "bytes_up", "bytes", "seconds", "remote",
+                  "user")
+        access_log.info("lab proxy: %d requests", len(records), extra={"requests": [
+            {**dict(zip(fields, entry[:9], strict=True)), "path": masked_path(entry[2])}
+            for entry in records]})
+
+    # -- open WebSockets ------------------------------------------------------------------------
+
+    def pipe_opened(self, admission: Admission, head: RequestHead,
+                    close: Callable[[], None]) -> object:
+        pipe = Pipe(head, admission.user, admission.job_id, close)
+        self._pipes[id(pipe)] = pipe
+        self._metrics.proxy_websockets.inc()
+        if self._checker is None or self._checker.done():
+            self._checker = asyncio.get_running_loop().create_task(self._check_pipes())
+        return pipe
+
+    def pipe_closed(self, handle: object) -> None:
+        if self._pipes.pop(id(handle), None) is not None:
+            self._metrics.proxy_websockets.dec()
+
+    async def _check_pipes(self) -> None:
+        """While pipes are open: close each whose credential or lab no longer admits it."""
+        while self._pipes:
+            await asyncio.sleep(PIPE_CHECK_INTERVAL)
+            for pipe in list(self._pipes.values()):
+                if not await self._still_admitted(pipe):
+                    self.pipe_closed(pipe)
+                    pipe.close()
+
+    async def _still_admitted(self, pipe: Pipe) -> bool:
+        found = self._caller(pipe.head)
+        if found is None or found[0].id != pipe.user.id:
+            return False
+        try:
+            await self._routes.open_lab(pipe.user, pipe.job_id)
+        except GatewayError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.flush()
+        self.pool.close()
+        if self._checker is not None:
+            self._checker.cancel()
+        for pipe in list(self._pipes.values()):
+            pipe.close()

@@ -1,0 +1,458 @@
+"""The gateway's listening socket: lab traffic on a fast path, everything else to aiohttp.
+
+Each client connection starts with a :class:`FrontProtocol`. It reads one request head at a
+time (:mod:`.http1`). A request for ``/labs/<id>/...`` that the lab proxy admits (a valid
+credential, the caller's own ready lab, the browser checks; :meth:`FastPath.admit`) is relayed
+here, bytes in and bytes out, over a proven pooled connection (:mod:`.upstream`); a WebSocket
+upgrade the lab accepts becomes a byte pipe. Anything else (another path, a request the proxy
+does not admit, a head it refuses to parse) hands the connection over to aiohttp at that
+request's first byte, and aiohttp serves it from then on: the API, the pages, and every error
+answer of the lab proxy are aiohttp's alone.
+
+Requests on one connection are answered in order (pipelined ones wait, with reading paused past
+:data:`MAX_BUFFERED` bytes). A connection must send each head within ``header_timeout`` seconds
+of opening or of its previous answer, or it is closed (slowloris; aiohttp's keep-alive timer
+does the same after a hand-over).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..users import User
+from .http1 import ChunkedScanner, HeadError, RequestHead, head_end, parse_request_head
+from .identity import LabNotProven
+from .upstream import UpstreamConnection
+from .wsframes import FrameTracker, close_frame
+
+# An upstream that cannot be reached or failed its identity proof.
+UNREACHABLE = (OSError, TimeoutError, LabNotProven)
+MAX_BUFFERED = 256 * 1024  # client bytes held while the answer before them is relayed
+LAB_TARGET = b"/labs/"
+
+
+@dataclass(slots=True)
+class Admission:
+    """A request the lab proxy lets through: where it goes and how it is rewritten."""
+
+    job_id: str
+    user: User
+    upstream_head: bytes  # the request head as the lab gets it
+    acquire: Callable[[], Awaitable[tuple[UpstreamConnection, bool]]]
+    release: Callable[[UpstreamConnection], None]
+    # (status, reason, headers, chunked, length) -> the client's response head and framing
+    response_head: Callable[..., tuple[bytes, str]]
+    websocket: bool
+
+
+class FastPath(Protocol):
+    """The lab proxy as the front sees it."""
+
+    async def admit(self, head: RequestHead, remote: str | None) -> Admission | None: ...
+
+    def touch(self, job_id: str) -> None: ...
+
+    def unreachable(self, admission: Admission) -> None: ...
+
+    def record(self, head: RequestHead, admission: Admission, status: int, sent: int,
+               seconds: float, remote: str | None) -> None: ...
+
+    def answer_unavailable(self) -> bytes: ...
+
+    def pipe_opened(self, admission: Admission, head: RequestHead,
+                    close: Callable[[], None]) -> object: ...
+
+    def pipe_closed(self, handle: object) -> None: ...
+
+
+class FrontProtocol(asyncio.Protocol):
+    """One client connection, until it is handed over to aiohttp."""
+
+    def __init__(self, fallback: Callable[[], asyncio.Protocol], labs: FastPath,
+                 header_timeout: float) -> None:
+        self._fallback = fallback
+        self._labs = labs
+        self._header_timeout = header_timeout
+        self._transport: asyncio.Transport | None = None
+        self._remote: str | None = None
+        self._buffer = bytearray()
+        self._timer: asyncio.TimerHandle | None = None
+        self._eof = False
+        self._reading_paused = False
+        self._writing_paused = False
+        # The request being served (None between requests).
+        self._head: RequestHead | None = None
+        self._admission: Admission | None = None
+        self._upstream: UpstreamConnection | None = None
+        self._body_left: int | None = None  # Content-Length still to forward
+        self._chunks: ChunkedScanner | None = None
+        self._request_sent = False
+        self._reused = False
+        self._chunked_out = False
+        self._answered = False  # the final response head went to the client
+        self._status = 0
+        self._sent = 0
+        self._started = 0.0
+        self._keep_alive = True
+        self._pipe: object | None = None
+        self._up_frames = FrameTracker()  # client -> lab, once upgraded
+        self._down_frames = FrameTracker()  # lab -> client
+
+    # -- asyncio.Protocol (client side) ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self._remote = peer[0] if peer else None
+        self._arm_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        self._transport = None
+        if self._pipe is not None:
+            self._client_left_pipe()
+        if self._upstream is not None:
+            self._upstream.close()
+            self._upstream = None
+
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        if self._pipe is not None:
+            self._client_left_pipe()
+            self._close()
+        elif self._head is not None and not self._request_sent and self._upstream is not None:
+            self._abort()  # a body that can no longer arrive
+        elif self._upstream is None and self._head is None:
+            self._close()
+        return True  # half-open: a pipelined answer may still be going out
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        if self._upstream is not None and self._upstream.transport is not None:
+            self._upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._upstream is not None and self._upstream.transport is not None:
+            self._upstream.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self._pipe is not None:
+            if self._upstream is not None:
+                self._up_frames.feed(data)
+                self._upstream.send(data)
+                self._labs.touch(self._admission.job_id if self._admission else "")
+            return
+        self._buffer += data
+        self._advance()
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def _advance(self) -> None:
+        """Move buffered client bytes on: the current request's body to its lab, else the
+        next head to its place."""
+        if self._head is not None:
+            if self._upstream is not None and not self._request_sent:
+                self._forward_body()
+            if len(self._buffer) > MAX_BUFFERED:
+                self._pause_reading()
+            return
+        if not self._buffer:
+            return
+        try:
+            end = head_end(self._buffer)
+        except HeadError:
+            self._hand_over()
+            return
+        if end < 0:
+            if not _may_be_lab(self._buffer):
+                self._hand_over()
+            return
+        self._begin(end)
+
+    def _begin(self, end: int) -> None:
+        try:
+            head = parse_request_head(bytes(self._buffer[:end]))
+        except HeadError:
+            self._hand_over()
+            return
+        if not head.target.startswith("/labs/"):
+            self._hand_over()
+            return
+        self._cancel_timer()
+        self._head, self._started = head, time.monotonic()
+        asyncio.get_running_loop().create_task(self._admit(head, end))
+
+    async def _admit(self, head: RequestHead, end: int) -> None:
+        admission = await self._labs.admit(head, self._remote)
+        if self._transport is None or self._transport.is_closing():
+            return
+        if admission is None:
+            self._head = None
+            self._hand_over()
+            return
+        self._admission = admission
+        try:
+            upstream, reused = await admission.acquire()
+        except UNREACHABLE:
+            self._unavailable()
+            return
+        if self._transport is None or self._transport.is_closing():
+            admission.release(upstream)
+            return
+        del self._buffer[:end]
+        self._start_exchange(head, admission, upstream, reused)
+
+    def _start_exchange(self, head: RequestHead, admission: Admission,
+                        upstream: UpstreamConnection, reused: bool) -> None:
+        self._admission, self._upstream, self._reused = admission, upstream, reused
+        self._body_left = head.length or 0
+        self._chunks = ChunkedScanner() if head.chunked else None
+        self._request_sent = False
+        self._answered, self._status, self._sent = False, 0, 0
+        self._keep_alive = head.keep_alive and not self._eof
+        self._labs.touch(admission.job_id)
+        upstream.start(self, admission.upstream_head, no_body=head.method == "HEAD")
+        if self._writing_paused and upstream.transport is not None:
+            upstream.transport.pause_reading()
+        self._forward_body()
+
+    def _forward_body(self) -> None:
+        """Send what the buffer holds of the request's body, and no byte of the next one."""
+        assert self._upstream is not None
+        if self._chunks is not None:
+            try:
+                count = self._chunks.feed(self._buffer)
+            except HeadError:
+                self._abort()
+                return
+            done = self._chunks.done
+        else:
+            count = min(self._body_left or 0, len(self._buffer))
+            self._body_left = (self._body_left or 0) - count
+            done = self._body_left == 0
+        if count:
+            self._upstream.send(bytes(self._buffer[:count]))
+            del self._buffer[:count]
+        if done:
+            self._request_sent = True
+        if len(self._buffer) <= MAX_BUFFERED:
+            self._resume_reading()
+
+    # -- the upstream's answer (upstream.Exchange) ----------------------------------------------
+
+    def upstream_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                      chunked: bool, length: int | None) -> None:
+        assert self._admission is not None and self._head is not None
+        if 100 <= status < 200 and status != 101:
+            self._write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, reason))
+            return
+        if status == 101 and not self._admission.websocket:
+            self._abort()
+            return
+        head, framing = self._admission.response_head(
+            status, reason, headers, chunked, length, self._head)
+        if framing == "close":
+            self._keep_alive = False
+        if not self._keep_alive and status != 101:
+            head = head[:-2] + b"Connection: close\r\n\r\n"
+        self._chunked_out = framing == "chunked"
+        self._status, self._answered = status, True
+        self._write(head)
+
+    def upstream_body(self, data: bytes) -> None:
+        self._sent += len(data)
+        if self._chunked_out:
+            self._write(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            self._write(data)
+
+    def upstream_end(self, reusable: bool) -> None:
+        assert self._admission is not None and self._upstream is not None
+        if self._chunked_out:
+            self._write(b"0\r\n\r\n")
+        upstream, self._upstream = self._upstream, None
+        if reusable and self._request_sent:
+            self._admission.release(upstream)
+        else:
+            upstream.close()
+            self._keep_alive = self._keep_alive and self._request_sent
+        self._finish()
+
+    def upstream_upgraded(self, rest: bytes) -> None:
+        assert self._admission is not None and self._head is not None
+        self._record()
+        self._pipe = self._labs.pipe_opened(self._admission, self._head, self._abort)
+        if rest:
+            self.upstream_data(rest)
+        if self._buffer and self._upstream is not None:
+            self._up_frames.feed(self._buffer)
+            self._upstream.send(bytes(self._buffer))
+            self._buffer.clear()
+
+    def upstream_data(self, data: bytes) -> None:
+        self._down_frames.feed(data)
+        self._write(data)
+        if self._admission is not None:
+            self._labs.touch(self._admission.job_id)
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        self._upstream = None
+        if self._pipe is not None:
+            self._end_pipe()
+            if self._down_frames.at_boundary and not self._down_frames.closed:
+                self._write(close_frame(masked=False))  # the lab dropped without one
+            self._close()
+            return
+        if self._answered:
+            self._abort()  # a cut answer must look cut, never complete
+            return
+        if self._reused and self._head is not None and self._head.method in ("GET", "HEAD") \
+                and not self._head.length and not self._head.chunked:
+            self._retry()
+            return
+        self._unavailable()
+
+    def _unavailable(self) -> None:
+        """The lab's server did not answer (or failed its proof): 503, as the API says it,
+        and the connection closes (the rest of a request body is not read)."""
+        if self._admission is not None:
+            self._labs.unreachable(self._admission)
+        self._status, self._keep_alive = 503, False
+        self._write(self._labs.answer_unavailable())
+        self._finish()
+
+    def upstream_paused(self, paused: bool) -> None:
+        if paused:
+            self._pause_reading()
+        else:
+            self._resume_reading()
+
+    def _retry(self) -> None:
+        """The lab had closed the reused connection just as the request went: once more, on
+        a fresh one."""
+        head, admission = self._head, self._admission
+        assert head is not None and admission is not None
+
+        async def again() -> None:
+            try:
+                upstream, _ = await admission.acquire()
+            except UNREACHABLE:
+                self._unavailable()
+                return
+            self._start_exchange(head, admission, upstream, False)
+
+        asyncio.get_running_loop().create_task(again())
+
+    # -- endings ----------------------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        """The answer is complete: log it, then the next request (or close)."""
+        self._record()
+        self._head = self._admission = None
+        if not self._keep_alive or self._transport is None:
+            self._close()
+            return
+        self._arm_timer()
+        self._advance()
+
+    def _record(self) -> None:
+        if self._head is not None and self._admission is not None:
+            self._labs.record(self._head, self._admission, self._status, self._sent,
+                              time.monotonic() - self._started, self._remote)
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def _close(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def _abort(self) -> None:
+        if self._upstream is not None:
+            self._upstream.close()
+            self._upstream = None
+        if self._transport is not None:
+            self._transport.abort()
+        self._end_pipe()
+
+    def _client_left_pipe(self) -> None:
+        """The client's side of a pipe ended: the lab gets a close frame if the client sent
+        none (and one fits between frames), then the end of the connection."""
+        upstream, self._upstream = self._upstream, None
+        self._end_pipe()
+        if upstream is None:
+            return
+        if self._up_frames.at_boundary and not self._up_frames.closed:
+            upstream.send(close_frame(masked=True))
+        upstream.finish()
+
+    def _end_pipe(self) -> None:
+        if self._pipe is not None:
+            pipe, self._pipe = self._pipe, None
+            self._labs.pipe_closed(pipe)
+            if self._upstream is not None:
+                self._upstream.close()
+
+    def _hand_over(self) -> None:
+        """aiohttp serves this connection from the current request on."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        self._cancel_timer()
+        handler = self._fallback()
+        handler.connection_made(transport)
+        transport.set_protocol(handler)
+        self._transport = None
+        if self._writing_paused:
+            handler.pause_writing()
+        if self._reading_paused:
+            transport.resume_reading()
+        if self._buffer:
+            handler.data_received(bytes(self._buffer))
+            self._buffer.clear()
+        if self._eof:
+            handler.eof_received()
+
+    def shut(self) -> None:
+        """Close the connection (the gateway stops), unless aiohttp serves it already."""
+        if self._transport is not None:
+            self._abort()
+
+    # -- timers and flow --------------------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        self._cancel_timer()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._header_timeout, self._close)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self._transport is not None:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self._transport is not None:
+            self._reading_paused = False
+            self._transport.resume_reading()
+
+
+def _may_be_lab(start: bytes | bytearray) -> bool:
+    """Whether a head that has not all arrived may still be a lab request (else aiohttp can
+    take the connection now)."""
+    space = start.find(b" ")
+    if space < 0:
+        return len(start) < 32
+    target = bytes(start[space + 1:space + 1 + len(LAB_TARGET)])
+    return LAB_TARGET.startswith(target)

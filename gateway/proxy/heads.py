@@ -1,0 +1,101 @@
+"""Request and response heads as the fast path rewrites them, bytes in and bytes out.
+
+The same rules as :mod:`.relay` (which serves the requests aiohttp took over): hop-by-hop
+headers and those named in ``Connection`` are dropped both ways; the gateway's cookies, its
+``Authorization`` and the browser's ``Host``/``Origin`` never reach the lab, which gets its own
+token instead; ``Location`` and ``Set-Cookie`` stay under the lab's prefix; a lab cannot widen a
+service worker's scope. Framing (``Content-Length``/``Transfer-Encoding``) is the proxy's own.
+"""
+
+from __future__ import annotations
+
+from .http1 import RequestHead
+from .relay import (
+    _NOT_DOWNSTREAM,
+    _NOT_UPSTREAM,
+    HOP_BY_HOP,
+    Upstream,
+    filter_cookies,
+    rewrite_location,
+    scope_set_cookie,
+)
+
+_FRAMING = frozenset({"content-length", "transfer-encoding"})
+_WS_KEPT = frozenset({"upgrade", "connection"})
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+def upstream_head(head: RequestHead, upstream: Upstream, gateway_cookies: frozenset[str],
+                  remote: str | None, websocket: bool) -> bytes:
+    """The request head the lab gets (an upgrade keeps its WebSocket handshake headers)."""
+    lines = [f"{head.method} {head.target} HTTP/1.1"]
+    cookies: list[str] = []
+    origin = False
+    for name, value in head.headers:
+        lower = name.lower()
+        if lower == "cookie":
+            cookies.append(value)
+        elif lower == "origin":
+            origin = True
+        elif lower in HOP_BY_HOP or lower in head.connection or lower in _NOT_UPSTREAM \
+                or lower in _FRAMING or lower == "x-forwarded-for":
+            continue
+        else:
+            lines.append(f"{name}: {value}")
+    kept = filter_cookies(cookies, gateway_cookies)
+    if kept:
+        lines.append(f"Cookie: {kept}")
+    lines.append(f"Authorization: token {upstream.token}")
+    lines.append(f"Host: {upstream.host}:{upstream.port}")
+    if origin:
+        lines.append(f"Origin: {upstream.origin}")
+    if remote:
+        lines.append(f"X-Forwarded-For: {remote}")
+    if head.chunked:
+        lines.append("Transfer-Encoding: chunked")
+    elif head.length is not None:
+        lines.append(f"Content-Length: {head.length}")
+    if websocket:
+        lines += ["Connection: Upgrade", "Upgrade: websocket"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def response_head(upstream: Upstream, status: int, reason: bytes,
+                  headers: list[tuple[bytes, bytes]], chunked: bool, length: int | None,
+                  request: RequestHead) -> tuple[bytes, str]:
+    """The client's response head, and its body framing: ``"length"``, ``"chunked"`` (the
+    proxy re-chunks), ``"close"`` (the body ends with the connection: an HTTP/1.0 client),
+    or ``"none"``."""
+    named = {token.strip().lower() for name, value in headers if name.lower() == b"connection"
+             for token in value.decode("latin-1").split(",")}
+    lines = [b"HTTP/1.1 %d %s" % (status, reason)]
+    for raw_name, raw_value in headers:
+        name = raw_name.decode("latin-1").lower()
+        if status == 101 and name in _WS_KEPT:
+            lines.append(raw_name + b": " + raw_value)
+            continue
+        if name in HOP_BY_HOP or name in named or name in _NOT_DOWNSTREAM or name in _FRAMING:
+            continue
+        if name == "location":
+            raw_value = rewrite_location(raw_value.decode("latin-1"), upstream).encode("latin-1")
+        elif name == "set-cookie":
+            raw_value = scope_set_cookie(raw_value.decode("latin-1"),
+                                         upstream.prefix).encode("latin-1")
+        lines.append(raw_name + b": " + raw_value)
+    framing = _framing(status, chunked, length, request)
+    if length is not None and (framing == "length" or request.method == "HEAD"
+                               or status == 304):
+        lines.append(b"Content-Length: %d" % length)
+    elif framing == "chunked":
+        lines.append(b"Transfer-Encoding: chunked")
+    if request.version == (1, 0) and request.keep_alive and framing != "close":
+        lines.append(b"Connection: keep-alive")
+    return b"\r\n".join(lines) + b"\r\n\r\n", framing
+
+
+def _framing(status: int, chunked: bool, length: int | None, request: RequestHead) -> str:
+    if status == 101 or status in _NO_BODY_STATUS or request.method == "HEAD":
+        return "none"
+    if length is not None and not chunked:
+        return "length"
+    return "chunked" if request.version == (1, 1) else "close"

@@ -1,0 +1,276 @@
+"""Raw HTTP/1.1 connections to labs' servers, proven and pooled, for the proxy's fast path.
+
+A :class:`UpstreamConnection` is an asyncio protocol over a socket whose server has proved it
+is the lab's own (:func:`.identity.open_proven`). It sends what it is given as it is, and
+parses what comes back with llhttp (httptools): one response at a time, handed to the
+:class:`Exchange` being served through callbacks (head, body pieces, end), or, after a
+``101 Switching Protocols``, every byte as it comes (a WebSocket relayed as bytes).
+
+:class:`UpstreamPool` keeps idle connections per lab (at most :data:`MAX_IDLE` each, closed
+after :data:`IDLE_TIMEOUT` s unused) and opens proven ones when none is idle. A connection
+goes back to the pool only after a complete response that the server did not mark
+``Connection: close``, to a request that was sent whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Protocol
+
+import httptools
+
+from .identity import LabIdentity, open_proven
+
+MAX_IDLE = 32
+IDLE_TIMEOUT = 30.0
+MAX_RESPONSE_HEAD = 64 * 1024  # bytes of status line and headers a lab may send
+
+
+class Exchange(Protocol):
+    """What one relayed request hears from its upstream connection."""
+
+    def upstream_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                      chunked: bool, length: int | None) -> None: ...
+
+    def upstream_body(self, data: bytes) -> None: ...
+
+    def upstream_end(self, reusable: bool) -> None: ...
+
+    def upstream_upgraded(self, rest: bytes) -> None: ...
+
+    def upstream_data(self, data: bytes) -> None: ...  # after an upgrade
+
+    def upstream_lost(self, exc: Exception | None) -> None: ...
+
+    def upstream_paused(self, paused: bool) -> None: ...  # its send buffer is full / drained
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to a lab's server; serves one :class:`Exchange` at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.exchange: Exchange | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self._parser: httptools.HttpResponseParser | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._head_size = 0
+        self._no_body = False
+        self._upgraded = False
+        self._complete = False
+        self._received = False
+
+    # -- used by the exchange -----------------------------------------------------------------
+
+    def start(self, exchange: Exchange, head: bytes, *, no_body: bool) -> None:
+        """Serve ``exchange``: send the request head; ``no_body``: the request was HEAD (a
+        response to it has no body whatever its headers say)."""
+        assert self.transport is not None and not self.closed
+        self.exchange, self._no_body = exchange, no_body
+        self._new_response()
+        self._received = False
+        self.transport.write(head)
+
+    @property
+    def received_nothing(self) -> bool:
+        """No byte of an answer has come yet (a reused connection the server had just closed
+        can then be retried)."""
+        return not self._received
+
+    def send(self, data: bytes | bytearray | memoryview) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def finish(self) -> None:
+        """Close after what was sent has gone out (a relayed pipe's end)."""
+        self.exchange = None
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def close(self) -> None:
+        self.exchange = None
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_paused(True)
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_paused(False)
+
+    def data_received(self, data: bytes) -> None:
+        self._received = True
+        if self.exchange is None:  # an idle connection that talks: not to be trusted again
+            self.close()
+            return
+        if self._upgraded:
+            self.exchange.upstream_data(data)
+            return
+        assert self._parser is not None
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgrade(data[upgrade.args[0]:])
+        except httptools.HttpParserError:
+            self._fail()
+
+    # -- llhttp's callbacks -------------------------------------------------------------------
+
+    def _new_response(self) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers, self._reason, self._head_size = [], b"", 0
+        self._complete = False
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+        self._count(len(status))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        self._count(len(name) + len(value))
+
+    def _count(self, size: int) -> None:
+        self._head_size += size
+        if self._head_size > MAX_RESPONSE_HEAD:
+            raise ValueError("the lab's response head is too large")
+
+    def on_headers_complete(self) -> None:
+        assert self._parser is not None and self.exchange is not None
+        status = self._parser.get_status_code()
+        chunked, length = False, None
+        for name, value in self._headers:
+            lower = name.lower()
+            if lower == b"transfer-encoding":
+                chunked = value.strip().lower().endswith(b"chunked")
+            elif lower == b"content-length" and value.strip().isdigit():
+                length = int(value)
+        self.exchange.upstream_head(status, self._reason, self._headers, chunked, length)
+        if status == 101:
+            return  # llhttp stops at the upgrade (HttpParserUpgrade)
+        if self._no_body and status >= 200:
+            # A HEAD response has no body: answer it now; the connection is not reused, as
+            # the parser would wait for a body that will not come.
+            self._complete = True
+            exchange, self.exchange = self.exchange, None
+            exchange.upstream_end(False)
+
+    def on_body(self, body: bytes) -> None:
+        if self.exchange is not None and not self._complete:
+            self.exchange.upstream_body(body)
+
+    def on_message_complete(self) -> None:
+        assert self._parser is not None
+        if self._complete:
+            return
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:  # interim (100 Continue): the final response follows
+            self._new_response_after_interim()
+            return
+        reusable = self._parser.should_keep_alive()
+        exchange, self.exchange = self.exchange, None
+        self._complete = True
+        if exchange is not None:
+            exchange.upstream_end(reusable)
+
+    def _new_response_after_interim(self) -> None:
+        self._headers, self._reason, self._head_size = [], b"", 0
+
+    # -- endings ------------------------------------------------------------------------------
+
+    def _upgrade(self, rest: bytes) -> None:
+        self._upgraded = True
+        if self.exchange is not None:
+            self.exchange.upstream_upgraded(rest)
+
+    def _fail(self) -> None:
+        exchange, self.exchange = self.exchange, None
+        self.close()
+        if exchange is not None:
+            exchange.upstream_lost(ConnectionError("the lab sent a malformed response"))
+
+
+class UpstreamPool:
+    """Idle proven connections, per lab and per what was proven there."""
+
+    def __init__(self) -> None:
+        self._idle: dict[tuple[LabIdentity, str, int], list[UpstreamConnection]] = {}
+        self._reaper: asyncio.TimerHandle | None = None
+
+    async def acquire(self, identity: LabIdentity, host: str, port: int
+                      ) -> tuple[UpstreamConnection, bool]:
+        """A connection to the lab, and whether it was reused (else freshly proven). Raises
+        :class:`.identity.LabNotProven`, OSError or TimeoutError."""
+        idle = self._idle.get((identity, host, port))
+        while idle:
+            connection = idle.pop()
+            if not connection.closed:
+                return connection, True
+        sock = await open_proven(identity, host, port)
+        loop = asyncio.get_running_loop()
+        try:
+            _, connection = await loop.create_connection(UpstreamConnection, sock=sock)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                sock.close()
+            raise
+        return connection, False
+
+    def release(self, identity: LabIdentity, host: str, port: int,
+                connection: UpstreamConnection) -> None:
+        """Keep ``connection`` for the next request to the same lab (or close it if the pool
+        for that lab is full)."""
+        idle = self._idle.setdefault((identity, host, port), [])
+        if connection.closed or len(idle) >= MAX_IDLE:
+            connection.close()
+            return
+        connection.idle_since = time.monotonic()
+        idle.append(connection)
+        if self._reaper is None:
+            self._reaper = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self._reap)
+
+    def _reap(self) -> None:
+        self._reaper = None
+        horizon = time.monotonic() - IDLE_TIMEOUT
+        for key, idle in list(self._idle.items()):
+            for connection in [c for c in idle if c.idle_since <= horizon or c.closed]:
+                idle.remove(connection)
+                connection.close()
+            if not idle:
+                del self._idle[key]
+        if self._idle:
+            self._reaper = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self._reap)
+
+    def retain(self, job_prefixes: set[str]) -> None:
+        """Close the idle connections of labs whose prefix is not in ``job_prefixes``."""
+        for key in [k for k in self._idle if k[0].prefix not in job_prefixes]:
+            for connection in self._idle.pop(key):
+                connection.close()
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for connection in idle:
+                connection.close()
+        self._idle.clear()
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
