@@ -18,6 +18,7 @@ does the same after a hand-over).
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -93,6 +94,7 @@ class FrontProtocol(asyncio.Protocol):
         self._request_sent = False
         self._reused = False
         self._chunked_out = False
+        self._held_head = b""
         self._answered = False  # the final response head went to the client
         self._status = 0
         self._sent = 0
@@ -107,6 +109,9 @@ class FrontProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         self._remote = peer[0] if peer else None
         self._arm_timer()
@@ -215,6 +220,7 @@ class FrontProtocol(asyncio.Protocol):
         self._chunks = ChunkedScanner() if head.chunked else None
         self._request_sent = False
         self._answered, self._status, self._sent = False, 0, 0
+        self._held_head = b""
         self._keep_alive = head.keep_alive and not self._eof
         self._labs.touch(admission.job_id)
         upstream.start(self, admission.upstream_head, no_body=head.method == "HEAD")
@@ -263,19 +269,26 @@ class FrontProtocol(asyncio.Protocol):
             head = head[:-2] + b"Connection: close\r\n\r\n"
         self._chunked_out = framing == "chunked"
         self._status, self._answered = status, True
-        self._write(head)
+        if status == 101 or framing == "none":
+            self._write(head)
+        else:
+            self._held_head = head  # goes out with the first piece of body: one send
 
     def upstream_body(self, data: bytes) -> None:
         self._sent += len(data)
+        head, self._held_head = self._held_head, b""
         if self._chunked_out:
-            self._write(b"%x\r\n%s\r\n" % (len(data), data))
+            self._write(b"%s%x\r\n%s\r\n" % (head, len(data), data))
         else:
-            self._write(data)
+            self._write(head + data if head else data)
 
     def upstream_end(self, reusable: bool) -> None:
         assert self._admission is not None and self._upstream is not None
+        head, self._held_head = self._held_head, b""
         if self._chunked_out:
-            self._write(b"0\r\n\r\n")
+            self._write(head + b"0\r\n\r\n")
+        elif head:
+            self._write(head)
         upstream, self._upstream = self._upstream, None
         if reusable and self._request_sent:
             self._admission.release(upstream)
