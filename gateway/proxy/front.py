@@ -28,11 +28,14 @@ from ..users import User
 from .http1 import ChunkedScanner, HeadError, RequestHead, head_end, parse_request_head
 from .identity import LabNotProven
 from .upstream import UpstreamConnection
-from .wsframes import FrameTracker, close_frame
+from .wsframes import POLICY_VIOLATION, FrameTracker, close_frame
 
 # An upstream that cannot be reached or failed its identity proof.
 UNREACHABLE = (OSError, TimeoutError, LabNotProven)
 MAX_BUFFERED = 256 * 1024  # client bytes held while the answer before them is relayed
+# Bytes queued for a client before its lab is paused: a big download keeps flowing while the
+# event loop turns, and a slow client holds at most this much of it here.
+WRITE_BUFFER = 1024 * 1024
 LAB_TARGET = b"/labs/"
 
 
@@ -112,6 +115,7 @@ class FrontProtocol(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.set_write_buffer_limits(high=WRITE_BUFFER)
         peer = transport.get_extra_info("peername")
         self._remote = peer[0] if peer else None
         self._arm_timer()
@@ -300,7 +304,7 @@ class FrontProtocol(asyncio.Protocol):
     def upstream_upgraded(self, rest: bytes) -> None:
         assert self._admission is not None and self._head is not None
         self._record()
-        self._pipe = self._labs.pipe_opened(self._admission, self._head, self._abort)
+        self._pipe = self._labs.pipe_opened(self._admission, self._head, self._revoke_pipe)
         if rest:
             self.upstream_data(rest)
         if self._buffer and self._upstream is not None:
@@ -405,6 +409,14 @@ class FrontProtocol(asyncio.Protocol):
         if self._up_frames.at_boundary and not self._up_frames.closed:
             upstream.send(close_frame(masked=True))
         upstream.finish()
+
+    def _revoke_pipe(self) -> None:
+        """The pipe is no longer admitted (token revoked, lab ended): both sides get a close
+        frame where one fits (the client's says 1008, policy), then the connections end."""
+        if self._down_frames.at_boundary and not self._down_frames.closed:
+            self._write(close_frame(masked=False, code=POLICY_VIOLATION))
+        self._client_left_pipe()
+        self._close()
 
     def _end_pipe(self) -> None:
         if self._pipe is not None:

@@ -240,9 +240,11 @@ class UpstreamPool:
         """Keep ``connection`` for the next request to the same lab (or close it if the pool
         for that lab is full)."""
         idle = self._idle.setdefault((identity, host, port), [])
-        if connection.closed or len(idle) >= MAX_IDLE:
+        if connection.closed or len(idle) >= MAX_IDLE or connection.transport is None:
             connection.close()
             return
+        if not connection.transport.is_reading():  # paused while its client was slow
+            connection.transport.resume_reading()
         connection.idle_since = time.monotonic()
         idle.append(connection)
         if self._reaper is None:

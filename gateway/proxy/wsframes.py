@@ -13,6 +13,7 @@ import struct
 
 CLOSE_OPCODE = 0x8
 ABNORMAL = 1011  # what the gateway says for a side that dropped without a close frame
+POLICY_VIOLATION = 1008  # the gateway ended a pipe its credential or lab no longer allows
 
 
 class FrameTracker:

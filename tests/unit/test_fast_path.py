@@ -1,0 +1,163 @@
+"""What the lab proxy's fast path (gateway/proxy/front.py, fastpath.py) must keep doing that
+the aiohttp relay did: checks that reach the very next request and open WebSockets, an access
+record for every request, counters, and connections that stay usable after slow clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+from pathlib import Path
+
+import pytest
+from aiohttp import WSMsgType
+
+from gateway.api.keys import PROXY
+from gateway.proxy.identity import LabIdentity
+from gateway.proxy.upstream import UpstreamConnection, UpstreamPool
+from gateway.server import STORE
+from gateway.states import State
+from gateway.store import Store
+from tests.unit import test_relay as relay
+from tests.unit.test_relay import BLOCK, WAIT, Gateway, bearer
+from tests.unit.test_relay_wire import Wire, deadline, request
+
+gw = relay.gw  # the fixture (a module attribute, so that pytest finds it here too)
+
+
+async def wait_until(condition: object, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + WAIT
+    while not condition():  # type: ignore[operator]
+        assert loop.time() < end, f"not within {WAIT} s: {what}"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_revoked_token_stops_the_next_request_on_the_same_connection(
+        gw: Gateway) -> None:
+    wire = await Wire.open(gw.port)
+    try:
+        await wire.send(request(gw, "GET", gw.prefix() + "echo/one"))
+        assert (await wire.response()).status == 200
+        assert gw.app[STORE].users.revoke_token(gw.alice)
+        await wire.send(request(gw, "GET", gw.prefix() + "echo/two"))
+        assert (await wire.response()).status == 401
+    finally:
+        wire.close()
+    assert [seen.raw_path for seen in gw.upstream.seen] == [gw.prefix() + "echo/one"]
+
+
+async def test_a_user_disabled_by_another_process_is_refused_at_once(
+        gw: Gateway, tmp_path: Path) -> None:
+    """The admin CLI writes through its own connection: the cached answer must not outlive
+    that write."""
+    response = await gw.http.get(gw.url(gw.prefix() + "x"), headers=bearer(gw.alice))
+    assert response.status == 200
+    cli = Store(tmp_path / "data" / "hpcgw.db")
+    try:
+        cli.users.set_user("alice", disabled=True)
+    finally:
+        cli.close()
+    response = await gw.http.get(gw.url(gw.prefix() + "x"), headers=bearer(gw.alice))
+    assert response.status == 401
+
+
+async def test_an_open_websocket_closes_when_its_token_is_revoked(gw: Gateway) -> None:
+    async with gw.http.ws_connect(gw.url(gw.prefix() + "ws"), headers=bearer(gw.alice)) as ws:
+        await ws.send_str("still mine")
+        assert (await ws.receive(WAIT)).data == "still mine"
+        assert gw.app[STORE].users.revoke_token(gw.alice)
+        message = await ws.receive(WAIT)
+        assert message.type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
+    await deadline(gw.upstream.ws_done.wait())
+
+
+async def test_an_open_websocket_closes_when_its_lab_ends(gw: Gateway) -> None:
+    async with gw.http.ws_connect(gw.url(gw.prefix() + "ws"), headers=bearer(gw.alice)) as ws:
+        await ws.send_str("hello")
+        assert (await ws.receive(WAIT)).data == "hello"
+        gw.app[STORE].transition(gw.lab["id"], State.CANCELLED, reason="user_cancelled")
+        message = await ws.receive(WAIT)
+        assert message.type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
+    bob = await gw.http.ws_connect(gw.url(gw.prefix(gw.bob_lab) + "ws"), headers=bearer(gw.bob))
+    await bob.send_str("bob's goes on")
+    assert (await bob.receive(WAIT)).data == "bob's goes on"
+    await bob.close()
+
+
+async def test_every_request_has_an_access_record(gw: Gateway,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "hpcgw.access")
+    for name in ("a", "b", "c?token=secret"):
+        response = await gw.http.get(gw.url(gw.prefix() + "echo/" + name),
+                                     headers=bearer(gw.alice))
+        assert response.status == 200
+    gw.app[PROXY].fast.flush()
+    records = [entry for record in caplog.records if record.name == "hpcgw.access"
+               for entry in getattr(record, "requests", [])]
+    paths = [entry["path"] for entry in records]
+    assert paths == [gw.prefix() + "echo/a", gw.prefix() + "echo/b",
+                     gw.prefix() + "echo/c?token=***"]
+    assert {entry["user"] for entry in records} == {"alice"}
+    assert {entry["status"] for entry in records} == {200}
+    json.dumps(records)  # what the JSON log format writes
+
+
+async def test_proxied_requests_are_counted_at_the_next_write(gw: Gateway) -> None:
+    """Counters are kept with the access records and written with them (and by every
+    ``/metrics`` scrape, tests/integration/test_metrics.py)."""
+    counter = gw.app[PROXY].metrics.proxy_requests.labels("http", "2xx")
+    gw.app[PROXY].fast.flush()
+    before = counter._value.get()
+    response = await gw.http.get(gw.url(gw.prefix() + "x"), headers=bearer(gw.alice))
+    assert response.status == 200
+    gw.app[PROXY].fast.flush()
+    assert counter._value.get() == before + 1
+
+
+async def test_a_big_download_then_a_request_on_the_same_connection(gw: Gateway) -> None:
+    wire = await Wire.open(gw.port)
+    try:
+        await wire.send(request(gw, "GET", gw.prefix() + "download?n=16"))
+        answer = await wire.response()
+        assert answer.body == BLOCK * 16
+        await wire.send(request(gw, "GET", gw.prefix() + "echo/after"))
+        answer = await wire.response()
+        assert (answer.status, answer.body) == (200, (gw.prefix() + "echo/after").encode())
+    finally:
+        wire.close()
+
+
+async def test_a_pooled_connection_is_reading_again() -> None:
+    """A lab connection is paused while its client is slow; if the answer ends then, the
+    connection goes back to the pool paused, and the next request on it would never hear
+    its answer."""
+    loop = asyncio.get_running_loop()
+    mine, theirs = socket.socketpair()
+    try:
+        _, connection = await loop.create_connection(UpstreamConnection, sock=mine)
+        assert connection.transport is not None
+        connection.transport.pause_reading()
+        identity = LabIdentity("token", "/labs/0123456789abcdef/", 8888)
+        pool = UpstreamPool()
+        pool.release(identity, "127.0.0.1", 8888, connection)
+        assert connection.transport.is_reading()
+        assert await pool.acquire(identity, "127.0.0.1", 8888) == (connection, True)
+        pool.close()
+    finally:
+        theirs.close()
+
+
+async def test_a_connection_aiohttp_took_over_still_reaches_the_lab(gw: Gateway) -> None:
+    """A browser reuses its connections: one that served the API first (handed to aiohttp)
+    and then asks for the lab gets the lab all the same."""
+    wire = await Wire.open(gw.port)
+    try:
+        await wire.send(request(gw, "GET", "/api/v1/health"))
+        assert (await wire.response()).status == 200
+        await wire.send(request(gw, "GET", gw.prefix() + "echo/later"))
+        answer = await wire.response()
+        assert (answer.status, answer.body) == (200, (gw.prefix() + "echo/later").encode())
+    finally:
+        wire.close()
