@@ -228,6 +228,11 @@ class JobService:
         return await self._lab_routes.lookup_async(
             (user.id, job_id), lambda: open_lab(self.ctx, user.id, job_id))
 
+    def cached_lab(self, user: User, job_id: str) -> LabRoute | None:
+        """What :meth:`open_lab` answered for ``user``'s ``job_id`` if the store has not
+        changed since; None otherwise (ask :meth:`open_lab`)."""
+        return self._lab_routes.peek((user.id, job_id))
+
     def lab_unreachable(self, user: User, job_id: str) -> None:
         """The route :meth:`open_lab` gave did not answer (a port forward that went down):
         the next request works it out again."""

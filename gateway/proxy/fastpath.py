@@ -56,6 +56,8 @@ class LabRoutes(Protocol):
 
     def open_lab(self, user: User, job_id: str) -> Awaitable[Any]: ...
 
+    def cached_lab(self, user: User, job_id: str) -> Any | None: ...
+
     def lab_unreachable(self, user: User, job_id: str) -> None: ...
 
 
@@ -99,7 +101,9 @@ class LabFastPath:
         self._pipes: dict[int, Pipe] = {}
         self._checker: asyncio.Task[None] | None = None
 
-    async def admit(self, head: RequestHead, remote: str | None) -> Admission | None:
+    def _checked(self, head: RequestHead) -> tuple[User, str, bool] | None:
+        """(caller, job id, WebSocket) when the request passes every check but the lab's
+        state; None when it does not."""
         match = LAB_PATH.match(head.target)
         asked = header(head, "upgrade")
         websocket = asked is not None  # an upgrade is a valid WebSocket one, or the API's 400
@@ -112,10 +116,32 @@ class LabFastPath:
         user, via_cookie = found
         if websocket and via_cookie and header(head, "origin") != self._own_origin(head):
             return None
+        return user, match[1], websocket
+
+    def admit_cached(self, head: RequestHead, remote: str | None) -> Admission | None:
+        """:meth:`admit` when the lab's route is cached (no wait); None: ask :meth:`admit`."""
+        checked = self._checked(head)
+        if checked is None:
+            return None
+        user, job_id, websocket = checked
+        route = self._routes.cached_lab(user, job_id)
+        if route is None:
+            return None
+        return self._admission(head, remote, user, route, websocket)
+
+    async def admit(self, head: RequestHead, remote: str | None) -> Admission | None:
+        checked = self._checked(head)
+        if checked is None:
+            return None
+        user, job_id, websocket = checked
         try:
-            route = await self._routes.open_lab(user, match[1])
+            route = await self._routes.open_lab(user, job_id)
         except GatewayError:
             return None
+        return self._admission(head, remote, user, route, websocket)
+
+    def _admission(self, head: RequestHead, remote: str | None, user: User, route: Any,
+                   websocket: bool) -> Admission:
         upstream: Upstream
         identity: LabIdentity
         upstream, identity = self._upstream_of(route)
@@ -124,7 +150,7 @@ class LabFastPath:
             job_id=route.job_id, user=user,
             upstream_head=upstream_head(head, upstream, self._gateway_cookies, remote,
                                         websocket),
-            acquire=partial(pool.acquire, *address),
+            acquire=partial(pool.acquire, *address), take_idle=partial(pool.take, *address),
             release=partial(pool.release, *address),
             response_head=partial(response_head, upstream), websocket=websocket)
 

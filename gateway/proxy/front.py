@@ -47,6 +47,7 @@ class Admission:
     user: User
     upstream_head: bytes  # the request head as the lab gets it
     acquire: Callable[[], Awaitable[tuple[UpstreamConnection, bool]]]
+    take_idle: Callable[[], UpstreamConnection | None]
     release: Callable[[UpstreamConnection], None]
     # (status, reason, headers, chunked, length) -> the client's response head and framing
     response_head: Callable[..., tuple[bytes, str]]
@@ -57,6 +58,10 @@ class FastPath(Protocol):
     """The lab proxy as the front sees it."""
 
     async def admit(self, head: RequestHead, remote: str | None) -> Admission | None: ...
+
+    def admit_cached(self, head: RequestHead, remote: str | None) -> Admission | None:
+        """:meth:`admit` from cached answers only; None: ask :meth:`admit`."""
+        ...
 
     def touch(self, job_id: str) -> None: ...
 
@@ -85,6 +90,7 @@ class FrontProtocol(asyncio.Protocol):
         self._remote: str | None = None
         self._buffer = bytearray()
         self._timer: asyncio.TimerHandle | None = None
+        self._idle_since: float | None = None  # None while a request is being served
         self._eof = False
         self._reading_paused = False
         self._writing_paused = False
@@ -118,7 +124,9 @@ class FrontProtocol(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_BUFFER)
         peer = transport.get_extra_info("peername")
         self._remote = peer[0] if peer else None
-        self._arm_timer()
+        self._idle_since = time.monotonic()
+        self._timer = asyncio.get_running_loop().call_later(self._header_timeout,
+                                                            self._check_idle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
@@ -193,8 +201,14 @@ class FrontProtocol(asyncio.Protocol):
         if not head.target.startswith("/labs/"):
             self._hand_over()
             return
-        self._cancel_timer()
+        self._idle_since = None
         self._head, self._started = head, time.monotonic()
+        admission = self._labs.admit_cached(head, self._remote)
+        upstream = admission.take_idle() if admission is not None else None
+        if admission is not None and upstream is not None:  # no task, no wait: most requests
+            del self._buffer[:end]
+            self._start_exchange(head, admission, upstream, True)
+            return
         asyncio.get_running_loop().create_task(self._admit(head, end))
 
     async def _admit(self, head: RequestHead, end: int) -> None:
@@ -375,7 +389,7 @@ class FrontProtocol(asyncio.Protocol):
         if not self._keep_alive or self._transport is None:
             self._close()
             return
-        self._arm_timer()
+        self._idle_since = time.monotonic()
         self._advance()
 
     def _record(self) -> None:
@@ -452,10 +466,19 @@ class FrontProtocol(asyncio.Protocol):
 
     # -- timers and flow --------------------------------------------------------------------------
 
-    def _arm_timer(self) -> None:
-        self._cancel_timer()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._header_timeout, self._close)
+    def _check_idle(self) -> None:
+        """The header timeout: close a connection that has sent no complete head for
+        ``header_timeout`` s since it opened or since its last answer. One timer per
+        connection, moved on only when it fires (nothing to do per request)."""
+        self._timer = None
+        if self._transport is None:
+            return
+        waited = time.monotonic() - self._idle_since if self._idle_since is not None else 0.0
+        if waited >= self._header_timeout:
+            self._close()
+            return
+        self._timer = asyncio.get_running_loop().call_later(self._header_timeout - waited,
+                                                            self._check_idle)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

@@ -220,11 +220,9 @@ class UpstreamPool:
                       ) -> tuple[UpstreamConnection, bool]:
         """A connection to the lab, and whether it was reused (else freshly proven). Raises
         :class:`.identity.LabNotProven`, OSError or TimeoutError."""
-        idle = self._idle.get((identity, host, port))
-        while idle:
-            connection = idle.pop()
-            if not connection.closed:
-                return connection, True
+        idle = self.take(identity, host, port)
+        if idle is not None:
+            return idle, True
         sock = await open_proven(identity, host, port)
         loop = asyncio.get_running_loop()
         try:
@@ -234,6 +232,15 @@ class UpstreamPool:
                 sock.close()
             raise
         return connection, False
+
+    def take(self, identity: LabIdentity, host: str, port: int) -> UpstreamConnection | None:
+        """An idle connection to the lab, if one is open."""
+        idle = self._idle.get((identity, host, port))
+        while idle:
+            connection = idle.pop()
+            if not connection.closed:
+                return connection
+        return None
 
     def release(self, identity: LabIdentity, host: str, port: int,
                 connection: UpstreamConnection) -> None:

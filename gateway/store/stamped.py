@@ -92,6 +92,11 @@ class StampedCache(Generic[K, V]):
         self._keep(stamp, key, loaded, None)
         return loaded
 
+    def peek(self, key: K) -> V | None:
+        """The value kept for ``key`` while the stamp is unchanged, else None (nothing loaded)."""
+        self._current()
+        return self._found(key, 0.0)
+
     def discard(self, key: K) -> None:
         """Forget ``key`` (its value turned out wrong, e.g. the address no longer answers)."""
         self._entries.pop(key, None)
