@@ -94,6 +94,7 @@ class FrontProtocol(asyncio.Protocol):
         self._eof = False
         self._reading_paused = False
         self._writing_paused = False
+        self._upstream_full = False  # the lab's connection asked us to stop sending
         # The request being served (None between requests).
         self._head: RequestHead | None = None
         self._admission: Admission | None = None
@@ -234,6 +235,7 @@ class FrontProtocol(asyncio.Protocol):
     def _start_exchange(self, head: RequestHead, admission: Admission,
                         upstream: UpstreamConnection, reused: bool) -> None:
         self._admission, self._upstream, self._reused = admission, upstream, reused
+        self._upstream_full = False
         self._body_left = head.length or 0
         self._chunks = ChunkedScanner() if head.chunked else None
         self._request_sent = False
@@ -265,7 +267,7 @@ class FrontProtocol(asyncio.Protocol):
             del self._buffer[:count]
         if done:
             self._request_sent = True
-        if len(self._buffer) <= MAX_BUFFERED:
+        if len(self._buffer) <= MAX_BUFFERED and not self._upstream_full:
             self._resume_reading()
 
     # -- the upstream's answer (upstream.Exchange) ----------------------------------------------
@@ -359,9 +361,12 @@ class FrontProtocol(asyncio.Protocol):
         self._finish()
 
     def upstream_paused(self, paused: bool) -> None:
+        """The lab's connection has too much to send (an upload faster than the lab reads
+        it): the client is not read until it drains."""
+        self._upstream_full = paused
         if paused:
             self._pause_reading()
-        else:
+        elif len(self._buffer) <= MAX_BUFFERED:
             self._resume_reading()
 
     def _retry(self) -> None:

@@ -5,6 +5,7 @@ record for every request, counters, and connections that stay usable after slow 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import socket
@@ -20,7 +21,7 @@ from gateway.server import STORE
 from gateway.states import State
 from gateway.store import Store
 from tests.unit import test_relay as relay
-from tests.unit.test_relay import BLOCK, WAIT, Gateway, bearer
+from tests.unit.test_relay import BLOCK, MIB, WAIT, Gateway, bearer
 from tests.unit.test_relay_wire import Wire, deadline, request
 
 gw = relay.gw  # the fixture (a module attribute, so that pytest finds it here too)
@@ -159,5 +160,36 @@ async def test_a_connection_aiohttp_took_over_still_reaches_the_lab(gw: Gateway)
         await wire.send(request(gw, "GET", gw.prefix() + "echo/later"))
         answer = await wire.response()
         assert (answer.status, answer.body) == (200, (gw.prefix() + "echo/later").encode())
+    finally:
+        wire.close()
+
+
+async def test_an_upload_waits_for_a_lab_that_does_not_read(gw: Gateway) -> None:
+    """A lab that reads slowly must slow the client down, not make the gateway hold the
+    body: the client's sending stalls long before 64 MiB, then completes once the lab reads."""
+    size = 64 * MIB
+    wire = await Wire.open(gw.port)
+    try:
+        await wire.send(request(gw, "POST", gw.prefix() + "upload?gate=1",
+                                {"Content-Length": str(size)}))
+        sent, stalled = 0, False
+        while sent < size:
+            wire.writer.write(BLOCK)
+            sent += len(BLOCK)
+            try:
+                await asyncio.wait_for(wire.writer.drain(), 1.0)
+            except TimeoutError:
+                stalled = True
+                break
+        assert stalled, "the gateway took the whole body while the lab read nothing"
+        assert sent < size // 2
+        gw.upstream.gate.set()
+        await deadline(wire.writer.drain())
+        while sent < size:
+            await wire.send(BLOCK)
+            sent += len(BLOCK)
+        answer = await wire.response()
+        assert answer.json() == {"size": size,
+                                 "sha256": hashlib.sha256(BLOCK * (size // MIB)).hexdigest()}
     finally:
         wire.close()

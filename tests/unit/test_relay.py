@@ -184,7 +184,10 @@ class FakeLab:
         return response
 
     async def upload(self, request: web.Request) -> web.StreamResponse:
-        """Hash the body as it streams in; :attr:`first_bytes` is set on the first chunk."""
+        """Hash the body as it streams in; :attr:`first_bytes` is set on the first chunk;
+        with ``gate`` nothing is read before the test opens :attr:`gate`."""
+        if "gate" in request.query:
+            await asyncio.wait_for(self.gate.wait(), WAIT * 3)
         digest, size = hashlib.sha256(), 0
         whole = False
         try:
