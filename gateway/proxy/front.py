@@ -391,7 +391,7 @@ class FrontProtocol(asyncio.Protocol):
         """The answer is complete: log it, then the next request (or close)."""
         self._record()
         self._head = self._admission = None
-        if not self._keep_alive or self._transport is None:
+        if not self._keep_alive or self._transport is None or (self._eof and not self._buffer):
             self._close()
             return
         self._idle_since = time.monotonic()

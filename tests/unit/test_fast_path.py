@@ -193,3 +193,19 @@ async def test_an_upload_waits_for_a_lab_that_does_not_read(gw: Gateway) -> None
                                  "sha256": hashlib.sha256(BLOCK * (size // MIB)).hexdigest()}
     finally:
         wire.close()
+
+
+async def test_a_client_that_half_closes_gets_every_answer_then_the_end(gw: Gateway) -> None:
+    """Requests sent before the client shut its sending side are all answered, in order,
+    and then the gateway closes the connection (no one can ask anything more on it)."""
+    wire = await Wire.open(gw.port)
+    try:
+        await wire.send(request(gw, "GET", gw.prefix() + "echo/one")
+                        + request(gw, "GET", gw.prefix() + "echo/two"))
+        wire.writer.write_eof()
+        for name in ("one", "two"):
+            answer = await wire.response()
+            assert (answer.status, answer.body) == (200, (gw.prefix() + f"echo/{name}").encode())
+        assert await wire.eof() == b""
+    finally:
+        wire.close()
