@@ -241,7 +241,7 @@ class FrontProtocol(asyncio.Protocol):
         self._request_sent = False
         self._answered, self._status, self._sent = False, 0, 0
         self._held_head = b""
-        self._keep_alive = head.keep_alive and not self._eof
+        self._keep_alive = head.keep_alive
         self._labs.touch(admission.job_id)
         upstream.start(self, admission.upstream_head, no_body=head.method == "HEAD")
         if self._writing_paused and upstream.transport is not None:
