@@ -33,7 +33,7 @@ from ..logs import masked_path
 from ..metrics import GatewayMetrics
 from ..pageheaders import SECURITY_HEADERS
 from ..users import User
-from .front import Admission
+from .admission import Admission
 from .heads import response_head, upstream_head
 from .http1 import RequestHead
 from .identity import LabIdentity

@@ -20,11 +20,9 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable
 
-from ..users import User
+from .admission import Admission, FastPath
 from .http1 import ChunkedScanner, HeadError, RequestHead, head_end, parse_request_head
 from .identity import LabNotProven
 from .upstream import UpstreamConnection
@@ -37,45 +35,6 @@ MAX_BUFFERED = 256 * 1024  # client bytes held while the answer before them is r
 # event loop turns, and a slow client holds at most this much of it here.
 WRITE_BUFFER = 1024 * 1024
 LAB_TARGET = b"/labs/"
-
-
-@dataclass(slots=True)
-class Admission:
-    """A request the lab proxy lets through: where it goes and how it is rewritten."""
-
-    job_id: str
-    user: User
-    upstream_head: bytes  # the request head as the lab gets it
-    acquire: Callable[[], Awaitable[tuple[UpstreamConnection, bool]]]
-    take_idle: Callable[[], UpstreamConnection | None]
-    release: Callable[[UpstreamConnection], None]
-    # (status, reason, headers, chunked, length) -> the client's response head and framing
-    response_head: Callable[..., tuple[bytes, str]]
-    websocket: bool
-
-
-class FastPath(Protocol):
-    """The lab proxy as the front sees it."""
-
-    async def admit(self, head: RequestHead, remote: str | None) -> Admission | None: ...
-
-    def admit_cached(self, head: RequestHead, remote: str | None) -> Admission | None:
-        """:meth:`admit` from cached answers only; None: ask :meth:`admit`."""
-        ...
-
-    def touch(self, job_id: str) -> None: ...
-
-    def unreachable(self, admission: Admission) -> None: ...
-
-    def record(self, head: RequestHead, admission: Admission, status: int, sent: int,
-               seconds: float, remote: str | None) -> None: ...
-
-    def answer_unavailable(self) -> bytes: ...
-
-    def pipe_opened(self, admission: Admission, head: RequestHead,
-                    close: Callable[[], None]) -> object: ...
-
-    def pipe_closed(self, handle: object) -> None: ...
 
 
 class FrontProtocol(asyncio.Protocol):

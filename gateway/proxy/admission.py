@@ -1,0 +1,51 @@
+"""What the front (:mod:`.front`) and the lab proxy's checks (:mod:`.fastpath`) say to each
+other: a request let through, and the checks as the front sees them."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..users import User
+from .http1 import RequestHead
+from .upstream import UpstreamConnection
+
+
+@dataclass(slots=True)
+class Admission:
+    """A request the lab proxy lets through: where it goes and how it is rewritten."""
+
+    job_id: str
+    user: User
+    upstream_head: bytes  # the request head as the lab gets it
+    acquire: Callable[[], Awaitable[tuple[UpstreamConnection, bool]]]
+    take_idle: Callable[[], UpstreamConnection | None]
+    release: Callable[[UpstreamConnection], None]
+    # (status, reason, headers, chunked, length) -> the client's response head and framing
+    response_head: Callable[..., tuple[bytes, str]]
+    websocket: bool
+
+
+class FastPath(Protocol):
+    """The lab proxy as the front sees it."""
+
+    async def admit(self, head: RequestHead, remote: str | None) -> Admission | None: ...
+
+    def admit_cached(self, head: RequestHead, remote: str | None) -> Admission | None:
+        """:meth:`admit` from cached answers only; None: ask :meth:`admit`."""
+        ...
+
+    def touch(self, job_id: str) -> None: ...
+
+    def unreachable(self, admission: Admission) -> None: ...
+
+    def record(self, head: RequestHead, admission: Admission, status: int, sent: int,
+               seconds: float, remote: str | None) -> None: ...
+
+    def answer_unavailable(self) -> bytes: ...
+
+    def pipe_opened(self, admission: Admission, head: RequestHead,
+                    close: Callable[[], None]) -> object: ...
+
+    def pipe_closed(self, handle: object) -> None: ...
