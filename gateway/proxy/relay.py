@@ -170,7 +170,9 @@ async def relay_http(
 
     Raises aiohttp.ClientError (and TimeoutError) if the upstream can't be reached before the
     response starts; after that, a broken upstream ends the response early, and a client that
-    went away ends the relay quietly (neither is raised).
+    went away ends the relay quietly (neither is raised). The client's connection is closed
+    after the answer (``Connection: close``): its next request opens a new one, which the fast
+    path (:mod:`.front`) serves.
     """
     url = upstream.url(request.rel_url.raw_path, request.rel_url.raw_query_string)
     headers = upstream_headers(request, upstream, gateway_cookies)
@@ -180,6 +182,7 @@ async def relay_http(
         on_activity()
         response = web.StreamResponse(status=answer.status, reason=answer.reason,
                                       headers=response_headers(answer, upstream))
+        response.force_close()
         await response.prepare(request)
         await _copy_body(request, answer, response, on_activity)
         return response
