@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from typing import Protocol
 
@@ -23,6 +24,7 @@ import httptools
 
 from .identity import LabIdentity, open_proven
 
+log = logging.getLogger(__name__)
 MAX_IDLE = 32
 IDLE_TIMEOUT = 30.0
 MAX_RESPONSE_HEAD = 64 * 1024  # bytes of status line and headers a lab may send
@@ -131,7 +133,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self._upgrade(data[upgrade.args[0]:])
-        except httptools.HttpParserError:
+        except httptools.HttpParserError as exc:
+            # A malformed answer, or an error raised by a callback (the exchange's own).
+            log.warning("a lab's answer could not be relayed: %r (%r)", exc, exc.__context__)
             self._fail()
 
     # -- llhttp's callbacks -------------------------------------------------------------------
