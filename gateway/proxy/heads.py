@@ -21,7 +21,9 @@ from .relay import (
 )
 
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
-_WS_KEPT = frozenset({"upgrade", "connection"})
+# Response headers never passed on as the lab sent them (as bytes, lower case).
+_DROPPED_DOWN = frozenset(name.encode() for name in HOP_BY_HOP | _NOT_DOWNSTREAM | _FRAMING)
+_WS_KEPT = frozenset({b"upgrade", b"connection"})  # a 101's own
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
@@ -65,23 +67,26 @@ def response_head(upstream: Upstream, status: int, reason: bytes,
                   request: RequestHead) -> tuple[bytes, str]:
     """The client's response head, and its body framing: ``"length"``, ``"chunked"`` (the
     proxy re-chunks), ``"close"`` (the body ends with the connection: an HTTP/1.0 client),
-    or ``"none"``."""
-    named = {token.strip().lower() for name, value in headers if name.lower() == b"connection"
-             for token in value.decode("latin-1").split(",")}
-    lines = [b"HTTP/1.1 %d %s" % (status, reason)]
+    or ``"none"``. (Bytes throughout: it runs for every answer.)"""
+    kept: list[tuple[bytes, bytes]] = []
+    named: set[bytes] = set()  # headers the lab's Connection header names: hop-by-hop too
     for raw_name, raw_value in headers:
-        name = raw_name.decode("latin-1").lower()
-        if status == 101 and name in _WS_KEPT:
-            lines.append(raw_name + b": " + raw_value)
-            continue
-        if name in HOP_BY_HOP or name in named or name in _NOT_DOWNSTREAM or name in _FRAMING:
-            continue
-        if name == "location":
+        lower = raw_name.lower()
+        if lower in _DROPPED_DOWN:
+            if lower == b"connection":
+                named.update(token.strip().lower() for token in raw_value.split(b","))
+            if not (status == 101 and lower in _WS_KEPT):
+                continue
+        elif lower == b"location":
             raw_value = rewrite_location(raw_value.decode("latin-1"), upstream).encode("latin-1")
-        elif name == "set-cookie":
+        elif lower == b"set-cookie":
             raw_value = scope_set_cookie(raw_value.decode("latin-1"),
                                          upstream.prefix).encode("latin-1")
-        lines.append(raw_name + b": " + raw_value)
+        kept.append((lower, raw_name + b": " + raw_value))
+    if status == 101:
+        named.clear()
+    lines = [b"HTTP/1.1 %d %s" % (status, reason),
+             *(line for lower, line in kept if lower not in named)]
     framing = _framing(status, chunked, length, request)
     if length is not None and (framing == "length" or request.method == "HEAD"
                                or status == 304):

@@ -151,7 +151,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
-        self._count(len(name) + len(value))
+        self._head_size += len(name) + len(value)
+        if self._head_size > MAX_RESPONSE_HEAD:
+            raise ValueError("the lab's response head is too large")
 
     def _count(self, size: int) -> None:
         self._head_size += size

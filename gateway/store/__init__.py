@@ -27,7 +27,7 @@ from ..users import User
 from .feed import JobFeed
 from .files import loose_modes, private_database, private_dir
 from .schema import LAB_TOKENS_DROPPED, MIGRATIONS
-from .stamped import StampedCache
+from .stamped import MAX_ENTRIES, ChangeStamp, StampedCache
 from .storage import StorageTable
 from .users import TOKEN_PREFIX, UserTable, hash_token
 from .webhooks import STATE, WebhookEvents
@@ -96,14 +96,15 @@ class Store:
         self.db.execute("PRAGMA synchronous = NORMAL")
         self.db.execute("PRAGMA cache_size = -65536")  # 64 MiB: the poll reads every tracked row
         self._migrate()
+        self.change_stamp = ChangeStamp(connection)
         self.storage = StorageTable(self.db)
-        self.users = UserTable(self.db)
+        self.users = UserTable(self.db, self.change_stamp)
         self.webhooks = WebhookEvents(self.db)
         self.feed = JobFeed(self.db)
 
-    def stamped_cache(self) -> StampedCache[Any, Any]:
+    def stamped_cache(self, max_entries: int = MAX_ENTRIES) -> StampedCache[Any, Any]:
         """A cache of this store's answers, emptied at its next change (:mod:`.stamped`)."""
-        return StampedCache(self.db.conn)
+        return StampedCache(self.change_stamp, max_entries)
 
     def _migrate(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]

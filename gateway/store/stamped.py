@@ -11,11 +11,15 @@ database's *change stamp* is the one they were read under:
   another process disabling a user).
 
 Any write empties the cache, whatever it touched: a miss costs one query, and no write can be
-forgotten by a list of "what to invalidate". Checking the stamp costs about 3 µs.
+forgotten by a list of "what to invalidate". Reading ``data_version`` costs about 3 µs, so a
+:class:`ChangeStamp` reads it at most once per turn of the event loop (every request handled in
+that turn sees the same commits of other processes, as if those came a moment later); this
+process's own writes count at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
@@ -26,6 +30,28 @@ Stamp = tuple[int, int]
 MAX_ENTRIES = 4096
 
 
+class ChangeStamp:
+    """The store connection's change stamp (shared by all its caches)."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+        self._version: int | None = None  # data_version read in this turn of the loop
+
+    def __call__(self) -> Stamp:
+        version = self._version
+        if version is None:
+            version = self._connection.execute("PRAGMA data_version").fetchone()[0]
+            try:
+                asyncio.get_running_loop().call_soon(self._forget)
+                self._version = version
+            except RuntimeError:  # no loop (the CLI): read it every time
+                pass
+        return self._connection.total_changes, version
+
+    def _forget(self) -> None:
+        self._version = None
+
+
 class StampedCache(Generic[K, V]):
     """Values by key, valid while the database's change stamp stays what it was.
 
@@ -34,16 +60,15 @@ class StampedCache(Generic[K, V]):
     emptied rather than managed: it is refilled from the store at one query per key.
     """
 
-    def __init__(self, connection: sqlite3.Connection, max_entries: int = MAX_ENTRIES) -> None:
-        self._connection = connection
+    def __init__(self, stamp: ChangeStamp, max_entries: int = MAX_ENTRIES) -> None:
+        self._stamp_now = stamp
         self._max = max_entries
         self._entries: dict[K, tuple[V, float | None]] = {}
         self._stamp: Stamp = (-1, -1)
 
     def _current(self) -> Stamp:
         """The stamp now; the entries are dropped if they were read under another one."""
-        stamp = (self._connection.total_changes,
-                 self._connection.execute("PRAGMA data_version").fetchone()[0])
+        stamp = self._stamp_now()
         if stamp != self._stamp:
             self._entries.clear()
             self._stamp = stamp

@@ -19,7 +19,7 @@ from ..config import IDENTIFIER, UNIX_USER
 from ..errors import BadRequest, Conflict, NotFound
 from ..timestamps import format_timestamp, parse_timestamp, utcnow
 from ..users import User
-from .stamped import StampedCache
+from .stamped import ChangeStamp, StampedCache
 
 TOKEN_PREFIX = "hpcgw_"  # noqa: S105 - a recognisable prefix, not a secret
 _USER_COLUMNS = "u.id, u.name, u.unix_user, u.is_admin"
@@ -38,12 +38,12 @@ def _user(row: Any) -> User:
 class UserTable:
     """Users, their admin flag and enabled state, and their tokens."""
 
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, db: sqlite_utils.Database, stamp: ChangeStamp) -> None:
         self._db = db
         # What the lookups below answered, valid while the database is unchanged (every
         # request asks; see gateway.store.stamped): token hash or session id -> the answer.
-        self._tokens: StampedCache[str, tuple[int, User]] = StampedCache(db.conn)
-        self._sessions: StampedCache[int, User] = StampedCache(db.conn)
+        self._tokens: StampedCache[str, tuple[int, User]] = StampedCache(stamp)
+        self._sessions: StampedCache[int, User] = StampedCache(stamp)
 
     def add_user(self, name: str, unix_user: str, *, admin: bool = False) -> User:
         """A new gateway user running jobs as ``unix_user``; Conflict if the name is taken."""

@@ -4,6 +4,7 @@ made by another process (the admin CLI) through its own connection."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
@@ -88,7 +89,24 @@ async def test_an_answer_read_across_a_write_is_not_kept(store: Store) -> None:
 
 
 def test_a_full_cache_starts_over(store: Store) -> None:
-    cache: StampedCache[int, int] = StampedCache(store.db.conn, max_entries=2)
+    cache: StampedCache[int, int] = store.stamped_cache(max_entries=2)
     for key in range(3):
         cache.lookup(key, lambda key=key: (key, None), 0.0)  # type: ignore[misc]
     assert len(cache._entries) == 1
+
+
+async def test_in_a_running_gateway_another_process_is_seen_from_the_next_turn(
+        store: Store, other: Store) -> None:
+    """With an event loop, other processes' commits are looked for once per turn of it (every
+    request of one turn sees the same database); this process's own writes at once."""
+    alice = store.users.add_user("alice", "alice")
+    token = store.users.issue_token(alice)
+    assert store.users.user_for_token(token) == alice
+    other.users.set_user("alice", disabled=True)
+    await asyncio.sleep(0)  # the next turn of the loop: the next request
+    assert store.users.user_for_token(token) is None
+    other.users.set_user("alice", disabled=False)
+    await asyncio.sleep(0)
+    assert store.users.user_for_token(token) == alice
+    assert store.users.revoke_token(token)
+    assert store.users.user_for_token(token) is None  # the same turn
