@@ -38,12 +38,13 @@ from .heads import response_head, upstream_head
 from .http1 import RequestHead
 from .identity import LabIdentity
 from .relay import Upstream
-from .upstream import UpstreamPool
+from .upstream import UpstreamConnection, UpstreamPool
 
 access_log = logging.getLogger("hpcgw.access")
 FLUSH_INTERVAL = 1.0
 FLUSH_RECORDS = 1024
 PIPE_CHECK_INTERVAL = 1.0
+MAX_ROUTES = 1024
 LAB_PATH = re.compile(r"^/labs/([0-9a-f]{16})/")
 
 # (request head) -> (user, authenticated by a session cookie) or None when not clearly good.
@@ -59,6 +60,17 @@ class LabRoutes(Protocol):
     def cached_lab(self, user: User, job_id: str) -> Any | None: ...
 
     def lab_unreachable(self, user: User, job_id: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RouteParts:
+    """A lab route's upstream and the pool's and head builder's calls bound to it."""
+
+    upstream: Upstream
+    acquire: Callable[[], Awaitable[tuple[UpstreamConnection, bool]]]
+    take_idle: Callable[[], UpstreamConnection | None]
+    release: Callable[[UpstreamConnection], None]
+    response_head: Callable[..., tuple[bytes, str]]
 
 
 @dataclass(slots=True)
@@ -96,6 +108,7 @@ class LabFastPath:
         self._gateway_cookies, self._public_origin = gateway_cookies, public_origin
         self._metrics, self.touch = metrics, touch
         self.pool = UpstreamPool()
+        self._parts: dict[Any, RouteParts] = {}
         self._records: list[list[Any]] = []
         self._flusher: asyncio.TimerHandle | None = None
         self._pipes: dict[int, Pipe] = {}
@@ -142,17 +155,26 @@ class LabFastPath:
 
     def _admission(self, head: RequestHead, remote: str | None, user: User, route: Any,
                    websocket: bool) -> Admission:
+        parts = self._parts.get(route) or self._route_parts(route)
+        return Admission(
+            route.job_id, user,
+            upstream_head(head, parts.upstream, self._gateway_cookies, remote, websocket),
+            parts.acquire, parts.take_idle, parts.release, parts.response_head, websocket)
+
+    def _route_parts(self, route: Any) -> RouteParts:
+        """What every admission to ``route`` shares (kept per route: built once, not per
+        request)."""
         upstream: Upstream
         identity: LabIdentity
         upstream, identity = self._upstream_of(route)
         pool, address = self.pool, (identity, upstream.host, upstream.port)
-        return Admission(
-            job_id=route.job_id, user=user,
-            upstream_head=upstream_head(head, upstream, self._gateway_cookies, remote,
-                                        websocket),
-            acquire=partial(pool.acquire, *address), take_idle=partial(pool.take, *address),
-            release=partial(pool.release, *address),
-            response_head=partial(response_head, upstream), websocket=websocket)
+        parts = RouteParts(upstream, partial(pool.acquire, *address),
+                           partial(pool.take, *address), partial(pool.release, *address),
+                           partial(response_head, upstream))
+        if len(self._parts) >= MAX_ROUTES:
+            self._parts.clear()
+        self._parts[route] = parts
+        return parts
 
     def _own_origin(self, head: RequestHead) -> str:
         return self._public_origin or f"http://{header(head, 'host') or ''}"

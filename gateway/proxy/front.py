@@ -33,7 +33,7 @@ UNREACHABLE = (OSError, TimeoutError, LabNotProven)
 MAX_BUFFERED = 256 * 1024  # client bytes held while the answer before them is relayed
 # Bytes queued for a client before its lab is paused: a big download keeps flowing while the
 # event loop turns, and a slow client holds at most this much of it here.
-WRITE_BUFFER = 1024 * 1024
+WRITE_BUFFER = 512 * 1024
 LAB_TARGET = b"/labs/"
 
 

@@ -16,7 +16,6 @@ lifecycle's :class:`gateway.jobs.labs.LabProbe` (a probe and the activity clock)
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import json
 import logging
@@ -157,10 +156,8 @@ class LabProxy:
         self.metrics.proxy_bytes.labels("down").inc(response.body_length)
 
 
-@functools.lru_cache(maxsize=1024)
 def route_upstream(route: LabRoute) -> tuple[Upstream, LabIdentity]:
-    """The lab's server as reached from here, and what it must prove on each connection (a
-    pure function of the route, asked on every fast-path request: kept for the last 1,024)."""
+    """The lab's server as reached from here, and what it must prove on each connection."""
     upstream = Upstream(route.host, route.port, route.token, route.prefix)
     identity = LabIdentity(route.token, route.prefix, route.node_port,
                            _literal_ip(route.node_host) if route.forwarded else None)
