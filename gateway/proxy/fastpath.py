@@ -41,6 +41,7 @@ from .relay import Upstream
 from .upstream import UpstreamConnection, UpstreamPool
 
 access_log = logging.getLogger("hpcgw.access")
+log = logging.getLogger(__name__)
 FLUSH_INTERVAL = 1.0
 FLUSH_RECORDS = 1024
 PIPE_CHECK_INTERVAL = 1.0
@@ -247,7 +248,12 @@ class LabFastPath:
         while self._pipes:
             await asyncio.sleep(PIPE_CHECK_INTERVAL)
             for pipe in list(self._pipes.values()):
-                if not await self._still_admitted(pipe):
+                try:
+                    admitted = await self._still_admitted(pipe)
+                except Exception:  # e.g. the database busy: checked again next time
+                    log.exception("could not check an open lab WebSocket again")
+                    continue
+                if not admitted:
                     self.pipe_closed(pipe)
                     pipe.close()
 

@@ -18,9 +18,11 @@ does the same after a hand-over).
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from .admission import Admission, FastPath
 from .http1 import ChunkedScanner, HeadError, RequestHead, head_end, parse_request_head
@@ -28,6 +30,9 @@ from .identity import LabNotProven
 from .upstream import UpstreamConnection
 from .wsframes import POLICY_VIOLATION, FrameTracker, close_frame
 
+log = logging.getLogger(__name__)
+# Admissions and retries run as tasks of their own; strong references until each ends.
+_TASKS: set[asyncio.Task[None]] = set()
 # An upstream that cannot be reached or failed its identity proof.
 UNREACHABLE = (OSError, TimeoutError, LabNotProven)
 MAX_BUFFERED = 256 * 1024  # client bytes held while the answer before them is relayed
@@ -54,6 +59,8 @@ class FrontProtocol(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._upstream_full = False  # the lab's connection asked us to stop sending
+        self._searched = 0  # bytes of the buffer head_end has looked through in vain
+        self._head_end = 0
         # The request being served (None between requests).
         self._head: RequestHead | None = None
         self._admission: Admission | None = None
@@ -102,7 +109,8 @@ class FrontProtocol(asyncio.Protocol):
         if self._pipe is not None:
             self._client_left_pipe()
             self._close()
-        elif self._head is not None and not self._request_sent and self._upstream is not None:
+        elif self._head is not None and not self._request_sent and (
+                self._upstream is not None or not self._body_buffered()):
             self._abort()  # a body that can no longer arrive
         elif self._upstream is None and self._head is None:
             self._close()
@@ -142,11 +150,12 @@ class FrontProtocol(asyncio.Protocol):
         if not self._buffer:
             return
         try:
-            end = head_end(self._buffer)
+            end = head_end(self._buffer, searched=self._searched)
         except HeadError:
             self._hand_over()
             return
         if end < 0:
+            self._searched = len(self._buffer)  # a head sent a byte at a time costs O(n)
             if not _may_be_lab(self._buffer):
                 self._hand_over()
             return
@@ -161,15 +170,32 @@ class FrontProtocol(asyncio.Protocol):
         if not head.target.startswith("/labs/"):
             self._hand_over()
             return
-        self._idle_since = None
-        self._head, self._started = head, time.monotonic()
+        self._idle_since, self._searched = None, 0
+        self._head, self._head_end, self._started = head, end, time.monotonic()
         admission = self._labs.admit_cached(head, self._remote)
         upstream = admission.take_idle() if admission is not None else None
         if admission is not None and upstream is not None:  # no task, no wait: most requests
             del self._buffer[:end]
             self._start_exchange(head, admission, upstream, True)
             return
-        asyncio.get_running_loop().create_task(self._admit(head, end))
+        self._spawn(self._admit(head, end))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` (admitting or retrying a request) as a task; if it fails unexpectedly
+        the client gets a 503 rather than a connection that hangs."""
+        task = asyncio.get_running_loop().create_task(work)
+        _TASKS.add(task)
+        task.add_done_callback(self._spawned_done)
+
+    def _spawned_done(self, task: asyncio.Task[None]) -> None:
+        _TASKS.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("a lab request failed unexpectedly", exc_info=task.exception())
+        if self._transport is not None and self._pipe is None and not self._answered:
+            self._unavailable()
+        else:
+            self._abort()
 
     async def _admit(self, head: RequestHead, end: int) -> None:
         admission = await self._labs.admit(head, self._remote)
@@ -207,6 +233,13 @@ class FrontProtocol(asyncio.Protocol):
             upstream.transport.pause_reading()
         self._forward_body()
 
+    def _body_buffered(self) -> bool:
+        """Whether the buffer holds the whole body of the request waiting for admission."""
+        head = self._head
+        if head is None or head.chunked:
+            return head is None
+        return len(self._buffer) >= self._head_end + (head.length or 0)
+
     def _forward_body(self) -> None:
         """Send what the buffer holds of the request's body, and no byte of the next one."""
         assert self._upstream is not None
@@ -235,7 +268,8 @@ class FrontProtocol(asyncio.Protocol):
                       chunked: bool, length: int | None) -> None:
         assert self._admission is not None and self._head is not None
         if 100 <= status < 200 and status != 101:
-            self._write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, reason))
+            if self._head.version == (1, 1):  # HTTP/1.0 clients get no interim answers
+                self._write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, reason))
             return
         if status == 101 and not self._admission.websocket:
             self._abort()
@@ -340,9 +374,12 @@ class FrontProtocol(asyncio.Protocol):
             except UNREACHABLE:
                 self._unavailable()
                 return
+            if self._transport is None or self._transport.is_closing():
+                admission.release(upstream)  # the client left meanwhile
+                return
             self._start_exchange(head, admission, upstream, False)
 
-        asyncio.get_running_loop().create_task(again())
+        self._spawn(again())
 
     # -- endings ----------------------------------------------------------------------------------
 
@@ -354,7 +391,8 @@ class FrontProtocol(asyncio.Protocol):
             self._close()
             return
         self._idle_since = time.monotonic()
-        self._advance()
+        if self._buffer:  # a pipelined request: not from inside the lab connection's parser
+            asyncio.get_running_loop().call_soon(self._advance)
 
     def _record(self) -> None:
         if self._head is not None and self._admission is not None:
@@ -463,7 +501,7 @@ class FrontProtocol(asyncio.Protocol):
 def _may_be_lab(start: bytes | bytearray) -> bool:
     """Whether a head that has not all arrived may still be a lab request (else aiohttp can
     take the connection now)."""
-    space = start.find(b" ")
+    space = start.find(b" ", 0, 32)
     if space < 0:
         return len(start) < 32
     target = bytes(start[space + 1:space + 1 + len(LAB_TARGET)])

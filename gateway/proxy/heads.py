@@ -40,7 +40,8 @@ def upstream_head(head: RequestHead, upstream: Upstream, gateway_cookies: frozen
         elif lower == "origin":
             origin = True
         elif lower in HOP_BY_HOP or lower in head.connection or lower in _NOT_UPSTREAM \
-                or lower in _FRAMING or lower == "x-forwarded-for":
+                or lower in _FRAMING or lower == "x-forwarded-for" \
+                or (lower == "expect" and head.version == (1, 0)):  # 1.0 has no 100-continue
             continue
         else:
             lines.append(f"{name}: {value}")

@@ -27,7 +27,12 @@ from .identity import LabIdentity, open_proven
 log = logging.getLogger(__name__)
 MAX_IDLE = 32
 IDLE_TIMEOUT = 30.0
-MAX_RESPONSE_HEAD = 64 * 1024  # bytes of status line and headers a lab may send
+# What a lab may send of one answer besides its body (status line, headers, chunk framing,
+# trailers, interim answers): counted on the bytes fed to the parser, since llhttp gathers a
+# header's pieces before it hands the header over.
+MAX_RESPONSE_HEAD = 64 * 1024
+CHUNK_FRAMING = 32  # bytes of framing allowed per chunk on top of MAX_RESPONSE_HEAD
+MAX_RESPONSE_HEADERS = 256
 
 
 class Exchange(Protocol):
@@ -60,11 +65,15 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser: httptools.HttpResponseParser | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
-        self._head_size = 0
+        self._fed = 0  # bytes of this answer fed to the parser
+        self._body = 0  # of which body
+        self._chunks = 0
         self._no_body = False
         self._upgraded = False
         self._complete = False
+        self._close_delimited = False  # the body ends with the connection
         self._received = False
+        self.paused = False  # its send buffer is over the high-water mark
 
     # -- used by the exchange -----------------------------------------------------------------
 
@@ -78,10 +87,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport.write(head)
 
     @property
-    def received_nothing(self) -> bool:
-        """No byte of an answer has come yet (a reused connection the server had just closed
-        can then be retried)."""
-        return not self._received
+    def idle_clean(self) -> bool:
+        """Nothing left to send and not paused: fit to serve the next request."""
+        return (self.transport is not None and not self.closed and not self.paused
+                and self.transport.get_write_buffer_size() == 0)
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
         if self.transport is not None and not self.closed:
@@ -109,14 +118,20 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         exchange, self.exchange = self.exchange, None
-        if exchange is not None:
+        if exchange is None:
+            return
+        if self._close_delimited and not self._complete and not self._upgraded:
+            exchange.upstream_end(False)  # the end of the connection is the end of the body
+        else:
             exchange.upstream_lost(exc)
 
     def pause_writing(self) -> None:
+        self.paused = True
         if self.exchange is not None:
             self.exchange.upstream_paused(True)
 
     def resume_writing(self) -> None:
+        self.paused = False
         if self.exchange is not None:
             self.exchange.upstream_paused(False)
 
@@ -129,8 +144,11 @@ class UpstreamConnection(asyncio.Protocol):
             self.exchange.upstream_data(data)
             return
         assert self._parser is not None
+        self._fed += len(data)
         try:
             self._parser.feed_data(data)
+            if self._fed - self._body > MAX_RESPONSE_HEAD + CHUNK_FRAMING * self._chunks:
+                raise httptools.HttpParserError("the lab's answer has too much besides its body")
         except httptools.HttpParserUpgrade as upgrade:
             self._upgrade(data[upgrade.args[0]:])
         except httptools.HttpParserError as exc:
@@ -142,23 +160,20 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _new_response(self) -> None:
         self._parser = httptools.HttpResponseParser(self)
-        self._headers, self._reason, self._head_size = [], b"", 0
-        self._complete = False
+        self._headers, self._reason = [], b""
+        self._fed = self._body = self._chunks = 0
+        self._complete = self._close_delimited = False
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
-        self._count(len(status))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
-        self._head_size += len(name) + len(value)
-        if self._head_size > MAX_RESPONSE_HEAD:
-            raise ValueError("the lab's response head is too large")
+        if len(self._headers) > MAX_RESPONSE_HEADERS:
+            raise ValueError("the lab's answer has too many headers")
 
-    def _count(self, size: int) -> None:
-        self._head_size += size
-        if self._head_size > MAX_RESPONSE_HEAD:
-            raise ValueError("the lab's response head is too large")
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
 
     def on_headers_complete(self) -> None:
         assert self._parser is not None and self.exchange is not None
@@ -173,6 +188,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange.upstream_head(status, self._reason, self._headers, chunked, length)
         if status == 101:
             return  # llhttp stops at the upgrade (HttpParserUpgrade)
+        self._close_delimited = (status >= 200 and status not in (204, 304) and not chunked
+                                 and length is None and not self._no_body)
         if self._no_body and status >= 200:
             # A HEAD response has no body: answer it now; the connection is not reused, as
             # the parser would wait for a body that will not come.
@@ -181,6 +198,7 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.upstream_end(False)
 
     def on_body(self, body: bytes) -> None:
+        self._body += len(body)
         if self.exchange is not None and not self._complete:
             self.exchange.upstream_body(body)
 
@@ -199,7 +217,7 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.upstream_end(reusable)
 
     def _new_response_after_interim(self) -> None:
-        self._headers, self._reason, self._head_size = [], b"", 0
+        self._headers, self._reason = [], b""  # the bytes fed so far still count
 
     # -- endings ------------------------------------------------------------------------------
 
@@ -253,9 +271,10 @@ class UpstreamPool:
         """Keep ``connection`` for the next request to the same lab (or close it if the pool
         for that lab is full)."""
         idle = self._idle.setdefault((identity, host, port), [])
-        if connection.closed or len(idle) >= MAX_IDLE or connection.transport is None:
-            connection.close()
+        if not connection.idle_clean or len(idle) >= MAX_IDLE:
+            connection.close()  # bytes of the last request still queued: not reusable
             return
+        assert connection.transport is not None
         if not connection.transport.is_reading():  # paused while its client was slow
             connection.transport.resume_reading()
         connection.idle_since = time.monotonic()

@@ -21,7 +21,7 @@ from gateway.server import STORE
 from gateway.states import State
 from gateway.store import Store
 from tests.unit import test_relay as relay
-from tests.unit.test_relay import BLOCK, MIB, WAIT, Gateway, bearer
+from tests.unit.test_relay import BLOCK, MIB, PROBLEM, WAIT, Gateway, bearer
 from tests.unit.test_relay_wire import Wire, deadline, request
 
 gw = relay.gw  # the fixture (a module attribute, so that pytest finds it here too)
@@ -211,3 +211,88 @@ async def test_a_lab_answer_on_a_connection_aiohttp_serves_closes_it(gw: Gateway
         assert await wire.eof() == b""
     finally:
         wire.close()
+
+
+async def test_a_lab_with_an_endless_header_gets_cut_off(gw: Gateway) -> None:
+    """A hostile lab's answer whose header never ends costs the gateway a bounded amount
+    (64 KiB besides bodies) and its client gets a 503, not a wait without end."""
+    wire = await Wire.open(gw.port)
+    try:
+        await wire.send(request(gw, "GET", gw.prefix() + "endlesshead"))
+        answer = await wire.response()
+        assert answer.status == 503 and answer.content_type == PROBLEM
+    finally:
+        wire.close()
+    await deadline(gw.upstream.endless_ended.wait())
+
+
+async def test_an_answer_that_ends_with_its_connection_arrives_whole(gw: Gateway) -> None:
+    wire = await Wire.open(gw.port)
+    try:
+        await wire.send(request(gw, "GET", gw.prefix() + "untilclose"))
+        answer = await wire.response()
+        assert (answer.status, answer.body) == (200, b"until the end")
+    finally:
+        wire.close()
+
+
+async def test_a_head_sent_a_byte_at_a_time_is_still_answered(gw: Gateway) -> None:
+    wire = await Wire.open(gw.port)
+    try:
+        for byte in request(gw, "GET", gw.prefix() + "echo/slow"):
+            await wire.send(bytes([byte]))
+        answer = await wire.response()
+        assert (answer.status, answer.body) == (200, (gw.prefix() + "echo/slow").encode())
+    finally:
+        wire.close()
+
+
+async def test_an_http_1_0_client_gets_no_interim_answer(gw: Gateway) -> None:
+    """HTTP/1.0 has no 100 Continue (RFC 9110 §15.2): the lab is not asked for one."""
+    body = b"x" * 1000
+    wire = await Wire.open(gw.port)
+    try:
+        await wire.send(request(gw, "POST", gw.prefix() + "upload",
+                                {"Expect": "100-continue"}, body, version="HTTP/1.0"))
+        first = await wire.message()
+        assert first.status == 200 and first.json()["size"] == len(body)
+        assert "expect" not in {name.lower() for name in gw.upstream.seen[-1].headers}
+    finally:
+        wire.close()
+
+
+async def test_an_unexpected_failure_while_admitting_answers_503(
+        gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = gw.app[PROXY].fast
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(fast, "admit_cached", lambda *args: None)
+    monkeypatch.setattr(fast, "admit", broken)
+    wire = await Wire.open(gw.port)
+    try:
+        await wire.send(request(gw, "GET", gw.prefix() + "echo/x"))
+        answer = await wire.response()
+        assert answer.status == 503
+    finally:
+        wire.close()
+
+
+async def test_a_connection_with_unsent_bytes_is_not_pooled() -> None:
+    """A lab that answered without reading the whole request: what is still queued for it
+    would be read as the start of the next request."""
+    loop = asyncio.get_running_loop()
+    mine, theirs = socket.socketpair()
+    try:
+        _, connection = await loop.create_connection(UpstreamConnection, sock=mine)
+        assert connection.transport is not None
+        connection.send(b"x" * (16 * MIB))  # more than the socket takes: queued
+        assert connection.transport.get_write_buffer_size() > 0
+        identity = LabIdentity("token", "/labs/0123456789abcdef/", 8888)
+        pool = UpstreamPool()
+        pool.release(identity, "127.0.0.1", 8888, connection)
+        assert connection.closed
+        assert pool.take(identity, "127.0.0.1", 8888) is None
+    finally:
+        theirs.close()

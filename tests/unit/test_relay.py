@@ -111,6 +111,7 @@ class FakeLab:
             "cookies": self.cookies, "download": self.download, "upload": self.upload,
             "ws": self.websocket, "nows": self.no_websocket, "sw": self.service_worker,
             "echo": self.echo, "truncated": self.truncated, "hangup": self.hangup,
+            "endlesshead": self.endless_head, "untilclose": self.until_close,
         }
         if action in handlers:
             return await handlers[action](request)
@@ -213,6 +214,27 @@ class FakeLab:
         assert request.transport is not None
         request.transport.abort()
         return response
+
+    async def endless_head(self, request: web.Request) -> web.StreamResponse:
+        """A hostile lab: one response header that never ends, until the peer leaves."""
+        assert request.transport is not None
+        transport = request.transport
+        transport.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+        try:
+            while not transport.is_closing():
+                transport.write(b"a" * 65536)
+                await asyncio.sleep(0)
+        finally:
+            self.endless_ended.set()
+        return web.Response(text="never sent")
+
+    async def until_close(self, request: web.Request) -> web.StreamResponse:
+        """An answer with neither a length nor chunks: its body ends with the connection."""
+        assert request.transport is not None
+        request.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n"
+                                b"until the end")
+        request.transport.close()
+        return web.Response(text="never sent")
 
     async def hangup(self, request: web.Request) -> web.StreamResponse:
         """The connection ends before a single byte of an answer."""
