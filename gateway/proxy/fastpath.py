@@ -32,6 +32,7 @@ from ..errors import GatewayError, LabUnavailable
 from ..logs import masked_path
 from ..metrics import GatewayMetrics
 from ..pageheaders import SECURITY_HEADERS
+from ..timestamps import format_timestamp
 from ..users import User
 from .admission import Admission
 from .heads import response_head, upstream_head
@@ -225,7 +226,8 @@ class LabFastPath:
         fields = ("time", "method", "path", "status", "bytes_up", "bytes", "seconds", "remote",
                   "user")
         access_log.info("lab proxy: %d requests", len(records), extra={"requests": [
-            {**dict(zip(fields, entry[:9], strict=True)), "path": masked_path(entry[2])}
+            {**dict(zip(fields, entry[:9], strict=True)), "time": format_timestamp(entry[0]),
+             "path": masked_path(entry[2])}
             for entry in records]})
 
     # -- open WebSockets ------------------------------------------------------------------------

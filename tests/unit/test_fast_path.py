@@ -102,6 +102,7 @@ async def test_every_request_has_an_access_record(gw: Gateway,
                      gw.prefix() + "echo/c?token=***"]
     assert {entry["user"] for entry in records} == {"alice"}
     assert {entry["status"] for entry in records} == {200}
+    assert all(entry["time"].endswith("Z") for entry in records)  # as every event's time
     json.dumps(records)  # what the JSON log format writes
 
 
