@@ -65,7 +65,7 @@ class FrontProtocol(asyncio.Protocol):
         self._head: RequestHead | None = None
         self._admission: Admission | None = None
         self._upstream: UpstreamConnection | None = None
-        self._body_left: int | None = None  # Content-Length still to forward
+        self._body_left = 0  # bytes of the Content-Length body still to forward
         self._chunks: ChunkedScanner | None = None
         self._request_sent = False
         self._reused = False
@@ -206,16 +206,23 @@ class FrontProtocol(asyncio.Protocol):
             self._hand_over()
             return
         self._admission = admission
+        await self._connect(head, admission, end, may_retry=True)
+
+    async def _connect(self, head: RequestHead, admission: Admission, consumed: int, *,
+                       may_retry: bool) -> None:
+        """A connection to the admitted lab (the request's first ``consumed`` buffered bytes,
+        its head, then leave the buffer), and the exchange on it; ``may_retry``: a reused
+        connection found closed may be tried once more."""
         try:
             upstream, reused = await admission.acquire()
         except UNREACHABLE:
             self._unavailable()
             return
         if self._transport is None or self._transport.is_closing():
-            admission.release(upstream)
+            admission.release(upstream)  # the client left meanwhile
             return
-        del self._buffer[:end]
-        self._start_exchange(head, admission, upstream, reused)
+        del self._buffer[:consumed]
+        self._start_exchange(head, admission, upstream, reused and may_retry)
 
     def _start_exchange(self, head: RequestHead, admission: Admission,
                         upstream: UpstreamConnection, reused: bool) -> None:
@@ -251,8 +258,8 @@ class FrontProtocol(asyncio.Protocol):
                 return
             done = self._chunks.done
         else:
-            count = min(self._body_left or 0, len(self._buffer))
-            self._body_left = (self._body_left or 0) - count
+            count = min(self._body_left, len(self._buffer))
+            self._body_left -= count
             done = self._body_left == 0
         if count:
             self._upstream.send(bytes(self._buffer[:count]))
@@ -367,19 +374,7 @@ class FrontProtocol(asyncio.Protocol):
         a fresh one."""
         head, admission = self._head, self._admission
         assert head is not None and admission is not None
-
-        async def again() -> None:
-            try:
-                upstream, _ = await admission.acquire()
-            except UNREACHABLE:
-                self._unavailable()
-                return
-            if self._transport is None or self._transport.is_closing():
-                admission.release(upstream)  # the client left meanwhile
-                return
-            self._start_exchange(head, admission, upstream, False)
-
-        self._spawn(again())
+        self._spawn(self._connect(head, admission, 0, may_retry=False))
 
     # -- endings ----------------------------------------------------------------------------------
 

@@ -72,7 +72,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._upgraded = False
         self._complete = False
         self._close_delimited = False  # the body ends with the connection
-        self._received = False
         self.paused = False  # its send buffer is over the high-water mark
 
     # -- used by the exchange -----------------------------------------------------------------
@@ -83,7 +82,6 @@ class UpstreamConnection(asyncio.Protocol):
         assert self.transport is not None and not self.closed
         self.exchange, self._no_body = exchange, no_body
         self._new_response()
-        self._received = False
         self.transport.write(head)
 
     @property
@@ -136,7 +134,6 @@ class UpstreamConnection(asyncio.Protocol):
             self.exchange.upstream_paused(False)
 
     def data_received(self, data: bytes) -> None:
-        self._received = True
         if self.exchange is None:  # an idle connection that talks: not to be trusted again
             self.close()
             return
