@@ -25,7 +25,7 @@ import httptools
 from .identity import LabIdentity, open_proven
 
 log = logging.getLogger(__name__)
-MAX_IDLE = 32
+MAX_IDLE = 64
 IDLE_TIMEOUT = 30.0
 # What a lab may send of one answer besides its body (status line, headers, chunk framing,
 # trailers, interim answers): counted on the bytes fed to the parser, since llhttp gathers a
