@@ -8,13 +8,27 @@ own durations (``D-HH:MM:SS``) are :mod:`gateway.units`' business, not this modu
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
+from functools import lru_cache
 
 
 def format_timestamp(stamp: float) -> str:
-    """A POSIX time as a stamp."""
-    return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    """A POSIX time as a stamp: the milliseconds of ``stamp`` rounded to microseconds first,
+    as ``datetime.fromtimestamp`` does (the lab proxy stamps every request: the date and time
+    of day are worked out once per second)."""
+    fraction, whole = math.modf(stamp)
+    micro = round(fraction * 1e6)
+    if micro >= 1_000_000:
+        whole, micro = whole + 1, micro - 1_000_000
+    elif micro < 0:
+        whole, micro = whole - 1, micro + 1_000_000
+    return f"{_second(int(whole))}.{micro // 1000:03d}Z"
+
+
+@lru_cache(maxsize=16)
+def _second(whole: int) -> str:
+    return datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def parse_timestamp(stamp: str) -> datetime:

@@ -68,6 +68,7 @@ class LabRoutes(Protocol):
 class RouteParts:
     """A lab route's upstream and the pool's and head builder's calls bound to it."""
 
+    route: Any
     upstream: Upstream
     acquire: Callable[[], Awaitable[tuple[UpstreamConnection, bool]]]
     take_idle: Callable[[], UpstreamConnection | None]
@@ -110,7 +111,7 @@ class LabFastPath:
         self._gateway_cookies, self._public_origin = gateway_cookies, public_origin
         self._metrics, self.touch = metrics, touch
         self.pool = UpstreamPool()
-        self._parts: dict[Any, RouteParts] = {}
+        self._parts: dict[int, RouteParts] = {}  # by id(route)
         self._records: list[list[Any]] = []
         self._flusher: asyncio.TimerHandle | None = None
         self._pipes: dict[int, Pipe] = {}
@@ -157,7 +158,9 @@ class LabFastPath:
 
     def _admission(self, head: RequestHead, remote: str | None, user: User, route: Any,
                    websocket: bool) -> Admission:
-        parts = self._parts.get(route) or self._route_parts(route)
+        parts = self._parts.get(id(route))  # (hashing the route's fields costs more)
+        if parts is None or parts.route is not route:
+            parts = self._route_parts(route)
         return Admission(
             route.job_id, user,
             upstream_head(head, parts.upstream, self._gateway_cookies, remote, websocket),
@@ -170,12 +173,12 @@ class LabFastPath:
         identity: LabIdentity
         upstream, identity = self._upstream_of(route)
         pool, address = self.pool, (identity, upstream.host, upstream.port)
-        parts = RouteParts(upstream, partial(pool.acquire, *address),
+        parts = RouteParts(route, upstream, partial(pool.acquire, *address),
                            partial(pool.take, *address), partial(pool.release, *address),
                            partial(response_head, upstream))
         if len(self._parts) >= MAX_ROUTES:
             self._parts.clear()
-        self._parts[route] = parts
+        self._parts[id(route)] = parts  # it holds the route: the id is not reused meanwhile
         return parts
 
     def _own_origin(self, head: RequestHead) -> str:
@@ -223,12 +226,11 @@ class LabFastPath:
             self._metrics.proxy_requests.labels(kind, status_class).inc(count)
         self._metrics.proxy_bytes.labels("up").inc(up)
         self._metrics.proxy_bytes.labels("down").inc(down)
-        fields = ("time", "method", "path", "status", "bytes_up", "bytes", "seconds", "remote",
-                  "user")
         access_log.info("lab proxy: %d requests", len(records), extra={"requests": [
-            {**dict(zip(fields, entry[:9], strict=True)), "time": format_timestamp(entry[0]),
-             "path": masked_path(entry[2])}
-            for entry in records]})
+            {"time": format_timestamp(at), "method": method, "path": masked_path(path),
+             "status": status, "bytes_up": up, "bytes": down, "seconds": seconds,
+             "remote": remote, "user": user}
+            for at, method, path, status, up, down, seconds, remote, user, _ in records]})
 
     # -- open WebSockets ------------------------------------------------------------------------
 

@@ -69,7 +69,7 @@ def response_head(upstream: Upstream, status: int, reason: bytes,
     """The client's response head, and its body framing: ``"length"``, ``"chunked"`` (the
     proxy re-chunks), ``"close"`` (the body ends with the connection: an HTTP/1.0 client),
     or ``"none"``. (Bytes throughout: it runs for every answer.)"""
-    kept: list[tuple[bytes, bytes]] = []
+    lines = [b"HTTP/1.1 %d %s" % (status, reason)]
     named: set[bytes] = set()  # headers the lab's Connection header names: hop-by-hop too
     for raw_name, raw_value in headers:
         lower = raw_name.lower()
@@ -83,11 +83,11 @@ def response_head(upstream: Upstream, status: int, reason: bytes,
         elif lower == b"set-cookie":
             raw_value = scope_set_cookie(raw_value.decode("latin-1"),
                                          upstream.prefix).encode("latin-1")
-        kept.append((lower, raw_name + b": " + raw_value))
-    if status == 101:
-        named.clear()
-    lines = [b"HTTP/1.1 %d %s" % (status, reason),
-             *(line for lower, line in kept if lower not in named)]
+        lines.append(raw_name + b": " + raw_value)
+    named -= _DROPPED_DOWN  # (dropped anyway: "Connection: keep-alive" costs no second pass)
+    if named and status != 101:
+        lines[1:] = [line for line in lines[1:]
+                     if line.partition(b":")[0].lower() not in named]
     framing = _framing(status, chunked, length, request)
     if length is not None and (framing == "length" or request.method == "HEAD"
                                or status == 304):

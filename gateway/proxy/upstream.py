@@ -33,6 +33,7 @@ IDLE_TIMEOUT = 30.0
 MAX_RESPONSE_HEAD = 64 * 1024
 CHUNK_FRAMING = 32  # bytes of framing allowed per chunk on top of MAX_RESPONSE_HEAD
 MAX_RESPONSE_HEADERS = 256
+_FRAMING_NAME_LENGTHS = (len(b"content-length"), len(b"transfer-encoding"))
 
 
 class Exchange(Protocol):
@@ -62,12 +63,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self.closed = False
         self.idle_since = 0.0
-        self._parser: httptools.HttpResponseParser | None = None
+        # One parser for the connection's life: llhttp starts on the next response after each
+        # complete one (and a connection is reused only after a complete one).
+        self._parser = httptools.HttpResponseParser(self)
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
         self._fed = 0  # bytes of this answer fed to the parser
         self._body = 0  # of which body
         self._chunks = 0
+        self._chunked = False  # Transfer-Encoding ends with chunked (the last one counts)
+        self._length: int | None = None  # a well-formed Content-Length
         self._no_body = False
         self._upgraded = False
         self._complete = False
@@ -140,7 +145,6 @@ class UpstreamConnection(asyncio.Protocol):
         if self._upgraded:
             self.exchange.upstream_data(data)
             return
-        assert self._parser is not None
         self._fed += len(data)
         try:
             self._parser.feed_data(data)
@@ -156,32 +160,33 @@ class UpstreamConnection(asyncio.Protocol):
     # -- llhttp's callbacks -------------------------------------------------------------------
 
     def _new_response(self) -> None:
-        self._parser = httptools.HttpResponseParser(self)
         self._headers, self._reason = [], b""
         self._fed = self._body = self._chunks = 0
-        self._complete = self._close_delimited = False
+        self._complete = self._close_delimited = self._chunked = False
+        self._length = None
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
-        if len(self._headers) > MAX_RESPONSE_HEADERS:
+        headers = self._headers
+        headers.append((name, value))
+        if len(name) in _FRAMING_NAME_LENGTHS:  # (a cheap test first: this runs per header)
+            lower = name.lower()
+            if lower == b"transfer-encoding":
+                self._chunked = value.strip().lower().endswith(b"chunked")
+            elif lower == b"content-length" and value.strip().isdigit():
+                self._length = int(value)
+        if len(headers) > MAX_RESPONSE_HEADERS:
             raise ValueError("the lab's answer has too many headers")
 
     def on_chunk_header(self) -> None:
         self._chunks += 1
 
     def on_headers_complete(self) -> None:
-        assert self._parser is not None and self.exchange is not None
+        assert self.exchange is not None
         status = self._parser.get_status_code()
-        chunked, length = False, None
-        for name, value in self._headers:
-            lower = name.lower()
-            if lower == b"transfer-encoding":
-                chunked = value.strip().lower().endswith(b"chunked")
-            elif lower == b"content-length" and value.strip().isdigit():
-                length = int(value)
+        chunked, length = self._chunked, self._length
         self.exchange.upstream_head(status, self._reason, self._headers, chunked, length)
         if status == 101:
             return  # llhttp stops at the upgrade (HttpParserUpgrade)
@@ -200,7 +205,6 @@ class UpstreamConnection(asyncio.Protocol):
             self.exchange.upstream_body(body)
 
     def on_message_complete(self) -> None:
-        assert self._parser is not None
         if self._complete:
             return
         status = self._parser.get_status_code()
@@ -215,6 +219,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _new_response_after_interim(self) -> None:
         self._headers, self._reason = [], b""  # the bytes fed so far still count
+        self._chunked, self._length = False, None
 
     # -- endings ------------------------------------------------------------------------------
 
