@@ -33,6 +33,7 @@ from .jobs.service import JobService
 from .metrics import GatewayMetrics, ScrapeTimeCollector
 from .proxy.front import FrontProtocol
 from .proxy.labs import LabProxy
+from .proxy.pipe import WebSocketPipe
 from .scheduler.metered import MeteredBackend
 from .sso.client import OIDCClient
 from .sso.settings import OIDCConfig
@@ -131,6 +132,7 @@ class FrontSite(web.SockSite):
     def __init__(self, runner: web.AppRunner, sock: socket.socket) -> None:
         super().__init__(runner, sock)
         self._fronts: weakref.WeakSet[FrontProtocol] = weakref.WeakSet()
+        self._pipes: weakref.WeakSet[WebSocketPipe] = weakref.WeakSet()
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registered with the runner, not served by aiohttp
@@ -140,7 +142,7 @@ class FrontSite(web.SockSite):
         timeout = runner.app[CONFIG].gateway.header_timeout
 
         def front() -> FrontProtocol:
-            protocol = FrontProtocol(server, fast, timeout)
+            protocol = FrontProtocol(server, fast, timeout, self._pipes)
             self._fronts.add(protocol)
             return protocol
 
@@ -150,6 +152,8 @@ class FrontSite(web.SockSite):
     async def stop(self) -> None:
         for protocol in list(self._fronts):
             protocol.shut()
+        for pipe in list(self._pipes):
+            pipe.shut()
         await super().stop()
 
 

@@ -21,14 +21,14 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, MutableSet
 from typing import Any
 
 from .admission import Admission, FastPath
 from .http1 import ChunkedScanner, HeadError, RequestHead, head_end, parse_request_head
 from .identity import LabNotProven
+from .pipe import WebSocketPipe
 from .upstream import UpstreamConnection
-from .wsframes import POLICY_VIOLATION, FrameTracker, close_frame
 
 log = logging.getLogger(__name__)
 # Admissions and retries run as tasks of their own; strong references until each ends.
@@ -46,7 +46,9 @@ class FrontProtocol(asyncio.Protocol):
     """One client connection, until it is handed over to aiohttp."""
 
     def __init__(self, fallback: Callable[[], asyncio.Protocol], labs: FastPath,
-                 header_timeout: float) -> None:
+                 header_timeout: float, pipes: MutableSet[WebSocketPipe] | None = None) -> None:
+        """``pipes``: where the WebSocket pipes this connection turns into are kept (for
+        whoever shuts them when the gateway stops)."""
         self._fallback = fallback
         self._labs = labs
         self._header_timeout = header_timeout
@@ -76,9 +78,7 @@ class FrontProtocol(asyncio.Protocol):
         self._sent = 0
         self._started = 0.0
         self._keep_alive = True
-        self._pipe: object | None = None
-        self._up_frames = FrameTracker()  # client -> lab, once upgraded
-        self._down_frames = FrameTracker()  # lab -> client
+        self._pipes = pipes
 
     # -- asyncio.Protocol (client side) ---------------------------------------------------------
 
@@ -98,18 +98,13 @@ class FrontProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
         self._transport = None
-        if self._pipe is not None:
-            self._client_left_pipe()
         if self._upstream is not None:
             self._upstream.close()
             self._upstream = None
 
     def eof_received(self) -> bool | None:
         self._eof = True
-        if self._pipe is not None:
-            self._client_left_pipe()
-            self._close()
-        elif self._head is not None and not self._request_sent and (
+        if self._head is not None and not self._request_sent and (
                 self._upstream is not None or not self._body_buffered()):
             self._abort()  # a body that can no longer arrive
         elif self._upstream is None and self._head is None:
@@ -127,12 +122,6 @@ class FrontProtocol(asyncio.Protocol):
             self._upstream.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        if self._pipe is not None:
-            if self._upstream is not None:
-                self._up_frames.feed(data)
-                self._upstream.send(data)
-                self._labs.touch(self._admission.job_id if self._admission else "")
-            return
         self._buffer += data
         self._advance()
 
@@ -192,7 +181,7 @@ class FrontProtocol(asyncio.Protocol):
         if task.cancelled() or task.exception() is None:
             return
         log.error("a lab request failed unexpectedly", exc_info=task.exception())
-        if self._transport is not None and self._pipe is None and not self._answered:
+        if self._transport is not None and not self._answered:
             self._unavailable()
         else:
             self._abort()
@@ -318,30 +307,27 @@ class FrontProtocol(asyncio.Protocol):
         self._finish()
 
     def upstream_upgraded(self, rest: bytes) -> None:
-        assert self._admission is not None and self._head is not None
+        """The lab's 101 went out: both connections become a :class:`.pipe.WebSocketPipe`,
+        which relays every byte from now on (this protocol is done with them)."""
+        transport, upstream = self._transport, self._upstream
+        admission, head = self._admission, self._head
+        assert transport is not None and upstream is not None
+        assert admission is not None and head is not None
         self._record()
-        self._pipe = self._labs.pipe_opened(self._admission, self._head, self._revoke_pipe)
-        if rest:
-            self.upstream_data(rest)
-        if self._buffer and self._upstream is not None:
-            self._up_frames.feed(self._buffer)
-            self._upstream.send(bytes(self._buffer))
-            self._buffer.clear()
-
-    def upstream_data(self, data: bytes) -> None:
-        self._down_frames.feed(data)
-        self._write(data)
-        if self._admission is not None:
-            self._labs.touch(self._admission.job_id)
+        self._cancel_timer()
+        pipe = WebSocketPipe(transport, upstream, self._labs, admission, head)
+        if self._pipes is not None:
+            self._pipes.add(pipe)
+        self._transport = self._upstream = self._head = self._admission = None
+        transport.set_protocol(pipe)
+        upstream.pipe_to(pipe)
+        if self._reading_paused and not upstream.paused:
+            transport.resume_reading()
+        from_client, self._buffer = bytes(self._buffer), bytearray()
+        pipe.start(rest, from_client)
 
     def upstream_lost(self, exc: Exception | None) -> None:
         self._upstream = None
-        if self._pipe is not None:
-            self._end_pipe()
-            if self._down_frames.at_boundary and not self._down_frames.closed:
-                self._write(close_frame(masked=False))  # the lab dropped without one
-            self._close()
-            return
         if self._answered:
             self._abort()  # a cut answer must look cut, never complete
             return
@@ -408,33 +394,6 @@ class FrontProtocol(asyncio.Protocol):
             self._upstream = None
         if self._transport is not None:
             self._transport.abort()
-        self._end_pipe()
-
-    def _client_left_pipe(self) -> None:
-        """The client's side of a pipe ended: the lab gets a close frame if the client sent
-        none (and one fits between frames), then the end of the connection."""
-        upstream, self._upstream = self._upstream, None
-        self._end_pipe()
-        if upstream is None:
-            return
-        if self._up_frames.at_boundary and not self._up_frames.closed:
-            upstream.send(close_frame(masked=True))
-        upstream.finish()
-
-    def _revoke_pipe(self) -> None:
-        """The pipe is no longer admitted (token revoked, lab ended): both sides get a close
-        frame where one fits (the client's says 1008, policy), then the connections end."""
-        if self._down_frames.at_boundary and not self._down_frames.closed:
-            self._write(close_frame(masked=False, code=POLICY_VIOLATION))
-        self._client_left_pipe()
-        self._close()
-
-    def _end_pipe(self) -> None:
-        if self._pipe is not None:
-            pipe, self._pipe = self._pipe, None
-            self._labs.pipe_closed(pipe)
-            if self._upstream is not None:
-                self._upstream.close()
 
     def _hand_over(self) -> None:
         """aiohttp serves this connection from the current request on."""

@@ -46,13 +46,21 @@ class Exchange(Protocol):
 
     def upstream_end(self, reusable: bool) -> None: ...
 
-    def upstream_upgraded(self, rest: bytes) -> None: ...
-
-    def upstream_data(self, data: bytes) -> None: ...  # after an upgrade
+    def upstream_upgraded(self, rest: bytes) -> None: ...  # call pipe_to() before returning
 
     def upstream_lost(self, exc: Exception | None) -> None: ...
 
     def upstream_paused(self, paused: bool) -> None: ...  # its send buffer is full / drained
+
+
+class PipePeer(Protocol):
+    """What hears an upgraded connection (:meth:`UpstreamConnection.pipe_to`)."""
+
+    def upstream_data(self, data: bytes) -> None: ...
+
+    def upstream_lost(self, exc: Exception | None) -> None: ...
+
+    def upstream_paused(self, paused: bool) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -61,6 +69,7 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
+        self.pipe: PipePeer | None = None  # after an upgrade
         self.closed = False
         self.idle_since = 0.0
         # One parser for the connection's life: llhttp starts on the next response after each
@@ -99,15 +108,19 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.write(data)
 
+    def pipe_to(self, peer: PipePeer) -> None:
+        """Upgraded: every byte the lab sends from now on, and the end, go to ``peer``."""
+        self.exchange, self.pipe = None, peer
+
     def finish(self) -> None:
         """Close after what was sent has gone out (a relayed pipe's end)."""
-        self.exchange = None
+        self.exchange = self.pipe = None
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.close()
 
     def close(self) -> None:
-        self.exchange = None
+        self.exchange = self.pipe = None
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.abort()
@@ -121,6 +134,10 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         exchange, self.exchange = self.exchange, None
+        pipe, self.pipe = self.pipe, None
+        if pipe is not None:
+            pipe.upstream_lost(exc)
+            return
         if exchange is None:
             return
         if self._close_delimited and not self._complete and not self._upgraded:
@@ -130,20 +147,22 @@ class UpstreamConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.paused = True
-        if self.exchange is not None:
-            self.exchange.upstream_paused(True)
+        peer = self.pipe or self.exchange
+        if peer is not None:
+            peer.upstream_paused(True)
 
     def resume_writing(self) -> None:
         self.paused = False
-        if self.exchange is not None:
-            self.exchange.upstream_paused(False)
+        peer = self.pipe or self.exchange
+        if peer is not None:
+            peer.upstream_paused(False)
 
     def data_received(self, data: bytes) -> None:
-        if self.exchange is None:  # an idle connection that talks: not to be trusted again
-            self.close()
+        if self.pipe is not None:
+            self.pipe.upstream_data(data)
             return
-        if self._upgraded:
-            self.exchange.upstream_data(data)
+        if self.exchange is None or self._upgraded:
+            self.close()  # an idle connection that talks: not to be trusted again
             return
         self._fed += len(data)
         try:

@@ -14,6 +14,7 @@ import struct
 CLOSE_OPCODE = 0x8
 ABNORMAL = 1011  # what the gateway says for a side that dropped without a close frame
 POLICY_VIOLATION = 1008  # the gateway ended a pipe its credential or lab no longer allows
+GOING_AWAY = 1001  # the gateway stops
 
 
 class FrameTracker:

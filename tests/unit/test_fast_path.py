@@ -87,6 +87,23 @@ async def test_an_open_websocket_closes_when_its_lab_ends(gw: Gateway) -> None:
     await bob.close()
 
 
+async def test_open_websockets_end_when_the_gateway_stops_listening(gw: Gateway) -> None:
+    """If this fails, stopping the gateway leaves relayed WebSockets open (a pipe belongs to
+    no connection handler once upgraded: the site must still reach it), or ends them without
+    the close frame (1001, going away) that tells a browser's lab to reconnect."""
+    async with gw.http.ws_connect(gw.url(gw.prefix() + "ws"), headers=bearer(gw.alice)) as ws:
+        await ws.send_str("hello")
+        assert (await ws.receive(WAIT)).data == "hello"
+        runner = gw.client.server.runner
+        assert runner is not None
+        for site in list(runner.sites):
+            await site.stop()
+        message = await ws.receive(WAIT)
+        assert (message.type, message.data) == (WSMsgType.CLOSE, 1001)
+    await deadline(gw.upstream.ws_done.wait())
+    assert gw.upstream.ws_closes[-1][0] == 1001
+
+
 async def test_every_request_has_an_access_record(gw: Gateway,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "hpcgw.access")

@@ -1,0 +1,133 @@
+"""An upgraded lab connection (a WebSocket the lab accepted): bytes both ways, as they come.
+
+:class:`.front.FrontProtocol` hands both ends over once the lab's ``101`` went to the client:
+the client's transport gets this pipe as its protocol, the lab's connection reports to it
+(:meth:`.upstream.UpstreamConnection.pipe_to`). Frames are not read, only followed
+(:class:`.wsframes.FrameTracker`), so that a side that drops without a close frame leaves the
+other side one (1011), and a pipe the lab proxy no longer admits (token revoked, lab ended:
+:meth:`FastPath.pipe_opened`'s re-check) ends with 1008 to the client. Flow control both ways:
+a side that cannot take more pauses reading the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from .admission import Admission, FastPath
+from .http1 import RequestHead
+from .upstream import UpstreamConnection
+from .wsframes import ABNORMAL, GOING_AWAY, POLICY_VIOLATION, FrameTracker, close_frame
+
+
+class WebSocketPipe(asyncio.Protocol):
+    """The client's side of a pipe is this protocol; the lab's side is ``upstream``."""
+
+    def __init__(self, client: asyncio.Transport, upstream: UpstreamConnection,
+                 labs: FastPath, admission: Admission, head: RequestHead) -> None:
+        self._client: asyncio.Transport | None = client
+        self._upstream: UpstreamConnection | None = upstream
+        self._labs, self._job_id = labs, admission.job_id
+        self._up_frames = FrameTracker()  # client -> lab
+        self._down_frames = FrameTracker()  # lab -> client
+        self._handle: object | None = labs.pipe_opened(admission, head, self.revoke)
+
+    def start(self, from_lab: bytes, from_client: bytes) -> None:
+        """Relay what each side sent right after the handshake, before the pipe existed."""
+        if from_lab:
+            self.upstream_data(from_lab)
+        if from_client:
+            self.data_received(from_client)
+
+    # -- the client's side (asyncio.Protocol) -------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._upstream is not None:
+            self._up_frames.feed(data)
+            self._upstream.send(data)
+            self._labs.touch(self._job_id)
+
+    def eof_received(self) -> bool | None:
+        self._client_left()
+        self._close_client()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._client = None
+        self._client_left()
+
+    def pause_writing(self) -> None:
+        if self._upstream is not None and self._upstream.transport is not None:
+            self._upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._upstream is not None and self._upstream.transport is not None:
+            self._upstream.transport.resume_reading()
+
+    # -- the lab's side (upstream.PipePeer) ---------------------------------------------------
+
+    def upstream_data(self, data: bytes) -> None:
+        self._down_frames.feed(data)
+        if self._client is not None and not self._client.is_closing():
+            self._client.write(data)
+        self._labs.touch(self._job_id)
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        """The lab's side ended: the client gets a close frame if the lab sent none (and one
+        fits between frames), then the end of the connection."""
+        self._upstream = None
+        self._ended()
+        if self._down_frames.at_boundary and not self._down_frames.closed:
+            self._write_client(close_frame(masked=False))
+        self._close_client()
+
+    def upstream_paused(self, paused: bool) -> None:
+        """The lab's connection has too much to send: the client is not read until it
+        drains."""
+        if self._client is None:
+            return
+        if paused:
+            self._client.pause_reading()
+        elif not self._client.is_reading():
+            self._client.resume_reading()
+
+    # -- endings ------------------------------------------------------------------------------
+
+    def revoke(self) -> None:
+        """The pipe is no longer admitted: both sides get a close frame where one fits (the
+        client's says 1008, policy), then the connections end."""
+        if self._down_frames.at_boundary and not self._down_frames.closed:
+            self._write_client(close_frame(masked=False, code=POLICY_VIOLATION))
+        self._client_left()
+        self._close_client()
+
+    def shut(self) -> None:
+        """The gateway stops: each side gets a close frame where one fits (1001, going away:
+        a browser's lab reconnects), then the end of its connection."""
+        if self._down_frames.at_boundary and not self._down_frames.closed:
+            self._write_client(close_frame(masked=False, code=GOING_AWAY))
+        self._client_left(GOING_AWAY)
+        self._close_client()
+
+    def _client_left(self, code: int = ABNORMAL) -> None:
+        """The client's side ended: the lab gets a close frame saying ``code`` if the client
+        sent none (and one fits between frames), then the end of the connection."""
+        upstream, self._upstream = self._upstream, None
+        self._ended()
+        if upstream is None:
+            return
+        if self._up_frames.at_boundary and not self._up_frames.closed:
+            upstream.send(close_frame(masked=True, code=code))
+        upstream.finish()
+
+    def _ended(self) -> None:
+        if self._handle is not None:
+            handle, self._handle = self._handle, None
+            self._labs.pipe_closed(handle)
+
+    def _write_client(self, data: bytes) -> None:
+        if self._client is not None and not self._client.is_closing():
+            self._client.write(data)
+
+    def _close_client(self) -> None:
+        if self._client is not None and not self._client.is_closing():
+            self._client.close()
