@@ -38,7 +38,7 @@ from .admission import Admission
 from .heads import response_head, upstream_head
 from .http1 import RequestHead
 from .identity import LabIdentity
-from .relay import Upstream
+from .rules import Upstream
 from .upstream import UpstreamConnection, UpstreamPool
 
 access_log = logging.getLogger("hpcgw.access")

@@ -1,19 +1,16 @@
 """Request and response heads as the fast path rewrites them, bytes in and bytes out.
 
-The same rules as :mod:`.relay` (which serves the requests aiohttp took over): hop-by-hop
-headers and those named in ``Connection`` are dropped both ways; the gateway's cookies, its
-``Authorization`` and the browser's ``Host``/``Origin`` never reach the lab, which gets its own
-token instead; ``Location`` and ``Set-Cookie`` stay under the lab's prefix; a lab cannot widen a
-service worker's scope. Framing (``Content-Length``/``Transfer-Encoding``) is the proxy's own.
+The rules are :mod:`.rules`' (which :mod:`.relay` follows too, for the requests aiohttp took
+over). Framing (``Content-Length``/``Transfer-Encoding``) is the proxy's own.
 """
 
 from __future__ import annotations
 
 from .http1 import RequestHead
-from .relay import (
-    _NOT_DOWNSTREAM,
-    _NOT_UPSTREAM,
+from .rules import (
     HOP_BY_HOP,
+    NOT_DOWNSTREAM,
+    NOT_UPSTREAM,
     Upstream,
     filter_cookies,
     rewrite_location,
@@ -22,7 +19,7 @@ from .relay import (
 
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
 # Response headers never passed on as the lab sent them (as bytes, lower case).
-_DROPPED_DOWN = frozenset(name.encode() for name in HOP_BY_HOP | _NOT_DOWNSTREAM | _FRAMING)
+_DROPPED_DOWN = frozenset(name.encode() for name in HOP_BY_HOP | NOT_DOWNSTREAM | _FRAMING)
 _WS_KEPT = frozenset({b"upgrade", b"connection"})  # a 101's own
 _NO_BODY_STATUS = frozenset({204, 304})
 
@@ -39,7 +36,7 @@ def upstream_head(head: RequestHead, upstream: Upstream, gateway_cookies: frozen
             cookies.append(value)
         elif lower == "origin":
             origin = True
-        elif lower in HOP_BY_HOP or lower in head.connection or lower in _NOT_UPSTREAM \
+        elif lower in HOP_BY_HOP or lower in head.connection or lower in NOT_UPSTREAM \
                 or lower in _FRAMING or lower == "x-forwarded-for" \
                 or (lower == "expect" and head.version == (1, 0)):  # 1.0 has no 100-continue
             continue

@@ -32,7 +32,8 @@ from ..metrics import GatewayMetrics
 from ..users import User
 from .fastpath import Caller, LabFastPath, LabRoutes
 from .identity import LabIdentity, LabNotProven, LabSessions
-from .relay import Upstream, relay_http, relay_websocket
+from .relay import relay_http, relay_websocket
+from .rules import Upstream
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 10.0

@@ -13,24 +13,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
-from yarl import URL
 
 from ..errors import GatewayError
+from .rules import (
+    HOP_BY_HOP,
+    NOT_DOWNSTREAM,
+    NOT_UPSTREAM,
+    Upstream,
+    filter_cookies,
+    rewrite_location,
+    scope_set_cookie,
+)
 
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
-    "te", "trailer", "trailers", "transfer-encoding", "upgrade",
-})
-# Never copied upstream: the gateway sets them itself (or they carry the gateway's secrets).
-_NOT_UPSTREAM = frozenset({"host", "authorization", "cookie", "origin", "x-xsrftoken"})
-# Never passed from a lab to the browser: a lab page must not widen a service worker's scope
-# beyond its own prefix (``Service-Worker-Allowed: /`` would give it the gateway's whole origin).
-_NOT_DOWNSTREAM = frozenset({"service-worker-allowed"})
 _WS_HANDSHAKE = frozenset({
     "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
     "sec-websocket-protocol", "content-length",
@@ -42,28 +40,6 @@ WS_CLOSE_TIMEOUT = 5.0  # seconds for the second side's close handshake
 Activity = Callable[[], None]
 
 
-@dataclass(frozen=True)
-class Upstream:
-    """Where one lab's server answers, as the gateway reaches it, and how to authenticate."""
-
-    host: str
-    port: int
-    token: str
-    prefix: str  # "/labs/<id>/": the lab's base_url, identical on both sides of the proxy
-
-    @property
-    def origin(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def url(self, raw_path: str, raw_query: str) -> URL:
-        """The upstream URL for a request path. The path must lie under :attr:`prefix`; host
-        and port are always the upstream's, whatever the path holds (``@``, ``:``, ``..``)."""
-        if not raw_path.startswith(self.prefix):
-            raise ValueError(f"{raw_path!r} is not under {self.prefix!r}")
-        return URL.build(scheme="http", host=self.host, port=self.port, path=raw_path,
-                         query_string=raw_query, encoded=True)
-
-
 def _named_in_connection(headers: CIMultiDict[str] | object) -> set[str]:
     values = headers.getall("Connection", []) if isinstance(headers, CIMultiDict) else []
     return {token.strip().lower() for value in values for token in value.split(",")}
@@ -71,17 +47,6 @@ def _named_in_connection(headers: CIMultiDict[str] | object) -> set[str]:
 
 def _end_to_end(headers: Iterable[tuple[str, str]], named: set[str]) -> list[tuple[str, str]]:
     return [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP and k.lower() not in named]
-
-
-def filter_cookies(cookie_headers: list[str], drop: frozenset[str]) -> str:
-    """The ``Cookie`` header without the gateway's cookies (names in ``drop``)."""
-    kept = []
-    for header in cookie_headers:
-        for pair in header.split(";"):
-            name = pair.split("=", 1)[0].strip()
-            if name and name not in drop:
-                kept.append(pair.strip())
-    return "; ".join(kept)
 
 
 def upstream_headers(
@@ -95,7 +60,7 @@ def upstream_headers(
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in _end_to_end(request.headers.items(), named):
         lower = name.lower()
-        if lower in _NOT_UPSTREAM or (websocket and lower in _WS_HANDSHAKE):
+        if lower in NOT_UPSTREAM or (websocket and lower in _WS_HANDSHAKE):
             continue
         headers.add(name, value)
     cookies = filter_cookies(request.headers.getall("Cookie", []), gateway_cookies)
@@ -110,49 +75,13 @@ def upstream_headers(
     return headers
 
 
-def rewrite_location(value: str, upstream: Upstream) -> str:
-    """A ``Location`` that stays under the lab's prefix on the gateway.
-
-    An absolute URL on the upstream becomes a path; a path outside the prefix is put under it
-    (the prefix without its slash, the lab's own root, counts as inside); relative references
-    resolve against the request URL and are left alone.
-    """
-    url = URL(value)
-    if url.is_absolute():
-        if (url.host, url.port) != (upstream.host, upstream.port):
-            return value
-        value = str(url.relative())
-    root = upstream.prefix.rstrip("/")
-    path = value.split("?", 1)[0].split("#", 1)[0]
-    if value.startswith("/") and path != root and not value.startswith(upstream.prefix):
-        value = root + value
-    return value
-
-
-def scope_set_cookie(value: str, prefix: str) -> str:
-    """An upstream ``Set-Cookie`` limited to the lab's prefix (no Domain, Path under it)."""
-    parts = [p.strip() for p in value.split(";")]
-    path = prefix
-    kept = [parts[0]]
-    for attribute in parts[1:]:
-        key, _, attr_value = attribute.partition("=")
-        if key.strip().lower() == "domain":
-            continue
-        if key.strip().lower() == "path":
-            if attr_value.strip().startswith(prefix):
-                path = attr_value.strip()
-            continue
-        kept.append(attribute)
-    return "; ".join([*kept, f"Path={path}"])
-
-
 def response_headers(upstream_response: aiohttp.ClientResponse, upstream: Upstream
                      ) -> CIMultiDict[str]:
     named = _named_in_connection(CIMultiDict(upstream_response.headers))
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in _end_to_end(upstream_response.headers.items(), named):
         lower = name.lower()
-        if lower in _NOT_DOWNSTREAM:
+        if lower in NOT_DOWNSTREAM:
             continue
         if lower == "location":
             value = rewrite_location(value, upstream)
