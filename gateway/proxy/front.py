@@ -325,6 +325,8 @@ class FrontProtocol(asyncio.Protocol):
             transport.resume_reading()
         from_client, self._buffer = bytes(self._buffer), bytearray()
         pipe.start(rest, from_client)
+        if self._eof:  # the client had already shut its side
+            pipe.eof_received()
 
     def upstream_lost(self, exc: Exception | None) -> None:
         self._upstream = None
