@@ -104,6 +104,23 @@ async def test_open_websockets_end_when_the_gateway_stops_listening(gw: Gateway)
     assert gw.upstream.ws_closes[-1][0] == 1001
 
 
+async def test_a_client_that_shuts_its_side_before_the_upgrade_ends_the_labs_side(
+        gw: Gateway) -> None:
+    """If this fails, a WebSocket whose client half-closed before the lab's 101 stays open on
+    the lab's side (the end of file reached the connection before the pipe existed)."""
+    wire = await Wire.open(gw.port)
+    try:
+        await wire.send(request(gw, "GET", gw.prefix() + "ws", {
+            "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}))
+        wire.writer.write_eof()
+        assert (await wire.message()).status == 101
+        await deadline(gw.upstream.ws_done.wait())
+    finally:
+        wire.close()
+    assert gw.upstream.ws_closes[-1][0] == 1011  # the gateway's close frame: none was sent
+
+
 async def test_every_request_has_an_access_record(gw: Gateway,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "hpcgw.access")
