@@ -28,7 +28,9 @@ def format_timestamp(stamp: float) -> str:
 
 @lru_cache(maxsize=16)
 def _second(whole: int) -> str:
-    return datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    # isoformat, not strftime: %Y does not pad years before 1000 to four digits on Linux,
+    # and a shorter year would sort after every real one.
+    return datetime.fromtimestamp(whole, UTC).isoformat(timespec="seconds")[:19]
 
 
 def parse_timestamp(stamp: str) -> datetime:

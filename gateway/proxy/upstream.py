@@ -184,6 +184,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._complete = self._close_delimited = self._chunked = False
         self._length = None
 
+    def on_message_begin(self) -> None:
+        if self.exchange is None:  # bytes past a complete answer, in the same read
+            raise ValueError("the lab sent more than its answer")
+
     def on_status(self, status: bytes) -> None:
         self._reason += status
 

@@ -1,0 +1,170 @@
+"""A lab connection kept for the next request, and a WebSocket pipe taking over a connection,
+against a hostile lab and a hasty client. The hostile lab here is a raw asyncio server that
+passes the identity proof and then answers with exactly the bytes a test scripts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from gateway.server import STORE
+from gateway.tokens import lab_proof, lab_token
+from tests.unit import test_relay as relay
+from tests.unit.test_fast_path import wait_until
+from tests.unit.test_relay import SECRET, Gateway, ready_lab
+from tests.unit.test_relay_wire import Wire, deadline, request
+
+gw = relay.gw  # the fixture
+
+
+Handler = Callable[["RawLab", int, bytes, asyncio.StreamReader, asyncio.StreamWriter],
+                   Awaitable[None]]
+
+
+class RawLab:
+    """A lab server that proves its identity like the real launcher, then hands every other
+    request head (with the index of its connection) to ``handler``."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.job_id = ""
+        self.port = 0
+        self.connections: list[asyncio.StreamWriter] = []
+        self.heads: list[tuple[int, bytes]] = []  # (connection, head) of each request
+        self.server: asyncio.Server | None = None
+        self.closed: list[int] = []  # connections the gateway ended
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        index = len(self.connections)
+        self.connections.append(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                target = head.split(b" ", 2)[1].decode("latin-1")
+                if "/hpcgw/proof?nonce=" in target:
+                    nonce = target.split("nonce=", 1)[1]
+                    host, port = writer.get_extra_info("sockname")[:2]
+                    address = f"{host}:{port}"
+                    body = json.dumps({"address": address, "proof": lab_proof(
+                        lab_token(SECRET, self.job_id), nonce, address)}).encode()
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                    continue
+                self.heads.append((index, head))
+                await self.handler(self, index, head, reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.closed.append(index)
+            writer.close()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for writer in self.connections:
+            writer.transport.abort()
+
+
+async def raw_lab(gw: Gateway, fake_clusters: Any, handler: Handler) -> tuple[RawLab, str]:
+    """A RawLab serving a new ready lab of alice's; and that lab's prefix."""
+    lab = RawLab(handler)
+    await lab.start()
+    store = gw.app[STORE]
+    job = await ready_lab(store, fake_clusters.by_name["dev"].backend,
+                          store.users.get_user("alice"), lab.port)
+    lab.job_id = job["id"]
+    return lab, f"/labs/{job['id']}/"
+
+
+def path_of(head: bytes) -> str:
+    return head.split(b" ", 2)[1].decode("latin-1")
+
+
+# -- one parser per lab connection -----------------------------------------------------------
+
+
+async def test_bytes_sent_past_an_answer_never_become_part_of_the_next_one(
+        gw: Gateway, fake_clusters: Any) -> None:
+    """The lab ends its answer to the first request and, in the same write, starts another
+    (a status line and a header) before any second request exists. If the connection goes
+    back to the pool with llhttp part-way through that head, the answer to the next request
+    on it begins with bytes sent before that request: here, a header the lab sent with the
+    first answer shows up in the second (the idle connection that talks is supposed to be
+    closed, never trusted again)."""
+    async def handler(lab: RawLab, index: int, head: bytes, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        if path_of(head).endswith("/first"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"
+                         b"HTTP/1.1 200 OK\r\nX-Sent-Early: with-the-first\r\n")
+        elif index == lab.heads[0][0]:  # the same connection: the head goes on
+            writer.write(b"Content-Length: 6\r\n\r\nsecond")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
+        await writer.drain()
+
+    lab, prefix = await raw_lab(gw, fake_clusters, handler)
+    wire = await Wire.open(gw.port)
+    try:
+        await wire.send(request(gw, "GET", prefix + "first"))
+        first = await wire.response()
+        assert (first.status, first.body) == (200, b"first")
+        await asyncio.sleep(0.05)  # the early bytes are in before the next request goes
+        await wire.send(request(gw, "GET", prefix + "second"))
+        second = await wire.response()
+        assert "X-Sent-Early" not in second.headers, (
+            "bytes the lab sent with the first answer became the second answer's head")
+    finally:
+        wire.close()
+        lab.close()
+
+
+# -- WebSocketPipe ---------------------------------------------------------------------------
+
+
+def ws_handshake(gw: Gateway, path: str) -> bytes:
+    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\n"
+            f"Authorization: Bearer {gw.alice}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").encode()
+
+
+def masked_frame(payload: bytes, opcode: int = 0x2) -> bytes:
+    mask = b"\x01\x02\x03\x04"
+    size = len(payload)
+    if size < 126:
+        header = bytes([0x80 | opcode, 0x80 | size])
+    elif size < 65536:
+        header = bytes([0x80 | opcode, 0x80 | 126]) + struct.pack(">H", size)
+    else:
+        header = bytes([0x80 | opcode, 0x80 | 127]) + struct.pack(">Q", size)
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def test_client_bytes_past_the_read_limit_before_the_101_still_flow(gw: Gateway) -> None:
+    """Frames sent with the handshake, more than the front buffers (reading paused), go
+    through once the pipe takes over: the client's reading must not stay paused."""
+    payload = bytes(range(256)) * 4096  # 1 MiB: well past MAX_BUFFERED
+    fast = gw.app[relay.PROXY].fast
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    try:
+        writer.write(ws_handshake(gw, gw.prefix() + "ws") + masked_frame(payload))
+        head = await deadline(reader.readuntil(b"\r\n\r\n"))
+        assert head.split()[1] == b"101"
+        await deadline(writer.drain())
+        first = await deadline(reader.readexactly(10))
+        assert first[:2] == bytes([0x82, 127])
+        assert struct.unpack(">Q", first[2:])[0] == len(payload)
+        assert await deadline(reader.readexactly(len(payload))) == payload
+        assert fast._pipes, "the open pipe is in the fast path's registry"
+        writer.transport.abort()
+        await deadline(gw.upstream.ws_done.wait())
+        await wait_until(lambda: not fast._pipes, "the pipe leaves the registry")
+    finally:
+        writer.transport.abort()
