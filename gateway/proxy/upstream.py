@@ -197,7 +197,7 @@ class UpstreamConnection(asyncio.Protocol):
         if len(name) in _FRAMING_NAME_LENGTHS:  # (a cheap test first: this runs per header)
             lower = name.lower()
             if lower == b"transfer-encoding":
-                self._chunked = value.strip().lower().endswith(b"chunked")
+                self._chunked = value.rpartition(b",")[2].strip().lower() == b"chunked"
             elif lower == b"content-length" and value.strip().isdigit():
                 self._length = int(value)
         if len(headers) > MAX_RESPONSE_HEADERS:

@@ -125,6 +125,27 @@ async def test_bytes_sent_past_an_answer_never_become_part_of_the_next_one(
         lab.close()
 
 
+async def test_a_coding_that_only_ends_in_chunked_is_read_to_the_close(
+        gw: Gateway, fake_clusters: Any) -> None:
+    """``Transfer-Encoding: xchunked`` is not chunked: llhttp reads such a body until the lab
+    closes. If the gateway took it for chunked, the answer would look cut at that close."""
+    async def handler(lab: RawLab, index: int, head: bytes, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunked\r\n\r\nall of it")
+        await writer.drain()
+        writer.close()
+
+    lab, prefix = await raw_lab(gw, fake_clusters, handler)
+    wire = await Wire.open(gw.port)
+    try:
+        await wire.send(request(gw, "GET", prefix + "x"))
+        answer = await wire.response()
+        assert (answer.status, answer.body) == (200, b"all of it")
+    finally:
+        wire.close()
+        lab.close()
+
+
 # -- WebSocketPipe ---------------------------------------------------------------------------
 
 
