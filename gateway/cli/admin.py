@@ -8,6 +8,7 @@ import contextlib
 import gc
 import logging
 import os
+import resource
 import shutil
 import signal
 import sys
@@ -228,9 +229,39 @@ async def _serve(config: Config, host: str, port: int) -> None:
     await runner.cleanup()
 
 
+# What the kernel lets one process open at most (fs.nr_open's default), for an unlimited
+# hard limit, which RLIMIT_NOFILE cannot take as its soft one.
+MAX_OPEN_FILES = 1_048_576
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise this process's soft limit on open files to its hard one; ``(before, after)``.
+
+    Each proxied lab request or WebSocket holds two descriptors (the browser's, the lab's),
+    and pooled lab connections one each: the usual soft limit of 1,024 would cap a gateway at
+    a few hundred open lab WebSockets. The hard limit stays the operator's to set (ulimit,
+    systemd's LimitNOFILE). Children (Slurm's commands, ssh) inherit the raised limit; the
+    gateway itself only polls with epoll, which has no 1,024 ceiling.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            logging.getLogger("hpcgw").warning(
+                "could not raise the open files limit from %d to %d: %s", soft, target, exc)
+            return soft, soft
+        return soft, target
+    return soft, soft
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     logs.configure(args.log_level, args.log_format)
+    before, after = raise_open_files_limit()
+    if after != before:
+        logging.getLogger("hpcgw").info("open files limit raised from %d to %d", before, after)
     for name, error in config.cluster_errors.items():
         logging.getLogger("hpcgw").error("cluster %s disabled: %s", name, error,
                                          extra={"cluster": name})

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,11 +169,13 @@ def secrets_of(config: Path) -> None:
         SECRETS.add(token)
 
 
-def start_gateway(config: Path, log_path: Path) -> tuple[subprocess.Popen[str], str]:
-    """Start `hpcgw serve --port 0`; (process, url) once it listens."""
+def start_gateway(config: Path, log_path: Path, wrapper: Sequence[str] = ()
+                  ) -> tuple[subprocess.Popen[str], str]:
+    """Start `hpcgw serve --port 0` (through ``wrapper``, a command that execs it: prlimit,
+    say); (process, url) once it listens."""
     GATEWAY_LOGS.add(log_path)
     log_file = log_path.open("a")
-    process = subprocess.Popen([*HPCGW, "--config", str(config), "serve", "--port", "0"],
+    process = subprocess.Popen([*wrapper, *HPCGW, "--config", str(config), "serve", "--port", "0"],
                                stdout=subprocess.PIPE, stderr=log_file, text=True, cwd=REPO)
     assert process.stdout is not None
     line = process.stdout.readline()
@@ -185,16 +187,18 @@ def start_gateway(config: Path, log_path: Path) -> tuple[subprocess.Popen[str], 
 
 
 @contextlib.contextmanager
-def own_gateway(source: Path, home: Path, extra_toml: str = "") -> Iterator[Gateway]:
+def own_gateway(source: Path, home: Path, extra_toml: str = "", wrapper: Sequence[str] = ()
+                ) -> Iterator[Gateway]:
     """A gateway of a test's own: ``source``'s config (a dev cluster one) with its data in
-    ``home`` and ``extra_toml`` appended, users alice and bob, stopped when the ``with`` ends."""
+    ``home`` and ``extra_toml`` appended, users alice and bob, started through ``wrapper``
+    (:func:`start_gateway`), stopped when the ``with`` ends."""
     config = home / "gateway.toml"
     write_config(source, config, home / "data")
     with config.open("a") as extra:
         extra.write("\n" + extra_toml)
     tokens = add_users(config)
     log_path = home / "gateway.log"
-    process, url = start_gateway(config, log_path)
+    process, url = start_gateway(config, log_path, wrapper)
     try:
         yield Gateway(url, config, tokens, process, log_path)
     finally:
