@@ -73,14 +73,15 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         # One parser for the connection's life: llhttp starts on the next response after each
-        # complete one (and a connection is reused only after a complete one).
+        # complete one. A connection is reused only after a complete one, and a response that
+        # begins while no request is out is refused (on_message_begin).
         self._parser = httptools.HttpResponseParser(self)
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
         self._fed = 0  # bytes of this answer fed to the parser
         self._body = 0  # of which body
         self._chunks = 0
-        self._chunked = False  # Transfer-Encoding ends with chunked (the last one counts)
+        self._chunked = False  # the last Transfer-Encoding's last coding is exactly chunked
         self._length: int | None = None  # a well-formed Content-Length
         self._no_body = False
         self._upgraded = False
