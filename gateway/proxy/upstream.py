@@ -87,6 +87,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._upgraded = False
         self._complete = False
         self._close_delimited = False  # the body ends with the connection
+        self._countable = False  # the body has a Content-Length: see _count_the_rest
+        self._body_left: int | None = None  # while counting: what is left of the body
+        self._keep_alive = False  # llhttp's verdict, kept when counting starts
         self.paused = False  # its send buffer is over the high-water mark
 
     # -- used by the exchange -----------------------------------------------------------------
@@ -165,6 +168,9 @@ class UpstreamConnection(asyncio.Protocol):
         if self.exchange is None or self._upgraded:
             self.close()  # an idle connection that talks: not to be trusted again
             return
+        if self._body_left is not None:
+            self._counted(data)
+            return
         self._fed += len(data)
         try:
             self._parser.feed_data(data)
@@ -176,14 +182,45 @@ class UpstreamConnection(asyncio.Protocol):
             # A malformed answer, or an error raised by a callback (the exchange's own).
             log.warning("a lab's answer could not be relayed: %r (%r)", exc, exc.__context__)
             self._fail()
+        else:
+            if self._countable and not self._complete and self.exchange is not None:
+                self._count_the_rest()
+
+    # -- a body with a length, after its first read ---------------------------------------------
+
+    def _count_the_rest(self) -> None:
+        """The rest of a body whose length is known is passed on as it is read, counted here
+        rather than run through llhttp (which would copy every piece once more)."""
+        assert self._length is not None
+        self._body_left = self._length - self._body
+        self._keep_alive = self._parser.should_keep_alive()
+
+    def _counted(self, data: bytes) -> None:
+        assert self._body_left is not None and self.exchange is not None
+        left = self._body_left
+        piece = data if len(data) <= left else data[:left]
+        self._body_left = left - len(piece)
+        self._body += len(piece)
+        self.exchange.upstream_body(piece)
+        if self._body_left == 0 and self.exchange is not None:
+            # Bytes past the answer (the lab talks out of turn): the connection is not kept.
+            self._counted_end(reusable=self._keep_alive and len(piece) == len(data))
+
+    def _counted_end(self, *, reusable: bool) -> None:
+        self._body_left = None
+        self._parser = httptools.HttpResponseParser(self)  # it never saw this body's end
+        self._complete = True
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.upstream_end(reusable)
 
     # -- llhttp's callbacks -------------------------------------------------------------------
 
     def _new_response(self) -> None:
         self._headers, self._reason = [], b""
         self._fed = self._body = self._chunks = 0
-        self._complete = self._close_delimited = self._chunked = False
-        self._length = None
+        self._complete = self._close_delimited = self._chunked = self._countable = False
+        self._length = self._body_left = None
 
     def on_message_begin(self) -> None:
         if self.exchange is None:  # bytes past a complete answer, in the same read
@@ -222,6 +259,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._complete = True
             exchange, self.exchange = self.exchange, None
             exchange.upstream_end(False)
+        else:
+            self._countable = status >= 200 and status not in (204, 304) and not chunked \
+                and length is not None
 
     def on_body(self, body: bytes) -> None:
         self._body += len(body)

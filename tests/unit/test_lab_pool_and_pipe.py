@@ -125,6 +125,95 @@ async def test_bytes_sent_past_an_answer_never_become_part_of_the_next_one(
         lab.close()
 
 
+SIZED = bytes(range(256)) * 4096  # 1 MiB
+
+
+async def test_a_body_with_a_length_arriving_in_pieces_then_the_next_answer(
+        gw: Gateway, fake_clusters: Any) -> None:
+    """The rest of a body with a Content-Length is counted, not parsed: it must arrive whole
+    and exact, and the lab's connection serve the next request as usual."""
+    async def handler(lab: RawLab, index: int, head: bytes, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        if path_of(head).endswith("/big"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(SIZED))
+            for start in range(0, len(SIZED), 100_000):
+                await writer.drain()
+                await asyncio.sleep(0)
+                writer.write(SIZED[start:start + 100_000])
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nsmall")
+        await writer.drain()
+
+    lab, prefix = await raw_lab(gw, fake_clusters, handler)
+    wire = await Wire.open(gw.port)
+    try:
+        for _ in range(2):
+            await wire.send(request(gw, "GET", prefix + "big"))
+            big = await wire.response()
+            assert (big.status, big.body == SIZED) == (200, True)
+            await wire.send(request(gw, "GET", prefix + "small"))
+            assert (await wire.response()).body == b"small"
+    finally:
+        wire.close()
+        lab.close()
+    assert {index for index, _ in lab.heads} == {0}, "one lab connection served them all"
+
+
+async def test_bytes_past_a_counted_body_are_not_relayed_and_end_that_connection(
+        gw: Gateway, fake_clusters: Any) -> None:
+    """A lab that sends more than its Content-Length said, after the first read: the client
+    gets the body it was promised, nothing more, and that lab connection is not kept."""
+    async def handler(lab: RawLab, index: int, head: bytes, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        if index == 0:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(b"promisedHTTP/1.1 200 OK\r\nX-Smuggled: yes\r\n"
+                         b"Content-Length: 3\r\n\r\nbad")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext")
+        await writer.drain()
+
+    lab, prefix = await raw_lab(gw, fake_clusters, handler)
+    wire = await Wire.open(gw.port)
+    try:
+        await wire.send(request(gw, "GET", prefix + "one"))
+        assert (await wire.response()).body == b"promised"
+        await wire.send(request(gw, "GET", prefix + "two"))
+        answer = await wire.response()
+        assert (answer.body, "X-Smuggled" in answer.headers) == (b"next", False)
+    finally:
+        wire.close()
+        lab.close()
+    assert [index for index, _ in lab.heads] == [0, 1], "the second on a new lab connection"
+
+
+async def test_a_counted_body_cut_short_looks_cut(gw: Gateway, fake_clusters: Any) -> None:
+    """The lab promises 1 MiB and closes after part of it: the client's connection ends
+    before the answer is whole, never with an answer that looks complete."""
+    async def handler(lab: RawLab, index: int, head: bytes, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(SIZED))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(SIZED[:300_000])
+        await writer.drain()
+        writer.transport.abort()
+
+    lab, prefix = await raw_lab(gw, fake_clusters, handler)
+    wire = await Wire.open(gw.port)
+    try:
+        await wire.send(request(gw, "GET", prefix + "cut"))
+        head = await deadline(wire.reader.readuntil(b"\r\n\r\n"))
+        assert f"Content-Length: {len(SIZED)}".encode() in head
+        rest = await wire.eof()
+        assert 0 < len(rest) < len(SIZED)
+    finally:
+        wire.close()
+        lab.close()
+
+
 async def test_a_coding_that_only_ends_in_chunked_is_read_to_the_close(
         gw: Gateway, fake_clusters: Any) -> None:
     """``Transfer-Encoding: xchunked`` is not chunked: llhttp reads such a body until the lab
