@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Protocol
+from typing import Literal, Protocol
 
 import httptools
 
@@ -34,6 +34,10 @@ MAX_RESPONSE_HEAD = 64 * 1024
 CHUNK_FRAMING = 32  # bytes of framing allowed per chunk on top of MAX_RESPONSE_HEAD
 MAX_RESPONSE_HEADERS = 256
 _FRAMING_NAME_LENGTHS = (len(b"content-length"), len(b"transfer-encoding"))
+
+# How an answer's body ends: it has none (HEAD, 1xx, 204, 304), its last chunk, its
+# Content-Length (counted: see _count_the_rest), or the end of the connection.
+BodyEnd = Literal["none", "chunked", "length", "close"]
 
 
 class Exchange(Protocol):
@@ -86,8 +90,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._no_body = False
         self._upgraded = False
         self._complete = False
-        self._close_delimited = False  # the body ends with the connection
-        self._countable = False  # the body has a Content-Length: see _count_the_rest
+        self._body_end: BodyEnd = "none"  # known once the head is in
         self._body_left: int | None = None  # while counting: what is left of the body
         self._keep_alive = False  # llhttp's verdict, kept when counting starts
         self.paused = False  # its send buffer is over the high-water mark
@@ -144,7 +147,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if exchange is None:
             return
-        if self._close_delimited and not self._complete and not self._upgraded:
+        if self._body_end == "close" and not self._complete and not self._upgraded:
             exchange.upstream_end(False)  # the end of the connection is the end of the body
         else:
             exchange.upstream_lost(exc)
@@ -183,7 +186,7 @@ class UpstreamConnection(asyncio.Protocol):
             log.warning("a lab's answer could not be relayed: %r (%r)", exc, exc.__context__)
             self._fail()
         else:
-            if self._countable and not self._complete and self.exchange is not None:
+            if self._body_end == "length" and not self._complete and self.exchange is not None:
                 self._count_the_rest()
 
     # -- a body with a length, after its first read ---------------------------------------------
@@ -209,17 +212,15 @@ class UpstreamConnection(asyncio.Protocol):
     def _counted_end(self, *, reusable: bool) -> None:
         self._body_left = None
         self._parser = httptools.HttpResponseParser(self)  # it never saw this body's end
-        self._complete = True
-        exchange, self.exchange = self.exchange, None
-        if exchange is not None:
-            exchange.upstream_end(reusable)
+        self._answered(reusable)
 
     # -- llhttp's callbacks -------------------------------------------------------------------
 
     def _new_response(self) -> None:
         self._headers, self._reason = [], b""
         self._fed = self._body = self._chunks = 0
-        self._complete = self._close_delimited = self._chunked = self._countable = False
+        self._complete = self._chunked = False
+        self._body_end = "none"
         self._length = self._body_left = None
 
     def on_message_begin(self) -> None:
@@ -251,17 +252,18 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange.upstream_head(status, self._reason, self._headers, chunked, length)
         if status == 101:
             return  # llhttp stops at the upgrade (HttpParserUpgrade)
-        self._close_delimited = (status >= 200 and status not in (204, 304) and not chunked
-                                 and length is None and not self._no_body)
+        self._body_end = self._how_body_ends(status)
         if self._no_body and status >= 200:
             # A HEAD response has no body: answer it now; the connection is not reused, as
             # the parser would wait for a body that will not come.
-            self._complete = True
-            exchange, self.exchange = self.exchange, None
-            exchange.upstream_end(False)
-        else:
-            self._countable = status >= 200 and status not in (204, 304) and not chunked \
-                and length is not None
+            self._answered(False)
+
+    def _how_body_ends(self, status: int) -> BodyEnd:
+        if self._no_body or status < 200 or status in (204, 304):
+            return "none"
+        if self._chunked:
+            return "chunked"
+        return "close" if self._length is None else "length"
 
     def on_body(self, body: bytes) -> None:
         self._body += len(body)
@@ -275,17 +277,20 @@ class UpstreamConnection(asyncio.Protocol):
         if 100 <= status < 200:  # interim (100 Continue): the final response follows
             self._new_response_after_interim()
             return
-        reusable = self._parser.should_keep_alive()
-        exchange, self.exchange = self.exchange, None
-        self._complete = True
-        if exchange is not None:
-            exchange.upstream_end(reusable)
+        self._answered(self._parser.should_keep_alive())
 
     def _new_response_after_interim(self) -> None:
         self._headers, self._reason = [], b""  # the bytes fed so far still count
         self._chunked, self._length = False, None
 
     # -- endings ------------------------------------------------------------------------------
+
+    def _answered(self, reusable: bool) -> None:
+        """The answer is complete; ``reusable``: the connection may serve another request."""
+        self._complete = True
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.upstream_end(reusable)
 
     def _upgrade(self, rest: bytes) -> None:
         self._upgraded = True
