@@ -5,9 +5,10 @@ passes the identity proof and then answers with exactly the bytes a test scripts
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from gateway.server import STORE
@@ -72,15 +73,23 @@ class RawLab:
             writer.transport.abort()
 
 
-async def raw_lab(gw: Gateway, fake_clusters: Any, handler: Handler) -> tuple[RawLab, str]:
-    """A RawLab serving a new ready lab of alice's; and that lab's prefix."""
+@contextlib.asynccontextmanager
+async def raw_lab(gw: Gateway, fake_clusters: Any, handler: Handler
+                  ) -> AsyncIterator[tuple[RawLab, str, Wire]]:
+    """A RawLab serving a new ready lab of alice's, that lab's prefix, and a client
+    connection to the gateway; both closed at the end."""
     lab = RawLab(handler)
     await lab.start()
     store = gw.app[STORE]
     job = await ready_lab(store, fake_clusters.by_name["dev"].backend,
                           store.users.get_user("alice"), lab.port)
     lab.job_id = job["id"]
-    return lab, f"/labs/{job['id']}/"
+    wire = await Wire.open(gw.port)
+    try:
+        yield lab, f"/labs/{job['id']}/", wire
+    finally:
+        wire.close()
+        lab.close()
 
 
 def path_of(head: bytes) -> str:
@@ -109,9 +118,7 @@ async def test_bytes_sent_past_an_answer_never_become_part_of_the_next_one(
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
         await writer.drain()
 
-    lab, prefix = await raw_lab(gw, fake_clusters, handler)
-    wire = await Wire.open(gw.port)
-    try:
+    async with raw_lab(gw, fake_clusters, handler) as (_, prefix, wire):
         await wire.send(request(gw, "GET", prefix + "first"))
         first = await wire.response()
         assert (first.status, first.body) == (200, b"first")
@@ -120,9 +127,6 @@ async def test_bytes_sent_past_an_answer_never_become_part_of_the_next_one(
         second = await wire.response()
         assert "X-Sent-Early" not in second.headers, (
             "bytes the lab sent with the first answer became the second answer's head")
-    finally:
-        wire.close()
-        lab.close()
 
 
 SIZED = bytes(range(256)) * 4096  # 1 MiB
@@ -144,18 +148,13 @@ async def test_a_body_with_a_length_arriving_in_pieces_then_the_next_answer(
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nsmall")
         await writer.drain()
 
-    lab, prefix = await raw_lab(gw, fake_clusters, handler)
-    wire = await Wire.open(gw.port)
-    try:
+    async with raw_lab(gw, fake_clusters, handler) as (lab, prefix, wire):
         for _ in range(2):
             await wire.send(request(gw, "GET", prefix + "big"))
             big = await wire.response()
             assert (big.status, big.body == SIZED) == (200, True)
             await wire.send(request(gw, "GET", prefix + "small"))
             assert (await wire.response()).body == b"small"
-    finally:
-        wire.close()
-        lab.close()
     assert {index for index, _ in lab.heads} == {0}, "one lab connection served them all"
 
 
@@ -175,17 +174,12 @@ async def test_bytes_past_a_counted_body_are_not_relayed_and_end_that_connection
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext")
         await writer.drain()
 
-    lab, prefix = await raw_lab(gw, fake_clusters, handler)
-    wire = await Wire.open(gw.port)
-    try:
+    async with raw_lab(gw, fake_clusters, handler) as (lab, prefix, wire):
         await wire.send(request(gw, "GET", prefix + "one"))
         assert (await wire.response()).body == b"promised"
         await wire.send(request(gw, "GET", prefix + "two"))
         answer = await wire.response()
         assert (answer.body, "X-Smuggled" in answer.headers) == (b"next", False)
-    finally:
-        wire.close()
-        lab.close()
     assert [index for index, _ in lab.heads] == [0, 1], "the second on a new lab connection"
 
 
@@ -201,17 +195,12 @@ async def test_a_counted_body_cut_short_looks_cut(gw: Gateway, fake_clusters: An
         await writer.drain()
         writer.transport.abort()
 
-    lab, prefix = await raw_lab(gw, fake_clusters, handler)
-    wire = await Wire.open(gw.port)
-    try:
+    async with raw_lab(gw, fake_clusters, handler) as (_, prefix, wire):
         await wire.send(request(gw, "GET", prefix + "cut"))
         head = await deadline(wire.reader.readuntil(b"\r\n\r\n"))
         assert f"Content-Length: {len(SIZED)}".encode() in head
         rest = await wire.eof()
         assert 0 < len(rest) < len(SIZED)
-    finally:
-        wire.close()
-        lab.close()
 
 
 async def test_a_coding_that_only_ends_in_chunked_is_read_to_the_close(
@@ -224,15 +213,10 @@ async def test_a_coding_that_only_ends_in_chunked_is_read_to_the_close(
         await writer.drain()
         writer.close()
 
-    lab, prefix = await raw_lab(gw, fake_clusters, handler)
-    wire = await Wire.open(gw.port)
-    try:
+    async with raw_lab(gw, fake_clusters, handler) as (_, prefix, wire):
         await wire.send(request(gw, "GET", prefix + "x"))
         answer = await wire.response()
         assert (answer.status, answer.body) == (200, b"all of it")
-    finally:
-        wire.close()
-        lab.close()
 
 
 # -- WebSocketPipe ---------------------------------------------------------------------------
