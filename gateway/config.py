@@ -390,6 +390,9 @@ class LimitsConfig(_Strict):
     max_active_labs: int = Field(3, ge=0)
     # New jobs (runs and labs) per rolling minute; idempotent replays don't count.
     max_submissions_per_minute: int = Field(60, ge=1)
+    # Connections to labs held at once through the proxy: requests being answered and open
+    # WebSockets (kernels, terminals, a lab's event stream), over all the user's labs.
+    max_lab_connections: int = Field(256, ge=1)
 
 
 class MetricsConfig(_Strict):

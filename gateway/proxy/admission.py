@@ -25,6 +25,7 @@ class Admission:
     # (status, reason, headers, chunked, length) -> the client's response head and framing
     response_head: Callable[..., tuple[bytes, str]]
     websocket: bool
+    held: bool = False  # counted against the user's lab connections (FastPath.hold)
 
 
 class FastPath(Protocol):
@@ -44,6 +45,18 @@ class FastPath(Protocol):
                seconds: float, remote: str | None) -> None: ...
 
     def answer_unavailable(self) -> bytes: ...
+
+    def hold(self, admission: Admission) -> bool:
+        """Count the request against its user's lab connections until :meth:`unhold` (or,
+        for a WebSocket, until its pipe closes); False, nothing counted, at the limit: the
+        client gets :meth:`answer_too_many`."""
+        ...
+
+    def unhold(self, admission: Admission) -> None:
+        """The request's answer is complete, or its client left (once per admission)."""
+        ...
+
+    def answer_too_many(self) -> bytes: ...
 
     def pipe_opened(self, admission: Admission, head: RequestHead,
                     close: Callable[[], None]) -> object: ...

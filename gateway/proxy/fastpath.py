@@ -26,9 +26,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
+from http import HTTPStatus
 from typing import Any, Protocol
 
-from ..errors import GatewayError, LabUnavailable
+from ..errors import GatewayError, LabUnavailable, TooManyRequests
 from ..logs import masked_path
 from ..metrics import GatewayMetrics
 from ..pageheaders import SECURITY_HEADERS
@@ -38,6 +39,7 @@ from .admission import Admission
 from .heads import response_head, upstream_head
 from .http1 import RequestHead
 from .identity import LabIdentity
+from .quota import LabConnections
 from .rules import Upstream
 from .upstream import UpstreamConnection, UpstreamPool
 
@@ -81,8 +83,7 @@ class Pipe:
     """An open WebSocket, with what admitted it (checked again while it lasts)."""
 
     head: RequestHead
-    user: User
-    job_id: str
+    admission: Admission
     close: Callable[[], None]
 
 
@@ -106,8 +107,10 @@ class LabFastPath:
 
     def __init__(self, routes: LabRoutes, caller: Caller, upstream_of: Callable[..., Any],
                  gateway_cookies: frozenset[str], public_origin: str | None,
-                 metrics: GatewayMetrics, touch: Callable[[str], None]) -> None:
+                 metrics: GatewayMetrics, touch: Callable[[str], None],
+                 connections: LabConnections) -> None:
         self._routes, self._caller, self._upstream_of = routes, caller, upstream_of
+        self._connections = connections
         self._gateway_cookies, self._public_origin = gateway_cookies, public_origin
         self._metrics, self.touch = metrics, touch
         self.pool = UpstreamPool()
@@ -189,12 +192,23 @@ class LabFastPath:
 
     def answer_unavailable(self) -> bytes:
         """A 503 problem, as the API would answer a lab whose server does not answer."""
-        body = json.dumps(LabUnavailable("the lab's server did not answer").problem()).encode()
-        lines = ["HTTP/1.1 503 Service Unavailable", "Content-Type: application/problem+json",
-                 f"Content-Length: {len(body)}",
-                 *(f"{name}: {value}" for name, value in SECURITY_HEADERS.items()),
-                 "Connection: close"]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+        return problem_answer(LabUnavailable("the lab's server did not answer"))
+
+    # -- the user's lab connections -------------------------------------------------------------
+
+    def hold(self, admission: Admission) -> bool:
+        if not admission.held:
+            admission.held = self._connections.take(admission.user.id)
+        return admission.held
+
+    def unhold(self, admission: Admission) -> None:
+        if admission.held:
+            admission.held = False
+            self._connections.give_back(admission.user.id)
+
+    def answer_too_many(self) -> bytes:
+        """A 429 problem naming the limit, as the API answers it."""
+        return problem_answer(self._connections.refusal())
 
     # -- access records and counters ------------------------------------------------------------
 
@@ -236,7 +250,8 @@ class LabFastPath:
 
     def pipe_opened(self, admission: Admission, head: RequestHead,
                     close: Callable[[], None]) -> object:
-        pipe = Pipe(head, admission.user, admission.job_id, close)
+        """A WebSocket pipe opened; it keeps holding the admission's lab connection."""
+        pipe = Pipe(head, admission, close)
         self._pipes[id(pipe)] = pipe
         self._metrics.proxy_websockets.inc()
         if self._checker is None or self._checker.done():
@@ -244,8 +259,10 @@ class LabFastPath:
         return pipe
 
     def pipe_closed(self, handle: object) -> None:
-        if self._pipes.pop(id(handle), None) is not None:
+        pipe = self._pipes.pop(id(handle), None)
+        if pipe is not None:
             self._metrics.proxy_websockets.dec()
+            self.unhold(pipe.admission)
 
     async def _check_pipes(self) -> None:
         """While pipes are open: close each whose credential or lab no longer admits it."""
@@ -262,11 +279,12 @@ class LabFastPath:
                     pipe.close()
 
     async def _still_admitted(self, pipe: Pipe) -> bool:
+        user = pipe.admission.user
         found = self._caller(pipe.head)
-        if found is None or found[0].id != pipe.user.id:
+        if found is None or found[0].id != user.id:
             return False
         try:
-            await self._routes.open_lab(pipe.user, pipe.job_id)
+            await self._routes.open_lab(user, pipe.admission.job_id)
         except GatewayError:
             return False
         return True
@@ -278,3 +296,16 @@ class LabFastPath:
             self._checker.cancel()
         for pipe in list(self._pipes.values()):
             pipe.close()
+
+
+def problem_answer(error: GatewayError) -> bytes:
+    """``error`` as a whole HTTP/1.1 answer that closes the connection: the problem+json body
+    and headers the API's middleware would send (``Retry-After`` for a limit that passes)."""
+    body = json.dumps(error.problem()).encode()
+    lines = [f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}",
+             "Content-Type: application/problem+json", f"Content-Length: {len(body)}",
+             *(f"{name}: {value}" for name, value in SECURITY_HEADERS.items())]
+    if isinstance(error, TooManyRequests) and error.retry_after is not None:
+        lines.append(f"Retry-After: {error.retry_after}")
+    lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body

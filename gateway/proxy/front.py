@@ -98,6 +98,8 @@ class FrontProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
         self._transport = None
+        if self._admission is not None:
+            self._labs.unhold(self._admission)
         if self._upstream is not None:
             self._upstream.close()
             self._upstream = None
@@ -162,12 +164,15 @@ class FrontProtocol(asyncio.Protocol):
         self._idle_since, self._searched = None, 0
         self._head, self._head_end, self._started = head, end, time.monotonic()
         admission = self._labs.admit_cached(head, self._remote)
-        upstream = admission.take_idle() if admission is not None else None
-        if admission is not None and upstream is not None:  # no task, no wait: most requests
-            del self._buffer[:end]
-            self._start_exchange(head, admission, upstream, True)
-            return
-        self._spawn(self._admit(head, end))
+        if admission is None:
+            self._spawn(self._admit(head, end))
+        elif self._held(admission):
+            upstream = admission.take_idle()
+            if upstream is not None:  # no task, no wait: most requests
+                del self._buffer[:end]
+                self._start_exchange(head, admission, upstream, True)
+            else:
+                self._spawn(self._connect(head, admission, end, may_retry=True))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` (admitting or retrying a request) as a task; if it fails unexpectedly
@@ -194,8 +199,19 @@ class FrontProtocol(asyncio.Protocol):
             self._head = None
             self._hand_over()
             return
+        if self._held(admission):
+            await self._connect(head, admission, end, may_retry=True)
+
+    def _held(self, admission: Admission) -> bool:
+        """Count the admitted request against its user's lab connections; at the limit the
+        client gets 429 and the connection closes (the request's body is not read)."""
         self._admission = admission
-        await self._connect(head, admission, end, may_retry=True)
+        if self._labs.hold(admission):
+            return True
+        self._status, self._keep_alive = 429, False
+        self._write(self._labs.answer_too_many())
+        self._finish()
+        return False
 
     async def _connect(self, head: RequestHead, admission: Admission, consumed: int, *,
                        may_retry: bool) -> None:
@@ -369,6 +385,8 @@ class FrontProtocol(asyncio.Protocol):
     def _finish(self) -> None:
         """The answer is complete: log it, then the next request (or close)."""
         self._record()
+        if self._admission is not None:
+            self._labs.unhold(self._admission)
         self._head = self._admission = None
         if not self._keep_alive or self._transport is None or (self._eof and not self._buffer):
             self._close()

@@ -32,6 +32,7 @@ from ..metrics import GatewayMetrics
 from ..users import User
 from .fastpath import Caller, LabFastPath, LabRoutes
 from .identity import LabIdentity, LabNotProven, LabSessions
+from .quota import LabConnections
 from .relay import relay_http, relay_websocket
 from .rules import Upstream
 
@@ -46,8 +47,11 @@ class LabProxy:
 
     def __init__(self, routes: LabRoutes, caller: Caller, gateway_cookies: frozenset[str],
                  public_origin: str | None = None,
-                 metrics: GatewayMetrics | None = None) -> None:
+                 metrics: GatewayMetrics | None = None, *, max_connections: int) -> None:
+        """``max_connections``: lab connections one user may hold at once, on either path
+        (:mod:`.quota`)."""
         self.routes = routes
+        self.connections = LabConnections(max_connections)
         self.metrics = metrics or GatewayMetrics()
         self.sessions = LabSessions(CONNECT_TIMEOUT)
         self.gateway_cookies = gateway_cookies
@@ -55,7 +59,7 @@ class LabProxy:
         # job id -> wall-clock time of the last proxied request or WebSocket frame
         self.activity: dict[str, float] = {}
         self.fast = LabFastPath(routes, caller, route_upstream, gateway_cookies, public_origin,
-                                self.metrics, self.touch)
+                                self.metrics, self.touch, self.connections)
 
     async def stop(self) -> None:
         self.fast.close()
@@ -122,6 +126,10 @@ class LabProxy:
         if websocket and via_cookie:
             self._check_origin(request)
         upstream, session = self.upstream(route)
+        if not self.connections.take(caller.id):
+            self.metrics.proxy_requests.labels("websocket" if websocket else "http",
+                                               "4xx").inc()
+            raise self.connections.refusal()
         self.touch(job_id)
         kind, status = ("websocket" if websocket else "http"), 500
         try:
@@ -149,6 +157,7 @@ class LabProxy:
             status = exc.status
             raise
         finally:
+            self.connections.give_back(caller.id)
             self.metrics.proxy_requests.labels(kind, f"{status // 100}xx").inc()
 
     def _count_bytes(self, request: web.Request, response: web.StreamResponse) -> None:

@@ -33,11 +33,15 @@ HPCGW = [sys.executable, "-m", "gateway.cli.main"]
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out"}
 
 pytestmark = pytest.mark.integration
-SUITE_LIMITS = """
+# Lab connections a user may hold at once: room for a browser's lab (test_lab_browser.py),
+# small enough for test_labs.py to reach with WebSockets.
+SUITE_LAB_CONNECTIONS = 32
+SUITE_LIMITS = f"""
 [limits]
 max_active_jobs = 1000
 max_active_labs = 50
 max_submissions_per_minute = 100000
+max_lab_connections = {SUITE_LAB_CONNECTIONS}
 """
 
 

@@ -15,7 +15,14 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 
-from .conftest import Api, Gateway, cancel_quietly, slurm_jobs_tagged, squeue_state
+from .conftest import (
+    SUITE_LAB_CONNECTIONS,
+    Api,
+    Gateway,
+    cancel_quietly,
+    slurm_jobs_tagged,
+    squeue_state,
+)
 from .kernel_client import run_cell, start_kernel
 from .lab_helpers import lab_get, login, request_lab, wait_ready
 
@@ -121,6 +128,39 @@ async def test_other_users_and_anonymous_callers_never_reach_the_lab(
             assert parse_qs(where.query)["next"] == [f"/labs/{job_id}/lab"]
         async with session.get(f"{gateway.url}/labs/{job_id}/api/status") as api_call:
             assert api_call.status == 401
+
+
+async def test_a_user_holding_max_lab_connections_waits_for_one_of_them(
+    labs: dict[str, Any], gateway: Gateway
+) -> None:
+    """Alice holds the suite's ``max_lab_connections`` WebSockets open on JupyterLab's event
+    stream: her next request to the lab gets 429 naming the limit (no byte reaches the lab),
+    those held keep working, and once one closes the lab answers her again."""
+    lab = f"{gateway.url}/labs/{labs['gpu']['id']}/"
+    async with aiohttp.ClientSession() as session:
+        held = [await session.ws_connect(f"{lab}api/events/subscribe", headers=bearer(gateway),
+                                         autoping=n > 0)  # the first one shows its pongs
+                for n in range(SUITE_LAB_CONNECTIONS)]
+        try:
+            async with session.get(f"{lab}api/status", headers=bearer(gateway)) as refused:
+                problem = await refused.json(content_type=None)
+                assert (refused.status, refused.headers.get("Retry-After")) == (429, "1")
+                assert (problem["limit"], problem["value"]) == (
+                    "max_lab_connections", SUITE_LAB_CONNECTIONS)
+            await held[0].ping(b"still there")  # a held one still reaches the lab
+            pong = await held[0].receive(timeout=10)
+            assert (pong.type, pong.data) == (aiohttp.WSMsgType.PONG, b"still there")
+            await held.pop().close()
+            async with asyncio.timeout(30):
+                while True:  # the close reaches the gateway a moment after the client's
+                    async with session.get(f"{lab}api/status",
+                                           headers=bearer(gateway)) as answer:
+                        if answer.status != 429:
+                            assert answer.status == 200 and "started" in await answer.json()
+                            break
+                    await asyncio.sleep(0.05)
+        finally:
+            await asyncio.gather(*(ws.close() for ws in held))
 
 
 @pytest.mark.parametrize("trick", [
