@@ -57,14 +57,22 @@ async def _serve(server: Server, process: asyncssh.SSHServerProcess[bytes]) -> N
             sink.write(chunk)
             await sink.drain()
 
+    pumps = [asyncio.ensure_future(pump(child.stdout, process.stdout)),
+             asyncio.ensure_future(pump(child.stderr, process.stderr))]
     try:
-        await asyncio.gather(pump(child.stdout, process.stdout), pump(child.stderr, process.stderr))
+        await asyncio.gather(*pumps)
         process.exit(await child.wait())
     except (OSError, asyncssh.Error):
         pass  # the client went away mid-transfer
     finally:
         with contextlib.suppress(ProcessLookupError):
             child.kill()
+        for task in pumps:
+            task.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
+        # Its pipes read to their end: one left paused (the client gone) would stay open
+        # until garbage collection, after the test's event loop is closed.
+        await asyncio.wait_for(asyncio.gather(child.stdout.read(), child.stderr.read()), 10)
         await child.wait()
 
 
