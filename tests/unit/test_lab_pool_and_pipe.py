@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from gateway.proxy.identity import LabIdentity
+from gateway.proxy.upstream import UpstreamConnection, UpstreamPool
 from gateway.server import STORE
 from gateway.tokens import lab_proof, lab_token
 from tests.unit import test_relay as relay
@@ -217,6 +220,34 @@ async def test_a_coding_that_only_ends_in_chunked_is_read_to_the_close(
         await wire.send(request(gw, "GET", prefix + "x"))
         answer = await wire.response()
         assert (answer.status, answer.body) == (200, b"all of it")
+
+
+# -- the pool over all labs --------------------------------------------------------------------
+
+
+async def test_idle_connections_over_all_labs_are_capped_the_oldest_closed_first() -> None:
+    """Many labs, each with a few idle connections, must not hold the gateway's descriptors
+    without bound: past the pool's total, the connection idle the longest goes, whichever
+    lab's it is, and the newer ones are still there to be taken."""
+    loop = asyncio.get_running_loop()
+    pool = UpstreamPool(max_idle_total=2)
+    labs = [LabIdentity("token", f"/labs/{n:016x}/", 8888) for n in range(3)]
+    pairs = [socket.socketpair() for _ in labs]
+    try:
+        connections = []
+        for identity, (mine, _) in zip(labs, pairs, strict=True):
+            _, connection = await loop.create_connection(UpstreamConnection, sock=mine)
+            connections.append(connection)
+            pool.release(identity, "127.0.0.1", 8888, connection)
+        assert [c.closed for c in connections] == [True, False, False]
+        assert pool.take(labs[0], "127.0.0.1", 8888) is None
+        assert pool.take(labs[2], "127.0.0.1", 8888) is connections[2]
+        pool.release(labs[2], "127.0.0.1", 8888, connections[2])  # room for it again
+        assert [c.closed for c in connections] == [True, False, False]
+    finally:
+        pool.close()
+        for _, theirs in pairs:
+            theirs.close()
 
 
 # -- WebSocketPipe ---------------------------------------------------------------------------
