@@ -41,6 +41,10 @@ class GatewayError(Exception):
         body.update(self.extra)
         return body
 
+    def headers(self) -> dict[str, str]:
+        """Response headers that go with this problem (none unless a subclass says so)."""
+        return {}
+
 
 class BadRequest(GatewayError):
     status = 400
@@ -52,6 +56,9 @@ class Unauthorized(GatewayError):
     status = 401
     type_slug = "unauthorized"
     title = "Authentication required"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="hpcgw"'}
 
 
 class Forbidden(GatewayError):
@@ -116,7 +123,8 @@ class UnsupportedMediaType(GatewayError):
 
 class TooManyRequests(GatewayError):
     """A per-user limit (``[limits]``) would be exceeded. ``limit`` names the config key;
-    ``retry_after`` (seconds) is sent as ``Retry-After`` when waiting helps (the rate limit)."""
+    ``retry_after`` (seconds) is sent as ``Retry-After`` when waiting helps (the submission
+    rate, the user's own open streams and lab connections)."""
 
     status = 429
     type_slug = "limit-exceeded"
@@ -126,6 +134,9 @@ class TooManyRequests(GatewayError):
                  retry_after: int | None = None) -> None:
         super().__init__(detail, limit=limit, value=value)
         self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
 
 class FieldError(dict[str, str]):

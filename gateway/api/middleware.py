@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from ..accounts import Accounts
-from ..errors import GatewayError, TooManyRequests, Unauthorized
+from ..errors import GatewayError, Unauthorized
 from ..logs import log_context
 from ..pageheaders import SECURITY_HEADERS
 from ..proxy.fastpath import Caller, header
@@ -62,12 +62,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         return await handler(request)
     except GatewayError as exc:
-        headers = {}
-        if exc.status == 401:
-            headers["WWW-Authenticate"] = 'Bearer realm="hpcgw"'
-        if isinstance(exc, TooManyRequests) and exc.retry_after is not None:
-            headers["Retry-After"] = str(exc.retry_after)
-        return problem_response(exc.problem(), headers)
+        return problem_response(exc.problem(), exc.headers())
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

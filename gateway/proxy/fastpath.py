@@ -29,7 +29,7 @@ from functools import partial
 from http import HTTPStatus
 from typing import Any, Protocol
 
-from ..errors import GatewayError, LabUnavailable, TooManyRequests
+from ..errors import GatewayError, LabUnavailable
 from ..logs import masked_path
 from ..metrics import GatewayMetrics
 from ..pageheaders import SECURITY_HEADERS
@@ -304,8 +304,7 @@ def problem_answer(error: GatewayError) -> bytes:
     body = json.dumps(error.problem()).encode()
     lines = [f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}",
              "Content-Type: application/problem+json", f"Content-Length: {len(body)}",
-             *(f"{name}: {value}" for name, value in SECURITY_HEADERS.items())]
-    if isinstance(error, TooManyRequests) and error.retry_after is not None:
-        lines.append(f"Retry-After: {error.retry_after}")
-    lines.append("Connection: close")
+             *(f"{name}: {value}" for name, value in SECURITY_HEADERS.items()),
+             *(f"{name}: {value}" for name, value in error.headers().items()),
+             "Connection: close"]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
