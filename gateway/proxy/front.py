@@ -12,7 +12,9 @@ answer of the lab proxy are aiohttp's alone.
 Requests on one connection are answered in order (pipelined ones wait, with reading paused past
 :data:`MAX_BUFFERED` bytes). A connection must send each head within ``header_timeout`` seconds
 of opening or of its previous answer, or it is closed (slowloris; aiohttp's keep-alive timer
-does the same after a hand-over).
+does the same after a hand-over). A connection closed after an answer while its client may
+still be sending the request's body (a 429 or 503 from the gateway, a lab that answered early)
+lingers first: our side is shut, and what comes is dropped for up to :data:`LINGER` seconds.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ MAX_BUFFERED = 256 * 1024  # client bytes held while the answer before them is r
 # event loop turns, and a slow client holds at most this much of it here.
 WRITE_BUFFER = 512 * 1024
 LAB_TARGET = b"/labs/"
+# Seconds a connection closed after an answer waits for the client to stop sending a request
+# body nobody reads (a reset at once would destroy the answer in the client's receive buffer).
+LINGER = 5.0
 
 
 class FrontProtocol(asyncio.Protocol):
@@ -56,7 +61,9 @@ class FrontProtocol(asyncio.Protocol):
         self._remote: str | None = None
         self._buffer = bytearray()
         self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None  # admitting or connecting the request
         self._idle_since: float | None = None  # None while a request is being served
+        self._lingering = False  # our side shut; what the client still sends is dropped
         self._eof = False
         self._reading_paused = False
         self._writing_paused = False
@@ -98,6 +105,8 @@ class FrontProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
         self._transport = None
+        if self._task is not None:  # a lab connection being proven for nobody: stop it
+            self._task.cancel()
         if self._admission is not None:
             self._labs.unhold(self._admission)
         if self._upstream is not None:
@@ -106,6 +115,9 @@ class FrontProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self._eof = True
+        if self._lingering:
+            self._close()
+            return True
         if self._head is not None and not self._request_sent and (
                 self._upstream is not None or not self._body_buffered()):
             self._abort()  # a body that can no longer arrive
@@ -124,6 +136,8 @@ class FrontProtocol(asyncio.Protocol):
             self._upstream.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return
         self._buffer += data
         self._advance()
 
@@ -132,6 +146,8 @@ class FrontProtocol(asyncio.Protocol):
     def _advance(self) -> None:
         """Move buffered client bytes on: the current request's body to its lab, else the
         next head to its place."""
+        if self._transport is None or self._transport.is_closing():
+            return  # the client is gone: nothing more begins
         if self._head is not None:
             if self._upstream is not None and not self._request_sent:
                 self._forward_body()
@@ -163,6 +179,7 @@ class FrontProtocol(asyncio.Protocol):
             return
         self._idle_since, self._searched = None, 0
         self._head, self._head_end, self._started = head, end, time.monotonic()
+        self._request_sent = False
         admission = self._labs.admit_cached(head, self._remote)
         if admission is None:
             self._spawn(self._admit(head, end))
@@ -179,10 +196,13 @@ class FrontProtocol(asyncio.Protocol):
         the client gets a 503 rather than a connection that hangs."""
         task = asyncio.get_running_loop().create_task(work)
         _TASKS.add(task)
+        self._task = task
         task.add_done_callback(self._spawned_done)
 
     def _spawned_done(self, task: asyncio.Task[None]) -> None:
         _TASKS.discard(task)
+        if self._task is task:
+            self._task = None
         if task.cancelled() or task.exception() is None:
             return
         log.error("a lab request failed unexpectedly", exc_info=task.exception())
@@ -209,7 +229,7 @@ class FrontProtocol(asyncio.Protocol):
         if self._labs.hold(admission):
             return True
         self._status, self._keep_alive = 429, False
-        self._write(self._labs.answer_too_many())
+        self._write_problem(self._labs.answer_too_many())
         self._finish()
         return False
 
@@ -225,6 +245,7 @@ class FrontProtocol(asyncio.Protocol):
             return
         if self._transport is None or self._transport.is_closing():
             admission.release(upstream)  # the client left meanwhile
+            self._labs.unhold(admission)
             return
         del self._buffer[:consumed]
         self._start_exchange(head, admission, upstream, reused and may_retry)
@@ -361,7 +382,7 @@ class FrontProtocol(asyncio.Protocol):
         if self._admission is not None:
             self._labs.unreachable(self._admission)
         self._status, self._keep_alive = 503, False
-        self._write(self._labs.answer_unavailable())
+        self._write_problem(self._labs.answer_unavailable())
         self._finish()
 
     def upstream_paused(self, paused: bool) -> None:
@@ -383,13 +404,17 @@ class FrontProtocol(asyncio.Protocol):
     # -- endings ----------------------------------------------------------------------------------
 
     def _finish(self) -> None:
-        """The answer is complete: log it, then the next request (or close)."""
+        """The answer is complete: log it, then the next request (or close: after lingering
+        while the client may still be sending this request's body)."""
         self._record()
         if self._admission is not None:
             self._labs.unhold(self._admission)
-        self._head = self._admission = None
-        if not self._keep_alive or self._transport is None or (self._eof and not self._buffer):
-            self._close()
+        head, self._head, self._admission = self._head, None, None
+        if not self._keep_alive or self._transport is None or self._transport.is_closing() \
+                or (self._eof and not self._buffer):
+            sending = head is not None and bool(head.length or head.chunked) \
+                and not self._request_sent and not self._eof
+            self._linger() if sending else self._close()
             return
         self._idle_since = time.monotonic()
         if self._buffer:  # a pipelined request: not from inside the lab connection's parser
@@ -403,6 +428,25 @@ class FrontProtocol(asyncio.Protocol):
     def _write(self, data: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
+
+    def _write_problem(self, answer: bytes) -> None:
+        """The gateway's own whole answer; only its head to a HEAD request."""
+        if self._head is not None and self._head.method == "HEAD":
+            answer = answer[:answer.index(b"\r\n\r\n") + 4]
+        self._write(answer)
+
+    def _linger(self) -> None:
+        """Shut our side after the answer, and drop what the client still sends until it
+        closes or LINGER s pass (then close)."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        self._lingering = True
+        self._buffer.clear()
+        transport.write_eof()
+        self._resume_reading()
+        self._cancel_timer()
+        self._timer = asyncio.get_running_loop().call_later(LINGER, self._close)
 
     def _close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
