@@ -6,27 +6,29 @@ credential, the caller's own ready lab, the browser checks; :meth:`FastPath.admi
 here, bytes in and bytes out, over a proven pooled connection (:mod:`.upstream`); a WebSocket
 upgrade the lab accepts becomes a byte pipe. Anything else (another path, a request the proxy
 does not admit, a head it refuses to parse) hands the connection over to aiohttp at that
-request's first byte, and aiohttp serves it from then on: the API, the pages, and every error
-answer of the lab proxy are aiohttp's alone.
+request's first byte, and aiohttp serves it from then on: the API, the pages, and the lab
+proxy's refusals (401, 403, 404, a lab still starting) are aiohttp's alone. The fast path
+answers only two problems itself, as the API would: 503 (the lab's server did not answer) and
+429 (the user holds ``max_lab_connections``: :meth:`FastPath.hold`).
 
 Requests on one connection are answered in order (pipelined ones wait, with reading paused past
-:data:`MAX_BUFFERED` bytes). A connection must send each head within ``header_timeout`` seconds
-of opening or of its previous answer, or it is closed (slowloris; aiohttp's keep-alive timer
-does the same after a hand-over). A connection closed after an answer while its client may
-still be sending the request's body (a 429 or 503 from the gateway, a lab that answered early)
-lingers first: our side is shut, and what comes is dropped for up to :data:`LINGER` seconds.
+:data:`MAX_BUFFERED` bytes). The connection itself (:class:`.client.ClientConnection`) closes
+when no head comes within ``header_timeout`` seconds of its opening or of its previous answer
+(slowloris; aiohttp's keep-alive timer does the same after a hand-over), and lingers before
+closing while its client may still be sending a request body nobody will read (a 429 or 503
+here, a lab that answered early), so that the client reads the answer rather than a reset.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections.abc import Callable, Coroutine, MutableSet
 from typing import Any
 
 from .admission import Admission, FastPath
+from .client import ClientConnection
 from .http1 import ChunkedScanner, HeadError, RequestHead, head_end, parse_request_head
 from .identity import LabNotProven
 from .pipe import WebSocketPipe
@@ -38,35 +40,19 @@ _TASKS: set[asyncio.Task[None]] = set()
 # An upstream that cannot be reached or failed its identity proof.
 UNREACHABLE = (OSError, TimeoutError, LabNotProven)
 MAX_BUFFERED = 256 * 1024  # client bytes held while the answer before them is relayed
-# Bytes queued for a client before its lab is paused: a big download keeps flowing while the
-# event loop turns, and a slow client holds at most this much of it here.
-WRITE_BUFFER = 512 * 1024
 LAB_TARGET = b"/labs/"
-# Seconds a connection closed after an answer waits for the client to stop sending a request
-# body nobody reads (a reset at once would destroy the answer in the client's receive buffer).
-LINGER = 5.0
 
 
-class FrontProtocol(asyncio.Protocol):
-    """One client connection, until it is handed over to aiohttp."""
+class FrontProtocol(ClientConnection):
+    """One client connection's lab requests, until it is handed over to aiohttp."""
 
     def __init__(self, fallback: Callable[[], asyncio.Protocol], labs: FastPath,
                  header_timeout: float, pipes: MutableSet[WebSocketPipe] | None = None) -> None:
         """``pipes``: where the WebSocket pipes this connection turns into are kept (for
         whoever shuts them when the gateway stops)."""
-        self._fallback = fallback
+        super().__init__(fallback, header_timeout)
         self._labs = labs
-        self._header_timeout = header_timeout
-        self._transport: asyncio.Transport | None = None
-        self._remote: str | None = None
-        self._buffer = bytearray()
-        self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None  # admitting or connecting the request
-        self._idle_since: float | None = None  # None while a request is being served
-        self._lingering = False  # our side shut; what the client still sends is dropped
-        self._eof = False
-        self._reading_paused = False
-        self._writing_paused = False
         self._upstream_full = False  # the lab's connection asked us to stop sending
         self._searched = 0  # bytes of the buffer head_end has looked through in vain
         self._head_end = 0
@@ -89,22 +75,8 @@ class FrontProtocol(asyncio.Protocol):
 
     # -- asyncio.Protocol (client side) ---------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport.set_write_buffer_limits(high=WRITE_BUFFER)
-        peer = transport.get_extra_info("peername")
-        self._remote = peer[0] if peer else None
-        self._idle_since = time.monotonic()
-        self._timer = asyncio.get_running_loop().call_later(self._header_timeout,
-                                                            self._check_idle)
-
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_timer()
-        self._transport = None
+        super().connection_lost(exc)
         if self._task is not None:  # a lab connection being proven for nobody: stop it
             self._task.cancel()
         if self._admission is not None:
@@ -113,17 +85,12 @@ class FrontProtocol(asyncio.Protocol):
             self._upstream.close()
             self._upstream = None
 
-    def eof_received(self) -> bool | None:
-        self._eof = True
-        if self._lingering:
-            self._close()
-            return True
+    def _client_eof(self) -> None:
         if self._head is not None and not self._request_sent and (
                 self._upstream is not None or not self._body_buffered()):
             self._abort()  # a body that can no longer arrive
         elif self._upstream is None and self._head is None:
             self._close()
-        return True  # half-open: a pipelined answer may still be going out
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -134,12 +101,6 @@ class FrontProtocol(asyncio.Protocol):
         self._writing_paused = False
         if self._upstream is not None and self._upstream.transport is not None:
             self._upstream.transport.resume_reading()
-
-    def data_received(self, data: bytes) -> None:
-        if self._lingering:
-            return
-        self._buffer += data
-        self._advance()
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -425,32 +386,11 @@ class FrontProtocol(asyncio.Protocol):
             self._labs.record(self._head, self._admission, self._status, self._sent,
                               time.monotonic() - self._started, self._remote)
 
-    def _write(self, data: bytes) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(data)
-
     def _write_problem(self, answer: bytes) -> None:
         """The gateway's own whole answer; only its head to a HEAD request."""
         if self._head is not None and self._head.method == "HEAD":
             answer = answer[:answer.index(b"\r\n\r\n") + 4]
         self._write(answer)
-
-    def _linger(self) -> None:
-        """Shut our side after the answer, and drop what the client still sends until it
-        closes or LINGER s pass (then close)."""
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        self._lingering = True
-        self._buffer.clear()
-        transport.write_eof()
-        self._resume_reading()
-        self._cancel_timer()
-        self._timer = asyncio.get_running_loop().call_later(LINGER, self._close)
-
-    def _close(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.close()
 
     def _abort(self) -> None:
         if self._upstream is not None:
@@ -459,62 +399,10 @@ class FrontProtocol(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
-    def _hand_over(self) -> None:
-        """aiohttp serves this connection from the current request on."""
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        self._cancel_timer()
-        handler = self._fallback()
-        handler.connection_made(transport)
-        transport.set_protocol(handler)
-        self._transport = None
-        if self._writing_paused:
-            handler.pause_writing()
-        if self._reading_paused:
-            transport.resume_reading()
-        if self._buffer:
-            handler.data_received(bytes(self._buffer))
-            self._buffer.clear()
-        if self._eof:
-            handler.eof_received()
-
     def shut(self) -> None:
         """Close the connection (the gateway stops), unless aiohttp serves it already."""
         if self._transport is not None:
             self._abort()
-
-    # -- timers and flow --------------------------------------------------------------------------
-
-    def _check_idle(self) -> None:
-        """The header timeout: close a connection that has sent no complete head for
-        ``header_timeout`` s since it opened or since its last answer. One timer per
-        connection, moved on only when it fires (nothing to do per request)."""
-        self._timer = None
-        if self._transport is None:
-            return
-        waited = time.monotonic() - self._idle_since if self._idle_since is not None else 0.0
-        if waited >= self._header_timeout:
-            self._close()
-            return
-        self._timer = asyncio.get_running_loop().call_later(self._header_timeout - waited,
-                                                            self._check_idle)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _pause_reading(self) -> None:
-        if not self._reading_paused and self._transport is not None:
-            self._reading_paused = True
-            self._transport.pause_reading()
-
-    def _resume_reading(self) -> None:
-        if self._reading_paused and self._transport is not None:
-            self._reading_paused = False
-            self._transport.resume_reading()
-
 
 def _may_be_lab(start: bytes | bytearray) -> bool:
     """Whether a head that has not all arrived may still be a lab request (else aiohttp can
