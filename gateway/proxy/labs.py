@@ -126,12 +126,11 @@ class LabProxy:
         if websocket and via_cookie:
             self._check_origin(request)
         upstream, session = self.upstream(route)
+        kind, status = ("websocket" if websocket else "http"), 500
         if not self.connections.take(caller.id):
-            self.metrics.proxy_requests.labels("websocket" if websocket else "http",
-                                               "4xx").inc()
+            self.metrics.proxy_requests.labels(kind, "4xx").inc()
             raise self.connections.refusal()
         self.touch(job_id)
-        kind, status = ("websocket" if websocket else "http"), 500
         try:
             if websocket:
                 self.metrics.proxy_websockets.inc()
