@@ -7,6 +7,8 @@ user out for good)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -31,6 +33,26 @@ def held(gw: Gateway, user: str = "alice") -> int:
     found = gw.app[STORE].users.get_user(user)
     assert found is not None
     return gw.app[PROXY].connections.held(found.id)
+
+
+@contextlib.asynccontextmanager
+async def at_the_limit(gw: Gateway) -> AsyncIterator[Wire]:
+    """Alice at a limit of 1 (one WebSocket of hers held open), and a new client connection
+    to the gateway; both closed at the end."""
+    limit_to(gw, 1)
+    ws = await gw.http.ws_connect(gw.url(gw.prefix() + "ws"), headers=bearer(gw.alice))
+    wire = await Wire.open(gw.port)
+    try:
+        yield wire
+    finally:
+        wire.close()
+        await ws.close()
+
+
+async def hand_to_aiohttp(gw: Gateway, wire: Wire) -> None:
+    """A request that is not for a lab: aiohttp serves ``wire``'s connection from now on."""
+    await wire.send(request(gw, "GET", "/api/v1/health"))
+    assert (await wire.response()).status == 200
 
 
 def assert_limit_problem(status: int, content_type: str, problem: dict[str, object],
@@ -104,8 +126,7 @@ async def test_requests_on_a_connection_aiohttp_serves_count_too(gw: Gateway) ->
     ws = await gw.http.ws_connect(gw.url(gw.prefix() + "ws"), headers=bearer(gw.alice))
     wire = await Wire.open(gw.port)
     try:
-        await wire.send(request(gw, "GET", "/api/v1/health"))
-        assert (await wire.response()).status == 200
+        await hand_to_aiohttp(gw, wire)
         await wire.send(request(gw, "GET", gw.prefix() + "lab"))
         refused = await wire.response()
         assert_limit_problem(refused.status, refused.content_type, refused.json(),
@@ -114,8 +135,7 @@ async def test_requests_on_a_connection_aiohttp_serves_count_too(gw: Gateway) ->
         await wait_until(lambda: held(gw) == 0, "the WebSocket let go")
         wire.close()
         wire = await Wire.open(gw.port)
-        await wire.send(request(gw, "GET", "/api/v1/health"))
-        assert (await wire.response()).status == 200
+        await hand_to_aiohttp(gw, wire)
         await wire.send(request(gw, "GET", gw.prefix() + "lab"))
         answer = await wire.response()
         assert (answer.status, answer.body) == (200, b"ok")

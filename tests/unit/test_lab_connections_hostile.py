@@ -6,7 +6,6 @@ on some version of it, or checks an ending that could have leaked."""
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import struct
 from typing import Any
@@ -16,11 +15,10 @@ import pytest
 from gateway.proxy import identity
 from gateway.proxy.front import MAX_BUFFERED
 from gateway.server import STORE
-from gateway.tokens import lab_proof, lab_token
 from tests.unit.test_fast_path import wait_until
-from tests.unit.test_lab_connections import held, limit_to
-from tests.unit.test_lab_pool_and_pipe import RawLab, path_of, raw_lab
-from tests.unit.test_relay import PROBLEM, SECRET, Gateway, bearer, ready_lab
+from tests.unit.test_lab_connections import at_the_limit, hand_to_aiohttp, held, limit_to
+from tests.unit.test_lab_pool_and_pipe import RawLab, path_of, publish, raw_lab
+from tests.unit.test_relay import PROBLEM, Gateway, bearer
 from tests.unit.test_relay import gw as gw  # the fixture
 from tests.unit.test_relay_wire import Wire, deadline, request
 
@@ -122,12 +120,7 @@ class GatedProofLab(RawLab):
             nonce = path_of(head).split("nonce=", 1)[1]
             if not await self.gate_opens(reader):
                 return  # the gateway gave up on this connection
-            host, port = writer.get_extra_info("sockname")[:2]
-            address = f"{host}:{port}"
-            body = json.dumps({"address": address, "proof": lab_proof(
-                lab_token(SECRET, self.job_id), nonce, address)}).encode()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            writer.write(self.proof_answer(writer, nonce))
             await reader.read()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -165,15 +158,11 @@ async def test_a_client_gone_during_the_labs_proof_leaves_no_connection_behind(
     monkeypatch.setattr(identity, "PROOF_TIMEOUT", 60.0)  # a proof for nobody: not its end
     limit_to(gw, 1)
     lab = ProofLabNoticingCloses()
-    await lab.start()
-    store = gw.app[STORE]
-    job = await ready_lab(store, fake_clusters.by_name["dev"].backend,
-                          store.users.get_user("alice"), lab.port)
-    lab.job_id = job["id"]
+    prefix = await publish(gw, fake_clusters, lab)
     try:
         for attempt in range(1, 5):
             wire = await Wire.open(gw.port)
-            await wire.send(request(gw, "GET", f"/labs/{job['id']}/x"))
+            await wire.send(request(gw, "GET", prefix + "x"))
             await wait_until(lambda n=attempt: held(gw) == 1 and len(lab.connections) == n
                              and lab.open_count() == 1, f"request {attempt} in its proof")
             reset(wire)
@@ -185,9 +174,9 @@ async def test_a_client_gone_during_the_labs_proof_leaves_no_connection_behind(
 
 
 class GatedAfterFirstLab(GatedProofLab):
-    """Proves the first connection at once, later ones when :attr:`gate` opens; answers
-    ``first`` with ``Connection: close`` (so the next request needs a new connection) and
-    reads a POST's whole body before answering it."""
+    """Proves the first connection at once and answers its one request with
+    ``Connection: close`` (so the next request needs a new connection); later connections are
+    a GatedProofLab's (proven when :attr:`gate` opens, never answered)."""
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.connections:
@@ -195,12 +184,7 @@ class GatedAfterFirstLab(GatedProofLab):
         self.connections.append(writer)
         try:
             head = await reader.readuntil(b"\r\n\r\n")
-            nonce = path_of(head).split("nonce=", 1)[1]
-            host, port = writer.get_extra_info("sockname")[:2]
-            address = f"{host}:{port}"
-            body = json.dumps({"address": address, "proof": lab_proof(
-                lab_token(SECRET, self.job_id), nonce, address)}).encode()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            writer.write(self.proof_answer(writer, path_of(head).split("nonce=", 1)[1]))
             self.heads.append((0, await reader.readuntil(b"\r\n\r\n")))
             writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
             await writer.drain()
@@ -218,12 +202,7 @@ async def test_a_half_close_while_a_second_requests_lab_connection_is_proven_end
     to the lab, held for as long as the client kept its half-open socket)."""
     limit_to(gw, 1)
     lab = GatedAfterFirstLab()
-    await lab.start()
-    store = gw.app[STORE]
-    job = await ready_lab(store, fake_clusters.by_name["dev"].backend,
-                          store.users.get_user("alice"), lab.port)
-    lab.job_id = job["id"]
-    prefix = f"/labs/{job['id']}/"
+    prefix = await publish(gw, fake_clusters, lab)
     wire = await Wire.open(gw.port)
     try:
         await wire.send(request(gw, "GET", prefix + "first"))
@@ -252,10 +231,7 @@ async def test_a_429_to_an_upload_is_read_by_the_client_not_reset(
     Retry-After: the gateway does not read the body, but lingers until the client has sent
     it (a close at once makes the kernel answer the unread bytes with a reset, which destroys
     the answer in the client's receive buffer)."""
-    limit_to(gw, 1)
-    ws = await gw.http.ws_connect(gw.url(gw.prefix() + "ws"), headers=bearer(gw.alice))
-    wire = await Wire.open(gw.port)
-    try:
+    async with at_the_limit(gw) as wire:
         body = b"n" * (2 * 1024 * 1024)
         wire.writer.write(request(gw, "POST", gw.prefix() + "upload", body=body))
         try:
@@ -264,31 +240,19 @@ async def test_a_429_to_an_upload_is_read_by_the_client_not_reset(
         except ConnectionError as exc:
             pytest.fail(f"the client never saw the 429: {exc!r}")
         assert (answer.status, answer.headers.get("Retry-After")) == (429, "1")
-    finally:
-        wire.close()
-        await ws.close()
 
 
 async def test_a_429_to_head_has_no_body(gw: Gateway) -> None:
     """RFC 9110 9.3.2: no content in an answer to HEAD, the gateway's own answers included."""
-    limit_to(gw, 1)
-    ws = await gw.http.ws_connect(gw.url(gw.prefix() + "ws"), headers=bearer(gw.alice))
-    wire = await Wire.open(gw.port)
-    try:
+    async with at_the_limit(gw) as wire:
         await wire.send(request(gw, "HEAD", gw.prefix() + "gzip"))
         answer = await wire.response(head=True)
         assert answer.status == 429
         assert await wire.eof() == b"", "bytes after the head of an answer to HEAD"
-    finally:
-        wire.close()
-        await ws.close()
 
 
 async def test_the_fast_paths_429_says_the_limit_and_closes(gw: Gateway) -> None:
-    limit_to(gw, 1)
-    ws = await gw.http.ws_connect(gw.url(gw.prefix() + "ws"), headers=bearer(gw.alice))
-    wire = await Wire.open(gw.port)
-    try:
+    async with at_the_limit(gw) as wire:
         await wire.send(request(gw, "GET", gw.prefix() + "echo/a"))
         answer = await wire.response()
         assert (answer.status, answer.content_type) == (429, PROBLEM)
@@ -297,21 +261,14 @@ async def test_the_fast_paths_429_says_the_limit_and_closes(gw: Gateway) -> None
         assert answer.json()["limit"] == "max_lab_connections"
         assert await wire.eof() == b""
         assert held(gw) == 1
-    finally:
-        wire.close()
-        await ws.close()
     await wait_until(lambda: held(gw) == 0, "given back")
 
 
 async def test_aiohttp_paths_429_skips_the_body(gw: Gateway) -> None:
     """On a connection aiohttp serves, a 429 to a POST with a body: the body is skipped and
     the next request on the same connection is read correctly."""
-    limit_to(gw, 1)
-    ws = await gw.http.ws_connect(gw.url(gw.prefix() + "ws"), headers=bearer(gw.alice))
-    wire = await Wire.open(gw.port)
-    try:
-        await wire.send(request(gw, "GET", "/api/v1/health"))
-        assert (await wire.response()).status == 200
+    async with at_the_limit(gw) as wire:
+        await hand_to_aiohttp(gw, wire)
         await wire.send(request(gw, "POST", gw.prefix() + "upload", body=b"GET / HTTP/1.1\r\n"
                                 b"Host: x\r\n\r\n" + b"z" * 4096)
                         + request(gw, "GET", "/api/v1/health"))
@@ -322,9 +279,6 @@ async def test_aiohttp_paths_429_skips_the_body(gw: Gateway) -> None:
             assert after.status == 200
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # closed instead: fine too
-    finally:
-        wire.close()
-        await ws.close()
     await wait_until(lambda: held(gw) == 0, "given back")
 
 
@@ -435,8 +389,7 @@ async def test_both_paths_share_one_count(gw: Gateway) -> None:
     fast = await gw.http.ws_connect(gw.url(gw.prefix() + "ws"), headers=bearer(gw.alice))
     wire = await Wire.open(gw.port)
     try:
-        await wire.send(request(gw, "GET", "/api/v1/health"))
-        assert (await wire.response()).status == 200
+        await hand_to_aiohttp(gw, wire)
         await wire.send(request(gw, "GET", gw.prefix() + "ws", WS))
         assert (await wire.message()).status == 101
         await wait_until(lambda: held(gw) == 2, "both counted")

@@ -53,13 +53,7 @@ class RawLab:
                 head = await reader.readuntil(b"\r\n\r\n")
                 target = head.split(b" ", 2)[1].decode("latin-1")
                 if "/hpcgw/proof?nonce=" in target:
-                    nonce = target.split("nonce=", 1)[1]
-                    host, port = writer.get_extra_info("sockname")[:2]
-                    address = f"{host}:{port}"
-                    body = json.dumps({"address": address, "proof": lab_proof(
-                        lab_token(SECRET, self.job_id), nonce, address)}).encode()
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                    writer.write(self.proof_answer(writer, target.split("nonce=", 1)[1]))
                     continue
                 self.heads.append((index, head))
                 await self.handler(self, index, head, reader, writer)
@@ -69,11 +63,31 @@ class RawLab:
             self.closed.append(index)
             writer.close()
 
+    def proof_answer(self, writer: asyncio.StreamWriter, nonce: str) -> bytes:
+        """The launcher's answer to the gateway's identity challenge ``nonce`` on this
+        connection."""
+        host, port = writer.get_extra_info("sockname")[:2]
+        address = f"{host}:{port}"
+        body = json.dumps({"address": address, "proof": lab_proof(
+            lab_token(SECRET, self.job_id), nonce, address)}).encode()
+        return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
     def close(self) -> None:
         if self.server is not None:
             self.server.close()
         for writer in self.connections:
             writer.transport.abort()
+
+
+async def publish(gw: Gateway, fake_clusters: Any, lab: RawLab) -> str:
+    """Start ``lab`` as the server of a new ready lab of alice's; that lab's prefix."""
+    await lab.start()
+    store = gw.app[STORE]
+    job = await ready_lab(store, fake_clusters.by_name["dev"].backend,
+                          store.users.get_user("alice"), lab.port)
+    lab.job_id = job["id"]
+    return f"/labs/{job['id']}/"
 
 
 @contextlib.asynccontextmanager
@@ -82,14 +96,10 @@ async def raw_lab(gw: Gateway, fake_clusters: Any, handler: Handler
     """A RawLab serving a new ready lab of alice's, that lab's prefix, and a client
     connection to the gateway; both closed at the end."""
     lab = RawLab(handler)
-    await lab.start()
-    store = gw.app[STORE]
-    job = await ready_lab(store, fake_clusters.by_name["dev"].backend,
-                          store.users.get_user("alice"), lab.port)
-    lab.job_id = job["id"]
+    prefix = await publish(gw, fake_clusters, lab)
     wire = await Wire.open(gw.port)
     try:
-        yield lab, f"/labs/{job['id']}/", wire
+        yield lab, prefix, wire
     finally:
         wire.close()
         lab.close()
