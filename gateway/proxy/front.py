@@ -185,13 +185,11 @@ class FrontProtocol(ClientConnection):
 
     def _held(self, admission: Admission) -> bool:
         """Count the admitted request against its user's lab connections; at the limit the
-        client gets 429 and the connection closes (the request's body is not read)."""
+        client gets 429 and the connection ends (:meth:`_refuse`)."""
         self._admission = admission
         if self._labs.hold(admission):
             return True
-        self._status, self._keep_alive = 429, False
-        self._write_problem(self._labs.answer_too_many())
-        self._finish()
+        self._refuse(429, self._labs.answer_too_many())
         return False
 
     async def _connect(self, head: RequestHead, admission: Admission, consumed: int, *,
@@ -339,12 +337,10 @@ class FrontProtocol(ClientConnection):
 
     def _unavailable(self) -> None:
         """The lab's server did not answer (or failed its proof): 503, as the API says it,
-        and the connection closes (the rest of a request body is not read)."""
+        and the connection ends (:meth:`_refuse`)."""
         if self._admission is not None:
             self._labs.unreachable(self._admission)
-        self._status, self._keep_alive = 503, False
-        self._write_problem(self._labs.answer_unavailable())
-        self._finish()
+        self._refuse(503, self._labs.answer_unavailable())
 
     def upstream_paused(self, paused: bool) -> None:
         """The lab's connection has too much to send (an upload faster than the lab reads
@@ -386,11 +382,14 @@ class FrontProtocol(ClientConnection):
             self._labs.record(self._head, self._admission, self._status, self._sent,
                               time.monotonic() - self._started, self._remote)
 
-    def _write_problem(self, answer: bytes) -> None:
-        """The gateway's own whole answer; only its head to a HEAD request."""
+    def _refuse(self, status: int, answer: bytes) -> None:
+        """The gateway's own whole ``answer`` (only its head to a HEAD request) in place of
+        the lab's; then the connection ends (the rest of the request's body is not read)."""
         if self._head is not None and self._head.method == "HEAD":
             answer = answer[:answer.index(b"\r\n\r\n") + 4]
+        self._status, self._keep_alive = status, False
         self._write(answer)
+        self._finish()
 
     def _abort(self) -> None:
         if self._upstream is not None:
