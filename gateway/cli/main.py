@@ -100,6 +100,21 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
                         version=f"hpcgw {importlib.metadata.version('hpcgw')}")
     sub = _Subcommands(parser.add_subparsers(dest="command", required=True), common)
 
+    _add_serve(sub)
+    _add_runs(sub)
+    _add_job_commands(sub)
+    _add_own_commands(sub)
+    _add_users(sub, common)
+    _add_tokens_and_artifacts(sub, common)
+    storage.add_parsers(_Subcommands(sub.add_parser(
+        "storage", help="your storage servers for data staging").add_subparsers(
+        dest="storage_command", required=True), common))
+    _add_check_config(sub)
+    return parser
+
+
+def _add_serve(sub: _Subcommands) -> None:
+    """``serve``: the gateway itself."""
     serve = sub.add_parser("serve", help="run the gateway")
     serve.add_argument("--host", help="address to listen on (default: gateway.host)")
     serve.add_argument("--port", type=int,
@@ -111,6 +126,9 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
                        "terminal, json otherwise)")
     serve.set_defaults(run=admin.cmd_serve)
 
+
+def _add_runs(sub: _Subcommands) -> None:
+    """``submit`` and ``lab``: new jobs, with sbatch's resource flags."""
     submit = sub.add_parser("submit", help="run a notebook as a batch job")
     submit.add_argument("notebook", help="the .ipynb file to run")
     _resource_flags(submit)
@@ -134,6 +152,9 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     _resource_flags(lab)
     lab.set_defaults(run=client.cmd_lab)
 
+
+def _add_job_commands(sub: _Subcommands) -> None:
+    """What a user does with a job: status, cancel, events, log, fetch."""
     status = sub.add_parser("status", help="show one job")
     status.add_argument("job_id", help="the job's id, or its Slurm job id")
     status.set_defaults(run=client.cmd_status)
@@ -160,6 +181,10 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
                        help="download the job's collected output files under DIR instead")
     fetch.add_argument("-o", "--output", help="file to write ('-' for stdout; default ID.ipynb)")
     fetch.set_defaults(run=client.cmd_fetch)
+
+
+def _add_own_commands(sub: _Subcommands) -> None:
+    """``webhook-secret`` and ``queue``: the user's own secret and jobs."""
     secret = sub.add_parser(
         "webhook-secret", help="print your webhook secret (the key of the Hpcgw-Signature "
         "on your jobs' webhook deliveries)",
@@ -178,6 +203,9 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
                             f"all: {','.join(client.COLUMNS)})")
     queue.set_defaults(run=client.cmd_queue)
 
+
+def _add_users(sub: _Subcommands, common: argparse.ArgumentParser) -> None:
+    """``user add|set|list`` (admin: needs the config)."""
     user = _Subcommands(sub.add_parser(
         "user", help="manage gateway users (admin: needs the config)").add_subparsers(
         dest="user_command", required=True), common)
@@ -212,6 +240,9 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
                     description="Lists the gateway's users (--json: as JSON).").set_defaults(
         run=admin.cmd_user_list)
 
+
+def _add_tokens_and_artifacts(sub: _Subcommands, common: argparse.ArgumentParser) -> None:
+    """``token issue|revoke`` and ``artifacts prune`` (admin)."""
     token = _Subcommands(sub.add_parser(
         "token", help="manage users' tokens (admin: needs the config)").add_subparsers(
         dest="token_command", required=True), common)
@@ -236,9 +267,10 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
                        help="ended more than DAYS ago (default: gateway.artifact_retention_days;"
                        " 0 there prunes nothing)")
     prune.set_defaults(run=admin.cmd_artifacts_prune)
-    storage.add_parsers(_Subcommands(sub.add_parser(
-        "storage", help="your storage servers for data staging").add_subparsers(
-        dest="storage_command", required=True), common))
+
+
+def _add_check_config(sub: _Subcommands) -> None:
+    """``check-config``: every problem in the config, and a live probe."""
     check = sub.add_parser(
         "check-config", help="explain every problem in the config (exit 1 if any)",
         description="Reads the config and lists every problem in it, one per line, without "
@@ -248,7 +280,6 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
                        "mapped user, the job Python (and each image's) imports papermill, "
                        "ipykernel and jupyter_server, pinned SSH host keys match")
     check.set_defaults(run=admin.cmd_check_config)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
