@@ -17,9 +17,12 @@ from gateway.api.keys import PROXY
 from gateway.proxy.labs import LabProxy
 from gateway.server import STORE
 from tests.unit.test_fast_path import wait_until
-from tests.unit.test_relay import PROBLEM, Gateway, bearer
+from tests.unit.test_relay import BOTH_SERVERS, PROBLEM, Gateway, bearer
 from tests.unit.test_relay import gw as gw  # the fixture
-from tests.unit.test_relay_wire import Wire, request
+from tests.unit.test_relay_wire import Wire, deadline, request
+
+UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+           "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
 
 
 def limit_to(gw: Gateway, limit: int) -> LabProxy:
@@ -160,3 +163,26 @@ async def test_each_user_has_a_count_of_their_own(gw: Gateway) -> None:
     finally:
         await asyncio.gather(first.close(), second.close())
     await wait_until(lambda: held(gw) == held(gw, "bob") == 0, "all given back")
+
+
+@BOTH_SERVERS
+@pytest.mark.parametrize("upgrade", [False, True], ids=["http", "websocket"])
+async def test_a_client_leaving_a_lab_that_never_answers_gives_its_connection_back(
+        gw: Gateway, upgrade: bool) -> None:
+    """On a connection aiohttp serves, alice asks a lab that never answers (nor accepts the
+    WebSocket), then leaves. ``hpcgw serve`` does not cancel handlers, so without a watch on
+    the client the relay would wait on the lab for ever, and with a limit of 1 alice could not
+    reach her lab again: the hold and the lab's connection go with her instead."""
+    limit_to(gw, 1)
+    wire = await Wire.open(gw.port)
+    try:
+        await hand_to_aiohttp(gw, wire)
+        await wire.send(request(gw, "GET", gw.prefix() + "silent", UPGRADE if upgrade else {}))
+        await deadline(gw.upstream.silent_waiting.wait())
+        assert held(gw) == 1
+    finally:
+        wire.close()
+    await wait_until(lambda: held(gw) == 0, "alice's hold went with her connection")
+    await deadline(gw.upstream.silent_ended.wait())  # the lab saw the gateway give up
+    response = await gw.http.get(gw.url(gw.prefix() + "lab"), headers=bearer(gw.alice))
+    assert (response.status, await response.text()) == (200, "ok")

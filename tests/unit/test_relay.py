@@ -73,8 +73,9 @@ class FakeLab:
     """A JupyterLab stand-in. It answers by the first path segment after ``/labs/<id>/``:
     ``hop``, ``gzip``, ``redirect?to=``, ``cookies``, ``download?n=&gate=``, ``upload?gate=``,
     ``ws``, ``nows``, ``echo`` (its raw path as the body), ``truncated`` (promises 1 MiB, sends
-    64 KiB, drops the connection), ``hangup`` (drops the connection before answering); anything
-    else is ``200 ok``. ``api/...`` (the gateway's own probes) is
+    64 KiB, drops the connection), ``hangup`` (drops the connection before answering),
+    ``silent`` (never answers: sets :attr:`silent_waiting`, and :attr:`silent_ended` when the
+    gateway gives up on it); anything else is ``200 ok``. ``api/...`` (the gateway's own probes) is
     answered but not recorded; ``hpcgw/proof`` answers the gateway's identity challenge like
     the real launcher (counted in :attr:`proofs`)."""
 
@@ -90,6 +91,8 @@ class FakeLab:
     huge_api: bool = False  # api/... answers an endless body
     endless_ended: asyncio.Event = field(default_factory=asyncio.Event)
     upload_aborted: asyncio.Event = field(default_factory=asyncio.Event)  # body failed or short
+    silent_waiting: asyncio.Event = field(default_factory=asyncio.Event)
+    silent_ended: asyncio.Event = field(default_factory=asyncio.Event)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -112,6 +115,7 @@ class FakeLab:
             "ws": self.websocket, "nows": self.no_websocket, "sw": self.service_worker,
             "echo": self.echo, "truncated": self.truncated, "hangup": self.hangup,
             "endlesshead": self.endless_head, "untilclose": self.until_close,
+            "silent": self.silent,
         }
         if action in handlers:
             return await handlers[action](request)
@@ -234,6 +238,16 @@ class FakeLab:
         request.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n"
                                 b"until the end")
         request.transport.close()
+        return web.Response(text="never sent")
+
+    async def silent(self, request: web.Request) -> web.StreamResponse:
+        """No answer ever: this handler ends only when cancelled (its server cancels a
+        handler whose peer left)."""
+        self.silent_waiting.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.silent_ended.set()
         return web.Response(text="never sent")
 
     async def hangup(self, request: web.Request) -> web.StreamResponse:
