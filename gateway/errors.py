@@ -103,6 +103,16 @@ class Gone(GatewayError):
     title = "Gone"
 
 
+class RequestTimeout(GatewayError):
+    """The client stopped sending a request body it had begun: nothing more of it came for
+    ``gateway.body_timeout`` seconds while the gateway was ready to read it. The request ends
+    here and the connection is closed; the lab got part of the request at most."""
+
+    status = 408
+    type_slug = "request-timeout"
+    title = "Request timeout"
+
+
 class LengthRequired(GatewayError):
     status = 411
     type_slug = "length-required"

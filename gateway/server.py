@@ -140,10 +140,11 @@ class FrontSite(web.SockSite):
         runner = self._runner
         assert isinstance(runner, web.AppRunner) and runner.server is not None
         server, fast = runner.server, runner.app[PROXY].fast
-        timeout = runner.app[CONFIG].gateway.header_timeout
+        gateway = runner.app[CONFIG].gateway
 
         def front() -> FrontProtocol:
-            protocol = FrontProtocol(server, fast, timeout, self._pipes)
+            protocol = FrontProtocol(server, fast, gateway.header_timeout, gateway.body_timeout,
+                                     self._pipes)
             self._fronts.add(protocol)
             return protocol
 

@@ -46,6 +46,8 @@ class FastPath(Protocol):
 
     def answer_unavailable(self) -> bytes: ...
 
+    def answer_body_timeout(self) -> bytes: ...
+
     def hold(self, admission: Admission) -> bool:
         """Count the request against its user's lab connections until :meth:`unhold` (or,
         for a WebSocket, until its pipe closes); False, nothing counted, at the limit: the

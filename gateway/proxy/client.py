@@ -1,11 +1,12 @@
 """A client's connection to the gateway's listening socket, as :mod:`.front` builds on it:
-what it has sent and not yet used, the header timeout, flow control on its side, the hand-over
-to aiohttp, and how it ends (closed, or lingering while the client still sends).
+what it has sent and not yet used, the header and body timeouts, flow control on its side, the
+hand-over to aiohttp, and how it ends (closed, or lingering while the client still sends).
 
 :class:`ClientConnection` knows nothing of requests. A subclass reads :attr:`_buffer` in
 :meth:`_advance` (called after each read), says when a head is awaited (``_idle_since``, the
-time since which the header timeout counts; None while a request is served), and hears of
-the client's end of sending in :meth:`_client_eof`.
+time since which the header timeout counts; None while a request is served) and when body
+bytes are owed (:meth:`_body_clock`), hears of the client's end of sending in
+:meth:`_client_eof`, and ends a request whose body stalled in :meth:`_body_timed_out`.
 """
 
 from __future__ import annotations
@@ -27,14 +28,17 @@ LINGER = 5.0
 class ClientConnection(asyncio.Protocol):
     """One client connection until it ends or is handed over to aiohttp (``fallback``)."""
 
-    def __init__(self, fallback: Callable[[], asyncio.Protocol], header_timeout: float) -> None:
+    def __init__(self, fallback: Callable[[], asyncio.Protocol], header_timeout: float,
+                 body_timeout: float) -> None:
         self._fallback = fallback
         self._header_timeout = header_timeout
+        self._body_timeout = body_timeout
         self._transport: asyncio.Transport | None = None
         self._remote: str | None = None
         self._buffer = bytearray()  # what the client sent that is not used yet
         self._timer: asyncio.TimerHandle | None = None
         self._idle_since: float | None = None  # None while a request is being served
+        self._body_since: float | None = None  # the last body bytes, while more are owed
         self._eof = False  # the client shut its side
         self._lingering = False  # our side shut; what the client still sends is dropped
         self._reading_paused = False
@@ -48,6 +52,10 @@ class ClientConnection(asyncio.Protocol):
 
     def _client_eof(self) -> None:
         """The client shut its side (the connection stays half-open until closed here)."""
+        raise NotImplementedError
+
+    def _body_timed_out(self) -> None:
+        """Nothing of the body the client owes came for ``body_timeout`` s."""
         raise NotImplementedError
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
@@ -130,17 +138,42 @@ class ClientConnection(asyncio.Protocol):
 
     def _check_idle(self) -> None:
         """The header timeout: close a connection that has sent no complete head for
-        ``header_timeout`` s since it opened or since its last answer. One timer per
-        connection, moved on only when it fires (nothing to do per request)."""
+        ``header_timeout`` s since it opened or since its last answer; and the body timeout
+        (:meth:`_body_clock`). One timer per connection, moved on only when it fires (nothing
+        to do per request or per read)."""
         self._timer = None
         if self._transport is None:
             return
-        waited = time.monotonic() - self._idle_since if self._idle_since is not None else 0.0
+        now = time.monotonic()
+        waited = now - self._idle_since if self._idle_since is not None else 0.0
         if waited >= self._header_timeout:
             self._close()
             return
-        self._timer = asyncio.get_running_loop().call_later(self._header_timeout - waited,
-                                                            self._check_idle)
+        wait = self._header_timeout - waited
+        if self._body_since is not None:
+            stalled = now - self._body_since
+            if stalled >= self._body_timeout:
+                self._body_since = None
+                self._body_timed_out()
+                return
+            wait = min(wait, self._body_timeout - stalled)
+        self._timer = asyncio.get_running_loop().call_later(wait, self._check_idle)
+
+    def _body_clock(self, owed: bool) -> None:
+        """The body timeout counts from now while ``owed`` (the client owes bytes of a body
+        and nothing on the gateway's side holds them up), and stops otherwise. Called again
+        on every read of the body: the timeout is for a stall, not for the whole body."""
+        if not owed:
+            self._body_since = None
+            return
+        started = self._body_since is None
+        self._body_since = time.monotonic()
+        if started and self._transport is not None and not self._lingering:
+            loop = asyncio.get_running_loop()
+            timer = self._timer
+            if timer is None or timer.when() > loop.time() + self._body_timeout:
+                self._cancel_timer()  # it would be due after the body's deadline
+                self._timer = loop.call_later(self._body_timeout, self._check_idle)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

@@ -29,7 +29,7 @@ from functools import partial
 from http import HTTPStatus
 from typing import Any, Protocol
 
-from ..errors import GatewayError, LabUnavailable
+from ..errors import GatewayError, LabUnavailable, RequestTimeout
 from ..logs import masked_path
 from ..metrics import GatewayMetrics
 from ..pageheaders import SECURITY_HEADERS
@@ -193,6 +193,10 @@ class LabFastPath:
     def answer_unavailable(self) -> bytes:
         """A 503 problem, as the API would answer a lab whose server does not answer."""
         return problem_answer(LabUnavailable("the lab's server did not answer"))
+
+    def answer_body_timeout(self) -> bytes:
+        """A 408 problem: the client stopped sending its request's body."""
+        return problem_answer(RequestTimeout("no more of the request's body came in time"))
 
     # -- the user's lab connections -------------------------------------------------------------
 

@@ -8,15 +8,17 @@ upgrade the lab accepts becomes a byte pipe. Anything else (another path, a requ
 does not admit, a head it refuses to parse) hands the connection over to aiohttp at that
 request's first byte, and aiohttp serves it from then on: the API, the pages, and the lab
 proxy's refusals (401, 403, 404, a lab still starting) are aiohttp's alone. The fast path
-answers only two problems itself, as the API would: 503 (the lab's server did not answer) and
-429 (the user holds ``max_lab_connections``: :meth:`FastPath.hold`).
+answers only three problems itself, as the API would: 503 (the lab's server did not answer),
+429 (the user holds ``max_lab_connections``: :meth:`FastPath.hold`) and 408 (below).
 
 Requests on one connection are answered in order (pipelined ones wait, with reading paused past
 :data:`MAX_BUFFERED` bytes). The connection itself (:class:`.client.ClientConnection`) closes
 when no head comes within ``header_timeout`` seconds of its opening or of its previous answer
 (slowloris; aiohttp's keep-alive timer does the same after a hand-over), and lingers before
 closing while its client may still be sending a request body nobody will read (a 429 or 503
-here, a lab that answered early), so that the client reads the answer rather than a reset.
+here, a lab that answered early), so that the client reads the answer rather than a reset. A
+request body that stops coming for ``body_timeout`` seconds while this side is ready to read
+it (not paused for the lab, not waiting on a ``100 Continue``, not yet answered) ends with 408.
 """
 
 from __future__ import annotations
@@ -47,10 +49,11 @@ class FrontProtocol(ClientConnection):
     """One client connection's lab requests, until it is handed over to aiohttp."""
 
     def __init__(self, fallback: Callable[[], asyncio.Protocol], labs: FastPath,
-                 header_timeout: float, pipes: MutableSet[WebSocketPipe] | None = None) -> None:
+                 header_timeout: float, body_timeout: float,
+                 pipes: MutableSet[WebSocketPipe] | None = None) -> None:
         """``pipes``: where the WebSocket pipes this connection turns into are kept (for
         whoever shuts them when the gateway stops)."""
-        super().__init__(fallback, header_timeout)
+        super().__init__(fallback, header_timeout, body_timeout)
         self._labs = labs
         self._task: asyncio.Task[None] | None = None  # admitting or connecting the request
         self._upstream_full = False  # the lab's connection asked us to stop sending
@@ -63,6 +66,7 @@ class FrontProtocol(ClientConnection):
         self._body_left = 0  # bytes of the Content-Length body still to forward
         self._chunks: ChunkedScanner | None = None
         self._request_sent = False
+        self._awaiting_continue = False  # Expect: 100-continue, and no go-ahead yet
         self._reused = False
         self._chunked_out = False
         self._held_head = b""
@@ -114,6 +118,7 @@ class FrontProtocol(ClientConnection):
                 self._forward_body()
             if len(self._buffer) > MAX_BUFFERED:
                 self._pause_reading()
+                self._watch_body()
             return
         if not self._buffer:
             return
@@ -219,6 +224,7 @@ class FrontProtocol(ClientConnection):
         self._answered, self._status, self._sent = False, 0, 0
         self._held_head = b""
         self._keep_alive = head.keep_alive
+        self._awaiting_continue = head.expect_continue
         self._labs.touch(admission.job_id)
         upstream.start(self, admission.upstream_head, no_body=head.method == "HEAD")
         if self._writing_paused and upstream.transport is not None:
@@ -249,10 +255,29 @@ class FrontProtocol(ClientConnection):
         if count:
             self._upstream.send(bytes(self._buffer[:count]))
             del self._buffer[:count]
+            self._awaiting_continue = False  # it sends without waiting for the go-ahead
         if done:
             self._request_sent = True
         if len(self._buffer) <= MAX_BUFFERED and not self._upstream_full:
             self._resume_reading()
+        self._watch_body()
+
+    def _watch_body(self) -> None:
+        """The body timeout runs while the client owes this request's body and only the
+        client holds it up: not while reading is paused (the lab, or the buffer, is full),
+        nor while an ``Expect: 100-continue`` client waits for the go-ahead, nor once the
+        lab has answered."""
+        self._body_clock(self._upstream is not None and not self._request_sent
+                         and not self._reading_paused and not self._awaiting_continue
+                         and not self._answered)
+
+    def _body_timed_out(self) -> None:
+        """408, as the API would answer it; the lab's connection, which has part of the
+        request, is closed."""
+        if self._upstream is not None:
+            self._upstream.close()
+            self._upstream = None
+        self._refuse(408, self._labs.answer_body_timeout())
 
     # -- the upstream's answer (upstream.Exchange) ----------------------------------------------
 
@@ -262,6 +287,8 @@ class FrontProtocol(ClientConnection):
         if 100 <= status < 200 and status != 101:
             if self._head.version == (1, 1):  # HTTP/1.0 clients get no interim answers
                 self._write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, reason))
+                self._awaiting_continue = False
+                self._watch_body()
             return
         if status == 101 and not self._admission.websocket:
             self._abort()
@@ -274,6 +301,7 @@ class FrontProtocol(ClientConnection):
             head = head[:-2] + b"Connection: close\r\n\r\n"
         self._chunked_out = framing == "chunked"
         self._status, self._answered = status, True
+        self._body_clock(False)
         if status == 101 or framing == "none":
             self._write(head)
         else:
@@ -350,6 +378,7 @@ class FrontProtocol(ClientConnection):
             self._pause_reading()
         elif len(self._buffer) <= MAX_BUFFERED:
             self._resume_reading()
+        self._watch_body()
 
     def _retry(self) -> None:
         """The lab had closed the reused connection just as the request went: once more, on
@@ -364,6 +393,7 @@ class FrontProtocol(ClientConnection):
         """The answer is complete: log it, then the next request (or close: after lingering
         while the client may still be sending this request's body)."""
         self._record()
+        self._body_clock(False)
         if self._admission is not None:
             self._labs.unhold(self._admission)
         head, self._head, self._admission = self._head, None, None

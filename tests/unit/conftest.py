@@ -255,6 +255,13 @@ def make_raw_config() -> Callable[..., dict[str, Any]]:
 
 
 @pytest.fixture
+def gateway_settings() -> dict[str, Any]:
+    """``[gateway]`` keys set on top of the test config by the lab proxy's ``gw`` fixture
+    (tests/unit/test_relay.py); a test module overrides this fixture to change them."""
+    return {}
+
+
+@pytest.fixture
 def config(tmp_path: Path) -> Config:
     return build_config(tmp_path / "data")
 

@@ -400,7 +400,7 @@ BOTH_SERVERS = pytest.mark.parametrize("gw", [False, True], indirect=True,
 async def gw(
     request: pytest.FixtureRequest, tmp_path: Path, aiohttp_client: ClientFactory,
     aiohttp_server: ServerFactory, fake_clusters: FakeClusters,
-    make_raw_config: Callable[..., dict[str, Any]],
+    make_raw_config: Callable[..., dict[str, Any]], gateway_settings: dict[str, Any],
 ) -> AsyncIterator[Gateway]:
     """Alice's and Bob's ready labs, each on its own FakeLab, plus a bystander FakeLab; the
     gateway runs without handler cancellation unless the test is parametrized (BOTH_SERVERS).
@@ -411,6 +411,7 @@ async def gw(
     raw = make_raw_config(tmp_path / "data")
     raw["clusters"][0]["lab_host"] = "127.0.0.1"
     raw["labs"] = {"check_interval": 3600}  # the watcher's probes stay out of the way
+    raw["gateway"].update(gateway_settings)
     app = make_app(parse_config(raw), cluster_factory=fake_clusters)
     server = GatewayServer(app, handler_cancellation=getattr(request, "param", False))
     client = await aiohttp_client(server)

@@ -1,0 +1,106 @@
+"""``[gateway] body_timeout`` on the lab proxy's fast path: a client that begins a request body
+and stops sending (a slow-body attack, or a client that hung) gets 408 and loses the
+connection, as nginx's ``client_body_timeout`` does, instead of holding a lab connection and
+its share of ``max_lab_connections`` for as long as it likes. The timeout is for a stall: a
+slow but steady upload goes through, and time the lab takes to read does not count."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.unit.test_lab_connections import held
+from tests.unit.test_relay import BLOCK, MIB, PROBLEM, Gateway, bearer
+from tests.unit.test_relay import gw as gw  # the fixture
+from tests.unit.test_relay_wire import Wire, deadline, request, upload_answer
+
+BODY_TIMEOUT = 0.5
+
+
+@pytest.fixture
+def gateway_settings() -> dict[str, Any]:
+    return {"body_timeout": BODY_TIMEOUT}
+
+
+async def assert_timed_out(gw: Gateway, wire: Wire) -> None:
+    """``wire`` got the 408 problem and then its end; the lab saw the upload cut short, and
+    alice holds no lab connection any more."""
+    answer = await wire.response()
+    assert (answer.status, answer.content_type) == (408, PROBLEM)
+    assert answer.json()["type"].endswith("/request-timeout")
+    assert answer.headers["Connection"] == "close"
+    assert await deadline(wire.eof()) == b""
+    await deadline(gw.upstream.upload_aborted.wait())
+    assert held(gw) == 0
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+async def test_an_upload_that_stops_gets_408_and_the_lab_connection_ends(
+        gw: Gateway, framing: str) -> None:
+    wire = await Wire.open(gw.port)
+    try:
+        if framing == "length":
+            await wire.send(request(gw, "PUT", gw.prefix() + "upload",
+                                    {"Content-Length": "1000"}) + b"x" * 100)
+        else:
+            await wire.send(request(gw, "PUT", gw.prefix() + "upload",
+                                    {"Transfer-Encoding": "chunked"}) + b"64\r\n" + b"x" * 50)
+        await deadline(gw.upstream.first_bytes.wait())  # the lab is reading it
+        await assert_timed_out(gw, wire)  # and then nothing more is sent
+    finally:
+        wire.close()
+    response = await gw.http.get(gw.url(gw.prefix() + "lab"), headers=bearer(gw.alice))
+    assert (response.status, await response.text()) == (200, "ok")
+
+
+async def test_a_client_given_the_go_ahead_that_sends_nothing_gets_408(gw: Gateway) -> None:
+    """``Expect: 100-continue``: the clock starts with the go-ahead (the lab's 100)."""
+    wire = await Wire.open(gw.port)
+    try:
+        await wire.send(request(gw, "PUT", gw.prefix() + "upload", {
+            "Content-Length": "1000", "Expect": "100-continue"}))
+        assert (await wire.message()).status == 100
+        await assert_timed_out(gw, wire)
+    finally:
+        wire.close()
+
+
+async def test_a_slow_but_steady_upload_is_not_cut(gw: Gateway) -> None:
+    """Twelve pieces, each well within the timeout of the one before, five timeouts in all."""
+    body = BLOCK[:12 * 1024]
+    wire = await Wire.open(gw.port)
+    try:
+        await wire.send(request(gw, "PUT", gw.prefix() + "upload",
+                                {"Content-Length": str(len(body))}))
+        for start in range(0, len(body), 1024):
+            await asyncio.sleep(BODY_TIMEOUT * 0.4)  # the client's own pace, not a wait on us
+            await wire.send(body[start:start + 1024])
+        answer = await wire.response()
+        assert answer.status == 200, answer.body
+        assert answer.json() == upload_answer(body)
+    finally:
+        wire.close()
+
+
+async def test_time_the_lab_takes_to_read_does_not_count(gw: Gateway) -> None:
+    """The lab reads nothing until the test opens its gate: the gateway stops reading from
+    the client (its buffers, the sockets' and the lab's all full, the client's send blocks),
+    and that wait is the lab's, not a stall of the client's."""
+    body = BLOCK * 32
+    wire = await Wire.open(gw.port)
+    try:
+        await wire.send(request(gw, "PUT", gw.prefix() + "upload?gate=1",
+                                {"Content-Length": str(len(body))}))
+        sending = asyncio.create_task(wire.send(body))
+        done, _ = await asyncio.wait({sending}, timeout=BODY_TIMEOUT * 4)
+        assert not done, "the whole body was taken in: the lab's reading never held it up"
+        gw.upstream.gate.set()
+        await deadline(sending)
+        answer = await wire.response()
+        assert answer.status == 200, answer.body
+        assert answer.json() == upload_answer(body)
+        assert len(body) == 32 * MIB
+    finally:
+        wire.close()
