@@ -16,12 +16,10 @@ lifecycle's :class:`gateway.jobs.labs.LabProbe` (a probe and the activity clock)
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import logging
 import time
-from collections.abc import Awaitable
 from typing import Any
 
 import aiohttp
@@ -35,16 +33,15 @@ from ..users import User
 from .fastpath import Caller, LabFastPath, LabRoutes
 from .identity import LabIdentity, LabNotProven, LabSessions
 from .quota import LabConnections
-from .relay import relay_http, relay_websocket
+from .relay import ClientLeft, relay_http, relay_websocket
 from .rules import Upstream
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 10.0
 PROBE_TIMEOUT = 5.0
 MAX_PROBE_ANSWER = 64 * 1024  # a lab API answer the gateway reads for itself
-# How often a relay on aiohttp's path looks whether its client is still there, and the status
-# its access record gets when the client went first (nginx's "client closed request").
-CLIENT_CHECK_INTERVAL = 1.0
+# The status a request's access record gets when its client left before the lab answered
+# (nginx's "client closed request").
 CLIENT_CLOSED = 499
 
 
@@ -141,18 +138,20 @@ class LabProxy:
             if websocket:
                 self.metrics.proxy_websockets.inc()
                 try:
-                    response = await unless_client_leaves(request, relay_websocket(
+                    response: web.StreamResponse = await relay_websocket(
                         request, upstream, session, self.gateway_cookies,
-                        lambda: self.touch(job_id)))
+                        lambda: self.touch(job_id))
                 finally:
                     self.metrics.proxy_websockets.dec()
             else:
-                response = await unless_client_leaves(request, relay_http(
-                    request, upstream, session, self.gateway_cookies,
-                    lambda: self.touch(job_id)))
+                response = await relay_http(request, upstream, session, self.gateway_cookies,
+                                            lambda: self.touch(job_id))
                 self._count_bytes(request, response)
             status = response.status
             return response
+        except ClientLeft:
+            status = CLIENT_CLOSED
+            return web.Response(status=CLIENT_CLOSED)  # for the access record: nobody reads it
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             log.warning("lab %s: upstream %s:%s failed: %r", job_id, upstream.host,
                         upstream.port, exc)
@@ -170,38 +169,6 @@ class LabProxy:
         """An HTTP relay's body bytes: what the client sent up, what went back down."""
         self.metrics.proxy_bytes.labels("up").inc(request.content_length or 0)
         self.metrics.proxy_bytes.labels("down").inc(response.body_length)
-
-
-async def unless_client_leaves(request: web.Request,
-                               relay: Awaitable[web.StreamResponse]) -> web.StreamResponse:
-    """``relay``'s response, unless the client's connection goes first: then the relay is
-    cancelled (closing its connection to the lab) and the answer is :data:`CLIENT_CLOSED`,
-    which nobody receives but the access record and the metrics.
-
-    ``hpcgw serve`` runs aiohttp without handler cancellation, so that an API request finishes
-    what it began even if its client leaves. A relay waiting on a lab that never answers would
-    then hold the user's lab connection (:mod:`.quota`) and one to the lab for as long as the
-    lab stays silent; so it is watched, every :data:`CLIENT_CHECK_INTERVAL` s (aiohttp tells
-    a handler nothing when its client goes). With handler cancellation on, cancelling this
-    cancels the relay too."""
-    task = asyncio.ensure_future(relay)
-    try:
-        while not task.done():
-            await asyncio.wait({task}, timeout=CLIENT_CHECK_INTERVAL)
-            transport = request.transport
-            if not task.done() and (transport is None or transport.is_closing()):
-                task.cancel()
-                try:
-                    return await task  # it may have finished meanwhile
-                except asyncio.CancelledError:
-                    current = asyncio.current_task()
-                    if current is not None and current.cancelling():
-                        raise  # this handler is being cancelled as well
-                    return web.Response(status=CLIENT_CLOSED)
-        return task.result()
-    finally:
-        if not task.done():  # this handler was cancelled itself
-            task.cancel()
 
 
 def route_upstream(route: LabRoute) -> tuple[Upstream, LabIdentity]:

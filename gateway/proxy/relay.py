@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -36,6 +37,8 @@ _WS_HANDSHAKE = frozenset({
 MAX_WS_MESSAGE = 64 * 1024 * 1024
 CHUNK = 256 * 1024
 WS_CLOSE_TIMEOUT = 5.0  # seconds for the second side's close handshake
+CLIENT_CHECK_INTERVAL = 1.0  # seconds between looks at the client while the lab is silent
+T = TypeVar("T")
 
 Activity = Callable[[], None]
 
@@ -98,16 +101,18 @@ async def relay_http(
     """Send ``request`` to ``upstream`` and stream the answer back, chunk by chunk.
 
     Raises aiohttp.ClientError (and TimeoutError) if the upstream can't be reached before the
-    response starts; after that, a broken upstream ends the response early, and a client that
-    went away ends the relay quietly (neither is raised). The client's connection is closed
+    response starts, :class:`ClientLeft` if the client goes while the lab has not answered;
+    after that, a broken upstream ends the response early, and a client that went away ends
+    the relay quietly (neither is raised). The client's connection is closed
     after the answer (``Connection: close``): its next request opens a new one, which the fast
     path (:mod:`.front`) serves.
     """
     url = upstream.url(request.rel_url.raw_path, request.rel_url.raw_query_string)
     headers = upstream_headers(request, upstream, gateway_cookies)
     body = request.content if request.body_exists else None
-    async with session.request(request.method, url, headers=headers, data=body,
-                               allow_redirects=False) as answer:
+    answer = await while_client_waits(request, session.request(
+        request.method, url, headers=headers, data=body, allow_redirects=False))
+    async with answer:
         on_activity()
         response = web.StreamResponse(status=answer.status, reason=answer.reason,
                                       headers=response_headers(answer, upstream))
@@ -143,6 +148,36 @@ async def _copy_body(request: web.Request, answer: aiohttp.ClientResponse,
         on_activity()
 
 
+class ClientLeft(Exception):
+    """The client's connection went while the relay waited for the lab's answer."""
+
+
+async def while_client_waits(request: web.Request, waiting: Awaitable[T]) -> T:
+    """``waiting`` (the lab's answer head, or its acceptance of a WebSocket), cancelled with
+    :class:`ClientLeft` raised if the client's connection goes first.
+
+    ``hpcgw serve`` runs aiohttp without handler cancellation, so that an API request finishes
+    what it began even if its client leaves; aiohttp tells a handler nothing when its client
+    goes. A relay waiting on a lab that never answers would then hold the user's lab connection
+    and one to the lab for as long as the lab stays silent, so the client is looked at every
+    :data:`CLIENT_CHECK_INTERVAL` s. Only this wait is watched: once the answer flows, a
+    client that leaves makes the relay's next write fail, and a WebSocket's frames relay ends
+    with either side."""
+    task = asyncio.ensure_future(waiting)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=CLIENT_CHECK_INTERVAL)
+            if done:
+                return task.result()
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                raise ClientLeft
+    finally:
+        if not task.done():  # the client left, or this handler was cancelled
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
 class UpstreamRefused(GatewayError):
     """The lab's server refused a WebSocket upgrade: its 4xx status is passed on (a 401 means
     the gateway's token was refused, not the caller: 502 like any other status)."""
@@ -167,7 +202,8 @@ async def relay_websocket(
     accept the client's and relay frames both ways until either side closes.
 
     A request that is not a valid upgrade is refused (400) before anything reaches the lab; a
-    lab that refuses the upgrade gives :class:`UpstreamRefused`. The frames are relayed by a
+    lab that refuses the upgrade gives :class:`UpstreamRefused`, a client that leaves before
+    the lab accepts :class:`ClientLeft`. The frames are relayed by a
     task of its own, so a server that cancels this handler when the client disconnects still
     lets the relay close the lab's side with the client's close code.
     """
@@ -179,9 +215,9 @@ async def relay_websocket(
     offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
                if p.strip()]
     try:
-        upstream_ws = await session.ws_connect(
+        upstream_ws = await while_client_waits(request, session.ws_connect(
             url, headers=upstream_headers(request, upstream, gateway_cookies, websocket=True),
-            protocols=offered, max_msg_size=MAX_WS_MESSAGE, autoping=True, heartbeat=None)
+            protocols=offered, max_msg_size=MAX_WS_MESSAGE, autoping=True, heartbeat=None))
     except aiohttp.WSServerHandshakeError as exc:
         raise UpstreamRefused(exc.status) from None
     try:

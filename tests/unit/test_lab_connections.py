@@ -180,9 +180,12 @@ async def test_a_client_leaving_a_lab_that_never_answers_gives_its_connection_ba
         await wire.send(request(gw, "GET", gw.prefix() + "silent", UPGRADE if upgrade else {}))
         await deadline(gw.upstream.silent_waiting.wait())
         assert held(gw) == 1
+        wire.close()
+        await wait_until(lambda: held(gw) == 0, "alice's hold went with her connection")
+        await deadline(gw.upstream.silent_ended.wait())  # the lab saw the gateway give up
+        assert not gw.upstream.silent_release.is_set()
     finally:
         wire.close()
-    await wait_until(lambda: held(gw) == 0, "alice's hold went with her connection")
-    await deadline(gw.upstream.silent_ended.wait())  # the lab saw the gateway give up
+        gw.upstream.silent_release.set()
     response = await gw.http.get(gw.url(gw.prefix() + "lab"), headers=bearer(gw.alice))
     assert (response.status, await response.text()) == (200, "ok")

@@ -93,6 +93,7 @@ class FakeLab:
     upload_aborted: asyncio.Event = field(default_factory=asyncio.Event)  # body failed or short
     silent_waiting: asyncio.Event = field(default_factory=asyncio.Event)
     silent_ended: asyncio.Event = field(default_factory=asyncio.Event)
+    silent_release: asyncio.Event = field(default_factory=asyncio.Event)  # the test is done
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -241,14 +242,15 @@ class FakeLab:
         return web.Response(text="never sent")
 
     async def silent(self, request: web.Request) -> web.StreamResponse:
-        """No answer ever: this handler ends only when cancelled (its server cancels a
-        handler whose peer left)."""
+        """No answer: this handler ends when cancelled (its server cancels a handler whose
+        peer left), or when the test sets :attr:`silent_release` (so that a failing test
+        does not hang its server's shutdown)."""
         self.silent_waiting.set()
         try:
-            await asyncio.Event().wait()
+            await asyncio.wait_for(self.silent_release.wait(), WAIT * 3)
         finally:
             self.silent_ended.set()
-        return web.Response(text="never sent")
+        return web.Response(text="released")
 
     async def hangup(self, request: web.Request) -> web.StreamResponse:
         """The connection ends before a single byte of an answer."""
