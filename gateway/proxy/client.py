@@ -159,15 +159,16 @@ class ClientConnection(asyncio.Protocol):
             wait = min(wait, self._body_timeout - stalled)
         self._timer = asyncio.get_running_loop().call_later(wait, self._check_idle)
 
-    def _body_clock(self, owed: bool) -> None:
-        """The body timeout counts from now while ``owed`` (the client owes bytes of a body
-        and nothing on the gateway's side holds them up), and stops otherwise. Called again
-        on every read of the body: the timeout is for a stall, not for the whole body."""
+    def _body_clock(self, owed: bool, *, read: bool = False) -> None:
+        """The body timeout runs while ``owed`` (the client owes bytes of a body and nothing
+        on the gateway's side holds them up), from when it started or from the last ``read``
+        of body bytes: it is for a stall, not for the whole body. Stopped otherwise."""
         if not owed:
             self._body_since = None
             return
         started = self._body_since is None
-        self._body_since = time.monotonic()
+        if started or read:
+            self._body_since = time.monotonic()
         if started and self._transport is not None and not self._lingering:
             loop = asyncio.get_running_loop()
             timer = self._timer

@@ -18,7 +18,7 @@ when no head comes within ``header_timeout`` seconds of its opening or of its pr
 closing while its client may still be sending a request body nobody will read (a 429 or 503
 here, a lab that answered early), so that the client reads the answer rather than a reset. A
 request body that stops coming for ``body_timeout`` seconds while this side is ready to read
-it (not paused for the lab, not waiting on a ``100 Continue``, not yet answered) ends with 408.
+it (not paused for the lab, not yet answered) ends with 408.
 """
 
 from __future__ import annotations
@@ -66,7 +66,6 @@ class FrontProtocol(ClientConnection):
         self._body_left = 0  # bytes of the Content-Length body still to forward
         self._chunks: ChunkedScanner | None = None
         self._request_sent = False
-        self._awaiting_continue = False  # Expect: 100-continue, and no go-ahead yet
         self._reused = False
         self._chunked_out = False
         self._held_head = b""
@@ -224,7 +223,6 @@ class FrontProtocol(ClientConnection):
         self._answered, self._status, self._sent = False, 0, 0
         self._held_head = b""
         self._keep_alive = head.keep_alive
-        self._awaiting_continue = head.expect_continue
         self._labs.touch(admission.job_id)
         upstream.start(self, admission.upstream_head, no_body=head.method == "HEAD")
         if self._writing_paused and upstream.transport is not None:
@@ -255,21 +253,20 @@ class FrontProtocol(ClientConnection):
         if count:
             self._upstream.send(bytes(self._buffer[:count]))
             del self._buffer[:count]
-            self._awaiting_continue = False  # it sends without waiting for the go-ahead
         if done:
             self._request_sent = True
         if len(self._buffer) <= MAX_BUFFERED and not self._upstream_full:
             self._resume_reading()
-        self._watch_body()
+        self._watch_body(read=count > 0)
 
-    def _watch_body(self) -> None:
+    def _watch_body(self, *, read: bool = False) -> None:
         """The body timeout runs while the client owes this request's body and only the
         client holds it up: not while reading is paused (the lab, or the buffer, is full),
-        nor while an ``Expect: 100-continue`` client waits for the go-ahead, nor once the
-        lab has answered."""
+        nor once the lab has answered. An ``Expect: 100-continue`` client waiting for the
+        go-ahead counts as owing (a lab's server sends its 100 at once); ``read``: body bytes
+        came just now."""
         self._body_clock(self._upstream is not None and not self._request_sent
-                         and not self._reading_paused and not self._awaiting_continue
-                         and not self._answered)
+                         and not self._reading_paused and not self._answered, read=read)
 
     def _body_timed_out(self) -> None:
         """408, as the API would answer it; the lab's connection, which has part of the
@@ -287,8 +284,6 @@ class FrontProtocol(ClientConnection):
         if 100 <= status < 200 and status != 101:
             if self._head.version == (1, 1):  # HTTP/1.0 clients get no interim answers
                 self._write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, reason))
-                self._awaiting_continue = False
-                self._watch_body()
             return
         if status == 101 and not self._admission.websocket:
             self._abort()

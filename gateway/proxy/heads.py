@@ -38,7 +38,7 @@ def upstream_head(head: RequestHead, upstream: Upstream, gateway_cookies: frozen
             origin = True
         elif lower in HOP_BY_HOP or lower in head.connection or lower in NOT_UPSTREAM \
                 or lower in _FRAMING or lower == "x-forwarded-for" \
-                or (lower == "expect" and head.version == (1, 0)):  # 1.0 has no 100-continue
+                or lower == "expect":  # one exact 100-continue is sent below, or none
             continue
         else:
             lines.append(f"{name}: {value}")
@@ -51,6 +51,8 @@ def upstream_head(head: RequestHead, upstream: Upstream, gateway_cookies: frozen
         lines.append(f"Origin: {upstream.origin}")
     if remote:
         lines.append(f"X-Forwarded-For: {remote}")
+    if head.expect_continue:  # as the lab's server matches it (tornado: exactly this value)
+        lines.append("Expect: 100-continue")
     if head.chunked:
         lines.append("Transfer-Encoding: chunked")
     elif head.length is not None:

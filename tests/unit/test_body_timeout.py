@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.unit.test_fast_path import wait_until
 from tests.unit.test_lab_connections import held
 from tests.unit.test_relay import BLOCK, MIB, PROBLEM, Gateway, bearer
 from tests.unit.test_relay import gw as gw  # the fixture
@@ -55,15 +56,41 @@ async def test_an_upload_that_stops_gets_408_and_the_lab_connection_ends(
     assert (response.status, await response.text()) == (200, "ok")
 
 
-async def test_a_client_given_the_go_ahead_that_sends_nothing_gets_408(gw: Gateway) -> None:
-    """``Expect: 100-continue``: the clock starts with the go-ahead (the lab's 100)."""
+@pytest.mark.parametrize("expect", [
+    [("Expect", "100-continue")],
+    [("Expect", "100-Continue")],  # the same expectation (RFC 9110: case-insensitive)
+    [("Expect", "100-continue"), ("expect", "100-continue")],
+], ids=["plain", "capitals", "twice"])
+async def test_a_client_given_the_go_ahead_that_sends_nothing_gets_408(
+        gw: Gateway, expect: list[tuple[str, str]]) -> None:
+    """``Expect: 100-continue`` however it is written: the lab is asked in the one form its
+    server knows (JupyterLab's sends no 100 otherwise, and the body would be owed by nobody),
+    and a client that sends nothing after the go-ahead times out like any other."""
     wire = await Wire.open(gw.port)
     try:
-        await wire.send(request(gw, "PUT", gw.prefix() + "upload", {
-            "Content-Length": "1000", "Expect": "100-continue"}))
+        head = request(gw, "PUT", gw.prefix() + "upload", {"Content-Length": "1000"})
+        extra = "".join(f"{name}: {value}\r\n" for name, value in expect).encode()
+        await wire.send(head[:-2] + extra + b"\r\n")
         assert (await wire.message()).status == 100
         await assert_timed_out(gw, wire)
     finally:
+        wire.close()
+
+
+async def test_a_lab_sending_interim_answers_does_not_keep_a_stalled_body_alive(
+        gw: Gateway) -> None:
+    """A lab of the user's own that sends ``102`` every half timeout and never reads: only
+    the client's bytes restart the clock."""
+    wire = await Wire.open(gw.port)
+    try:
+        await wire.send(request(gw, "PUT", gw.prefix() + f"processing?every={BODY_TIMEOUT / 2}",
+                                {"Content-Length": "1000"}) + b"x" * 10)
+        answer = await deadline(wire.response())  # not an endless run of 102s
+        assert (answer.status, answer.content_type) == (408, PROBLEM)
+        assert set(wire.interim) == {102}
+        await wait_until(lambda: held(gw) == 0, "the hold given back")
+    finally:
+        gw.upstream.silent_release.set()
         wire.close()
 
 

@@ -10,6 +10,7 @@ what the browser gets back, and that nothing reaches any other host, port or lab
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import hashlib
 import json
@@ -68,6 +69,13 @@ class Seen:
     headers: CIMultiDictProxy[str]
 
 
+async def _tornado_expect(request: web.Request) -> None:
+    """As JupyterLab's server (tornado) answers ``Expect``: a 100 only when the header's value
+    (repeated headers joined with ",") is exactly ``100-continue``; otherwise it just reads."""
+    if ",".join(request.headers.getall("Expect", [])) == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 (Continue)\r\n\r\n")
+
+
 @dataclass
 class FakeLab:
     """A JupyterLab stand-in. It answers by the first path segment after ``/labs/<id>/``:
@@ -97,7 +105,7 @@ class FakeLab:
 
     def app(self) -> web.Application:
         app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
+        app.router.add_route("*", "/{tail:.*}", self.handle, expect_handler=_tornado_expect)
         return app
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -116,7 +124,7 @@ class FakeLab:
             "ws": self.websocket, "nows": self.no_websocket, "sw": self.service_worker,
             "echo": self.echo, "truncated": self.truncated, "hangup": self.hangup,
             "endlesshead": self.endless_head, "untilclose": self.until_close,
-            "silent": self.silent,
+            "silent": self.silent, "processing": self.processing,
         }
         if action in handlers:
             return await handlers[action](request)
@@ -250,6 +258,17 @@ class FakeLab:
             await asyncio.wait_for(self.silent_release.wait(), WAIT * 3)
         finally:
             self.silent_ended.set()
+        return web.Response(text="released")
+
+    async def processing(self, request: web.Request) -> web.StreamResponse:
+        """A hostile lab: ``102 Processing`` every ``every`` s, never reading the body, until
+        the test sets :attr:`silent_release`."""
+        assert request.transport is not None
+        every = float(request.query["every"])
+        while not self.silent_release.is_set():
+            request.transport.write(b"HTTP/1.1 102 Processing\r\n\r\n")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.silent_release.wait(), every)
         return web.Response(text="released")
 
     async def hangup(self, request: web.Request) -> web.StreamResponse:
