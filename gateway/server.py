@@ -99,7 +99,8 @@ def make_app(config: Config, *,
         proxy = LabProxy(service, lab_caller(accounts, config.gateway.cookie_secret),
                          sessions.GATEWAY_COOKIES, config.gateway.public_origin,
                          metrics=metrics,
-                         max_connections=config.limits.max_lab_connections)
+                         max_connections=config.limits.max_lab_connections,
+                         body_timeout=config.gateway.body_timeout)
         metrics.watch(ScrapeTimeCollector(service.job_counts, service.reachability,
                                           accounts.counts))
         app[STORE], app[ACCOUNTS], app[SERVICE], app[PROXY] = store, accounts, service, proxy

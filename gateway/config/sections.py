@@ -62,7 +62,7 @@ class GatewayConfig(Strict):
     # Seconds a client has to send a request's headers before the connection is closed.
     header_timeout: float = Field(10.0, gt=0)
     # Seconds a client may send nothing of a lab request's body it has begun, while the gateway
-    # is ready to read it (nginx's client_body_timeout); then 408 and the connection closes.
+    # is ready to read it (nginx's client_body_timeout); then 408 and the request ends.
     body_timeout: float = Field(60.0, gt=0)
     # A site directory of job templates: a file there (e.g. lab.sh.j2) replaces the built-in
     # template of that name, the others stay built in (gateway/templates.py). None: built-in only.

@@ -50,10 +50,13 @@ class LabProxy:
 
     def __init__(self, routes: LabRoutes, caller: Caller, gateway_cookies: frozenset[str],
                  public_origin: str | None = None,
-                 metrics: GatewayMetrics | None = None, *, max_connections: int) -> None:
+                 metrics: GatewayMetrics | None = None, *, max_connections: int,
+                 body_timeout: float = 60.0) -> None:
         """``max_connections``: lab connections one user may hold at once, on either path
-        (:mod:`.quota`)."""
+        (:mod:`.quota`); ``body_timeout``: seconds a request body may stall on aiohttp's path
+        (the fast path's is :class:`.front.FrontProtocol`'s)."""
         self.routes = routes
+        self.body_timeout = body_timeout
         self.connections = LabConnections(max_connections)
         self.metrics = metrics or GatewayMetrics()
         self.sessions = LabSessions(CONNECT_TIMEOUT)
@@ -145,7 +148,7 @@ class LabProxy:
                     self.metrics.proxy_websockets.dec()
             else:
                 response = await relay_http(request, upstream, session, self.gateway_cookies,
-                                            lambda: self.touch(job_id))
+                                            lambda: self.touch(job_id), self.body_timeout)
                 self._count_bytes(request, response)
             status = response.status
             return response

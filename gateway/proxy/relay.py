@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TypeVar
 
 import aiohttp
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 
-from ..errors import GatewayError
+from ..errors import GatewayError, RequestTimeout
 from .rules import (
     HOP_BY_HOP,
     NOT_DOWNSTREAM,
@@ -96,22 +96,30 @@ def response_headers(upstream_response: aiohttp.ClientResponse, upstream: Upstre
 
 async def relay_http(
     request: web.Request, upstream: Upstream, session: aiohttp.ClientSession,
-    gateway_cookies: frozenset[str], on_activity: Activity,
+    gateway_cookies: frozenset[str], on_activity: Activity, body_timeout: float = 60.0,
 ) -> web.StreamResponse:
     """Send ``request`` to ``upstream`` and stream the answer back, chunk by chunk.
 
     Raises aiohttp.ClientError (and TimeoutError) if the upstream can't be reached before the
-    response starts, :class:`ClientLeft` if the client goes while the lab has not answered;
-    after that, a broken upstream ends the response early, and a client that went away ends
-    the relay quietly (neither is raised). The client's connection is closed
+    response starts, :class:`ClientLeft` if the client goes while the lab has not answered,
+    RequestTimeout (408) if the request's body stops coming for ``body_timeout`` s before the
+    lab answers (the lab's connection is closed); after that, a broken upstream or a stalled
+    body ends the response early, and a client that went away ends the relay quietly (none
+    of these is raised). The client's connection is closed
     after the answer (``Connection: close``): its next request opens a new one, which the fast
     path (:mod:`.front`) serves.
     """
     url = upstream.url(request.rel_url.raw_path, request.rel_url.raw_query_string)
     headers = upstream_headers(request, upstream, gateway_cookies)
-    body = request.content if request.body_exists else None
-    answer = await while_client_waits(request, session.request(
-        request.method, url, headers=headers, data=body, allow_redirects=False))
+    stalled: list[bool] = []  # set by the body when it times out
+    body = _in_time(request.content, body_timeout, stalled) if request.body_exists else None
+    try:
+        answer = await while_client_waits(request, session.request(
+            request.method, url, headers=headers, data=body, allow_redirects=False))
+    except (aiohttp.ClientError, TimeoutError):  # the body's error, as aiohttp passes it on
+        if stalled:
+            raise RequestTimeout("no more of the request's body came in time") from None
+        raise
     async with answer:
         on_activity()
         response = web.StreamResponse(status=answer.status, reason=answer.reason,
@@ -120,6 +128,21 @@ async def relay_http(
         await response.prepare(request)
         await _copy_body(request, answer, response, on_activity)
         return response
+
+
+async def _in_time(content: aiohttp.StreamReader, timeout: float, stalled: list[bool]
+                   ) -> AsyncIterator[bytes]:
+    """The client's request body as it comes, each read within ``timeout`` s (else
+    ``stalled`` gets an entry and the body ends in an error, which ends the lab's request)."""
+    while True:
+        try:
+            chunk = await asyncio.wait_for(content.readany(), timeout)
+        except TimeoutError:
+            stalled.append(True)
+            raise
+        if not chunk:
+            return
+        yield chunk
 
 
 async def _copy_body(request: web.Request, answer: aiohttp.ClientResponse,

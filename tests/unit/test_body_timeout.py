@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.unit.test_fast_path import wait_until
-from tests.unit.test_lab_connections import held
+from tests.unit.test_lab_connections import hand_to_aiohttp, held
 from tests.unit.test_relay import BLOCK, MIB, PROBLEM, Gateway, bearer
 from tests.unit.test_relay import gw as gw  # the fixture
 from tests.unit.test_relay_wire import Wire, deadline, request, upload_answer
@@ -129,5 +129,23 @@ async def test_time_the_lab_takes_to_read_does_not_count(gw: Gateway) -> None:
         assert answer.status == 200, answer.body
         assert answer.json() == upload_answer(body)
         assert len(body) == 32 * MIB
+    finally:
+        wire.close()
+
+
+async def test_on_a_connection_aiohttp_serves_a_stalled_upload_gets_408_too(gw: Gateway) -> None:
+    """A client may route its lab requests through aiohttp (a request for another path first,
+    on the same connection): the timeout holds there as well."""
+    wire = await Wire.open(gw.port)
+    try:
+        await hand_to_aiohttp(gw, wire)
+        await wire.send(request(gw, "PUT", gw.prefix() + "upload",
+                                {"Content-Length": "1000"}) + b"x" * 100)
+        await deadline(gw.upstream.first_bytes.wait())
+        answer = await wire.response()
+        assert (answer.status, answer.content_type) == (408, PROBLEM)
+        assert answer.json()["type"].endswith("/request-timeout")
+        await deadline(gw.upstream.upload_aborted.wait())  # (aiohttp then lingers, up to 10 s)
+        await wait_until(lambda: held(gw) == 0, "the hold given back")
     finally:
         wire.close()
