@@ -149,3 +149,55 @@ async def test_on_a_connection_aiohttp_serves_a_stalled_upload_gets_408_too(gw: 
         await wait_until(lambda: held(gw) == 0, "the hold given back")
     finally:
         wire.close()
+
+
+async def test_once_the_lab_reads_again_a_stall_counts_again(gw: Gateway) -> None:
+    """The lab reads nothing for 4 timeouts (the clock stopped), then reads on; the client,
+    32 MiB into a body of 128 MiB, then stops: 408."""
+    wire = await Wire.open(gw.port)
+    try:
+        await wire.send(request(gw, "PUT", gw.prefix() + "upload?gate=1",
+                                {"Content-Length": str(128 * MIB)}))
+        sending = asyncio.create_task(wire.send(BLOCK * 32))
+        done, _ = await asyncio.wait({sending}, timeout=BODY_TIMEOUT * 4)
+        assert not done, "the lab's reading never held the body up"
+        gw.upstream.gate.set()
+        await deadline(sending)
+        await assert_timed_out(gw, wire)
+    finally:
+        wire.close()
+
+
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
+async def test_a_pipelined_upload_that_stops_after_a_whole_one_gets_408(
+        gw: Gateway, version: str) -> None:
+    """Two answers, in order: the whole upload's, then the 408; then the connection ends."""
+    first = BLOCK[:5000]
+    headers = {"Connection": "keep-alive"} if version == "HTTP/1.0" else {}
+    wire = await Wire.open(gw.port)
+    try:
+        await wire.send(
+            request(gw, "PUT", gw.prefix() + "upload", headers, first, version=version)
+            + request(gw, "PUT", gw.prefix() + "upload", {**headers, "Content-Length": "1000"},
+                      version=version) + b"y" * 10)
+        answer = await wire.response()
+        assert (answer.status, answer.json()) == (200, upload_answer(first))
+        await assert_timed_out(gw, wire)
+    finally:
+        wire.close()
+
+
+async def test_a_lab_that_answers_before_reading_gets_no_408_after_its_answer(
+        gw: Gateway) -> None:
+    """The lab answers at once without reading the body (``echo``), and the client stops
+    sending: its answer, then the end of the connection, never a 408 behind it."""
+    path = gw.prefix() + "echo/early"
+    wire = await Wire.open(gw.port)
+    try:
+        await wire.send(request(gw, "PUT", path, {"Content-Length": "100000"}) + b"z" * 10)
+        answer = await wire.response()
+        assert (answer.status, answer.body) == (200, path.encode())
+        assert await deadline(wire.eof()) == b""
+        await wait_until(lambda: held(gw) == 0, "the hold given back")
+    finally:
+        wire.close()
