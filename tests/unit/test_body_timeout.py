@@ -201,3 +201,24 @@ async def test_a_lab_that_answers_before_reading_gets_no_408_after_its_answer(
         await wait_until(lambda: held(gw) == 0, "the hold given back")
     finally:
         wire.close()
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+async def test_on_a_connection_aiohttp_serves_a_whole_upload_arrives_intact(
+        gw: Gateway, framing: str) -> None:
+    """aiohttp's path reads the body through the timeout: every byte still reaches the lab."""
+    body = BLOCK[:300 * 1024]
+    wire = await Wire.open(gw.port)
+    try:
+        await hand_to_aiohttp(gw, wire)
+        if framing == "length":
+            await wire.send(request(gw, "PUT", gw.prefix() + "upload", body=body))
+        else:
+            chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 50000]), body[i:i + 50000])
+                              for i in range(0, len(body), 50000))
+            await wire.send(request(gw, "PUT", gw.prefix() + "upload",
+                                    {"Transfer-Encoding": "chunked"}) + chunks + b"0\r\n\r\n")
+        answer = await wire.response()
+        assert (answer.status, answer.json()) == (200, upload_answer(body))
+    finally:
+        wire.close()
