@@ -112,6 +112,10 @@ class RequestTimeout(GatewayError):
     type_slug = "request-timeout"
     title = "Request timeout"
 
+    def __init__(self, detail: str = "no more of the request's body came in time",
+                 **extra: Any) -> None:
+        super().__init__(detail, **extra)
+
 
 class LengthRequired(GatewayError):
     status = 411

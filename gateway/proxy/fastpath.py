@@ -196,7 +196,7 @@ class LabFastPath:
 
     def answer_body_timeout(self) -> bytes:
         """A 408 problem: the client stopped sending its request's body."""
-        return problem_answer(RequestTimeout("no more of the request's body came in time"))
+        return problem_answer(RequestTimeout())
 
     # -- the user's lab connections -------------------------------------------------------------
 

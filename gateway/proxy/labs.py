@@ -51,7 +51,7 @@ class LabProxy:
     def __init__(self, routes: LabRoutes, caller: Caller, gateway_cookies: frozenset[str],
                  public_origin: str | None = None,
                  metrics: GatewayMetrics | None = None, *, max_connections: int,
-                 body_timeout: float = 60.0) -> None:
+                 body_timeout: float) -> None:
         """``max_connections``: lab connections one user may hold at once, on either path
         (:mod:`.quota`); ``body_timeout``: seconds a request body may stall on aiohttp's path
         (the fast path's is :class:`.front.FrontProtocol`'s)."""

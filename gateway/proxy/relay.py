@@ -96,7 +96,7 @@ def response_headers(upstream_response: aiohttp.ClientResponse, upstream: Upstre
 
 async def relay_http(
     request: web.Request, upstream: Upstream, session: aiohttp.ClientSession,
-    gateway_cookies: frozenset[str], on_activity: Activity, body_timeout: float = 60.0,
+    gateway_cookies: frozenset[str], on_activity: Activity, body_timeout: float,
 ) -> web.StreamResponse:
     """Send ``request`` to ``upstream`` and stream the answer back, chunk by chunk.
 
@@ -118,7 +118,7 @@ async def relay_http(
             request.method, url, headers=headers, data=body, allow_redirects=False))
     except (aiohttp.ClientError, TimeoutError):  # the body's error, as aiohttp passes it on
         if stalled:
-            raise RequestTimeout("no more of the request's body came in time") from None
+            raise RequestTimeout() from None
         raise
     async with answer:
         on_activity()
