@@ -44,6 +44,10 @@ class JobContext:
     collect_queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
     # Where the workers record what they measure (the application's registry).
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    # Set when a lab starts running and when its owner asks for it while it starts: the lab
+    # watcher looks at the starting labs now instead of at its next cycle (at most every
+    # ``labs.WOKEN_GAP`` s).
+    lab_wanted: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def data_dir(self) -> Path:
@@ -65,12 +69,14 @@ class JobContext:
         """Hand a stored job to the submitters."""
         self.submit_queue.put_nowait(job_id)
 
-    def record_start(self, job_id: str) -> None:
-        """A job just started on a node: its wait since it was accepted
-        (``hpcgw_queue_wait_seconds``)."""
+    def job_started(self, job_id: str) -> None:
+        """A job just started on a node: its wait since it was accepted is recorded
+        (``hpcgw_queue_wait_seconds``); a lab is looked at by the lab watcher now."""
         job = self.store.get_job(job_id)
         self.metrics.queue_wait.labels(job["cluster"], _partition(job), job["kind"]).observe(
             _age(job))
+        if job["kind"] == "lab":
+            self.lab_wanted.set()
 
     def record_ready(self, job: dict[str, Any]) -> None:
         """A lab just answered: its wait since it was accepted (``hpcgw_lab_ready_seconds``)."""

@@ -5,6 +5,7 @@ so a restart loses nothing but the in-memory activity of the last seconds."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -17,6 +18,7 @@ from .context import JobContext
 from .labs import (
     ACTIVITY_SAVE_GAP,
     STARTING_INTERVAL,
+    WOKEN_GAP,
     LabProbe,
     forward_key,
     lab_route,
@@ -37,17 +39,30 @@ class LabWatcher:
         self.unproven: dict[str, str] = {}
 
     async def run(self) -> None:
-        """Run :meth:`check` forever."""
+        """Run :meth:`check` forever: on every lab each ``labs.check_interval`` s, on the
+        starting ones alone every STARTING_INTERVAL s while there are any, and as soon as one
+        is asked for (``ctx.lab_wanted``), but never twice within WOKEN_GAP s."""
+        every = self.ctx.config.labs.check_interval
+        wanted = self.ctx.lab_wanted
+        next_full = time.monotonic()
         while True:
-            starting = await self.check()
-            await asyncio.sleep(STARTING_INTERVAL if starting else
-                                self.ctx.config.labs.check_interval)
+            full = time.monotonic() >= next_full
+            if full:
+                next_full = time.monotonic() + every
+            starting = await self.check(ready_too=full)
+            wait = STARTING_INTERVAL if starting else next_full - time.monotonic()
+            await asyncio.sleep(WOKEN_GAP)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wanted.wait(), max(0.0, wait - WOKEN_GAP))
+            wanted.clear()
 
-    async def check(self) -> bool:
-        """One look at every lab that may be up; True if one is still starting. Forwards,
-        connections and bookkeeping of labs that ended are dropped."""
+    async def check(self, *, ready_too: bool = True) -> bool:
+        """One look at every lab that may be up (only at those still starting, unless
+        ``ready_too``); True if one is still starting. Forwards, connections and bookkeeping
+        of labs that ended are dropped."""
         labs = self.ctx.store.live_labs()
-        results = await asyncio.gather(*(self._check_one(job) for job in labs))
+        looked = labs if ready_too else [job for job in labs if job["state"] == State.RUNNING]
+        results = await asyncio.gather(*(self._check_one(job) for job in looked))
         live = {job["id"] for job in labs}
         for job_id in self.unproven.keys() - live:
             del self.unproven[job_id]

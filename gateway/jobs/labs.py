@@ -13,9 +13,12 @@
   ``labs.idle_timeout`` the job is cancelled and ends ``cancelled`` with reason ``idle``.
   Activity is saved in the store, so idle time survives a gateway restart.
 
-The cycle runs fast while a lab is starting (readiness is what a user waits for) and slowly
-otherwise. The proxy offers the probe and the activity clock; it imports nothing from here but
-:class:`LabRoute`, and this module imports nothing from the proxy.
+Starting labs are looked at every :data:`STARTING_INTERVAL` s (readiness is what a user
+waits for), and at once when one starts running or its owner asks for it (a request through
+the proxy, the lab's page reloading itself), at most every :data:`WOKEN_GAP` s; the ready labs
+only every ``labs.check_interval`` s, however many labs are starting. The proxy offers the
+probe and the activity clock; it imports nothing from here but :class:`LabRoute`, and this
+module imports nothing from the proxy.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from .context import JobContext
 
 log = logging.getLogger(__name__)
 STARTING_INTERVAL = 0.25
+WOKEN_GAP = 0.1  # seconds between two looks at the starting labs, however often woken
 ACTIVITY_SAVE_GAP = 10.0  # seconds of new activity before the stamp is written again
 STARTING_STATES = (State.ACCEPTED, State.STAGING, State.PENDING, State.RUNNING)
 
@@ -117,6 +121,8 @@ async def open_lab(ctx: JobContext, user_id: int, job_id: str) -> LabRoute:
     if job["kind"] != "lab":
         raise NotFound(f"no job {job['id']}")
     state = State(job["state"])
+    if state is State.RUNNING:  # its server may be up: the lab watcher looks now
+        ctx.lab_wanted.set()
     if state in STARTING_STATES:
         raise LabUnavailable(f"the lab is starting (state {state}); try again shortly",
                              state=str(state))

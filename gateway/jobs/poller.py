@@ -213,7 +213,7 @@ def _write(ctx: JobContext, link: ClusterLink, cycle: Cycle) -> None:
         else:
             tracked.jobs[job_id]["state"] = move.new.value
             if move.new is State.RUNNING:
-                ctx.record_start(job_id)
+                ctx.job_started(job_id)
 
 
 async def _send_pending_cancels(link: ClusterLink) -> None:
