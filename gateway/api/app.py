@@ -15,7 +15,7 @@ from ..errors import LabUnavailable, NotFound
 from ..jobs.clusters import ClusterLink
 from . import admin, jobs, metrics, portal, problems, sessions, sso, storage, stream, webhooks
 from .keys import CONFIG, OPENAPI, PROXY, SERVICE, VIA_COOKIE, current_user
-from .middleware import auth_middleware, problem_middleware
+from .middleware import auth_middleware, caller_now, problem_middleware
 from .models import ClusterList, Health, SchedulerPartition, json_answer
 from .openapi import openapi_document
 from .requestlog import request_context
@@ -140,7 +140,8 @@ async def _proxy_lab(request: web.Request) -> web.StreamResponse:
     ready yet a page that reloads itself (503); other clients get the problem."""
     user = current_user(request)
     try:
-        return await request.app[PROXY].handle(request, user, request[VIA_COOKIE])
+        return await request.app[PROXY].handle(request, user, request[VIA_COOKIE],
+                                               lambda: caller_now(request))
     except (NotFound, LabUnavailable) as exc:
         if request.method != "GET" or "text/html" not in request.headers.get("Accept", ""):
             raise

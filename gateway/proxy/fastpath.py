@@ -283,15 +283,9 @@ class LabFastPath:
                     pipe.close()
 
     async def _still_admitted(self, pipe: Pipe) -> bool:
-        user = pipe.admission.user
         found = self._caller(pipe.head)
-        if found is None or found[0].id != user.id:
-            return False
-        try:
-            await self._routes.open_lab(user, pipe.admission.job_id)
-        except GatewayError:
-            return False
-        return True
+        return await still_admitted(self._routes, pipe.admission.user,
+                                    found[0] if found else None, pipe.admission.job_id)
 
     def close(self) -> None:
         self.flush()
@@ -312,3 +306,17 @@ def problem_answer(error: GatewayError) -> bytes:
              *(f"{name}: {value}" for name, value in error.headers().items()),
              "Connection: close"]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def still_admitted(routes: LabRoutes, owner: User, now: User | None, job_id: str) -> bool:
+    """Whether a WebSocket ``owner`` opened to the lab ``job_id`` may stay open: its
+    credential names ``owner`` still (``now``: whom it names now, None if nobody) and the lab
+    is still ``owner``'s ready lab. Both paths ask this of each open WebSocket every
+    :data:`PIPE_CHECK_INTERVAL` s."""
+    if now is None or now.id != owner.id:
+        return False
+    try:
+        await routes.open_lab(owner, job_id)
+    except GatewayError:
+        return False
+    return True

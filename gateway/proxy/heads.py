@@ -13,6 +13,7 @@ from .rules import (
     NOT_UPSTREAM,
     Upstream,
     filter_cookies,
+    reason_to_pass,
     rewrite_location,
     scope_set_cookie,
 )
@@ -68,7 +69,7 @@ def response_head(upstream: Upstream, status: int, reason: bytes,
     """The client's response head, and its body framing: ``"length"``, ``"chunked"`` (the
     proxy re-chunks), ``"close"`` (the body ends with the connection: an HTTP/1.0 client),
     or ``"none"``. (Bytes throughout: it runs for every answer.)"""
-    lines = [b"HTTP/1.1 %d %s" % (status, reason)]
+    lines = [b"HTTP/1.1 %d %s" % (status, reason_to_pass(status, reason))]
     named: set[bytes] = set()  # headers the lab's Connection header names: hop-by-hop too
     for raw_name, raw_value in headers:
         lower = raw_name.lower()

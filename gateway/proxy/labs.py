@@ -20,6 +20,7 @@ import ipaddress
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -30,10 +31,10 @@ from ..errors import Forbidden, GatewayError, LabUnavailable, LabUnproven, NotFo
 from ..jobs.labs import LabRoute
 from ..metrics import GatewayMetrics
 from ..users import User
-from .fastpath import Caller, LabFastPath, LabRoutes
+from .fastpath import PIPE_CHECK_INTERVAL, Caller, LabFastPath, LabRoutes, still_admitted
 from .identity import LabIdentity, LabNotProven, LabSessions
 from .quota import LabConnections
-from .relay import ClientLeft, relay_http, relay_websocket
+from .relay import ClientLeft, Recheck, relay_http, relay_websocket
 from .rules import Upstream
 
 log = logging.getLogger(__name__)
@@ -119,11 +120,12 @@ class LabProxy:
             raise Forbidden("a WebSocket with a session cookie must come from the gateway's "
                             "own pages (Origin mismatch)")
 
-    async def handle(self, request: web.Request, caller: User, via_cookie: bool
-                     ) -> web.StreamResponse:
+    async def handle(self, request: web.Request, caller: User, via_cookie: bool,
+                     credential: Callable[[], User | None]) -> web.StreamResponse:
         """Relay ``request`` to ``caller``'s lab named in the path; ``via_cookie``: the caller
         was authenticated by a browser session cookie (WebSocket upgrades must then carry the
-        gateway's own Origin)."""
+        gateway's own Origin); ``credential()``: whom the request's credential names now (an
+        open WebSocket is closed once that is not ``caller``, or the lab is not ready)."""
         job_id = request.match_info["job_id"]
         route = await self.routes.open_lab(caller, job_id)  # LabUnavailable: the API says it
         if not request.rel_url.raw_path.startswith(route.prefix):
@@ -143,7 +145,8 @@ class LabProxy:
                 try:
                     response: web.StreamResponse = await relay_websocket(
                         request, upstream, session, self.gateway_cookies,
-                        lambda: self.touch(job_id))
+                        lambda: self.touch(job_id), Recheck(lambda: still_admitted(
+                            self.routes, caller, credential(), job_id), PIPE_CHECK_INTERVAL))
                 finally:
                     self.metrics.proxy_websockets.dec()
             else:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import aiohttp
@@ -26,9 +28,11 @@ from .rules import (
     NOT_UPSTREAM,
     Upstream,
     filter_cookies,
+    reason_to_pass,
     rewrite_location,
     scope_set_cookie,
 )
+from .wsframes import POLICY_VIOLATION
 
 _WS_HANDSHAKE = frozenset({
     "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
@@ -39,8 +43,18 @@ CHUNK = 256 * 1024
 WS_CLOSE_TIMEOUT = 5.0  # seconds for the second side's close handshake
 CLIENT_CHECK_INTERVAL = 1.0  # seconds between looks at the client while the lab is silent
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 Activity = Callable[[], None]
+
+
+@dataclass(frozen=True)
+class Recheck:
+    """The caller's check of an open WebSocket (is it still admitted?), asked every ``every``
+    seconds."""
+
+    admitted: Callable[[], Awaitable[bool]]
+    every: float
 
 
 def _named_in_connection(headers: CIMultiDict[str] | object) -> set[str]:
@@ -122,12 +136,32 @@ async def relay_http(
         raise
     async with answer:
         on_activity()
-        response = web.StreamResponse(status=answer.status, reason=answer.reason,
+        try:
+            reason = reason_to_pass(answer.status,
+                                    (answer.reason or "").encode("latin-1", "replace"))
+        except ValueError as exc:
+            raise aiohttp.ClientConnectionError(str(exc)) from None
+        response = web.StreamResponse(status=answer.status,
+                                      reason=reason.decode("latin-1") or None,
                                       headers=response_headers(answer, upstream))
         response.force_close()
         await response.prepare(request)
-        await _copy_body(request, answer, response, on_activity)
+        await _copy_body(request, answer, response, on_activity, _connection_end(answer))
         return response
+
+
+def _connection_end(answer: aiohttp.ClientResponse) -> asyncio.Future[None] | None:
+    """For an answer whose body may end with its connection (neither a length nor chunks):
+    that connection's end, an error if it was reset (which cuts the body: RFC 9112 §8)."""
+    if answer.content_length is not None or "Transfer-Encoding" in answer.headers:
+        return None
+    connection = answer.connection
+    if connection is None or connection.protocol is None:  # (a protocol may have len() 0)
+        return None
+    end = connection.protocol.closed
+    if end is not None:  # looked at whatever happens to the answer (no "never retrieved")
+        end.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return end
 
 
 async def _in_time(content: aiohttp.StreamReader, timeout: float, stalled: list[bool]
@@ -146,8 +180,11 @@ async def _in_time(content: aiohttp.StreamReader, timeout: float, stalled: list[
 
 
 async def _copy_body(request: web.Request, answer: aiohttp.ClientResponse,
-                     response: web.StreamResponse, on_activity: Activity) -> None:
+                     response: web.StreamResponse, on_activity: Activity,
+                     connection_end: asyncio.Future[None] | None) -> None:
     """Upstream body to client, one read at a time (the client's pace sets the upstream's).
+    If the upstream breaks mid-body (an error, or ``connection_end`` reset), the client's
+    connection is cut so that it sees a truncated answer, never a complete-looking one.
 
     Errors on the two sides are told apart: aiohttp raises ClientConnectionResetError, a
     ClientError, when the *client* has gone, so one ``except`` around both would blame the lab.
@@ -155,9 +192,10 @@ async def _copy_body(request: web.Request, answer: aiohttp.ClientResponse,
     while True:
         try:
             chunk = await answer.content.read(CHUNK)
+            if not chunk and connection_end is not None and connection_end.done() \
+                    and not connection_end.cancelled() and connection_end.exception():
+                raise aiohttp.ClientConnectionError("the lab's connection was reset")
         except (aiohttp.ClientError, TimeoutError):
-            # The upstream broke mid-body: cut the client's connection so that it sees a
-            # truncated response, never a complete-looking one.
             if request.transport is not None:
                 request.transport.close()
             return
@@ -219,10 +257,12 @@ _RELAYS: set[asyncio.Task[None]] = set()
 
 async def relay_websocket(
     request: web.Request, upstream: Upstream, session: aiohttp.ClientSession,
-    gateway_cookies: frozenset[str], on_activity: Activity,
+    gateway_cookies: frozenset[str], on_activity: Activity, recheck: Recheck,
 ) -> web.WebSocketResponse:
     """Open the upstream WebSocket first (so its subprotocol choice can be passed on), then
-    accept the client's and relay frames both ways until either side closes.
+    accept the client's and relay frames both ways until either side closes, or until
+    ``recheck`` says it is no longer admitted: then the client gets a close saying 1008
+    (policy) and the lab's side is closed.
 
     A request that is not a valid upgrade is refused (400) before anything reaches the lab; a
     lab that refuses the upgrade gives :class:`UpstreamRefused`, a client that leaves before
@@ -251,7 +291,7 @@ async def relay_websocket(
     except BaseException:
         await upstream_ws.close()
         raise
-    relay = asyncio.create_task(_relay_frames(client_ws, upstream_ws, on_activity))
+    relay = asyncio.create_task(_relay_frames(client_ws, upstream_ws, on_activity, recheck))
     _RELAYS.add(relay)
     relay.add_done_callback(_RELAYS.discard)
     await asyncio.shield(relay)
@@ -260,27 +300,49 @@ async def relay_websocket(
 
 async def _relay_frames(client_ws: web.WebSocketResponse,
                         upstream_ws: aiohttp.ClientWebSocketResponse,
-                        on_activity: Activity) -> None:
+                        on_activity: Activity, recheck: Recheck) -> None:
     """Pump both ways until one side closes, let the other side's close handshake finish
-    (bounded by WS_CLOSE_TIMEOUT), then make sure both are closed."""
+    (bounded by WS_CLOSE_TIMEOUT), then make sure both are closed; or, once ``recheck``
+    says no, stop pumping and close the client's side with 1008."""
     pumps = [
         asyncio.create_task(_pump(client_ws, upstream_ws, on_activity)),
         asyncio.create_task(_pump(upstream_ws, client_ws, on_activity)),
     ]
+    watch = asyncio.create_task(_until_refused(recheck))
     try:
-        _, pending = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-        # The finished pump is closing the other side: let that close handshake (and so the
-        # close code) complete rather than cancelling it halfway.
-        if pending:
+        done, pending = await asyncio.wait([*pumps, watch], return_when=asyncio.FIRST_COMPLETED)
+        pending.discard(watch)
+        if watch in done:
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client_ws.close(code=POLICY_VIOLATION, message=b"no "
+                                                       b"longer admitted"), WS_CLOSE_TIMEOUT)
+        elif pending:
+            # The finished pump is closing the other side: let that close handshake (and so
+            # the close code) complete rather than cancelling it halfway.
             await asyncio.wait(pending, timeout=WS_CLOSE_TIMEOUT)
     finally:
-        for pump in pumps:
-            if not pump.done():
-                pump.cancel()
-        await asyncio.gather(*pumps, return_exceptions=True)
+        for task in (*pumps, watch):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(*pumps, watch, return_exceptions=True)
         for ws in (client_ws, upstream_ws):
             with contextlib.suppress(Exception):
                 await ws.close()
+
+
+async def _until_refused(recheck: Recheck) -> None:
+    """Return once the check answers False; a check that fails is logged and asked again
+    next time."""
+    while True:
+        await asyncio.sleep(recheck.every)
+        try:
+            if not await recheck.admitted():
+                return
+        except Exception:
+            log.exception("could not check an open lab WebSocket again")
 
 
 WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse

@@ -4,12 +4,14 @@
 apply the same rules: hop-by-hop headers, and those named in ``Connection``, are dropped both
 ways; the gateway's cookies, its ``Authorization`` and the browser's ``Host``/``Origin`` never
 reach the lab, which gets its own token instead; ``Location`` and ``Set-Cookie`` stay under the
-lab's prefix; a lab cannot widen a service worker's scope. Nothing here knows about jobs or
+lab's prefix; a lab cannot widen a service worker's scope; the client's status line is well
+formed whatever the lab's was. Nothing here knows about jobs or
 users: the caller hands over an :class:`Upstream` it chose.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from yarl import URL
@@ -23,6 +25,9 @@ NOT_UPSTREAM = frozenset({"host", "authorization", "cookie", "origin", "x-xsrfto
 # Never passed from a lab to the browser: a lab page must not widen a service worker's scope
 # beyond its own prefix (``Service-Worker-Allowed: /`` would give it the gateway's whole origin).
 NOT_DOWNSTREAM = frozenset({"service-worker-allowed"})
+# What a reason phrase may hold (RFC 9112 §4: HTAB, SP, VCHAR, obs-text); llhttp lets control
+# bytes through, and a lab's status line is not passed on as it came.
+_REASON = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 
 
 @dataclass(frozen=True)
@@ -92,3 +97,12 @@ def scope_set_cookie(value: str, prefix: str) -> str:
             continue
         kept.append(attribute)
     return "; ".join([*kept, f"Path={path}"])
+
+
+def reason_to_pass(status: int, reason: bytes) -> bytes:
+    """The reason phrase of a lab's answer to pass on: its own if every byte may be in one,
+    else none (a status line may have an empty one). ValueError for a status of fewer than
+    three digits (llhttp reads ``099`` as 99), which no answer of the gateway's may carry."""
+    if not 100 <= status <= 999:
+        raise ValueError(f"the lab's answer has no three-digit status ({status})")
+    return reason if _REASON.fullmatch(reason) else b""

@@ -149,9 +149,10 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if exchange is None:
             return
-        if self._body_end == "close" and not self._complete and not self._upgraded:
+        if self._body_end == "close" and exc is None and not self._complete \
+                and not self._upgraded:
             exchange.upstream_end(False)  # the end of the connection is the end of the body
-        else:
+        else:  # (a reset is no end of a body: RFC 9112 §8, the answer is incomplete)
             exchange.upstream_lost(exc)
 
     def pause_writing(self) -> None:
