@@ -49,7 +49,11 @@ class LabWatcher:
             full = time.monotonic() >= next_full
             if full:
                 next_full = time.monotonic() + every
-            starting = await self.check(ready_too=full)
+            try:
+                starting = await self.check(ready_too=full)
+            except Exception:  # e.g. the database busy: the next cycle tries again
+                log.exception("the lab check failed")
+                starting = False
             wait = STARTING_INTERVAL if starting else next_full - time.monotonic()
             await asyncio.sleep(WOKEN_GAP)
             with contextlib.suppress(TimeoutError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -183,3 +184,27 @@ async def test_asking_often_looks_at_most_once_per_gap_and_a_stranger_wakes_noth
             await asyncio.sleep(0.005)
         looked = setup.reads(lab) - 1
     assert 5 <= looked <= 11, looked  # about one look per WOKEN_GAP, not one per request
+
+
+async def test_a_failed_look_does_not_stop_the_watcher(
+        setup: Setup, starting_interval: Callable[[float], None],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """If this fails, one error reading the store (the database busy) ends the watcher's task
+    for good: no lab would become ready, and none would be stopped for idling."""
+    starting_interval(0.05)
+    lab = setup.lab("00000000000000e1", State.RUNNING)
+    live_labs = setup.ctx.store.live_labs
+    failures: list[int] = []
+
+    def busy_once() -> list[dict[str, Any]]:
+        if not failures:
+            failures.append(1)
+            raise sqlite3.OperationalError("database is locked")
+        return live_labs()
+
+    monkeypatch.setattr(setup.ctx.store, "live_labs", busy_once)
+    async with watching(setup):
+        await until(lambda: bool(failures), 5.0, "the failed look")
+        setup.publish(lab)
+        setup.ctx.lab_wanted.set()
+        await until(lambda: setup.state(lab["id"]) is State.READY, 5.0, "the lab ready")
