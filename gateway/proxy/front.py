@@ -34,6 +34,7 @@ from .client import ClientConnection
 from .http1 import ChunkedScanner, HeadError, RequestHead, head_end, parse_request_head
 from .identity import LabNotProven
 from .pipe import WebSocketPipe
+from .rules import reason_to_pass
 from .upstream import UpstreamConnection
 
 log = logging.getLogger(__name__)
@@ -283,7 +284,7 @@ class FrontProtocol(ClientConnection):
         assert self._admission is not None and self._head is not None
         if 100 <= status < 200 and status != 101:
             if self._head.version == (1, 1):  # HTTP/1.0 clients get no interim answers
-                self._write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, reason))
+                self._write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, reason_to_pass(status, reason)))
             return
         if status == 101 and not self._admission.websocket:
             self._abort()

@@ -21,6 +21,7 @@ import ipaddress
 import json
 import secrets
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -190,8 +191,11 @@ class LabSessions:
     current address; replaced when the address (or what must be proven) changes, closed when
     the lab is no longer live. Sessions never share connections or cookies between labs."""
 
-    def __init__(self, connect_timeout: float) -> None:
+    def __init__(self, connect_timeout: float,
+                 middlewares: Sequence[aiohttp.ClientMiddlewareType] = ()) -> None:
+        """``middlewares``: run by every session around each request it sends."""
         self._connect_timeout = connect_timeout
+        self._middlewares = middlewares
         self._sessions: dict[str, tuple[tuple[Any, ...], aiohttp.ClientSession]] = {}
 
     def get(self, job_id: str, identity: LabIdentity, host: str, port: int
@@ -210,6 +214,7 @@ class LabSessions:
             auto_decompress=False,  # bodies pass through as the upstream encoded them
             cookie_jar=aiohttp.DummyCookieJar(),  # never keep one user's cookies for another
             skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+            middlewares=self._middlewares,
         )
         self._sessions[job_id] = (key, session)
         return session

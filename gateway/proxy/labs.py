@@ -34,7 +34,7 @@ from ..users import User
 from .fastpath import PIPE_CHECK_INTERVAL, Caller, LabFastPath, LabRoutes, still_admitted
 from .identity import LabIdentity, LabNotProven, LabSessions
 from .quota import LabConnections
-from .relay import ClientLeft, Recheck, relay_http, relay_websocket
+from .relay import ClientLeft, Recheck, relay_http, relay_websocket, upgrade_not_followed
 from .rules import Upstream
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class LabProxy:
         self.body_timeout = body_timeout
         self.connections = LabConnections(max_connections)
         self.metrics = metrics or GatewayMetrics()
-        self.sessions = LabSessions(CONNECT_TIMEOUT)
+        self.sessions = LabSessions(CONNECT_TIMEOUT, (upgrade_not_followed,))
         self.gateway_cookies = gateway_cookies
         self.public_origin = public_origin
         # job id -> wall-clock time of the last proxied request or WebSocket frame
@@ -158,7 +158,8 @@ class LabProxy:
         except ClientLeft:
             status = CLIENT_CLOSED
             return web.Response(status=CLIENT_CLOSED)  # for the access record: nobody reads it
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+        except (aiohttp.ClientConnectionError, aiohttp.ClientResponseError, TimeoutError) as exc:
+            # (a ClientResponseError: an answer aiohttp's parser refused, two lengths say)
             log.warning("lab %s: upstream %s:%s failed: %r", job_id, upstream.host,
                         upstream.port, exc)
             self.routes.lab_unreachable(caller, job_id)

@@ -32,6 +32,7 @@ from .rules import (
     rewrite_location,
     scope_set_cookie,
 )
+from .upstream import MAX_RESPONSE_HEAD
 from .wsframes import POLICY_VIOLATION
 
 _WS_HANDSHAKE = frozenset({
@@ -41,6 +42,7 @@ _WS_HANDSHAKE = frozenset({
 MAX_WS_MESSAGE = 64 * 1024 * 1024
 CHUNK = 256 * 1024
 WS_CLOSE_TIMEOUT = 5.0  # seconds for the second side's close handshake
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 CLIENT_CHECK_INTERVAL = 1.0  # seconds between looks at the client while the lab is silent
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -135,6 +137,9 @@ async def relay_http(
             raise RequestTimeout() from None
         raise
     async with answer:
+        if sum(len(name) + len(value) + 4 for name, value in answer.raw_headers) \
+                > MAX_RESPONSE_HEAD:  # (aiohttp's own cap is 128 headers of 8 KiB)
+            raise aiohttp.ClientConnectionError("the lab's answer has too much besides its body")
         on_activity()
         try:
             reason = reason_to_pass(answer.status,
@@ -239,6 +244,28 @@ async def while_client_waits(request: web.Request, waiting: Awaitable[T]) -> T:
             await asyncio.gather(task, return_exceptions=True)
 
 
+class UpgradeRedirected(Exception):
+    """The lab answered a WebSocket upgrade with a redirect (not followed: the client gets it,
+    its ``Location`` kept under the lab's prefix)."""
+
+    def __init__(self, status: int, location: str | None) -> None:
+        super().__init__(f"the lab redirected a WebSocket upgrade ({status})")
+        self.status, self.location = status, location
+
+
+async def upgrade_not_followed(request: aiohttp.ClientRequest,
+                               handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
+    """A lab session's middleware: a redirect answering a WebSocket upgrade ends the request
+    (:class:`UpgradeRedirected`), since ``ws_connect`` would follow it, with the lab's token,
+    anywhere on the lab's server. Other requests are relayed with ``allow_redirects=False``."""
+    response = await handler(request)
+    if response.status in _REDIRECTS and "Upgrade" in request.headers:
+        location = response.headers.get("Location")
+        response.release()
+        raise UpgradeRedirected(response.status, location)
+    return response
+
+
 class UpstreamRefused(GatewayError):
     """The lab's server refused a WebSocket upgrade: its 4xx status is passed on (a 401 means
     the gateway's token was refused, not the caller: 502 like any other status)."""
@@ -258,17 +285,18 @@ _RELAYS: set[asyncio.Task[None]] = set()
 async def relay_websocket(
     request: web.Request, upstream: Upstream, session: aiohttp.ClientSession,
     gateway_cookies: frozenset[str], on_activity: Activity, recheck: Recheck,
-) -> web.WebSocketResponse:
+) -> web.StreamResponse:
     """Open the upstream WebSocket first (so its subprotocol choice can be passed on), then
     accept the client's and relay frames both ways until either side closes, or until
     ``recheck`` says it is no longer admitted: then the client gets a close saying 1008
     (policy) and the lab's side is closed.
 
     A request that is not a valid upgrade is refused (400) before anything reaches the lab; a
-    lab that refuses the upgrade gives :class:`UpstreamRefused`, a client that leaves before
-    the lab accepts :class:`ClientLeft`. The frames are relayed by a
-    task of its own, so a server that cancels this handler when the client disconnects still
-    lets the relay close the lab's side with the client's close code.
+    lab that refuses the upgrade gives :class:`UpstreamRefused` (a redirect is the client's
+    answer, not followed), a client that leaves before the lab accepts :class:`ClientLeft`.
+    The frames are relayed by a task of its own, so a server that cancels this handler when
+    the client disconnects still lets the relay close the lab's side with the client's close
+    code.
     """
     client_ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE, compress=False,
                                       heartbeat=None)
@@ -283,6 +311,9 @@ async def relay_websocket(
             protocols=offered, max_msg_size=MAX_WS_MESSAGE, autoping=True, heartbeat=None))
     except aiohttp.WSServerHandshakeError as exc:
         raise UpstreamRefused(exc.status) from None
+    except UpgradeRedirected as exc:
+        moved = {"Location": rewrite_location(exc.location, upstream)} if exc.location else {}
+        return web.Response(status=exc.status, headers=moved)
     try:
         client_ws = web.WebSocketResponse(
             protocols=[upstream_ws.protocol] if upstream_ws.protocol else (),

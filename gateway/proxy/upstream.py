@@ -95,6 +95,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._body_end: BodyEnd = "none"  # known once the head is in
         self._body_left: int | None = None  # while counting: what is left of the body
         self._keep_alive = False  # llhttp's verdict, kept when counting starts
+        self._head_bytes = 0  # of the answer's headers, interim answers' included
         self.paused = False  # its send buffer is over the high-water mark
 
     # -- used by the exchange -----------------------------------------------------------------
@@ -221,7 +222,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _new_response(self) -> None:
         self._headers, self._reason = [], b""
-        self._fed = self._body = self._chunks = 0
+        self._fed = self._body = self._chunks = self._head_bytes = 0
         self._complete = self._chunked = False
         self._body_end = "none"
         self._length = self._body_left = None
@@ -236,6 +237,9 @@ class UpstreamConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self._headers
         headers.append((name, value))
+        self._head_bytes += len(name) + len(value) + 4  # (all of a head may come in one read)
+        if self._head_bytes > MAX_RESPONSE_HEAD:
+            raise ValueError("the lab's answer has too much besides its body")
         if len(name) in _FRAMING_NAME_LENGTHS:  # (a cheap test first: this runs per header)
             lower = name.lower()
             if lower == b"transfer-encoding":
