@@ -157,6 +157,9 @@ class FrontSite(web.SockSite):
             protocol.shut()
         for pipe in list(self._pipes):
             pipe.shut()
+        runner = self._runner
+        if isinstance(runner, web.AppRunner):  # (WebSockets on connections aiohttp serves)
+            runner.app[PROXY].going_away()
         await super().stop()
 
 

@@ -34,7 +34,7 @@ from .client import ClientConnection
 from .http1 import ChunkedScanner, HeadError, RequestHead, head_end, parse_request_head
 from .identity import LabNotProven
 from .pipe import WebSocketPipe
-from .rules import reason_to_pass
+from .rules import CLIENT_CLOSED, reason_to_pass
 from .upstream import UpstreamConnection
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,6 @@ class FrontProtocol(ClientConnection):
         self._task: asyncio.Task[None] | None = None  # admitting or connecting the request
         self._upstream_full = False  # the lab's connection asked us to stop sending
         self._searched = 0  # bytes of the buffer head_end has looked through in vain
-        self._head_end = 0
         # The request being served (None between requests).
         self._head: RequestHead | None = None
         self._admission: Admission | None = None
@@ -84,16 +83,21 @@ class FrontProtocol(ClientConnection):
         if self._task is not None:  # a lab connection being proven for nobody: stop it
             self._task.cancel()
         if self._admission is not None:
+            if self._head is not None:  # the client left with a request in flight
+                self._status = self._status if self._answered else CLIENT_CLOSED
+                self._record()
             self._labs.unhold(self._admission)
         if self._upstream is not None:
             self._upstream.close()
             self._upstream = None
 
     def _client_eof(self) -> None:
-        if self._head is not None and not self._request_sent and (
-                self._upstream is not None or not self._body_buffered()):
-            self._abort()  # a body that can no longer arrive
-        elif self._upstream is None and self._head is None:
+        """Between requests the connection ends. With a request in flight the client is taken
+        to have gone, as nginx does unless told to ignore client aborts: a browser closing a
+        tab sends just this, and nothing else would tell while the lab is silent."""
+        if self._head is not None:
+            self._abort()
+        else:
             self._close()
 
     def pause_writing(self) -> None:
@@ -144,7 +148,7 @@ class FrontProtocol(ClientConnection):
             self._hand_over()
             return
         self._idle_since, self._searched = None, 0
-        self._head, self._head_end, self._started = head, end, time.monotonic()
+        self._head, self._started = head, time.monotonic()
         self._request_sent = False
         admission = self._labs.admit_cached(head, self._remote)
         if admission is None:
@@ -229,13 +233,6 @@ class FrontProtocol(ClientConnection):
         if self._writing_paused and upstream.transport is not None:
             upstream.transport.pause_reading()
         self._forward_body()
-
-    def _body_buffered(self) -> bool:
-        """Whether the buffer holds the whole body of the request waiting for admission."""
-        head = self._head
-        if head is None or head.chunked:
-            return head is None
-        return len(self._buffer) >= self._head_end + (head.length or 0)
 
     def _forward_body(self) -> None:
         """Send what the buffer holds of the request's body, and no byte of the next one."""
@@ -345,8 +342,6 @@ class FrontProtocol(ClientConnection):
             transport.resume_reading()
         from_client, self._buffer = bytes(self._buffer), bytearray()
         pipe.start(rest, from_client)
-        if self._eof:  # the client had already shut its side
-            pipe.eof_received()
 
     def upstream_lost(self, exc: Exception | None) -> None:
         self._upstream = None
@@ -393,10 +388,9 @@ class FrontProtocol(ClientConnection):
         if self._admission is not None:
             self._labs.unhold(self._admission)
         head, self._head, self._admission = self._head, None, None
-        if not self._keep_alive or self._transport is None or self._transport.is_closing() \
-                or (self._eof and not self._buffer):
+        if not self._keep_alive or self._transport is None or self._transport.is_closing():
             sending = head is not None and bool(head.length or head.chunked) \
-                and not self._request_sent and not self._eof
+                and not self._request_sent
             self._linger() if sending else self._close()
             return
         self._idle_since = time.monotonic()

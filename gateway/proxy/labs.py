@@ -16,6 +16,7 @@ lifecycle's :class:`gateway.jobs.labs.LabProbe` (a probe and the activity clock)
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -35,15 +36,12 @@ from .fastpath import PIPE_CHECK_INTERVAL, Caller, LabFastPath, LabRoutes, still
 from .identity import LabIdentity, LabNotProven, LabSessions
 from .quota import LabConnections
 from .relay import ClientLeft, Recheck, relay_http, relay_websocket, upgrade_not_followed
-from .rules import Upstream
+from .rules import CLIENT_CLOSED, Upstream
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 10.0
 PROBE_TIMEOUT = 5.0
 MAX_PROBE_ANSWER = 64 * 1024  # a lab API answer the gateway reads for itself
-# The status a request's access record gets when its client left before the lab answered
-# (nginx's "client closed request").
-CLIENT_CLOSED = 499
 
 
 class LabProxy:
@@ -65,10 +63,17 @@ class LabProxy:
         self.public_origin = public_origin
         # job id -> wall-clock time of the last proxied request or WebSocket frame
         self.activity: dict[str, float] = {}
+        self.stopping = asyncio.Event()  # set when the gateway stops (:meth:`going_away`)
         self.fast = LabFastPath(routes, caller, route_upstream, gateway_cookies, public_origin,
                                 self.metrics, self.touch, self.connections)
 
+    def going_away(self) -> None:
+        """The gateway stops: every WebSocket relayed here ends, 1001 to both sides (the fast
+        path's pipes are the listening site's to end)."""
+        self.stopping.set()
+
     async def stop(self) -> None:
+        self.going_away()
         self.fast.close()
         await self.sessions.close()
 
@@ -146,7 +151,8 @@ class LabProxy:
                     response: web.StreamResponse = await relay_websocket(
                         request, upstream, session, self.gateway_cookies,
                         lambda: self.touch(job_id), Recheck(lambda: still_admitted(
-                            self.routes, caller, credential(), job_id), PIPE_CHECK_INTERVAL))
+                            self.routes, caller, credential(), job_id), PIPE_CHECK_INTERVAL,
+                            self.stopping))
                 finally:
                     self.metrics.proxy_websockets.dec()
             else:

@@ -33,7 +33,7 @@ from .rules import (
     scope_set_cookie,
 )
 from .upstream import MAX_RESPONSE_HEAD
-from .wsframes import POLICY_VIOLATION
+from .wsframes import GOING_AWAY, POLICY_VIOLATION
 
 _WS_HANDSHAKE = frozenset({
     "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
@@ -53,10 +53,11 @@ Activity = Callable[[], None]
 @dataclass(frozen=True)
 class Recheck:
     """The caller's check of an open WebSocket (is it still admitted?), asked every ``every``
-    seconds."""
+    seconds; and ``stopping``, set when the gateway stops (every WebSocket then ends)."""
 
     admitted: Callable[[], Awaitable[bool]]
     every: float
+    stopping: asyncio.Event
 
 
 def _named_in_connection(headers: CIMultiDict[str] | object) -> set[str]:
@@ -191,15 +192,20 @@ async def _copy_body(request: web.Request, answer: aiohttp.ClientResponse,
     If the upstream breaks mid-body (an error, or ``connection_end`` reset), the client's
     connection is cut so that it sees a truncated answer, never a complete-looking one.
 
-    Errors on the two sides are told apart: aiohttp raises ClientConnectionResetError, a
-    ClientError, when the *client* has gone, so one ``except`` around both would blame the lab.
+    A client that leaves while the lab is silent mid-body ends the relay too (each read is
+    watched, as the wait for the head is: a quiet event stream would hold the user's lab
+    connection). Errors on the two sides are told apart: aiohttp raises
+    ClientConnectionResetError, a ClientError, when the *client* has gone, so one ``except``
+    around both would blame the lab.
     """
     while True:
         try:
-            chunk = await answer.content.read(CHUNK)
+            chunk = await while_client_waits(request, answer.content.read(CHUNK))
             if not chunk and connection_end is not None and connection_end.done() \
                     and not connection_end.cancelled() and connection_end.exception():
                 raise aiohttp.ClientConnectionError("the lab's connection was reset")
+        except ClientLeft:
+            return
         except (aiohttp.ClientError, TimeoutError):
             if request.transport is not None:
                 request.transport.close()
@@ -215,7 +221,7 @@ async def _copy_body(request: web.Request, answer: aiohttp.ClientResponse,
 
 
 class ClientLeft(Exception):
-    """The client's connection went while the relay waited for the lab's answer."""
+    """The client's connection went while the relay waited for the lab."""
 
 
 async def while_client_waits(request: web.Request, waiting: Awaitable[T]) -> T:
@@ -226,9 +232,9 @@ async def while_client_waits(request: web.Request, waiting: Awaitable[T]) -> T:
     what it began even if its client leaves; aiohttp tells a handler nothing when its client
     goes. A relay waiting on a lab that never answers would then hold the user's lab connection
     and one to the lab for as long as the lab stays silent, so the client is looked at every
-    :data:`CLIENT_CHECK_INTERVAL` s. Only this wait is watched: once the answer flows, a
-    client that leaves makes the relay's next write fail, and a WebSocket's frames relay ends
-    with either side."""
+    :data:`CLIENT_CHECK_INTERVAL` s. Only waits on the lab are watched (the head, each read
+    of the body, a WebSocket's acceptance): a WebSocket's frames relay ends with either
+    side."""
     task = asyncio.ensure_future(waiting)
     try:
         while True:
@@ -288,8 +294,8 @@ async def relay_websocket(
 ) -> web.StreamResponse:
     """Open the upstream WebSocket first (so its subprotocol choice can be passed on), then
     accept the client's and relay frames both ways until either side closes, or until
-    ``recheck`` says it is no longer admitted: then the client gets a close saying 1008
-    (policy) and the lab's side is closed.
+    ``recheck`` says it is no longer admitted (the client gets a close saying 1008, policy)
+    or the gateway stops (both sides get 1001, going away: a browser's lab reconnects).
 
     A request that is not a valid upgrade is refused (400) before anything reaches the lab; a
     lab that refuses the upgrade gives :class:`UpstreamRefused` (a redirect is the client's
@@ -334,12 +340,12 @@ async def _relay_frames(client_ws: web.WebSocketResponse,
                         on_activity: Activity, recheck: Recheck) -> None:
     """Pump both ways until one side closes, let the other side's close handshake finish
     (bounded by WS_CLOSE_TIMEOUT), then make sure both are closed; or, once ``recheck``
-    says no, stop pumping and close the client's side with 1008."""
+    ends it, stop pumping and close both sides with its code."""
     pumps = [
         asyncio.create_task(_pump(client_ws, upstream_ws, on_activity)),
         asyncio.create_task(_pump(upstream_ws, client_ws, on_activity)),
     ]
-    watch = asyncio.create_task(_until_refused(recheck))
+    watch = asyncio.create_task(_until_ended(recheck))
     try:
         done, pending = await asyncio.wait([*pumps, watch], return_when=asyncio.FIRST_COMPLETED)
         pending.discard(watch)
@@ -347,9 +353,10 @@ async def _relay_frames(client_ws: web.WebSocketResponse,
             for pump in pumps:
                 pump.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client_ws.close(code=POLICY_VIOLATION, message=b"no "
-                                                       b"longer admitted"), WS_CLOSE_TIMEOUT)
+            code = watch.result()
+            for ws in (client_ws, upstream_ws):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ws.close(code=code), WS_CLOSE_TIMEOUT)
         elif pending:
             # The finished pump is closing the other side: let that close handshake (and so
             # the close code) complete rather than cancelling it halfway.
@@ -364,14 +371,17 @@ async def _relay_frames(client_ws: web.WebSocketResponse,
                 await ws.close()
 
 
-async def _until_refused(recheck: Recheck) -> None:
-    """Return once the check answers False; a check that fails is logged and asked again
-    next time."""
+async def _until_ended(recheck: Recheck) -> int:
+    """The close code once the WebSocket must end: 1001 when the gateway stops, 1008 when the
+    check answers False (a check that fails is logged and asked again next time)."""
     while True:
-        await asyncio.sleep(recheck.every)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(recheck.stopping.wait(), recheck.every)
+        if recheck.stopping.is_set():
+            return GOING_AWAY
         try:
             if not await recheck.admitted():
-                return
+                return POLICY_VIOLATION
         except Exception:
             log.exception("could not check an open lab WebSocket again")
 

@@ -25,6 +25,9 @@ NOT_UPSTREAM = frozenset({"host", "authorization", "cookie", "origin", "x-xsrfto
 # Never passed from a lab to the browser: a lab page must not widen a service worker's scope
 # beyond its own prefix (``Service-Worker-Allowed: /`` would give it the gateway's whole origin).
 NOT_DOWNSTREAM = frozenset({"service-worker-allowed"})
+# The status a request's access record gets when its client left before the lab answered
+# (nginx's "client closed request").
+CLIENT_CLOSED = 499
 # What a reason phrase may hold (RFC 9112 §4: HTAB, SP, VCHAR, obs-text); llhttp lets control
 # bytes through, and a lab's status line is not passed on as it came.
 _REASON = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")

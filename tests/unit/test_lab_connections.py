@@ -15,8 +15,7 @@ import pytest
 
 from gateway.api.keys import PROXY
 from gateway.proxy.labs import LabProxy
-from gateway.server import STORE
-from tests.unit.test_fast_path import wait_until
+from tests.unit.test_fast_path import held, wait_until
 from tests.unit.test_relay import BOTH_SERVERS, PROBLEM, Gateway, bearer
 from tests.unit.test_relay import gw as gw  # the fixture
 from tests.unit.test_relay_wire import Wire, deadline, request
@@ -29,13 +28,6 @@ def limit_to(gw: Gateway, limit: int) -> LabProxy:
     proxy = gw.app[PROXY]
     proxy.connections.limit = limit
     return proxy
-
-
-def held(gw: Gateway, user: str = "alice") -> int:
-    """The lab connections ``user`` holds now, as the gateway counts them."""
-    found = gw.app[STORE].users.get_user(user)
-    assert found is not None
-    return gw.app[PROXY].connections.held(found.id)
 
 
 @contextlib.asynccontextmanager

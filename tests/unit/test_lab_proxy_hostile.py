@@ -176,9 +176,7 @@ async def test_a_lab_answer_without_a_length_cut_by_a_reset_does_not_look_comple
     """A lab answer with neither a length nor chunks ends with its connection; it is complete
     "unless an error was indicated by the underlying connection" (RFC 9112 §8). A reset is
     such an error (the lab's server crashed or was killed mid-answer): the client must see a
-    cut answer (no last chunk). The proxy re-chunks the body and writes the last chunk on
-    any end of the lab's connection (UpstreamConnection.connection_lost ignores ``exc``;
-    aiohttp's path does the same), so a truncated download looks whole to the browser."""
+    cut answer, no last chunk. If this fails, a truncated download looks whole."""
     go = asyncio.Event()
 
     async def answer(path: str, writer: asyncio.StreamWriter) -> None:

@@ -1,0 +1,278 @@
+"""Parity of the lab proxy's two paths (a parity audit's findings; each test failed on the
+code before its fix).
+
+Lab traffic reaches a lab either on the fast path (gateway/proxy/front.py and friends) or, on a
+connection that carried any other request first, through aiohttp (``LabProxy.handle`` ->
+gateway/proxy/relay.py). A client chooses the path: it only has to send an API request first.
+So every guarantee SECURITY.md gives for the lab proxy must hold on both, and each test here
+is parametrized over both (``fast``, ``aiohttp``); where one path already holds it, its case
+passes and documents what the other must do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+import pytest
+
+from gateway.api.keys import PROXY
+from gateway.proxy.wsframes import GOING_AWAY
+from tests.unit import test_relay as relay
+from tests.unit.test_fast_path import held, wait_until
+from tests.unit.test_lab_proxy_hostile import UPGRADE, close_code_then_end, reset
+from tests.unit.test_lab_proxy_hostile import hostile as hostile  # the fixture
+from tests.unit.test_relay import WAIT, Gateway
+from tests.unit.test_relay_wire import Wire, deadline, request
+
+gw = relay.gw  # the fixture (a module attribute, so that pytest finds it here too)
+PATHS = pytest.mark.parametrize("path", ["fast", "aiohttp"])
+STATUS_LINE = re.compile(rb"HTTP/1\.1 \d{3} [\t\x20-\x7e\x80-\xff]*")
+
+
+async def open_on(gw: Gateway, path: str) -> Wire:
+    """A client connection on the given path: ``aiohttp`` sends an API request first, after
+    which aiohttp serves the connection for good."""
+    wire = await Wire.open(gw.port)
+    if path == "aiohttp":
+        await wire.send(request(gw, "GET", "/api/v1/health"))
+        assert (await wire.response()).status == 200
+    return wire
+
+
+# -- max_lab_connections: a client that leaves gives its hold back ---------------------------
+
+
+def leave(wire: Wire, ending: str) -> None:
+    """The client goes: ``close`` (close(2): a FIN, as a browser closing a tab) or ``reset``
+    (an RST)."""
+    if ending == "reset":
+        reset(wire.writer)
+    else:
+        wire.close()
+
+
+@pytest.mark.parametrize("ending", ["close", "reset"])
+@pytest.mark.parametrize("stage", ["before-head", "mid-body"])
+@PATHS
+async def test_a_client_that_leaves_gives_its_hold_back_whatever_the_lab_does(
+        gw: Gateway, hostile: Any, path: str, stage: str, ending: str) -> None:
+    """SECURITY.md: "a client that leaves gives its connection back, also while its lab has
+    not answered". Here the lab is silent, before its answer's head or after part of its
+    body (a quiet event stream, a long poll, a kernel busy before its reply). If this fails,
+    leftover holds lock the user out with 429 (``max_lab_connections``) until the lab speaks:
+
+    - fast path, ``close``: a FIN with a request in flight was read as a half-close, and
+      nothing written while the lab is silent ever found the socket closed;
+    - aiohttp's path, mid-body: only the wait for the head was watched, and aiohttp (run
+      without handler cancellation) tells a handler nothing when its client goes."""
+    release = asyncio.Event()
+
+    async def answer(_: str, writer: asyncio.StreamWriter) -> None:
+        if stage == "mid-body":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n6\r\nfirst\n\r\n")
+            await writer.drain()
+        await asyncio.wait_for(release.wait(), WAIT * 3)  # then the lab's side just ends
+        writer.close()
+
+    lab, prefix = await hostile(answer)
+    wire = await open_on(gw, path)
+    try:
+        await wire.send(request(gw, "GET", prefix + "events"))
+        if stage == "mid-body":
+            seen = b""
+            while b"first" not in seen:
+                seen += await deadline(wire.reader.read(65536))
+        else:
+            await wait_until(lambda: lab.requests, "the lab has the request")
+        assert held(gw) == 1
+        leave(wire, ending)
+        await wait_until(lambda: held(gw) == 0, f"the hold of a client that left ({ending}, "
+                         f"the lab silent {stage}) is given back")
+    finally:
+        wire.close()
+        release.set()
+
+
+# -- a lab's answer: malformed or over the head cap is the lab failing (503) ------------------
+
+
+BIG_HEAD = b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 1000)
+                                                for i in range(80))  # 80 KiB, 80 headers
+
+
+@pytest.mark.parametrize(("answer_bytes", "pieces"), [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nokk", 1),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"2\r\nok\r\n0\r\n\r\n", 1),
+    (BIG_HEAD + b"Content-Length: 2\r\n\r\nok", 10),
+    (BIG_HEAD + b"Content-Length: 2\r\n\r\nok", 1),
+], ids=["two-lengths", "length-and-chunked", "head-over-64-kib", "head-over-64-kib-in-one-write"])
+@PATHS
+async def test_a_malformed_or_oversized_lab_answer_is_a_503(
+        gw: Gateway, hostile: Any, path: str, answer_bytes: bytes, pieces: int) -> None:
+    """The gateway trusts nothing a lab answers: an answer that cannot be read one way only,
+    or whose head is over 64 KiB (upstream.MAX_RESPONSE_HEAD), is the lab's server failing:
+    503 (the API's LabUnavailable; a browser gets the lab's "starting" page). If this fails:
+    on aiohttp's path a parser error of its HTTP client (a ClientResponseError) became a 500
+    logged as the gateway's bug, and aiohttp's client caps a head only at 128 headers of
+    8 KiB; on the fast path a head over 64 KiB that arrived in one read (up to 256 KiB) was
+    relayed before the cap was looked at."""
+
+    async def answer(_: str, writer: asyncio.StreamWriter) -> None:
+        step = -(-len(answer_bytes) // pieces)
+        for start in range(0, len(answer_bytes), step):
+            writer.write(answer_bytes[start:start + step])
+            await writer.drain()
+            if pieces > 1:
+                await asyncio.sleep(0.02)  # (pacing: each piece its own read at the gateway)
+        writer.close()
+
+    _, prefix = await hostile(answer)
+    wire = await open_on(gw, path)
+    try:
+        await wire.send(request(gw, "GET", prefix + "x"))
+        line = await deadline(wire.reader.readuntil(b"\r\n"))
+        rest = b""
+        while len(rest) < 300 and not rest.endswith(b"}"):  # a problem's JSON, if one came
+            more = await deadline(wire.reader.read(65536))
+            if not more:
+                break
+            rest += more
+    finally:
+        wire.close()
+    assert line.startswith(b"HTTP/1.1 503 "), (line, rest[-200:])
+
+
+# -- interim answers: the status line the client gets is well formed -------------------------
+
+
+@PATHS
+async def test_an_interim_answers_status_line_is_well_formed_whatever_the_lab_sends(
+        gw: Gateway, hostile: Any, path: str) -> None:
+    """SECURITY.md: "its status line is well formed (a reason phrase with control bytes is
+    left out ...)" holds for interim answers (102, 103) too, which only the fast path relays:
+    if this fails, NUL and escape sequences from a lab reach the client's terminal or log
+    viewer."""
+
+    async def answer(_: str, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 102 Pro\x00ce\x1b[2Jssing\r\n\r\n"
+                     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    _, prefix = await hostile(answer)
+    wire = await open_on(gw, path)
+    lines: list[bytes] = []
+    try:
+        await wire.send(request(gw, "GET", prefix + "x"))
+        while True:
+            head = await deadline(wire.reader.readuntil(b"\r\n\r\n"))
+            lines.append(head.split(b"\r\n", 1)[0])
+            if not head.startswith(b"HTTP/1.1 1"):
+                break
+    finally:
+        wire.close()
+    assert lines[-1].startswith(b"HTTP/1.1 200"), lines
+    bad = [line for line in lines if not STATUS_LINE.fullmatch(line)]
+    assert not bad, f"status lines with control bytes reached the client: {bad!r}"
+
+
+# -- no redirect is followed, also for a WebSocket upgrade -------------------------------------
+
+
+@PATHS
+async def test_a_websocket_upgrade_the_lab_redirects_is_not_followed(
+        gw: Gateway, hostile: Any, path: str) -> None:
+    """The relay never follows a lab's redirect, also of a WebSocket upgrade: the client gets
+    the redirect, its Location kept under the lab's prefix. If this fails on aiohttp's path,
+    ``ws_connect`` (which follows 3xx, up to 10 hops) made the gateway itself request any
+    path of the lab's server, outside the lab's prefix too, with the lab's token."""
+
+    async def answer(target: str, writer: asyncio.StreamWriter) -> None:
+        if target.endswith("/ws"):
+            writer.write(b"HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\n"
+                         b"Content-Length: 0\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+
+    lab, prefix = await hostile(answer)
+    wire = await open_on(gw, path)
+    try:
+        await wire.send(request(gw, "GET", prefix + "ws", UPGRADE))
+        response = await wire.message()
+    finally:
+        wire.close()
+    assert lab.requests == [f"GET {prefix}ws HTTP/1.1"], lab.requests
+    assert response.status == 302, response.status
+    assert response.headers.get("Location") == prefix.rstrip("/") + "/elsewhere"
+
+
+# -- access records and counters: one per request, a client that left is a 499 ---------------
+
+
+@PATHS
+async def test_a_request_whose_client_left_before_the_answer_is_recorded_and_counted(
+        gw: Gateway, path: str, caplog: pytest.LogCaptureFixture) -> None:
+    """One access record per request, and the proxy's counters with it; a client that left
+    before the lab answered is recorded as 499 on both paths. If this fails on the fast path,
+    a request that changed a lab's state (an upload, a file deleted with a leaked token) is
+    missing from the audit trail whenever its client disconnects right after sending it."""
+    caplog.set_level(logging.INFO, "hpcgw.access")
+    proxy = gw.app[PROXY]
+    proxy.fast.flush()
+    counter = proxy.metrics.proxy_requests.labels("http", "4xx")
+    before = counter._value.get()
+    wire = await open_on(gw, path)
+    try:
+        await wire.send(request(gw, "GET", gw.prefix() + "silent"))
+        await deadline(gw.upstream.silent_waiting.wait())
+        leave(wire, "reset")  # (a reset: the fast path notices it at once, see above)
+    finally:
+        wire.close()
+    try:
+        await deadline(gw.upstream.silent_ended.wait())  # the gateway gave up on the lab
+
+        def counted() -> bool:
+            proxy.fast.flush()
+            return bool(counter._value.get() == before + 1)
+
+        await wait_until(counted, "the request of a client that left is counted (4xx)")
+        if path == "fast":
+            records = [entry for record in caplog.records if record.name == "hpcgw.access"
+                       for entry in getattr(record, "requests", [])]
+            assert [(r["path"], r["status"]) for r in records] == [
+                (gw.prefix() + "silent", 499)]
+    finally:
+        gw.upstream.silent_release.set()
+
+
+# -- the gateway stops: open WebSockets are told (1001) -------------------------------------
+
+
+@PATHS
+async def test_open_websockets_get_going_away_when_the_gateway_stops(
+        gw: Gateway, path: str) -> None:
+    """Stopping the gateway ends every relayed WebSocket with a close frame saying 1001
+    (going away: a browser's lab reconnects), on both sides and both paths. If this fails on
+    aiohttp's path, such a WebSocket stayed open and relayed after the site stopped, and
+    ``hpcgw serve``'s shutdown then waited aiohttp's shutdown_timeout (60 s) for it before
+    cutting the connection without a close frame."""
+    wire = await open_on(gw, path)
+    try:
+        await wire.send(request(gw, "GET", gw.prefix() + "ws", UPGRADE))
+        assert (await wire.message()).status == 101
+        runner = gw.client.server.runner
+        assert runner is not None
+        for site in list(runner.sites):
+            await site.stop()
+        try:
+            code: int | str | None = await close_code_then_end(wire)
+        except TimeoutError:
+            code = f"no close frame and no end within {WAIT} s"
+    finally:
+        wire.close()
+    assert code == GOING_AWAY, code
+    await deadline(gw.upstream.ws_done.wait())
+    assert gw.upstream.ws_closes[-1][0] == GOING_AWAY
