@@ -32,6 +32,16 @@ UPGRADE = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Versi
            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
 
 
+async def open_on(gw: Gateway, path: str) -> Wire:
+    """A client connection on the given path of the lab proxy: ``aiohttp`` sends an API
+    request first, after which aiohttp serves the connection for good (``fast``: nothing)."""
+    wire = await Wire.open(gw.port)
+    if path == "aiohttp":
+        await wire.send(request(gw, "GET", "/api/v1/health"))
+        assert (await wire.response()).status == 200
+    return wire
+
+
 async def close_code_then_end(wire: Wire) -> int | None:
     """The close code of the first frame the gateway sends (None if that is no close frame),
     answered as a browser does, once the gateway has also ended the connection (within WAIT
@@ -77,10 +87,8 @@ async def test_a_websocket_on_a_connection_aiohttp_serves_ends_when_no_longer_ad
     request (here the API's health check) is aiohttp's from then on, and a WebSocket upgraded
     there is relayed by aiohttp (relay.relay_websocket): if this fails, a leaked token that
     was revoked keeps a kernel or a terminal (a shell as its user) open for ever."""
-    wire = await Wire.open(gw.port)
+    wire = await open_on(gw, "aiohttp")
     try:
-        await wire.send(request(gw, "GET", "/api/v1/health"))
-        assert (await wire.response()).status == 200
         await wire.send(request(gw, "GET", gw.prefix() + "ws", UPGRADE))
         assert (await wire.message()).status == 101
         ending(gw, tmp_path)
@@ -187,11 +195,8 @@ async def test_a_lab_answer_without_a_length_cut_by_a_reset_does_not_look_comple
         reset(writer)
 
     _, prefix = await hostile(answer)
-    wire = await Wire.open(gw.port)
+    wire = await open_on(gw, path)
     try:
-        if path == "aiohttp":  # another request first: aiohttp serves the connection from then
-            await wire.send(request(gw, "GET", "/api/v1/health"))
-            assert (await wire.response()).status == 200
         await wire.send(request(gw, "GET", prefix + "files/big.bin"))
         head = await deadline(wire.reader.readuntil(b"\r\n\r\n"))
         assert head.startswith(b"HTTP/1.1 200"), head
@@ -230,11 +235,8 @@ async def test_the_client_gets_a_well_formed_status_line_whatever_the_lab_sends(
         writer.write(status_line + b"\r\nContent-Length: 2\r\n\r\nok")
 
     _, prefix = await hostile(answer)
-    wire = await Wire.open(gw.port)
+    wire = await open_on(gw, path)
     try:
-        if path == "aiohttp":  # another request first: aiohttp serves the connection from then
-            await wire.send(request(gw, "GET", "/api/v1/health"))
-            assert (await wire.response()).status == 200
         await wire.send(request(gw, "GET", prefix + "x"))
         line = (await deadline(wire.reader.readuntil(b"\r\n")))[:-2]
     finally:

@@ -22,7 +22,7 @@ from gateway.api.keys import PROXY
 from gateway.proxy.wsframes import GOING_AWAY
 from tests.unit import test_relay as relay
 from tests.unit.test_fast_path import held, wait_until
-from tests.unit.test_lab_proxy_hostile import UPGRADE, close_code_then_end, reset
+from tests.unit.test_lab_proxy_hostile import UPGRADE, close_code_then_end, open_on, reset
 from tests.unit.test_lab_proxy_hostile import hostile as hostile  # the fixture
 from tests.unit.test_relay import WAIT, Gateway
 from tests.unit.test_relay_wire import Wire, deadline, request
@@ -30,16 +30,6 @@ from tests.unit.test_relay_wire import Wire, deadline, request
 gw = relay.gw  # the fixture (a module attribute, so that pytest finds it here too)
 PATHS = pytest.mark.parametrize("path", ["fast", "aiohttp"])
 STATUS_LINE = re.compile(rb"HTTP/1\.1 \d{3} [\t\x20-\x7e\x80-\xff]*")
-
-
-async def open_on(gw: Gateway, path: str) -> Wire:
-    """A client connection on the given path: ``aiohttp`` sends an API request first, after
-    which aiohttp serves the connection for good."""
-    wire = await Wire.open(gw.port)
-    if path == "aiohttp":
-        await wire.send(request(gw, "GET", "/api/v1/health"))
-        assert (await wire.response()).status == 200
-    return wire
 
 
 # -- max_lab_connections: a client that leaves gives its hold back ---------------------------
