@@ -68,7 +68,8 @@ def response_head(upstream: Upstream, status: int, reason: bytes,
                   request: RequestHead) -> tuple[bytes, str]:
     """The client's response head, and its body framing: ``"length"``, ``"chunked"`` (the
     proxy re-chunks), ``"close"`` (the body ends with the connection: an HTTP/1.0 client),
-    or ``"none"``. (Bytes throughout: it runs for every answer.)"""
+    or ``"none"``. ValueError (:func:`.rules.reason_to_pass`) for a status that cannot be
+    passed on. (Bytes throughout: it runs for every answer.)"""
     lines = [b"HTTP/1.1 %d %s" % (status, reason_to_pass(status, reason))]
     named: set[bytes] = set()  # headers the lab's Connection header names: hop-by-hop too
     for raw_name, raw_value in headers:

@@ -5,8 +5,8 @@ apply the same rules: hop-by-hop headers, and those named in ``Connection``, are
 ways; the gateway's cookies, its ``Authorization`` and the browser's ``Host``/``Origin`` never
 reach the lab, which gets its own token instead; ``Location`` and ``Set-Cookie`` stay under the
 lab's prefix; a lab cannot widen a service worker's scope; the client's status line is well
-formed whatever the lab's was. Nothing here knows about jobs or
-users: the caller hands over an :class:`Upstream` it chose.
+formed whatever the lab's was. Nothing here knows about jobs or users: the caller hands over
+an :class:`Upstream` it chose.
 """
 
 from __future__ import annotations
