@@ -21,7 +21,6 @@ import ipaddress
 import json
 import secrets
 import socket
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -186,16 +185,39 @@ class ProvenLabConnector(aiohttp.BaseConnector):
         return protocol
 
 
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class UpgradeRedirected(Exception):
+    """The lab answered a WebSocket upgrade with a redirect (not followed: the client gets it,
+    its ``Location`` kept under the lab's prefix)."""
+
+    def __init__(self, status: int, location: str | None) -> None:
+        super().__init__(f"the lab redirected a WebSocket upgrade ({status})")
+        self.status, self.location = status, location
+
+
+async def upgrade_not_followed(request: aiohttp.ClientRequest,
+                               handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
+    """A lab session's middleware: a redirect answering a WebSocket upgrade ends the request
+    (:class:`UpgradeRedirected`), since ``ws_connect`` would follow it, with the lab's token,
+    anywhere on the lab's server. (Other requests are sent with ``allow_redirects=False``.)"""
+    response = await handler(request)
+    if response.status in _REDIRECTS and "Upgrade" in request.headers:
+        location = response.headers.get("Location")
+        response.release()
+        raise UpgradeRedirected(response.status, location)
+    return response
+
+
 class LabSessions:
     """One HTTP client session per lab, over a :class:`ProvenLabConnector` for that lab's
     current address; replaced when the address (or what must be proven) changes, closed when
-    the lab is no longer live. Sessions never share connections or cookies between labs."""
+    the lab is no longer live. Sessions never share connections or cookies between labs, and
+    never follow a lab's redirect (:func:`upgrade_not_followed`)."""
 
-    def __init__(self, connect_timeout: float,
-                 middlewares: Sequence[aiohttp.ClientMiddlewareType] = ()) -> None:
-        """``middlewares``: run by every session around each request it sends."""
+    def __init__(self, connect_timeout: float) -> None:
         self._connect_timeout = connect_timeout
-        self._middlewares = middlewares
         self._sessions: dict[str, tuple[tuple[Any, ...], aiohttp.ClientSession]] = {}
 
     def get(self, job_id: str, identity: LabIdentity, host: str, port: int
@@ -214,7 +236,7 @@ class LabSessions:
             auto_decompress=False,  # bodies pass through as the upstream encoded them
             cookie_jar=aiohttp.DummyCookieJar(),  # never keep one user's cookies for another
             skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
-            middlewares=self._middlewares,
+            middlewares=(upgrade_not_followed,),
         )
         self._sessions[job_id] = (key, session)
         return session

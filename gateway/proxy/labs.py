@@ -35,7 +35,7 @@ from ..users import User
 from .fastpath import PIPE_CHECK_INTERVAL, Caller, LabFastPath, LabRoutes, still_admitted
 from .identity import LabIdentity, LabNotProven, LabSessions
 from .quota import LabConnections
-from .relay import ClientLeft, Recheck, relay_http, relay_websocket, upgrade_not_followed
+from .relay import ClientLeft, Recheck, relay_http, relay_websocket
 from .rules import CLIENT_CLOSED, Upstream
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class LabProxy:
         self.body_timeout = body_timeout
         self.connections = LabConnections(max_connections)
         self.metrics = metrics or GatewayMetrics()
-        self.sessions = LabSessions(CONNECT_TIMEOUT, (upgrade_not_followed,))
+        self.sessions = LabSessions(CONNECT_TIMEOUT)
         self.gateway_cookies = gateway_cookies
         self.public_origin = public_origin
         # job id -> wall-clock time of the last proxied request or WebSocket frame

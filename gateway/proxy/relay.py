@@ -22,6 +22,7 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 
 from ..errors import GatewayError, RequestTimeout
+from .identity import UpgradeRedirected
 from .rules import (
     HOP_BY_HOP,
     NOT_DOWNSTREAM,
@@ -42,7 +43,6 @@ _WS_HANDSHAKE = frozenset({
 MAX_WS_MESSAGE = 64 * 1024 * 1024
 CHUNK = 256 * 1024
 WS_CLOSE_TIMEOUT = 5.0  # seconds for the second side's close handshake
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 CLIENT_CHECK_INTERVAL = 1.0  # seconds between looks at the client while the lab is silent
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -248,28 +248,6 @@ async def while_client_waits(request: web.Request, waiting: Awaitable[T]) -> T:
         if not task.done():  # the client left, or this handler was cancelled
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-
-
-class UpgradeRedirected(Exception):
-    """The lab answered a WebSocket upgrade with a redirect (not followed: the client gets it,
-    its ``Location`` kept under the lab's prefix)."""
-
-    def __init__(self, status: int, location: str | None) -> None:
-        super().__init__(f"the lab redirected a WebSocket upgrade ({status})")
-        self.status, self.location = status, location
-
-
-async def upgrade_not_followed(request: aiohttp.ClientRequest,
-                               handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
-    """A lab session's middleware: a redirect answering a WebSocket upgrade ends the request
-    (:class:`UpgradeRedirected`), since ``ws_connect`` would follow it, with the lab's token,
-    anywhere on the lab's server. Other requests are relayed with ``allow_redirects=False``."""
-    response = await handler(request)
-    if response.status in _REDIRECTS and "Upgrade" in request.headers:
-        location = response.headers.get("Location")
-        response.release()
-        raise UpgradeRedirected(response.status, location)
-    return response
 
 
 class UpstreamRefused(GatewayError):
