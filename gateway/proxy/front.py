@@ -301,6 +301,10 @@ class FrontProtocol(ClientConnection):
             self._held_head = head  # goes out with the first piece of body: one send
 
     def upstream_body(self, data: bytes) -> None:
+        """A piece of the lab's answer: to the client, and activity for the idle cull (an
+        answer that streams for longer than ``labs.idle_timeout`` keeps its lab)."""
+        assert self._admission is not None
+        self._labs.touch(self._admission.job_id)
         self._sent += len(data)
         head, self._held_head = self._held_head, b""
         if self._chunked_out:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from typing import Any
 
 import pytest
@@ -24,7 +25,7 @@ from tests.unit import test_relay as relay
 from tests.unit.test_fast_path import held, wait_until
 from tests.unit.test_lab_proxy_hostile import UPGRADE, close_code_then_end, open_on, reset
 from tests.unit.test_lab_proxy_hostile import hostile as hostile  # the fixture
-from tests.unit.test_relay import WAIT, Gateway
+from tests.unit.test_relay import MIB, WAIT, Gateway
 from tests.unit.test_relay_wire import Wire, deadline, request
 
 gw = relay.gw  # the fixture (a module attribute, so that pytest finds it here too)
@@ -85,6 +86,32 @@ async def test_a_client_that_leaves_gives_its_hold_back_whatever_the_lab_does(
     finally:
         wire.close()
         release.set()
+
+
+# -- activity for the idle cull: an answer that streams counts while it flows ---------------
+
+
+@PATHS
+async def test_an_answer_that_streams_counts_as_activity_while_it_flows(
+        gw: Gateway, path: str) -> None:
+    """The idle cull stops a lab with no proxied traffic for ``labs.idle_timeout``. A long
+    download (or an event stream) is traffic for as long as it flows: if this fails, the
+    fast path counted it once, at its start, and a download longer than the idle timeout
+    could see its lab stopped under it."""
+    proxy = gw.app[PROXY]
+    wire = await open_on(gw, path)
+    try:
+        await wire.send(request(gw, "GET", gw.prefix() + "download?n=3&gate=1"))
+        seen = len(await deadline(wire.reader.readuntil(b"\r\n\r\n")))
+        while seen < MIB:  # the first MiB; the lab waits for the gate before the rest
+            seen += len(await deadline(wire.reader.read(MIB)))
+        started = proxy.last_activity(gw.lab["id"])
+        await wait_until(lambda: time.time() > started + 0.05, "the clock moved on")
+        gw.upstream.gate.set()
+        await wait_until(lambda: proxy.last_activity(gw.lab["id"]) > started,
+                         "the rest of the answer counted as activity")
+    finally:
+        wire.close()
 
 
 # -- a lab's answer: malformed or over the head cap is the lab failing (503) ------------------
