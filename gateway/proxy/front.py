@@ -18,7 +18,8 @@ when no head comes within ``header_timeout`` seconds of its opening or of its pr
 closing while its client may still be sending a request body nobody will read (a 429 or 503
 here, a lab that answered early), so that the client reads the answer rather than a reset. A
 request body that stops coming for ``body_timeout`` seconds while this side is ready to read
-it (not paused for the lab, not yet answered) ends with 408.
+it (not paused for the lab, not yet answered) ends with 408. A client that shuts its side
+while a request of its is in flight is taken to have gone (its access record says 499).
 """
 
 from __future__ import annotations
