@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from ..errors import LabUnavailable, NotFound
 from ..jobs.clusters import ClusterLink
+from ..proxy.relay import expect_later
 from . import admin, jobs, metrics, portal, problems, sessions, sso, storage, stream, webhooks
 from .keys import CONFIG, OPENAPI, PROXY, SERVICE, VIA_COOKIE, current_user
 from .middleware import auth_middleware, caller_now, problem_middleware
@@ -124,7 +125,8 @@ def add_routes(app: web.Application) -> None:
     app.add_routes(problems.routes)
     app.add_routes(metrics.routes)
     app.add_routes(webhooks.routes)
-    app.router.add_route("*", "/labs/{job_id:[0-9a-f]{16}}/{tail:.*}", _proxy_lab)
+    app.router.add_route("*", "/labs/{job_id:[0-9a-f]{16}}/{tail:.*}", _proxy_lab,
+                         expect_handler=expect_later)
     app.router.add_get("/labs/{job_id:[0-9a-f]{16}}", _lab_root)
 
 

@@ -80,8 +80,8 @@ def upstream_headers(
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in _end_to_end(request.headers.items(), named):
         lower = name.lower()
-        if lower in NOT_UPSTREAM or (websocket and lower in _WS_HANDSHAKE):
-            continue
+        if lower in NOT_UPSTREAM or lower == "expect" or (websocket and lower in _WS_HANDSHAKE):
+            continue  # (relay_http asks the lab for a 100 in the one form its server knows)
         headers.add(name, value)
     cookies = filter_cookies(request.headers.getall("Cookie", []), gateway_cookies)
     if cookies:
@@ -111,6 +111,12 @@ def response_headers(upstream_response: aiohttp.ClientResponse, upstream: Upstre
     return headers
 
 
+async def expect_later(request: web.Request) -> None:
+    """The lab routes' ``Expect`` handler: nothing now. aiohttp's own would send a 100 (or a
+    417) before any check ran; the relay sends the lab's 100 when the lab sends it, so a
+    refused request, or a lab that answers first, never invites the body."""
+
+
 async def relay_http(
     request: web.Request, upstream: Upstream, session: aiohttp.ClientSession,
     gateway_cookies: frozenset[str], on_activity: Activity, body_timeout: float,
@@ -129,10 +135,13 @@ async def relay_http(
     url = upstream.url(request.rel_url.raw_path, request.rel_url.raw_query_string)
     headers = upstream_headers(request, upstream, gateway_cookies)
     stalled: list[bool] = []  # set by the body when it times out
-    body = _in_time(request.content, body_timeout, stalled) if request.body_exists else None
+    expects = request.version == aiohttp.HttpVersion11 and \
+        request.headers.get("Expect", "").lower() == "100-continue"
+    body = _in_time(request, body_timeout, stalled, expects) if request.body_exists else None
     try:
         answer = await while_client_waits(request, session.request(
-            request.method, url, headers=headers, data=body, allow_redirects=False))
+            request.method, url, headers=headers, data=body, allow_redirects=False,
+            expect100=expects))
     except (aiohttp.ClientError, TimeoutError):  # the body's error, as aiohttp passes it on
         if stalled:
             raise RequestTimeout() from None
@@ -170,13 +179,18 @@ def _connection_end(answer: aiohttp.ClientResponse) -> asyncio.Future[None] | No
     return end
 
 
-async def _in_time(content: aiohttp.StreamReader, timeout: float, stalled: list[bool]
-                   ) -> AsyncIterator[bytes]:
+async def _in_time(request: web.Request, timeout: float, stalled: list[bool],
+                   expects: bool) -> AsyncIterator[bytes]:
     """The client's request body as it comes, each read within ``timeout`` s (else
-    ``stalled`` gets an entry and the body ends in an error, which ends the lab's request)."""
+    ``stalled`` gets an entry and the body ends in an error, which ends the lab's request).
+    ``expects``: the client waits for a 100, sent when the body is first asked for, which is
+    when the lab has sent its own (:func:`expect_later` held aiohttp's back)."""
+    if expects:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # (the answer has not begun: as aiohttp does)
     while True:
         try:
-            chunk = await asyncio.wait_for(content.readany(), timeout)
+            chunk = await asyncio.wait_for(request.content.readany(), timeout)
         except TimeoutError:
             stalled.append(True)
             raise

@@ -104,7 +104,8 @@ async def test_a_websocket_on_a_connection_aiohttp_serves_ends_when_no_longer_ad
 class HostileLab:
     """A raw TCP lab server: answers the gateway's identity challenge like the real launcher,
     then answers each other request with ``answer(path, writer)`` (a coroutine that writes
-    raw bytes and may end the connection). Records the request lines it got."""
+    raw bytes and may end the connection). Records the request lines it got. A request body
+    is read before the answer, unless the request expects a 100 (none is sent)."""
 
     def __init__(self, answer: Callable[[str, asyncio.StreamWriter], Awaitable[None]]) -> None:
         self.answer = answer
@@ -128,7 +129,7 @@ class HostileLab:
                 line = head.split(b"\r\n", 1)[0].decode("latin-1")
                 path = line.split(" ")[1]
                 length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
-                if length:
+                if length and b"\r\nexpect: 100-continue\r\n" not in head.lower():
                     await reader.readexactly(int(length[1]))
                 if "/hpcgw/proof?" in path:
                     host, port = writer.get_extra_info("sockname")[:2]

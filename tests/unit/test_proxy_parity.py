@@ -12,6 +12,8 @@ passes and documents what the other must do.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import re
 import time
@@ -112,6 +114,67 @@ async def test_an_answer_that_streams_counts_as_activity_while_it_flows(
                          "the rest of the answer counted as activity")
     finally:
         wire.close()
+
+
+# -- Expect: 100-continue: the lab decides whether the body comes --------------------------
+
+
+@PATHS
+async def test_an_upload_that_expects_100_continue_waits_for_the_labs_word(
+        gw: Gateway, hostile: Any, path: str) -> None:
+    """A client that sends ``Expect: 100-continue`` sends its body only after a 100, so that
+    a lab refusing the upload costs it nothing. If this fails on aiohttp's path, aiohttp sent
+    the client its 100 at once, whatever the lab (or the gateway's own checks) would say."""
+
+    async def refuse(_: str, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        writer.close()
+
+    _, prefix = await hostile(refuse)
+    wire = await open_on(gw, path)
+    try:
+        await wire.send(request(gw, "PUT", prefix + "files/big.bin", {
+            "Content-Length": "1000000", "Expect": "100-continue"}))
+        line = await deadline(wire.reader.readuntil(b"\r\n"))
+    finally:
+        wire.close()
+    assert line.startswith(b"HTTP/1.1 403 "), line
+
+
+@PATHS
+@pytest.mark.parametrize("spelling", ["100-continue", "100-Continue"])
+async def test_an_upload_that_expects_100_continue_reaches_the_lab_whole(
+        gw: Gateway, path: str, spelling: str) -> None:
+    """The lab's 100 reaches the client, then the body reaches the lab, whichever way the
+    client spells the expectation. JupyterLab's server (tornado, and the FakeLab) sends a 100
+    only for exactly ``100-continue``: if this fails on aiohttp's path, the client's spelling
+    went to the lab as it was and the gateway waited for ever on a 100 that never came."""
+    body = b"x" * 5000
+    wire = await open_on(gw, path)
+    try:
+        await wire.send(request(gw, "POST", gw.prefix() + "upload", {
+            "Content-Length": str(len(body)), "Expect": spelling}))
+        assert (await wire.message()).status == 100
+        await wire.send(body)
+        answer = await wire.response()
+    finally:
+        wire.close()
+    assert answer.status == 200
+    assert json.loads(answer.body) == {"size": len(body),
+                                       "sha256": hashlib.sha256(body).hexdigest()}
+
+
+async def test_an_unauthenticated_upload_gets_its_401_without_a_100(gw: Gateway) -> None:
+    """aiohttp answers ``Expect`` before any middleware runs: on a lab path it must not invite
+    the body of a request the gateway is about to refuse."""
+    wire = await Wire.open(gw.port)
+    try:
+        await wire.send(request(gw, "POST", gw.prefix() + "upload", {
+            "Content-Length": "1000000", "Expect": "100-continue"}, token=None))
+        line = await deadline(wire.reader.readuntil(b"\r\n"))
+    finally:
+        wire.close()
+    assert line.startswith(b"HTTP/1.1 401 "), line
 
 
 # -- a lab's answer: malformed or over the head cap is the lab failing (503) ------------------
