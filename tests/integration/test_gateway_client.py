@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -44,10 +45,13 @@ class Laptop:
         self.url = self._wait_listening(60)
 
     def _wait_listening(self, timeout: float) -> str:
+        """The server's URL once it accepts connections. (jupyter_server prints the URL of a
+        port it chose with ``--port=0`` before it listens there: the printed port alone is
+        not enough.)"""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             found = re.search(r"http://127\.0\.0\.1:(\d+)/", self.log.read_text())
-            if found:
+            if found and _accepts(int(found[1])):
                 return found[0]
             if self.process.poll() is not None:
                 break
@@ -111,6 +115,14 @@ async def test_another_users_token_gets_no_kernel(
     status, kernels = await alice.call("GET", f"/labs/{lab['id']}/api/kernels")
     assert status == 200 and kernels == []
     assert "GatewayKernelManager started kernel" not in laptop.log.read_text()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def _uid(user: str) -> int:
