@@ -23,6 +23,7 @@ from gateway.states import State
 from gateway.store import Store
 from gateway.tokens import lab_proof, lab_token
 from tests.unit import test_relay as relay
+from tests.unit.test_lab_connections import hand_to_aiohttp
 from tests.unit.test_relay import SECRET, WAIT, Gateway, ready_lab
 from tests.unit.test_relay_wire import Wire, deadline, request
 
@@ -37,8 +38,7 @@ async def open_on(gw: Gateway, path: str) -> Wire:
     request first, after which aiohttp serves the connection for good (``fast``: nothing)."""
     wire = await Wire.open(gw.port)
     if path == "aiohttp":
-        await wire.send(request(gw, "GET", "/api/v1/health"))
-        assert (await wire.response()).status == 200
+        await hand_to_aiohttp(gw, wire)
     return wire
 
 
