@@ -39,9 +39,10 @@ from .admission import Admission
 from .heads import response_head, upstream_head
 from .http1 import RequestHead
 from .identity import LabIdentity
+from .pool import UpstreamPool
 from .quota import LabConnections
 from .rules import Upstream
-from .upstream import UpstreamConnection, UpstreamPool
+from .upstream import UpstreamConnection
 
 access_log = logging.getLogger("hpcgw.access")
 log = logging.getLogger(__name__)

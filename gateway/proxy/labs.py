@@ -35,7 +35,8 @@ from ..users import User
 from .fastpath import PIPE_CHECK_INTERVAL, Caller, LabFastPath, LabRoutes, still_admitted
 from .identity import LabIdentity, LabNotProven, LabSessions
 from .quota import LabConnections
-from .relay import ClientLeft, Recheck, relay_http, relay_websocket
+from .relay import ClientLeft, relay_http
+from .relay_ws import Recheck, relay_websocket
 from .rules import CLIENT_CLOSED, Upstream
 
 log = logging.getLogger(__name__)

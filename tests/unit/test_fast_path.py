@@ -17,7 +17,8 @@ from aiohttp import WSMsgType
 
 from gateway.api.keys import PROXY
 from gateway.proxy.identity import LabIdentity
-from gateway.proxy.upstream import UpstreamConnection, UpstreamPool
+from gateway.proxy.pool import UpstreamPool
+from gateway.proxy.upstream import UpstreamConnection
 from gateway.server import STORE
 from gateway.states import State
 from gateway.store import Store

@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from gateway.proxy.identity import LabIdentity
-from gateway.proxy.upstream import UpstreamConnection, UpstreamPool
+from gateway.proxy.pool import UpstreamPool
+from gateway.proxy.upstream import UpstreamConnection
 from gateway.server import STORE
 from gateway.tokens import lab_proof, lab_token
 from tests.unit import test_relay as relay

@@ -85,7 +85,7 @@ async def test_a_websocket_on_a_connection_aiohttp_serves_ends_when_no_longer_ad
     """SECURITY.md: an open lab WebSocket is checked again every second and closed (1008) once
     its credential or its lab no longer admits it. A connection that first carried any other
     request (here the API's health check) is aiohttp's from then on, and a WebSocket upgraded
-    there is relayed by aiohttp (relay.relay_websocket): if this fails, a leaked token that
+    there is relayed by aiohttp (relay_ws.relay_websocket): if this fails, a leaked token that
     was revoked keeps a kernel or a terminal (a shell as its user) open for ever."""
     wire = await open_on(gw, "aiohttp")
     try:
