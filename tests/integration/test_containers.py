@@ -3,12 +3,12 @@ containers/charliecloud/build-bookworm-jupyter, offered by scripts/dev-cluster),
 transports: a notebook reading a copied input and a mounted one and writing an output, and a
 lab, each showing from inside that it runs in the image, as the job's unix user, with a clean
 environment and the GPU selection; images that cannot start end ``failed``/``launch_failed``
-with the runtime's own error; cancel and time limit leave no process behind."""
+with the runtime's own error; a cancelled lab leaves no process behind (a time
+limit in the image: test_time_limits.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -231,25 +231,3 @@ async def test_the_clusters_list_their_images(alice: Api) -> None:
     assert dev["images"] == [{"name": IMAGE, "runtime": "charliecloud", "gpu": False,
                               "description": dev["images"][0]["description"]}]
     assert dev["default_image"] is None
-
-
-@pytest.fixture(scope="module")
-def local_only(dev_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """A gateway of its own on the local transport, for the real-time test that runs once."""
-    served = own_gateway(dev_config, tmp_path_factory.mktemp("containers-local"))
-    yield served
-    stop_gateway(served.process)
-
-
-@pytest.mark.slow
-async def test_a_time_limit_inside_the_image_leaves_no_process(local_only: Gateway) -> None:
-    alice = Api(local_only, "alice")
-    status, job = await alice.submit(make_notebook("import time\ntime.sleep(600)"),
-                                     {"image": IMAGE, "time": "00:01:00"})
-    assert status == 201, job
-    await alice.wait_for(job["id"], lambda j: j["state"] == "running", 60, "running")
-    await alice.wait_for(job["id"], lambda _: len(job_processes(job["id"])) >= 2, 30,
-                         "the runner and its kernel up")
-    job = await alice.wait_terminal(job["id"], 240)
-    assert (job["state"], job["reason"]) == ("timed_out", "time_limit"), job
-    assert not job_processes(job["id"]), os.linesep.join(job_processes(job["id"]))
