@@ -33,7 +33,6 @@ from .jobs.service import JobService
 from .metrics import GatewayMetrics, ScrapeTimeCollector
 from .proxy.front import FrontProtocol
 from .proxy.labs import LabProxy
-from .proxy.pipe import WebSocketPipe
 from .scheduler.metered import MeteredBackend
 from .sso.client import OIDCClient
 from .sso.settings import OIDCConfig
@@ -134,7 +133,6 @@ class FrontSite(web.SockSite):
     def __init__(self, runner: web.AppRunner, sock: socket.socket) -> None:
         super().__init__(runner, sock)
         self._fronts: weakref.WeakSet[FrontProtocol] = weakref.WeakSet()
-        self._pipes: weakref.WeakSet[WebSocketPipe] = weakref.WeakSet()
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registered with the runner, not served by aiohttp
@@ -144,8 +142,7 @@ class FrontSite(web.SockSite):
         gateway = runner.app[CONFIG].gateway
 
         def front() -> FrontProtocol:
-            protocol = FrontProtocol(server, fast, gateway.header_timeout, gateway.body_timeout,
-                                     self._pipes)
+            protocol = FrontProtocol(server, fast, gateway.header_timeout, gateway.body_timeout)
             self._fronts.add(protocol)
             return protocol
 
@@ -155,10 +152,8 @@ class FrontSite(web.SockSite):
     async def stop(self) -> None:
         for protocol in list(self._fronts):
             protocol.shut()
-        for pipe in list(self._pipes):
-            pipe.shut()
         runner = self._runner
-        if isinstance(runner, web.AppRunner):  # (WebSockets on connections aiohttp serves)
+        if isinstance(runner, web.AppRunner):  # open WebSockets, on either path
             runner.app[PROXY].going_away()
         await super().stop()
 

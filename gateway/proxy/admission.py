@@ -10,6 +10,7 @@ from typing import Protocol
 from ..users import User
 from .http1 import RequestHead
 from .upstream import UpstreamConnection
+from .watch import End, Watched
 
 
 @dataclass(slots=True)
@@ -60,7 +61,6 @@ class FastPath(Protocol):
 
     def answer_too_many(self) -> bytes: ...
 
-    def pipe_opened(self, admission: Admission, head: RequestHead,
-                    close: Callable[[], None]) -> object: ...
+    def pipe_opened(self, admission: Admission, head: RequestHead, end: End) -> Watched: ...
 
-    def pipe_closed(self, handle: object) -> None: ...
+    def pipe_closed(self, handle: Watched) -> None: ...

@@ -12,8 +12,7 @@ very next request.
 Access records and the proxy's counters are kept in memory and written every
 :data:`FLUSH_INTERVAL` s (or :data:`FLUSH_RECORDS` records) as one ``hpcgw.access`` event whose
 ``requests`` field lists them: one record per request, none dropped. Open WebSocket pipes are
-checked again every :data:`PIPE_CHECK_INTERVAL` s (cached lookups, so cheap): a pipe whose
-credential no longer names its owner, or whose lab is no longer ready, is closed.
+checked again while they last (:mod:`.watch`, with :func:`still_admitted`).
 """
 
 from __future__ import annotations
@@ -43,12 +42,12 @@ from .pool import UpstreamPool
 from .quota import LabConnections
 from .rules import Upstream
 from .upstream import UpstreamConnection
+from .watch import End, OpenWebSockets, Watched
 
 access_log = logging.getLogger("hpcgw.access")
 log = logging.getLogger(__name__)
 FLUSH_INTERVAL = 1.0
 FLUSH_RECORDS = 1024
-PIPE_CHECK_INTERVAL = 1.0
 MAX_ROUTES = 1024
 LAB_PATH = re.compile(r"^/labs/([0-9a-f]{16})/")
 
@@ -79,15 +78,6 @@ class RouteParts:
     response_head: Callable[..., tuple[bytes, str]]
 
 
-@dataclass(slots=True)
-class Pipe:
-    """An open WebSocket, with what admitted it (checked again while it lasts)."""
-
-    head: RequestHead
-    admission: Admission
-    close: Callable[[], None]
-
-
 def header(head: RequestHead, name: str) -> str | None:
     """The first value of header ``name`` (lower case), or None."""
     for key, value in head.headers:
@@ -109,7 +99,7 @@ class LabFastPath:
     def __init__(self, routes: LabRoutes, caller: Caller, upstream_of: Callable[..., Any],
                  gateway_cookies: frozenset[str], public_origin: str | None,
                  metrics: GatewayMetrics, touch: Callable[[str], None],
-                 connections: LabConnections) -> None:
+                 connections: LabConnections, websockets: OpenWebSockets) -> None:
         self._routes, self._caller, self._upstream_of = routes, caller, upstream_of
         self._connections = connections
         self._gateway_cookies, self._public_origin = gateway_cookies, public_origin
@@ -118,8 +108,7 @@ class LabFastPath:
         self._parts: dict[int, RouteParts] = {}  # by id(route)
         self._records: list[list[Any]] = []
         self._flusher: asyncio.TimerHandle | None = None
-        self._pipes: dict[int, Pipe] = {}
-        self._checker: asyncio.Task[None] | None = None
+        self._websockets = websockets
 
     def _checked(self, head: RequestHead) -> tuple[User, str, bool] | None:
         """(caller, job id, WebSocket) when the request passes every check but the lab's
@@ -253,48 +242,23 @@ class LabFastPath:
 
     # -- open WebSockets ------------------------------------------------------------------------
 
-    def pipe_opened(self, admission: Admission, head: RequestHead,
-                    close: Callable[[], None]) -> object:
-        """A WebSocket pipe opened; it keeps holding the admission's lab connection."""
-        pipe = Pipe(head, admission, close)
-        self._pipes[id(pipe)] = pipe
-        self._metrics.proxy_websockets.inc()
-        if self._checker is None or self._checker.done():
-            self._checker = asyncio.get_running_loop().create_task(self._check_pipes())
-        return pipe
+    def pipe_opened(self, admission: Admission, head: RequestHead, end: End) -> Watched:
+        """A WebSocket pipe opened; it keeps holding the admission's lab connection until
+        :meth:`pipe_closed`, and is ended (``end(code)``) once it is no longer admitted."""
+        return self._websockets.watch(partial(self._still_admitted, head, admission), end,
+                                      partial(self.unhold, admission))
 
-    def pipe_closed(self, handle: object) -> None:
-        pipe = self._pipes.pop(id(handle), None)
-        if pipe is not None:
-            self._metrics.proxy_websockets.dec()
-            self.unhold(pipe.admission)
+    def pipe_closed(self, handle: Watched) -> None:
+        self._websockets.gone(handle)
 
-    async def _check_pipes(self) -> None:
-        """While pipes are open: close each whose credential or lab no longer admits it."""
-        while self._pipes:
-            await asyncio.sleep(PIPE_CHECK_INTERVAL)
-            for pipe in list(self._pipes.values()):
-                try:
-                    admitted = await self._still_admitted(pipe)
-                except Exception:  # e.g. the database busy: checked again next time
-                    log.exception("could not check an open lab WebSocket again")
-                    continue
-                if not admitted:
-                    self.pipe_closed(pipe)
-                    pipe.close()
-
-    async def _still_admitted(self, pipe: Pipe) -> bool:
-        found = self._caller(pipe.head)
-        return await still_admitted(self._routes, pipe.admission.user,
-                                    found[0] if found else None, pipe.admission.job_id)
+    async def _still_admitted(self, head: RequestHead, admission: Admission) -> bool:
+        found = self._caller(head)
+        return await still_admitted(self._routes, admission.user, found[0] if found else None,
+                                    admission.job_id)
 
     def close(self) -> None:
         self.flush()
         self.pool.close()
-        if self._checker is not None:
-            self._checker.cancel()
-        for pipe in list(self._pipes.values()):
-            pipe.close()
 
 
 def problem_answer(error: GatewayError) -> bytes:
@@ -312,8 +276,8 @@ def problem_answer(error: GatewayError) -> bytes:
 async def still_admitted(routes: LabRoutes, owner: User, now: User | None, job_id: str) -> bool:
     """Whether a WebSocket ``owner`` opened to the lab ``job_id`` may stay open: its
     credential names ``owner`` still (``now``: whom it names now, None if nobody) and the lab
-    is still ``owner``'s ready lab. Both paths ask this of each open WebSocket every
-    :data:`PIPE_CHECK_INTERVAL` s."""
+    is still ``owner``'s ready lab. Both paths ask this of each open WebSocket
+    (:mod:`.watch`)."""
     if now is None or now.id != owner.id:
         return False
     try:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine, MutableSet
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .admission import Admission, FastPath
@@ -51,10 +51,7 @@ class FrontProtocol(ClientConnection):
     """One client connection's lab requests, until it is handed over to aiohttp."""
 
     def __init__(self, fallback: Callable[[], asyncio.Protocol], labs: FastPath,
-                 header_timeout: float, body_timeout: float,
-                 pipes: MutableSet[WebSocketPipe] | None = None) -> None:
-        """``pipes``: where the WebSocket pipes this connection turns into are kept (for
-        whoever shuts them when the gateway stops)."""
+                 header_timeout: float, body_timeout: float) -> None:
         super().__init__(fallback, header_timeout, body_timeout)
         self._labs = labs
         self._task: asyncio.Task[None] | None = None  # admitting or connecting the request
@@ -75,7 +72,6 @@ class FrontProtocol(ClientConnection):
         self._sent = 0
         self._started = 0.0
         self._keep_alive = True
-        self._pipes = pipes
 
     # -- asyncio.Protocol (client side) ---------------------------------------------------------
 
@@ -338,8 +334,6 @@ class FrontProtocol(ClientConnection):
         self._record()
         self._cancel_timer()
         pipe = WebSocketPipe(transport, upstream, self._labs, admission, head)
-        if self._pipes is not None:
-            self._pipes.add(pipe)
         self._transport = self._upstream = self._head = self._admission = None
         transport.set_protocol(pipe)
         upstream.pipe_to(pipe)

@@ -16,7 +16,6 @@ lifecycle's :class:`gateway.jobs.labs.LabProbe` (a probe and the activity clock)
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import logging
@@ -32,12 +31,13 @@ from ..errors import Forbidden, GatewayError, LabUnavailable, LabUnproven, NotFo
 from ..jobs.labs import LabRoute
 from ..metrics import GatewayMetrics
 from ..users import User
-from .fastpath import PIPE_CHECK_INTERVAL, Caller, LabFastPath, LabRoutes, still_admitted
+from .fastpath import Caller, LabFastPath, LabRoutes, still_admitted
 from .identity import LabIdentity, LabNotProven, LabSessions
 from .quota import LabConnections
 from .relay import ClientLeft, relay_http
-from .relay_ws import Recheck, relay_websocket
+from .relay_ws import relay_websocket
 from .rules import CLIENT_CLOSED, Upstream
+from .watch import End, OpenWebSockets
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 10.0
@@ -64,14 +64,13 @@ class LabProxy:
         self.public_origin = public_origin
         # job id -> wall-clock time of the last proxied request or WebSocket frame
         self.activity: dict[str, float] = {}
-        self.stopping = asyncio.Event()  # set when the gateway stops (:meth:`going_away`)
+        self.websockets = OpenWebSockets(self.metrics.proxy_websockets)  # on either path
         self.fast = LabFastPath(routes, caller, route_upstream, gateway_cookies, public_origin,
-                                self.metrics, self.touch, self.connections)
+                                self.metrics, self.touch, self.connections, self.websockets)
 
     def going_away(self) -> None:
-        """The gateway stops: every WebSocket relayed here ends, 1001 to both sides (the fast
-        path's pipes are the listening site's to end)."""
-        self.stopping.set()
+        """The gateway stops: every open WebSocket ends, on either path, 1001 to both sides."""
+        self.websockets.going_away()
 
     async def stop(self) -> None:
         self.going_away()
@@ -147,15 +146,14 @@ class LabProxy:
         self.touch(job_id)
         try:
             if websocket:
-                self.metrics.proxy_websockets.inc()
-                try:
-                    response: web.StreamResponse = await relay_websocket(
-                        request, upstream, session, self.gateway_cookies,
-                        lambda: self.touch(job_id), Recheck(lambda: still_admitted(
-                            self.routes, caller, credential(), job_id), PIPE_CHECK_INTERVAL,
-                            self.stopping))
-                finally:
-                    self.metrics.proxy_websockets.dec()
+                def watch(end: End) -> Callable[[], None]:
+                    watched = self.websockets.watch(
+                        lambda: still_admitted(self.routes, caller, credential(), job_id), end)
+                    return lambda: self.websockets.gone(watched)
+
+                response: web.StreamResponse = await relay_websocket(
+                    request, upstream, session, self.gateway_cookies,
+                    lambda: self.touch(job_id), watch)
             else:
                 response = await relay_http(request, upstream, session, self.gateway_cookies,
                                             lambda: self.touch(job_id), self.body_timeout)

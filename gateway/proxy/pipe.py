@@ -5,7 +5,7 @@ the client's transport gets this pipe as its protocol, the lab's connection repo
 (:meth:`.upstream.UpstreamConnection.pipe_to`). Frames are not read, only followed
 (:class:`.wsframes.FrameTracker`), so that a side that drops without a close frame leaves the
 other side one (1011), and a pipe the lab proxy no longer admits (token revoked, lab ended:
-:meth:`FastPath.pipe_opened`'s re-check) ends with 1008 to the client. Flow control both ways:
+:mod:`.watch`) ends with 1008 to the client, 1001 when the gateway stops. Flow control both ways:
 a side that cannot take more pauses reading the other.
 """
 
@@ -16,7 +16,8 @@ import asyncio
 from .admission import Admission, FastPath
 from .http1 import RequestHead
 from .upstream import UpstreamConnection
-from .wsframes import ABNORMAL, GOING_AWAY, POLICY_VIOLATION, FrameTracker, close_frame
+from .watch import Watched
+from .wsframes import ABNORMAL, GOING_AWAY, FrameTracker, close_frame
 
 
 class WebSocketPipe(asyncio.Protocol):
@@ -29,7 +30,7 @@ class WebSocketPipe(asyncio.Protocol):
         self._labs, self._job_id = labs, admission.job_id
         self._up_frames = FrameTracker()  # client -> lab
         self._down_frames = FrameTracker()  # lab -> client
-        self._handle: object | None = labs.pipe_opened(admission, head, self.revoke)
+        self._handle: Watched | None = labs.pipe_opened(admission, head, self.end)
 
     def start(self, from_lab: bytes, from_client: bytes) -> None:
         """Relay what each side sent right after the handshake, before the pipe existed."""
@@ -92,20 +93,14 @@ class WebSocketPipe(asyncio.Protocol):
 
     # -- endings ------------------------------------------------------------------------------
 
-    def revoke(self) -> None:
-        """The pipe is no longer admitted: both sides get a close frame where one fits (the
-        client's says 1008, policy), then the connections end."""
+    def end(self, code: int) -> None:
+        """End the pipe: ``code`` 1008 (policy) when it is no longer admitted (the lab is told
+        1011, as for a client that dropped), 1001 (going away) to both sides when the gateway
+        stops. Each side gets its close frame where one fits, then the end of its
+        connection."""
         if self._down_frames.at_boundary and not self._down_frames.closed:
-            self._write_client(close_frame(masked=False, code=POLICY_VIOLATION))
-        self._client_left()
-        self._close_client()
-
-    def shut(self) -> None:
-        """The gateway stops: each side gets a close frame where one fits (1001, going away:
-        a browser's lab reconnects), then the end of its connection."""
-        if self._down_frames.at_boundary and not self._down_frames.closed:
-            self._write_client(close_frame(masked=False, code=GOING_AWAY))
-        self._client_left(GOING_AWAY)
+            self._write_client(close_frame(masked=False, code=code))
+        self._client_left(GOING_AWAY if code == GOING_AWAY else ABNORMAL)
         self._close_client()
 
     def _client_left(self, code: int = ABNORMAL) -> None:

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -21,22 +20,15 @@ from ..errors import GatewayError
 from .identity import UpgradeRedirected
 from .relay import Activity, upstream_headers, while_client_waits
 from .rules import Upstream, rewrite_location
-from .wsframes import GOING_AWAY, POLICY_VIOLATION
+from .watch import End
 
 MAX_WS_MESSAGE = 64 * 1024 * 1024
 WS_CLOSE_TIMEOUT = 5.0  # seconds for the second side's close handshake
-log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Recheck:
-    """The caller's check of an open WebSocket (is it still admitted?), asked every ``every``
-    seconds; and ``stopping``, set when the gateway stops (every WebSocket then ends)."""
-
-    admitted: Callable[[], Awaitable[bool]]
-    every: float
-    stopping: asyncio.Event
-
+# Registers an open WebSocket with the caller's watch (:mod:`.watch`), given how to end it
+# (with a close code); returns how to say that it is gone.
+Watch = Callable[[End], Callable[[], None]]
 
 
 class UpstreamRefused(GatewayError):
@@ -57,12 +49,13 @@ _RELAYS: set[asyncio.Task[None]] = set()
 
 async def relay_websocket(
     request: web.Request, upstream: Upstream, session: aiohttp.ClientSession,
-    gateway_cookies: frozenset[str], on_activity: Activity, recheck: Recheck,
+    gateway_cookies: frozenset[str], on_activity: Activity, watch: Watch,
 ) -> web.StreamResponse:
     """Open the upstream WebSocket first (so its subprotocol choice can be passed on), then
     accept the client's and relay frames both ways until either side closes, or until
-    ``recheck`` says it is no longer admitted (the client gets a close saying 1008, policy)
-    or the gateway stops (both sides get 1001, going away: a browser's lab reconnects).
+    ``watch`` ends it: it is no longer admitted (the client gets a close saying 1008,
+    policy) or the gateway stops (both sides get 1001, going away: a browser's lab
+    reconnects).
 
     A request that is not a valid upgrade is refused (400) before anything reaches the lab; a
     lab that refuses the upgrade gives :class:`UpstreamRefused` (a redirect is the client's
@@ -95,7 +88,7 @@ async def relay_websocket(
     except BaseException:
         await upstream_ws.close()
         raise
-    relay = asyncio.create_task(_relay_frames(client_ws, upstream_ws, on_activity, recheck))
+    relay = asyncio.create_task(_relay_frames(client_ws, upstream_ws, on_activity, watch))
     _RELAYS.add(relay)
     relay.add_done_callback(_RELAYS.discard)
     await asyncio.shield(relay)
@@ -104,53 +97,46 @@ async def relay_websocket(
 
 async def _relay_frames(client_ws: web.WebSocketResponse,
                         upstream_ws: aiohttp.ClientWebSocketResponse,
-                        on_activity: Activity, recheck: Recheck) -> None:
+                        on_activity: Activity, watch: Watch) -> None:
     """Pump both ways until one side closes, let the other side's close handshake finish
-    (bounded by WS_CLOSE_TIMEOUT), then make sure both are closed; or, once ``recheck``
-    ends it, stop pumping and close both sides with its code."""
+    (bounded by WS_CLOSE_TIMEOUT), then make sure both are closed; or, once ``watch`` ends
+    it, stop pumping and close both sides with its code."""
+    ended: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def end(code: int) -> None:
+        if not ended.done():
+            ended.set_result(code)
+
+    gone = watch(end)
     pumps = [
         asyncio.create_task(_pump(client_ws, upstream_ws, on_activity)),
         asyncio.create_task(_pump(upstream_ws, client_ws, on_activity)),
     ]
-    watch = asyncio.create_task(_until_ended(recheck))
     try:
-        done, pending = await asyncio.wait([*pumps, watch], return_when=asyncio.FIRST_COMPLETED)
-        pending.discard(watch)
-        if watch in done:
+        waiting: list[asyncio.Future[Any]] = [*pumps, ended]
+        done, pending = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if ended in done:
             for pump in pumps:
                 pump.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)
-            code = watch.result()
             for ws in (client_ws, upstream_ws):
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(ws.close(code=code), WS_CLOSE_TIMEOUT)
-        elif pending:
+                    await asyncio.wait_for(ws.close(code=ended.result()), WS_CLOSE_TIMEOUT)
+        else:
             # The finished pump is closing the other side: let that close handshake (and so
             # the close code) complete rather than cancelling it halfway.
-            await asyncio.wait(pending, timeout=WS_CLOSE_TIMEOUT)
+            pending.discard(ended)
+            if pending:
+                await asyncio.wait(pending, timeout=WS_CLOSE_TIMEOUT)
     finally:
-        for task in (*pumps, watch):
+        gone()
+        for task in pumps:
             if not task.done():
                 task.cancel()
-        await asyncio.gather(*pumps, watch, return_exceptions=True)
+        await asyncio.gather(*pumps, return_exceptions=True)
         for ws in (client_ws, upstream_ws):
             with contextlib.suppress(Exception):
                 await ws.close()
-
-
-async def _until_ended(recheck: Recheck) -> int:
-    """The close code once the WebSocket must end: 1001 when the gateway stops, 1008 when the
-    check answers False (a check that fails is logged and asked again next time)."""
-    while True:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(recheck.stopping.wait(), recheck.every)
-        if recheck.stopping.is_set():
-            return GOING_AWAY
-        try:
-            if not await recheck.admitted():
-                return POLICY_VIOLATION
-        except Exception:
-            log.exception("could not check an open lab WebSocket again")
 
 
 WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse

@@ -287,7 +287,7 @@ async def test_client_bytes_past_the_read_limit_before_the_101_still_flow(gw: Ga
     """Frames sent with the handshake, more than the front buffers (reading paused), go
     through once the pipe takes over: the client's reading must not stay paused."""
     payload = bytes(range(256)) * 4096  # 1 MiB: well past MAX_BUFFERED
-    fast = gw.app[relay.PROXY].fast
+    websockets = gw.app[relay.PROXY].websockets
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
     try:
         writer.write(ws_handshake(gw, gw.prefix() + "ws") + masked_frame(payload))
@@ -298,9 +298,9 @@ async def test_client_bytes_past_the_read_limit_before_the_101_still_flow(gw: Ga
         assert first[:2] == bytes([0x82, 127])
         assert struct.unpack(">Q", first[2:])[0] == len(payload)
         assert await deadline(reader.readexactly(len(payload))) == payload
-        assert fast._pipes, "the open pipe is in the fast path's registry"
+        assert len(websockets) == 1, "the open pipe is watched"
         writer.transport.abort()
         await deadline(gw.upstream.ws_done.wait())
-        await wait_until(lambda: not fast._pipes, "the pipe leaves the registry")
+        await wait_until(lambda: not websockets, "the pipe is no longer watched")
     finally:
         writer.transport.abort()
