@@ -34,7 +34,7 @@ from ..users import User
 from .fastpath import Caller, LabFastPath, LabRoutes, still_admitted
 from .identity import LabIdentity, LabNotProven, LabSessions
 from .quota import LabConnections
-from .relay import ClientLeft, relay_http
+from .relay import ClientLeft, LabAnswerRefused, relay_http
 from .relay_ws import relay_websocket
 from .rules import CLIENT_CLOSED, Upstream
 from .watch import End, OpenWebSockets
@@ -163,7 +163,8 @@ class LabProxy:
         except ClientLeft:
             status = CLIENT_CLOSED
             return web.Response(status=CLIENT_CLOSED)  # for the access record: nobody reads it
-        except (aiohttp.ClientConnectionError, aiohttp.ClientResponseError, TimeoutError) as exc:
+        except (aiohttp.ClientConnectionError, aiohttp.ClientResponseError, LabAnswerRefused,
+                TimeoutError) as exc:
             # (a ClientResponseError: an answer aiohttp's parser refused, two lengths say)
             log.warning("lab %s: upstream %s:%s failed: %r", job_id, upstream.host,
                         upstream.port, exc)

@@ -108,7 +108,8 @@ async def relay_http(
     """Send ``request`` to ``upstream`` and stream the answer back, chunk by chunk.
 
     Raises aiohttp.ClientError (and TimeoutError) if the upstream can't be reached before the
-    response starts, :class:`ClientLeft` if the client goes while the lab has not answered,
+    response starts, :class:`LabAnswerRefused` for an answer's head not to pass on,
+    :class:`ClientLeft` if the client goes while the lab has not answered,
     RequestTimeout (408) if the request's body stops coming for ``body_timeout`` s before the
     lab answers (the lab's connection is closed); after that, a broken upstream or a stalled
     body ends the response early, and a client that went away ends the relay quietly (none
@@ -133,13 +134,13 @@ async def relay_http(
     async with answer:
         if sum(len(name) + len(value) + 4 for name, value in answer.raw_headers) \
                 > MAX_RESPONSE_HEAD:  # (aiohttp's own cap is 128 headers of 8 KiB)
-            raise aiohttp.ClientConnectionError("the lab's answer has too much besides its body")
+            raise LabAnswerRefused("the lab's answer has too much besides its body")
         on_activity()
         try:
             reason = reason_to_pass(answer.status,
                                     (answer.reason or "").encode("latin-1", "replace"))
         except ValueError as exc:
-            raise aiohttp.ClientConnectionError(str(exc)) from None
+            raise LabAnswerRefused(str(exc)) from None
         response = web.StreamResponse(status=answer.status,
                                       reason=reason.decode("latin-1") or None,
                                       headers=response_headers(answer, upstream))
@@ -198,13 +199,12 @@ async def _copy_body(request: web.Request, answer: aiohttp.ClientResponse,
     """
     while True:
         try:
-            chunk = await while_client_waits(request, answer.content.read(CHUNK))
-            if not chunk and connection_end is not None and connection_end.done() \
-                    and not connection_end.cancelled() and connection_end.exception():
-                raise aiohttp.ClientConnectionError("the lab's connection was reset")
+            chunk: bytes | None = await while_client_waits(request, answer.content.read(CHUNK))
         except ClientLeft:
             return
         except (aiohttp.ClientError, TimeoutError):
+            chunk = None  # the lab's side broke
+        if chunk is None or (not chunk and _was_reset(connection_end)):
             if request.transport is not None:
                 request.transport.close()
             return
@@ -216,6 +216,16 @@ async def _copy_body(request: web.Request, answer: aiohttp.ClientResponse,
         except ConnectionResetError:  # the client went away; leaving closes the upstream's
             return
         on_activity()
+
+
+def _was_reset(connection_end: asyncio.Future[None] | None) -> bool:
+    return connection_end is not None and connection_end.done() \
+        and not connection_end.cancelled() and connection_end.exception() is not None
+
+
+class LabAnswerRefused(Exception):
+    """The lab's answer has a head the gateway does not pass on (a status under 100, a head
+    over MAX_RESPONSE_HEAD): the client gets a 503, as from the fast path."""
 
 
 class ClientLeft(Exception):
