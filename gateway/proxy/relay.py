@@ -11,6 +11,7 @@ WebSockets on this path are relayed by :mod:`.relay_ws`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TypeVar
@@ -191,17 +192,23 @@ async def _copy_body(request: web.Request, answer: aiohttp.ClientResponse,
     If the upstream breaks mid-body (an error, or ``connection_end`` reset), the client's
     connection is cut so that it sees a truncated answer, never a complete-looking one.
 
-    A client that leaves while the lab is silent mid-body ends the relay too (each read is
+    A client that leaves while the lab is silent mid-body ends the relay too (the copy is
     watched, as the wait for the head is: a quiet event stream would hold the user's lab
     connection). Errors on the two sides are told apart: aiohttp raises
     ClientConnectionResetError, a ClientError, when the *client* has gone, so one ``except``
     around both would blame the lab.
     """
+    with contextlib.suppress(ClientLeft):
+        await while_client_waits(request, _copy_pieces(request, answer, response, on_activity,
+                                                       connection_end))
+
+
+async def _copy_pieces(request: web.Request, answer: aiohttp.ClientResponse,
+                       response: web.StreamResponse, on_activity: Activity,
+                       connection_end: asyncio.Future[None] | None) -> None:
     while True:
         try:
-            chunk: bytes | None = await while_client_waits(request, answer.content.read(CHUNK))
-        except ClientLeft:
-            return
+            chunk: bytes | None = await answer.content.read(CHUNK)
         except (aiohttp.ClientError, TimeoutError):
             chunk = None  # the lab's side broke
         if chunk is None or (not chunk and _was_reset(connection_end)):
@@ -240,9 +247,8 @@ async def while_client_waits(request: web.Request, waiting: Awaitable[T]) -> T:
     what it began even if its client leaves; aiohttp tells a handler nothing when its client
     goes. A relay waiting on a lab that never answers would then hold the user's lab connection
     and one to the lab for as long as the lab stays silent, so the client is looked at every
-    :data:`CLIENT_CHECK_INTERVAL` s. Only waits on the lab are watched (the head, each read
-    of the body, a WebSocket's acceptance): a WebSocket's frames relay ends with either
-    side."""
+    :data:`CLIENT_CHECK_INTERVAL` s. Only waits on the lab are watched (the head, the copy of
+    the body, a WebSocket's acceptance): a WebSocket's frames relay ends with either side."""
     task = asyncio.ensure_future(waiting)
     try:
         while True:
