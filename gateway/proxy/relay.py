@@ -123,11 +123,16 @@ async def relay_http(
     stalled: list[bool] = []  # set by the body when it times out
     expects = request.version == aiohttp.HttpVersion11 and \
         request.headers.get("Expect", "").lower() == "100-continue"
-    body = _in_time(request, body_timeout, stalled, expects) if request.body_exists else None
+    asked = asyncio.Event()  # set once the body is first asked for
+    body = _in_time(request, body_timeout, stalled, expects, asked) \
+        if request.body_exists else None
+    sending: Awaitable[aiohttp.ClientResponse] = session.request(
+        request.method, url, headers=headers, data=body, allow_redirects=False,
+        expect100=expects)
+    if body is not None and expects:
+        sending = _go_ahead_in_time(sending, asked, body_timeout, stalled)
     try:
-        answer = await while_client_waits(request, session.request(
-            request.method, url, headers=headers, data=body, allow_redirects=False,
-            expect100=expects))
+        answer = await while_client_waits(request, sending)
     except (aiohttp.ClientError, TimeoutError):  # the body's error, as aiohttp passes it on
         if stalled:
             raise RequestTimeout() from None
@@ -165,12 +170,36 @@ def _connection_end(answer: aiohttp.ClientResponse) -> asyncio.Future[None] | No
     return end
 
 
+async def _go_ahead_in_time(sending: Awaitable[aiohttp.ClientResponse], asked: asyncio.Event,
+                            timeout: float, stalled: list[bool]) -> aiohttp.ClientResponse:
+    """``sending``'s answer, for a client that waits for a 100 before its body: the lab's
+    server sends its 100 (``asked``: the body is asked for) or its answer at once. Until one
+    comes, the body clock runs (as on the fast path): after ``timeout`` s of neither,
+    ``stalled`` gets an entry and TimeoutError is raised."""
+    answer = asyncio.ensure_future(sending)
+    go_ahead = asyncio.ensure_future(asked.wait())
+    try:
+        await asyncio.wait({answer, go_ahead}, timeout=timeout,
+                           return_when=asyncio.FIRST_COMPLETED)
+        if not answer.done() and not go_ahead.done():
+            stalled.append(True)
+            raise TimeoutError
+        return await answer
+    finally:
+        go_ahead.cancel()
+        if not answer.done():
+            answer.cancel()
+            await asyncio.gather(answer, return_exceptions=True)
+
+
 async def _in_time(request: web.Request, timeout: float, stalled: list[bool],
-                   expects: bool) -> AsyncIterator[bytes]:
+                   expects: bool, asked: asyncio.Event) -> AsyncIterator[bytes]:
     """The client's request body as it comes, each read within ``timeout`` s (else
     ``stalled`` gets an entry and the body ends in an error, which ends the lab's request).
     ``expects``: the client waits for a 100, sent when the body is first asked for, which is
-    when the lab has sent its own (:func:`expect_later` held aiohttp's back)."""
+    when the lab has sent its own (:func:`expect_later` held aiohttp's back); ``asked`` is
+    set then."""
+    asked.set()
     if expects:
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # (the answer has not begun: as aiohttp does)

@@ -13,6 +13,8 @@ import pytest
 
 from tests.unit.test_fast_path import wait_until
 from tests.unit.test_lab_connections import hand_to_aiohttp, held
+from tests.unit.test_lab_proxy_hostile import hostile as hostile  # the fixture
+from tests.unit.test_lab_proxy_hostile import open_on
 from tests.unit.test_relay import BLOCK, MIB, PROBLEM, Gateway, bearer
 from tests.unit.test_relay import gw as gw  # the fixture
 from tests.unit.test_relay_wire import Wire, deadline, request, upload_answer
@@ -222,3 +224,28 @@ async def test_on_a_connection_aiohttp_serves_a_whole_upload_arrives_intact(
         assert (answer.status, answer.json()) == (200, upload_answer(body))
     finally:
         wire.close()
+
+
+@pytest.mark.parametrize("path", ["fast", "aiohttp"])
+async def test_a_client_waiting_for_a_100_that_never_comes_gets_408(
+        gw: Gateway, hostile: Any, path: str) -> None:
+    """A lab's server sends its 100 at once, or answers at once: until one of them comes the
+    client sends nothing, and the body clock runs. If this fails on a path, a lab that does
+    neither keeps the client's request, its lab connection and its share of
+    ``max_lab_connections`` for as long as the client stays."""
+    silent = asyncio.Event()
+
+    async def neither(path: str, writer: asyncio.StreamWriter) -> None:
+        await silent.wait()  # no 100, no answer
+
+    _, prefix = await hostile(neither)
+    wire = await open_on(gw, path)
+    try:
+        await wire.send(request(gw, "PUT", prefix + "upload",
+                                {"Content-Length": "1000", "Expect": "100-continue"}))
+        answer = await wire.response()
+        assert (answer.status, answer.content_type) == (408, PROBLEM)
+        await wait_until(lambda: held(gw) == 0, "the lab connection given back")
+    finally:
+        wire.close()
+        silent.set()
