@@ -45,7 +45,6 @@ from .upstream import UpstreamConnection
 from .watch import End, OpenWebSockets, Watched
 
 access_log = logging.getLogger("hpcgw.access")
-log = logging.getLogger(__name__)
 FLUSH_INTERVAL = 1.0
 FLUSH_RECORDS = 1024
 MAX_ROUTES = 1024

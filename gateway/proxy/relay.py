@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TypeVar
 
@@ -40,7 +39,6 @@ _WS_HANDSHAKE = frozenset({
 CHUNK = 256 * 1024
 CLIENT_CHECK_INTERVAL = 1.0  # seconds between looks at the client while the lab is silent
 T = TypeVar("T")
-log = logging.getLogger(__name__)
 
 Activity = Callable[[], None]
 
