@@ -30,7 +30,7 @@ from .rules import (
     rewrite_location,
     scope_set_cookie,
 )
-from .upstream import MAX_RESPONSE_HEAD
+from .upstream import HEADER_LINE_EXTRA, MAX_RESPONSE_HEAD
 
 _WS_HANDSHAKE = frozenset({
     "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
@@ -136,8 +136,9 @@ async def relay_http(
             raise RequestTimeout() from None
         raise
     async with answer:
-        if sum(len(name) + len(value) + 4 for name, value in answer.raw_headers) \
-                > MAX_RESPONSE_HEAD:  # (aiohttp's own cap is 128 headers of 8 KiB)
+        head_size = sum(len(name) + len(value) + HEADER_LINE_EXTRA
+                        for name, value in answer.raw_headers)
+        if head_size > MAX_RESPONSE_HEAD:  # (aiohttp's own cap is 128 headers of 8 KiB)
             raise LabAnswerRefused("the lab's answer has too much besides its body")
         on_activity()
         try:

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 MAX_RESPONSE_HEAD = 64 * 1024
 CHUNK_FRAMING = 32  # bytes of framing allowed per chunk on top of MAX_RESPONSE_HEAD
 MAX_RESPONSE_HEADERS = 256
+HEADER_LINE_EXTRA = 4  # a header line's bytes besides its name and value: ": " and CRLF
 _FRAMING_NAME_LENGTHS = (len(b"content-length"), len(b"transfer-encoding"))
 
 # How an answer's body ends: it has none (HEAD, 1xx, 204, 304), its last chunk, its
@@ -226,7 +227,7 @@ class UpstreamConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self._headers
         headers.append((name, value))
-        self._head_bytes += len(name) + len(value) + 4  # (all of a head may come in one read)
+        self._head_bytes += len(name) + len(value) + HEADER_LINE_EXTRA  # (a head may come whole)
         if self._head_bytes > MAX_RESPONSE_HEAD:
             raise ValueError("the lab's answer has too much besides its body")
         if len(name) in _FRAMING_NAME_LENGTHS:  # (a cheap test first: this runs per header)
