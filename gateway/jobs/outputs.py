@@ -5,8 +5,11 @@ packs the listed paths on the cluster (``tar``, symlinks kept as links, never fo
 user's own permissions) into one archive in the work directory, which the gateway fetches with
 the usual capped, streamed read (``gateway.max_output_bytes``) and unpacks into
 ``<data_dir>/jobs/<id>/outputs``: only regular files and directories, only under the listed
-paths, never through a link. A listed path the job did not write, or outputs over the cap, is
-reported (the job's message says which); it never changes the job's outcome.
+paths, never through a link. The archive is the job user's to write (a job may leave its own in
+the archive's place), so the cap holds for what is unpacked as well as for what is fetched:
+sparse members, whose few stored bytes stand for a file of any size, are never unpacked. A
+listed path the job did not write, or outputs over the cap, is reported (the job's message says
+which); it never changes the job's outcome.
 """
 
 from __future__ import annotations
@@ -46,10 +49,17 @@ async def collect_outputs(transport: Transport, workdir: str, user: str, paths: 
         with contextlib.suppress(GatewayError):
             await transport.run(["rm", "-f", "--", archive], user=user)
     try:
-        found = unpack(part, local / LOCAL_DIR, paths)
+        found = unpack(part, local / LOCAL_DIR, paths, limit)
+    except (OutputsTooLarge, tarfile.TarError) as exc:  # TarError: a damaged archive
+        shutil.rmtree(local / LOCAL_DIR, ignore_errors=True)
+        return [f"{path} (refused: {exc})" for path in paths]
     finally:
         part.unlink(missing_ok=True)
     return [f"{path} (not written)" for path in paths if path not in found]
+
+
+class OutputsTooLarge(Exception):
+    """The files of an outputs archive add up to more than the cap."""
 
 
 def _member_path(name: str, paths: list[str]) -> PurePosixPath | None:
@@ -63,17 +73,23 @@ def _member_path(name: str, paths: list[str]) -> PurePosixPath | None:
     return path
 
 
-def unpack(archive: Path, dest: Path, paths: list[str]) -> set[str]:
+def unpack(archive: Path, dest: Path, paths: list[str], limit: int) -> set[str]:
     """Unpack the regular files and directories of ``archive`` that lie under ``paths`` into
-    ``dest`` (replaced), never following or creating links; the listed paths found."""
+    ``dest`` (replaced), never following or creating links; the listed paths found. Sparse
+    files are left out; raises :class:`OutputsTooLarge` (``dest`` then holds part of the files)
+    once the files unpacked would add up to more than ``limit`` bytes."""
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(mode=0o700, parents=True)
     found: set[str] = set()
+    unpacked = 0
     with tarfile.open(archive, "r:") as tar:
         for member in tar:
             path = _member_path(member.name, paths)
-            if path is None or not (member.isreg() or member.isdir()):
+            if path is None or member.issparse() or not (member.isreg() or member.isdir()):
                 continue
+            unpacked += member.size if member.isreg() else 0
+            if unpacked > limit:
+                raise OutputsTooLarge(f"more than {limit} bytes once unpacked")
             target = dest.joinpath(*path.parts)
             if _leaves(dest, target):
                 continue

@@ -7,10 +7,19 @@ import io
 import os
 import tarfile
 from pathlib import Path
+from typing import cast
 
 import pytest
 
-from gateway.jobs.outputs import LOCAL_DIR, list_outputs, output_file, unpack
+from gateway.jobs.outputs import (
+    LOCAL_DIR,
+    OutputsTooLarge,
+    collect_outputs,
+    list_outputs,
+    output_file,
+    unpack,
+)
+from gateway.transport import CommandResult, Transport
 
 
 def archive(path: Path, members: list[tuple[str, str, bytes | str]]) -> Path:
@@ -37,7 +46,8 @@ def test_files_and_directories_under_the_listed_paths_land(tmp_path: Path) -> No
         ("results", "dir", b""), ("results/a.txt", "file", b"A"),
         ("results/sub/b.csv", "file", b"1,2"), ("summary.json", "file", b"{}"),
         ("unlisted.txt", "file", b"no")])
-    found = unpack(tar, tmp_path / "out", ["results", "summary.json", "missing.txt"])
+    found = unpack(tar, tmp_path / "out", ["results", "summary.json", "missing.txt"],
+                   limit=1024)
     assert found == {"results", "summary.json"}
     assert (tmp_path / "out" / "results" / "sub" / "b.csv").read_bytes() == b"1,2"
     assert not (tmp_path / "out" / "unlisted.txt").exists()
@@ -55,7 +65,7 @@ def test_files_and_directories_under_the_listed_paths_land(tmp_path: Path) -> No
 def test_links_and_escapes_never_land(tmp_path: Path,
                                       members: list[tuple[str, str, bytes | str]]) -> None:
     out = tmp_path / "out"
-    unpack(archive(tmp_path / "a.tar", members), out, ["results"])
+    unpack(archive(tmp_path / "a.tar", members), out, ["results"], limit=1024)
     for root, dirs, files in os.walk(out):
         for name in dirs + files:
             assert not os.path.islink(os.path.join(root, name))
@@ -77,3 +87,82 @@ def test_a_collected_file_is_served_only_from_the_outputs(tmp_path: Path) -> Non
     assert output_file(tmp_path, "results/a.txt") == outputs / "results" / "a.txt"
     for bad in ("link", "dirlink/secret", "../secret", "/etc/passwd", "results", ""):
         assert output_file(tmp_path, bad) is None, bad
+
+
+def _octal12(value: int) -> bytes:
+    """A 12-byte numeric field of a tar header."""
+    return b"%011o\0" % value
+
+
+def sparse_archive(path: Path, member: str, real_size: int) -> Path:
+    """A tar (old GNU format) with one sparse member: 512 bytes stored, at the end of a file of
+    ``real_size`` bytes whose rest is a hole, as ``tar --sparse`` writes it. A job's user can
+    leave such an archive in the outputs archive's place."""
+    data = b"x" * 512
+    info = tarfile.TarInfo(member)
+    info.size, info.mode = len(data), 0o644
+    header = bytearray(info.tobuf(format=tarfile.GNU_FORMAT))
+    header[156:157] = tarfile.GNUTYPE_SPARSE
+    header[386:398] = _octal12(real_size - len(data))  # offset
+    header[398:410] = _octal12(len(data))  # bytes stored there
+    header[483:495] = _octal12(real_size)
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    path.write_bytes(bytes(header) + data + b"\0" * (2 * tarfile.BLOCKSIZE))
+    return path
+
+
+def test_a_sparse_member_never_unpacks_into_its_declared_size(tmp_path: Path) -> None:
+    tar = sparse_archive(tmp_path / "a.tar", "results/zeros.bin", 64 * 1024 * 1024)
+    with tarfile.open(tar) as check:  # the archive is what it says: 64 MiB once unpacked
+        assert [member.size for member in check] == [64 * 1024 * 1024]
+    found = unpack(tar, tmp_path / "out", ["results"], limit=1024 * 1024)
+    assert found == set()
+    assert not any(path.is_file() for path in (tmp_path / "out").rglob("*"))
+
+
+def test_files_that_add_up_past_the_cap_are_refused(tmp_path: Path) -> None:
+    tar = archive(tmp_path / "a.tar", [("results/a", "file", b"a" * 600),
+                                       ("results/b", "file", b"b" * 600)])
+    assert unpack(tar, tmp_path / "fits", ["results"], limit=1200) == {"results"}
+    with pytest.raises(OutputsTooLarge):
+        unpack(tar, tmp_path / "over", ["results"], limit=1199)
+
+
+class ArchiveLeftByTheJob:
+    """The cluster as collect_outputs sees it when the job left its own bytes where the
+    archive goes (its ``tar`` failing to replace a read-only file)."""
+
+    def __init__(self, archive: bytes) -> None:
+        self.archive = archive
+
+    async def run(self, argv: list[str], *, user: str | None, stdin: bytes | None = None,
+                  timeout: float | None = None, check: bool = True) -> CommandResult:
+        return CommandResult(list(argv), 2 if argv[0] == "tar" else 0, b"", "")
+
+    async def fetch_to(self, path: str, local_path: Path, *, user: str, limit: int) -> int:
+        assert len(self.archive) <= limit
+        local_path.write_bytes(self.archive)
+        return len(self.archive)
+
+
+async def test_a_sparse_archive_left_by_the_job_lands_nothing(tmp_path: Path) -> None:
+    limit = 1024 * 1024
+    data = sparse_archive(tmp_path / "a.tar", "results/zeros.bin", 64 * limit).read_bytes()
+    job = tmp_path / "job"
+    job.mkdir()
+    missing = await collect_outputs(cast(Transport, ArchiveLeftByTheJob(data)), "/work/job",
+                                    "bob", ["results"], job, limit)
+    assert missing == ["results (not written)"]
+    assert not any(path.is_file() for path in job.rglob("*"))
+
+
+async def test_a_damaged_archive_left_by_the_job_is_refused(tmp_path: Path) -> None:
+    whole = archive(tmp_path / "a.tar", [("results/a", "file", b"a" * 1000),
+                                         ("results/b", "file", b"b" * 600_000)]).read_bytes()
+    job = tmp_path / "job"
+    job.mkdir()
+    missing = await collect_outputs(cast(Transport, ArchiveLeftByTheJob(whole[:300_000])),
+                                    "/work/job", "bob", ["results"], job, 1024 * 1024)
+    assert len(missing) == 1 and missing[0].startswith("results (refused: ")
+    assert not (job / LOCAL_DIR).exists()  # nothing half-unpacked is served
