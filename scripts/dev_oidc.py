@@ -32,8 +32,10 @@ INFO = DEV_DIR / "oidc.json"
 CLIENT_ID = "hpcgw-dev"
 REDIRECT = "http://127.0.0.1/login/oidc/callback"
 # alice and bob are the cluster's users; carol has no gateway account in the tests' gateways
-# (single sign-on refuses her, or creates her where the config says so).
-ACCOUNTS = {"alice": "Alice Liddell", "bob": "Bob Builder", "carol": "Carol Danvers"}
+# (single sign-on refuses her, or creates her where the config says so). slurm is a stranger
+# who took a system account's name at the provider: never created, whatever the config says.
+ACCOUNTS = {"alice": "Alice Liddell", "bob": "Bob Builder", "carol": "Carol Danvers",
+            "slurm": "Not The Scheduler"}
 NODE_MAJOR = 18  # oidc-provider 8.x runs on Node 18 (Debian 12's) and later
 
 

@@ -29,7 +29,7 @@ from aiohttp import web
 from ..config import IDENTIFIER, UNIX_USER
 from ..sso.client import LoginAttempt, SSOError
 from .forms import own_origin
-from .keys import ACCOUNTS, CONFIG, OIDC
+from .keys import ACCOUNTS, CONFIG, OIDC, SERVICE
 from .sessions import login_response, safe_next, start_session
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ async def finish_login(request: web.Request) -> web.Response:
         attempt, next_path = kept
         code = _checked_answer(request, attempt, client.settings.issuer)
         claims = await client.finish(code, attempt)
-        token_id = _session_for(request, claims)
+        token_id = await _session_for(request, claims)
     except SSOError as exc:
         status, error = exc.status, str(exc)
     except web.HTTPForbidden as exc:
@@ -149,7 +149,7 @@ def _checked_answer(request: web.Request, attempt: LoginAttempt, issuer: str) ->
     return query["code"]
 
 
-def _session_for(request: web.Request, claims: dict[str, Any]) -> int:
+async def _session_for(request: web.Request, claims: dict[str, Any]) -> int:
     """The session token id for the user the claims name (created if the config says so);
     HTTPForbidden with the reason for a user this gateway does not let in."""
     settings = request.app[CONFIG].oidc
@@ -166,7 +166,9 @@ def _session_for(request: web.Request, claims: dict[str, Any]) -> int:
         unix_user = claims.get(settings.unix_user_claim or settings.username_claim)
         if not isinstance(unix_user, str) or not UNIX_USER.match(unix_user):
             raise web.HTTPForbidden(text=f"no unix account is known for {name}")
-        user = accounts.create_user(name, unix_user)
+        uids = range(settings.min_uid, settings.max_uid + 1)
+        person = await request.app[SERVICE].person_account(unix_user, uids)
+        user = accounts.create_user(name, unix_user) if person else None
         if user is None:
             raise web.HTTPForbidden(text=f"{name} cannot be created with the unix account "
                                          "the sign-on provider names; ask an administrator")

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import ClusterConfig
-from ..errors import ClusterUnavailable, CommandFailed
+from ..errors import ClusterUnavailable, CommandFailed, GatewayError
 from ..runtimes import ContainerRuntime, load_runtime
 from ..runtimes.none import HostRuntime
 from ..scheduler import SchedulerBackend, load_backend
@@ -17,6 +18,8 @@ from ..transport import Transport, load_transport
 from .tracked import TrackedJobs
 
 log = logging.getLogger(__name__)
+UID = re.compile(rb"^([0-9]{1,10})\n?\Z")
+ACCOUNT_QUERY_TIMEOUT = 10.0
 
 
 @dataclass
@@ -61,6 +64,27 @@ class ClusterLink:
             return False
         self.cancel_sent.add(job["id"])
         return True
+
+    async def person_account(self, unix_user: str, uids: range) -> bool:
+        """Whether ``unix_user`` exists on this cluster with a uid in ``uids`` (a person's
+        account, not a system one such as ``slurm`` or ``daemon``) and is not the account the
+        gateway itself runs commands as here. A cluster that cannot tell counts as no."""
+        own, theirs = await self._uid(None), await self._uid(unix_user)
+        return theirs is not None and theirs in uids and theirs != own
+
+    async def _uid(self, unix_user: str | None) -> int | None:
+        """The uid of ``unix_user`` (None: the gateway's own) as the cluster's ``id`` says it;
+        None when it cannot be had."""
+        argv = ["id", "-u"] if unix_user is None else ["id", "-u", "--", unix_user]
+        try:
+            result = await self.transport.run(argv, user=None, timeout=ACCOUNT_QUERY_TIMEOUT,
+                                              check=False)
+        except GatewayError as exc:  # unreachable, timed out
+            log.warning("no uid for %s on %s: %s", unix_user or "the gateway", self.name,
+                        exc.detail)
+            return None
+        found = UID.match(result.stdout) if result.returncode == 0 else None
+        return int(found.group(1)) if found else None
 
 
 def make_cluster_link(cluster: ClusterConfig) -> ClusterLink:

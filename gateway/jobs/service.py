@@ -232,6 +232,14 @@ class JobService:
         changed since; None otherwise (ask :meth:`open_lab`)."""
         return self._lab_routes.peek((user.id, job_id))
 
+    async def person_account(self, unix_user: str, uids: range) -> bool:
+        """Whether ``unix_user`` is a person's account on every cluster (:meth:`ClusterLink.
+        person_account`), for a user single sign-on would create."""
+        for link in self.clusters.values():
+            if not await link.person_account(unix_user, uids):
+                return False
+        return bool(self.clusters)
+
     def lab_unreachable(self, user: User, job_id: str) -> None:
         """The route :meth:`open_lab` gave did not answer (a port forward that went down):
         the next request works it out again."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 CLAIM = re.compile(r"^[A-Za-z0-9_:.-]{1,64}\Z")
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -30,7 +30,10 @@ class OIDCConfig(BaseModel):
 
     The gateway user is the one named by the ID token's ``username_claim``. A user the gateway
     does not know is refused, unless ``create_users``: then it is created on first login,
-    running jobs as the unix user in ``unix_user_claim`` (or, without one, the same name).
+    running jobs as the unix user in ``unix_user_claim`` (or, without one, the same name), if
+    that account is a person's on every cluster: its uid in ``min_uid``..``max_uid`` (as
+    login.defs' UID_MIN and UID_MAX; ``slurm``, ``daemon`` and ``nobody`` are outside), and not
+    the account the gateway itself runs as.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -42,11 +45,19 @@ class OIDCConfig(BaseModel):
     username_claim: str = "preferred_username"
     create_users: bool = False
     unix_user_claim: str | None = None
+    min_uid: int = Field(1000, ge=1)
+    max_uid: int = Field(59999, ge=1)
     # Where the provider sends the browser back; default: this gateway's own origin (as the
     # browser reached it) + /login/oidc/callback. Set it behind a reverse proxy.
     redirect_url: str | None = None
     label: str = Field("Log in with single sign-on", min_length=1, max_length=80)
     timeout: float = Field(10.0, gt=0, le=120)  # seconds per call to the provider
+
+    @model_validator(mode="after")
+    def _uid_range(self) -> OIDCConfig:
+        if self.min_uid > self.max_uid:
+            raise ValueError("min_uid must not be above max_uid")
+        return self
 
     @field_validator("issuer")
     @classmethod

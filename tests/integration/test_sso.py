@@ -140,7 +140,8 @@ def test_a_forged_callback_is_refused(sso_gateway: Gateway) -> None:
 def test_an_unknown_user_is_refused_or_created_as_configured(
         sso_gateway: Gateway, provider: dict[str, Any], browser: Browser, dev_config: Path,
         tmp_path_factory: pytest.TempPathFactory) -> None:
-    """carol is the provider's but not the gateway's: refused, unless create_users."""
+    """carol is the provider's but not the gateway's: refused, unless create_users. slurm is
+    never created: the unix account of that name is a system one (uid outside 1000..59999)."""
     context = browser.new_context()
     page = context.new_page()
     sign_in(page, sso_gateway, "carol", provider["passwords"]["carol"])
@@ -154,10 +155,19 @@ def test_an_unknown_user_is_refused_or_created_as_configured(
         expect(page).to_have_url(f"{creating.url}/", timeout=30_000)
         assert context.request.get(f"{creating.url}/api/v1/jobs").status == 200
         context.close()
+        # A stranger who took a system account's name at the provider: no user for slurm.
+        context = browser.new_context()
+        page = context.new_page()
+        sign_in(page, creating, "slurm", provider["passwords"]["slurm"])
+        expect(page.get_by_role("alert")).to_contain_text("slurm cannot be created",
+                                                          timeout=30_000)
+        assert not any(c["name"] == "hpcgw_session" for c in context.cookies())
+        context.close()
         listed = subprocess.run([*HPCGW, "--config", str(creating.config), "user", "list"],
                                 capture_output=True, text=True, check=True, timeout=60).stdout
         assert any(line.split()[:4] == ["carol", "carol", "no", "enabled"]
                    for line in listed.splitlines()), listed
+        assert not any(line.split()[:1] == ["slurm"] for line in listed.splitlines()), listed
 
 
 def test_a_user_bound_to_another_sign_on_identity_is_refused(

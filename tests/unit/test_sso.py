@@ -64,6 +64,8 @@ def test_settings_defaults_and_issuer_normalised() -> None:
     {"client_secret": ""},
     {"redirect_url": "http://gateway.example.org/login/oidc/callback"},
     {"unknown": 1},
+    {"min_uid": 2000, "max_uid": 1999},  # no uid left for create_users
+    {"min_uid": 0},  # root's
 ])
 def test_bad_settings_are_refused(changes: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
