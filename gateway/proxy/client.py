@@ -16,6 +16,8 @@ import socket
 import time
 from collections.abc import Callable
 
+from .closing import close_unless_stalled
+
 # Bytes queued for a client before the connection asks not to be written to (pause_writing):
 # a big download keeps flowing while the event loop turns, and a slow client holds at most
 # about this much of it here.
@@ -98,8 +100,10 @@ class ClientConnection(asyncio.Protocol):
             self._transport.write(data)
 
     def _close(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.close()
+        """Close once the answers are sent; a client that stops reading them for
+        ``body_timeout`` s is cut off (:mod:`.closing`)."""
+        if self._transport is not None:
+            close_unless_stalled(self._transport, self._body_timeout)
 
     def _linger(self) -> None:
         """Shut our side after the answer, and drop what the client still sends until it

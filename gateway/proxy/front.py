@@ -32,7 +32,14 @@ from typing import Any
 
 from .admission import Admission, FastPath
 from .client import ClientConnection
-from .http1 import ChunkedScanner, HeadError, RequestHead, head_end, parse_request_head
+from .http1 import (
+    ChunkedScanner,
+    HeadError,
+    RequestHead,
+    head_end,
+    may_be_lab_request,
+    parse_request_head,
+)
 from .identity import LabNotProven
 from .pipe import WebSocketPipe
 from .rules import CLIENT_CLOSED, reason_to_pass
@@ -44,7 +51,6 @@ _TASKS: set[asyncio.Task[None]] = set()
 # An upstream that cannot be reached or failed its identity proof.
 UNREACHABLE = (OSError, TimeoutError, LabNotProven)
 MAX_BUFFERED = 256 * 1024  # client bytes held while the answer before them is relayed
-LAB_TARGET = b"/labs/"
 
 
 class FrontProtocol(ClientConnection):
@@ -72,11 +78,13 @@ class FrontProtocol(ClientConnection):
         self._sent = 0
         self._started = 0.0
         self._keep_alive = True
+        self._draining: Admission | None = None  # a finished request whose answer is unsent
 
     # -- asyncio.Protocol (client side) ---------------------------------------------------------
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        self._drained()
         if self._task is not None:  # a lab connection being proven for nobody: stop it
             self._task.cancel()
         if self._admission is not None:
@@ -130,7 +138,7 @@ class FrontProtocol(ClientConnection):
             return
         if end < 0:
             self._searched = len(self._buffer)  # a head sent a byte at a time costs O(n)
-            if not _may_be_lab(self._buffer):
+            if not may_be_lab_request(self._buffer):
                 self._hand_over()
             return
         self._begin(end)
@@ -145,6 +153,7 @@ class FrontProtocol(ClientConnection):
             self._hand_over()
             return
         self._idle_since, self._searched = None, 0
+        self._drained()
         self._head, self._started = head, time.monotonic()
         self._request_sent = False
         admission = self._labs.admit_cached(head, self._remote)
@@ -333,7 +342,8 @@ class FrontProtocol(ClientConnection):
         assert admission is not None and head is not None
         self._record()
         self._cancel_timer()
-        pipe = WebSocketPipe(transport, upstream, self._labs, admission, head)
+        pipe = WebSocketPipe(transport, upstream, self._labs, admission, head,
+                             self._body_timeout)
         self._transport = self._upstream = self._head = self._admission = None
         transport.set_protocol(pipe)
         upstream.pipe_to(pipe)
@@ -385,7 +395,7 @@ class FrontProtocol(ClientConnection):
         self._record()
         self._body_clock(False)
         if self._admission is not None:
-            self._labs.unhold(self._admission)
+            self._release(self._admission)
         head, self._head, self._admission = self._head, None, None
         if not self._keep_alive or self._transport is None or self._transport.is_closing():
             sending = head is not None and bool(head.length or head.chunked) \
@@ -395,6 +405,21 @@ class FrontProtocol(ClientConnection):
         self._idle_since = time.monotonic()
         if self._buffer:  # a pipelined request: not from inside the lab connection's parser
             asyncio.get_running_loop().call_soon(self._advance)
+
+    def _release(self, admission: Admission) -> None:
+        """Give a finished request's hold back once its answer has left this connection's
+        buffer: until then (the next request, or the connection's end) it still counts, so
+        that clients that do not read cannot park the gateway's memory and sockets beyond
+        ``max_lab_connections``."""
+        if self._transport is not None and self._transport.get_write_buffer_size():
+            self._draining = admission
+        else:
+            self._labs.unhold(admission)
+
+    def _drained(self) -> None:
+        if self._draining is not None:
+            self._labs.unhold(self._draining)
+            self._draining = None
 
     def _record(self) -> None:
         if self._head is not None and self._admission is not None:
@@ -421,12 +446,3 @@ class FrontProtocol(ClientConnection):
         """Close the connection (the gateway stops), unless aiohttp serves it already."""
         if self._transport is not None:
             self._abort()
-
-def _may_be_lab(start: bytes | bytearray) -> bool:
-    """Whether a head that has not all arrived may still be a lab request (else aiohttp can
-    take the connection now)."""
-    space = start.find(b" ", 0, 32)
-    if space < 0:
-        return len(start) < 32
-    target = bytes(start[space + 1:space + 1 + len(LAB_TARGET)])
-    return LAB_TARGET.startswith(target)

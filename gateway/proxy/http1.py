@@ -45,6 +45,7 @@ from typing import NoReturn
 
 MAX_HEAD = 64 * 1024
 MAX_HEADERS = 128
+LAB_TARGET = b"/labs/"  # where every lab's requests go
 MAX_CHUNK_LINE = 4096
 MAX_TRAILERS = 64 * 1024
 
@@ -384,3 +385,13 @@ def _find_lf(data: bytes | bytearray | memoryview, pos: int, stop: int) -> int:
         found = _LF.search(data, pos, stop)
         return found.start() if found else -1
     return data.find(b"\n", pos, stop)
+
+
+def may_be_lab_request(start: bytes | bytearray) -> bool:
+    """Whether a head that has not all arrived may still be a lab request (``/labs/...``;
+    else aiohttp can take the connection now)."""
+    space = start.find(b" ", 0, 32)
+    if space < 0:
+        return len(start) < 32
+    target = bytes(start[space + 1:space + 1 + len(LAB_TARGET)])
+    return LAB_TARGET.startswith(target)

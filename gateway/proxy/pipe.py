@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 
 from .admission import Admission, FastPath
+from .closing import close_unless_stalled
 from .http1 import RequestHead
 from .upstream import UpstreamConnection
 from .watch import Watched
@@ -24,13 +25,16 @@ class WebSocketPipe(asyncio.Protocol):
     """The client's side of a pipe is this protocol; the lab's side is ``upstream``."""
 
     def __init__(self, client: asyncio.Transport, upstream: UpstreamConnection,
-                 labs: FastPath, admission: Admission, head: RequestHead) -> None:
+                 labs: FastPath, admission: Admission, head: RequestHead,
+                 stalled_after: float) -> None:
         self._client: asyncio.Transport | None = client
         self._upstream: UpstreamConnection | None = upstream
         self._labs, self._job_id = labs, admission.job_id
+        self._stalled_after = stalled_after  # a side that stops reading our last bytes
         self._up_frames = FrameTracker()  # client -> lab
         self._down_frames = FrameTracker()  # lab -> client
         self._handle: Watched | None = labs.pipe_opened(admission, head, self.end)
+        self._open = 2  # of the two connections, those not gone yet (both count as held)
 
     def start(self, from_lab: bytes, from_client: bytes) -> None:
         """Relay what each side sent right after the handshake, before the pipe existed."""
@@ -55,6 +59,7 @@ class WebSocketPipe(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._client = None
         self._client_left()
+        self._gone()
 
     def pause_writing(self) -> None:
         if self._upstream is not None and self._upstream.transport is not None:
@@ -76,7 +81,7 @@ class WebSocketPipe(asyncio.Protocol):
         """The lab's side ended: the client gets a close frame if the lab sent none (and one
         fits between frames), then the end of the connection."""
         self._upstream = None
-        self._ended()
+        self._gone()
         if self._down_frames.at_boundary and not self._down_frames.closed:
             self._write_client(close_frame(masked=False))
         self._close_client()
@@ -107,15 +112,18 @@ class WebSocketPipe(asyncio.Protocol):
         """The client's side ended: the lab gets a close frame saying ``code`` if the client
         sent none (and one fits between frames), then the end of the connection."""
         upstream, self._upstream = self._upstream, None
-        self._ended()
         if upstream is None:
             return
         if self._up_frames.at_boundary and not self._up_frames.closed:
             upstream.send(close_frame(masked=True, code=code))
-        upstream.finish()
+        upstream.finish(self._gone, self._stalled_after)
 
-    def _ended(self) -> None:
-        if self._handle is not None:
+    def _gone(self) -> None:
+        """One of the two connections has ended. The pipe is watched, and held against its
+        user's lab connections, until both have: a side that does not read its last bytes
+        keeps counting until it is cut off (:mod:`.closing`)."""
+        self._open -= 1
+        if self._open == 0 and self._handle is not None:
             handle, self._handle = self._handle, None
             self._labs.pipe_closed(handle)
 
@@ -124,5 +132,5 @@ class WebSocketPipe(asyncio.Protocol):
             self._client.write(data)
 
     def _close_client(self) -> None:
-        if self._client is not None and not self._client.is_closing():
-            self._client.close()
+        if self._client is not None:
+            close_unless_stalled(self._client, self._stalled_after)

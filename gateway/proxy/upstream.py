@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Literal, Protocol
 
 import httptools
+
+from .closing import close_unless_stalled
 
 log = logging.getLogger(__name__)
 # What a lab may send of one answer besides its body (status line, headers, chunk framing,
@@ -67,6 +70,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self.pipe: PipePeer | None = None  # after an upgrade
         self.closed = False
+        self._gone = False  # the connection has ended (connection_lost)
+        self._on_gone: Callable[[], None] | None = None  # after finish(): told when it ends
         self.idle_since = 0.0
         # One parser for the connection's life: llhttp starts on the next response after each
         # complete one. A connection is reused only after a complete one, and a response that
@@ -112,12 +117,17 @@ class UpstreamConnection(asyncio.Protocol):
         """Upgraded: every byte the lab sends from now on, and the end, go to ``peer``."""
         self.exchange, self.pipe = None, peer
 
-    def finish(self) -> None:
-        """Close after what was sent has gone out (a relayed pipe's end)."""
+    def finish(self, then: Callable[[], None], stalled_after: float) -> None:
+        """Close after what was sent has gone out (a relayed pipe's end), or once sending it
+        has stalled for ``stalled_after`` s (:mod:`.closing`); ``then()`` once it is gone."""
         self.exchange = self.pipe = None
+        if self._gone:
+            then()
+            return
+        self._on_gone = then
         if self.transport is not None and not self.closed:
             self.closed = True
-            self.transport.close()
+            close_unless_stalled(self.transport, stalled_after)
 
     def close(self) -> None:
         self.exchange = self.pipe = None
@@ -132,7 +142,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = transport
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        self.closed = self._gone = True
+        on_gone, self._on_gone = self._on_gone, None
+        if on_gone is not None:
+            on_gone()
         exchange, self.exchange = self.exchange, None
         pipe, self.pipe = self.pipe, None
         if pipe is not None:

@@ -34,6 +34,7 @@ class Watched:
     admitted: Callable[[], Awaitable[bool]]
     end: End
     on_gone: Callable[[], None] | None
+    ended: bool = False  # end() was called: not checked or ended again
 
 
 class OpenWebSockets:
@@ -52,7 +53,8 @@ class OpenWebSockets:
               on_gone: Callable[[], None] | None = None) -> Watched:
         """Register an open WebSocket until :meth:`gone`: ``end(code)`` is called at most once,
         when ``admitted()`` answers False (1008) or the gateway stops (1001, at once if it
-        already has); ``on_gone()`` exactly once, when it leaves (before ``end``)."""
+        already has); ``on_gone()`` exactly once, at :meth:`gone` (after ``end``, if any:
+        the owner calls :meth:`gone` once its connections are closed)."""
         watched = Watched(admitted, end, on_gone)
         self._open.add(watched)
         self._gauge.inc()
@@ -72,8 +74,8 @@ class OpenWebSockets:
                 watched.on_gone()
 
     def _end(self, watched: Watched, code: int) -> None:
-        if watched in self._open:
-            self.gone(watched)
+        if watched in self._open and not watched.ended:
+            watched.ended = True
             watched.end(code)
 
     async def _check(self) -> None:
@@ -81,7 +83,7 @@ class OpenWebSockets:
         database busy, say) is logged and asked again next time."""
         while self._open:
             await asyncio.sleep(self._every)
-            for watched in list(self._open):
+            for watched in [watched for watched in self._open if not watched.ended]:
                 try:
                     admitted = await watched.admitted()
                 except Exception:
