@@ -27,15 +27,22 @@ import aiohttp
 from aiohttp import web
 
 from ..bodies import read_at_most
-from ..errors import Forbidden, GatewayError, LabUnavailable, LabUnproven, NotFound
+from ..errors import (
+    Forbidden,
+    GatewayError,
+    LabUnavailable,
+    LabUnproven,
+    NotFound,
+    TooManyRequests,
+)
 from ..jobs.labs import LabRoute
 from ..metrics import GatewayMetrics
 from ..users import User
 from .fastpath import Caller, LabFastPath, LabRoutes, still_admitted
 from .identity import LabIdentity, LabNotProven, LabSessions
-from .quota import LabConnections
+from .quota import RETRY_AFTER, LabConnections
 from .relay import ClientLeft, LabAnswerRefused, relay_http
-from .relay_ws import relay_websocket
+from .relay_ws import MAX_MESSAGE_RELAYS, relay_websocket
 from .rules import CLIENT_CLOSED, Upstream
 from .watch import End, OpenWebSockets
 
@@ -58,6 +65,7 @@ class LabProxy:
         self.routes = routes
         self.body_timeout = body_timeout
         self.connections = LabConnections(max_connections)
+        self.message_relays = LabConnections(MAX_MESSAGE_RELAYS)  # WebSockets on this path
         self.metrics = metrics or GatewayMetrics()
         self.sessions = LabSessions(CONNECT_TIMEOUT)
         self.gateway_cookies = gateway_cookies
@@ -140,9 +148,10 @@ class LabProxy:
             self._check_origin(request)
         upstream, session = self.upstream(route)
         kind, status = ("websocket" if websocket else "http"), 500
-        if not self.connections.take(caller.id):
+        refusal = self._hold(caller, websocket)
+        if refusal is not None:
             self.metrics.proxy_requests.labels(kind, "4xx").inc()
-            raise self.connections.refusal()
+            raise refusal
         self.touch(job_id)
         try:
             if websocket:
@@ -176,7 +185,24 @@ class LabProxy:
             raise
         finally:
             self.connections.give_back(caller.id)
+            if websocket:
+                self.message_relays.give_back(caller.id)
             self.metrics.proxy_requests.labels(kind, f"{status // 100}xx").inc()
+
+    def _hold(self, caller: User, websocket: bool) -> TooManyRequests | None:
+        """Count the request against ``caller``'s lab connections and, for a WebSocket, its
+        message relays (:data:`.relay_ws.MAX_MESSAGE_RELAYS`); the refusal at a limit."""
+        if websocket and not self.message_relays.take(caller.id):
+            return TooManyRequests(
+                f"at most {MAX_MESSAGE_RELAYS} lab WebSockets at once per user on a connection "
+                "that carried other requests first; open each on a new connection (browsers "
+                "do)", limit="websockets_after_other_requests", value=MAX_MESSAGE_RELAYS,
+                retry_after=RETRY_AFTER)
+        if not self.connections.take(caller.id):
+            if websocket:
+                self.message_relays.give_back(caller.id)
+            return self.connections.refusal()
+        return None
 
     def _count_bytes(self, request: web.Request, response: web.StreamResponse) -> None:
         """An HTTP relay's body bytes: what the client sent up, what went back down."""

@@ -8,12 +8,15 @@ connection waited, for ever, for a lab that never reads its last bytes. Either w
 could keep any number of the gateway's sockets, and the memory behind them, uncounted.
 
 Now a connection with unsent bytes still counts against ``max_lab_connections`` until it is
-gone, and one whose bytes stop moving for ``body_timeout`` s is cut off (here 1 s).
+gone, and one whose bytes stop moving for ``body_timeout`` s is cut off (here 1 s). On
+aiohttp's path, where a WebSocket message is held whole until its last frame, a user has at
+most 4 WebSockets and a message at most 16 MiB.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import struct
@@ -23,7 +26,7 @@ import pytest
 
 from gateway.api.keys import PROXY
 from tests.unit.test_fast_path import wait_until
-from tests.unit.test_lab_connections import held, limit_to
+from tests.unit.test_lab_connections import hand_to_aiohttp, held, limit_to
 from tests.unit.test_lab_pool_and_pipe import RawLab, path_of, publish
 from tests.unit.test_relay import Gateway
 from tests.unit.test_relay import gw as gw  # the fixture
@@ -204,3 +207,50 @@ async def test_an_answer_its_client_does_not_read_counts_until_cut_off(
         writer.transport.abort()
     finally:
         lab.close()
+
+
+# -- aiohttp's path: WebSockets relayed as whole messages ----------------------------------------
+
+
+def unfinished_frame(size: int, *, first: bool) -> bytes:
+    """A binary message's frame that is not its last (FIN clear), masked with a zero key."""
+    return bytes([0x2 if first else 0x0, 0x80 | 127]) + struct.pack(">Q", size) + bytes(4)
+
+
+async def test_on_aiohttps_path_a_user_has_four_websockets_and_no_message_over_16_mib(
+        gw: Gateway) -> None:
+    """A connection that carried another request first is aiohttp's, which holds each
+    message whole until its last frame: a fifth WebSocket of one user's there gets 429, and
+    a message that grows past 16 MiB ends its WebSocket (1009, too big) instead of growing
+    in the gateway's memory."""
+    wires = []
+    try:
+        for _ in range(4):
+            wire = await Wire.open(gw.port)
+            wires.append(wire)
+            await hand_to_aiohttp(gw, wire)
+            await wire.send(request(gw, "GET", gw.prefix() + "ws", WS))
+            assert (await wire.message()).status == 101
+        fifth = await Wire.open(gw.port)
+        await hand_to_aiohttp(gw, fifth)
+        await fifth.send(request(gw, "GET", gw.prefix() + "ws", WS))
+        refused = await fifth.response()
+        problem = json.loads(refused.body)
+        assert (refused.status, problem["limit"], problem["value"]) == (
+            429, "websockets_after_other_requests", 4)
+        fifth.close()
+        for index in range(17):  # 17 MiB of one message that never ends
+            await wires[0].send(unfinished_frame(MIB, first=index == 0) + bytes(MIB))
+        try:  # the WebSocket ends: with a close frame saying 1009, unless a reset beat it
+            rest = await wires[0].eof()
+        except ConnectionResetError:
+            rest = b""
+        assert not rest or b"\x88\x02" + struct.pack(">H", 1009) in rest
+        await wait_until(lambda: held(gw) == 3, "the ended WebSocket given back")
+    finally:
+        for wire in wires:
+            wire.close()
+    await wait_until(lambda: held(gw) == 0, "every WebSocket given back")
+    again = await gw.http.ws_connect(gw.url(gw.prefix() + "ws"), headers={
+        "Authorization": f"Bearer {gw.alice}"})
+    await again.close()
