@@ -7,6 +7,9 @@ then keeps its last ``gateway.log_tail_bytes`` in the job's data directory, with
 meaning. A client that follows a log asks for the bytes from an offset (a window read), and
 gets back where they start and where the next read starts: nothing is sent twice.
 
+Each live read starts a process or an SSH channel on the cluster's side, so a user has at most
+:data:`MAX_LIVE_READS` of them under way at once (:class:`LiveReads`); past that, 429.
+
 Progress is what the runner keeps in ``progress.json``: ``{"done": N, "total": M}`` code cells.
 It is read on demand (at most every :data:`PROGRESS_EVERY` seconds per job) and kept in the
 job's row, so lists show the last one seen; the collector reads the final one.
@@ -14,14 +17,16 @@ job's row, so lists show the last one seen; the collector reads the final one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import GatewayError
+from ..errors import GatewayError, TooManyRequests
 from ..transport import RemoteFileMissing, RemoteFileRefused, Transport
 
 log = logging.getLogger(__name__)
@@ -32,6 +37,7 @@ LOG_BASE = "job.log.json"
 PROGRESS_NAME = "progress.json"
 PROGRESS_LIMIT = 4096
 PROGRESS_EVERY = 2.0
+MAX_LIVE_READS = 8  # per user at once (a follower reads one window at a time)
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,32 @@ class LogChunk:
     @property
     def next_offset(self) -> int | None:
         return None if self.start is None else self.start + len(self.data)
+
+
+class LiveReads:
+    """How many live log reads each gateway user has under way."""
+
+    def __init__(self, limit: int = MAX_LIVE_READS) -> None:
+        self.limit = limit
+        self._reading: dict[int, int] = {}  # user id -> reads under way (absent: none)
+
+    @contextlib.contextmanager
+    def held(self, user_id: int) -> Iterator[None]:
+        """One more read of ``user_id``'s for as long as the block runs; at the limit,
+        :class:`TooManyRequests` (429, ``Retry-After: 1``: the user's own reads end soon)."""
+        reading = self._reading.get(user_id, 0)
+        if reading >= self.limit:
+            raise TooManyRequests(f"at most {self.limit} live log reads at once per user",
+                                  limit="live_log_reads", value=self.limit, retry_after=1)
+        self._reading[user_id] = reading + 1
+        try:
+            yield
+        finally:
+            left = self._reading[user_id] - 1
+            if left:
+                self._reading[user_id] = left
+            else:
+                del self._reading[user_id]
 
 
 async def live_log(transport: Transport, job: dict[str, Any], limit: int,

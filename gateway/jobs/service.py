@@ -41,7 +41,14 @@ from .clusters import ClusterLink
 from .collector import collect
 from .context import JobContext
 from .idempotency import replayed_job, request_hash
-from .joblog import PROGRESS_EVERY, LogChunk, collected_log, live_log, read_progress
+from .joblog import (
+    PROGRESS_EVERY,
+    LiveReads,
+    LogChunk,
+    collected_log,
+    live_log,
+    read_progress,
+)
 from .lab_watcher import LabWatcher
 from .labs import LabProbe, LabRoute, open_lab
 from .limits import check_limits
@@ -81,6 +88,7 @@ class JobService:
         self._tasks: set[asyncio.Task[Any]] = set()
         # Job id -> loop time its progress was last read from the cluster.
         self._progress_read: dict[str, float] = {}
+        self._live_reads = LiveReads()  # log reads under way on the cluster, per user
         # (user id, job id) -> the route to that user's ready lab, while the store is unchanged.
         self._lab_routes: StampedCache[tuple[int, str], LabRoute] = store.stamped_cache()
 
@@ -409,7 +417,8 @@ class JobService:
         link = self.clusters.get(job["cluster"])
         if State(job["state"]) in TERMINAL or not job["slurm_job_id"] or link is None:
             return collected_log(self.ctx.job_dir(job_id), limit, offset), job
-        return await live_log(link.transport, job, limit, offset), job
+        with self._live_reads.held(user.id):
+            return await live_log(link.transport, job, limit, offset), job
 
 
 def _with_artifacts(job: dict[str, Any]) -> dict[str, Any]:

@@ -463,6 +463,36 @@ async def log_from(api: Api, job_id: str, offset: int | str) -> tuple[bytes, dic
     return await response.read(), dict(response.headers)
 
 
+async def test_a_user_has_at_most_eight_live_log_reads_under_way(api: Api) -> None:
+    """Each live read is a process or an SSH channel on the cluster's side: a script that
+    asks for its log many times at once gets 429 past eight, and the reads end as usual."""
+    job = await api.pending()
+    api.cluster.transport.files[f"{api.workdir(job['id'])}/job.log"] = b"hello\n"
+    api.cluster.backend.states[api.slurm(job)] = SchedulerState.RUNNING
+    await api.wait_state(job["id"], "running")
+    transport = api.cluster.transport
+    slow_cluster, read = asyncio.Event(), transport.read_file
+    reading = []
+
+    async def slow_read(path: str, **kwargs: Any) -> bytes:
+        if path.endswith("/job.log"):
+            reading.append(path)
+            await slow_cluster.wait()
+        return await read(path, **kwargs)
+
+    transport.read_file = slow_read  # type: ignore[method-assign]
+    asked = [asyncio.create_task(api.get(f"/api/v1/jobs/{job['id']}/log?offset={n}"))
+             for n in range(8)]
+    await api.wait(job["id"], lambda _: len(reading) == 8)
+    ninth = await asyncio.wait_for(api.get(f"/api/v1/jobs/{job['id']}/log"), 10)
+    problem = await ninth.json()
+    assert (ninth.status, problem["limit"], problem["value"]) == (429, "live_log_reads", 8)
+    assert ninth.headers["Retry-After"] == "1" and len(reading) == 8
+    slow_cluster.set()
+    assert [answer.status for answer in await asyncio.gather(*asked)] == [200] * 8
+    assert (await api.get(f"/api/v1/jobs/{job['id']}/log")).status == 200
+
+
 async def test_a_followed_log_gets_each_byte_once_live_and_after_the_end(api: Api) -> None:
     job = await api.pending()
     slurm_id = api.slurm(job)
