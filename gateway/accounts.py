@@ -33,7 +33,7 @@ class Accounts:
         return self._store.users.authenticate(token)
 
     def user_for_token_id(self, token_id: int) -> User | None:
-        """The user of a browser session's token, while that token is not revoked."""
+        """The user of a browser session, while it lasts (:meth:`start_session`)."""
         return self._store.users.user_for_token_id(token_id)
 
     def user_named(self, name: str) -> User | None:
@@ -63,11 +63,11 @@ class Accounts:
         is bound to exactly that one (False: another identity signed in as this user)."""
         return self._store.users.bind_subject(user, subject)
 
-    def start_session(self, user: User, lifetime_s: float) -> int:
-        """A single sign-on session's token id (see :meth:`UserTable.start_session`)."""
-        return self._store.users.start_session(user, lifetime_s)
+    def start_session(self, user: User, lifetime_s: float, parent_id: int | None = None) -> int:
+        """A browser session's token id, for single sign-on or a login with the API token
+        ``parent_id`` (see :meth:`UserTable.start_session`)."""
+        return self._store.users.start_session(user, lifetime_s, parent_id)
 
     def end_session(self, token_id: int) -> bool:
-        """End a single sign-on session (a session made from an API token is only dropped
-        by the browser: the token is the user's)."""
+        """End a browser session (logout); the API token it was made from stays the user's."""
         return self._store.users.end_session(token_id)

@@ -72,8 +72,8 @@ class ScrapeTimeCollector(Collector):
         yield GaugeMetricFamily("hpcgw_active_tokens", "API tokens that are not revoked (API "
                                 "clients, and browsers that log in with a token, use them)",
                                 value=tokens)
-        yield GaugeMetricFamily("hpcgw_active_sessions", "Single sign-on browser sessions not "
-                                "ended by logout nor expired", value=sessions)
+        yield GaugeMetricFamily("hpcgw_active_sessions", "Browser sessions (token logins and "
+                                "single sign-on) not ended by logout nor expired", value=sessions)
 
 
 class GatewayMetrics:

@@ -1,8 +1,9 @@
 """Browser sessions: the login page, the session cookie and the XSRF double-submit check.
 
-A browser logs in once with a gateway token and then carries ``hpcgw_session``: HttpOnly,
-SameSite=Lax, signed with the config's ``cookie_secret`` (HMAC-SHA256) and naming the *token*
-it was made from, so revoking the token ends the session. The cookie never holds the token.
+A browser logs in once with a gateway token (or single sign-on) and then carries
+``hpcgw_session``: HttpOnly, SameSite=Lax, signed with the config's ``cookie_secret``
+(HMAC-SHA256) and naming a *session* kept in the store, which logout ends and which ends with
+the token it was made from. The cookie never holds the token.
 Cookie-authenticated requests that change state must send ``X-XSRFToken`` equal to an XSRF
 cookie (``hpcgw_xsrf`` for the gateway's API, the lab's own ``_xsrf`` under ``/labs/``):
 another site can make the browser send cookies, but cannot read them. The login and logout
@@ -142,15 +143,18 @@ async def login(request: web.Request) -> web.Response:
     found = request.app[ACCOUNTS].authenticate(form.get("token", "").strip())
     if found is None:
         return login_response(request, next_path, 401, "That token is not valid.")
+    token_id, user = found
+    lifetime = gateway.session_hours * 3600
     response = web.HTTPSeeOther(next_path)
-    start_session(request, response, found[0])
+    start_session(request, response,
+                  request.app[ACCOUNTS].start_session(user, lifetime, parent_id=token_id))
     raise response
 
 
 @routes.post("/logout")
 async def logout(request: web.Request) -> web.Response:
-    """End the browser session: clear the gateway's cookies (a single sign-on session's
-    token is revoked too) and go to the login page.
+    """End the browser session: clear the gateway's cookies, end the session on the server
+    (a copy of its cookie no longer works) and go to the login page.
 
     Another site's Origin/Referer: 403. With a session cookie, the form must carry the
     ``hpcgw_xsrf`` cookie's value as ``xsrf`` (the portal's logout form does), else 403 and the
@@ -165,7 +169,7 @@ async def logout(request: web.Request) -> web.Response:
                         f"carry the {XSRF_COOKIE} cookie's value)")
     token_id = read_session(request.app[CONFIG].gateway.cookie_secret,
                             request.cookies.get(SESSION_COOKIE, ""))
-    if token_id is not None:  # a single sign-on session ends for good
+    if token_id is not None:  # the session ends for good, wherever its cookie was copied
         request.app[ACCOUNTS].end_session(token_id)
     response = web.HTTPSeeOther("/login")
     for name in GATEWAY_COOKIES:

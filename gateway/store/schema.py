@@ -138,6 +138,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE users ADD COLUMN sso_subject TEXT;
     """,
+    # A browser session made by logging in with an API token: a session row of its own (so
+    # logout ends it), which also ends with that token.
+    """
+    ALTER TABLE tokens ADD COLUMN parent_id INTEGER REFERENCES tokens(id);
+    """,
 ]
 
 

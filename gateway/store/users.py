@@ -115,8 +115,8 @@ class UserTable:
         return dict(self._db.execute("SELECT id, name FROM users").fetchall())
 
     def account_counts(self) -> tuple[int, int, int]:
-        """(enabled users, their API tokens not revoked, their single sign-on sessions not
-        ended nor expired)."""
+        """(enabled users, their API tokens not revoked, their browser sessions not ended nor
+        expired)."""
         live = f"t.revoked_at IS NULL AND {_ENABLED}"
         users, tokens, sessions = self._db.execute(
             f"SELECT (SELECT COUNT(*) FROM users u WHERE {_ENABLED}), "  # noqa: S608
@@ -133,12 +133,14 @@ class UserTable:
             {"user_id": user.id, "token_hash": hash_token(token), "created_at": utcnow()})
         return token
 
-    def start_session(self, user: User, lifetime_s: float) -> int:
-        """A single sign-on session for ``user``: a token no one is shown (only its hash is
-        kept), valid for ``lifetime_s`` seconds; its id, which the session cookie names."""
+    def start_session(self, user: User, lifetime_s: float, parent_id: int | None = None) -> int:
+        """A browser session for ``user``: a token no one is shown (only its hash is kept),
+        valid for ``lifetime_s`` seconds and until :meth:`end_session`, and no longer than
+        the API token ``parent_id`` when it was made by logging in with one; its id, which
+        the session cookie names."""
         row_id = self._db.table("tokens").insert({
             "user_id": user.id, "token_hash": hash_token(secrets.token_urlsafe(32)),
-            "created_at": utcnow(),
+            "created_at": utcnow(), "parent_id": parent_id,
             "session_expires_at": format_timestamp(time.time() + lifetime_s)}).last_pk
         assert row_id is not None
         return int(row_id)
@@ -183,17 +185,17 @@ class UserTable:
         return self._tokens.lookup(token_hash, load, time.time())
 
     def user_for_token_id(self, token_id: int) -> User | None:
-        """The user of a browser session's token (an API token the user logged in with, or
-        a single sign-on session), while it is not revoked nor expired and the user is
-        enabled."""
+        """The user of browser session ``token_id`` (:meth:`start_session`), while it is not
+        ended nor expired, the API token it was made from (if any) is not revoked, and the
+        user is enabled. An API token's own id names no session."""
         now = time.time()
 
         def load() -> tuple[User, float | None] | None:
             row = self._db.execute(
                 f"SELECT {_USER_COLUMNS}, t.session_expires_at FROM tokens t "  # noqa: S608
-                f"JOIN users u ON u.id = t.user_id "
+                f"JOIN users u ON u.id = t.user_id LEFT JOIN tokens p ON p.id = t.parent_id "
                 f"WHERE t.id = ? AND t.revoked_at IS NULL AND {_ENABLED} "
-                f"AND (t.session_expires_at IS NULL OR t.session_expires_at > ?)",
+                f"AND t.session_expires_at > ? AND p.revoked_at IS NULL",
                 [token_id, format_timestamp(now)]).fetchone()
             if row is None:
                 return None

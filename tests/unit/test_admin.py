@@ -86,12 +86,13 @@ async def test_admin_flag_changes(site: Site) -> None:
 def test_a_disabled_users_browser_session_ends_too(store: Store) -> None:
     alice = store.users.add_user("alice", "alice")
     token_id, _ = store.users.authenticate(store.users.issue_token(alice)) or (0, None)
-    assert store.users.user_for_token_id(token_id) == alice
+    session = store.users.start_session(alice, 3600, parent_id=token_id)
+    assert store.users.user_for_token_id(session) == alice
     store.users.set_user("alice", disabled=True)
-    assert store.users.user_for_token_id(token_id) is None
+    assert store.users.user_for_token_id(session) is None
     assert store.users.account_counts() == (0, 0, 0)  # the metrics count enabled users only
     store.users.set_user("alice", disabled=False)
-    assert store.users.user_for_token_id(token_id) == alice
+    assert store.users.user_for_token_id(session) == alice
 
 
 def test_user_list_shows_role_and_state(store: Store) -> None:

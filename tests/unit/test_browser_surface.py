@@ -249,7 +249,7 @@ async def test_login_body_is_capped(site: Site) -> None:
 # -- logout CSRF -----------------------------------------------------------------------------
 
 
-async def test_logout_needs_the_portal_forms_token(site: Site) -> None:
+async def test_logout_needs_the_portal_forms_token_and_ends_the_session(site: Site) -> None:
     cookies = await site.login()
     jar = "; ".join(f"{k}={v}" for k, v in cookies.items())
     async with site.http.get(f"{site.base}/", headers={"Cookie": jar}) as portal:
@@ -274,6 +274,13 @@ async def test_logout_needs_the_portal_forms_token(site: Site) -> None:
                                     headers={"Origin": site.origin, "Cookie": jar})
     assert response.status == 303 and response.headers["Location"] == "/login"
     assert response.cookies["hpcgw_session"].value == ""
+    # The session ended on the server: a copy of the cookie (a shared machine's browser
+    # profile, a proxy's log) is worth nothing now, while a new login works.
+    async with site.http.get(f"{site.base}/api/v1/jobs", headers={"Cookie": jar}) as copied:
+        assert copied.status == 401
+    again = "; ".join(f"{k}={v}" for k, v in (await site.login()).items())
+    async with site.http.get(f"{site.base}/api/v1/jobs", headers={"Cookie": again}) as fresh:
+        assert fresh.status == 200
 
 
 # -- security headers ------------------------------------------------------------------------
