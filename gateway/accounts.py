@@ -58,9 +58,14 @@ class Accounts:
             return None
         return self._store.users.add_user(name, unix_user)
 
-    def bind_subject(self, user: User, subject: str) -> bool:
-        """Bind ``user`` to a single sign-on identity at its first SSO login; whether the user
-        is bound to exactly that one (False: another identity signed in as this user)."""
+    def signs_on_as(self, user: User, subject: str) -> bool:
+        """Whether single sign-on identity ``subject`` ("issuer sub") may log in as ``user``:
+        the identity the user is bound to. A user bound to none is bound to it now (its first
+        SSO login), except an admin: a stranger who holds the admin's name at the provider
+        must not become the admin, so the operator binds an admin's identity
+        (``hpcgw user set NAME --sso-subject``)."""
+        if user.admin and self._store.users.subject_of(user) is None:
+            return False
         return self._store.users.bind_subject(user, subject)
 
     def start_session(self, user: User, lifetime_s: float, parent_id: int | None = None) -> int:

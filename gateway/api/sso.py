@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import json
 import logging
+import shlex
 import time
 from typing import Any
 
@@ -178,7 +179,12 @@ async def _session_for(request: web.Request, claims: dict[str, Any]) -> int:
                                      "administrator")
     # A name claim may be reused or renamed at the provider: the first SSO login binds the
     # user to the provider's stable identity (issuer and sub), and only that one logs in later.
-    if not accounts.bind_subject(user, f"{settings.issuer} {claims['sub']}"):
+    subject = f"{settings.issuer} {claims['sub']}"
+    if not accounts.signs_on_as(user, subject):
+        if user.admin:
+            raise web.HTTPForbidden(text=f"{name} is an administrator: the gateway's operator "
+                                         f"binds this sign-on identity first (hpcgw user set "
+                                         f"{name} --sso-subject {shlex.quote(subject)})")
         raise web.HTTPForbidden(text=f"the account {name} belongs to another sign-on "
                                      "identity; ask an administrator")
     lifetime = request.app[CONFIG].gateway.session_hours * 3600

@@ -41,12 +41,18 @@ def cmd_user_set(args: argparse.Namespace) -> int:
     """Change a user's admin flag and/or enabled state; say what the user is now."""
     from ..jobs.oversight import set_user
 
-    if args.admin is None and args.disabled is None:
-        print("hpcgw: nothing to change: give --admin/--no-admin and/or --disable/--enable",
-              file=sys.stderr)
+    if args.admin is None and args.disabled is None and args.sso_subject is None:
+        print("hpcgw: nothing to change: give --admin/--no-admin, --disable/--enable and/or "
+              "--sso-subject", file=sys.stderr)
         return 2
-    change = set_user(open_store(load_config(args.config)), args.name, admin=args.admin,
-                      disabled=args.disabled)
+    store = open_store(load_config(args.config))
+    if args.sso_subject is not None:
+        store.users.set_subject(args.name, args.sso_subject.strip() or None)
+        print(f"user {args.name}: single sign-on identity "
+              f"{args.sso_subject.strip() or 'unbound'}")
+    if args.admin is None and args.disabled is None:
+        return 0
+    change = set_user(store, args.name, admin=args.admin, disabled=args.disabled)
     state = "disabled" if change.disabled else "enabled"
     print(f"user {change.user.name}: {'admin' if change.user.admin else 'not an admin'}, "
           f"{state}")

@@ -220,7 +220,7 @@ def _add_users(sub: _Subcommands, common: argparse.ArgumentParser) -> None:
                      help="an admin: may list every user's jobs (API and portal)")
     add.set_defaults(run=admin.cmd_user_add)
     change = user.add_parser(
-        "set", help="make a user an admin or not; disable or enable a user",
+        "set", help="make a user an admin or not; disable or enable a user; bind single sign-on",
         description="Changes a user. --disable stops the user's tokens and browser sessions "
         "at their next request and stops the user's labs (notebook runs go on); --enable "
         "brings the tokens back. Works whether or not the gateway runs.")
@@ -235,6 +235,9 @@ def _add_users(sub: _Subcommands, common: argparse.ArgumentParser) -> None:
                        help="disable the user (tokens, sessions and labs stop)")
     state.add_argument("--enable", dest="disabled", action="store_false",
                        help="enable a disabled user again")
+    change.add_argument("--sso-subject", metavar="'ISSUER SUB'",
+                        help="bind the user to this single sign-on identity (as the login page "
+                        "names it; an admin's is never bound by a first sign-on); '' unbinds")
     change.set_defaults(run=admin.cmd_user_set)
     user.add_parser("list", help="the users: name, unix user, admin, disabled, active tokens",
                     description="Lists the gateway's users (--json: as JSON).").set_defaults(

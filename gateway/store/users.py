@@ -68,6 +68,17 @@ class UserTable:
             raise NotFound(f"no user {name!r}")
         return _user(row)
 
+    def subject_of(self, user: User) -> str | None:
+        """The single sign-on identity ("issuer sub") ``user`` is bound to, if any."""
+        row = self._db.execute("SELECT sso_subject FROM users WHERE id = ?",
+                               [user.id]).fetchone()
+        return row[0] if row else None
+
+    def set_subject(self, name: str, subject: str | None) -> None:
+        """Bind user ``name`` to ``subject`` (None: to none), whatever it was bound to."""
+        user = self.get_user(name)
+        self._db.execute("UPDATE users SET sso_subject = ? WHERE id = ?", [subject, user.id])
+
     def bind_subject(self, user: User, subject: str) -> bool:
         """Bind ``user`` to the single sign-on identity ``subject`` ("issuer sub") unless it
         is bound already; whether ``user`` is (now) bound to exactly that one."""

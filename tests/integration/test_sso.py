@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import urllib.error
 import urllib.request
@@ -188,4 +189,36 @@ def test_a_user_bound_to_another_sign_on_identity_is_refused(
                                                           timeout=30_000)
         assert not any(c["name"] == "hpcgw_session" for c in context.cookies())
     finally:
+        context.close()
+
+
+def test_an_admins_identity_is_bound_by_the_operator_not_by_a_first_sign_on(
+        dev_config: Path, provider: dict[str, Any], browser: Browser,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Whoever holds an admin's name at the provider (a reused or self-chosen username) must
+    not become the gateway's admin by signing on first: the login page names the identity,
+    and only once the operator binds it with ``hpcgw user set`` does it log in."""
+    with own_gateway(dev_config, tmp_path_factory.mktemp("gateway-sso-admin"),
+                     oidc_section(provider)) as gateway:
+        subprocess.run([*HPCGW, "--config", str(gateway.config), "user", "set", "alice",
+                        "--admin"], capture_output=True, check=True, timeout=60)
+        context = browser.new_context()
+        page = context.new_page()
+        sign_in(page, gateway, "alice", provider["passwords"]["alice"])
+        alert = page.get_by_role("alert")
+        expect(alert).to_contain_text("alice is an administrator", timeout=30_000)
+        shot(page, "admin-not-bound")
+        assert not any(c["name"] == "hpcgw_session" for c in context.cookies())
+        said = alert.inner_text()
+        context.close()
+        found = re.search(r"hpcgw user set alice --sso-subject ('[^']+')", said)
+        assert found, said
+        subprocess.run([*HPCGW, "--config", str(gateway.config), "user", "set", "alice",
+                        "--sso-subject", *shlex.split(found[1])],
+                       capture_output=True, check=True, timeout=60)
+        context = browser.new_context()
+        page = context.new_page()
+        sign_in(page, gateway, "alice", provider["passwords"]["alice"])
+        expect(page).to_have_url(f"{gateway.url}/", timeout=30_000)
+        assert context.request.get(f"{gateway.url}/api/v1/admin/jobs").status == 200
         context.close()
