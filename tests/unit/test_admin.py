@@ -118,13 +118,18 @@ def test_sso_sessions_end_expire_and_are_counted_apart_from_tokens(store: Store)
 
 
 
-def test_sign_on_binds_a_user_to_one_identity_and_creates_no_shared_unix_user(
+def test_sign_on_binds_a_user_to_one_identity_an_admin_only_by_the_operator(
         store: Store) -> None:
     accounts = Accounts(store)
     alice = store.users.add_user("alice", "alice")
-    assert accounts.bind_subject(alice, "https://sso alice-sub")
-    assert accounts.bind_subject(alice, "https://sso alice-sub")  # the same again: fine
-    assert not accounts.bind_subject(alice, "https://sso mallory-sub")
+    assert accounts.signs_on_as(alice, "https://sso alice-sub")
+    assert accounts.signs_on_as(alice, "https://sso alice-sub")  # the same again: fine
+    assert not accounts.signs_on_as(alice, "https://sso mallory-sub")
+    root = store.users.add_user("root", "hpcadmin", admin=True)
+    assert not accounts.signs_on_as(root, "https://sso stranger")  # no first-login binding
+    store.users.set_subject("root", "https://sso root-sub")  # the operator's
+    assert accounts.signs_on_as(root, "https://sso root-sub")
+    assert not accounts.signs_on_as(root, "https://sso stranger")
     assert accounts.create_user("mallory", "alice") is None  # alice's unix account
     assert accounts.create_user("mallory", "root") is None
     carol = accounts.create_user("carol", "carol")
