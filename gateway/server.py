@@ -27,7 +27,7 @@ from .api.keys import ACCOUNTS, CONFIG, METRICS, OIDC, PROXY, SERVICE, STORAGE
 from .api.middleware import lab_caller, security_headers
 from .api.requestlog import AccessLog, request_id_header
 from .config import ClusterConfig, Config
-from .errors import GatewayError
+from .errors import FieldError, GatewayError, ValidationFailed
 from .jobs.clusters import ClusterLink, make_cluster_link
 from .jobs.service import JobService
 from .metrics import GatewayMetrics, ScrapeTimeCollector
@@ -37,7 +37,9 @@ from .scheduler.metered import MeteredBackend
 from .sso.client import OIDCClient
 from .sso.settings import OIDCConfig
 from .staging.credentials import StorageCredentials
+from .staging.hostkeys import scan_host_key
 from .store import Store
+from .users import User
 
 log = logging.getLogger(__name__)
 ClusterFactory = Callable[[ClusterConfig], ClusterLink]
@@ -72,6 +74,16 @@ def connect_clusters(config: Config, factory: ClusterFactory) -> dict[str, Clust
     return links
 
 
+async def offered_host_key(links: dict[str, ClusterLink], user: User, host: str,
+                           port: int) -> str:
+    """The host key a storage server offers, asked by ``user`` on the first cluster (each
+    cluster reaches the same storage servers: staging connects from there)."""
+    for link in links.values():
+        return await scan_host_key(link.transport, user.unix_user, host, port)
+    raise ValidationFailed([FieldError("host", "no cluster is reachable to ask for the "
+                                               "storage server's host key")])
+
+
 def make_app(config: Config, *,
              cluster_factory: ClusterFactory = make_cluster_link) -> web.Application:
     """The gateway application. ``cluster_factory`` lets tests put a fault-injecting cluster in."""
@@ -88,9 +100,9 @@ def make_app(config: Config, *,
 
     async def parts(app: web.Application) -> AsyncIterator[None]:
         store = Store(config.gateway.data_dir / "hpcgw.db")
-        credentials = StorageCredentials(store.storage, config.gateway.cookie_secret,
-                                         config.staging)
         links = connect_clusters(config, cluster_factory)
+        credentials = StorageCredentials(store.storage, config.gateway.cookie_secret,
+                                         config.staging, functools.partial(offered_host_key, links))
         for link in links.values():  # every scheduler call counted and timed
             link.backend = MeteredBackend(link.backend, metrics, link.name)
         service = JobService(config, store, links, credentials=credentials, metrics=metrics)

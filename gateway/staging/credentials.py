@@ -11,6 +11,7 @@ asks again with it, as ``ssh`` does on first contact.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ from ..config import HOST, IDENTIFIER, UNIX_USER, StagingConfig
 from ..errors import Conflict, FieldError, ValidationFailed
 from ..store.storage import StorageTable
 from ..users import User
-from .hostkeys import fetch_host_key, fingerprint, parse_host_key, pinned_host_keys
+from .hostkeys import fingerprint, parse_host_key, pinned_host_keys
 from .keys import check_private_key, generate_key, seal, unseal
 
 
@@ -60,11 +61,17 @@ def _check_target(name: str, host: str, port: int, username: str) -> None:
         raise ValidationFailed(errors)
 
 
+# The host key a server offers, as the user sees it from the cluster (hostkeys.scan_host_key).
+OfferedKey = Callable[[User, str, int], Awaitable[str]]
+
+
 class StorageCredentials:
-    def __init__(self, table: StorageTable, secret: str, staging: StagingConfig) -> None:
+    def __init__(self, table: StorageTable, secret: str, staging: StagingConfig,
+                 offered: OfferedKey) -> None:
         self._table = table
         self._secret = secret
         self._pinned = pinned_host_keys(staging.known_hosts)
+        self._offered = offered
 
     async def add(self, user: User, name: str, host: str, port: int, username: str,
                   host_key: str | None = None, private_key: bytes | None = None
@@ -74,7 +81,7 @@ class StorageCredentials:
         used or (:class:`HostKeyUnconfirmed`) a host key to confirm first."""
         _check_target(name, host, port, username)
         if host_key is None and (host, port) not in self._pinned:
-            raise await self._offered_host_key(host, port)
+            raise await self._offered_host_key(user, host, port)
         pinned = self._host_key(host, port, host_key)
         if private_key is None:
             key, public = generate_key(f"hpcgw:{user.name}:{name}")
@@ -99,10 +106,10 @@ class StorageCredentials:
                 f"({fingerprint(vouched)})")])
         return key
 
-    async def _offered_host_key(self, host: str, port: int) -> HostKeyUnconfirmed:
+    async def _offered_host_key(self, user: User, host: str, port: int) -> HostKeyUnconfirmed:
         """The 409 to answer when no host key was given nor pinned: the key the server offers
         now, with its fingerprint, for the user to confirm."""
-        offered = await fetch_host_key(host, port)
+        offered = await self._offered(user, host, port)
         return HostKeyUnconfirmed(
             f"confirm the host key of {host}:{port} ({fingerprint(offered)}) and send it as "
             "host_key", host_key=offered, host_key_fingerprint=fingerprint(offered))

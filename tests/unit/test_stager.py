@@ -26,7 +26,10 @@ HOST_KEY = asyncssh.generate_private_key("ssh-ed25519").export_public_key().deco
 
 async def test_the_plan_names_key_files_and_the_keys_travel_as_files(
         config: Config, store: Store) -> None:
-    credentials = StorageCredentials(store.storage, "c" * 40, config.staging)
+    async def never_asked(*_: object) -> str:
+        raise AssertionError("the host key is given")
+
+    credentials = StorageCredentials(store.storage, "c" * 40, config.staging, never_asked)
     alice = store.users.add_user("alice", "alice")
     await credentials.add(alice, "data", "127.0.0.1", 2223, "storage", HOST_KEY)
     spec = resolve_spec(parse_spec({"name": "nb", "inputs": [

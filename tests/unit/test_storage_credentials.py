@@ -1,10 +1,12 @@
 """Storage credentials (gateway.staging, /api/v1/storage) without a storage server: keys sealed
 at rest and bound to their row, uploads checked, each user's servers invisible to others, the
-admin's pinned host keys. The first-contact path (409 with the offered key) needs a real sshd:
-tests/integration/test_storage.py."""
+admin's pinned host keys, first contact asked of the cluster. First contact with a real sshd:
+tests/integration/test_staging.py."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from gateway.errors import ValidationFailed
 from gateway.server import STORE, make_app
 from gateway.staging.hostkeys import fingerprint, parse_host_key
 from gateway.staging.keys import SealedKeyError, check_private_key, generate_key, seal, unseal
+from gateway.transport import CommandResult
 
 SECRET = "k" * 40
 HOST_KEY = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
@@ -170,3 +173,53 @@ async def test_an_uploaded_key_is_used_and_the_admins_pinned_host_key_wins(
                               json={**pinned, "name": "q", "host_key": OTHER_KEY})
     assert reply.status == 422
     assert "pinned" in (await reply.json(content_type=PROBLEM))["errors"][0]["message"]
+
+
+async def test_first_contact_asks_the_cluster_as_the_user_and_the_gateway_connects_nowhere(
+        gateway: tuple[TestClient[Any, Any], dict[str, dict[str, str]], Path],
+        fake_clusters: Any) -> None:
+    """Red-team: the gateway's own host used to fetch the offered key itself, so any user
+    could tell open, closed and filtered ports on the gateway host's loopback and network
+    apart by the 422's words. Now the user's own account on the cluster asks
+    (``ssh-keyscan``, where staging connects from); whatever does not answer, the words are
+    the same."""
+    client, auth, _ = gateway
+    transport = fake_clusters.by_name["dev"].transport
+    reached: list[int] = []
+    service = await asyncio.start_server(lambda _r, w: (reached.append(1), w.close()),
+                                         "127.0.0.1", 0)
+    listening = service.sockets[0].getsockname()[1]
+    answers = {}
+    for port in (listening, closed_port()):
+        reply = await client.post("/api/v1/storage", headers=auth["bob"], json=request(
+            f"p{port}", port=port, host_key=None))
+        errors = (await reply.json(content_type=PROBLEM))["errors"]
+        answers[port] = (reply.status, errors[0]["message"].replace(str(port), "PORT"))
+    service.close()
+    assert reached == [] and len(set(answers.values())) == 1, answers
+    assert {status for status, _ in answers.values()} == {422}
+    scans = [(argv, user) for argv, user in transport.commands if argv[0] == "ssh-keyscan"]
+    assert [(argv[-2:], user) for argv, user in scans] == [
+        (["--", "127.0.0.1"], "bob"), (["--", "127.0.0.1"], "bob")]
+
+    offered = f"[127.0.0.1]:2223 {HOST_KEY}\n[127.0.0.1]:2223 ssh-rsa AAAAB3NzaC1yc2E\n"
+    run = transport.run
+
+    async def keyscan(argv: list[str], **kwargs: Any) -> CommandResult:
+        if argv[0] == "ssh-keyscan":
+            return CommandResult(argv, 0, offered.encode(), "")
+        return await run(argv, **kwargs)
+
+    transport.run = keyscan
+    reply = await client.post("/api/v1/storage", headers=auth["bob"], json=request(
+        "first", host_key=None))
+    problem = await reply.json(content_type=PROBLEM)
+    assert (reply.status, problem["host_key"], problem["host_key_fingerprint"]) == (
+        409, HOST_KEY, fingerprint(HOST_KEY))
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then let go)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
