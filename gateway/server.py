@@ -36,8 +36,7 @@ from .proxy.labs import LabProxy
 from .scheduler.metered import MeteredBackend
 from .sso.client import OIDCClient
 from .sso.settings import OIDCConfig
-from .staging.credentials import StorageCredentials
-from .staging.hostkeys import scan_host_key
+from .staging.credentials import StorageCredentials, scan_host_key
 from .store import Store
 from .users import User
 

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import HOST, IDENTIFIER, UNIX_USER, StagingConfig
-from ..errors import Conflict, FieldError, ValidationFailed
+from ..errors import Conflict, FieldError, GatewayError, ValidationFailed
 from ..store.storage import StorageTable
+from ..transport import Transport
 from ..users import User
-from .hostkeys import fingerprint, parse_host_key, pinned_host_keys
+from .hostkeys import FETCH_TIMEOUT, MAX_LINE, fingerprint, parse_host_key, pinned_host_keys
 from .keys import check_private_key, generate_key, seal, unseal
 
 
@@ -61,7 +62,8 @@ def _check_target(name: str, host: str, port: int, username: str) -> None:
         raise ValidationFailed(errors)
 
 
-# The host key a server offers, as the user sees it from the cluster (hostkeys.scan_host_key).
+KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa")  # the one pinned: the first offered
+# The host key a server offers, as the user sees it from the cluster (scan_host_key).
 OfferedKey = Callable[[User, str, int], Awaitable[str]]
 
 
@@ -134,3 +136,29 @@ class StorageCredentials:
         row = self._table.get(user_id, name, sealed=True)
         return Transfer(row["host"], row["port"], row["username"], row["host_key"],
                         unseal(self._secret, row["sealed_key"], owner=user_id, name=name))
+
+async def scan_host_key(transport: Transport, unix_user: str, host: str, port: int) -> str:
+    """The host key ``host``:``port`` offers to the cluster, asked by ``unix_user`` there with
+    ``ssh-keyscan``: where a job's staging connects from, and with no more reach than the user
+    has. The gateway's own host connects nowhere, so naming a host and port tells a user
+    nothing new: any failure gives the same 422, whatever was or was not listening."""
+    argv = ["ssh-keyscan", "-T", str(int(FETCH_TIMEOUT)), "-p", str(port),
+            "-t", "ed25519,ecdsa,rsa", "--", host]
+    try:
+        result = await transport.run(argv, user=unix_user, timeout=FETCH_TIMEOUT + 5,
+                                     check=False)
+    except GatewayError:
+        result = None
+    offered: dict[str, str] = {}
+    for line in (result.text if result is not None else "").splitlines()[:16]:
+        words = line.split()
+        if len(words) == 3 and words[1] in KEY_TYPES and len(line) <= MAX_LINE:
+            try:
+                offered.setdefault(words[1], parse_host_key(line, host, port))
+            except ValidationFailed:
+                continue
+    for kind in KEY_TYPES:
+        if kind in offered:
+            return offered[kind]
+    raise ValidationFailed([FieldError("host", f"no SSH server at {host}:{port} offered a "
+                                               "host key to the cluster")])

@@ -12,12 +12,10 @@ import asyncio
 
 import asyncssh
 
-from ..errors import FieldError, GatewayError, ValidationFailed
-from ..transport import Transport
+from ..errors import FieldError, ValidationFailed
 
 FETCH_TIMEOUT = 10.0
 MAX_LINE = 16 * 1024
-KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa")  # the one pinned: the first offered
 
 
 def parse_host_key(text: str, host: str, port: int, field: str = "host_key") -> str:
@@ -78,29 +76,3 @@ async def fetch_host_key(host: str, port: int) -> str:
                                            "no host key")])
     return key.export_public_key("openssh").decode().strip()
 
-
-async def scan_host_key(transport: Transport, unix_user: str, host: str, port: int) -> str:
-    """The host key ``host``:``port`` offers to the cluster, asked by ``unix_user`` there with
-    ``ssh-keyscan``: where a job's staging connects from, and with no more reach than the user
-    has. The gateway's own host connects nowhere, so naming a host and port tells a user
-    nothing new: any failure gives the same 422, whatever was or was not listening."""
-    argv = ["ssh-keyscan", "-T", str(int(FETCH_TIMEOUT)), "-p", str(port),
-            "-t", "ed25519,ecdsa,rsa", "--", host]
-    try:
-        result = await transport.run(argv, user=unix_user, timeout=FETCH_TIMEOUT + 5,
-                                     check=False)
-    except GatewayError:
-        result = None
-    offered: dict[str, str] = {}
-    for line in (result.text if result is not None else "").splitlines()[:16]:
-        words = line.split()
-        if len(words) == 3 and words[1] in KEY_TYPES and len(line) <= MAX_LINE:
-            try:
-                offered.setdefault(words[1], parse_host_key(line, host, port))
-            except ValidationFailed:
-                continue
-    for kind in KEY_TYPES:
-        if kind in offered:
-            return offered[kind]
-    raise ValidationFailed([FieldError("host", f"no SSH server at {host}:{port} offered a "
-                                               "host key to the cluster")])
