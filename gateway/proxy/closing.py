@@ -14,11 +14,10 @@ import asyncio
 
 
 def close_unless_stalled(transport: asyncio.WriteTransport, stalled_after: float) -> None:
-    """Close ``transport`` once its buffer is sent; abort it if sending stalls. A transport
-    already closing is left as it is (whoever closed it owns its end)."""
-    if transport.is_closing():
-        return
-    transport.close()
+    """Close ``transport`` once its buffer is sent; abort it if sending stalls (also one that
+    something else began to close, asyncio itself on an end of file, say)."""
+    if not transport.is_closing():
+        transport.close()
     left = transport.get_write_buffer_size()
     if left:
         asyncio.get_running_loop().call_later(stalled_after, _check, transport, stalled_after,

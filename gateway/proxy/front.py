@@ -416,6 +416,10 @@ class FrontProtocol(ClientConnection):
         else:
             self._labs.unhold(admission)
 
+    def _hand_over(self) -> None:
+        self._drained()  # aiohttp owns the connection from here: its end is not heard here
+        super()._hand_over()
+
     def _drained(self) -> None:
         if self._draining is not None:
             self._labs.unhold(self._draining)

@@ -86,6 +86,17 @@ class WebSocketPipe(asyncio.Protocol):
             self._write_client(close_frame(masked=False))
         self._close_client()
 
+    def upstream_eof(self) -> None:
+        """The lab shut its sending side: the client gets a close frame if the lab sent none
+        (and one fits), then the end; the lab's connection is finished (what it still has to
+        read goes out, unless it stalls)."""
+        if self._down_frames.at_boundary and not self._down_frames.closed:
+            self._write_client(close_frame(masked=False))
+        self._close_client()
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            upstream.finish(self._gone, self._stalled_after)
+
     def upstream_paused(self, paused: bool) -> None:
         """The lab's connection has too much to send: the client is not read until it
         drains."""

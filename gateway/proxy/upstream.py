@@ -59,6 +59,8 @@ class PipePeer(Protocol):
 
     def upstream_lost(self, exc: Exception | None) -> None: ...
 
+    def upstream_eof(self) -> None: ...  # the lab will send nothing more (it may still read)
+
     def upstream_paused(self, paused: bool) -> None: ...
 
 
@@ -158,6 +160,14 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.upstream_end(False)  # the end of the connection is the end of the body
         else:  # (a reset is no end of a body: RFC 9112 §8, the answer is incomplete)
             exchange.upstream_lost(exc)
+
+    def eof_received(self) -> bool | None:
+        """The lab shut its sending side. Piped, the pipe ends the connection (bounded:
+        :meth:`finish`); otherwise asyncio closes it, and :meth:`connection_lost` follows."""
+        if self.pipe is not None:
+            self.pipe.upstream_eof()
+            return True
+        return None
 
     def pause_writing(self) -> None:
         self.paused = True

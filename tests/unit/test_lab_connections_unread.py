@@ -164,48 +164,120 @@ def idle_lab_connections(gw: Gateway) -> int:
     return sum(len(idle) for idle in gw.app[PROXY].fast.pool._idle.values())
 
 
-async def unread_client(port: int) -> tuple[socket.socket, asyncio.StreamWriter]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_WINDOW)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-    _, writer = await asyncio.open_connection(sock=sock)
-    return sock, writer
+async def answer_left_unsent(gw: Gateway, prefix: str) -> Wire:
+    """A client connection (small window, not reading) whose answer is whole at the gateway
+    while part of it still waits there: the answer's size is stepped up until one is (smaller
+    ones fit in the kernel's buffers; bigger ones never complete, and stay counted anyway)."""
+    loop = asyncio.get_running_loop()
+    for size in range(MIB // 2, 6 * MIB, MIB // 4):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_WINDOW)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", gw.port))
+        wire = Wire(*await asyncio.open_connection(sock=sock))
+        wire.writer.write(request(gw, "GET", prefix + f"big?n={size}"))
+        end = loop.time() + 2.0
+        while not idle_lab_connections(gw) and loop.time() < end:
+            await asyncio.sleep(0.02)
+        if idle_lab_connections(gw) and held(gw) == 1:
+            return wire  # whole at the gateway, still counted: what the tests are after
+        wire.writer.transport.abort()  # (too small: nothing left unsent; too big: incomplete)
+        await wait_until(lambda: held(gw) == 0, "a dropped client's hold")
+        gw.app[PROXY].fast.pool.close()
+    raise AssertionError("no answer size was whole at the gateway and still counted while "
+                         "part of it waited unsent")
 
 
 async def test_an_answer_its_client_does_not_read_counts_until_cut_off(
         gw: Gateway, fake_clusters: Any) -> None:
-    """The answer's size is stepped up until one reaches the gateway whole while part of it
-    still waits there for the client (smaller ones fit in the kernel's buffers; bigger ones
-    never complete, and stay counted anyway)."""
     limit_to(gw, 1)
     lab = BigAnswerLab()
     prefix = await publish(gw, fake_clusters, lab)
-    loop = asyncio.get_running_loop()
     try:
-        for size in range(MIB // 2, 6 * MIB, MIB // 4):
-            sock, writer = await unread_client(gw.port)
-            writer.write(request(gw, "GET", prefix + f"big?n={size}"))
-            end = loop.time() + 2.0
-            while not idle_lab_connections(gw) and loop.time() < end:
-                await asyncio.sleep(0.02)
-            if idle_lab_connections(gw) and held(gw) == 1:
-                break  # whole at the gateway, still counted: what this test is after
-            writer.transport.abort()  # (too small: nothing left unsent; too big: incomplete)
-            await wait_until(lambda: held(gw) == 0, "a dropped client's hold")
-            gw.app[PROXY].fast.pool.close()
-        else:
-            raise AssertionError("no answer size was whole at the gateway and still counted while "
-                                 "part of it waited unsent")
+        unread = await answer_left_unsent(gw, prefix)
         other = await Wire.open(gw.port)
         await other.send(request(gw, "GET", prefix + "big?n=1"))
         assert (await other.response()).status == 429
         other.close()
-        client_port = sock.getsockname()[1]
+        client_port = unread.writer.get_extra_info("sockname")[1]
         await wait_until(lambda: sockets_to(client_port) == 0, "the unread client cut off")
         assert held(gw) == 0
-        writer.transport.abort()
+        unread.writer.transport.abort()
     finally:
+        lab.close()
+
+
+async def test_an_answer_read_late_then_a_request_for_aiohttp_gives_its_hold_back(
+        gw: Gateway, fake_clusters: Any) -> None:
+    """A browser reads a big answer at its pace, then asks the gateway's API on the same
+    connection (aiohttp's from then on): the answer's hold is given back, not kept for ever
+    (reviewer's find: a user's connections would only ever add up)."""
+    limit_to(gw, 1)
+    lab = BigAnswerLab()
+    prefix = await publish(gw, fake_clusters, lab)
+    try:
+        wire = await answer_left_unsent(gw, prefix)
+        assert (await wire.response()).status == 200  # read in full, late
+        await wire.send(request(gw, "GET", "/api/v1/health"))
+        assert (await wire.response()).status == 200
+        await wait_until(lambda: held(gw) == 0, "the answer's hold given back")
+        wire.close()
+    finally:
+        lab.close()
+
+
+class HalfClosingLab(StuckLab):
+    """Accepts a WebSocket, then on :attr:`speak` shuts its sending side (no close frame),
+    and never reads again."""
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections.append(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                target = path_of(head)
+                if "/hpcgw/proof?nonce=" in target:
+                    writer.write(self.proof_answer(writer, target.split("nonce=", 1)[1]))
+                    continue
+                writer.write(SWITCH)
+                await writer.drain()
+                await self.speak.wait()
+                writer.write_eof()
+                await self.stop.wait()
+                return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.transport.abort()
+
+
+async def test_a_lab_that_shuts_its_side_and_stops_reading_ends_its_pipe(
+        gw: Gateway, fake_clusters: Any) -> None:
+    """The client's connection ends (a close frame, 1011: the lab went without one), and the lab's
+    connection, with bytes the lab never reads, is cut off and given back (reviewer's find:
+    asyncio closed it on the lab's end of file without telling the pipe, and waited for
+    ever)."""
+    limit_to(gw, 1)
+    lab = HalfClosingLab()
+    prefix = await publish(gw, fake_clusters, lab)
+    try:
+        wire = await Wire.open(gw.port)
+        await wire.send(request(gw, "GET", prefix + "ws", WS))
+        assert (await wire.message()).status == 101
+        wire.writer.write(b"\x82\xff" + struct.pack(">Q", 1 << 40) + b"mask" + bytes(8 * MIB))
+        await wait_until(lambda: unsent_to_labs(gw) > 0, "bytes waiting in the gateway")
+        lab.speak.set()
+        try:  # the client's connection ends: a close frame saying 1011, unless a reset beat it
+            rest = await wire.eof()  # (the gateway leaves unread what the client still sent)
+        except ConnectionResetError:
+            rest = b""
+        assert not rest or b"\x88\x02" + struct.pack(">H", 1011) in rest
+        await wait_until(lambda: sockets_to(lab.port) == 0, "the lab's connection cut off")
+        await wait_until(lambda: held(gw) == 0, "the pipe's hold given back")
+        assert len(gw.app[PROXY].websockets) == 0
+        wire.writer.transport.abort()
+    finally:
+        lab.stop.set()
         lab.close()
 
 
