@@ -3,8 +3,9 @@
 ``add`` registers one and prints, as its last line, the public key to put in the storage
 account's ``authorized_keys`` (unless ``--key-file`` gave the gateway a key of the user's own).
 The server's host key is pinned: from ``--host-key-file`` (a known_hosts line or a public host
-key), or on first contact as ``ssh`` does: the gateway fetches the key the server offers, and
-``add`` asks to confirm its fingerprint on a terminal, or takes ``--accept-host-key SHA256:...``.
+key), or on first contact as ``ssh`` does: the gateway asks the cluster (as the user) for the
+key the server offers, and ``add`` asks to confirm its fingerprint on a terminal, or takes
+``--accept-host-key SHA256:...``.
 """
 
 from __future__ import annotations

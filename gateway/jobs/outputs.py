@@ -50,9 +50,11 @@ async def collect_outputs(transport: Transport, workdir: str, user: str, paths: 
             await transport.run(["rm", "-f", "--", archive], user=user)
     try:
         found = unpack(part, local / LOCAL_DIR, paths, limit)
-    except (OutputsTooLarge, tarfile.TarError) as exc:  # TarError: a damaged archive
+    except (OutputsTooLarge, tarfile.TarError, ValueError, OSError) as exc:
+        # A damaged or hostile archive (tarfile raises ValueError for some bad headers, a
+        # file where a directory was unpacked OSError), or the gateway's disk: none unpacked.
         shutil.rmtree(local / LOCAL_DIR, ignore_errors=True)
-        return [f"{path} (refused: {exc})" for path in paths]
+        return [f"{path} (refused: {str(exc)[:200]})" for path in paths]
     finally:
         part.unlink(missing_ok=True)
     return [f"{path} (not written)" for path in paths if path not in found]

@@ -22,10 +22,10 @@ from .relay import Activity, upstream_headers, while_client_waits
 from .rules import Upstream, rewrite_location
 from .watch import End
 
-# aiohttp holds a message whole until its last frame comes, each way: a user may have
-# MAX_MESSAGE_RELAYS relays open at once, so holds at most 4 x 2 x 16 MiB = 128 MiB here, what
-# the fast path's write buffers come to for max_lab_connections (256 x 512 KiB). Browsers open
-# each WebSocket on a new connection: the fast path's, which relays bytes and caps nothing.
+# aiohttp holds a message whole until its last frame comes, each way, and a message being
+# passed on while the next one arrives: with MAX_MESSAGE_RELAYS open at once a user holds a
+# few times 4 x 2 x 16 MiB here at most (some hundreds of MiB; before, 256 x 2 x 64 MiB).
+# Browsers open each WebSocket on a new connection: the fast path's, which relays bytes.
 MAX_WS_MESSAGE = 16 * 1024 * 1024  # (JupyterLab's own server refuses more than 10 MiB)
 MAX_MESSAGE_RELAYS = 4  # per user, at once
 WS_CLOSE_TIMEOUT = 5.0  # seconds for the second side's close handshake

@@ -4,9 +4,10 @@ A storage server is registered per gateway user under a name: host, port, login 
 host key, and an SSH key (generated here, or uploaded) whose public half the user puts in that
 account's ``authorized_keys``. Passwords are not accepted. The host key comes from the admin's
 ``[staging] known_hosts`` when listed there (a different key from the user is refused), else
-from the user; without one the gateway fetches the key the server offers and answers
-:class:`HostKeyUnconfirmed` (409, with the key and its fingerprint) so the user confirms it and
-asks again with it, as ``ssh`` does on first contact.
+from the user; without one the cluster is asked, by the user's own account, for the key the
+server offers (:func:`scan_host_key`: where staging connects from; the gateway's host connects
+nowhere) and the answer is :class:`HostKeyUnconfirmed` (409, with the key and its
+fingerprint) so the user confirms it and asks again with it, as ``ssh`` does on first contact.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def _check_target(name: str, host: str, port: int, username: str) -> None:
         raise ValidationFailed(errors)
 
 
-KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa")  # the one pinned: the first offered
+KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-", "ssh-rsa")  # the one pinned: the first offered
 # The host key a server offers, as the user sees it from the cluster (scan_host_key).
 OfferedKey = Callable[[User, str, int], Awaitable[str]]
 
@@ -142,8 +143,7 @@ async def scan_host_key(transport: Transport, unix_user: str, host: str, port: i
     ``ssh-keyscan``: where a job's staging connects from, and with no more reach than the user
     has. The gateway's own host connects nowhere, so naming a host and port tells a user
     nothing new: any failure gives the same 422, whatever was or was not listening."""
-    argv = ["ssh-keyscan", "-T", str(int(FETCH_TIMEOUT)), "-p", str(port),
-            "-t", "ed25519,ecdsa,rsa", "--", host]
+    argv = ["ssh-keyscan", "-T", str(int(FETCH_TIMEOUT)), "-p", str(port), "--", host]
     try:
         result = await transport.run(argv, user=unix_user, timeout=FETCH_TIMEOUT + 5,
                                      check=False)
@@ -152,13 +152,18 @@ async def scan_host_key(transport: Transport, unix_user: str, host: str, port: i
     offered: dict[str, str] = {}
     for line in (result.text if result is not None else "").splitlines()[:16]:
         words = line.split()
-        if len(words) == 3 and words[1] in KEY_TYPES and len(line) <= MAX_LINE:
-            try:
-                offered.setdefault(words[1], parse_host_key(line, host, port))
+        if len(words) == 3 and len(line) <= MAX_LINE:
+            try:  # (ssh-keyscan writes the host in lower case)
+                offered.setdefault(words[1], parse_host_key(line, host.lower(), port))
             except ValidationFailed:
                 continue
-    for kind in KEY_TYPES:
-        if kind in offered:
-            return offered[kind]
+    if offered:
+        return offered[min(offered, key=_preference)]
     raise ValidationFailed([FieldError("host", f"no SSH server at {host}:{port} offered a "
                                                "host key to the cluster")])
+
+
+def _preference(kind: str) -> int:
+    """Where a key type stands in :data:`KEY_TYPES` (a prefix of it), other types last."""
+    return next((rank for rank, prefix in enumerate(KEY_TYPES) if kind.startswith(prefix)),
+                len(KEY_TYPES))

@@ -24,6 +24,7 @@ from .stamped import ChangeStamp, StampedCache
 TOKEN_PREFIX = "hpcgw_"  # noqa: S105 - a recognisable prefix, not a secret
 _USER_COLUMNS = "u.id, u.name, u.unix_user, u.is_admin"
 _ENABLED = "u.disabled_at IS NULL"
+MAX_SESSIONS = 100  # browser sessions one user has at once; a new one ends the oldest
 # The f-string queries below only splice in these constants (noqa: S608 there).
 
 
@@ -134,7 +135,9 @@ class UserTable:
             f"(SELECT COUNT(*) FROM tokens t JOIN users u ON u.id = t.user_id "
             f"WHERE {live} AND t.session_expires_at IS NULL), "
             f"(SELECT COUNT(*) FROM tokens t JOIN users u ON u.id = t.user_id "
-            f"WHERE {live} AND t.session_expires_at > ?)", [utcnow()]).fetchone()
+            f"LEFT JOIN tokens p ON p.id = t.parent_id "
+            f"WHERE {live} AND t.session_expires_at > ? AND p.revoked_at IS NULL)",
+            [utcnow()]).fetchone()
         return int(users), int(tokens), int(sessions)
 
     def issue_token(self, user: User) -> str:
@@ -148,12 +151,24 @@ class UserTable:
         """A browser session for ``user``: a token no one is shown (only its hash is kept),
         valid for ``lifetime_s`` seconds and until :meth:`end_session`, and no longer than
         the API token ``parent_id`` when it was made by logging in with one; its id, which
-        the session cookie names."""
+        the session cookie names. The user's oldest sessions past :data:`MAX_SESSIONS` end,
+        and ended or expired ones are deleted, so logins do not grow the table."""
+        now = utcnow()
+        # Never the newest row: SQLite gives a new row the largest id + 1, and an id used
+        # again would let an old session cookie (it names the id) in as someone else.
+        self._db.execute("DELETE FROM tokens WHERE session_expires_at IS NOT NULL "
+                         "AND (session_expires_at <= ? OR revoked_at IS NOT NULL) "
+                         "AND id < (SELECT MAX(id) FROM tokens)", [now])
         row_id = self._db.table("tokens").insert({
             "user_id": user.id, "token_hash": hash_token(secrets.token_urlsafe(32)),
-            "created_at": utcnow(), "parent_id": parent_id,
+            "created_at": now, "parent_id": parent_id,
             "session_expires_at": format_timestamp(time.time() + lifetime_s)}).last_pk
         assert row_id is not None
+        self._db.execute(  # the oldest of a user's sessions past the cap end
+            "UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL "
+            "AND session_expires_at IS NOT NULL AND id NOT IN (SELECT id FROM tokens "
+            "WHERE user_id = ? AND revoked_at IS NULL AND session_expires_at IS NOT NULL "
+            "ORDER BY id DESC LIMIT ?)", [now, user.id, user.id, MAX_SESSIONS])
         return int(row_id)
 
     def end_session(self, token_id: int) -> bool:

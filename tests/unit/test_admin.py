@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from gateway.accounts import Accounts
 from gateway.jobs.oversight import set_user
 from gateway.store import Store
+from gateway.store.users import MAX_SESSIONS
 
 if TYPE_CHECKING:
     from conftest import Site
@@ -93,6 +94,29 @@ def test_a_disabled_users_browser_session_ends_too(store: Store) -> None:
     assert store.users.account_counts() == (0, 0, 0)  # the metrics count enabled users only
     store.users.set_user("alice", disabled=False)
     assert store.users.user_for_token_id(session) == alice
+
+
+def test_browser_sessions_end_with_their_token_never_reuse_an_id_and_are_capped(
+        store: Store) -> None:
+    alice = store.users.add_user("alice", "alice")
+    token = store.users.issue_token(alice)
+    token_id, _ = store.users.authenticate(token) or (0, None)
+    first = store.users.start_session(alice, 3600, parent_id=token_id)
+    assert store.users.end_session(first) and store.users.user_for_token_id(first) is None
+    second = store.users.start_session(alice, 3600, parent_id=token_id)
+    assert second > first and store.users.user_for_token_id(first) is None
+    store.users.end_session(second)  # the newest row: kept, so no id is given out again
+    third = store.users.start_session(alice, 3600, parent_id=token_id)
+    assert third > second and store.users.user_for_token_id(second) is None
+    assert store.users.account_counts() == (1, 1, 1)
+    store.users.revoke_token(token)  # the sessions made with it end with it
+    assert store.users.user_for_token_id(third) is None
+    assert store.users.account_counts() == (1, 0, 0)
+    many = [store.users.start_session(alice, 3600) for _ in range(MAX_SESSIONS + 1)]
+    assert store.users.user_for_token_id(many[0]) is None  # the oldest past the cap ended
+    assert all(store.users.user_for_token_id(session) == alice for session in many[1:])
+    rows = store.db.execute("SELECT COUNT(*) FROM tokens").fetchone()[0]
+    assert rows <= MAX_SESSIONS + 3  # ended ones are deleted, not kept for ever
 
 
 def test_user_list_shows_role_and_state(store: Store) -> None:

@@ -166,3 +166,31 @@ async def test_a_damaged_archive_left_by_the_job_is_refused(tmp_path: Path) -> N
                                     "/work/job", "bob", ["results"], job, 1024 * 1024)
     assert len(missing) == 1 and missing[0].startswith("results (refused: ")
     assert not (job / LOCAL_DIR).exists()  # nothing half-unpacked is served
+
+
+def bad_sparse_map(path: Path) -> Path:
+    """A pax archive whose sparse map is not numbers: tarfile raises ValueError reading it."""
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("results/x")
+        info.size, info.pax_headers = 3, {"GNU.sparse.map": "x,y"}
+        tar.addfile(info, io.BytesIO(b"abc"))
+    return path
+
+
+@pytest.mark.parametrize("made", ["bad sparse map", "a file where a directory was"])
+async def test_an_archive_that_cannot_be_unpacked_refuses_the_outputs_not_the_job(
+        tmp_path: Path, made: str) -> None:
+    """Reviewer's find: these raised out of the collection, which then stayed ``collecting``
+    until a restart, where the same happened again."""
+    if made == "bad sparse map":
+        data = bad_sparse_map(tmp_path / "a.tar").read_bytes()
+    else:
+        data = archive(tmp_path / "a.tar", [("results/d", "dir", b""),
+                                            ("results/d", "file", b"x")]).read_bytes()
+    job = tmp_path / "job"
+    job.mkdir()
+    missing = await collect_outputs(cast(Transport, ArchiveLeftByTheJob(data)), "/work/job",
+                                    "bob", ["results"], job, 1024 * 1024)
+    assert len(missing) == 1 and missing[0].startswith("results (refused: ")
+    assert not (job / LOCAL_DIR).exists()
+

@@ -882,6 +882,8 @@ async def test_forged_expired_or_revoked_sessions_are_refused(gw: Gateway) -> No
         f"{int(token_id) + 1}.{session.split('.', 1)[1]}",  # another token id, old signature
         make_session("x" * 40, int(token_id), 3600),  # signed with another secret
         make_session(secret, int(token_id), -10),  # expired
+        # signed, but naming alice's API token itself: only a session row is a session
+        make_session(secret, gw.app[STORE].users.authenticate(gw.alice)[0], 3600),  # type: ignore[index]
         session + "é", "é", "", "...", "1.2", "1.99999999999.zz",
     ]
     for value in forged:

@@ -202,7 +202,11 @@ async def test_first_contact_asks_the_cluster_as_the_user_and_the_gateway_connec
     assert [(argv[-2:], user) for argv, user in scans] == [
         (["--", "127.0.0.1"], "bob"), (["--", "127.0.0.1"], "bob")]
 
-    offered = f"[127.0.0.1]:2223 {HOST_KEY}\n[127.0.0.1]:2223 ssh-rsa AAAAB3NzaC1yc2E\n"
+    rsa = asyncssh.generate_private_key("ssh-rsa", key_size=1024).export_public_key()
+    offered = (f"[storage.example]:2223 {rsa.decode().strip()}\n"  # as ssh-keyscan writes:
+               f"[storage.example]:2223 {HOST_KEY}\n"  # the host in lower case
+               f"[elsewhere.example]:2223 {OTHER_KEY}\n"  # (not the host asked about)
+               "[storage.example]:2223 ssh-ed25519 AAAAnot-a-key\n")
     run = transport.run
 
     async def keyscan(argv: list[str], **kwargs: Any) -> CommandResult:
@@ -212,7 +216,7 @@ async def test_first_contact_asks_the_cluster_as_the_user_and_the_gateway_connec
 
     transport.run = keyscan
     reply = await client.post("/api/v1/storage", headers=auth["bob"], json=request(
-        "first", host_key=None))
+        "first", host="Storage.Example", host_key=None))
     problem = await reply.json(content_type=PROBLEM)
     assert (reply.status, problem["host_key"], problem["host_key_fingerprint"]) == (
         409, HOST_KEY, fingerprint(HOST_KEY))
