@@ -70,7 +70,7 @@ class ClusterLink:
         account, not a system one such as ``slurm`` or ``daemon``) and is not the account the
         gateway itself runs commands as here. A cluster that cannot tell counts as no."""
         own, theirs = await self._uid(None), await self._uid(unix_user)
-        return theirs is not None and theirs in uids and theirs != own
+        return own is not None and theirs is not None and theirs in uids and theirs != own
 
     async def _uid(self, unix_user: str | None) -> int | None:
         """The uid of ``unix_user`` (None: the gateway's own) as the cluster's ``id`` says it;

@@ -32,3 +32,15 @@ async def test_a_cluster_that_cannot_tell_says_no(config: Any) -> None:
 
     link.transport.run = unreachable  # type: ignore[method-assign]
     assert not await link.person_account("daemon", range(1, 2))
+
+
+async def test_a_cluster_that_cannot_name_the_gateways_own_account_says_no(
+        config: Any) -> None:
+    link = make_cluster_link(config.clusters[0])
+    run = link.transport.run
+
+    async def own_uid_unknown(argv: list[str], **kwargs: Any) -> Any:
+        return await run(["false"] if argv == ["id", "-u"] else argv, **kwargs)
+
+    link.transport.run = own_uid_unknown  # type: ignore[method-assign]
+    assert not await link.person_account("daemon", range(1, 2))
