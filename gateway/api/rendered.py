@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import os
 import re
 import threading
@@ -28,6 +27,7 @@ from typing import Any
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
+from .. import untrusted
 from .views import render
 
 # raw HTML off: a cell's <script> or <img onerror> is text; markdown-it's validateLink refuses
@@ -55,18 +55,25 @@ CSP = (f"sandbox; default-src 'none'; style-src '{STYLE_HASH}'; img-src data:; "
        "frame-ancestors 'self'; base-uri 'none'; form-action 'none'")
 
 
+def _joined(value: Any) -> str:
+    """A notebook's multi-line string: a string, or a list whose strings are joined (anything
+    else in it, which no notebook writer puts there, is left out)."""
+    if isinstance(value, list):
+        return "".join(part for part in value if isinstance(part, str))
+    return str(value or "")
+
+
 def _text(value: Any) -> str:
     """A notebook's multi-line string (a string or a list of strings), ANSI colours removed,
     at most :data:`MAX_TEXT` characters."""
-    text = "".join(value) if isinstance(value, list) else str(value or "")
+    text = _joined(value)
     text = _ANSI.sub("", text)
     return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + "\n… (cut)"
 
 
 def _image(kind: str, data: Any) -> str | None:
     """A ``data:`` URL for base64 image ``data``, or None if it is not clean base64."""
-    raw = "".join(data) if isinstance(data, list) else str(data or "")
-    raw = "".join(raw.split())
+    raw = "".join(_joined(data).split())
     if not raw or not _BASE64.match(raw):
         return None
     try:
@@ -151,7 +158,7 @@ def render_notebook(path: Path, title: str) -> str:
         return render("notebook.html", title=title, style=STYLE, cells=[],
                       problem="The notebook is too big to show here; download it instead.")
     try:
-        notebook = json.loads(path.read_bytes())
+        notebook = untrusted.loads(path.read_bytes())
     except ValueError:
         notebook = None
     if not isinstance(notebook, dict):

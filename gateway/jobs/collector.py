@@ -26,6 +26,7 @@ from typing import Any
 
 from connectors.mount import MOUNT_DIR
 
+from .. import untrusted
 from ..config import ClusterConfig
 from ..errors import ClusterUnavailable, CommandTimeout, GatewayError
 from ..scheduler import SchedulerState
@@ -80,6 +81,12 @@ async def collect(ctx: JobContext, job_id: str) -> None:
             log.warning("collecting job %s failed: %s", job_id, message)
             ctx.store.transition(job_id, State.FAILED, reason=Reason.JOB_ERROR,
                                      message=message, has_notebook=0)
+            return
+        except Exception:  # what the job left broke the gateway: never stuck in collecting
+            log.exception("collecting job %s failed unexpectedly", job_id)
+            ctx.store.transition(job_id, State.FAILED, reason=Reason.JOB_ERROR,
+                                 message="its results could not be collected (the gateway's "
+                                 "log says why)", has_notebook=0)
             return
     outcome = decide(
         SchedulerState(job["slurm_state"]) if job["slurm_state"] else None,
@@ -186,7 +193,7 @@ async def _fetch_artifacts(
                             check=False)
     missing = await _outputs(ctx, job, link, local)
     try:
-        record = json.loads(record_bytes) if record_bytes else None
+        record = untrusted.loads(record_bytes) if record_bytes else None
     except ValueError:
         record = None
     return Artifacts(

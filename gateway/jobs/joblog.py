@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import untrusted
 from ..errors import GatewayError, TooManyRequests
 from ..transport import RemoteFileMissing, RemoteFileRefused, Transport
 
@@ -137,7 +138,7 @@ async def log_size(transport: Transport, job: dict[str, Any]) -> int | None:
 def parse_progress(raw: bytes) -> dict[str, int] | None:
     """``{"done": N, "total": M}`` from the runner's file (0 <= N <= M), else None."""
     try:
-        value = json.loads(raw)
+        value = untrusted.loads(raw)
     except ValueError:
         return None
     if not isinstance(value, dict) or set(value) != {"done", "total"}:

@@ -23,11 +23,11 @@ module imports nothing from the proxy.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .. import untrusted
 from ..errors import LabUnavailable, NotFound
 from ..states import State
 from ..timestamps import parse_timestamp
@@ -148,7 +148,7 @@ async def read_lab_port(link: ClusterLink, job: dict[str, Any]) -> int | None:
                                              user=job["unix_user"], limit=4096)
     except RemoteFileMissing:
         return None
-    port = json.loads(raw).get("port")
+    port = untrusted.loads(raw).get("port")
     if not isinstance(port, int) or not 1024 <= port <= 65535:
         raise ValueError(f"lab.json holds no usable port: {port!r}")
     return port

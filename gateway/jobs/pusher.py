@@ -18,6 +18,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
+from .. import untrusted
 from ..errors import GatewayError
 from ..spec import ResolvedSpec
 from ..transport import Transport
@@ -83,7 +84,7 @@ async def push_outputs(ctx: JobContext, transport: Transport, python: str,
 def _not_sent(stdout: bytes, pushes: list[Push]) -> list[str]:
     """The outputs the stager's (untrusted) answer does not report as sent, with its cause."""
     try:
-        report = json.loads(stdout)
+        report = untrusted.loads(stdout)
     except ValueError:
         report = {}
     pushed = report.get("pushed", {}) if isinstance(report, dict) else {}

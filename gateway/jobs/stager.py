@@ -32,6 +32,7 @@ from typing import Any
 
 from connectors import StorageTarget, load_connector
 
+from .. import untrusted
 from ..errors import ClusterUnavailable, CommandTimeout, GatewayError
 from ..spec import InputSpec, ResolvedSpec
 from ..staging.credentials import Transfer
@@ -95,6 +96,10 @@ async def stage_job(ctx: JobContext, job_id: str) -> None:
             log.warning("job %s: staging waits for the cluster: %s", job_id, exc.detail)
         except GatewayError as exc:
             _fail(ctx, job_id, exc.detail)
+            return
+        except Exception:  # what the stager answered broke the gateway: never stuck in staging
+            log.exception("job %s: staging failed unexpectedly", job_id)
+            _fail(ctx, job_id, "staging failed (the gateway's log says why)")
             return
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, MAX_BACKOFF)
@@ -210,7 +215,7 @@ def _report(stdout: bytes, stderr: str, workdir: str,
     path, or a file's parent directory), and ``<workdir>/work`` for a lab's persisted
     directory; or StagingFailed for its error."""
     try:
-        report = json.loads(stdout)
+        report = untrusted.loads(stdout)
     except ValueError:
         printed = (stderr + "\n" + stdout.decode(errors="replace")).strip().splitlines()
         raise StagingFailed("the stager gave no answer: "

@@ -17,7 +17,6 @@ lifecycle's :class:`gateway.jobs.labs.LabProbe` (a probe and the activity clock)
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from .. import untrusted
 from ..bodies import read_at_most
 from ..errors import (
     Forbidden,
@@ -117,7 +117,7 @@ class LabProxy:
             raise LabUnproven(str(exc), job_id=route.job_id) from None
         if len(body) > MAX_PROBE_ANSWER:
             raise ValueError(f"the lab's {path} answer is over {MAX_PROBE_ANSWER} bytes")
-        return json.loads(body)
+        return untrusted.loads(body)
 
     # -- the route ------------------------------------------------------------------------
 
