@@ -1,7 +1,7 @@
 """What bob's own job leaves for the gateway to read, nested deeper than Python's JSON parser
 goes (``[[[[...``: RecursionError, not ValueError) or shaped as no notebook writer shapes it: the
 job ends (never stuck in ``collecting`` or ``staging``, the task never crashes) and pages
-render (red-team findings). The rest of what a job writes: test_collector.py and others."""
+render (red-team findings). The rest of what a job writes: test_collector_bounds.py and others."""
 
 from __future__ import annotations
 
@@ -18,37 +18,13 @@ from gateway.jobs.collector import collect
 from gateway.states import State
 from gateway.store import Store
 from tests.factories import add_job, job_context
+from tests.unit.test_collector_bounds import EXIT, WORKDIR, Setup
+from tests.unit.test_collector_bounds import fast_backoff as fast_backoff  # the fixture
 
 if TYPE_CHECKING:
-    from conftest import FakeClusters, FakeTransport
+    from conftest import FakeClusters
 
-WORKDIR = "/home/bob/.hpcgw/jobs/j1"
-NOTEBOOK, EXIT, LOG, PROGRESS = (f"{WORKDIR}/{name}" for name in
-                                 ("output.ipynb", "exit.json", "job.log", "progress.json"))
-
-
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(collector, "FIRST_BACKOFF", 0.01)
-
-
-class Setup:
-    def __init__(self, config: Config, store: Store, fake_clusters: FakeClusters) -> None:
-        self.runtime = fake_clusters(config.clusters[0])
-        self.transport: FakeTransport = fake_clusters.by_name["dev"].transport
-        self.ctx = job_context(config, store, {"dev": self.runtime})
-        self.store = store
-        add_job(store, store.users.add_user("bob", "bob"), "j1", state=State.COLLECTING,
-                workdir=WORKDIR, at={State.PENDING: {"slurm_job_id": "101"},
-                                     State.COLLECTING: {"slurm_state": "COMPLETED"}})
-        self.transport.files.update({
-            LOG: b"hpcgw: job j1 on vm\n",
-            EXIT: json.dumps({"status": "ok"}).encode(),
-            NOTEBOOK: b'{"cells": []}',
-        })
-
-    def job(self) -> dict[str, Any]:
-        return self.store.get_job("j1")
+PROGRESS = f"{WORKDIR}/progress.json"
 
 
 @pytest.fixture

@@ -68,8 +68,8 @@ def sockets_to(port: int) -> int:
 
 class StuckLab(RawLab):
     """A lab server that accepts a WebSocket, then never reads again (a small receive window,
-    so the gateway's sends back up at once) and never closes; on :attr:`speak` it sends the
-    client one small frame."""
+    so the gateway's sends back up at once) and never closes; on :attr:`speak` it does
+    :meth:`spoken` (sends the client one small frame)."""
 
     def __init__(self) -> None:
         async def unused(*_: Any) -> None:
@@ -90,13 +90,16 @@ class StuckLab(RawLab):
                 writer.write(SWITCH)
                 await writer.drain()
                 await self.speak.wait()
-                writer.write(b"\x81\x02hi")
+                self.spoken(writer)
                 await self.stop.wait()
                 return
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
             writer.transport.abort()
+
+    def spoken(self, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"\x81\x02hi")  # a text frame to the client
 
     async def start(self) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -230,25 +233,8 @@ class HalfClosingLab(StuckLab):
     """Accepts a WebSocket, then on :attr:`speak` shuts its sending side (no close frame),
     and never reads again."""
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections.append(writer)
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                target = path_of(head)
-                if "/hpcgw/proof?nonce=" in target:
-                    writer.write(self.proof_answer(writer, target.split("nonce=", 1)[1]))
-                    continue
-                writer.write(SWITCH)
-                await writer.drain()
-                await self.speak.wait()
-                writer.write_eof()
-                await self.stop.wait()
-                return
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.transport.abort()
+    def spoken(self, writer: asyncio.StreamWriter) -> None:
+        writer.write_eof()
 
 
 async def test_a_lab_that_shuts_its_side_and_stops_reading_ends_its_pipe(
