@@ -123,19 +123,25 @@ def reset(wire: Wire) -> None:
     wire.writer.transport.abort()
 
 
+async def pipe_with_bytes_waiting(gw: Gateway, prefix: str) -> Wire:
+    """A client's WebSocket to the lab at ``prefix``, after a frame that says it is huge and
+    8 MiB of it: more than the lab's window and the gateway's send buffer hold, so some of it
+    waits in the gateway for the lab."""
+    wire = await Wire.open(gw.port)
+    await wire.send(request(gw, "GET", prefix + "ws", WS))
+    assert (await wire.message()).status == 101
+    wire.writer.write(b"\x82\xff" + struct.pack(">Q", 1 << 40) + b"mask" + bytes(8 * MIB))
+    await wait_until(lambda: unsent_to_labs(gw) > 0, "bytes waiting in the gateway")
+    return wire
+
+
 async def test_an_ended_pipe_to_a_lab_that_stops_reading_counts_until_cut_off(
         gw: Gateway, fake_clusters: Any) -> None:
     limit_to(gw, 1)
     lab = StuckLab()
     prefix = await publish(gw, fake_clusters, lab)
     try:
-        wire = await Wire.open(gw.port)
-        await wire.send(request(gw, "GET", prefix + "ws", WS))
-        assert (await wire.message()).status == 101
-        # A frame that says it is huge, and 8 MiB of it: more than the lab's window and the
-        # gateway's send buffer hold, so some of it waits in the gateway for the lab.
-        wire.writer.write(b"\x82\xff" + struct.pack(">Q", 1 << 40) + b"mask" + bytes(8 * MIB))
-        await wait_until(lambda: unsent_to_labs(gw) > 0, "bytes waiting in the gateway")
+        wire = await pipe_with_bytes_waiting(gw, prefix)
         reset(wire)
         lab.speak.set()  # the gateway's write to the gone client fails: the pipe ends
         second = await Wire.open(gw.port)
@@ -247,11 +253,7 @@ async def test_a_lab_that_shuts_its_side_and_stops_reading_ends_its_pipe(
     lab = HalfClosingLab()
     prefix = await publish(gw, fake_clusters, lab)
     try:
-        wire = await Wire.open(gw.port)
-        await wire.send(request(gw, "GET", prefix + "ws", WS))
-        assert (await wire.message()).status == 101
-        wire.writer.write(b"\x82\xff" + struct.pack(">Q", 1 << 40) + b"mask" + bytes(8 * MIB))
-        await wait_until(lambda: unsent_to_labs(gw) > 0, "bytes waiting in the gateway")
+        wire = await pipe_with_bytes_waiting(gw, prefix)
         lab.speak.set()
         try:  # the client's connection ends: a close frame saying 1011, unless a reset beat it
             rest = await wire.eof()  # (the gateway leaves unread what the client still sent)
