@@ -29,6 +29,7 @@ from typing import Any
 from .. import untrusted
 from ..errors import GatewayError, TooManyRequests
 from ..transport import RemoteFileMissing, RemoteFileRefused, Transport
+from .limits import PerUserCount
 
 log = logging.getLogger(__name__)
 
@@ -55,30 +56,23 @@ class LogChunk:
         return None if self.start is None else self.start + len(self.data)
 
 
-class LiveReads:
+class LiveReads(PerUserCount):
     """How many live log reads each gateway user has under way."""
 
     def __init__(self, limit: int = MAX_LIVE_READS) -> None:
-        self.limit = limit
-        self._reading: dict[int, int] = {}  # user id -> reads under way (absent: none)
+        super().__init__(limit)
 
     @contextlib.contextmanager
-    def held(self, user_id: int) -> Iterator[None]:
+    def reading(self, user_id: int) -> Iterator[None]:
         """One more read of ``user_id``'s for as long as the block runs; at the limit,
         :class:`TooManyRequests` (429, ``Retry-After: 1``: the user's own reads end soon)."""
-        reading = self._reading.get(user_id, 0)
-        if reading >= self.limit:
+        if not self.take(user_id):
             raise TooManyRequests(f"at most {self.limit} live log reads at once per user",
                                   limit="live_log_reads", value=self.limit, retry_after=1)
-        self._reading[user_id] = reading + 1
         try:
             yield
         finally:
-            left = self._reading[user_id] - 1
-            if left:
-                self._reading[user_id] = left
-            else:
-                del self._reading[user_id]
+            self.give_back(user_id)
 
 
 async def live_log(transport: Transport, job: dict[str, Any], limit: int,

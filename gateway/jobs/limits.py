@@ -1,5 +1,7 @@
 """Per-user limits on new jobs (``[limits]``, design.md §4): active notebook runs, active labs,
-and submissions per rolling minute.
+and submissions per rolling minute; and :class:`PerUserCount`, the in-memory count of what
+each user has under way, for the limits on things that last a while (live log reads, the lab
+proxy's connections).
 
 Everything is counted from the store, per gateway user (two gateway users mapped to one unix
 user have separate limits), so the counts survive a restart and need no state of their own.
@@ -64,3 +66,30 @@ def _check_rate(store: Store, user: User, value: int, now: float) -> None:
         f"you submitted {len(recent)} jobs in the last {RATE_WINDOW_S:g} s, the most allowed "
         f"(max_submissions_per_minute = {value}); retry in {retry_after} s",
         limit="max_submissions_per_minute", value=value, retry_after=retry_after)
+
+
+class PerUserCount:
+    """How many of something each gateway user has under way now, against ``limit`` each."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._held: dict[int, int] = {}  # user id -> under way now (absent: none)
+
+    def take(self, user_id: int) -> bool:
+        """Count one more for ``user_id``; False (nothing counted) at the limit."""
+        held = self._held.get(user_id, 0)
+        if held >= self.limit:
+            return False
+        self._held[user_id] = held + 1
+        return True
+
+    def give_back(self, user_id: int) -> None:
+        """One of ``user_id``'s ended: call once per successful :meth:`take`."""
+        held = self._held.get(user_id, 0) - 1
+        if held > 0:
+            self._held[user_id] = held
+        else:
+            self._held.pop(user_id, None)
+
+    def held(self, user_id: int) -> int:
+        return self._held.get(user_id, 0)

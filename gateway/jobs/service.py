@@ -417,7 +417,7 @@ class JobService:
         link = self.clusters.get(job["cluster"])
         if State(job["state"]) in TERMINAL or not job["slurm_job_id"] or link is None:
             return collected_log(self.ctx.job_dir(job_id), limit, offset), job
-        with self._live_reads.held(user.id):
+        with self._live_reads.reading(user.id):
             return await live_log(link.transport, job, limit, offset), job
 
 

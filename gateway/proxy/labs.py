@@ -36,6 +36,7 @@ from ..errors import (
     TooManyRequests,
 )
 from ..jobs.labs import LabRoute
+from ..jobs.limits import PerUserCount
 from ..metrics import GatewayMetrics
 from ..users import User
 from .fastpath import Caller, LabFastPath, LabRoutes, still_admitted
@@ -65,7 +66,7 @@ class LabProxy:
         self.routes = routes
         self.body_timeout = body_timeout
         self.connections = LabConnections(max_connections)
-        self.message_relays = LabConnections(MAX_MESSAGE_RELAYS)  # WebSockets on this path
+        self.message_relays = PerUserCount(MAX_MESSAGE_RELAYS)  # WebSockets on this path
         self.metrics = metrics or GatewayMetrics()
         self.sessions = LabSessions(CONNECT_TIMEOUT)
         self.gateway_cookies = gateway_cookies

@@ -12,35 +12,13 @@ the user's own connections end.
 from __future__ import annotations
 
 from ..errors import TooManyRequests
+from ..jobs.limits import PerUserCount
 
 RETRY_AFTER = 1  # seconds: held connections are the user's own and end on their own
 
 
-class LabConnections:
+class LabConnections(PerUserCount):
     """Per-user counts of held lab connections, against ``limit`` each."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._held: dict[int, int] = {}  # user id -> connections held now (absent: none)
-
-    def take(self, user_id: int) -> bool:
-        """Hold one more connection for ``user_id``; False (nothing held) at the limit."""
-        held = self._held.get(user_id, 0)
-        if held >= self.limit:
-            return False
-        self._held[user_id] = held + 1
-        return True
-
-    def give_back(self, user_id: int) -> None:
-        """One connection of ``user_id``'s ended: call once per successful :meth:`take`."""
-        held = self._held.get(user_id, 0) - 1
-        if held > 0:
-            self._held[user_id] = held
-        else:
-            self._held.pop(user_id, None)
-
-    def held(self, user_id: int) -> int:
-        return self._held.get(user_id, 0)
 
     def refusal(self) -> TooManyRequests:
         return TooManyRequests(
