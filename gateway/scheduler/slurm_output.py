@@ -19,12 +19,12 @@ rules, therefore:
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import re
 from collections import Counter
 from typing import Any
 
+from .. import untrusted
 from ..errors import SchedulerError
 from ..timestamps import format_timestamp
 from .base import SchedulerState, SchedulerStatus
@@ -264,8 +264,8 @@ def find_tagged(document: str, tag: str, user: str) -> SchedulerStatus | None:
     if len(document) > MAX_JSON_BYTES:
         raise SchedulerError(f"squeue --json printed more than {MAX_JSON_BYTES} bytes")
     try:
-        jobs = json.loads(document)["jobs"]
-    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        jobs = untrusted.loads(document)["jobs"]
+    except (ValueError, KeyError, TypeError) as exc:
         raise SchedulerError(f"squeue --json printed no job list: {exc!r}"[:200]) from None
     if not isinstance(jobs, list):
         raise SchedulerError("squeue --json: jobs is not a list")
