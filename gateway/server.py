@@ -77,8 +77,9 @@ async def offered_host_key(links: dict[str, ClusterLink], user: User, host: str,
                            port: int) -> str:
     """The host key a storage server offers, asked by ``user`` on the first cluster (each
     cluster reaches the same storage servers: staging connects from there)."""
-    for link in links.values():
-        return await scan_host_key(link.transport, user.unix_user, host, port)
+    first = next(iter(links.values()), None)
+    if first is not None:
+        return await scan_host_key(first.transport, user.unix_user, host, port)
     raise ValidationFailed([FieldError("host", "no cluster is reachable to ask for the "
                                                "storage server's host key")])
 

@@ -138,6 +138,7 @@ class StorageCredentials:
         return Transfer(row["host"], row["port"], row["username"], row["host_key"],
                         unseal(self._secret, row["sealed_key"], owner=user_id, name=name))
 
+
 async def scan_host_key(transport: Transport, unix_user: str, host: str, port: int) -> str:
     """The host key ``host``:``port`` offers to the cluster, asked by ``unix_user`` there with
     ``ssh-keyscan``: where a job's staging connects from, and with no more reach than the user

@@ -75,4 +75,3 @@ async def fetch_host_key(host: str, port: int) -> str:
         raise ValidationFailed([FieldError("host", f"the SSH server at {host}:{port} offered "
                                            "no host key")])
     return key.export_public_key("openssh").decode().strip()
-
