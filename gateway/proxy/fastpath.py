@@ -114,7 +114,8 @@ class LabFastPath:
         state; None when it does not."""
         match = LAB_PATH.match(head.target)
         asked = header(head, "upgrade")
-        websocket = asked is not None  # an upgrade is a valid WebSocket one, or the API's 400
+        # An upgrade is a valid WebSocket one, or the API's 400; on HTTP/1.0 too, as aiohttp.
+        websocket = asked is not None
         if match is None or (websocket and (asked or "").lower() != "websocket") \
                 or (websocket and not valid_upgrade(head)):
             return None

@@ -24,8 +24,10 @@ detail safe to show the client:
 - 505: a well-formed ``HTTP/x.y`` other than 1.0 and 1.1 (``PRI * HTTP/2.0``, the HTTP/2
   preface, too); a malformed version is a 400.
 
-Following RFC 9110 (§7.8, §10.1.1), an HTTP/1.0 request's ``Upgrade`` and ``Expect:
-100-continue`` are ignored (``upgrade`` is None, ``expect_continue`` False).
+Following RFC 9110 (§10.1.1), an HTTP/1.0 request's ``Expect: 100-continue`` is ignored
+(``expect_continue`` False). Whether a request is a WebSocket handshake is not decided here but
+by the fast path from its headers (:func:`.fastpath.valid_upgrade`), whatever the version, as
+aiohttp decides it on the other path (both accept an HTTP/1.0 handshake).
 
 Speed (CPython 3.11, ``timeit``, best of repeats on the 2-core AMD EPYC development machine):
 the browser GET head of the unit tests (16 header lines, 794 bytes) parses in about 5.5 us, a
@@ -78,7 +80,7 @@ class RequestHead:
     values latin-1 decoded without surrounding SP/HTAB; ``length``: Content-Length, None when
     chunked or absent (no body); ``keep_alive``: HTTP/1.1 unless Connection has "close",
     HTTP/1.0 only with "keep-alive"; ``connection``: the lower-cased tokens of every Connection
-    header; ``upgrade``: the lower-cased Upgrade value when Connection has "upgrade"."""
+    header."""
 
     method: str
     target: str
@@ -88,7 +90,6 @@ class RequestHead:
     chunked: bool
     keep_alive: bool
     connection: frozenset[str]
-    upgrade: str | None
     expect_continue: bool
 
 
@@ -219,9 +220,6 @@ def _semantics(method: str, target: str, version: tuple[int, int],
     connection: frozenset[str] = frozenset()
     if "\nconnection\n" in names:
         connection = _tokens(",".join(_values(headers, names, "\nconnection\n")).lower())
-    upgrade = None
-    if version == (1, 1) and "upgrade" in connection and "\nupgrade\n" in names:
-        upgrade = ", ".join(_values(headers, names, "\nupgrade\n")).lower() or None
     expect_continue = version == (1, 1) and "\nexpect\n" in names and "100-continue" in [
         value.lower() for value in _values(headers, names, "\nexpect\n")]
     if version == (1, 1):
@@ -229,7 +227,7 @@ def _semantics(method: str, target: str, version: tuple[int, int],
     else:
         keep_alive = "keep-alive" in connection and "close" not in connection
     return RequestHead(method, target, version, headers, length, bool(chunked), keep_alive,
-                       connection, upgrade, expect_continue)
+                       connection, expect_continue)
 
 
 def _values(headers: list[tuple[str, str]], names: str, key: str) -> list[str]:

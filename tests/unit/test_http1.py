@@ -68,7 +68,6 @@ def test_a_browser_get_head() -> None:
     assert not head.chunked
     assert head.keep_alive
     assert head.connection == frozenset({"keep-alive"})
-    assert head.upgrade is None
     assert not head.expect_continue
 
 
@@ -135,17 +134,6 @@ def test_http_1_0_may_have_a_content_length_and_no_host() -> None:
     assert (head.version, head.length, head.keep_alive) == ((1, 0), 3, False)
 
 
-@pytest.mark.parametrize(("fields", "upgrade"), [
-    (["Connection: Upgrade", "Upgrade: websocket"], "websocket"),
-    (["Connection: keep-alive, Upgrade", "Upgrade: WebSocket"], "websocket"),
-    (["Upgrade: websocket"], None),
-    (["Connection: upgrade"], None),
-    (["Connection: keep-alive", "Upgrade: h2c"], None),
-])
-def test_an_upgrade_needs_the_connection_token(fields: list[str], upgrade: str | None) -> None:
-    assert parse_request_head(request("Host: a", *fields)).upgrade == upgrade
-
-
 def test_a_websocket_upgrade_head() -> None:
     head = parse_request_head(request(
         "Host: gateway.example.org", "Connection: Upgrade", "Pragma: no-cache",
@@ -153,17 +141,10 @@ def test_a_websocket_upgrade_head() -> None:
         "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
         "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits",
         line="GET /labs/42/api/kernels/k1/channels?session_id=s1 HTTP/1.1"))
-    assert head.upgrade == "websocket"
     assert head.connection == frozenset({"upgrade"})
     assert head.keep_alive
     assert head.length is None
     assert not head.chunked
-
-
-def test_an_http_1_0_upgrade_is_ignored() -> None:
-    head = parse_request_head(request("Connection: upgrade", "Upgrade: websocket",
-                                      line="GET / HTTP/1.0"))
-    assert head.upgrade is None
 
 
 @pytest.mark.parametrize(("line", "fields", "expect_continue"), [
@@ -529,13 +510,11 @@ def head_by_the_rules(raw: bytes) -> int | tuple[object, ...]:
         return 501
     connection = {token.strip(" \t").lower() for value in values("connection")
                   for token in value.split(",")} - {""}
-    upgrade = (", ".join(values("upgrade")).lower() or None
-               if version == (1, 1) and "upgrade" in connection else None)
     keep_alive = "close" not in connection and (version == (1, 1) or "keep-alive" in connection)
     expect = version == (1, 1) and "100-continue" in [v.lower() for v in values("expect")]
     return (request_line[1].decode(), request_line[2].decode(), version, headers,
             int(lengths[0]) if lengths else None, bool(codings), keep_alive, connection,
-            upgrade, expect)
+            expect)
 
 
 def parsed(raw: bytes) -> int | tuple[object, ...]:
@@ -544,7 +523,7 @@ def parsed(raw: bytes) -> int | tuple[object, ...]:
     except HeadError as error:
         return error.status
     return (head.method, head.target, head.version, head.headers, head.length, head.chunked,
-            head.keep_alive, head.connection, head.upgrade, head.expect_continue)
+            head.keep_alive, head.connection, head.expect_continue)
 
 
 HEADS = [

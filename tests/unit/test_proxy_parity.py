@@ -25,6 +25,7 @@ from gateway.api.keys import PROXY
 from gateway.proxy.wsframes import GOING_AWAY
 from tests.unit import test_relay as relay
 from tests.unit.test_fast_path import held, wait_until
+from tests.unit.test_lab_pool_and_pipe import masked_frame
 from tests.unit.test_lab_proxy_hostile import UPGRADE, close_code_then_end, open_on, reset
 from tests.unit.test_lab_proxy_hostile import hostile as hostile  # the fixture
 from tests.unit.test_relay import MIB, WAIT, Gateway
@@ -287,6 +288,22 @@ async def test_a_websocket_upgrade_the_lab_redirects_is_not_followed(
     assert lab.requests == [f"GET {prefix}ws HTTP/1.1"], lab.requests
     assert response.status == 302, response.status
     assert response.headers.get("Location") == prefix.rstrip("/") + "/elsewhere"
+
+
+@PATHS
+async def test_an_http_1_0_websocket_handshake_is_relayed_alike_on_both_paths(
+        gw: Gateway, path: str) -> None:
+    """An HTTP/1.0 client's WebSocket handshake: aiohttp accepts one (RFC 9110 would ignore
+    Upgrade in HTTP/1.0; no browser sends it), so the fast path does too, rather than relay it
+    to the lab as a plain GET on one path and a WebSocket on the other. Both echo a message."""
+    wire = await open_on(gw, path)
+    try:
+        await wire.send(request(gw, "GET", gw.prefix() + "ws", UPGRADE, version="HTTP/1.0"))
+        assert (await wire.message()).status == 101
+        await wire.send(masked_frame(b"over 1.0"))
+        assert await deadline(wire.reader.readexactly(10)) == b"\x82\x08over 1.0"
+    finally:
+        wire.close()
 
 
 # -- access records and counters: one per request, a client that left is a 499 ---------------
