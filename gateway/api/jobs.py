@@ -46,34 +46,46 @@ def upload_limit(max_notebook_bytes: int, max_side_files_bytes: int = 0) -> int:
 
 def parse_json(data: bytes, field: str) -> Any:
     """``data`` as JSON, or 400 (:class:`BadRequest`, naming ``field`` in ``fields``): not
-    JSON, not UTF-8, or nested deeper than :data:`MAX_JSON_DEPTH` (Python's parser would
-    otherwise hit its recursion limit). What parses but does not fit is the callers' 422."""
+    JSON, not UTF-8, nested deeper than :data:`MAX_JSON_DEPTH` (Python's parser would
+    otherwise hit its recursion limit), or a string with a lone surrogate (``"\\ud800"`` is
+    JSON, but no Unicode text: I-JSON, RFC 7493 §2.1, refuses it, and nothing downstream could
+    store or send it on). What parses but does not fit is the callers' 422."""
     try:
         value = json.loads(data)
     except RecursionError:
-        value = None
-        too_deep = True
+        raise BadRequest(f"{field}: JSON nested more than {MAX_JSON_DEPTH} levels deep",
+                         fields=[field]) from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         raise BadRequest(f"{field} is not valid JSON: {exc}", fields=[field]) from None
-    else:
-        too_deep = _depth_over(value, MAX_JSON_DEPTH)
-    if too_deep:
-        raise BadRequest(f"{field}: JSON nested more than {MAX_JSON_DEPTH} levels deep",
-                         fields=[field])
+    unfit = _unfit(value, MAX_JSON_DEPTH)
+    if unfit:
+        raise BadRequest(f"{field}: {unfit}", fields=[field])
     return value
 
 
-def _depth_over(value: Any, limit: int) -> bool:
-    """Whether ``value`` nests lists/objects more than ``limit`` deep (iterative: no recursion)."""
+def _unfit(value: Any, limit: int) -> str | None:
+    """Why ``value`` cannot be taken (it nests lists/objects more than ``limit`` deep, or a
+    string, key or value, holds a lone surrogate), None if it can; iterative: no recursion."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict | list):
+        if isinstance(item, str):
+            if not item.isascii() and not _is_text(item):
+                return "a string holds a lone surrogate (\\ud800-\\udfff), which is no text"
+        elif isinstance(item, dict | list):
             if depth > limit:
-                return True
-            children = item.values() if isinstance(item, dict) else item
+                return f"JSON nested more than {limit} levels deep"
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
             stack.extend((child, depth + 1) for child in children)
-    return False
+    return None
+
+
+def _is_text(string: str) -> bool:
+    try:
+        string.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 async def _multipart(request: web.Request, limit: int) -> MultipartReader:

@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import secrets
+import shutil
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -323,15 +324,13 @@ class JobService:
         self, user: User, resolved: ResolvedSpec, idempotency_key: str | None,
         files: dict[str, bytes], **extra: Any,
     ) -> tuple[dict[str, Any], bool]:
-        """Keep ``files`` in the job's data directory, insert the row, queue the submission."""
+        """Keep ``files`` in the job's data directory, insert the row, queue the submission.
+        The row is made first, and the directory removed again if anything fails before the
+        row is in: no upload stays on the gateway's disk without a job that retention prunes
+        and the limits count."""
         cluster = self.config.cluster(resolved.cluster)
         assert cluster is not None  # resolve_spec checked it
         job_id = secrets.token_hex(JOB_ID_BYTES)
-        directory = self.ctx.job_dir(job_id)
-        directory.mkdir(parents=True, mode=0o700)
-        for name, data in files.items():
-            (directory / name).parent.mkdir(mode=0o700, exist_ok=True)
-            (directory / name).write_bytes(data)
         row = {
             "id": job_id,
             "user_id": user.id,
@@ -344,13 +343,22 @@ class JobService:
             "idempotency_key": idempotency_key,
             **extra,
         }
+        directory = self.ctx.job_dir(job_id)
         try:
+            directory.mkdir(parents=True, mode=0o700)
+            for name, data in files.items():
+                (directory / name).parent.mkdir(mode=0o700, exist_ok=True)
+                (directory / name).write_bytes(data)
             job = self._store.insert_job(row)
-        except Conflict:  # the same key raced in from a parallel request
+        except Conflict:  # the same key raced in from a parallel request: its job answers
+            shutil.rmtree(directory, ignore_errors=True)
             existing = replayed_job(self._store, user.id, idempotency_key,
                                     extra.get("request_hash", ""))
             assert existing is not None
             return existing, False
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
         self.ctx.submit_later(job_id)
         return job, True
 

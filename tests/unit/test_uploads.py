@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ class Upload:
     token: str
     notebook: bytes
     fakes: FakeClusters
+    data: Path  # the gateway's data directory
 
     @property
     def port(self) -> int:
@@ -78,6 +80,11 @@ Content-Length: {len(body) if length is None else length}""", body)
     def nothing_submitted(self) -> bool:
         return not self.fakes.by_name["dev"].backend.submissions
 
+    def nothing_kept(self) -> bool:
+        """No job's directory (an upload, its side files) in the gateway's data directory."""
+        jobs = self.data / "jobs"
+        return not jobs.exists() or not any(jobs.iterdir())
+
 
 @pytest.fixture
 async def upload(
@@ -90,7 +97,7 @@ async def upload(
     client = await aiohttp_client(app)
     store = app[STORE]
     token = store.users.issue_token(store.users.add_user("alice", "alice"))
-    return Upload(client, token, make_notebook(), fake_clusters)
+    return Upload(client, token, make_notebook(), fake_clusters, tmp_path / "data")
 
 
 def part(name: str | None, value: bytes, extra: str = "") -> bytes:
@@ -188,6 +195,43 @@ async def test_a_deep_notebook_is_422_not_a_crash(upload: Upload) -> None:
     response = await upload.form(("spec", b"{}"), ("notebook", deep(2000)))
     assert response.status == 422
     assert (await response.json(content_type=PROBLEM))["fields"] == ["notebook"]
+
+
+@pytest.mark.parametrize("spec", [
+    '{"parameters": {"p": "\\ud800"}}', '{"parameters": {"\\udfff": 1}}',
+    '{"name": "n", "inputs": [{"storage": "s", "path": "in/\\udc80"}]}',
+], ids=["parameter-value", "parameter-name", "input-path"])
+async def test_a_lone_surrogate_is_refused_before_anything_is_kept(upload: Upload,
+                                                                   spec: str) -> None:
+    """``"\\ud800"`` is valid JSON but no text: it used to pass every check, then break the
+    spec's serialisation after the upload was written, a 500 that left the notebook on the
+    gateway's disk with no job row (retention never removed it, the submission rate limit
+    never counted it): a way to fill the disk without a limit."""
+    response = await upload.form(("spec", spec.encode()), ("notebook", upload.notebook))
+    assert response.status == 400, await response.text()
+    body = await response.json(content_type=PROBLEM)
+    assert body["fields"] == ["spec"] and "surrogate" in body["detail"]
+    lab = spec.replace("{", '{"kind": "lab", ', 1).encode()
+    response = await upload.client.post("/api/v1/jobs", data=lab, headers={
+        "Authorization": f"Bearer {upload.token}", "Content-Type": "application/json"})
+    assert response.status == 400, await response.text()
+    assert (await response.json(content_type=PROBLEM))["fields"] == ["body"]
+    assert upload.nothing_kept() and upload.nothing_submitted()
+
+
+async def test_a_job_that_cannot_be_stored_leaves_no_upload_behind(
+        upload: Upload, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: the store refuses the row (a full disk) after the upload was
+    written; the upload goes again, whatever the answer."""
+    store = upload.client.server.app[STORE]
+
+    def disk_full(row: dict[str, Any]) -> dict[str, Any]:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store, "insert_job", disk_full)
+    response = await upload.form(("spec", b'{"name": "n"}'), ("notebook", upload.notebook))
+    assert response.status == 500, await response.text()
+    assert upload.nothing_kept() and upload.nothing_submitted()
 
 
 async def test_a_lab_body_arriving_in_pieces_is_read_whole(upload: Upload) -> None:
