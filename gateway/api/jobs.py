@@ -203,7 +203,7 @@ async def submit_job(request: web.Request) -> web.Response:
         raise ValidationFailed([FieldError("Idempotency-Key", "1 to 200 characters")])
     if request.content_type == "multipart/form-data":
         upload = await read_notebook_upload(request)
-        job, created = request.app[SERVICE].create_notebook_job(
+        job, created = await request.app[SERVICE].create_notebook_job(
             user, upload.spec, upload.notebook, key, side_files=upload.side_files,
             filename=upload.filename)
     elif request.content_type == "application/json":

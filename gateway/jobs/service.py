@@ -27,7 +27,15 @@ from typing import Any
 import jinja2
 
 from ..config import Config
-from ..errors import Conflict, FieldError, GatewayError, Gone, NotFound, ValidationFailed
+from ..errors import (
+    Conflict,
+    FieldError,
+    GatewayError,
+    Gone,
+    NotFound,
+    TooManyRequests,
+    ValidationFailed,
+)
 from ..listing import JobQuery
 from ..metrics import GatewayMetrics, JobCount
 from ..spec import ResolvedSpec, parse_spec, resolve_spec
@@ -59,7 +67,7 @@ from .poller import poll_forever
 from .retention import prune_daily
 from .stager import stage_job
 from .submitter import submit_worker
-from .uploads import name_of_file, parameters_warning, upgraded_notebook
+from .uploads import NotebookChecks, name_of_file, parameters_warning
 from .webhooks import WebhookDeliverer
 
 log = logging.getLogger(__name__)
@@ -90,6 +98,7 @@ class JobService:
         # Job id -> loop time its progress was last read from the cluster.
         self._progress_read: dict[str, float] = {}
         self._live_reads = LiveReads()  # log reads under way on the cluster, per user
+        self._notebook_checks = NotebookChecks()
         # (user id, job id) -> the route to that user's ready lab, while the store is unchanged.
         self._lab_routes: StampedCache[tuple[int, str], LabRoute] = store.stamped_cache()
 
@@ -254,7 +263,7 @@ class JobService:
         the next request works it out again."""
         self._lab_routes.discard((user.id, job_id))
 
-    def create_notebook_job(
+    async def create_notebook_job(
         self, user: User, raw_spec: Any, notebook: bytes, idempotency_key: str | None = None,
         side_files: Sequence[tuple[str, bytes]] = (), filename: str | None = None,
     ) -> tuple[dict[str, Any], bool]:
@@ -265,8 +274,10 @@ class JobService:
         A repeated ``idempotency_key`` of the same user returns the first job and False, even
         over a limit. Otherwise :class:`TooManyRequests` (429) if the user is at
         ``max_active_jobs`` or ``max_submissions_per_minute`` (checked before the upload is
-        parsed: a refused request costs no validation); then ValidationFailed (422) naming every
-        bad field, the notebook included.
+        parsed, so that a refused request costs no validation, and again once the notebook is
+        checked, so that parallel uploads cannot pass a limit together) or already has
+        uploads being checked (:class:`.uploads.NotebookChecks`); then ValidationFailed (422)
+        naming every bad field, the notebook included.
         """
         fingerprint = request_hash("notebook", raw_spec, notebook, side_files)
         existing = replayed_job(self._store, user.id, idempotency_key, fingerprint)
@@ -276,7 +287,9 @@ class JobService:
         spec = parse_spec(raw_spec)
         errors: list[FieldError] = []
         try:
-            notebook = upgraded_notebook(notebook)
+            notebook = await self._notebook_checks.upgraded(user.id, notebook)
+        except TooManyRequests:
+            raise
         except Exception as exc:  # nbformat raises many types for bad input
             errors.append(FieldError("notebook", f"not a valid Jupyter notebook: {exc}"[:300]))
         errors += side_file_errors([name for name, _ in side_files])
@@ -289,6 +302,7 @@ class JobService:
         errors += self._unknown_storage(user, resolved)
         if errors:
             raise ValidationFailed(errors)
+        check_limits(self._store, self.config.limits, user, "notebook")  # (after the wait)
         files = {"input.ipynb": notebook,
                  **{f"{SIDE_DIR}/{name}": data for name, data in side_files}}
         warning = parameters_warning(notebook, resolved.parameters)

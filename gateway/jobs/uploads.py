@@ -1,23 +1,62 @@
 """What an uploaded notebook becomes before it is stored: checked and upgraded to nbformat v4,
 a name for its job from its file name, and a warning when its parameters have no cell to
-replace. Pure functions of the upload (the job service calls them while validating a run)."""
+replace. Functions of the upload (the job service calls them while validating a run).
+
+Checking a notebook against its schema is pure Python and costs about a third of a second per
+MiB of small cells (16 MiB, the default cap: about 6 s), so :class:`NotebookChecks` runs it in a
+thread, one notebook at a time, with at most :data:`MAX_CHECKS_PER_USER` of a user's waiting or
+running: the event loop that serves everyone keeps turning, and one user's uploads wait their
+turn behind other users' instead of taking the checker over.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import warnings
 from typing import Any
 
 import nbformat
+import nbformat.reader
+
+from ..errors import TooManyRequests
+from .limits import PerUserCount
+
+MAX_CHECKS_PER_USER = 2
+CHECKS_AT_ONCE = 1  # (they share the interpreter's lock: more at once would not go faster)
+
+
+class NotebookChecks:
+    """Uploaded notebooks checked off the event loop, in turn (see the module's account)."""
+
+    def __init__(self, per_user: int = MAX_CHECKS_PER_USER,
+                 at_once: int = CHECKS_AT_ONCE) -> None:
+        self._users = PerUserCount(per_user)
+        self._turns = asyncio.Semaphore(at_once)
+
+    async def upgraded(self, user_id: int, notebook: bytes) -> bytes:
+        """:func:`upgraded_notebook` in a thread when its turn comes; what that raises for a
+        bad notebook is raised here. :class:`TooManyRequests` (429, ``Retry-After: 1``) when
+        ``user_id`` already has :data:`MAX_CHECKS_PER_USER` notebooks waiting or checked."""
+        if not self._users.take(user_id):
+            raise TooManyRequests(
+                f"at most {self._users.limit} notebook uploads at once per user are checked",
+                limit="notebook_checks", value=self._users.limit, retry_after=1)
+        try:
+            async with self._turns:
+                return await asyncio.to_thread(upgraded_notebook, notebook)
+        finally:
+            self._users.give_back(user_id)
 
 
 def upgraded_notebook(notebook: bytes) -> bytes:
     """``notebook`` as it will run: checked against its nbformat schema (the error raised as
     nbformat words it), and an older format (v3) upgraded to v4; a v4 notebook is kept byte
-    for byte."""
+    for byte. (``nbformat.reader.reads``, not ``nbformat.reads``: the latter checks the schema
+    too, only to log what is wrong, which doubled the cost.)"""
     with warnings.catch_warnings():  # nbformat warns about missing cell ids; fine
         warnings.simplefilter("ignore")
-        original = nbformat.reads(notebook.decode("utf-8"), as_version=nbformat.NO_CONVERT)  # type: ignore[no-untyped-call]
+        original = nbformat.reader.reads(notebook.decode("utf-8"))  # type: ignore[no-untyped-call]
         nbformat.validate(original)
         if original.nbformat >= 4:
             return notebook

@@ -1,0 +1,152 @@
+"""Uploaded notebooks are checked off the event loop, in turn (gateway/jobs/uploads.py).
+
+Found by a red-team: checking a notebook of many small cells against its schema cost about a
+second per MiB inside the request handler, on the one event loop that serves every user (the
+API, the portal, the lab proxy, the poller). One upload of 16 MiB, refused afterwards for a bad
+partition (so that no row counted it against any limit), stopped the gateway for everyone for
+about 16 s, as often as its user liked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from gateway.config import parse_config
+from gateway.jobs import uploads
+from gateway.server import STORE, make_app
+
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
+WAIT = 10.0
+
+
+def many_cells(mib: int) -> bytes:
+    """A valid v4 notebook of about ``mib`` MiB of empty markdown cells: the most schema
+    checking per byte."""
+    cell = {"cell_type": "markdown", "id": "a", "metadata": {}, "source": ""}
+    return json.dumps({"cells": [cell] * (mib * 1024 * 1024 // 70), "metadata": {},
+                       "nbformat": 4, "nbformat_minor": 5}).encode()
+
+
+@dataclass
+class Gateway:
+    client: TestClient[Any, Any]
+    tokens: dict[str, str]
+    notebook: bytes
+
+    async def submit(self, user: str, notebook: bytes | None = None,
+                     spec: dict[str, Any] | None = None) -> aiohttp.ClientResponse:
+        form = aiohttp.FormData()
+        form.add_field("notebook", self.notebook if notebook is None else notebook,
+                       filename="in.ipynb", content_type="application/x-ipynb+json")
+        form.add_field("spec", json.dumps(spec or {}), content_type="application/json")
+        return await self.client.post("/api/v1/jobs", data=form, headers={
+            "Authorization": f"Bearer {self.tokens[user]}"})
+
+
+@pytest.fixture
+async def gw(tmp_path: Path, aiohttp_client: ClientFactory, fake_clusters: Any,
+             make_raw_config: Callable[..., dict[str, Any]],
+             make_notebook: Callable[..., bytes]) -> Gateway:
+    raw = make_raw_config(tmp_path / "data")
+    raw["limits"] = {"max_active_jobs": 1}
+    app = make_app(parse_config(raw), cluster_factory=fake_clusters)
+    client = await aiohttp_client(app)
+    users = app[STORE].users
+    tokens = {name: users.issue_token(users.add_user(name, name)) for name in ("alice", "bob")}
+    return Gateway(client, tokens, make_notebook())
+
+
+async def test_the_event_loop_keeps_turning_while_a_big_notebook_is_checked(
+        gw: Gateway) -> None:
+    """Everyone else's work (a task that asks for the loop every 10 ms) goes on while bob's
+    3 MiB notebook of small cells is checked (about a second here): if this fails, the check
+    runs on the event loop again."""
+    notebook = many_cells(3)
+    stalls: list[float] = []
+    done = asyncio.Event()
+
+    async def everyone_else() -> None:
+        while not done.is_set():
+            before = time.monotonic()
+            await asyncio.sleep(0.01)
+            stalls.append(time.monotonic() - before)
+
+    ticker = asyncio.get_running_loop().create_task(everyone_else())
+    started = time.monotonic()
+    response = await gw.submit("bob", notebook, {"partition": "nope"})
+    took = time.monotonic() - started
+    done.set()
+    await ticker
+    assert response.status == 422  # checked in full, refused for its partition
+    assert max(stalls) < min(0.25, took / 2), (max(stalls), took)
+
+
+@pytest.fixture
+def gated_checks(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, list[str]]:
+    """Every notebook check waits for the returned event (set it to let them finish); the
+    list records each check as it starts."""
+    gate, started = threading.Event(), list[str]()
+    check = uploads.upgraded_notebook
+
+    def gated(notebook: bytes) -> bytes:
+        started.append("check")
+        assert gate.wait(WAIT), "the test never opened the gate"
+        return check(notebook)
+
+    monkeypatch.setattr(uploads, "upgraded_notebook", gated)
+    return gate, started
+
+
+async def wait_for_checks(started: list[str], count: int) -> None:
+    async with asyncio.timeout(WAIT):
+        while len(started) < count:
+            await asyncio.sleep(0.01)
+
+
+async def test_a_user_has_at_most_two_uploads_being_checked_and_others_wait_their_turn(
+        gw: Gateway, gated_checks: tuple[threading.Event, list[str]]) -> None:
+    """bob's third upload while two are checked or waiting is a 429 naming the limit; alice's
+    upload is not refused but waits its turn (one check at a time); all are checked once the
+    gate opens. If the 429 fails, one user could queue the checker up without end."""
+    gate, started = gated_checks
+    spec = {"partition": "nope"}  # refused after the check: no limit on stored jobs applies
+    first = asyncio.ensure_future(gw.submit("bob", spec=spec))
+    second = asyncio.ensure_future(gw.submit("bob", spec=spec))
+    await wait_for_checks(started, 1)
+    third = await gw.submit("bob", spec=spec)
+    assert third.status == 429
+    problem = await third.json(content_type="application/problem+json")
+    assert (problem["limit"], problem["value"]) == ("notebook_checks", 2)
+    assert third.headers["Retry-After"] == "1"
+    alices = asyncio.ensure_future(gw.submit("alice", spec=spec))
+    await asyncio.sleep(0.2)  # (a negative: 0.2 s for a second check to start if one could)
+    assert started == ["check"]
+    gate.set()
+    statuses = [(await response).status for response in (first, second, alices)]
+    assert statuses == [422, 422, 422]
+    assert len(started) == 3  # bob's first two and alice's: bob's third was never checked
+
+
+async def test_parallel_uploads_cannot_pass_the_active_job_limit_together(
+        gw: Gateway, gated_checks: tuple[threading.Event, list[str]]) -> None:
+    """With max_active_jobs = 1, two uploads of bob's that both passed the limit before their
+    checks: the first stored gets 201, the other 429 (the limit is checked again after the
+    check). If this fails, a user's parallel uploads overshoot their limits."""
+    gate, started = gated_checks
+    uploads_ = [asyncio.ensure_future(gw.submit("bob")) for _ in range(2)]
+    await wait_for_checks(started, 1)
+    gate.set()
+    statuses = sorted([(await response).status for response in uploads_])
+    assert statuses == [201, 429]
