@@ -1,5 +1,6 @@
 """The gateway's logs: JSON events with their fields, the request's id and user on everything
-logged while serving it, an access event per request, state changes as events, no secret."""
+logged while serving it, an access event per request, state changes as events, no secret, and
+no raw control character from what a job or client wrote, in either format."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import io
 import json
 import logging
+import unicodedata
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,6 +74,90 @@ def test_text_lines_carry_the_fields_too() -> None:
         root.handlers[:], root.level = saved
     assert stream.getvalue().count("\n") == 1
     assert "WARNING x: shown [job_id=j2]" in stream.getvalue()
+
+
+# What bob's stager (or a failing command's stderr) may say: a terminal title set with BEL, a
+# cleared screen, a newline and a forged record, an 8-bit CSI, a line separator, a lone
+# surrogate; around a name that must stay as it is.
+HOSTILE = ("José \x1b]0;hpcgw: all good\x07\x1b[2J\x1b[H"
+           "\n2030-01-01 00:00:00,000 INFO gateway.store: job 42 succeeded\x9b2J\u2028\ud800")
+ESCAPED = ("José \\x1b]0;hpcgw: all good\\x07\\x1b[2J\\x1b[H"
+           "\\n2030-01-01 00:00:00,000 INFO gateway.store: job 42 succeeded\\x9b2J\\u2028\\ud800")
+
+
+def logged(log_format: logs.LogFormat, emit: Callable[[logging.Logger], None]) -> str:
+    """What ``emit`` logs, as the gateway writes it in ``log_format``."""
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        logs.configure("info", log_format, stream)
+        emit(logging.getLogger("gateway.jobs.stager"))
+    finally:
+        root.handlers[:], root.level = saved
+    return stream.getvalue()
+
+
+def raw_controls(text: str) -> list[str]:
+    """The characters of ``text`` no terminal should get from a log line (its end aside)."""
+    return [f"U+{ord(c):04X}" for c in text.removesuffix("\n")
+            if unicodedata.category(c)[0] == "C" or c in "\u2028\u2029"]
+
+
+@pytest.mark.parametrize(("text", "escaped"), [
+    ("José Müller, 東京, \u00a0, 😀, a\\path", "José Müller, 東京, \u00a0, 😀, a\\path"),
+    ("\x1b[2J\x1b]0;title\x07", "\\x1b[2J\\x1b]0;title\\x07"),
+    ("a\nb\rc\td\x00\x7f", "a\\nb\\rc\\td\\x00\\x7f"),
+    ("\x9b2J \xad", "\\x9b2J \\xad"),  # C1 CSI, soft hyphen (Cf)
+    ("\u2028\u2029\u202e\ufeff", "\\u2028\\u2029\\u202e\\ufeff"),  # separators, bidi, BOM
+    ("\ud800 \ue000 \U000f0000 \U0010ffff", "\\ud800 \\ue000 \\U000f0000 \\U0010ffff"),
+])
+def test_escape_controls_makes_only_invisible_characters_visible(text: str,
+                                                                  escaped: str) -> None:
+    assert logs.escape_controls(text) == escaped
+    assert not raw_controls(logs.escape_controls(text))
+
+
+def test_a_hostile_text_line_stays_one_line_escaped() -> None:
+    def emit(log: logging.Logger) -> None:
+        log.info("job %s: staging failed: %s", "j2", HOSTILE, extra={
+            "job_id": "j2", "reason": HOSTILE, "requests": [{"path": HOSTILE}]})
+
+    written = logged("text", emit)
+    assert written.count("\n") == 1 and not raw_controls(written), ascii(written)
+    assert f"gateway.jobs.stager: job j2: staging failed: {ESCAPED} [job_id=j2 " in written
+    assert f" reason={ESCAPED} requests=" in written
+
+
+def test_a_hostile_traceback_is_escaped_and_indented_in_the_text_format() -> None:
+    def emit(log: logging.Logger) -> None:
+        try:
+            raise ValueError(f"the stager said: {HOSTILE}")
+        except ValueError:
+            log.exception("job j2: staging failed unexpectedly")
+
+    first, *below = logged("text", emit).removesuffix("\n").split("\n")
+    assert first.endswith("gateway.jobs.stager: job j2: staging failed unexpectedly")
+    assert below and all(line.startswith(logs.TRACEBACK_INDENT) for line in below), below
+    assert not any(raw_controls(line) for line in below), below
+    assert any("the stager said: José \\x1b]0;hpcgw: all good\\x07" in line for line in below)
+    assert any(line == f"{logs.TRACEBACK_INDENT}2030-01-01 00:00:00,000 INFO gateway.store: "
+               "job 42 succeeded\\x9b2J\\u2028\\ud800" for line in below), below
+
+
+def test_a_hostile_json_line_is_ascii_and_gives_every_string_back() -> None:
+    def emit(log: logging.Logger) -> None:
+        try:
+            raise ValueError(HOSTILE)
+        except ValueError:
+            log.exception(HOSTILE, extra={"reason": HOSTILE, "requests": [{"path": HOSTILE}]})
+
+    written = logged("json", emit)
+    assert written.isascii() and not raw_controls(written), ascii(written)
+    (event,) = events(io.StringIO(written))
+    assert (event["event"], event["reason"], event["requests"]) == (
+        HOSTILE, HOSTILE, [{"path": HOSTILE}])
+    assert HOSTILE in event["error"]
 
 
 @pytest.mark.parametrize(("path", "logged"), [
