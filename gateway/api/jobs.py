@@ -274,7 +274,8 @@ async def executed_notebook(request: web.Request) -> web.StreamResponse:
 
 @routes.get(JOB + "/files")
 async def output_files(request: web.Request) -> web.Response:
-    files = request.app[SERVICE].output_files(current_user(request), request.match_info["job_id"])
+    files = await request.app[SERVICE].output_files(current_user(request),
+                                                    request.match_info["job_id"])
     return json_answer(OutputFileList.model_validate({"files": files}))
 
 

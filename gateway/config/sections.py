@@ -53,8 +53,9 @@ class GatewayConfig(Strict):
     # Largest executed notebook the gateway brings back (streamed to disk); a bigger one fails
     # the job with a message naming the file and this cap.
     max_result_bytes: int = Field(256 * 1024 * 1024, ge=1024)
-    # Largest archive of a job's listed outputs the gateway brings back; over it the outputs
-    # are reported missing (the job's outcome stays).
+    # Largest archive of a job's listed outputs the gateway brings back (and what it unpacks,
+    # each file or directory counted 512 bytes besides its size); over it the outputs are
+    # reported missing (the job's outcome stays). Entries: jobs.outputs.MAX_OUTPUT_ENTRIES.
     max_output_bytes: int = Field(1024**3, ge=1024)
     # Artifacts (notebooks, logs) of jobs that ended longer ago than this are removed daily;
     # 0 keeps them for ever.

@@ -7,13 +7,17 @@ the usual capped, streamed read (``gateway.max_output_bytes``) and unpacks into
 ``<data_dir>/jobs/<id>/outputs``: only regular files and directories, only under the listed
 paths, never through a link. The archive is the job user's to write (a job may leave its own in
 the archive's place), so the cap holds for what is unpacked as well as for what is fetched:
-sparse members, whose few stored bytes stand for a file of any size, are never unpacked. A
-listed path the job did not write, or outputs over the cap, is reported (the job's message says
-which); it never changes the job's outcome.
+sparse members, whose few stored bytes stand for a file of any size, are never unpacked, and
+every file or directory made counts :data:`ENTRY_BYTES` besides its size, so empty ones are no
+way around it. An archive may also hold at most :data:`MAX_OUTPUT_ENTRIES` members and make at
+most that many files and directories (those a member's path implies included). Unpacking runs
+in a thread, never on the event loop. A listed path the job did not write, or outputs over a
+cap, is reported (the job's message says which); it never changes the job's outcome.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -27,6 +31,14 @@ from ..transport import RemoteFileMissing, Transport
 ARCHIVE = ".hpcgw-outputs.tar"
 LOCAL_DIR = "outputs"
 TAR_TIMEOUT = 600.0
+# The most members an outputs archive may hold, and the most files and directories unpacking it
+# may make, in the gateway's data directory: a job that writes more packs them itself (one
+# listed archive). Not a setting: it bounds the gateway's own inodes, memory and time, whatever
+# the byte cap.
+MAX_OUTPUT_ENTRIES = 10_000
+# What each file or directory unpacked counts against the byte cap besides its size (a tar
+# header's size): the inode and directory entry it costs the gateway.
+ENTRY_BYTES = 512
 
 
 async def collect_outputs(transport: Transport, workdir: str, user: str, paths: list[str],
@@ -48,12 +60,13 @@ async def collect_outputs(transport: Transport, workdir: str, user: str, paths: 
     finally:
         with contextlib.suppress(GatewayError):
             await transport.run(["rm", "-f", "--", archive], user=user)
-    try:
-        found = unpack(part, local / LOCAL_DIR, paths, limit)
+    dest = local / LOCAL_DIR
+    try:  # in a thread: up to the caps' worth of files, and nothing in it touches the loop
+        found = await asyncio.to_thread(unpack, part, dest, paths, limit)
     except (OutputsTooLarge, tarfile.TarError, ValueError, OSError) as exc:
         # A damaged or hostile archive (tarfile raises ValueError for some bad headers, a
         # file where a directory was unpacked OSError), or the gateway's disk: none unpacked.
-        shutil.rmtree(local / LOCAL_DIR, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, dest, ignore_errors=True)
         return [f"{path} (refused: {str(exc)[:200]})" for path in paths]
     finally:
         part.unlink(missing_ok=True)
@@ -61,7 +74,8 @@ async def collect_outputs(transport: Transport, workdir: str, user: str, paths: 
 
 
 class OutputsTooLarge(Exception):
-    """The files of an outputs archive add up to more than the cap."""
+    """An outputs archive over a cap: its files add up to more bytes than the limit, or it
+    holds or makes more than :data:`MAX_OUTPUT_ENTRIES` members, files and directories."""
 
 
 def _member_path(name: str, paths: list[str]) -> PurePosixPath | None:
@@ -75,26 +89,38 @@ def _member_path(name: str, paths: list[str]) -> PurePosixPath | None:
     return path
 
 
-def unpack(archive: Path, dest: Path, paths: list[str], limit: int) -> set[str]:
+def unpack(archive: Path, dest: Path, paths: list[str], limit: int,
+           max_entries: int = MAX_OUTPUT_ENTRIES) -> set[str]:
     """Unpack the regular files and directories of ``archive`` that lie under ``paths`` into
     ``dest`` (replaced), never following or creating links; the listed paths found. Sparse
-    files are left out; raises :class:`OutputsTooLarge` (``dest`` then holds part of the files)
-    once the files unpacked would add up to more than ``limit`` bytes."""
+    files are left out. Raises :class:`OutputsTooLarge` (``dest`` then holds part of the files,
+    never more than the caps allow) on reading the archive's member past ``max_entries``
+    (skipped ones count too), or before making a file or directory past ``max_entries`` (the
+    missing directories of a member's path count) or past ``limit`` bytes (each file or
+    directory made counts :data:`ENTRY_BYTES` besides a file's size). Blocking: call it in a
+    thread."""
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(mode=0o700, parents=True)
     found: set[str] = set()
-    unpacked = 0
+    members = made = unpacked = 0
     with tarfile.open(archive, "r:") as tar:
         for member in tar:
+            members += 1
+            if members > max_entries:
+                raise OutputsTooLarge(f"more than {max_entries} archive members")
             path = _member_path(member.name, paths)
             if path is None or member.issparse() or not (member.isreg() or member.isdir()):
                 continue
-            unpacked += member.size if member.isreg() else 0
+            target = dest.joinpath(*path.parts)
+            new = _new_entries(dest, target)
+            if new is None:
+                continue
+            made += new
+            unpacked += new * ENTRY_BYTES + (member.size if member.isreg() else 0)
+            if made > max_entries:
+                raise OutputsTooLarge(f"more than {max_entries} files and directories")
             if unpacked > limit:
                 raise OutputsTooLarge(f"more than {limit} bytes once unpacked")
-            target = dest.joinpath(*path.parts)
-            if _leaves(dest, target):
-                continue
             if member.isdir():
                 target.mkdir(mode=0o700, parents=True, exist_ok=True)
             else:
@@ -102,6 +128,23 @@ def unpack(archive: Path, dest: Path, paths: list[str], limit: int) -> set[str]:
             found |= {asked for asked in paths
                       if str(path) == asked or str(path).startswith(asked + "/")}
     return found
+
+
+def _new_entries(dest: Path, target: Path) -> int | None:
+    """How many files and directories writing ``target`` (under ``dest``) makes: the missing
+    directories on its way and itself, 0 if it exists already; None if the way passes through
+    anything but a real directory (a link, a file)."""
+    parts = target.relative_to(dest).parts
+    current = dest
+    for depth, part in enumerate(parts):
+        current = current / part
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            return len(parts) - depth
+        if depth < len(parts) - 1 and not stat.S_ISDIR(mode):
+            return None
+    return 0
 
 
 def _leaves(dest: Path, target: Path) -> bool:
@@ -126,7 +169,8 @@ def _write(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
 
 def list_outputs(local: Path) -> list[dict[str, object]]:
     """The collected output files of a job (``local``: its data directory), path and size,
-    sorted; regular files only."""
+    sorted; regular files only, no link followed. Walks the outputs (at most
+    :data:`MAX_OUTPUT_ENTRIES` entries): blocking, call it in a thread."""
     root = local / LOCAL_DIR
     files = []
     for directory, _dirs, names in os.walk(root, followlinks=False):

@@ -409,11 +409,11 @@ class JobService:
         path = self.ctx.job_dir(job_id) / "output.ipynb"
         return path if job["has_notebook"] and path.exists() else None
 
-    def output_files(self, user: User, job_id: str) -> list[dict[str, Any]]:
+    async def output_files(self, user: User, job_id: str) -> list[dict[str, Any]]:
         """The job's collected output files (path, size); empty before it ended or without
-        outputs. :class:`Gone` once retention removed them."""
+        outputs. :class:`Gone` once retention removed them. The walk runs in a thread."""
         _with_artifacts(self._store.get_job(job_id, user.id))
-        return list_outputs(self.ctx.job_dir(job_id))
+        return await asyncio.to_thread(list_outputs, self.ctx.job_dir(job_id))
 
     def output_file(self, user: User, job_id: str, path: str) -> Path:
         """One collected output file; NotFound for a path that is not one (no link is

@@ -447,6 +447,8 @@ async def test_a_run_to_success(api: Api) -> None:
     assert await response.read() == output
     log = await api.get(f"/api/v1/jobs/{job['id']}/log")
     assert await log.text() == "hpcgw: job started\ndone\n"
+    listed = await api.get(f"/api/v1/jobs/{job['id']}/files")  # it listed no outputs
+    assert listed.status == 200 and await listed.json() == {"files": []}
     events = (await (await api.get(f"/api/v1/jobs/{job['id']}/events")).json())["events"]
     assert [e["to_state"] for e in events] == [
         "accepted", "staging", "pending", "running", "collecting", "succeeded"]

@@ -1,18 +1,23 @@
 """Unpacking a job's outputs archive, which comes from the cluster and is untrusted: only
-regular files and directories under the listed paths land, never through or as a link."""
+regular files and directories under the listed paths land, never through or as a link, within
+the byte and entry caps, and without holding up the event loop."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import tarfile
+import time
 from pathlib import Path
 from typing import cast
 
 import pytest
 
 from gateway.jobs.outputs import (
+    ENTRY_BYTES,
     LOCAL_DIR,
+    MAX_OUTPUT_ENTRIES,
     OutputsTooLarge,
     collect_outputs,
     list_outputs,
@@ -47,7 +52,7 @@ def test_files_and_directories_under_the_listed_paths_land(tmp_path: Path) -> No
         ("results/sub/b.csv", "file", b"1,2"), ("summary.json", "file", b"{}"),
         ("unlisted.txt", "file", b"no")])
     found = unpack(tar, tmp_path / "out", ["results", "summary.json", "missing.txt"],
-                   limit=1024)
+                   limit=1024 * 1024)
     assert found == {"results", "summary.json"}
     assert (tmp_path / "out" / "results" / "sub" / "b.csv").read_bytes() == b"1,2"
     assert not (tmp_path / "out" / "unlisted.txt").exists()
@@ -65,7 +70,7 @@ def test_files_and_directories_under_the_listed_paths_land(tmp_path: Path) -> No
 def test_links_and_escapes_never_land(tmp_path: Path,
                                       members: list[tuple[str, str, bytes | str]]) -> None:
     out = tmp_path / "out"
-    unpack(archive(tmp_path / "a.tar", members), out, ["results"], limit=1024)
+    unpack(archive(tmp_path / "a.tar", members), out, ["results"], limit=1024 * 1024)
     for root, dirs, files in os.walk(out):
         for name in dirs + files:
             assert not os.path.islink(os.path.join(root, name))
@@ -124,9 +129,51 @@ def test_a_sparse_member_never_unpacks_into_its_declared_size(tmp_path: Path) ->
 def test_files_that_add_up_past_the_cap_are_refused(tmp_path: Path) -> None:
     tar = archive(tmp_path / "a.tar", [("results/a", "file", b"a" * 600),
                                        ("results/b", "file", b"b" * 600)])
-    assert unpack(tar, tmp_path / "fits", ["results"], limit=1200) == {"results"}
+    limit = 1200 + 3 * ENTRY_BYTES  # their bytes; results, a and b at ENTRY_BYTES each
+    assert unpack(tar, tmp_path / "fits", ["results"], limit=limit) == {"results"}
     with pytest.raises(OutputsTooLarge):
-        unpack(tar, tmp_path / "over", ["results"], limit=1199)
+        unpack(tar, tmp_path / "over", ["results"], limit=limit - 1)
+
+
+def test_empty_files_and_directories_count_against_the_byte_cap(tmp_path: Path) -> None:
+    tar = archive(tmp_path / "a.tar", [("results/a", "file", b""), ("results/d", "dir", b""),
+                                       ("results/d/e", "file", b"")])
+    limit = 4 * ENTRY_BYTES  # results (implied by its members), a, d, d/e
+    assert unpack(tar, tmp_path / "fits", ["results"], limit=limit) == {"results"}
+    with pytest.raises(OutputsTooLarge, match="bytes"):
+        unpack(tar, tmp_path / "over", ["results"], limit=limit - 1)
+
+
+def empty_files(path: Path, count: int, depth: int = 0) -> Path:
+    """A tar of the directory ``results`` and ``count`` empty files in it, each ``depth``
+    directories deeper of its own (those directories implied, not members), as a job can leave
+    in the outputs archive's place."""
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        directory = tarfile.TarInfo("results")
+        directory.type = tarfile.DIRTYPE
+        tar.addfile(directory)
+        for number in range(count):
+            tar.addfile(tarfile.TarInfo(f"results/{number}/" + "d/" * depth + "f"
+                                        if depth else f"results/{number}"))
+    return path
+
+
+def entries_under(root: Path) -> int:
+    """Files and directories under ``root``."""
+    return sum(len(dirs) + len(files) for _, dirs, files in os.walk(root))
+
+
+@pytest.mark.parametrize(("count", "depth", "why"), [
+    (MAX_OUTPUT_ENTRIES, 0, "more than 10000 archive members"),
+    # 201 members, 12,201 directories and files once their paths are made.
+    (200, 59, "more than 10000 files and directories"),
+])
+def test_an_archive_past_the_entry_cap_stops_at_the_cap(tmp_path: Path, count: int,
+                                                        depth: int, why: str) -> None:
+    tar = empty_files(tmp_path / "a.tar", count, depth)
+    with pytest.raises(OutputsTooLarge, match=why):
+        unpack(tar, tmp_path / "out", ["results"], limit=1024**3)
+    assert entries_under(tmp_path / "out") <= MAX_OUTPUT_ENTRIES
 
 
 class ArchiveLeftByTheJob:
@@ -194,3 +241,41 @@ async def test_an_archive_that_cannot_be_unpacked_refuses_the_outputs_not_the_jo
     assert len(missing) == 1 and missing[0].startswith("results (refused: ")
     assert not (job / LOCAL_DIR).exists()
 
+
+async def test_outputs_past_the_entry_cap_are_refused_and_leave_nothing(tmp_path: Path) -> None:
+    data = empty_files(tmp_path / "a.tar", MAX_OUTPUT_ENTRIES).read_bytes()  # one member past
+    job = tmp_path / "job"
+    job.mkdir()
+    missing = await collect_outputs(cast(Transport, ArchiveLeftByTheJob(data)), "/work/job",
+                                    "bob", ["results"], job, 1024**3)
+    assert missing == ["results (refused: more than 10000 archive members)"]
+    assert entries_under(job) == 0
+
+
+async def test_the_event_loop_keeps_turning_while_outputs_unpack(tmp_path: Path) -> None:
+    """The largest archive allowed (the cap's worth of entries) takes the gateway a while to
+    unpack; meanwhile every other request still gets its turn."""
+    data = empty_files(tmp_path / "a.tar", MAX_OUTPUT_ENTRIES - 1).read_bytes()
+    cluster = ArchiveLeftByTheJob(data)
+    job = tmp_path / "job"
+    job.mkdir()
+    last, worst, ticks = time.monotonic(), 0.0, 0
+
+    async def ticker() -> None:  # the loop's other work: how long did it wait for a turn?
+        nonlocal last, worst, ticks
+        while True:
+            await asyncio.sleep(0.005)
+            now = time.monotonic()
+            last, worst, ticks = now, max(worst, now - last), ticks + 1
+
+    ticking = asyncio.create_task(ticker())
+    await asyncio.sleep(0.02)  # ticking before the collection begins
+    try:
+        async with asyncio.timeout(60):
+            missing = await collect_outputs(cast(Transport, cluster), "/work/job", "bob",
+                                            ["results"], job, 1024**3)
+        worst = max(worst, time.monotonic() - last)  # the wait since the last turn counts too
+    finally:
+        ticking.cancel()
+    assert missing == [] and entries_under(job / LOCAL_DIR) == MAX_OUTPUT_ENTRIES
+    assert ticks > 0 and worst < 0.25, f"the event loop stood still for {worst:.2f} s"
