@@ -26,6 +26,11 @@ from ..staging.credentials import StorageCredentials
 from ..store import Store
 from ..timestamps import parse_timestamp
 from .clusters import ClusterLink
+from .fairqueue import FairQueue
+
+SUBMITTERS = 4  # tasks that take from ``submit_queue``
+# Of which at most this many work for one unix user at once (their commands' pace is theirs).
+SUBMITTERS_PER_USER = 2
 
 
 @dataclass
@@ -36,8 +41,9 @@ class JobContext:
     templates: jinja2.Environment
     # Users' storage servers, for staging (None: a gateway without them, as in some tests).
     credentials: StorageCredentials | None = None
-    # Job ids to bring into the scheduler (accepted or staging), taken by the submitters.
-    submit_queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+    # Job ids to bring into the scheduler (accepted or staging), taken by the submitters in
+    # turn by unix user (:mod:`.fairqueue`).
+    submit_queue: FairQueue = field(default_factory=lambda: FairQueue(SUBMITTERS_PER_USER))
     # Job ids in ``staging`` whose copy inputs must move first: one staging task for each.
     stage_queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
     # Job ids that entered ``collecting``: the service starts one collection for each.
@@ -66,8 +72,8 @@ class JobContext:
         self.stage_queue.put_nowait(job_id)
 
     def submit_later(self, job_id: str) -> None:
-        """Hand a stored job to the submitters."""
-        self.submit_queue.put_nowait(job_id)
+        """Hand a stored job to the submitters, behind its unix user's earlier ones."""
+        self.submit_queue.put_nowait(self.store.get_job(job_id)["unix_user"], job_id)
 
     def job_started(self, job_id: str) -> None:
         """A job just started on a node: its wait since it was accepted is recorded

@@ -48,7 +48,7 @@ from ..templates import make_environment
 from ..users import User
 from .clusters import ClusterLink
 from .collector import collect
-from .context import JobContext
+from .context import SUBMITTERS, JobContext
 from .idempotency import replayed_job, request_hash
 from .joblog import (
     PROGRESS_EVERY,
@@ -140,7 +140,7 @@ class JobService:
             ctx.submit_later(job["id"])
         for job in self._store.jobs_in({State.COLLECTING}):
             ctx.collect_later(job["id"])
-        for number in range(4):
+        for number in range(SUBMITTERS):
             self._spawn(submit_worker(ctx), f"submitter-{number}")
         for link in self.clusters.values():
             self._spawn(poll_forever(ctx, link), f"poller-{link.name}")

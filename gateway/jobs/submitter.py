@@ -42,11 +42,13 @@ TRACES = ("job.log", "exit.json")
 async def submit_worker(ctx: JobContext) -> None:
     """Take job ids off the queue forever and submit each."""
     while True:
-        job_id = await ctx.submit_queue.get()
+        owner, job_id = await ctx.submit_queue.get()
         try:
             await submit_job(ctx, job_id)
         except Exception:
             log.exception("submission of job %s failed unexpectedly", job_id)
+        finally:
+            ctx.submit_queue.done(owner)
 
 
 async def submit_job(ctx: JobContext, job_id: str) -> None:
