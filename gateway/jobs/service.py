@@ -2,11 +2,12 @@
 
 It is the only way the API, the CLI's server and the lab proxy reach jobs: every public call
 takes the caller and answers 404 (:class:`NotFound`) for another user's job, exactly as for a
-missing one. Requests only ever touch the store and the data directory synchronously (a POST is
-stored and answered 201 at once); everything that talks to the cluster runs in background tasks
-the service owns: the submitters (:mod:`.submitter`), one staging per job with inputs
-(:mod:`.stager`), one poller per cluster (:mod:`.poller`), one collection per finished job
-(:mod:`.collector`), the lab watcher (:mod:`.lab_watcher`), artifact retention
+missing one. Requests only ever touch the store and the data directory (a POST is checked, its
+notebook in a thread: :mod:`.uploads`; stored by :mod:`.intake` and answered 201 at once);
+everything that talks to the cluster runs in background tasks the service owns: the submitters
+(:mod:`.submitter`, taking jobs in turn by user: :mod:`.fairqueue`), one staging per job with
+inputs (:mod:`.stager`), one poller per cluster (:mod:`.poller`), one collection per finished
+job (:mod:`.collector`), the lab watcher (:mod:`.lab_watcher`), artifact retention
 (:mod:`.retention`) and the webhook deliverer (:mod:`.webhooks`). The workers share a
 :class:`JobContext`, never the service, and hand jobs on through its queues. All of them resume
 from the store after a restart, so the gateway can be killed at any moment (webhook deliveries
@@ -18,8 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
-import shutil
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,6 @@ import jinja2
 
 from ..config import Config
 from ..errors import (
-    Conflict,
     FieldError,
     GatewayError,
     Gone,
@@ -38,7 +36,7 @@ from ..errors import (
 )
 from ..listing import JobQuery
 from ..metrics import GatewayMetrics, JobCount
-from ..spec import ResolvedSpec, parse_spec, resolve_spec
+from ..spec import parse_spec, resolve_spec
 from ..staging.credentials import StorageCredentials
 from ..staging.sidefiles import SIDE_DIR, side_file_errors
 from ..states import TERMINAL, IllegalTransition, Reason, State
@@ -50,6 +48,7 @@ from .clusters import ClusterLink
 from .collector import collect
 from .context import SUBMITTERS, JobContext
 from .idempotency import replayed_job, request_hash
+from .intake import store_new_job, unknown_storage
 from .joblog import (
     PROGRESS_EVERY,
     LiveReads,
@@ -74,7 +73,6 @@ log = logging.getLogger(__name__)
 # A worker's per-job entry point (stage_job, collect).
 JobWork = Callable[[JobContext, str], Coroutine[Any, Any, None]]
 
-JOB_ID_BYTES = 8
 
 
 class JobService:
@@ -159,19 +157,6 @@ class JobService:
             await link.transport.close()
 
     # -- requests ---------------------------------------------------------------------------
-
-    def _unknown_storage(self, user: User, spec: ResolvedSpec) -> list[FieldError]:
-        """An error for each input or output naming a storage server ``user`` has not
-        registered (another user's server is unknown too)."""
-        credentials = self.ctx.credentials
-        known = credentials.known if credentials else (lambda _user, _name: False)
-        named = [(f"inputs.{n}.storage", b.storage) for n, b in enumerate(spec.inputs)]
-        named += [(f"outputs.{n}.storage", o.storage) for n, o in enumerate(spec.outputs)
-                  if o.storage is not None]
-        if spec.persist is not None:
-            named.append(("persist.storage", spec.persist.storage))
-        return [FieldError(field, f"no storage server {name!r} (hpcgw storage list)")
-                for field, name in named if not known(user, name)]
 
     def get_job(self, user: User, job_id: str) -> dict[str, Any]:
         """``user``'s job ``job_id`` (a store row); NotFound for a missing or another's job."""
@@ -299,15 +284,15 @@ class JobService:
             raise ValidationFailed(errors + exc.errors) from None
         if resolved.kind != "notebook":
             errors.append(FieldError("kind", "a lab is asked for with a JSON body, not a form"))
-        errors += self._unknown_storage(user, resolved)
+        errors += unknown_storage(self.ctx, user, resolved)
         if errors:
             raise ValidationFailed(errors)
         check_limits(self._store, self.config.limits, user, "notebook")  # (after the wait)
         files = {"input.ipynb": notebook,
                  **{f"{SIDE_DIR}/{name}": data for name, data in side_files}}
         warning = parameters_warning(notebook, resolved.parameters)
-        return self._store_new_job(user, resolved, idempotency_key, files,
-                                   request_hash=fingerprint, warning=warning)
+        return store_new_job(self.ctx, user, resolved, idempotency_key, files,
+                             request_hash=fingerprint, warning=warning)
 
     def create_lab_job(
         self, user: User, raw_spec: Any, idempotency_key: str | None = None
@@ -329,52 +314,11 @@ class JobService:
                 "kind", 'a JSON body asks for a lab ("kind": "lab"); send a notebook run as '
                 "multipart/form-data")])
         resolved = resolve_spec(spec, self.config, default_name="lab")
-        errors = self._unknown_storage(user, resolved)
+        errors = unknown_storage(self.ctx, user, resolved)
         if errors:
             raise ValidationFailed(errors)
-        return self._store_new_job(user, resolved, idempotency_key, {}, request_hash=fingerprint)
-
-    def _store_new_job(
-        self, user: User, resolved: ResolvedSpec, idempotency_key: str | None,
-        files: dict[str, bytes], **extra: Any,
-    ) -> tuple[dict[str, Any], bool]:
-        """Keep ``files`` in the job's data directory, insert the row, queue the submission.
-        The row is made first, and the directory removed again if anything fails before the
-        row is in: no upload stays on the gateway's disk without a job that retention prunes
-        and the limits count."""
-        cluster = self.config.cluster(resolved.cluster)
-        assert cluster is not None  # resolve_spec checked it
-        job_id = secrets.token_hex(JOB_ID_BYTES)
-        row = {
-            "id": job_id,
-            "user_id": user.id,
-            "unix_user": user.unix_user,
-            "kind": resolved.kind,
-            "name": resolved.name,
-            "cluster": resolved.cluster,
-            "spec": resolved.model_dump_json(),
-            "workdir": f"{cluster.work_root.replace('{unix_user}', user.unix_user)}/{job_id}",
-            "idempotency_key": idempotency_key,
-            **extra,
-        }
-        directory = self.ctx.job_dir(job_id)
-        try:
-            directory.mkdir(parents=True, mode=0o700)
-            for name, data in files.items():
-                (directory / name).parent.mkdir(mode=0o700, exist_ok=True)
-                (directory / name).write_bytes(data)
-            job = self._store.insert_job(row)
-        except Conflict:  # the same key raced in from a parallel request: its job answers
-            shutil.rmtree(directory, ignore_errors=True)
-            existing = replayed_job(self._store, user.id, idempotency_key,
-                                    extra.get("request_hash", ""))
-            assert existing is not None
-            return existing, False
-        except BaseException:
-            shutil.rmtree(directory, ignore_errors=True)
-            raise
-        self.ctx.submit_later(job_id)
-        return job, True
+        return store_new_job(self.ctx, user, resolved, idempotency_key, {},
+                             request_hash=fingerprint)
 
     async def cancel(self, user: User, job_id: str) -> tuple[dict[str, Any], bool]:
         """Cancel a job; ``(job, accepted)``. Idempotent; a terminal job is returned unchanged.
