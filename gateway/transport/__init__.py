@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..plugins import load_plugin
 from .base import (
+    CommandOutputTooLarge,
     CommandResult,
     NotARegularFile,
     RemoteFileMissing,
@@ -22,8 +23,8 @@ from .base import (
 if TYPE_CHECKING:
     from ..config import ClusterConfig
 
-__all__ = ["CommandResult", "NotARegularFile", "RemoteFileMissing", "RemoteFileRefused",
-           "RemoteFileTooLarge", "Transport", "load_transport"]
+__all__ = ["CommandOutputTooLarge", "CommandResult", "NotARegularFile", "RemoteFileMissing",
+           "RemoteFileRefused", "RemoteFileTooLarge", "Transport", "load_transport"]
 
 
 def load_transport(cluster: ClusterConfig) -> Transport:

@@ -78,6 +78,22 @@ class NotARegularFile(RemoteFileRefused):
                                      "or a symlink to one); refused")
 
 
+class CommandOutputTooLarge(CommandFailed):
+    """A command printed more to stdout than the gateway keeps of it (``limit`` bytes): it was
+    stopped there and nothing it printed is used. Over SSH every command starts in the user's
+    login shell, whose rc files may print anything; retrying does not help while they do."""
+
+    type_slug = "command-output-too-large"
+    title = "Cluster command printed too much"
+
+    def __init__(self, argv: Sequence[str], limit: int) -> None:
+        super().__init__(argv, -1, f"printed more than the cap of {format_size(limit)} to "
+                                   "stdout; stopped")
+        self.limit = limit
+        self.detail = f"{argv[0] if argv else '?'} {self.stderr}"
+        self.args = (self.detail,)
+
+
 def format_size(size: int) -> str:
     """``size`` bytes for people: ``64 MiB (67108864 bytes)``, ``7 bytes``."""
     for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
@@ -100,7 +116,10 @@ class Transport(Protocol):
     ) -> CommandResult:
         """Run ``argv`` as unix user ``user`` (None: the gateway's own identity on the cluster).
 
-        Same contract as :func:`gateway.transport.process.run_command`.
+        Same contract as :func:`gateway.transport.process.run_command`. A transport whose
+        commands start in a shell the user controls (SSH: the login shell and its rc files)
+        caps what it keeps: stdout past its cap raises :class:`CommandOutputTooLarge` (with or
+        without ``check``), and only the tail of stderr is kept.
         """
         ...
 

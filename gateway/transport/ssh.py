@@ -8,7 +8,10 @@ and the call raises :class:`ClusterUnavailable`; the caller's retry opens a fres
 submitter, poller and collector all retry with backoff).
 
 Commands are argv lists joined by ``shlex.join`` — the one place where anything is quoted for
-the remote shell — with bytes on stdin.
+the remote shell — with bytes on stdin. Each runs on an exec channel of its own, through one
+function (:meth:`SSHTransport._exec`), and what the gateway keeps of its output is capped: the
+user's login shell runs first (``~/.bashrc``, ``~/.ssh/rc``) and may print anything. Stdout past
+its cap stops the command (:class:`CommandOutputTooLarge`); of stderr only the tail is kept.
 
 Files move over an exec channel of their own with a large window and packets, in pieces of
 ``STREAM_CHUNK`` bytes as the link takes them (``tar -x`` reading stdin, the read script writing
@@ -33,12 +36,14 @@ import shlex
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import asyncssh
 
 from ..config import ClusterConfig, SSHConfig
 from ..errors import ClusterUnavailable, CommandFailed, CommandTimeout, ConfigError
 from .base import (
+    CommandOutputTooLarge,
     CommandResult,
     CommandTransport,
     capped_sink,
@@ -57,10 +62,24 @@ STREAM_WINDOW = 16 * 1024 * 1024
 STREAM_PACKET = 256 * 1024
 STREAM_CHUNK = 1024 * 1024
 
+# What run() keeps of a command's output. Stdout: as a user, the largest answer parsed is the
+# stager's report (64 KiB); sbatch's job id, stat, ssh-keyscan and id are a line or a few.
+# The gateway's own queries (squeue, sacct, sinfo) list every user's jobs: squeue --json's own
+# cap (MAX_JSON_BYTES in gateway/scheduler/slurm_output.py). Stderr only goes into errors.
+USER_STDOUT_LIMIT = 1 << 20
+QUERY_STDOUT_LIMIT = 256 << 20
+STDERR_TAIL = 64 << 10
+
 
 class HostKeyRejected(ClusterUnavailable):
     type_slug = "host-key-rejected"
     title = "SSH host key rejected"
+
+
+class _Ended(NamedTuple):
+    status: int  # the exit status; -1 for a command ended by a signal
+    stderr: str  # its last STDERR_TAIL bytes
+    received: int  # stdout bytes handed to the sink
 
 
 @dataclass
@@ -151,21 +170,20 @@ class SSHTransport(CommandTransport):
         timeout: float | None = None,
         check: bool = True,
     ) -> CommandResult:
-        login = user or self._ssh.query_user
-        limit = timeout or self._timeout
-        connection = await self.connection(login)
-        with self._link_errors(login, connection, argv, limit):
-            completed = await asyncio.wait_for(
-                connection.run(remote_command(argv), input=stdin, encoding=None, check=False),
-                limit)
-        status = completed.exit_status if completed.exit_status is not None else -1
-        result = CommandResult(
-            argv=list(argv), returncode=status, stdout=_as_bytes(completed.stdout),
-            stderr=_as_bytes(completed.stderr).decode(errors="replace"),
-        )
-        if check and status != 0:
-            raise CommandFailed(argv, status, result.stderr)
-        return result
+        """As :meth:`Transport.run`; ``timeout`` bounds the whole command. Stdout past
+        :data:`USER_STDOUT_LIMIT` bytes (:data:`QUERY_STDOUT_LIMIT` for the gateway's own
+        queries, ``user`` None) raises :class:`CommandOutputTooLarge`, with or without
+        ``check``, and the channel is closed; of stderr only the last :data:`STDERR_TAIL` bytes
+        are kept. A channel closed without an exit status raises ClusterUnavailable."""
+        cap = QUERY_STDOUT_LIMIT if user is None else USER_STDOUT_LIMIT
+        stdout = bytearray()
+        ended = await self._exec(argv, user=user or self._ssh.query_user,
+                                 pieces=(stdin,) if stdin else (),
+                                 sink=_keep_upto(stdout, argv, cap), limit=timeout or self._timeout)
+        if check and ended.status != 0:
+            raise CommandFailed(argv, ended.status, ended.stderr)
+        return CommandResult(argv=list(argv), returncode=ended.status, stdout=bytes(stdout),
+                             stderr=ended.stderr)
 
     async def put_files(self, directory: str, files: Mapping[str, bytes], *, user: str) -> None:
         """As :meth:`Transport.put_files`; the archive streams to ``tar`` piece by piece."""
@@ -203,32 +221,58 @@ class SSHTransport(CommandTransport):
         pieces: Iterable[bytes | memoryview] = (),
         sink: Callable[[bytes], object] | None = None,
     ) -> int:
-        """Run ``argv`` as ``user`` on a channel of its own: write ``pieces`` to its stdin, then
-        EOF, and hand its stdout to ``sink`` chunk by chunk as it arrives (dropped without one).
-        Returns the number of stdout bytes.
+        """Run ``argv`` as ``user`` for a file transfer (:meth:`_exec` with a large window and
+        packets): write ``pieces`` to its stdin, hand its stdout to ``sink`` (dropped without
+        one). Returns the number of stdout bytes. The command timeout bounds every stall
+        (opening the channel, each piece, each chunk, the exit status), not the whole
+        transfer. Errors as :meth:`run` with ``check``."""
+        ended = await self._exec(argv, user=user, pieces=pieces, sink=sink, limit=self._timeout,
+                                 bulk=True)
+        if ended.status != 0:
+            raise CommandFailed(argv, ended.status, ended.stderr)
+        return ended.received
 
-        The command timeout bounds every stall (opening the channel, each piece, each chunk,
-        the exit status), not the whole transfer. Errors as :meth:`run` with ``check``.
-        """
-        limit = self._timeout
+    async def _exec(
+        self,
+        argv: Sequence[str],
+        *,
+        user: str,
+        pieces: Iterable[bytes | memoryview],
+        sink: Callable[[bytes], object] | None,
+        limit: float,
+        bulk: bool = False,
+    ) -> _Ended:
+        """The one place a command runs: ``argv`` as ``user`` on an exec channel of its own.
+        ``pieces`` go to its stdin, then EOF; its stdout goes to ``sink`` chunk by chunk as it
+        arrives (a sink that raises stops the command: the error propagates); its stderr is
+        read meanwhile, only the last :data:`STDERR_TAIL` bytes kept. The channel is closed
+        however it ends.
+
+        ``limit`` seconds bound the whole command, or with ``bulk`` (a file transfer: a large
+        window and packets) each stall. Past it: :class:`CommandTimeout`; a broken link, or a
+        channel closed without an exit status: ClusterUnavailable (the connection is dropped
+        from the pool either way)."""
         connection = await self.connection(user)
+        channel = {"window": STREAM_WINDOW, "max_pktsize": STREAM_PACKET} if bulk else {}
         with self._link_errors(user, connection, argv, limit):
             async with asyncio.timeout(limit) as deadline:
                 process = await connection.create_process(
-                    remote_command(argv), encoding=None,
-                    window=STREAM_WINDOW, max_pktsize=STREAM_PACKET)
+                    remote_command(argv), encoding=None, **channel)
+                errors = asyncio.ensure_future(_tail(process.stderr, STDERR_TAIL))
+                errors.add_done_callback(_settled)
                 try:
-                    received = await _pump(process, pieces, sink, deadline, limit)
-                    completed = await process.wait()
+                    received = await _pump(process, pieces, sink, deadline if bulk else None,
+                                           limit)
+                    stderr = await errors
+                    await process.wait_closed()
                 finally:
+                    errors.cancel()
                     process.close()
-        if completed.exit_status is None and completed.exit_signal is None:
+        if process.exit_status is None and process.exit_signal is None:
             self._drop(user, connection)  # closed without an exit status: the link went
-            raise ClusterUnavailable(f"SSH to {self._where()} as {user} closed mid-transfer")
-        status = completed.exit_status if completed.exit_status is not None else -1
-        if status != 0:
-            raise CommandFailed(argv, status, _as_bytes(completed.stderr).decode(errors="replace"))
-        return received
+            raise ClusterUnavailable(f"SSH to {self._where()} as {user} closed mid-command")
+        status = process.exit_status if process.exit_status is not None else -1
+        return _Ended(status, stderr.decode(errors="replace"), received)
 
     async def forward(self, host: str, port: int, *, user: str) -> tuple[str, int]:
         """As :meth:`Transport.forward`: a local forward on ``user``'s pooled connection."""
@@ -264,18 +308,24 @@ async def _pump(
     process: asyncssh.SSHClientProcess[bytes],
     pieces: Iterable[bytes | memoryview],
     sink: Callable[[bytes], object] | None,
-    deadline: asyncio.Timeout,
+    deadline: asyncio.Timeout | None,
     limit: float,
 ) -> int:
     """Feed ``pieces`` to ``process`` then read its stdout to EOF into ``sink``, moving
-    ``deadline`` ``limit`` seconds ahead after each step; returns the bytes read. A command
-    that exits without reading all of its input is left to report its own exit status."""
+    ``deadline`` (if any) ``limit`` seconds ahead after each step; returns the bytes read. A
+    command that exits without reading all of its input is left to report its own exit
+    status."""
     loop = asyncio.get_running_loop()
+
+    def progress() -> None:
+        if deadline is not None:
+            deadline.reschedule(loop.time() + limit)
+
     try:
         for piece in pieces:
             process.stdin.write(piece)  # type: ignore[arg-type]  # asyncssh takes any buffer
             await process.stdin.drain()
-            deadline.reschedule(loop.time() + limit)
+            progress()
         process.stdin.write_eof()
     except BrokenPipeError:
         if process.exit_status is None and process.exit_signal is None:
@@ -285,11 +335,36 @@ async def _pump(
         if sink is not None:
             sink(chunk)
         received += len(chunk)
-        deadline.reschedule(loop.time() + limit)
+        progress()
     return received
 
 
-def _as_bytes(value: bytes | str | None) -> bytes:
-    if value is None:
-        return b""
-    return value.encode() if isinstance(value, str) else bytes(value)
+async def _tail(stream: asyncssh.SSHReader[bytes], size: int) -> bytes:
+    """The last ``size`` bytes of ``stream`` (``size`` > 0), read to its end; what comes
+    before is dropped as it arrives."""
+    kept = bytearray()
+    while chunk := await stream.read(STREAM_CHUNK):
+        kept += chunk
+        if len(kept) > size:
+            del kept[:len(kept) - size]
+    return bytes(kept)
+
+
+def _settled(task: asyncio.Future[bytes]) -> None:
+    """Retrieve a finished stderr reader's error, if any, so that asyncio does not log it: a
+    broken link is reported by the stdout side, and a reader cancelled once the command has
+    ended or failed has nothing to report."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _keep_upto(buffer: bytearray, argv: Sequence[str], limit: int) -> Callable[[bytes], None]:
+    """A sink appending to ``buffer`` that raises :class:`CommandOutputTooLarge` instead of
+    taking it past ``limit`` bytes (``buffer`` then holds at most ``limit``)."""
+
+    def keep(chunk: bytes) -> None:
+        if len(buffer) + len(chunk) > limit:
+            raise CommandOutputTooLarge(argv, limit)
+        buffer.extend(chunk)
+
+    return keep

@@ -2,14 +2,16 @@
 own account) and SSHTransport against an in-process asyncssh server that runs each command with
 ``/bin/sh -c`` on this machine, as OpenSSH would. Real files in tmp_path: regular files under and
 over the cap, a symlink to a 4 GiB sparse file, to /dev/zero, a FIFO, a directory, a dangling
-symlink, a symlink swapped under the reader; a hostile remote side that ignores the cap; and the
-gateway's peak memory while fetching a capped big file."""
+symlink, a symlink swapped under the reader; a hostile remote side that ignores the cap; the
+gateway's peak memory while fetching a capped big file; and, over SSH, a user's login shell that
+prints 64 MiB before every command (what run() keeps of a command's output is capped too)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import signal
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -19,7 +21,10 @@ import asyncssh
 import pytest
 
 from gateway.config import Config, SSHConfig
+from gateway.errors import CommandFailed
+from gateway.scheduler.slurm_output import MAX_JSON_BYTES
 from gateway.transport import (
+    CommandOutputTooLarge,
     NotARegularFile,
     RemoteFileMissing,
     RemoteFileRefused,
@@ -28,11 +33,17 @@ from gateway.transport import (
 )
 from gateway.transport.local import LocalTransport
 from gateway.transport.process import run_command
-from gateway.transport.ssh import SSHTransport
+from gateway.transport.ssh import (
+    QUERY_STDOUT_LIMIT,
+    STDERR_TAIL,
+    USER_STDOUT_LIMIT,
+    SSHTransport,
+)
 
 CAP = 4096
 BIG = 4 << 30
 SPARSE_END = b"the end of a 4 GiB sparse file"
+FLOOD = 64 << 20  # what a user's login shell prints before each command (gigabytes, for real)
 
 
 @dataclass
@@ -41,22 +52,31 @@ class Server:
     known_hosts: Path
     key: Path
     hostile: bool = False  # answer every command with endless zeros instead
+    login: str = ""  # shell text run before each command: the user's ~/.bashrc or ~/.ssh/rc
     children: list[asyncio.subprocess.Process] = field(default_factory=list)
 
 
 async def _serve(server: Server, process: asyncssh.SSHServerProcess[bytes]) -> None:
-    command = "exec cat /dev/zero" if server.hostile else (process.command or "")
+    command = "exec cat /dev/zero" if server.hostile else server.login + (process.command or "")
     child = await asyncio.create_subprocess_exec(
-        "/bin/sh", "-c", command, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        "/bin/sh", "-c", command, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
     server.children.append(child)
-    assert child.stdout is not None and child.stderr is not None
+    assert child.stdin is not None and child.stdout is not None and child.stderr is not None
+
+    async def feed(source: asyncssh.SSHReader[bytes], sink: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):  # the command exited without reading it all
+            while chunk := await source.read(256 * 1024):
+                sink.write(chunk)
+                await sink.drain()
+            sink.close()
 
     async def pump(source: asyncio.StreamReader, sink: asyncssh.SSHWriter[bytes]) -> None:
         while not sink.channel.is_closing() and (chunk := await source.read(256 * 1024)):
             sink.write(chunk)
             await sink.drain()
 
+    feeding = asyncio.ensure_future(feed(process.stdin, child.stdin))
     pumps = [asyncio.ensure_future(pump(child.stdout, process.stdout)),
              asyncio.ensure_future(pump(child.stderr, process.stderr))]
     try:
@@ -65,15 +85,21 @@ async def _serve(server: Server, process: asyncssh.SSHServerProcess[bytes]) -> N
     except (OSError, asyncssh.Error):
         pass  # the client went away mid-transfer
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            child.kill()
-        for task in pumps:
+        _kill(child)
+        for task in (feeding, *pumps):
             task.cancel()
-        await asyncio.gather(*pumps, return_exceptions=True)
+        await asyncio.gather(feeding, *pumps, return_exceptions=True)
+        child.stdin.close()
         # Its pipes read to their end: one left paused (the client gone) would stay open
         # until garbage collection, after the test's event loop is closed.
         await asyncio.wait_for(asyncio.gather(child.stdout.read(), child.stderr.read()), 10)
         await child.wait()
+
+
+def _kill(child: asyncio.subprocess.Process) -> None:
+    """Kill ``child`` and what it started (the login shell's ``head``, say): its own session."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGKILL)
 
 
 @contextlib.asynccontextmanager
@@ -95,8 +121,7 @@ async def serving(tmp_path: Path) -> AsyncIterator[Server]:
         yield server
     finally:
         for child in server.children:
-            with contextlib.suppress(ProcessLookupError):
-                child.kill()
+            _kill(child)
             await child.wait()
         listener.close()
         await listener.wait_closed()
@@ -307,3 +332,51 @@ async def test_fetch_to_of_a_capped_big_file_keeps_memory_flat(
     # SSH: the in-process server's pipe buffers and the channel window (16 MiB) count here too.
     assert growth_mib < 40, f"peak RSS grew {growth_mib:.0f} MiB while fetching 64 MiB"
     assert (tmp_path / "out").stat().st_size <= limit + 1
+
+
+async def test_a_login_shell_flooding_stderr_leaves_only_its_tail(
+        config: Config, files: Path, tmp_path: Path) -> None:
+    async with serving(tmp_path) as server, ssh_transport(config, server) as remote:
+        server.login = f"head -c {FLOOD} /dev/zero >&2; "
+        result = await asyncio.wait_for(remote.run(
+            ["sh", "-c", "cat; echo why >&2; exit 3"], user="alice", stdin=b"#!/bin/sh\n",
+            check=False), 30)
+        assert (result.returncode, result.stdout) == (3, b"#!/bin/sh\n")
+        held = len(result.stderr.encode())
+        assert held <= STDERR_TAIL, f"run() kept {held} bytes of what the login shell printed"
+        assert result.stderr.endswith("\0why\n")
+        assert await asyncio.wait_for(remote.read_file(
+            str(files / "small"), user="alice", limit=CAP), 30) == b"hello"
+        server.login += "echo 'no shell for you' >&2; exit 9; "
+        with pytest.raises(CommandFailed) as caught:  # a read (streamed) keeps the tail too
+            await asyncio.wait_for(remote.read_file(
+                str(files / "small"), user="alice", limit=CAP), 30)
+        held = len(caught.value.stderr.encode())
+        assert held <= STDERR_TAIL, f"a read kept {held} bytes of what the login shell printed"
+        assert caught.value.returncode == 9
+        assert caught.value.stderr.endswith("\0no shell for you\n")
+
+
+async def test_a_login_shell_flooding_stdout_stops_the_command_at_the_cap(
+        config: Config, tmp_path: Path) -> None:
+    async with serving(tmp_path) as server, ssh_transport(config, server) as remote:
+        server.login = f"head -c {FLOOD} /dev/zero; "
+        for check in (True, False):
+            with pytest.raises(CommandOutputTooLarge) as caught:
+                await asyncio.wait_for(remote.run(
+                    ["mkdir", "-p", "--", str(tmp_path / "w")], user="alice", check=check), 30)
+            assert caught.value.detail == ("mkdir printed more than the cap of 1 MiB (1048576 "
+                                           "bytes) to stdout; stopped")
+        server.login = ""
+        for size in (USER_STDOUT_LIMIT, USER_STDOUT_LIMIT + 1):
+            argv = ["head", "-c", str(size), "/dev/zero"]
+            if size > USER_STDOUT_LIMIT:
+                with pytest.raises(CommandOutputTooLarge):
+                    await remote.run(argv, user="alice")
+            else:
+                assert (await remote.run(argv, user="alice")).stdout == bytes(size)
+            # the gateway's own queries (squeue for every job) keep up to squeue --json's cap
+            assert (await remote.run(argv, user=None)).stdout == bytes(size)
+        assert QUERY_STDOUT_LIMIT >= MAX_JSON_BYTES
+        done = await remote.run(["sh", "-c", "echo out; exit 3"], user="alice", check=False)
+        assert (done.returncode, done.stdout, done.stderr) == (3, b"out\n", "")
