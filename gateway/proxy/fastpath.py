@@ -240,7 +240,7 @@ class LabFastPath:
              "remote": remote, "user": user}
             for at, method, path, status, up, down, seconds, remote, user, _ in records]})
 
-    # -- open WebSockets ------------------------------------------------------------------------
+    # -- open WebSockets and streaming answers --------------------------------------------------
 
     def pipe_opened(self, admission: Admission, head: RequestHead, end: End) -> Watched:
         """A WebSocket pipe opened; it keeps holding the admission's lab connection until
@@ -249,6 +249,15 @@ class LabFastPath:
                                       partial(self.unhold, admission))
 
     def pipe_closed(self, handle: Watched) -> None:
+        self._websockets.gone(handle)
+
+    def answer_streaming(self, admission: Admission, head: RequestHead, end: End) -> Watched:
+        """An answer that is still streaming is checked again as a WebSocket is, and cut
+        (``end``) once it is no longer admitted, until :meth:`answer_ended`."""
+        return self._websockets.watch(partial(self._still_admitted, head, admission), end,
+                                      websocket=False)
+
+    def answer_ended(self, handle: Watched) -> None:
         self._websockets.gone(handle)
 
     async def _still_admitted(self, head: RequestHead, admission: Admission) -> bool:

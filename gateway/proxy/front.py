@@ -19,7 +19,9 @@ closing while its client may still be sending a request body nobody will read (a
 here, a lab that answered early), so that the client reads the answer rather than a reset. A
 request body that stops coming for ``body_timeout`` seconds while this side is ready to read
 it (not paused for the lab, not yet answered) ends with 408. A client that shuts its side
-while a request of its is in flight is taken to have gone (its access record says 499).
+while a request of its is in flight is taken to have gone (its access record says 499). An
+answer still streaming :data:`CHECKED_AFTER` s after its request came is checked again every
+second, as a WebSocket is (:mod:`.watch`), and cut once it is no longer admitted.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from .identity import LabNotProven
 from .pipe import WebSocketPipe
 from .rules import CLIENT_CLOSED, reason_to_pass
 from .upstream import UpstreamConnection
+from .watch import Watched
 
 log = logging.getLogger(__name__)
 # Admissions and retries run as tasks of their own; strong references until each ends.
@@ -51,6 +54,7 @@ _TASKS: set[asyncio.Task[None]] = set()
 # An upstream that cannot be reached or failed its identity proof.
 UNREACHABLE = (OSError, TimeoutError, LabNotProven)
 MAX_BUFFERED = 256 * 1024  # client bytes held while the answer before them is relayed
+CHECKED_AFTER = 1.0  # seconds an answer streams before it is watched as a WebSocket is
 
 
 class FrontProtocol(ClientConnection):
@@ -79,12 +83,14 @@ class FrontProtocol(ClientConnection):
         self._started = 0.0
         self._keep_alive = True
         self._draining: Admission | None = None  # a finished request whose answer is unsent
+        self._watched: Watched | None = None  # the answer, streaming for CHECKED_AFTER s
 
     # -- asyncio.Protocol (client side) ---------------------------------------------------------
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self._drained()
+        self._unwatch()
         if self._task is not None:  # a lab connection being proven for nobody: stop it
             self._task.cancel()
         if self._admission is not None:
@@ -309,8 +315,11 @@ class FrontProtocol(ClientConnection):
     def upstream_body(self, data: bytes) -> None:
         """A piece of the lab's answer: to the client, and activity for the idle cull (an
         answer that streams for longer than ``labs.idle_timeout`` keeps its lab)."""
-        assert self._admission is not None
+        assert self._admission is not None and self._head is not None
         self._labs.touch(self._admission.job_id)
+        if self._watched is None and time.monotonic() - self._started >= CHECKED_AFTER:
+            self._watched = self._labs.answer_streaming(self._admission, self._head,
+                                                        self._cut)
         self._sent += len(data)
         head, self._held_head = self._held_head, b""
         if self._chunked_out:
@@ -394,6 +403,7 @@ class FrontProtocol(ClientConnection):
         while the client may still be sending this request's body)."""
         self._record()
         self._body_clock(False)
+        self._unwatch()
         if self._admission is not None:
             self._release(self._admission)
         head, self._head, self._admission = self._head, None, None
@@ -424,6 +434,15 @@ class FrontProtocol(ClientConnection):
         if self._draining is not None:
             self._labs.unhold(self._draining)
             self._draining = None
+
+    def _cut(self, code: int) -> None:
+        """The streaming answer is no longer admitted (or the gateway stops): it looks cut."""
+        self._abort()
+
+    def _unwatch(self) -> None:
+        if self._watched is not None:
+            self._labs.answer_ended(self._watched)
+            self._watched = None
 
     def _record(self) -> None:
         if self._head is not None and self._admission is not None:

@@ -154,19 +154,22 @@ class LabProxy:
             self.metrics.proxy_requests.labels(kind, "4xx").inc()
             raise refusal
         self.touch(job_id)
+
+        def watch(end: End) -> Callable[[], None]:
+            watched = self.websockets.watch(
+                lambda: still_admitted(self.routes, caller, credential(), job_id), end,
+                websocket=websocket)
+            return lambda: self.websockets.gone(watched)
+
         try:
             if websocket:
-                def watch(end: End) -> Callable[[], None]:
-                    watched = self.websockets.watch(
-                        lambda: still_admitted(self.routes, caller, credential(), job_id), end)
-                    return lambda: self.websockets.gone(watched)
-
                 response: web.StreamResponse = await relay_websocket(
                     request, upstream, session, self.gateway_cookies,
                     lambda: self.touch(job_id), watch)
             else:
                 response = await relay_http(request, upstream, session, self.gateway_cookies,
-                                            lambda: self.touch(job_id), self.body_timeout)
+                                            lambda: self.touch(job_id), self.body_timeout,
+                                            watch)
                 self._count_bytes(request, response)
             status = response.status
             return response

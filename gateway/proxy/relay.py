@@ -31,6 +31,7 @@ from .rules import (
     scope_set_cookie,
 )
 from .upstream import HEADER_LINE_EXTRA, MAX_RESPONSE_HEAD
+from .watch import Watch
 
 _WS_HANDSHAKE = frozenset({
     "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
@@ -103,6 +104,7 @@ async def expect_later(request: web.Request) -> None:
 async def relay_http(
     request: web.Request, upstream: Upstream, session: aiohttp.ClientSession,
     gateway_cookies: frozenset[str], on_activity: Activity, body_timeout: float,
+    watch: Watch,
 ) -> web.StreamResponse:
     """Send ``request`` to ``upstream`` and stream the answer back, chunk by chunk.
 
@@ -112,9 +114,10 @@ async def relay_http(
     RequestTimeout (408) if the request's body stops coming for ``body_timeout`` s before the
     lab answers (the lab's connection is closed); after that, a broken upstream or a stalled
     body ends the response early, and a client that went away ends the relay quietly (none
-    of these is raised). The client's connection is closed
-    after the answer (``Connection: close``): its next request opens a new one, which the fast
-    path (:mod:`.front`) serves.
+    of these is raised). While the body streams it is registered with ``watch``, which cuts it
+    (as a broken upstream would) once the request is no longer admitted. The client's
+    connection is closed after the answer (``Connection: close``): its next request opens a
+    new one, which the fast path (:mod:`.front`) serves.
     """
     url = upstream.url(request.rel_url.raw_path, request.rel_url.raw_query_string)
     headers = upstream_headers(request, upstream, gateway_cookies)
@@ -151,8 +154,18 @@ async def relay_http(
                                       headers=response_headers(answer, upstream))
         response.force_close()
         await response.prepare(request)
-        await _copy_body(request, answer, response, on_activity, _connection_end(answer))
+        gone = watch(lambda _code: _cut(request))
+        try:
+            await _copy_body(request, answer, response, on_activity, _connection_end(answer))
+        finally:
+            gone()
         return response
+
+
+def _cut(request: web.Request) -> None:
+    """End the client's connection mid-answer: the answer looks cut, never complete."""
+    if request.transport is not None:
+        request.transport.abort()
 
 
 def _connection_end(answer: aiohttp.ClientResponse) -> asyncio.Future[None] | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -20,7 +19,7 @@ from ..errors import GatewayError
 from .identity import UpgradeRedirected
 from .relay import Activity, upstream_headers, while_client_waits
 from .rules import Upstream, rewrite_location
-from .watch import End
+from .watch import Watch
 
 # aiohttp holds a message whole until its last frame comes, each way, and a message being
 # passed on while the next one arrives: with MAX_MESSAGE_RELAYS open at once a user holds a
@@ -30,10 +29,6 @@ MAX_WS_MESSAGE = 16 * 1024 * 1024  # (JupyterLab's own server refuses more than 
 MAX_MESSAGE_RELAYS = 4  # per user, at once
 WS_CLOSE_TIMEOUT = 5.0  # seconds for the second side's close handshake
 
-
-# Registers an open WebSocket with the caller's watch (:mod:`.watch`), given how to end it
-# (with a close code); returns how to say that it is gone.
-Watch = Callable[[End], Callable[[], None]]
 
 
 class UpstreamRefused(GatewayError):

@@ -1,4 +1,4 @@
-"""Open lab WebSockets, on either path, checked again while they last.
+"""Open lab WebSockets and streaming answers, on either path, checked again while they last.
 
 A WebSocket stays open only while what admitted it still holds: its credential names its owner
 and its lab is still the owner's ready lab (:func:`.fastpath.still_admitted`: a revoked token,
@@ -8,6 +8,11 @@ one task asks every check each :data:`CHECK_INTERVAL` s while any is open (the l
 cached until the store changes, so a check is cheap) and ends with 1008 (policy) each that no
 longer holds. When the gateway stops, every one ends with 1001 (going away: a browser's lab
 reconnects).
+
+An HTTP answer that is still streaming (a long download, an event stream) is registered the
+same way (``websocket=False``: not counted as a WebSocket), and cut (its ``end``, whatever the
+code) once it is no longer admitted: a credential revoked mid-answer stops it within about a
+second, as it stops a WebSocket.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ CHECK_INTERVAL = 1.0
 log = logging.getLogger(__name__)
 
 End = Callable[[int], None]  # ends a WebSocket, both sides, with this close code
+# What aiohttp's path is handed to register a WebSocket or an answer it relays, given how to
+# end it: it returns how to say that it is gone.
+Watch = Callable[[End], Callable[[], None]]
 
 
 @dataclass(eq=False, slots=True)
@@ -34,11 +42,12 @@ class Watched:
     admitted: Callable[[], Awaitable[bool]]
     end: End
     on_gone: Callable[[], None] | None
+    websocket: bool = True  # counted by the gauge (False: a streaming HTTP answer)
     ended: bool = False  # end() was called: not checked or ended again
 
 
 class OpenWebSockets:
-    """The open WebSockets; ``gauge`` counts them."""
+    """The open WebSockets (and streaming answers); ``gauge`` counts the WebSockets."""
 
     def __init__(self, gauge: Gauge, every: float = CHECK_INTERVAL) -> None:
         self._gauge, self._every = gauge, every
@@ -50,14 +59,16 @@ class OpenWebSockets:
         return len(self._open)
 
     def watch(self, admitted: Callable[[], Awaitable[bool]], end: End,
-              on_gone: Callable[[], None] | None = None) -> Watched:
-        """Register an open WebSocket until :meth:`gone`: ``end(code)`` is called at most once,
-        when ``admitted()`` answers False (1008) or the gateway stops (1001, at once if it
-        already has); ``on_gone()`` exactly once, at :meth:`gone` (after ``end``, if any:
-        the owner calls :meth:`gone` once its connections are closed)."""
-        watched = Watched(admitted, end, on_gone)
+              on_gone: Callable[[], None] | None = None, *, websocket: bool = True) -> Watched:
+        """Register an open WebSocket (``websocket=False``: a streaming answer) until
+        :meth:`gone`: ``end(code)`` is called at most once, when ``admitted()`` answers False
+        (1008) or the gateway stops (1001, at once if it already has); ``on_gone()`` exactly
+        once, at :meth:`gone` (after ``end``, if any: the owner calls :meth:`gone` once its
+        connections are closed)."""
+        watched = Watched(admitted, end, on_gone, websocket)
         self._open.add(watched)
-        self._gauge.inc()
+        if websocket:
+            self._gauge.inc()
         if self._going_away:
             asyncio.get_running_loop().call_soon(self._end, watched, GOING_AWAY)
         elif self._checker is None or self._checker.done():
@@ -69,7 +80,8 @@ class OpenWebSockets:
         Calling it again, or after an end from here, does nothing."""
         if watched in self._open:
             self._open.discard(watched)
-            self._gauge.dec()
+            if watched.websocket:
+                self._gauge.dec()
             if watched.on_gone is not None:
                 watched.on_gone()
 

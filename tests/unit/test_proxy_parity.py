@@ -17,6 +17,8 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +28,15 @@ from gateway.proxy.wsframes import GOING_AWAY
 from tests.unit import test_relay as relay
 from tests.unit.test_fast_path import held, wait_until
 from tests.unit.test_lab_pool_and_pipe import masked_frame
-from tests.unit.test_lab_proxy_hostile import UPGRADE, close_code_then_end, open_on, reset
+from tests.unit.test_lab_proxy_hostile import (
+    UPGRADE,
+    close_code_then_end,
+    disable_from_another_process,
+    end_the_lab,
+    open_on,
+    reset,
+    revoke,
+)
 from tests.unit.test_lab_proxy_hostile import hostile as hostile  # the fixture
 from tests.unit.test_relay import MIB, WAIT, Gateway
 from tests.unit.test_relay_wire import Wire, deadline, request
@@ -304,6 +314,47 @@ async def test_an_http_1_0_websocket_handshake_is_relayed_alike_on_both_paths(
         assert await deadline(wire.reader.readexactly(10)) == b"\x82\x08over 1.0"
     finally:
         wire.close()
+
+
+async def _read_events(wire: Wire, until: float) -> tuple[bytes, bool]:
+    """What an event stream sends for ``until`` s (from now), and whether it ended (the
+    connection closed or was reset) by then."""
+    seen = b""
+    try:
+        async with asyncio.timeout(until):
+            while data := await wire.reader.read(65536):
+                seen += data
+    except TimeoutError:
+        return seen, False
+    except ConnectionError:
+        pass
+    return seen, True
+
+
+@pytest.mark.parametrize("ending", [revoke, disable_from_another_process, end_the_lab],
+                         ids=["token-revoked", "user-disabled", "lab-ended"])
+@PATHS
+async def test_an_answer_still_streaming_is_cut_once_no_longer_admitted(
+        gw: Gateway, tmp_path: Path, path: str, ending: Callable[[Gateway, Path], None]) -> None:
+    """An event stream (or a long download) is checked again while it streams, as a
+    WebSocket is: it flows for as long as it is admitted (here past its first check), then
+    stops within about a second of its credential revoked, its user disabled or its lab ended,
+    cut (no last chunk) on both sides. If this fails, a leaked token that was revoked keeps
+    reading a lab's event stream for as long as the lab sends."""
+    wire = await open_on(gw, path)
+    try:
+        await wire.send(request(gw, "GET", gw.prefix() + "events"))
+        head = await deadline(wire.reader.readuntil(b"\r\n\r\n"))
+        assert head.startswith(b"HTTP/1.1 200 ") and b"chunked" in head.lower()
+        admitted, ended = await _read_events(wire, 2.5)  # past CHECKED_AFTER and a check
+        assert not ended and b"data: 10" in admitted
+        ending(gw, tmp_path)
+        after, ended = await _read_events(wire, WAIT / 2)
+    finally:
+        wire.close()
+    assert ended, "the stream was not cut"
+    assert not after.endswith(b"0\r\n\r\n")  # cut, never complete
+    await deadline(gw.upstream.events_ended.wait())
 
 
 # -- access records and counters: one per request, a client that left is a 499 ---------------

@@ -102,6 +102,7 @@ class FakeLab:
     silent_waiting: asyncio.Event = field(default_factory=asyncio.Event)
     silent_ended: asyncio.Event = field(default_factory=asyncio.Event)
     silent_release: asyncio.Event = field(default_factory=asyncio.Event)  # the test is done
+    events_ended: asyncio.Event = field(default_factory=asyncio.Event)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -124,7 +125,7 @@ class FakeLab:
             "ws": self.websocket, "nows": self.no_websocket, "sw": self.service_worker,
             "echo": self.echo, "truncated": self.truncated, "hangup": self.hangup,
             "endlesshead": self.endless_head, "untilclose": self.until_close,
-            "silent": self.silent, "processing": self.processing,
+            "silent": self.silent, "processing": self.processing, "events": self.events,
         }
         if action in handlers:
             return await handlers[action](request)
@@ -142,6 +143,22 @@ class FakeLab:
             return response
         finally:
             self.endless_ended.set()
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        """An event stream: ``data: N`` every 50 ms for up to WAIT s, until the peer leaves
+        (then :attr:`events_ended`)."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            for number in range(int(WAIT / 0.05)):
+                await response.write(b"data: %d\n\n" % number)
+                await asyncio.sleep(0.05)
+            await response.write_eof()
+        except ConnectionError:
+            pass
+        finally:
+            self.events_ended.set()
+        return response
 
     def proof(self, request: web.Request) -> web.Response:
         self.proofs += 1
