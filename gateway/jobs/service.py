@@ -31,11 +31,11 @@ from ..errors import (
     GatewayError,
     Gone,
     NotFound,
-    TooManyRequests,
     ValidationFailed,
 )
 from ..listing import JobQuery
 from ..metrics import GatewayMetrics, JobCount
+from ..offload import Offload, WorkFailed
 from ..spec import parse_spec, resolve_spec
 from ..staging.credentials import StorageCredentials
 from ..staging.sidefiles import SIDE_DIR, side_file_errors
@@ -66,7 +66,7 @@ from .poller import poll_forever
 from .retention import prune_daily
 from .stager import stage_job
 from .submitter import submit_worker
-from .uploads import NotebookChecks, name_of_file, parameters_warning
+from .uploads import NotebookChecks, name_of_file
 from .webhooks import WebhookDeliverer
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,10 @@ class JobService:
         # Job id -> loop time its progress was last read from the cluster.
         self._progress_read: dict[str, float] = {}
         self._live_reads = LiveReads()  # log reads under way on the cluster, per user
-        self._notebook_checks = NotebookChecks()
+        # Big documents users wrote are worked on in a process of its own (the checks here,
+        # the portal's notebook pages): one for the whole gateway.
+        self.offload = Offload()
+        self._notebook_checks = NotebookChecks(self.offload)
         # (user id, job id) -> the route to that user's ready lab, while the store is unchanged.
         self._lab_routes: StampedCache[tuple[int, str], LabRoute] = store.stamped_cache()
 
@@ -153,6 +156,7 @@ class JobService:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.offload.close()
         for link in self.clusters.values():
             await link.transport.close()
 
@@ -272,11 +276,12 @@ class JobService:
         spec = parse_spec(raw_spec)
         errors: list[FieldError] = []
         try:
-            notebook = await self._notebook_checks.upgraded(user.id, notebook)
-        except TooManyRequests:
-            raise
-        except Exception as exc:  # nbformat raises many types for bad input
-            errors.append(FieldError("notebook", f"not a valid Jupyter notebook: {exc}"[:300]))
+            checked, words = await self._notebook_checks.checked(user.id, notebook,
+                                                                 spec.parameters)
+        except WorkFailed as exc:
+            checked, words = None, str(exc)
+        if checked is None:
+            errors.append(FieldError("notebook", f"not a valid Jupyter notebook: {words}"[:300]))
         errors += side_file_errors([name for name, _ in side_files])
         try:
             resolved = resolve_spec(spec, self.config, default_name=name_of_file(filename))
@@ -288,11 +293,11 @@ class JobService:
         if errors:
             raise ValidationFailed(errors)
         check_limits(self._store, self.config.limits, user, "notebook")  # (after the wait)
-        files = {"input.ipynb": notebook,
+        assert checked is not None
+        files = {"input.ipynb": checked,
                  **{f"{SIDE_DIR}/{name}": data for name, data in side_files}}
-        warning = parameters_warning(notebook, resolved.parameters)
         return store_new_job(self.ctx, user, resolved, idempotency_key, files,
-                             request_hash=fingerprint, warning=warning)
+                             request_hash=fingerprint, warning=words)
 
     def create_lab_job(
         self, user: User, raw_spec: Any, idempotency_key: str | None = None

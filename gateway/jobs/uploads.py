@@ -2,16 +2,16 @@
 a name for its job from its file name, and a warning when its parameters have no cell to
 replace. Functions of the upload (the job service calls them while validating a run).
 
-Checking a notebook against its schema is pure Python and costs about a third of a second per
-MiB of small cells (16 MiB, the default cap: about 6 s), so :class:`NotebookChecks` runs it in a
-thread, one notebook at a time, with at most :data:`MAX_CHECKS_PER_USER` of a user's waiting or
-running: the event loop that serves everyone keeps turning, and one user's uploads wait their
-turn behind other users' instead of taking the checker over.
+Parsing and checking a notebook against its schema is pure Python or one long C call (a third of
+a second per MiB of small cells, more for a notebook of nested lists), so :class:`NotebookChecks`
+runs it off the event loop (:class:`gateway.offload.Offload`: a big one in a process of its own),
+with at most :data:`MAX_CHECKS_PER_USER` of a user's waiting or checked: the event loop that
+serves everyone keeps turning, and one user's uploads wait their turn behind other users'
+instead of taking the checker over.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import warnings
 from typing import Any
@@ -20,33 +20,45 @@ import nbformat
 import nbformat.reader
 
 from ..errors import TooManyRequests
+from ..offload import Offload
 from .limits import PerUserCount
 
 MAX_CHECKS_PER_USER = 2
-CHECKS_AT_ONCE = 1  # (they share the interpreter's lock: more at once would not go faster)
 
 
 class NotebookChecks:
     """Uploaded notebooks checked off the event loop, in turn (see the module's account)."""
 
-    def __init__(self, per_user: int = MAX_CHECKS_PER_USER,
-                 at_once: int = CHECKS_AT_ONCE) -> None:
+    def __init__(self, offload: Offload, per_user: int = MAX_CHECKS_PER_USER) -> None:
+        self._offload = offload
         self._users = PerUserCount(per_user)
-        self._turns = asyncio.Semaphore(at_once)
 
-    async def upgraded(self, user_id: int, notebook: bytes) -> bytes:
-        """:func:`upgraded_notebook` in a thread when its turn comes; what that raises for a
-        bad notebook is raised here. :class:`TooManyRequests` (429, ``Retry-After: 1``) when
-        ``user_id`` already has :data:`MAX_CHECKS_PER_USER` notebooks waiting or checked."""
+    async def checked(self, user_id: int, notebook: bytes,
+                      parameters: dict[str, Any]) -> tuple[bytes | None, str | None]:
+        """:func:`checked_upload` off the loop when its turn comes. :class:`TooManyRequests`
+        (429, ``Retry-After: 1``) when ``user_id`` already has :data:`MAX_CHECKS_PER_USER`
+        notebooks waiting or checked; :class:`gateway.offload.WorkFailed` for a notebook that
+        took the checker too long or too much memory."""
         if not self._users.take(user_id):
             raise TooManyRequests(
                 f"at most {self._users.limit} notebook uploads at once per user are checked",
                 limit="notebook_checks", value=self._users.limit, retry_after=1)
         try:
-            async with self._turns:
-                return await asyncio.to_thread(upgraded_notebook, notebook)
+            return await self._offload.run(len(notebook), checked_upload, notebook, parameters)
         finally:
             self._users.give_back(user_id)
+
+
+def checked_upload(notebook: bytes, parameters: dict[str, Any]
+                   ) -> tuple[bytes | None, str | None]:
+    """``(the notebook as it will run, a warning or None)`` (:func:`upgraded_notebook`,
+    :func:`parameters_warning`), or ``(None, why it is not a valid notebook)``: nbformat's
+    errors are not all picklable, so their words travel instead."""
+    try:
+        checked = upgraded_notebook(notebook)
+    except Exception as exc:  # nbformat raises many types for bad input
+        return None, str(exc)[:300]
+    return checked, parameters_warning(checked, parameters)
 
 
 def upgraded_notebook(notebook: bytes) -> bytes:

@@ -1,0 +1,116 @@
+"""Big documents users wrote are worked on in a process of its own (gateway/offload.py).
+
+Found by a red-team: a thread does not keep the event loop turning while ``json.loads`` parses
+a big document (one C call that holds the interpreter's lock throughout): a 4 MiB notebook of
+nested lists stopped the loop for about a second while it was checked, and a run with
+parameters was parsed a second time on the loop itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from gateway.config import parse_config
+from gateway.offload import IN_PROCESS_UP_TO, Offload, WorkFailed
+from gateway.server import STORE, make_app
+
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
+WAIT = 30.0
+
+
+def where(_: bytes) -> tuple[int, int]:
+    """(the process, the thread) the work ran in."""
+    return os.getpid(), threading.get_ident()
+
+
+def sleepy(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def greedy(mib: int) -> int:
+    return len(bytearray(mib << 20))
+
+
+async def test_small_documents_stay_in_the_gateway_and_big_ones_go_to_the_worker() -> None:
+    offload = Offload()
+    try:
+        small = await offload.run(IN_PROCESS_UP_TO, where, b"")
+        big = await offload.run(IN_PROCESS_UP_TO + 1, where, b"")
+        again = await offload.run(IN_PROCESS_UP_TO + 1, where, b"")
+    finally:
+        offload.close()
+    assert small[0] == os.getpid() and small[1] != threading.get_ident()
+    assert big[0] != os.getpid() and again[0] == big[0]  # one worker, kept
+
+
+async def test_a_document_that_takes_too_long_or_too_much_memory_is_given_up() -> None:
+    """The worker is killed and the caller gets WorkFailed; the next document gets a new
+    worker. If this fails, one document could hold the worker (and every upload behind it)
+    for ever, or grow without bound."""
+    offload = Offload(timeout=1.0, memory=512 << 20)
+    try:
+        first = await offload.run(IN_PROCESS_UP_TO + 1, where, b"")
+        with pytest.raises(WorkFailed):
+            await asyncio.wait_for(offload.run(IN_PROCESS_UP_TO + 1, sleepy, 60.0), WAIT)
+        with pytest.raises(WorkFailed):
+            await asyncio.wait_for(offload.run(IN_PROCESS_UP_TO + 1, greedy, 1024), WAIT)
+        assert await offload.run(IN_PROCESS_UP_TO + 1, greedy, 64) == 64 << 20
+        after = await offload.run(IN_PROCESS_UP_TO + 1, where, b"")
+    finally:
+        offload.close()
+    assert after[0] != first[0]
+
+
+def nested_lists(mib: float) -> bytes:
+    """A valid v4 notebook of about ``mib`` MiB whose one cell's metadata is ``[[],[],...]``:
+    the most Python objects per byte for ``json.loads`` to build."""
+    cell = {"cell_type": "code", "id": "c1", "metadata": {"x": [[]] * int(mib * 2**20 // 3)},
+            "execution_count": None, "outputs": [], "source": "x = 1"}
+    return json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5},
+                      separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize("spec", [{"partition": "nope"}, {"parameters": {"alpha": 1}}],
+                         ids=["refused-after-the-check", "with-parameters"])
+async def test_the_loop_keeps_turning_while_a_notebook_of_nested_lists_is_taken(
+    tmp_path: Path, aiohttp_client: ClientFactory, fake_clusters: Any,
+    make_raw_config: Callable[..., dict[str, Any]], spec: dict[str, Any],
+) -> None:
+    app = make_app(parse_config(make_raw_config(tmp_path / "data")),
+                   cluster_factory=fake_clusters)
+    client = await aiohttp_client(app)
+    token = app[STORE].users.issue_token(app[STORE].users.add_user("bob", "bob"))
+    form = aiohttp.FormData()
+    form.add_field("notebook", nested_lists(4), filename="in.ipynb",
+                   content_type="application/x-ipynb+json")
+    form.add_field("spec", json.dumps(spec), content_type="application/json")
+    stalls: list[float] = []
+    done = asyncio.Event()
+
+    async def everyone_else() -> None:
+        while not done.is_set():
+            before = time.monotonic()
+            await asyncio.sleep(0.01)
+            stalls.append(time.monotonic() - before)
+
+    ticker = asyncio.get_running_loop().create_task(everyone_else())
+    response = await client.post("/api/v1/jobs", data=form,
+                                 headers={"Authorization": f"Bearer {token}"})
+    done.set()
+    await ticker
+    assert response.status == (422 if "partition" in spec else 201), await response.text()
+    if "parameters" in spec:  # the parameters' check ran in the worker too
+        assert "no cell tagged 'parameters'" in (await response.json())["message"]
+    assert max(stalls) < 0.25, max(stalls)
