@@ -11,24 +11,27 @@ script: the CSP allows only ``script-src 'self'``). Anonymous browsers go to the
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from ..errors import NotFound
+from ..errors import NotFound, TooManyRequests
+from ..jobs.limits import PerUserCount
+from ..offload import WorkFailed
 from ..pageheaders import SECURITY_HEADERS
 from ..users import User
 from .keys import SERVICE, current_user
 from .rendered import CSP as NOTEBOOK_CSP
-from .rendered import rendered_page
+from .rendered import rendered_page, too_big_page
 from .sessions import XSRF_COOKIE
 from .views import page
 
 routes = web.RouteTableDef()
 STATIC = Path(__file__).with_name("static")
 JOB_PAGE = "/jobs/{job_id:[0-9a-f]{16}}"
+# Notebook pages being rendered, per user: one at a time (each may take seconds and memory).
+PAGE_RENDERS = web.AppKey("page_renders", PerUserCount)
 
 
 def _frame(request: web.Request, user: User) -> dict[str, Any]:
@@ -79,8 +82,17 @@ async def notebook_page(request: web.Request) -> web.Response:
     if path is None:
         raise NotFound("the job has no executed notebook (yet)", job_id=job_id)
     name = service.get_job(user, job_id)["name"]
-    # In a thread: a big notebook takes a while to render, and the loop serves everyone.
-    html = await asyncio.to_thread(rendered_page, path, name)
+    # Off the loop (a big notebook in a process of its own), one page of a user's at a time.
+    renders = request.app[PAGE_RENDERS]
+    if not renders.take(user.id):
+        raise TooManyRequests("one notebook page at a time per user is rendered",
+                              limit="notebook_pages", value=1, retry_after=1)
+    try:
+        html = await service.offload.run(path.stat().st_size, rendered_page, path, name)
+    except WorkFailed:
+        html = too_big_page(name)
+    finally:
+        renders.give_back(user.id)
     return web.Response(text=html, content_type="text/html",
                         headers={"Content-Security-Policy": NOTEBOOK_CSP,
                                  "Cache-Control": "no-store"})
@@ -132,6 +144,13 @@ async def favicon(request: web.Request) -> web.FileResponse:
     """The icon browsers ask for on every page (the login page's too), public."""
     return web.FileResponse(STATIC / "favicon.svg", headers={
         "Content-Type": "image/svg+xml", "Cache-Control": "max-age=86400"})
+
+
+def setup(app: web.Application) -> None:
+    """Add the portal's pages and its static files to ``app``."""
+    app[PAGE_RENDERS] = PerUserCount(1)
+    app.add_routes(routes)
+    add_static(app)
 
 
 def add_static(app: web.Application) -> None:

@@ -39,6 +39,11 @@ MAX_TEXT = 200_000  # characters of one output shown; the rest is cut with a not
 # Characters of markdown rendered per page (markdown-it-py takes up to ~10 µs a character on
 # pathological input); cells past it are shown as text.
 MARKDOWN_BUDGET = 100_000
+# What one page shows at most: cells and outputs together, and characters of their text (a
+# notebook of empty cells made 26 bytes of HTML per byte, and 10 GiB of memory at 32 MiB).
+# Past either, the rest is left out with a note.
+MAX_SHOWN = 5_000
+PAGE_TEXT_BUDGET = 16 * 1024 * 1024
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _BASE64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}\Z")
@@ -109,19 +114,28 @@ def _output(output: dict[str, Any]) -> dict[str, str]:
 
 def notebook_cells(notebook: dict[str, Any]) -> list[dict[str, Any]]:
     """The cells of a v4 notebook (parsed JSON) as the template shows them; anything that
-    does not have the expected shape is skipped or shown as text."""
+    does not have the expected shape is skipped or shown as text. At most :data:`MAX_SHOWN`
+    cells and outputs together, and about :data:`PAGE_TEXT_BUDGET` characters of their text:
+    past either, the rest is left out and a last cell says so."""
     cells = notebook.get("cells") if isinstance(notebook.get("cells"), list) else []
-    shown = []
-    budget = MARKDOWN_BUDGET
+    shown: list[dict[str, Any]] = []
+    budget, room = MARKDOWN_BUDGET, _Room(MAX_SHOWN, PAGE_TEXT_BUDGET)
     for cell in cells or []:
         if not isinstance(cell, dict):
             continue
+        if room.full:
+            shown.append(_CUT)
+            break
         outputs = cell.get("outputs") if isinstance(cell.get("outputs"), list) else []
-        source = _text(cell.get("source"))
+        source = room.took(_text(cell.get("source")))
         html = None
         if cell.get("cell_type") == "markdown" and len(source) <= budget:
             budget -= len(source)
             html = Markup(_MARKDOWN.render(source))  # noqa: S704 - raw HTML off, see above
+        shown_outputs, dicts = [], [o for o in outputs or [] if isinstance(o, dict)]
+        while len(shown_outputs) < len(dicts) and not room.full:
+            shown_outputs.append(one := _output(dicts[len(shown_outputs)]))
+            room.took(one.get("text") or one.get("src") or "")
         shown.append({
             "type": "markdown" if cell.get("cell_type") == "markdown" else "code"
             if cell.get("cell_type") == "code" else "raw",
@@ -129,9 +143,36 @@ def notebook_cells(notebook: dict[str, Any]) -> list[dict[str, Any]]:
             "html": html,
             "count": cell.get("execution_count") if isinstance(
                 cell.get("execution_count"), int) else None,
-            "outputs": [_output(o) for o in outputs or [] if isinstance(o, dict)],
+            "outputs": shown_outputs,
         })
+        if len(shown_outputs) < len(dicts):
+            shown.append(_CUT)
+            break
     return shown
+
+
+class _Room:
+    """What is left of one page: items (cells and outputs) and characters of text."""
+
+    def __init__(self, items: int, characters: int) -> None:
+        self.items, self.characters = items, characters
+
+    @property
+    def full(self) -> bool:
+        return self.items <= 0 or self.characters <= 0
+
+    def took(self, text: str) -> str:
+        """One more item of ``text`` shown; ``text``, for the caller's convenience."""
+        self.items -= 1
+        self.characters -= len(text)
+        return text
+
+
+# The last cell shown when a page is cut short.
+_CUT: dict[str, Any] = {
+    "type": "raw", "html": None, "count": None, "outputs": [],
+    "source": "… the rest of the notebook is not shown here (too many cells, outputs or "
+              "characters for one page); download the notebook to see it whole."}
 
 
 def rendered_page(path: Path, title: str) -> str:
@@ -155,8 +196,7 @@ def render_notebook(path: Path, title: str) -> str:
     """The page for the notebook at ``path``; a short page saying why when it is too big or
     not a notebook's JSON."""
     if path.stat().st_size > MAX_RENDERED_BYTES:
-        return render("notebook.html", title=title, style=STYLE, cells=[],
-                      problem="The notebook is too big to show here; download it instead.")
+        return too_big_page(title)
     try:
         notebook = untrusted.loads(path.read_bytes())
     except ValueError:
@@ -166,3 +206,10 @@ def render_notebook(path: Path, title: str) -> str:
                       problem="The executed notebook could not be read.")
     return render("notebook.html", title=title, style=STYLE, cells=notebook_cells(notebook),
                   problem="")
+
+
+def too_big_page(title: str) -> str:
+    """The page for a notebook too big to show (over :data:`MAX_RENDERED_BYTES`, or past
+    what the renderer may spend on one: :mod:`gateway.offload`)."""
+    return render("notebook.html", title=title, style=STYLE, cells=[],
+                  problem="The notebook is too big to show here; download it instead.")

@@ -17,16 +17,22 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from gateway.api.keys import SERVICE
 from gateway.api.rendered import (
     CSP,
     MARKDOWN_BUDGET,
+    MAX_SHOWN,
+    PAGE_TEXT_BUDGET,
     STYLE_HASH,
     notebook_cells,
     render_notebook,
     rendered_page,
 )
 from gateway.config import parse_config
+from gateway.offload import WorkFailed
 from gateway.server import STORE, make_app
+from gateway.states import State
+from tests.factories import add_job
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 STATIC = Path(__file__).resolve().parents[2] / "gateway" / "api" / "static"
@@ -244,3 +250,67 @@ def test_the_rendered_page_is_kept_until_the_notebook_changes(tmp_path: Path) ->
     assert rendered_page(path, "two") == first  # kept: not rendered again
     os.utime(path, ns=(path.stat().st_mtime_ns + 10**9,) * 2)  # the notebook is newer
     assert "two" in rendered_page(path, "two")
+
+
+# -- what one page costs: the red-team's notebook of empty cells made 26 bytes of HTML per byte
+#    and about 320 MiB of memory per MiB; its views rendered as many at once as were asked --
+
+
+def test_a_notebook_of_empty_cells_renders_at_most_max_shown_of_them(tmp_path: Path) -> None:
+    path = tmp_path / "output.ipynb"
+    path.write_text(json.dumps({"cells": [{}] * 200_000}))  # 0.6 MiB
+    html = render_notebook(path, "nb")
+    assert html.count('class="cell md"') == MAX_SHOWN + 1  # and the note that says so
+    assert "the rest of the notebook is not shown here" in html
+    assert len(html) < 4 * 1024 * 1024
+
+
+def test_outputs_past_the_page_text_budget_are_left_out(tmp_path: Path) -> None:
+    big = {"output_type": "stream", "name": "stdout", "text": "x" * 190_000}
+    cells = notebook_cells({"cells": [{"cell_type": "code", "outputs": [big] * 1000}]})
+    shown = sum(len(output["text"]) for output in cells[0]["outputs"])
+    assert PAGE_TEXT_BUDGET <= shown < PAGE_TEXT_BUDGET + 200_000
+    assert len(cells) == 2 and cells[1]["source"].startswith("… the rest of the notebook")
+
+
+async def test_a_user_gets_one_notebook_page_rendered_at_a_time(
+        portal: tuple[TestClient[Any, Any], dict[str, str]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """bob's second page while his first renders is a 429; alice's is not refused. A page the
+    renderer gives up on (too long, too much memory) is the too-big page, not an error."""
+    client, tokens = portal
+    store = client.server.app[STORE]
+    jobs = {}
+    for name in ("alice", "bob"):
+        user = store.users.get_user(name)
+        job = add_job(store, user, f"{name[0]}" * 16, state=State.SUCCEEDED, has_notebook=1)
+        directory = client.server.app[SERVICE].ctx.job_dir(job["id"])
+        directory.mkdir(parents=True)
+        (directory / "output.ipynb").write_text(json.dumps(hostile_notebook()))
+        jobs[name] = job["id"]
+    gate, started = asyncio.Event(), asyncio.Event()
+    real_run = client.server.app[SERVICE].offload.run
+
+    async def gated_run(size: int, function: Any, *args: Any) -> Any:
+        started.set()
+        await asyncio.wait_for(gate.wait(), 10)
+        return await real_run(size, function, *args)
+
+    monkeypatch.setattr(client.server.app[SERVICE].offload, "run", gated_run)
+    first = asyncio.ensure_future(client.get(f"/jobs/{jobs['bob']}/notebook.html",
+                                             headers=auth(tokens["bob"])))
+    await asyncio.wait_for(started.wait(), 10)
+    second = await client.get(f"/jobs/{jobs['bob']}/notebook.html", headers=auth(tokens["bob"]))
+    assert second.status == 429
+    alices = asyncio.ensure_future(client.get(f"/jobs/{jobs['alice']}/notebook.html",
+                                              headers=auth(tokens["alice"])))
+    gate.set()
+    assert [(await page).status for page in (first, alices)] == [200, 200]
+
+    async def given_up(size: int, function: Any, *args: Any) -> Any:
+        raise WorkFailed("too long")
+
+    monkeypatch.setattr(client.server.app[SERVICE].offload, "run", given_up)
+    (client.server.app[SERVICE].ctx.job_dir(jobs["bob"]) / "output.html").unlink()
+    page = await client.get(f"/jobs/{jobs['bob']}/notebook.html", headers=auth(tokens["bob"]))
+    assert page.status == 200 and "too big to show here" in await page.text()
