@@ -7,7 +7,7 @@ the work directory. With one first-in-first-out queue, one user's slow jobs coul
 submitter and make everyone else's wait behind all of them (a red-team's finding). Here owners
 take turns (round robin), and an owner never has more than ``per_owner`` ids being worked on at
 once, so with more workers than that every other owner always finds one free. Within one owner,
-ids keep their order.
+ids keep their order. The webhook deliverer (:mod:`.webhooks`) shares its workers the same way.
 """
 
 from __future__ import annotations

@@ -6,8 +6,15 @@ a JSON body ``{"event_id", "job_id", "state", "previous_state", "reason", "time"
 with the job owner's webhook secret (:mod:`gateway.webhooks.signing`), tried up to
 ``[webhooks] max_attempts`` times with a doubling backoff (:mod:`gateway.webhooks.delivery`).
 The deliveries of one job go out one after another, in the order of its state changes (a
-delivery being retried holds back the next ones of its job, never another job's); different
-jobs' deliveries run side by side, at most :data:`MAX_IN_FLIGHT` at a time.
+delivery being retried holds back the next ones of its job, never another job's).
+
+:data:`MAX_IN_FLIGHT` workers make the attempts, taking jobs from a :class:`.FairQueue` keyed
+by the job owner's gateway user: users take turns, and at most :data:`PER_USER` attempts for
+one user's jobs are under way at once (a job waiting out its backoff holds none). A user whose
+receiver is slow or never answers (each attempt then takes ``[webhooks] timeout_s``) holds at
+most that many of the workers, so other users' deliveries still find one free (a red-team's
+finding: with one first-come pool, one user's silent receiver took every slot); their own
+deliveries queue behind.
 
 Every attempt is logged (fields ``job_id``, ``to_state``, ``attempt``, ``outcome``,
 ``webhook``: the URL's origin only), counted (``hpcgw_webhook_attempts``) and recorded as a
@@ -25,6 +32,7 @@ import asyncio
 import json
 import logging
 from collections import deque
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
@@ -34,10 +42,12 @@ from ..webhooks.addresses import shown
 from ..webhooks.delivery import Attempt, backoff, make_session, post_once
 from ..webhooks.signing import webhook_secret
 from .context import JobContext
+from .fairqueue import FairQueue
 
 log = logging.getLogger(__name__)
 POLL_INTERVAL = 0.5  # seconds between two looks at the events table
-MAX_IN_FLIGHT = 32  # POSTs at the same time, all jobs together
+MAX_IN_FLIGHT = 32  # POSTs at the same time, all users together (the workers)
+PER_USER = 4  # POSTs at the same time for the jobs of one user
 
 
 def payload(change: StateChange) -> bytes:
@@ -48,11 +58,25 @@ def payload(change: StateChange) -> bytes:
     }, separators=(",", ":")).encode()
 
 
+@dataclass
+class _Job:
+    """A job's deliveries still to make: ``changes[0]`` is the one being attempted, after
+    ``attempts`` attempts of it so far."""
+
+    owner: str  # the job owner's gateway user id, the fair queue's key
+    changes: deque[StateChange] = field(default_factory=deque)
+    attempts: int = 0
+
+
 class WebhookDeliverer:
     """Delivers the state changes of jobs with a webhook; :meth:`run` until cancelled.
 
     ``resolver`` resolves receivers' names (default: the system's, through a thread); the
     address policy is applied to whatever it answers. ``poll_interval`` is for tests.
+
+    A job with deliveries to make is in exactly one place at a time: waiting in the fair
+    queue, with a worker for one attempt, or waiting out its backoff; that is what keeps its
+    deliveries in order.
     """
 
     def __init__(self, ctx: JobContext, resolver: AbstractResolver | None = None,
@@ -61,17 +85,19 @@ class WebhookDeliverer:
         self._settings = ctx.config.webhooks
         self._resolver = resolver
         self._poll_interval = poll_interval
-        self._pending: dict[str, deque[StateChange]] = {}  # job id -> its deliveries to make
-        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._pending: dict[str, _Job] = {}  # job id -> its deliveries to make
+        self._queue = FairQueue(PER_USER)  # (owner, job id) of jobs due for an attempt
 
     async def run(self) -> None:
         """Follow the events table from its newest row on; cancel to stop (deliveries under
-        way are dropped, their session closed)."""
+        way or pending are dropped, their session closed)."""
         store = self._ctx.store
         watermark = store.last_event_id()
         resolver = self._resolver or aiohttp.ThreadedResolver()
         async with make_session(resolver, self._settings.allow_private, MAX_IN_FLIGHT) as session, \
                 asyncio.TaskGroup() as group:
+            for number in range(MAX_IN_FLIGHT):
+                group.create_task(self._work(group, session), name=f"webhooks-{number}")
             while True:
                 try:
                     watermark, changes = store.webhooks.changes_since(watermark)
@@ -79,51 +105,72 @@ class WebhookDeliverer:
                     log.exception("webhook deliverer: reading the events failed")
                     changes = []
                 for change in changes:
-                    self._enqueue(group, session, change)
+                    self._enqueue(change)
                 await asyncio.sleep(self._poll_interval)
 
-    def _enqueue(self, group: asyncio.TaskGroup, session: aiohttp.ClientSession,
-                 change: StateChange) -> None:
-        """Queue ``change`` behind its job's pending deliveries; start the job's delivery
-        task if it has none running."""
-        queue = self._pending.get(change.job_id)
-        if queue is not None:
-            queue.append(change)
+    def _enqueue(self, change: StateChange) -> None:
+        """Queue ``change`` behind its job's pending deliveries; a job that had none joins
+        the fair queue under its owner."""
+        job = self._pending.get(change.job_id)
+        if job is not None:  # queued, under way or backing off: it comes to this one later
+            job.changes.append(change)
             return
-        self._pending[change.job_id] = deque([change])
-        group.create_task(self._deliver_job(session, change.job_id),
-                          name=f"webhook-{change.job_id}")
+        job = self._pending[change.job_id] = _Job(str(change.user_id), deque([change]))
+        self._queue.put_nowait(job.owner, change.job_id)
 
-    async def _deliver_job(self, session: aiohttp.ClientSession, job_id: str) -> None:
-        """Deliver the job's queued changes in order, until none is left."""
-        queue = self._pending[job_id]
-        try:
-            while queue:
-                try:
-                    await self._deliver(session, queue[0])
-                except Exception:  # a bug must not stop the job's later deliveries
-                    log.exception("webhook delivery failed", extra={"job_id": job_id})
-                queue.popleft()
-        finally:
+    async def _work(self, group: asyncio.TaskGroup, session: aiohttp.ClientSession) -> None:
+        """One worker: take the next job due (users in turn), make one attempt of its first
+        delivery, then send the job on (:meth:`_after`); until cancelled."""
+        while True:
+            owner, job_id = await self._queue.get()
+            try:
+                wait = await self._attempt(session, job_id, self._pending[job_id])
+            finally:
+                self._queue.done(owner)
+            self._after(group, job_id, wait)
+
+    def _after(self, group: asyncio.TaskGroup, job_id: str, wait: float | None) -> None:
+        """After an attempt: with ``wait``, the job rejoins the queue once it has passed;
+        without, its first delivery is over and the job rejoins at once for its next one,
+        or leaves if it has none."""
+        job = self._pending[job_id]
+        if wait is not None:
+            group.create_task(self._retry_after(wait, job_id, job), name=f"webhook-{job_id}")
+            return
+        job.changes.popleft()
+        job.attempts = 0
+        if job.changes:
+            self._queue.put_nowait(job.owner, job_id)
+        else:
             del self._pending[job_id]
 
-    async def _deliver(self, session: aiohttp.ClientSession, change: StateChange) -> None:
-        """One delivery: attempts until one succeeds, the address is refused, or
-        ``max_attempts`` have failed; each attempt recorded."""
+    async def _retry_after(self, wait: float, job_id: str, job: _Job) -> None:
+        """The job rejoins the queue, behind its owner's others, ``wait`` s from now."""
+        await asyncio.sleep(wait)
+        self._queue.put_nowait(job.owner, job_id)
+
+    async def _attempt(self, session: aiohttp.ClientSession, job_id: str,
+                       job: _Job) -> float | None:
+        """One attempt of the job's first delivery, recorded; the backoff to wait before the
+        next attempt, or None when the delivery is over (delivered, the address refused,
+        ``max_attempts`` failed, or a bug here: logged, and the job's next delivery goes)."""
         settings = self._settings
-        body = payload(change)
-        secret = webhook_secret(self._ctx.config.gateway.cookie_secret, change.user_id)
-        for number in range(1, settings.max_attempts + 1):
-            async with self._in_flight:
-                attempt = await post_once(session, change.url, body, secret,
-                                          timeout=settings.timeout_s,
-                                          allow_private=settings.allow_private)
-            last = attempt.delivered or attempt.refused or number == settings.max_attempts
-            wait = None if last else backoff(number, settings.backoff_s, settings.max_backoff_s)
-            self._record(change, number, attempt, wait)
-            if wait is None:
-                return
-            await asyncio.sleep(wait)
+        change = job.changes[0]
+        job.attempts += 1
+        try:
+            secret = webhook_secret(self._ctx.config.gateway.cookie_secret, change.user_id)
+            attempt = await post_once(session, change.url, payload(change), secret,
+                                      timeout=settings.timeout_s,
+                                      allow_private=settings.allow_private)
+            last = (attempt.delivered or attempt.refused
+                    or job.attempts >= settings.max_attempts)
+            wait = None if last else backoff(job.attempts, settings.backoff_s,
+                                             settings.max_backoff_s)
+            self._record(change, job.attempts, attempt, wait)
+        except Exception:  # a bug must not stop the job's later deliveries
+            log.exception("webhook delivery failed", extra={"job_id": job_id})
+            return None
+        return wait
 
     def _record(self, change: StateChange, number: int, attempt: Attempt,
                 wait: float | None) -> None:

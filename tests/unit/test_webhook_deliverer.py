@@ -2,7 +2,8 @@
 unless a test is about the policy): each state change of a job with a webhook is POSTed once
 delivered, signed with its owner's secret, retried with backoff, in the job's order; a job's
 retries hold back no other job; every attempt is a ``webhook`` row of the job's events, logged
-and counted, and none of them names the secret, the signature or the URL's path."""
+and counted, and none of them names the secret, the signature or the URL's path; one user's
+silent receiver holds back no other user's deliveries."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 from aiohttp.abc import AbstractResolver
 
 from gateway.config import Config, parse_config
-from gateway.jobs.webhooks import WebhookDeliverer
+from gateway.jobs.webhooks import MAX_IN_FLIGHT, PER_USER, WebhookDeliverer
 from gateway.logs import JSONFormatter
 from gateway.states import Reason, State
 from gateway.store import Store, User
@@ -164,6 +165,33 @@ async def test_a_job_being_retried_holds_back_no_other_job(
             (quick, "accepted"), (quick, "staging")]
         assert len(stuck.deliveries) == 1  # its staging waits for its accepted
 
+
+
+async def test_a_users_silent_receiver_holds_back_no_other_users_deliveries(
+    tmp_path: Path, store: Store, alice: User, start: Callable[..., Any]
+) -> None:
+    """Found by a red-team: the deliverer's slots were one first-come pool, so bob's jobs,
+    aimed at a receiver that takes the connection and never answers, held every slot for
+    ``timeout_s`` per attempt and everyone else's deliveries waited behind his. Now at most
+    PER_USER of his are under way while more than all the slots' worth wait; alice's goes
+    meanwhile, and his all go once his receiver answers."""
+    bob = store.users.add_user("bob", "bob")
+    silent = asyncio.Event()  # bob's receiver answers nothing until the test sets it
+    async with receiving(Receiver(hold=silent)) as bobs, receiving() as alices:
+        await start(webhooks_config(tmp_path, timeout_s=60))  # no attempt times out here
+        his = [add_job(store, bob, f"{number:016x}", spec=hooked(bobs.url))["id"]
+               for number in range(MAX_IN_FLIGHT + PER_USER)]
+        await bobs.wait_for(PER_USER)
+        hers = add_job(store, alice, "a" * 16, spec=hooked(alices.url))["id"]
+        [got] = await alices.wait_for(1)
+        assert (got.data["job_id"], got.data["state"]) == (hers, "accepted")
+        assert len(bobs.deliveries) == PER_USER  # the rest of his wait their turn
+        silent.set()
+        delivered = await bobs.wait_for(len(his))
+    assert sorted(d.data["job_id"] for d in delivered) == sorted(his)  # each once
+    await until(lambda: all(len(delivery_rows(store, job)) == 1 for job in his),
+                "a delivery row for each of bob's jobs")
+    assert all(delivery_rows(store, job)[0]["message"].endswith("HTTP 204") for job in his)
 
 async def test_after_max_attempts_a_delivery_is_given_up_and_the_next_one_goes(
     tmp_path: Path, store: Store, alice: User, start: Callable[..., Any]
