@@ -132,7 +132,8 @@ def notebook_cells(notebook: dict[str, Any]) -> list[dict[str, Any]]:
         if cell.get("cell_type") == "markdown" and len(source) <= budget:
             budget -= len(source)
             html = Markup(_MARKDOWN.render(source))  # noqa: S704 - raw HTML off, see above
-        shown_outputs, dicts = [], [o for o in outputs or [] if isinstance(o, dict)]
+        dicts = [o for o in outputs or [] if isinstance(o, dict)]
+        shown_outputs: list[dict[str, str]] = []
         while len(shown_outputs) < len(dicts) and not room.full:
             shown_outputs.append(one := _output(dicts[len(shown_outputs)]))
             room.took(one.get("text") or one.get("src") or "")
