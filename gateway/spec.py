@@ -8,6 +8,7 @@ field into one :class:`ValidationFailed` (422) before anything reaches Slurm. Th
 
 from __future__ import annotations
 
+import json
 import keyword
 import re
 import unicodedata
@@ -137,6 +138,25 @@ class WebhookSpec(BaseModel):
         return check_url(value)
 
 
+# What a job's parameters may hold in all: every answer that shows the job parses, checks and
+# writes them again (a list of 100 jobs of 60 KiB of [[],[],...] each took seconds).
+MAX_PARAMETER_VALUES = 1_000
+MAX_PARAMETERS_BYTES = 16 * 1024
+
+
+def _json_values(value: Any) -> int:
+    """How many JSON values ``value`` holds, itself and every one nested (iterative)."""
+    count, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
 class JobSpec(BaseModel):
     """A job as a client asks for it (design.md §3, "A job spec")."""
 
@@ -184,11 +204,16 @@ class JobSpec(BaseModel):
 
     @field_validator("parameters")
     @classmethod
-    def _parameter_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _parameters(cls, value: dict[str, Any]) -> dict[str, Any]:
         # papermill writes `name = value` into the notebook: a name must be a plain identifier.
         bad = [k for k in value if not k.isidentifier() or keyword.iskeyword(k)]
         if bad:
             raise ValueError(f"parameter names must be Python identifiers: {bad!r}"[:300])
+        if _json_values(value) > MAX_PARAMETER_VALUES or len(
+                json.dumps(value, separators=(",", ":"))) > MAX_PARAMETERS_BYTES:
+            raise ValueError(
+                f"at most {MAX_PARAMETER_VALUES} values and {MAX_PARAMETERS_BYTES // 1024} KiB "
+                "in all: parameters are settings; send data as a side file or an input")
         return value
 
 

@@ -173,6 +173,7 @@ async def _messages(service: JobService, streams: JobStreams,
             yield _message(event_id, job, everyone)
             after = sent = event_id
         if len(changes) == BATCH:
+            await asyncio.sleep(0)  # a long history: the loop serves others between batches
             continue
         after = max(after, seen)
         try:

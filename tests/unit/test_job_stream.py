@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from gateway.api import stream
 from gateway.api.stream import STREAMS, JobStreams
 from gateway.config import parse_config
 from gateway.jobs.oversight import set_user
@@ -215,3 +216,30 @@ async def test_the_position_moves_past_other_users_changes(site: Site) -> None:
 
         text = await asyncio.wait_for(heartbeats_until_newest(), 5)
     assert b"event: job" not in text  # nothing of alice's, but EventSource resumes from there
+
+
+async def test_a_long_history_goes_out_batch_by_batch_with_the_loop_turning_between(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream from ``after=0`` over a long history: between batches the loop serves others
+    (a red-team's stream replayed a user's whole history without letting go of the loop)."""
+    monkeypatch.setattr(stream, "_message", lambda event_id, job, everyone: b"message")
+    history = 3 * stream.BATCH
+
+    class History:
+        def event_watermark(self) -> int:
+            return history
+
+        def job_changes(self, user: Any, after: int, *, everyone: bool,
+                        limit: int) -> list[tuple[int, dict[str, Any]]]:
+            return [(n, {}) for n in range(after + 1, min(after + limit, history) + 1)]
+
+    others: list[str] = []
+    asyncio.get_running_loop().call_soon(others.append, "served")
+    messages = stream._messages(History(), JobStreams(), lambda: object(),  # type: ignore[arg-type]
+                                0, False)
+    for _ in range(stream.BATCH):
+        await anext(messages)
+    assert others == []  # one batch: no turn of the loop in between
+    await anext(messages)
+    assert others == ["served"]
+    await messages.aclose()

@@ -87,6 +87,24 @@ def test_parameter_values_are_free_json() -> None:
     assert spec.parameters == {"lr": 0.1, "tag": "x = 1; import os#", "ys": [1, None]}
 
 
+@pytest.mark.parametrize(("parameters", "taken"), [
+    ({"ys": list(range(998))}, True),  # the object, the list and 998 numbers: 1,000 values
+    ({"ys": list(range(999))}, False),
+    ({"ys": [[]] * 999}, False),  # (a red-team's cheapest costly value, 60 KiB of it before)
+    ({"text": "x" * (16 * 1024 - 11)}, True),  # {"text":"..."}: 16 KiB
+    ({"text": "x" * (16 * 1024 - 10)}, False),
+])
+def test_parameters_are_settings_not_data(parameters: dict[str, Any], taken: bool) -> None:
+    """Every answer that shows a job parses, checks and writes its parameters again: a list
+    of 100 jobs with 60 KiB of ``[[],[],...]`` each stopped the gateway for seconds."""
+    if taken:
+        assert parse_spec({"parameters": parameters}).parameters == parameters
+    else:
+        error = refused({"parameters": parameters})
+        assert fields_of(error) == {"parameters"}
+        assert "at most 1000 values and 16 KiB" in str(error.errors)
+
+
 @pytest.mark.parametrize("name", [
     "run\n#SBATCH --output=/tmp/y",
     "run\r",
