@@ -59,7 +59,7 @@ async def test_a_document_that_takes_too_long_or_too_much_memory_is_given_up() -
     """The worker is killed and the caller gets WorkFailed; the next document gets a new
     worker. If this fails, one document could hold the worker (and every upload behind it)
     for ever, or grow without bound."""
-    offload = Offload(timeout=1.0, memory=512 << 20)
+    offload = Offload(timeout=5.0, memory=512 << 20)  # (time to start a worker under load)
     try:
         first = await offload.run(IN_PROCESS_UP_TO + 1, where, b"")
         with pytest.raises(WorkFailed):
