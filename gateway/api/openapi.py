@@ -239,7 +239,7 @@ def _other_paths() -> dict[str, Any]:
                               headers={"Location": {"required": True,
                                                     "schema": {"type": "string"}}}),
                  "400": _PROBLEM, "409": _PROBLEM, "413": _PROBLEM, "415": _PROBLEM,
-                 "422": _PROBLEM},
+                 "422": _PROBLEM, "429": _PROBLEM},
                 requestBody={"required": True, "content": {
                     "application/json": {"schema": _ref("StorageRequest")}}})},
         "/api/v1/storage/{name}": {

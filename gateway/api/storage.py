@@ -4,7 +4,7 @@
 optionally ``host_key`` and ``private_key``); without a host key the gateway answers 409 with
 the key the server offers, to confirm. The answer's ``public_key`` goes into the storage
 account's ``authorized_keys``. Private keys are never returned. Another user's storage server
-is a 404, as a missing one.
+is a 404, as a missing one. A user has at most 50 (``MAX_STORAGE_SERVERS``; 429 past it).
 """
 
 from __future__ import annotations

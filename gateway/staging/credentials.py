@@ -8,6 +8,8 @@ from the user; without one the cluster is asked, by the user's own account, for 
 server offers (:func:`scan_host_key`: where staging connects from; the gateway's host connects
 nowhere) and the answer is :class:`HostKeyUnconfirmed` (409, with the key and its
 fingerprint) so the user confirms it and asks again with it, as ``ssh`` does on first contact.
+A user has at most :data:`MAX_STORAGE_SERVERS`; the name and that cap are checked first, before
+the cluster is asked or a key is made or checked.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import HOST, IDENTIFIER, UNIX_USER, StagingConfig
-from ..errors import Conflict, FieldError, GatewayError, ValidationFailed
+from ..errors import Conflict, FieldError, GatewayError, TooManyRequests, ValidationFailed
 from ..store.storage import StorageTable
 from ..transport import Transport
 from ..users import User
@@ -63,6 +65,9 @@ def _check_target(name: str, host: str, port: int, username: str) -> None:
         raise ValidationFailed(errors)
 
 
+# The most storage servers one gateway user may register (429 past it, limit
+# "storage_servers"): a handful per project is the use; the cap keeps every listing short.
+MAX_STORAGE_SERVERS = 50
 KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-", "ssh-rsa")  # the one pinned: the first offered
 # The host key a server offers, as the user sees it from the cluster (scan_host_key).
 OfferedKey = Callable[[User, str, int], Awaitable[str]]
@@ -81,8 +86,13 @@ class StorageCredentials:
                   ) -> dict[str, Any]:
         """Register a storage server for ``user``; its view, whose ``public_key`` goes into
         the server's ``authorized_keys``. 422 for bad fields or keys, 409 for a name already
-        used or (:class:`HostKeyUnconfirmed`) a host key to confirm first."""
+        used or (:class:`HostKeyUnconfirmed`) a host key to confirm first, 429 when ``user``
+        has :data:`MAX_STORAGE_SERVERS` already. The name and the cap are checked before the
+        cluster is asked or a key made or checked, and nothing is awaited between that check
+        and the insert once a host key is known (two requests cannot both take the last
+        place; two of one name get one 409 from the insert)."""
         _check_target(name, host, port, username)
+        self._check_room(user, name)
         if host_key is None and (host, port) not in self._pinned:
             raise await self._offered_host_key(user, host, port)
         pinned = self._host_key(host, port, host_key)
@@ -95,6 +105,18 @@ class StorageCredentials:
             "host_key": pinned, "public_key": public,
             "sealed_key": seal(self._secret, key, owner=user.id, name=name)})
         return storage_view(row)
+
+    def _check_room(self, user: User, name: str) -> None:
+        """409 if ``user`` has a storage server ``name``; 429 (``limit`` "storage_servers")
+        if ``user`` has :data:`MAX_STORAGE_SERVERS` of them."""
+        if self._table.has(user.id, name):
+            raise self._table.taken(name)
+        count = self._table.count(user.id)
+        if count >= MAX_STORAGE_SERVERS:
+            raise TooManyRequests(
+                f"you have {count} storage servers, the most allowed per user "
+                f"({MAX_STORAGE_SERVERS}); remove one first (hpcgw storage remove NAME)",
+                limit="storage_servers", value=MAX_STORAGE_SERVERS)
 
     def _host_key(self, host: str, port: int, given: str | None) -> str:
         """The key to pin: the admin's, or ``given`` (which must then match the admin's)."""
@@ -128,8 +150,8 @@ class StorageCredentials:
         self._table.remove(user.id, name)
 
     def known(self, user: User, name: str) -> bool:
-        """Whether ``user`` has a storage server ``name``."""
-        return any(row["name"] == name for row in self._table.list(user.id))
+        """Whether ``user`` has a storage server ``name`` (one indexed lookup)."""
+        return self._table.has(user.id, name)
 
     def for_transfer(self, user_id: int, name: str) -> Transfer:
         """Everything a transfer needs from ``user_id``'s storage server ``name``, its private

@@ -26,9 +26,23 @@ class StorageTable:
             self._db.table("storage").insert(
                 {**row, "user_id": user_id, "created_at": utcnow()})
         except sqlite3.IntegrityError:
-            raise Conflict(f"you already have a storage server named {row['name']!r}",
-                           name=row["name"]) from None
+            raise self.taken(row["name"]) from None
         return self.get(user_id, row["name"])
+
+    @staticmethod
+    def taken(name: str) -> Conflict:
+        """The 409 for a storage server name the user already has."""
+        return Conflict(f"you already have a storage server named {name!r}", name=name)
+
+    def has(self, user_id: int, name: str) -> bool:
+        """Whether ``user_id`` has a storage server ``name`` (the unique index's lookup)."""
+        return self._db.execute("SELECT 1 FROM storage WHERE user_id = ? AND name = ?",
+                                [user_id, name]).fetchone() is not None
+
+    def count(self, user_id: int) -> int:
+        """How many storage servers ``user_id`` has."""
+        return int(self._db.execute("SELECT COUNT(*) FROM storage WHERE user_id = ?",
+                                    [user_id]).fetchone()[0])
 
     def get(self, user_id: int, name: str, *, sealed: bool = False) -> dict[str, Any]:
         """``user_id``'s storage server ``name`` (with ``sealed_key`` if asked); NotFound."""

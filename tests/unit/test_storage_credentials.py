@@ -1,31 +1,93 @@
 """Storage credentials (gateway.staging, /api/v1/storage) without a storage server: keys sealed
 at rest and bound to their row, uploads checked, each user's servers invisible to others, the
-admin's pinned host keys, first contact asked of the cluster. First contact with a real sshd:
-tests/integration/test_staging.py."""
+admin's pinned host keys, first contact asked of the cluster, at most MAX_STORAGE_SERVERS per
+user, and an uploaded RSA key checked in microseconds (its size bounded, before anything
+costly). First contact with a real sshd: tests/integration/test_staging.py."""
 
 from __future__ import annotations
 
 import asyncio
+import math
+import secrets
 import socket
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 import pytest
 from aiohttp.test_utils import TestClient
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from gateway.api.keys import STORAGE
 from gateway.config import parse_config
 from gateway.errors import ValidationFailed
 from gateway.server import STORE, make_app
+from gateway.staging.credentials import MAX_STORAGE_SERVERS
 from gateway.staging.hostkeys import fingerprint, parse_host_key
-from gateway.staging.keys import SealedKeyError, check_private_key, generate_key, seal, unseal
+from gateway.staging.keys import (
+    MAX_RSA_BITS,
+    SealedKeyError,
+    check_private_key,
+    generate_key,
+    seal,
+    unseal,
+)
+from gateway.store.storage import StorageTable
 from gateway.transport import CommandResult
 
 SECRET = "k" * 40
 HOST_KEY = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
 OTHER_KEY = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
 PROBLEM = "application/problem+json"
+
+
+def unproven_rsa_key(bits: int, damage: int = 0) -> bytes:
+    """A PEM RSA key of ``bits`` bits whose numbers agree (n = pq, ed = 1, the CRT values)
+    but whose p and q are random odd numbers, not primes: made in milliseconds at any size,
+    and refused fast by a check that tests primality. ``damage`` is added to d once the CRT
+    values are made from it (2: every number in range, but they no longer agree)."""
+    e, half = 65537, bits // 2
+    while True:
+        p, q = (secrets.randbits(size) | (3 << (size - 2)) | 1 for size in (half, bits - half))
+        phi = (p - 1) * (q - 1)
+        if math.gcd(e, phi) == 1 and math.gcd(p, q) == 1 and (p * q).bit_length() == bits:
+            break
+    d = pow(e, -1, phi // math.gcd(p - 1, q - 1))
+    numbers = rsa.RSAPrivateNumbers(p, q, d + damage, d % (p - 1), d % (q - 1),
+                                    pow(q, -1, p), rsa.RSAPublicNumbers(e, p * q))
+    return numbers.private_key(unsafe_skip_rsa_key_validation=True).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption())
+
+
+@asynccontextmanager
+async def loop_watch(deadline: float = 60) -> AsyncIterator[list[float]]:
+    """How long the event loop kept a task waiting for each turn while the block ran (a
+    task asking for it every 10 ms, as everyone else's requests would); the block fails
+    after ``deadline`` seconds."""
+    waits: list[float] = []
+    last = time.monotonic()
+
+    async def everyone_else() -> None:
+        nonlocal last
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            waits.append(now - last)
+            last = now
+
+    ticking = asyncio.get_running_loop().create_task(everyone_else())
+    await asyncio.sleep(0.03)
+    try:
+        async with asyncio.timeout(deadline):
+            yield waits
+        waits.append(time.monotonic() - last)  # the wait since the last turn counts too
+    finally:
+        ticking.cancel()
 
 
 def test_a_sealed_key_opens_only_for_its_own_row_and_secret() -> None:
@@ -47,7 +109,10 @@ def test_a_sealed_key_opens_only_for_its_own_row_and_secret() -> None:
     (asyncssh.generate_private_key("ecdsa-sha2-nistp256").export_private_key(
         "pkcs8-pem", passphrase="pw"), "passphrase"),
     (asyncssh.generate_private_key("ssh-rsa", key_size=1024).export_private_key(),
-     "2048 bits"),
+     "RSA keys need 2048 to 4096 bits (this one has 1024)"),
+    (unproven_rsa_key(MAX_RSA_BITS + 8), f"(this one has {MAX_RSA_BITS + 8})"),
+    (unproven_rsa_key(20480), "RSA keys need 2048 to 4096 bits (this one has 20480)"),
+    (unproven_rsa_key(2048, damage=2), "not an SSH private key"),
     (b"x" * 20000, "over 16384 bytes"),
 ])
 def test_unusable_uploaded_keys_are_refused_without_quoting_them(key: bytes, message: str) -> None:
@@ -58,9 +123,15 @@ def test_unusable_uploaded_keys_are_refused_without_quoting_them(key: bytes, mes
     assert key[:40].decode(errors="replace") not in error["message"]
 
 
-def test_an_uploaded_key_keeps_its_public_half() -> None:
-    key = asyncssh.generate_private_key("ssh-ed25519")
-    private, public = check_private_key(key.export_private_key("openssh"))
+@pytest.mark.parametrize(("algorithm", "options"), [
+    ("ssh-ed25519", {}), ("ecdsa-sha2-nistp256", {}), ("ecdsa-sha2-nistp521", {}),
+    ("ssh-rsa", {"key_size": 2048}), ("ssh-rsa", {"key_size": MAX_RSA_BITS}),
+])
+@pytest.mark.parametrize("form", ["openssh", "pkcs8-pem"])
+def test_an_uploaded_key_keeps_its_public_half(
+        algorithm: str, options: dict[str, int], form: str) -> None:
+    key = asyncssh.generate_private_key(algorithm, **options)
+    private, public = check_private_key(key.export_private_key(form))
     assert public == key.export_public_key("openssh").decode().strip()
     assert asyncssh.import_private_key(private).export_public_key() == key.export_public_key()
 
@@ -227,3 +298,77 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def test_an_rsa_key_of_the_largest_size_is_taken_while_the_loop_keeps_turning(
+        gateway: tuple[TestClient[Any, Any], dict[str, dict[str, str]], Path]) -> None:
+    """Red-team: the library's check of an uploaded RSA key (primality tests, which hold the
+    interpreter's lock) ran on the event loop, before the name was looked at: 0.28 s here
+    for 4096 bits, 4.3 s for 8192, a minute for a 20,480-bit key under the 16 KiB cap, each
+    time bob sent it. Now its size is read first and its numbers checked in microseconds; a
+    taken name is a 409 before the key is even read."""
+    client, auth, _ = gateway
+    key = await asyncio.to_thread(asyncssh.generate_private_key, "ssh-rsa",
+                                  key_size=MAX_RSA_BITS)
+    pem = key.export_private_key("pkcs1-pem")
+    started = time.monotonic()
+    await asyncio.to_thread(asyncssh.import_private_key, pem)  # the library's check, here
+    library_check = time.monotonic() - started
+    async with loop_watch() as waits:
+        reply = await client.post("/api/v1/storage", headers=auth["bob"],
+                                  json=request(private_key=pem.decode()))
+    assert reply.status == 201, await reply.text()
+    assert (await reply.json())["public_key"] == key.export_public_key().decode().strip()
+    assert max(waits) < library_check / 2, (
+        f"the loop stood still {max(waits):.3f} s; the library's check takes "
+        f"{library_check:.3f} s")
+    again = await client.post("/api/v1/storage", headers=auth["bob"],
+                              json=request(private_key="not even a key"))
+    assert again.status == 409, await again.text()  # the name, before the key
+    assert (await again.json(content_type=PROBLEM))["name"] == "data"
+
+
+async def test_a_user_has_at_most_max_storage_servers(
+        gateway: tuple[TestClient[Any, Any], dict[str, dict[str, str]], Path]) -> None:
+    """Red-team: nothing limited how many storage servers a user registered (bob: 100,000
+    in a couple of minutes), and each listing of them, and each job naming one, went
+    through all of them on the event loop."""
+    client, auth, _ = gateway
+    for number in range(MAX_STORAGE_SERVERS):
+        reply = await client.post("/api/v1/storage", headers=auth["bob"],
+                                  json=request(f"s{number}"))
+        assert reply.status == 201, await reply.text()
+    over = await client.post("/api/v1/storage", headers=auth["bob"], json=request("more"))
+    assert (over.status, over.content_type) == (429, PROBLEM)
+    problem = await over.json(content_type=PROBLEM)
+    assert (problem["limit"], problem["value"]) == ("storage_servers", MAX_STORAGE_SERVERS)
+    assert f"({MAX_STORAGE_SERVERS})" in problem["detail"] and "Retry-After" not in over.headers
+    listed = await (await client.get("/api/v1/storage", headers=auth["bob"])).json()
+    assert len(listed["storage"]) == MAX_STORAGE_SERVERS
+    # A name bob has is still a 409, as before; alice's servers count for alice only.
+    taken = await client.post("/api/v1/storage", headers=auth["bob"], json=request("s0"))
+    assert taken.status == 409
+    assert (await client.post("/api/v1/storage", headers=auth["alice"],
+                              json=request("more"))).status == 201
+    assert (await client.delete("/api/v1/storage/s0", headers=auth["bob"])).status == 204
+    assert (await client.post("/api/v1/storage", headers=auth["bob"],
+                              json=request("more"))).status == 201
+
+
+async def test_known_looks_one_name_up(
+        gateway: tuple[TestClient[Any, Any], dict[str, dict[str, str]], Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job's storage names are checked by lookup, never by listing all the user's servers."""
+    client, auth, _ = gateway
+    assert (await client.post("/api/v1/storage", json=request(),
+                              headers=auth["alice"])).status == 201
+    credentials = client.app[STORAGE]
+    users = client.app[STORE].users
+    alice, bob = users.get_user("alice"), users.get_user("bob")
+
+    def no_listing(*_: Any) -> None:
+        raise AssertionError("known() listed every storage server")
+
+    monkeypatch.setattr(StorageTable, "list", no_listing)
+    assert credentials.known(alice, "data")
+    assert not credentials.known(alice, "other") and not credentials.known(bob, "data")
