@@ -278,4 +278,5 @@ async def test_the_event_loop_keeps_turning_while_outputs_unpack(tmp_path: Path)
     finally:
         ticking.cancel()
     assert missing == [] and entries_under(job / LOCAL_DIR) == MAX_OUTPUT_ENTRIES
-    assert ticks > 0 and worst < 0.25, f"the event loop stood still for {worst:.2f} s"
+    # (0.92 s on the loop itself; under a loaded machine a thread still costs tenths)
+    assert ticks > 0 and worst < 0.5, f"the event loop stood still for {worst:.2f} s"
