@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,11 +16,13 @@ from ..runtimes import ContainerRuntime, load_runtime
 from ..runtimes.none import HostRuntime
 from ..scheduler import SchedulerBackend, load_backend
 from ..transport import Transport, load_transport
+from .keyedtasks import KeyedTasks
 from .tracked import TrackedJobs
 
 log = logging.getLogger(__name__)
 UID = re.compile(rb"^([0-9]{1,10})\n?\Z")
 ACCOUNT_QUERY_TIMEOUT = 10.0
+RESENDS_PER_USER = 2  # scancels the poller re-sends at once for one unix user
 
 
 @dataclass
@@ -40,6 +43,14 @@ class ClusterLink:
     missing_since: dict[str, float] = field(default_factory=dict)
     # Gateway job ids whose scancel went through (not re-sent every cycle).
     cancel_sent: set[str] = field(default_factory=set)
+    # Gateway job id -> scancels of it under way, whoever sent them (the poller sends no more).
+    cancelling: Counter[str] = field(default_factory=Counter)
+    # The poller's re-sends of scancel under way: one per job, a few per unix user; the poller
+    # owns them (cancelled when it ends). And job id -> (monotonic time before which a cancel
+    # that failed is not re-sent, the wait that was), for the backoff.
+    resends: KeyedTasks = field(
+        default_factory=lambda: KeyedTasks("resend-cancel", RESENDS_PER_USER))
+    resend_after: dict[str, tuple[float, float]] = field(default_factory=dict)
     # The jobs the poller follows, kept between its cycles.
     tracked: TrackedJobs = field(default_factory=TrackedJobs)
     # The cluster as the scheduler last described it (``cluster_info()``, refreshed by the
@@ -56,13 +67,20 @@ class ClusterLink:
 
     async def send_cancel(self, job: dict[str, Any]) -> bool:
         """scancel ``job`` as its owner and remember that it went through; False (logged) while
-        the scheduler can't be reached, so the poller sends it again later."""
+        the scheduler can't be reached or the command failed or timed out, so the poller sends
+        it again later. While it runs the job counts in ``cancelling``."""
+        job_id = job["id"]
+        self.cancelling[job_id] += 1
         try:
             await self.backend.cancel(job["slurm_job_id"], user=job["unix_user"])
         except (ClusterUnavailable, CommandFailed) as exc:
-            log.warning("scancel of job %s deferred: %s", job["id"], exc.detail)
+            log.warning("scancel of job %s deferred: %s", job_id, exc.detail)
             return False
-        self.cancel_sent.add(job["id"])
+        finally:
+            self.cancelling[job_id] -= 1
+            if self.cancelling[job_id] <= 0:
+                del self.cancelling[job_id]
+        self.cancel_sent.add(job_id)
         return True
 
     async def person_account(self, unix_user: str, uids: range) -> bool:

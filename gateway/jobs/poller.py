@@ -9,12 +9,20 @@ no state: jobs keep their last state with ``scheduler_reachable: false``. A job 
 longer lists is handed to the collector after ``lost_after`` seconds (the collector decides
 between its exit record and ``lost``). The cycle is fast while young jobs exist and backs off
 when all jobs are old.
+
+A cancel that could not reach the scheduler is re-sent until Slurm says the job ended, but never
+inside the cycle: scancel runs as the job's user, who decides how long it takes (up to
+``command_timeout``), so the cycle only starts re-sends, in tasks the poller owns
+(``ClusterLink.resends``): one at a time per job (none while any scancel of it is under way),
+:data:`~.clusters.RESENDS_PER_USER` per unix user, and after a failed one not again for a wait
+that doubles from :data:`RESEND_FIRST_WAIT` up to :data:`RESEND_LONGEST_WAIT` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -31,16 +39,23 @@ from .context import JobContext
 
 log = logging.getLogger(__name__)
 MIN_GAP = 0.2  # seconds between two cycles, however often the poller is woken
+RESEND_FIRST_WAIT = 2.0  # seconds before a scancel that failed is re-sent, doubling each time
+RESEND_LONGEST_WAIT = 60.0  # ... up to this
 
 
 async def poll_forever(ctx: JobContext, link: ClusterLink) -> None:
-    while True:
-        interval = await poll_cycle(ctx, link)
-        await refresh_view(link, ctx.config.poll.old_interval)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(link.wake.wait(), interval)
-        link.wake.clear()
-        await asyncio.sleep(MIN_GAP)
+    """Poll ``link``'s cluster until cancelled; the re-sends of scancel it started are
+    cancelled with it."""
+    try:
+        while True:
+            interval = await poll_cycle(ctx, link)
+            await refresh_view(link, ctx.config.poll.old_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(link.wake.wait(), interval)
+            link.wake.clear()
+            await asyncio.sleep(MIN_GAP)
+    finally:
+        await link.resends.close()
 
 
 async def poll_cycle(ctx: JobContext, link: ClusterLink) -> float:
@@ -138,7 +153,7 @@ async def poll_once(ctx: JobContext, link: ClusterLink) -> None:
         cycle.update(job_id, scheduler_reachable=1)
     _write(ctx, link, cycle)
     tracked.evaluated.update(changed)
-    await _send_pending_cancels(link)
+    _resend_cancels(link)
 
 
 def _unbelievable(link: ClusterLink, changed: dict[str, SchedulerStatus]) -> set[str]:
@@ -216,12 +231,42 @@ def _write(ctx: JobContext, link: ClusterLink, cycle: Cycle) -> None:
                 ctx.job_started(job_id)
 
 
-async def _send_pending_cancels(link: ClusterLink) -> None:
-    """Re-send scancel for jobs whose cancel could not reach the scheduler before."""
-    tracked = link.tracked
+def _resend_cancels(link: ClusterLink) -> None:
+    """Start re-sending scancel for the tracked jobs whose cancel has not gone through, in
+    ``link.resends``; nothing here waits for one.
+
+    A job is passed over (and looked at again next cycle) while a scancel of it is under way,
+    whoever sent it, until its wait after a failed re-send is over, and while its unix user
+    has ``RESENDS_PER_USER`` re-sends under way. The waits of jobs no longer tracked are
+    dropped.
+    """
+    tracked, now = link.tracked, time.monotonic()
+    for job_id in link.resend_after.keys() - tracked.cancels:
+        del link.resend_after[job_id]
     for job_id in sorted(tracked.cancels - link.cancel_sent):
         job = tracked.jobs.get(job_id)
-        if job is None or not job["slurm_job_id"]:
+        if (job is None or not job["slurm_job_id"] or job_id in link.cancelling
+                or link.resend_after.get(job_id, (0.0, 0.0))[0] > now):
             continue
-        if not await link.send_cancel(job):
-            return
+        link.resends.start(job_id, job["unix_user"], functools.partial(_resend, link, job))
+
+
+async def _resend(link: ClusterLink, job: dict[str, Any]) -> None:
+    """scancel ``job`` once more: gone through, the poller looks at once (its next status
+    ends the job); failed, not again for twice the previous wait (RESEND_FIRST_WAIT at first,
+    at most RESEND_LONGEST_WAIT)."""
+    job_id = job["id"]
+    try:
+        sent = await link.send_cancel(job)
+    except Exception:
+        log.exception("scancel of job %s failed", job_id)
+        sent = False
+    if sent:
+        link.resend_after.pop(job_id, None)
+        if job_id not in link.tracked.jobs:  # it ended meanwhile: nothing to remember
+            link.cancel_sent.discard(job_id)
+        link.wake.set()
+        return
+    last = link.resend_after.get(job_id, (0.0, RESEND_FIRST_WAIT / 2))[1]
+    wait = min(RESEND_LONGEST_WAIT, 2 * last)
+    link.resend_after[job_id] = (time.monotonic() + wait, wait)

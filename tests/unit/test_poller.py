@@ -1,11 +1,14 @@
 """The poll cycle against a fake scheduler: transitions and their events, one status query per
 cycle, only changed jobs evaluated, the in-memory tracked jobs following other writers, failed
-polls and failed cycles."""
+polls and failed cycles; cancels re-sent outside the cycle, bounded per job and per user, with a
+backoff."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +17,8 @@ import pytest
 import gateway.jobs.poller as poller
 import gateway.jobs.tracked as tracked_module
 from gateway.config import Config
-from gateway.jobs.clusters import ClusterLink
+from gateway.errors import ClusterUnavailable
+from gateway.jobs.clusters import RESENDS_PER_USER, ClusterLink
 from gateway.jobs.poller import poll_cycle
 from gateway.scheduler import SchedulerState, SchedulerStatus
 from gateway.states import Reason, State
@@ -48,11 +52,13 @@ class Setup:
         queue = self.ctx.collect_queue
         return [queue.get_nowait() for _ in range(queue.qsize())]
 
-    async def job(self, n: int, state: State = State.PENDING) -> tuple[str, str]:
-        """A gateway job in ``state`` (pending or running) with its Slurm job; (id, Slurm id)."""
-        job_id = f"{n:016x}"
-        slurm_job_id = self.backend.enqueue("alice", job_id)
-        add_job(self.store, self.user, job_id, state=state,
+    async def job(self, n: int, state: State = State.PENDING,
+                  user: User | None = None) -> tuple[str, str]:
+        """A gateway job of ``user`` (alice if None) in ``state`` (pending or running) with
+        its Slurm job; (id, Slurm id)."""
+        job_id, user = f"{n:016x}", user or self.user
+        slurm_job_id = self.backend.enqueue(user.unix_user, job_id)
+        add_job(self.store, user, job_id, state=state,
                 at={State.PENDING: {"slurm_job_id": slurm_job_id}})
         if state is State.RUNNING:
             self.backend.states[slurm_job_id] = SchedulerState.RUNNING
@@ -272,3 +278,108 @@ async def test_the_cluster_view_is_refreshed_by_the_poller_not_by_requests(setup
     await poller.refresh_view(setup.runtime, every=0)
     assert calls == 2 and setup.runtime.reachable is False
     assert setup.runtime.view is not None  # the last good view stays
+
+
+async def until(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    """Wait for ``condition``, failing with ``what`` after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
+        await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def polling(setup: Setup) -> AsyncIterator[None]:
+    """The cluster's poller, running while in the block (as the job service runs it)."""
+    task = asyncio.get_running_loop().create_task(poller.poll_forever(setup.ctx, setup.runtime))
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+class HangingCancels:
+    """The backend's scancel, except that one user's hangs until :meth:`release` of its Slurm
+    job id (as their login shell's rc file can make it, until ``command_timeout``)."""
+
+    def __init__(self, backend: FakeBackend, user: str) -> None:
+        self.user, self.plain = user, backend.cancel
+        self.started: list[str] = []  # Slurm job ids, in the order their scancel began
+        self.ended_by_cancel: list[str] = []  # ... that were cancelled while hanging
+        self._released: dict[str, asyncio.Event] = {}
+        backend.cancel = self.cancel  # type: ignore[method-assign]
+
+    async def cancel(self, slurm_job_id: str, *, user: str) -> None:
+        if user == self.user:
+            self.started.append(slurm_job_id)
+            try:
+                await self._released.setdefault(slurm_job_id, asyncio.Event()).wait()
+            except asyncio.CancelledError:
+                self.ended_by_cancel.append(slurm_job_id)
+                raise
+        await self.plain(slurm_job_id, user=user)
+
+    def release(self, slurm_job_id: str) -> None:
+        self._released.setdefault(slurm_job_id, asyncio.Event()).set()
+
+
+async def test_a_users_hanging_scancels_hold_up_no_one_and_are_bounded(setup: Setup) -> None:
+    """If this fails, bob holds up the poller of the whole cluster: one cancel of his that
+    never goes through (his shell sleeps in scancel) is re-sent inside every cycle, and
+    everyone's jobs are seen to start and end up to ``command_timeout`` late."""
+    bob = setup.store.users.add_user("bob", "bob")
+    alices, alices_slurm = await setup.job(1)
+    bobs = [await setup.job(n, user=bob) for n in (2, 3, 4)]
+    for job_id, _ in bobs:  # his cancel requests, whose scancel did not go through
+        setup.store.update_job(job_id, cancel_requested=1)
+    hanging = HangingCancels(setup.backend, "bob")
+    first, second, third = (slurm_job_id for _, slurm_job_id in bobs)
+    async with polling(setup):
+        await until(lambda: bool(hanging.started), 5.0, "bob's scancel re-sent")
+        setup.backend.states[alices_slurm] = SchedulerState.RUNNING
+        await until(lambda: setup.state(alices) == "running", 5.0,
+                    "alice's job seen running while bob's scancel hangs")
+        await until(lambda: len(hanging.started) == RESENDS_PER_USER == 2, 5.0,
+                    "two of bob's scancels re-sent at once")
+        calls = setup.backend.status_calls
+        await until(lambda: setup.backend.status_calls >= calls + 3, 5.0, "three more cycles")
+        assert hanging.started == [first, second]  # neither sent again, the third waits
+        hanging.release(first)
+        await until(lambda: setup.state(bobs[0][0]) == "collecting", 5.0,
+                    "bob's first job ended once his scancel went through")
+        await until(lambda: hanging.started == [first, second, third], 5.0,
+                    "his third scancel sent once a re-send of his ended")
+    assert setup.store.get_job(bobs[0][0])["slurm_state"] == "CANCELLED"
+    # The re-sends still hanging ended with the poller that started them.
+    assert sorted(hanging.ended_by_cancel) == [second, third]
+    assert len(setup.runtime.resends) == 0 and not setup.runtime.cancelling
+
+
+async def test_a_failed_resend_waits_longer_each_time_until_one_goes_through(
+        setup: Setup) -> None:
+    job_id, slurm_job_id = await setup.job(1)
+    setup.store.update_job(job_id, cancel_requested=1)
+    plain, failures = setup.backend.cancel, [0]
+
+    async def failing(slurm_job_id: str, *, user: str) -> None:
+        if failures[0] < 2:
+            failures[0] += 1
+            raise ClusterUnavailable("scancel: Unable to contact slurm controller")
+        await plain(slurm_job_id, user=user)
+
+    setup.backend.cancel = failing  # type: ignore[method-assign]
+    waits: list[float] = []
+    for _ in range(3):
+        await setup.cycle()  # the re-send runs in its own task, done by the next cycle
+        await setup.cycle()  # within its wait: not sent again
+        if job_id in setup.runtime.resend_after:
+            not_before, wait = setup.runtime.resend_after[job_id]
+            waits.append(wait)
+            setup.runtime.resend_after[job_id] = (not_before - wait, wait)  # the wait is over
+    assert failures == [2] and waits == [poller.RESEND_FIRST_WAIT, 2 * poller.RESEND_FIRST_WAIT]
+    assert setup.backend.cancels == [(slurm_job_id, "alice")]
+    await setup.cycle()
+    job = setup.store.get_job(job_id)
+    assert (job["state"], job["slurm_state"]) == ("collecting", "CANCELLED")
+    assert setup.runtime.resend_after == {} and setup.runtime.cancel_sent == set()
