@@ -1,9 +1,9 @@
 """Background tasks a worker starts and owns: at most one per key, at most a few per owner.
 
-The poller re-sends scancel in tasks of its own: such work runs commands as a job's unix user,
-and that user decides how long they take (a ``sleep`` in the ``~/.bashrc`` an SSH command
-starts in, a slow FUSE mount of theirs), so awaiting it in the worker's cycle would make
-everyone else's jobs wait for that user's (a red-team finding). A
+The poller re-sends scancel, and the lab watcher looks at each lab, in tasks of their own: such
+work runs commands as a job's unix user, and that user decides how long they take (a ``sleep``
+in the ``~/.bashrc`` an SSH command starts in, a slow FUSE mount of theirs), so awaiting it in
+the worker's cycle would make everyone else's jobs wait for that user's (red-team findings). A
 key (a job id) has at most one task at a time, so slow work is not started again while it runs;
 an owner (a unix user) has at most ``per_owner`` at once, as in :class:`.fairqueue.FairQueue`.
 The worker that holds a :class:`KeyedTasks` calls :meth:`KeyedTasks.close` when it ends (in a

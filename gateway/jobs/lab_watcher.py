@@ -1,11 +1,19 @@
 """The lab watcher: makes labs ``ready`` when their server answers, and stops labs that idle or
 never start (the rules are in :mod:`.labs`). Everything a cycle learns is written to the store,
-so a restart loses nothing but the in-memory activity of the last seconds."""
+so a restart loses nothing but the in-memory activity of the last seconds.
+
+Each look at a lab runs in a task of its own, at most one per lab at a time, and the cycle does
+not wait for them: a look reads ``lab.json`` and opens port forwards as the lab's owner, who
+decides how long that takes (up to ``command_timeout``), so one user's slow lab delays only its
+own next look, never other labs' (a red-team finding). A lab whose look is still under way is
+passed over until it ends.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from typing import Any
@@ -15,6 +23,7 @@ from ..states import IllegalTransition, State
 from ..timestamps import format_timestamp, parse_timestamp, utcnow
 from .clusters import ClusterLink
 from .context import JobContext
+from .keyedtasks import KeyedTasks
 from .labs import (
     ACTIVITY_SAVE_GAP,
     STARTING_INTERVAL,
@@ -37,36 +46,46 @@ class LabWatcher:
         self.probe = probe
         # job id -> why the server at the lab's reported address failed the identity proof
         self.unproven: dict[str, str] = {}
+        # The looks at labs under way, by job id (at most one per lab); owned by :meth:`run`.
+        self.looks = KeyedTasks("lab-look")
 
     async def run(self) -> None:
         """Run :meth:`check` forever: on every lab each ``labs.check_interval`` s, on the
         starting ones alone every STARTING_INTERVAL s while there are any, and as soon as one
-        is asked for (``ctx.lab_wanted``), but never twice within WOKEN_GAP s."""
+        is asked for (``ctx.lab_wanted``), but never twice within WOKEN_GAP s. The looks
+        still under way when it ends (cancelled) are cancelled with it."""
         every = self.ctx.config.labs.check_interval
         wanted = self.ctx.lab_wanted
         next_full = time.monotonic()
-        while True:
-            full = time.monotonic() >= next_full
-            if full:
-                next_full = time.monotonic() + every
-            try:
-                starting = await self.check(ready_too=full)
-            except Exception:  # e.g. the database busy: the next cycle tries again
-                log.exception("the lab check failed")
-                starting = False
-            wait = STARTING_INTERVAL if starting else next_full - time.monotonic()
-            await asyncio.sleep(WOKEN_GAP)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wanted.wait(), max(0.0, wait - WOKEN_GAP))
-            wanted.clear()
+        try:
+            while True:
+                full = time.monotonic() >= next_full
+                if full:
+                    next_full = time.monotonic() + every
+                try:
+                    starting = self.check(ready_too=full)
+                except Exception:  # e.g. the database busy: the next cycle tries again
+                    log.exception("the lab check failed")
+                    starting = False
+                wait = STARTING_INTERVAL if starting else next_full - time.monotonic()
+                await asyncio.sleep(WOKEN_GAP)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wanted.wait(), max(0.0, wait - WOKEN_GAP))
+                wanted.clear()
+        finally:
+            await self.looks.close()
 
-    async def check(self, *, ready_too: bool = True) -> bool:
-        """One look at every lab that may be up (only at those still starting, unless
-        ``ready_too``); True if one is still starting. Forwards, connections and bookkeeping
-        of labs that ended are dropped."""
+    def check(self, *, ready_too: bool = True) -> bool:
+        """Start a look at every lab that may be up (only at those still starting, unless
+        ``ready_too``), each in its own task, and return without waiting for them; a lab whose
+        previous look is still under way is passed over. True if a lab is still starting (as
+        the store says now: a look that makes one ready counts from the next cycle on).
+        Forwards, connections and bookkeeping of labs that ended are dropped."""
         labs = self.ctx.store.live_labs()
-        looked = labs if ready_too else [job for job in labs if job["state"] == State.RUNNING]
-        results = await asyncio.gather(*(self._check_one(job) for job in looked))
+        for job in labs:
+            if ready_too or job["state"] == State.RUNNING:
+                self.looks.start(job["id"], job["unix_user"],
+                                 functools.partial(self._check_one, job))
         live = {job["id"] for job in labs}
         for job_id in self.unproven.keys() - live:
             del self.unproven[job_id]
@@ -74,18 +93,20 @@ class LabWatcher:
         for name, link in self.ctx.clusters.items():
             link.transport.retain_forwards({key[1:] for key in keep if key[0] == name})
         self.probe.retain(live)
-        return any(results)
+        return any(job["state"] == State.RUNNING for job in labs)
 
-    async def _check_one(self, job: dict[str, Any]) -> bool:
+    async def _check_one(self, job: dict[str, Any]) -> None:
+        """One look at ``job``: its readiness while starting, its idleness once ready. A look
+        that fails is logged and skipped (the next one tries again), never raised."""
         try:
             if job["state"] == State.RUNNING:
-                return await self._check_starting(job)
-            await self._check_idle(job)
+                await self._check_starting(job)
+            else:
+                await self._check_idle(job)
         except (GatewayError, OSError, TimeoutError, ValueError) as exc:
             log.info("lab %s: check skipped: %s", job["id"], getattr(exc, "detail", repr(exc)))
         except Exception:
             log.exception("lab %s: check failed", job["id"])
-        return bool(job["state"] == State.RUNNING)
 
     async def _check_starting(self, job: dict[str, Any]) -> bool:
         """Make a running lab ``ready`` once its server answers; True while still starting."""

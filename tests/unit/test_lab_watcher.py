@@ -1,8 +1,8 @@
 """The lab watcher's pace: ready labs are looked at every ``labs.check_interval`` s even while
 another lab starts; a starting lab is looked at as soon as it starts running or its owner asks
 for it, but never twice within ``WOKEN_GAP`` s however often it is asked for; another user's
-asking wakes nothing. Against the fake cluster's transport (``lab.json``) and a probe that
-answers for the labs a test says are up."""
+asking wakes nothing; one user's slow look holds back no other lab. Against the fake cluster's
+transport (``lab.json``) and a probe that answers for the labs a test says are up."""
 
 from __future__ import annotations
 
@@ -66,9 +66,10 @@ class Setup:
         self.ctx, self.transport, self.probe = ctx, transport, probe
         self.alice, self.bob = alice, bob
 
-    def lab(self, job_id: str, state: State) -> dict[str, Any]:
-        """Alice's lab in ``state``; a ready one has its port (read from ``lab.json``)."""
-        return add_job(self.ctx.store, self.alice, job_id, kind="lab", state=state,
+    def lab(self, job_id: str, state: State, user: User | None = None) -> dict[str, Any]:
+        """A lab of ``user`` (alice if None) in ``state``; a ready one has its port (read from
+        ``lab.json``)."""
+        return add_job(self.ctx.store, user or self.alice, job_id, kind="lab", state=state,
                        at={State.RUNNING: {"node": "n1"}, State.READY: {"lab_port": LAB_PORT}})
 
     def publish(self, job: dict[str, Any]) -> None:
@@ -212,3 +213,56 @@ async def test_a_failed_look_does_not_stop_the_watcher(
         setup.publish(lab)
         setup.ctx.lab_wanted.set()
         await until(lambda: setup.state(lab["id"]) is State.READY, 5.0, "the lab ready")
+
+
+class HangingReads:
+    """The transport's ``read_file``, except that one user's reads hang until :meth:`release`
+    of their path (as their login shell's rc file or a slow mount of theirs can make them,
+    until ``command_timeout``)."""
+
+    def __init__(self, transport: FakeTransport, user: str) -> None:
+        self.user, self.plain = user, transport.read_file
+        self.started: list[str] = []  # paths, in the order their read began
+        self.ended_by_cancel: list[str] = []  # ... that were cancelled while hanging
+        self._released: dict[str, asyncio.Event] = {}
+        transport.read_file = self.read_file  # type: ignore[method-assign]
+
+    async def read_file(self, path: str, *, user: str, limit: int, tail: bool = False,
+                        offset: int | None = None) -> bytes:
+        if user == self.user:
+            self.started.append(path)
+            try:
+                await self._released.setdefault(path, asyncio.Event()).wait()
+            except asyncio.CancelledError:
+                self.ended_by_cancel.append(path)
+                raise
+        return await self.plain(path, user=user, limit=limit, tail=tail, offset=offset)
+
+    def release(self, path: str) -> None:
+        self._released.setdefault(path, asyncio.Event()).set()
+
+
+async def test_a_users_slow_lab_holds_back_no_other_lab(
+        setup: Setup, starting_interval: Callable[[float], None]) -> None:
+    """If this fails, each cycle waits for the slowest look: bob's lab, whose ``lab.json`` he
+    makes slow to read, holds every other user's starting lab back for ``command_timeout``
+    per look, for as long as he keeps a lab starting."""
+    starting_interval(0.05)
+    slow, stuck = (setup.lab(f"00000000000000f{n}", State.RUNNING, setup.bob) for n in (1, 2))
+    alices = setup.lab("00000000000000f3", State.RUNNING)
+    hanging = HangingReads(setup.transport, "bob")
+    slow_file, stuck_file = (f"{lab['workdir']}/lab.json" for lab in (slow, stuck))
+    async with watching(setup):
+        await until(lambda: setup.reads(alices) >= 5, 5.0,
+                    "alice's starting lab looked at 5 times while bob's looks hang")
+        assert sorted(hanging.started) == [slow_file, stuck_file]  # each looked at once
+        setup.publish(alices)
+        await until(lambda: setup.state(alices["id"]) is State.READY, 5.0,
+                    "alice's lab ready while bob's looks hang")
+        setup.publish(slow)
+        hanging.release(slow_file)
+        await until(lambda: setup.state(slow["id"]) is State.READY, 5.0,
+                    "bob's lab ready once its look is released")
+    assert setup.state(stuck["id"]) is State.RUNNING
+    # The look still hanging ended with the watcher that started it.
+    assert hanging.ended_by_cancel == [stuck_file]
