@@ -17,7 +17,7 @@ import asyncio
 import multiprocessing
 import resource
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
@@ -53,17 +53,26 @@ class Offload:
         async with self._turn:
             if size <= IN_PROCESS_UP_TO:
                 return await asyncio.to_thread(function, *args)
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(
-                    max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_limit_memory, initargs=(self._memory,))
-            work = asyncio.wrap_future(self._pool.submit(function, *args))
             try:
+                work = asyncio.wrap_future(self._submit(function, *args))
                 return await asyncio.wait_for(work, self._timeout)
             except (TimeoutError, MemoryError, BrokenProcessPool) as exc:
                 self.close()
                 raise WorkFailed(f"the document took more than {self._timeout:g} s or "
                                  f"{self._memory >> 20} MiB of memory to work on") from exc
+
+    def _submit(self, function: Callable[..., T], *args: Any) -> Future[T]:
+        """``function(*args)`` handed to the worker process, started if none runs; a worker
+        that died while idle (the OOM killer, an admin) is replaced first."""
+        if self._pool is not None:
+            try:
+                return self._pool.submit(function, *args)
+            except BrokenProcessPool:
+                self.close()
+        self._pool = ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_limit_memory, initargs=(self._memory,))
+        return self._pool.submit(function, *args)
 
     def close(self) -> None:
         """Stop the worker process (killed if busy: its work is given up)."""

@@ -209,8 +209,9 @@ class JobSpec(BaseModel):
         bad = [k for k in value if not k.isidentifier() or keyword.iskeyword(k)]
         if bad:
             raise ValueError(f"parameter names must be Python identifiers: {bad!r}"[:300])
-        if _json_values(value) > MAX_PARAMETER_VALUES or len(
-                json.dumps(value, separators=(",", ":"))) > MAX_PARAMETERS_BYTES:
+        if _json_values(value) > MAX_PARAMETER_VALUES or len(json.dumps(
+                value, ensure_ascii=False, separators=(",", ":")).encode(
+                "utf-8", "surrogatepass")) > MAX_PARAMETERS_BYTES:
             raise ValueError(
                 f"at most {MAX_PARAMETER_VALUES} values and {MAX_PARAMETERS_BYTES // 1024} KiB "
                 "in all: parameters are settings; send data as a side file or an input")

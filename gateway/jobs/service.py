@@ -292,7 +292,12 @@ class JobService:
         errors += unknown_storage(self.ctx, user, resolved)
         if errors:
             raise ValidationFailed(errors)
-        check_limits(self._store, self.config.limits, user, "notebook")  # (after the wait)
+        # After the wait: a retry with the same key (sent while the first was checked) gets
+        # its job even over a limit, and parallel uploads cannot pass a limit together.
+        existing = replayed_job(self._store, user.id, idempotency_key, fingerprint)
+        if existing:
+            return existing, False
+        check_limits(self._store, self.config.limits, user, "notebook")
         assert checked is not None
         files = {"input.ipynb": checked,
                  **{f"{SIDE_DIR}/{name}": data for name, data in side_files}}

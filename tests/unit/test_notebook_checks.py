@@ -46,13 +46,16 @@ class Gateway:
     notebook: bytes
 
     async def submit(self, user: str, notebook: bytes | None = None,
-                     spec: dict[str, Any] | None = None) -> aiohttp.ClientResponse:
+                     spec: dict[str, Any] | None = None,
+                     key: str | None = None) -> aiohttp.ClientResponse:
         form = aiohttp.FormData()
         form.add_field("notebook", self.notebook if notebook is None else notebook,
                        filename="in.ipynb", content_type="application/x-ipynb+json")
         form.add_field("spec", json.dumps(spec or {}), content_type="application/json")
-        return await self.client.post("/api/v1/jobs", data=form, headers={
-            "Authorization": f"Bearer {self.tokens[user]}"})
+        headers = {"Authorization": f"Bearer {self.tokens[user]}"}
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        return await self.client.post("/api/v1/jobs", data=form, headers=headers)
 
 
 @pytest.fixture
@@ -150,3 +153,19 @@ async def test_parallel_uploads_cannot_pass_the_active_job_limit_together(
     gate.set()
     statuses = sorted([(await response).status for response in uploads_])
     assert statuses == [201, 429]
+
+
+async def test_a_retry_sent_while_the_first_is_checked_gets_the_first_job(
+        gw: Gateway, gated_checks: tuple[threading.Event, list[str]]) -> None:
+    """A client that timed out retries with the same Idempotency-Key while its first upload
+    is still checked: both get the one job, although it fills max_active_jobs (= 1). From a
+    review: the key was looked up only before the check, so the retry got a 429."""
+    gate, started = gated_checks
+    first = asyncio.ensure_future(gw.submit("bob", key="k1"))
+    await wait_for_checks(started, 1)
+    retry = asyncio.ensure_future(gw.submit("bob", key="k1"))
+    await asyncio.sleep(0.2)  # (the retry is in, waiting its turn behind the first check)
+    gate.set()
+    answers = [await first, await retry]
+    assert [answer.status for answer in answers] == [201, 201], await answers[1].text()
+    assert (await answers[0].json())["id"] == (await answers[1].json())["id"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -37,6 +38,10 @@ def where(_: bytes) -> tuple[int, int]:
 
 def sleepy(seconds: float) -> None:
     time.sleep(seconds)
+
+
+def pid() -> int:
+    return os.getpid()
 
 
 def greedy(mib: int) -> int:
@@ -114,3 +119,21 @@ async def test_the_loop_keeps_turning_while_a_notebook_of_nested_lists_is_taken(
     if "parameters" in spec:  # the parameters' check ran in the worker too
         assert "no cell tagged 'parameters'" in (await response.json())["message"]
     assert max(stalls) < 0.25, max(stalls)
+
+
+async def test_a_worker_that_died_between_documents_is_replaced() -> None:
+    """A worker killed while idle (the OOM killer, an admin) is replaced for the next
+    document (from a review: the broken pool's submit() raised BrokenProcessPool outside
+    run()'s try, and every big document after it failed until the gateway restarted)."""
+    offload = Offload(timeout=30.0)
+    try:
+        first = await offload.run(IN_PROCESS_UP_TO + 1, pid)
+        os.kill(first, signal.SIGKILL)
+        for _ in range(100):  # the pool's manager thread notices the death
+            await asyncio.sleep(0.05)
+            if getattr(offload._pool, "_broken", False):
+                break
+        second = await offload.run(IN_PROCESS_UP_TO + 1, pid)
+    finally:
+        offload.close()
+    assert second != first

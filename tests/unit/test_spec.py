@@ -10,7 +10,7 @@ import pytest
 
 from gateway.config import Config, parse_config
 from gateway.errors import ValidationFailed
-from gateway.spec import JobSpec, ResolvedSpec, parse_spec, resolve_spec
+from gateway.spec import MAX_PARAMETERS_BYTES, JobSpec, ResolvedSpec, parse_spec, resolve_spec
 
 
 def fields_of(error: ValidationFailed) -> set[str]:
@@ -347,3 +347,13 @@ def test_a_webhook_to_an_internal_address_is_refused_unless_allowed(
     allowing = make_raw_config(tmp_path)
     allowing["webhooks"] = {"allow_private": True}
     resolve_spec(parse_spec(raw), parse_config(allowing), default_name="nb")
+
+
+def test_parameters_of_accented_text_well_under_16_kib_are_accepted() -> None:
+    """README: "at most 1,000 JSON values and 16 KiB in all". json.dumps escapes every
+    non-ASCII character as \\uXXXX (6 bytes, 12 for one past U+FFFF), so 5.6 KB of French
+    text is refused as over 16 KiB (the stored spec, model_dump_json, is UTF-8)."""
+    parameters = {"title": "é" * 2800}
+    size = len(json.dumps(parameters, ensure_ascii=False, separators=(",", ":")).encode())
+    assert size < MAX_PARAMETERS_BYTES / 2
+    assert parse_spec({"parameters": parameters}).parameters == parameters
