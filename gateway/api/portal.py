@@ -23,7 +23,7 @@ from ..pageheaders import SECURITY_HEADERS
 from ..users import User
 from .keys import SERVICE, current_user
 from .rendered import CSP as NOTEBOOK_CSP
-from .rendered import rendered_page, too_big_page
+from .rendered import cached_page, rendered_page, too_big_page
 from .sessions import XSRF_COOKIE
 from .views import page
 
@@ -82,20 +82,29 @@ async def notebook_page(request: web.Request) -> web.Response:
     if path is None:
         raise NotFound("the job has no executed notebook (yet)", job_id=job_id)
     name = service.get_job(user, job_id)["name"]
-    # Off the loop (a big notebook in a process of its own), one page of a user's at a time.
+    html = cached_page(path)
+    if html is None:
+        html = await _render(request, user, path, name)
+    return web.Response(text=html, content_type="text/html",
+                        headers={"Content-Security-Policy": NOTEBOOK_CSP,
+                                 "Cache-Control": "no-store"})
+
+
+async def _render(request: web.Request, user: User, path: Path, name: str) -> str:
+    """The notebook's page rendered off the loop (a big notebook in a process of its own),
+    one page of a user's at a time (429 past that); the too-big page if the renderer gives
+    up on it."""
     renders = request.app[PAGE_RENDERS]
     if not renders.take(user.id):
         raise TooManyRequests("one notebook page at a time per user is rendered",
                               limit="notebook_pages", value=1, retry_after=1)
     try:
-        html = await service.offload.run(path.stat().st_size, rendered_page, path, name)
+        return await request.app[SERVICE].offload.run(path.stat().st_size, rendered_page,
+                                                       path, name)
     except WorkFailed:
-        html = too_big_page(name)
+        return too_big_page(name)
     finally:
         renders.give_back(user.id)
-    return web.Response(text=html, content_type="text/html",
-                        headers={"Content-Security-Policy": NOTEBOOK_CSP,
-                                 "Cache-Control": "no-store"})
 
 
 def message_page(request: web.Request, user: User | None, status: int, heading: str,

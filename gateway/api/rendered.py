@@ -180,17 +180,27 @@ def rendered_page(path: Path, title: str) -> str:
     """:func:`render_notebook`'s page, kept beside the notebook (``output.html``) and reused
     while the notebook is not newer: an ended job's notebook does not change, so it is
     rendered once, not on every view."""
+    cached = cached_page(path)
+    if cached is not None:
+        return cached
+    cache = path.with_name("output.html")
+    html = render_notebook(path, title)
+    partial = cache.with_name(f".output.html.{os.getpid()}.{threading.get_ident()}")
+    partial.write_text(html)
+    partial.replace(cache)
+    return html
+
+
+def cached_page(path: Path) -> str | None:
+    """The page :func:`rendered_page` kept for the notebook at ``path``, if it is not older
+    than the notebook; None otherwise."""
     cache = path.with_name("output.html")
     try:
         if cache.stat().st_mtime_ns >= path.stat().st_mtime_ns:
             return cache.read_text()
     except FileNotFoundError:
         pass
-    html = render_notebook(path, title)
-    partial = cache.with_name(f".output.html.{os.getpid()}.{threading.get_ident()}")
-    partial.write_text(html)
-    partial.replace(cache)
-    return html
+    return None
 
 
 def render_notebook(path: Path, title: str) -> str:

@@ -84,6 +84,7 @@ class FrontProtocol(ClientConnection):
         self._keep_alive = True
         self._draining: Admission | None = None  # a finished request whose answer is unsent
         self._watched: Watched | None = None  # the answer, streaming for CHECKED_AFTER s
+        self._watch_timer: asyncio.TimerHandle | None = None  # a chunked answer's first check
 
     # -- asyncio.Protocol (client side) ---------------------------------------------------------
 
@@ -311,6 +312,9 @@ class FrontProtocol(ClientConnection):
             self._write(head)
         else:
             self._held_head = head  # goes out with the first piece of body: one send
+        if framing in ("chunked", "close"):  # may stream, and go quiet: watched from its head
+            self._watch_timer = asyncio.get_running_loop().call_later(
+                CHECKED_AFTER, self._watch_answer)
 
     def upstream_body(self, data: bytes) -> None:
         """A piece of the lab's answer: to the client, and activity for the idle cull (an
@@ -318,8 +322,7 @@ class FrontProtocol(ClientConnection):
         assert self._admission is not None and self._head is not None
         self._labs.touch(self._admission.job_id)
         if self._watched is None and time.monotonic() - self._started >= CHECKED_AFTER:
-            self._watched = self._labs.answer_streaming(self._admission, self._head,
-                                                        self._cut)
+            self._watch_answer()
         self._sent += len(data)
         head, self._held_head = self._held_head, b""
         if self._chunked_out:
@@ -439,7 +442,18 @@ class FrontProtocol(ClientConnection):
         """The streaming answer is no longer admitted (or the gateway stops): it looks cut."""
         self._abort()
 
+    def _watch_answer(self) -> None:
+        """The answer has streamed for :data:`CHECKED_AFTER` s: checked again as a WebSocket
+        is, until it ends (:meth:`_unwatch`). A chunked or close-delimited answer is watched
+        from then whatever it sends; one with a length from its first piece after then."""
+        self._watch_timer = None
+        if self._watched is None and self._admission is not None and self._head is not None:
+            self._watched = self._labs.answer_streaming(self._admission, self._head, self._cut)
+
     def _unwatch(self) -> None:
+        if self._watch_timer is not None:
+            self._watch_timer.cancel()
+            self._watch_timer = None
         if self._watched is not None:
             self._labs.answer_ended(self._watched)
             self._watched = None

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from gateway.api.keys import PROXY
 from gateway.proxy.wsframes import GOING_AWAY
@@ -355,6 +356,45 @@ async def test_an_answer_still_streaming_is_cut_once_no_longer_admitted(
     assert ended, "the stream was not cut"
     assert not after.endswith(b"0\r\n\r\n")  # cut, never complete
     await deadline(gw.upstream.events_ended.wait())
+
+
+@PATHS
+async def test_a_quiet_stream_sends_nothing_more_once_its_token_is_revoked(
+        gw: Gateway, tmp_path: Path, path: str) -> None:
+    """An event stream that sends its first event at once, then is quiet (a long poll, sparse
+    events): the token is revoked during the quiet, and the next event never reaches the
+    client. From a review: the fast path watched an answer only from a piece arriving a
+    second after the request, and wrote that piece before any check."""
+    speak = asyncio.Event()
+
+    async def quiet_events(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            await response.write(b"data: first\n\n")
+            await asyncio.wait_for(speak.wait(), WAIT)
+            await response.write(b"data: AFTER-REVOCATION\n\n")
+            for _ in range(int(WAIT / 0.05)):
+                await asyncio.sleep(0.05)
+                await response.write(b": keep-alive\n\n")
+        except ConnectionError:
+            pass
+        return response
+
+    gw.upstream.events = quiet_events  # type: ignore[method-assign]
+    wire = await open_on(gw, path)
+    try:
+        await wire.send(request(gw, "GET", gw.prefix() + "events"))
+        head = await deadline(wire.reader.readuntil(b"\r\n\r\n"))
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert b"first" in await deadline(wire.reader.read(65536))
+        revoke(gw, tmp_path)
+        await asyncio.sleep(2.5)  # more than a check's interval after the revocation
+        speak.set()
+        after, _ = await _read_events(wire, WAIT / 2)
+    finally:
+        wire.close()
+    assert b"AFTER-REVOCATION" not in after, after[:200]
 
 
 # -- access records and counters: one per request, a client that left is a 499 ---------------
