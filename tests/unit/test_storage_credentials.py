@@ -11,8 +11,7 @@ import math
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from gateway.staging.keys import (
 )
 from gateway.store.storage import StorageTable
 from gateway.transport import CommandResult
+from tests.loopwatch import loop_watch
 
 SECRET = "k" * 40
 HOST_KEY = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
@@ -62,32 +62,6 @@ def unproven_rsa_key(bits: int, damage: int = 0) -> bytes:
     return numbers.private_key(unsafe_skip_rsa_key_validation=True).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
         serialization.NoEncryption())
-
-
-@asynccontextmanager
-async def loop_watch(deadline: float = 60) -> AsyncIterator[list[float]]:
-    """How long the event loop kept a task waiting for each turn while the block ran (a
-    task asking for it every 10 ms, as everyone else's requests would); the block fails
-    after ``deadline`` seconds."""
-    waits: list[float] = []
-    last = time.monotonic()
-
-    async def everyone_else() -> None:
-        nonlocal last
-        while True:
-            await asyncio.sleep(0.01)
-            now = time.monotonic()
-            waits.append(now - last)
-            last = now
-
-    ticking = asyncio.get_running_loop().create_task(everyone_else())
-    await asyncio.sleep(0.03)
-    try:
-        async with asyncio.timeout(deadline):
-            yield waits
-        waits.append(time.monotonic() - last)  # the wait since the last turn counts too
-    finally:
-        ticking.cancel()
 
 
 def test_a_sealed_key_opens_only_for_its_own_row_and_secret() -> None:
