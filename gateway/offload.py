@@ -5,7 +5,7 @@ notebook, an executed one to show as a page) is one long C call that holds the i
 lock the whole time, so a thread does not help: a notebook of 16 MiB of ``[[],[],...]`` stopped
 the loop for seconds. :class:`Offload` runs such work in a thread only while the document is
 small (:data:`IN_PROCESS_UP_TO`: a stall of a tenth of a second at worst), and otherwise in a
-worker process of its own; one document at a time either way (callers cap each user's share),
+worker process of its own; one document at a time either way, users taking turns,
 with :data:`WORKER_MEMORY` of address space and :data:`WORK_TIMEOUT` seconds per document. A
 document that runs it out of either kills the process (a new one starts for the next document)
 and raises :class:`WorkFailed`; the gateway's own memory never holds what it would have built.
@@ -16,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import resource
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
+
+from .turns import Turns
 
 T = TypeVar("T")
 IN_PROCESS_UP_TO = 1 << 20  # bytes of a document worked on in a thread of the gateway itself
@@ -42,15 +44,16 @@ class Offload:
     def __init__(self, *, timeout: float = WORK_TIMEOUT, memory: int = WORKER_MEMORY) -> None:
         self._timeout, self._memory = timeout, memory
         self._pool: ProcessPoolExecutor | None = None
-        self._turn = asyncio.Semaphore(1)
+        self._turns = Turns()
 
-    async def run(self, size: int, function: Callable[..., T], *args: Any) -> T:
+    async def run(self, size: int, function: Callable[..., T], *args: Any,
+                  owner: Hashable = None) -> T:
         """``function(*args)`` for a document of ``size`` bytes when its turn comes (one
-        document at a time): in a thread up to :data:`IN_PROCESS_UP_TO`, else in the worker
-        process (``function`` and ``args`` must pickle; so must what it returns or raises).
-        What ``function`` raises is raised here; :class:`WorkFailed` if the process ran out
-        of time or memory."""
-        async with self._turn:
+        document at a time, ``owner``s in turn: :mod:`gateway.turns`): in a thread up to
+        :data:`IN_PROCESS_UP_TO`, else in the worker process (``function`` and ``args`` must
+        pickle; so must what it returns or raises). What ``function`` raises is raised here;
+        :class:`WorkFailed` if the process ran out of time or memory."""
+        async with self._turns.turn(owner):
             if size <= IN_PROCESS_UP_TO:
                 return await asyncio.to_thread(function, *args)
             try:

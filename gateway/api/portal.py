@@ -100,7 +100,7 @@ async def _render(request: web.Request, user: User, path: Path, name: str) -> st
                               limit="notebook_pages", value=1, retry_after=1)
     try:
         return await request.app[SERVICE].offload.run(path.stat().st_size, rendered_page,
-                                                       path, name)
+                                                       path, name, owner=user.id)
     except WorkFailed:
         return too_big_page(name)
     finally:

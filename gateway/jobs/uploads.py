@@ -5,9 +5,9 @@ replace. Functions of the upload (the job service calls them while validating a 
 Parsing and checking a notebook against its schema is pure Python or one long C call (a third of
 a second per MiB of small cells, more for a notebook of nested lists), so :class:`NotebookChecks`
 runs it off the event loop (:class:`gateway.offload.Offload`: a big one in a process of its own),
-with at most :data:`MAX_CHECKS_PER_USER` of a user's waiting or checked: the event loop that
-serves everyone keeps turning, and one user's uploads wait their turn behind other users'
-instead of taking the checker over.
+users taking turns, and at most :data:`MAX_CHECKS_PER_USER` of a user's waiting or checked:
+the event loop that serves everyone keeps turning, and one user's uploads wait their turn
+behind other users' instead of taking the checker over.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from ..errors import TooManyRequests
 from ..offload import Offload
 from .limits import PerUserCount
 
-MAX_CHECKS_PER_USER = 2
+# A burst of parallel submissions is fine (they wait their turn, users in turn); past this
+# many of a user's waiting or checked, 429.
+MAX_CHECKS_PER_USER = 32
 
 
 class NotebookChecks:
@@ -44,7 +46,8 @@ class NotebookChecks:
                 f"at most {self._users.limit} notebook uploads at once per user are checked",
                 limit="notebook_checks", value=self._users.limit, retry_after=1)
         try:
-            return await self._offload.run(len(notebook), checked_upload, notebook, parameters)
+            return await self._offload.run(len(notebook), checked_upload, notebook, parameters,
+                                           owner=user_id)
         finally:
             self._users.give_back(user_id)
 

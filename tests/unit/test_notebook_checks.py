@@ -23,8 +23,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from gateway.api.keys import SERVICE
 from gateway.config import parse_config
 from gateway.jobs import uploads
+from gateway.jobs.uploads import MAX_CHECKS_PER_USER
 from gateway.server import STORE, make_app
 from tests.loopwatch import loop_watch
 
@@ -94,7 +96,8 @@ def gated_checks(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, list
     check = uploads.upgraded_notebook
 
     def gated(notebook: bytes) -> bytes:
-        started.append("check")
+        started.append(next((name for name in ("alice", "bob") if name.encode() in notebook),
+                            "check"))
         assert gate.wait(WAIT), "the test never opened the gate"
         return check(notebook)
 
@@ -108,28 +111,35 @@ async def wait_for_checks(started: list[str], count: int) -> None:
             await asyncio.sleep(0.01)
 
 
-async def test_a_user_has_at_most_two_uploads_being_checked_and_others_wait_their_turn(
-        gw: Gateway, gated_checks: tuple[threading.Event, list[str]]) -> None:
-    """bob's third upload while two are checked or waiting is a 429 naming the limit; alice's
-    upload is not refused but waits its turn (one check at a time); all are checked once the
-    gate opens. If the 429 fails, one user could queue the checker up without end."""
+async def test_users_take_turns_and_one_user_queues_at_most_max_checks(
+        gw: Gateway, gated_checks: tuple[threading.Event, list[str]],
+        make_notebook: Callable[..., bytes]) -> None:
+    """bob's first upload is being checked and all the others he may have wait; alice's,
+    sent after them, is checked next (users take turns), then the rest of bob's. One more of
+    bob's is a 429 naming the limit. If the turns fail, alice waits behind every upload of
+    bob's; if the 429 fails, one user could queue the checker up without end."""
     gate, started = gated_checks
     spec = {"partition": "nope"}  # refused after the check: no limit on stored jobs applies
-    first = asyncio.ensure_future(gw.submit("bob", spec=spec))
-    second = asyncio.ensure_future(gw.submit("bob", spec=spec))
+    bobs, alices = make_notebook("who = 'bob'"), make_notebook("who = 'alice'")
+    waiting = [asyncio.ensure_future(gw.submit("bob", bobs, spec))]
     await wait_for_checks(started, 1)
-    third = await gw.submit("bob", spec=spec)
-    assert third.status == 429
-    problem = await third.json(content_type="application/problem+json")
-    assert (problem["limit"], problem["value"]) == ("notebook_checks", 2)
-    assert third.headers["Retry-After"] == "1"
-    alices = asyncio.ensure_future(gw.submit("alice", spec=spec))
+    waiting += [asyncio.ensure_future(gw.submit("bob", bobs, spec))
+                for _ in range(MAX_CHECKS_PER_USER - 1)]
+    checks, bob = gw.client.server.app[SERVICE]._notebook_checks, 2  # (bob's user id)
+    async with asyncio.timeout(WAIT):  # until all of them wait their turn
+        while checks._users.held(bob) < MAX_CHECKS_PER_USER:
+            await asyncio.sleep(0.01)
+    refused = await gw.submit("bob", bobs, spec)
+    problem = await refused.json(content_type="application/problem+json")
+    assert (problem["limit"], problem["value"]) == ("notebook_checks", MAX_CHECKS_PER_USER)
+    assert refused.headers["Retry-After"] == "1"
+    waiting.append(asyncio.ensure_future(gw.submit("alice", alices, spec)))
     await asyncio.sleep(0.2)  # (a negative: 0.2 s for a second check to start if one could)
-    assert started == ["check"]
+    assert started == ["bob"]
     gate.set()
-    statuses = [(await response).status for response in (first, second, alices)]
-    assert statuses == [422, 422, 422]
-    assert len(started) == 3  # bob's first two and alice's: bob's third was never checked
+    assert {(await response).status for response in waiting} == {422}
+    assert started[:3] == ["bob", "alice", "bob"]
+    assert started.count("bob") == MAX_CHECKS_PER_USER
 
 
 async def test_parallel_uploads_cannot_pass_the_active_job_limit_together(

@@ -291,10 +291,10 @@ async def test_a_user_gets_one_notebook_page_rendered_at_a_time(
     gate, started = asyncio.Event(), asyncio.Event()
     real_run = client.server.app[SERVICE].offload.run
 
-    async def gated_run(size: int, function: Any, *args: Any) -> Any:
+    async def gated_run(size: int, function: Any, *args: Any, **kwargs: Any) -> Any:
         started.set()
         await asyncio.wait_for(gate.wait(), 10)
-        return await real_run(size, function, *args)
+        return await real_run(size, function, *args, **kwargs)
 
     monkeypatch.setattr(client.server.app[SERVICE].offload, "run", gated_run)
     first = asyncio.ensure_future(client.get(f"/jobs/{jobs['bob']}/notebook.html",
@@ -307,7 +307,7 @@ async def test_a_user_gets_one_notebook_page_rendered_at_a_time(
     gate.set()
     assert [(await page).status for page in (first, alices)] == [200, 200]
 
-    async def given_up(size: int, function: Any, *args: Any) -> Any:
+    async def given_up(size: int, function: Any, *args: Any, **kwargs: Any) -> Any:
         raise WorkFailed("too long")
 
     monkeypatch.setattr(client.server.app[SERVICE].offload, "run", given_up)
