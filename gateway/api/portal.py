@@ -30,8 +30,10 @@ from .views import page
 routes = web.RouteTableDef()
 STATIC = Path(__file__).with_name("static")
 JOB_PAGE = "/jobs/{job_id:[0-9a-f]{16}}"
-# Notebook pages being rendered, per user: one at a time (each may take seconds and memory).
+# Notebook pages being rendered or waiting their turn, per user (each may take seconds and
+# memory; users take turns at the renderer: gateway/offload.py).
 PAGE_RENDERS = web.AppKey("page_renders", PerUserCount)
+MAX_PAGE_RENDERS = 4
 
 
 def _frame(request: web.Request, user: User) -> dict[str, Any]:
@@ -92,12 +94,13 @@ async def notebook_page(request: web.Request) -> web.Response:
 
 async def _render(request: web.Request, user: User, path: Path, name: str) -> str:
     """The notebook's page rendered off the loop (a big notebook in a process of its own),
-    one page of a user's at a time (429 past that); the too-big page if the renderer gives
-    up on it."""
+    at most :data:`MAX_PAGE_RENDERS` of a user's at once (429 past that); the too-big page
+    if the renderer gives up on it."""
     renders = request.app[PAGE_RENDERS]
     if not renders.take(user.id):
-        raise TooManyRequests("one notebook page at a time per user is rendered",
-                              limit="notebook_pages", value=1, retry_after=1)
+        raise TooManyRequests(
+            f"at most {renders.limit} notebook pages of a user's are rendered at once",
+            limit="notebook_pages", value=renders.limit, retry_after=1)
     try:
         return await request.app[SERVICE].offload.run(path.stat().st_size, rendered_page,
                                                        path, name, owner=user.id)
@@ -157,7 +160,7 @@ async def favicon(request: web.Request) -> web.FileResponse:
 
 def setup(app: web.Application) -> None:
     """Add the portal's pages and its static files to ``app``."""
-    app[PAGE_RENDERS] = PerUserCount(1)
+    app[PAGE_RENDERS] = PerUserCount(MAX_PAGE_RENDERS)
     app.add_routes(routes)
     add_static(app)
 
