@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -45,6 +46,7 @@ from .http1 import (
 from .identity import LabNotProven
 from .pipe import WebSocketPipe
 from .rules import CLIENT_CLOSED, reason_to_pass
+from .splice import plain_socket
 from .upstream import UpstreamConnection
 from .watch import Watched
 
@@ -319,16 +321,29 @@ class FrontProtocol(ClientConnection):
     def upstream_body(self, data: bytes) -> None:
         """A piece of the lab's answer: to the client, and activity for the idle cull (an
         answer that streams for longer than ``labs.idle_timeout`` keeps its lab)."""
-        assert self._admission is not None and self._head is not None
-        self._labs.touch(self._admission.job_id)
-        if self._watched is None and time.monotonic() - self._started >= CHECKED_AFTER:
-            self._watch_answer()
-        self._sent += len(data)
+        self.upstream_spliced(len(data))
         head, self._held_head = self._held_head, b""
         if self._chunked_out:
             self._write(b"%s%x\r\n%s\r\n" % (head, len(data), data))
         else:
             self._write(head + data if head else data)
+
+    def upstream_spliced(self, count: int) -> None:
+        """``count`` bytes of the answer went to the client (by :meth:`upstream_body`, or
+        moved in the kernel: :mod:`.splice`): counted, activity, and checked after a while."""
+        assert self._admission is not None and self._head is not None
+        self._labs.touch(self._admission.job_id)
+        if self._watched is None and time.monotonic() - self._started >= CHECKED_AFTER:
+            self._watch_answer()
+        self._sent += count
+
+    def upstream_splice_sink(self) -> socket.socket | None:
+        """The client's socket, for the rest of a long body to be spliced into, if nothing
+        of the answer waits in front of it (or is to be framed: a chunked answer)."""
+        if self._chunked_out or self._held_head or self._transport is None \
+                or self._transport.get_write_buffer_size():
+            return None
+        return plain_socket(self._transport)
 
     def upstream_end(self, reusable: bool) -> None:
         assert self._admission is not None and self._upstream is not None

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 from typing import Literal, Protocol
 
 import httptools
 
 from .closing import close_unless_stalled
+from .splice import SPLICE_AT, BodySplice, plain_socket
 
 log = logging.getLogger(__name__)
 # What a lab may send of one answer besides its body (status line, headers, chunk framing,
@@ -42,6 +44,10 @@ class Exchange(Protocol):
                       chunked: bool, length: int | None) -> None: ...
 
     def upstream_body(self, data: bytes) -> None: ...
+
+    def upstream_splice_sink(self) -> socket.socket | None: ...  # the client's, if it may
+
+    def upstream_spliced(self, count: int) -> None: ...  # body bytes that went by splice
 
     def upstream_end(self, reusable: bool) -> None: ...
 
@@ -94,6 +100,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive = False  # llhttp's verdict, kept when counting starts
         self._head_bytes = 0  # of the answer's headers, interim answers' included
         self.paused = False  # its send buffer is over the high-water mark
+        self._splice: BodySplice | None = None  # the rest of a long body, moving
 
     # -- used by the exchange -----------------------------------------------------------------
 
@@ -133,6 +140,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self.exchange = self.pipe = None
+        self._stop_splice()
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.abort()
@@ -214,6 +222,7 @@ class UpstreamConnection(asyncio.Protocol):
         assert self._length is not None
         self._body_left = self._length - self._body
         self._keep_alive = self._parser.should_keep_alive()
+        self._maybe_splice()
 
     def _counted(self, data: bytes) -> None:
         assert self._body_left is not None and self.exchange is not None
@@ -225,6 +234,39 @@ class UpstreamConnection(asyncio.Protocol):
         if self._body_left == 0 and self.exchange is not None:
             # Bytes past the answer (the lab talks out of turn): the connection is not kept.
             self._counted_end(reusable=self._keep_alive and len(piece) == len(data))
+        else:
+            self._maybe_splice()
+
+    def _maybe_splice(self) -> None:
+        """Move the rest of a long body in the kernel (:mod:`.splice`) if both sockets allow
+        it now (the client's has nothing left to send of what went before)."""
+        left = self._body_left
+        if left is None or left < SPLICE_AT or self.exchange is None or self._splice is not None:
+            return
+        source = plain_socket(self.transport)
+        sink = self.exchange.upstream_splice_sink()
+        if source is None or sink is None or self.transport is None:
+            return
+        self.transport.pause_reading()
+        self._splice = BodySplice(source, sink, left, self._spliced, self._splice_ended)
+
+    def _spliced(self, count: int) -> None:
+        self._body += count
+        if self.exchange is not None:
+            self.exchange.upstream_spliced(count)
+
+    def _splice_ended(self, exc: Exception | None) -> None:
+        splice, self._splice = self._splice, None
+        if exc is not None or splice is None or self.exchange is None:
+            self._fail(exc)
+            return
+        self._body_left = 0  # (reading resumes when the pool takes the connection back)
+        self._counted_end(reusable=self._keep_alive and not splice.lab_sent_more)
+
+    def _stop_splice(self) -> None:
+        if self._splice is not None:
+            self._splice.close()
+            self._splice = None
 
     def _counted_end(self, *, reusable: bool) -> None:
         self._body_left = None
@@ -317,8 +359,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self.exchange is not None:
             self.exchange.upstream_upgraded(rest)
 
-    def _fail(self) -> None:
+    def _fail(self, exc: Exception | None = None) -> None:
         exchange, self.exchange = self.exchange, None
         self.close()
         if exchange is not None:
-            exchange.upstream_lost(ConnectionError("the lab sent a malformed response"))
+            exchange.upstream_lost(exc or ConnectionError("the lab sent a malformed response"))
