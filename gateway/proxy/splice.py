@@ -50,16 +50,25 @@ class BodySplice:
     failure of either side (the lab closing before the end, the client gone) ``done(exc)``.
     ``moved(n)`` is told of every ``n`` bytes that reached the client's socket. ``close()``
     stops it at any point (no callback); it is called by the owner before either socket is
-    closed. The caller has paused the source transport's reading."""
+    closed. The caller has paused the source transport's reading. Raises OSError, having
+    left nothing open, if it cannot have its four descriptors (``EMFILE``: the caller carries
+    on without it)."""
 
     def __init__(self, source: socket.socket, sink: socket.socket, length: int,
                  moved: Callable[[int], None], done: Callable[[Exception | None], None]) -> None:
         self._loop = asyncio.get_running_loop()
         self._left, self._held = length, 0  # bytes not yet taken from the lab; in the pipe
         self._moved, self._done = moved, done
-        self._source = os.dup(source.fileno())
-        self._sink = os.dup(sink.fileno())
-        self._pipe_out, self._pipe_in = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        opened: list[int] = []
+        try:
+            opened.append(os.dup(source.fileno()))
+            opened.append(os.dup(sink.fileno()))
+            opened.extend(os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC))
+        except OSError:
+            for fd in opened:
+                os.close(fd)
+            raise
+        self._source, self._sink, self._pipe_out, self._pipe_in = opened
         with contextlib.suppress(OSError):  # (past fs.pipe-max-size the default pipe works)
             fcntl.fcntl(self._pipe_in, _F_SETPIPE_SZ, PIPE_BYTES)
         self._reading = self._writing = False

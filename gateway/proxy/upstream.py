@@ -247,8 +247,13 @@ class UpstreamConnection(asyncio.Protocol):
         sink = self.exchange.upstream_splice_sink()
         if source is None or sink is None or self.transport is None:
             return
-        self.transport.pause_reading()
-        self._splice = BodySplice(source, sink, left, self._spliced, self._splice_ended)
+        try:
+            splice = BodySplice(source, sink, left, self._spliced, self._splice_ended)
+        except OSError as exc:  # out of descriptors: the body goes on through Python
+            log.warning("a lab's answer is relayed without splice: %r", exc)
+            return
+        self.transport.pause_reading()  # (before the loop runs the splice's first read)
+        self._splice = splice
 
     def _spliced(self, count: int) -> None:
         self._body += count

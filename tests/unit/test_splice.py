@@ -253,3 +253,29 @@ async def test_an_unread_long_answer_counts_until_its_client_goes(
         unread.close()
     await wait_until(lambda: held(gw) == 0, "the unread answer's hold given back")
     await wait_until(lambda: pipes() == before, "the splice's pipe closed")
+
+
+async def test_out_of_descriptors_a_long_answer_still_arrives_whole(
+        gw: Gateway, sized: Any, spliced: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The splice cannot have its pipe (the gateway at its limit of open files): the answer
+    goes through Python instead, whole, and the copies of the sockets made before the pipe
+    failed are closed again."""
+    lab, prefix = sized
+    wire = await Wire.open(gw.port)
+    try:
+        await wire.send(request(gw, "GET", prefix + "sized?n=10"))  # both connections open
+        assert (await wire.response()).body == body_of(10)
+        before = len(os.listdir("/proc/self/fd"))
+
+        def no_more_files(flags: int) -> tuple[int, int]:
+            raise OSError(24, "Too many open files")
+
+        monkeypatch.setattr(os, "pipe2", no_more_files)
+        await wire.send(request(gw, "GET", prefix + f"sized?n={4 * MIB}"))
+        assert (await wire.response()).body == body_of(4 * MIB)
+        monkeypatch.undo()
+        assert spliced  # it was tried
+        assert len(os.listdir("/proc/self/fd")) == before
+        assert [index for index, _ in lab.heads] == [0, 0]
+    finally:
+        wire.close()
