@@ -279,3 +279,152 @@ async def test_out_of_descriptors_a_long_answer_still_arrives_whole(
         assert [index for index, _ in lab.heads] == [0, 0]
     finally:
         wire.close()
+
+
+# -- review: hostile labs and clients against the splice ------------------------------------------
+
+
+@pytest.fixture
+def splices(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[splice.BodySplice]]:
+    """Every splice started, and how often each was woken to read (``readable``)."""
+    started: list[splice.BodySplice] = []
+
+    class Seen(splice.BodySplice):
+        readable = 0
+
+        def __init__(self, *args: Any) -> None:
+            started.append(self)
+            super().__init__(*args)
+
+        def _readable(self) -> None:
+            self.readable += 1
+            super()._readable()
+
+    monkeypatch.setattr(upstream, "BodySplice", Seen)
+    yield started
+
+
+class HostileLab(RawLab):
+    """Answers ``.../early`` (any method) at once with a long answer whose body it never
+    finishes: 16 MiB of 64, then, once :attr:`gate` opens, a reset (it does not read the
+    request's body); ``.../huge``: a Content-Length of 2**64 - 2 and 2 MiB of body, then it closes;
+    ``.../urgent``: 4 MiB with one byte of TCP urgent data (MSG_OOB) after the first 2."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+
+        async def handler(lab: RawLab, index: int, head: bytes,
+                          reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            path = path_of(head)
+            sock = writer.get_extra_info("socket")
+            if path.endswith("early"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (64 * MIB))
+                writer.write(body_of(16 * MIB))
+                await asyncio.wait_for(self.gate.wait(), WAIT * 3)
+                reset(writer)
+                raise ConnectionError("the lab resets")
+            if path.endswith("huge"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (2**64 - 2))
+                writer.write(body_of(2 * MIB))
+                await writer.drain()
+                await asyncio.sleep(0.5)
+                raise ConnectionError("the lab stops")
+            if path.endswith("urgent"):
+                body = body_of(4 * MIB)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+                writer.write(body[:2 * MIB])
+                while writer.transport.get_write_buffer_size():
+                    await asyncio.sleep(0.01)
+                sock._sock.send(b"!", socket.MSG_OOB)
+                writer.write(body[2 * MIB:])
+                await writer.drain()
+                await asyncio.wait_for(self.gate.wait(), WAIT * 3)
+        super().__init__(handler)
+
+
+@pytest.fixture
+async def hostile_lab(gw: Gateway, fake_clusters: Any) -> Any:
+    lab = HostileLab()
+    prefix = await publish(gw, fake_clusters, lab)
+    yield lab, prefix
+    lab.gate.set()
+    lab.close()
+
+
+async def test_a_lab_reset_seen_by_the_upload_leaves_no_splice_behind(
+        gw: Gateway, hostile_lab: Any, splices: list[splice.BodySplice]) -> None:
+    """A user's own lab answers an upload at once with a long body; the user's client reads
+    nothing (the pipe fills, the splice waits for the client only), the lab resets, the client
+    sends more of its body. Forwarding it fails on the lab's connection, whose transport ends
+    (connection_lost) while the splice still runs. If this fails, the splice outlives both
+    transports: its pipe and its copies of the two sockets stay open (the client's TCP
+    connection too, though the gateway aborted it) and registered with the event loop, with
+    the user's hold already given back, so one user can leak descriptors without a limit."""
+    lab, prefix = hostile_lab
+    before = pipes()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_WINDOW)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gw.port))
+    client = Wire(*await asyncio.open_connection(sock=sock))
+    try:
+        client.writer.write(request(gw, "POST", prefix + "early",
+                                    {"Content-Length": str(8 * MIB)}) + b"x" * 1024)
+        await wait_until(lambda: splices and not splices[0]._reading
+                         and splices[0]._writing, "the pipe full, the client not reading")
+        lab.gate.set()
+        await wait_until(lambda: lab.closed, "the lab reset")
+        await asyncio.sleep(0.2)
+        client.writer.write(b"x" * 1024)  # more of the upload, to the lab that reset
+        await wait_until(lambda: held(gw) == 0, "the hold given back")
+        await wait_until(lambda: pipes() == before, "the splice's pipe closed")
+        assert splices[0]._closed
+    finally:
+        client.close()
+
+
+async def test_a_length_past_what_splice_can_ask_for_is_no_busy_loop(
+        gw: Gateway, hostile_lab: Any, splices: list[splice.BodySplice],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A lab announces Content-Length: 2**64 - 2 (llhttp takes up to 2**64-1), sends 2 MiB and
+    closes. If this fails, os.splice was asked for more than a ssize_t (OverflowError, not an
+    OSError) in the event loop's reader callback: asyncio logs it and calls it again at once,
+    for ever (the reader stays registered, the lab's socket stays readable), so the gateway
+    spins at full CPU and never ends the answer."""
+    _, prefix = hostile_lab
+    wire = await Wire.open(gw.port)
+    try:
+        await wire.send(request(gw, "GET", prefix + "huge"))
+        head = await deadline(wire.reader.readuntil(b"\r\n\r\n"))
+        assert b"Content-Length: 18446744073709551614" in head
+        rest = await asyncio.wait_for(wire.reader.read(), 5.0)  # cut when the lab closes
+    finally:
+        wire.close()
+    assert splices and rest == body_of(2 * MIB)
+    assert splices[0].readable < 1000, f"woken {splices[0].readable} times"
+    assert not [r for r in caplog.records if "Exception in callback" in r.getMessage()]
+
+
+async def test_urgent_data_from_a_lab_is_no_busy_loop(
+        gw: Gateway, hostile_lab: Any, splices: list[splice.BodySplice]) -> None:
+    """A lab sends one byte of TCP urgent data mid-body. splice(2) stops at the urgent mark
+    and, non-blocking, says EAGAIN for ever while the socket stays readable (the bytes behind
+    the mark). If this fails, the splice kept its reader registered on EAGAIN with an empty
+    pipe: the event loop calls it again and again (full CPU) and the answer never ends."""
+    _, prefix = hostile_lab
+    wire = await Wire.open(gw.port)
+    try:
+        await wire.send(request(gw, "GET", prefix + "urgent"))
+        await deadline(wire.reader.readuntil(b"\r\n\r\n"))
+        got = await deadline(wire.reader.readexactly(2 * MIB))
+        await asyncio.sleep(1.0)
+        assert splices
+        woken = splices[0].readable
+        assert woken < 1000, f"the splice was woken {woken} times in a second"
+        try:
+            rest = await asyncio.wait_for(wire.reader.read(), 5.0)  # the answer ends (cut)
+        except ConnectionResetError:
+            rest = b""
+    finally:
+        wire.close()
+    assert body_of(4 * MIB).startswith(got + rest) and len(got + rest) < 4 * MIB
