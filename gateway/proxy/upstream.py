@@ -152,6 +152,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = transport
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # (A write of the request's body can end the transport while a splice reads from its
+        # socket: the splice's copies go first, before asyncio closes the socket itself.)
+        self._stop_splice()
         self.closed = self._gone = True
         on_gone, self._on_gone = self._on_gone, None
         if on_gone is not None:
