@@ -92,7 +92,9 @@ class BodySplice:
 
     def _readable(self) -> None:
         try:
-            count = os.splice(self._source, self._pipe_in, self._left, flags=_FLAGS)
+            # (never more than the pipe holds: a length a lab announces may be past ssize_t)
+            count = os.splice(self._source, self._pipe_in, min(self._left, PIPE_BYTES),
+                              flags=_FLAGS)
         except BlockingIOError:
             if self._held:  # the pipe is full (or the lab's bytes not yet there): drain first
                 self._read(False)
