@@ -29,6 +29,7 @@ from collections.abc import Callable
 SPLICE_AT = 1024 * 1024  # body bytes left after the first piece for a splice to be worth it
 PIPE_BYTES = 1024 * 1024  # what the pipe holds between the two sockets (the kernel may cap it)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_SIOCATMARK = 0x8905  # (Linux: at TCP urgent data, which splice(2) does not pass)
 _FLAGS = getattr(os, "SPLICE_F_NONBLOCK", 2) | getattr(os, "SPLICE_F_MOVE", 1)
 AVAILABLE = hasattr(os, "splice")
 
@@ -98,6 +99,10 @@ class BodySplice:
         except BlockingIOError:
             if self._held:  # the pipe is full (or the lab's bytes not yet there): drain first
                 self._read(False)
+            elif _ioctl_int(self._source, _SIOCATMARK) > 0:
+                # splice(2) stops for good at TCP urgent data (MSG_OOB) and says EAGAIN while
+                # the socket stays readable: the loop would call this again and again.
+                self._fail(ConnectionError("the lab sent TCP urgent data mid-body"))
             return
         except OSError as exc:
             self._fail(exc)
@@ -150,8 +155,13 @@ class BodySplice:
 
 def _waiting(fd: int) -> int:
     """Bytes waiting to be read on the socket ``fd`` (-1 if it cannot tell)."""
+    return _ioctl_int(fd, termios.FIONREAD)
+
+
+def _ioctl_int(fd: int, request: int) -> int:
+    """The int that ioctl ``request`` answers on ``fd`` (-1 if it fails)."""
     try:
-        answer = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+        answer = fcntl.ioctl(fd, request, b"\0\0\0\0")
     except OSError:
         return -1
     return int(struct.unpack("i", answer)[0])
