@@ -329,6 +329,17 @@ class HostileLab(RawLab):
                 await writer.drain()
                 await asyncio.sleep(0.5)
                 raise ConnectionError("the lab stops")
+            if path.endswith("small"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n" + body_of(7))
+                return
+            if path.endswith("urgentextra"):  # the whole answer, one urgent byte, a forgery
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (2 * MIB))
+                writer.write(body_of(2 * MIB))
+                while writer.transport.get_write_buffer_size():
+                    await asyncio.sleep(0.01)
+                sock._sock.send(b"!", socket.MSG_OOB)
+                writer.write(FORGED)
+                return
             if path.endswith("urgent"):
                 body = body_of(4 * MIB)
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
@@ -428,3 +439,22 @@ async def test_urgent_data_from_a_lab_is_no_busy_loop(
     finally:
         wire.close()
     assert body_of(4 * MIB).startswith(got + rest) and len(got + rest) < 4 * MIB
+
+
+async def test_an_urgent_byte_does_not_hide_bytes_past_a_long_answer(
+        gw: Gateway, hostile_lab: Any, splices: list[splice.BodySplice]) -> None:
+    """As test_bytes_a_lab_sends_past_a_long_answer_never_answer_the_next_request, but the
+    lab puts one byte of TCP urgent data between its long answer and the forged one. FIONREAD
+    counts only the bytes before the urgent mark (none), so if this fails the connection was
+    kept and its forged bytes answered the next pipelined request."""
+    lab, prefix = hostile_lab
+    wire = await Wire.open(gw.port)
+    try:
+        await wire.send(request(gw, "GET", prefix + "urgentextra")
+                        + request(gw, "GET", prefix + "small"))
+        first, second = await wire.response(), await wire.response()
+    finally:
+        wire.close()
+    assert first.body == body_of(2 * MIB) and splices
+    assert second.body == body_of(7)
+    assert [index for index, _ in lab.heads] == [0, 1]
