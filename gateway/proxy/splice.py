@@ -134,7 +134,9 @@ class BodySplice:
         if self._left:
             self._read(True)
         else:
-            self.lab_sent_more = _waiting(self._source) != 0
+            # (FIONREAD counts only up to TCP urgent data: at its mark, it says 0)
+            self.lab_sent_more = _waiting(self._source) != 0 \
+                or _ioctl_int(self._source, _SIOCATMARK) != 0
             self.close()
             self._done(None)
 
