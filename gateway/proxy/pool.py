@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from functools import partial
 
 from .identity import LabIdentity, open_proven
+from .splice import MAX_SPLICES, SpliceBudget
 from .upstream import UpstreamConnection
 
 MAX_IDLE = 64
@@ -24,12 +26,14 @@ IDLE_TIMEOUT = 30.0
 class UpstreamPool:
     """Idle proven connections, per lab and per what was proven there."""
 
-    def __init__(self, max_idle_total: int = MAX_IDLE_TOTAL) -> None:
+    def __init__(self, max_idle_total: int = MAX_IDLE_TOTAL, max_splices: int = MAX_SPLICES
+                 ) -> None:
         # Per lab, oldest first: the next request takes the newest.
         self._idle: dict[tuple[LabIdentity, str, int], list[UpstreamConnection]] = {}
         self._total = 0  # connections in all of those lists
         self._max_total = max_idle_total
         self._reaper: asyncio.TimerHandle | None = None
+        self.splices = SpliceBudget(max_splices)  # shared by all its connections
 
     async def acquire(self, identity: LabIdentity, host: str, port: int
                       ) -> tuple[UpstreamConnection, bool]:
@@ -41,7 +45,8 @@ class UpstreamPool:
         sock = await open_proven(identity, host, port)
         loop = asyncio.get_running_loop()
         try:
-            _, connection = await loop.create_connection(UpstreamConnection, sock=sock)
+            _, connection = await loop.create_connection(
+                partial(UpstreamConnection, self.splices), sock=sock)
         except BaseException:
             with contextlib.suppress(OSError):
                 sock.close()

@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 SPLICE_AT = 1024 * 1024  # body bytes left after the first piece for a splice to be worth it
 PIPE_BYTES = 1024 * 1024  # what the pipe holds between the two sockets (the kernel may cap it)
+MAX_SPLICES = 32  # at once, gateway-wide (SpliceBudget): half of fs.pipe-user-pages-soft
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _SIOCATMARK = 0x8905  # (Linux: at TCP urgent data, which splice(2) does not pass)
 _FLAGS = getattr(os, "SPLICE_F_NONBLOCK", 2) | getattr(os, "SPLICE_F_MOVE", 1)
@@ -46,6 +47,22 @@ def plain_socket(transport: asyncio.BaseTransport | None) -> socket.socket | Non
     return sock  # type: ignore[no-any-return]  # (asyncio's TransportSocket is socket-like)
 
 
+class SpliceBudget:
+    """How many splices may be under way at once, gateway-wide. Each holds a pipe of up to
+    :data:`PIPE_BYTES` of the kernel's memory, charged to the gateway's unix user: past
+    ``fs.pipe-user-pages-soft`` (64 MiB by default) every new pipe of that user gets 8 KiB,
+    the pipes of the gateway's own Slurm and SSH commands too. Past the limit an answer goes
+    through Python, as a short one does."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    @property
+    def available(self) -> bool:
+        return self.used < self.limit
+
+
 class BodySplice:
     """Moves ``length`` bytes from ``source`` to ``sink``, then calls ``done(None)``; on a
     failure of either side (the lab closing before the end, the client gone) ``done(exc)``.
@@ -53,10 +70,12 @@ class BodySplice:
     stops it at any point (no callback); it is called by the owner before either socket is
     closed. The caller has paused the source transport's reading. Raises OSError, having
     left nothing open, if it cannot have its four descriptors (``EMFILE``: the caller carries
-    on without it)."""
+    on without it). It holds one of ``budget``'s places until :meth:`close` (the caller saw
+    one available)."""
 
     def __init__(self, source: socket.socket, sink: socket.socket, length: int,
-                 moved: Callable[[int], None], done: Callable[[Exception | None], None]) -> None:
+                 moved: Callable[[int], None], done: Callable[[Exception | None], None],
+                 budget: SpliceBudget) -> None:
         self._loop = asyncio.get_running_loop()
         self._left, self._held = length, 0  # bytes not yet taken from the lab; in the pipe
         self._moved, self._done = moved, done
@@ -70,6 +89,8 @@ class BodySplice:
                 os.close(fd)
             raise
         self._source, self._sink, self._pipe_out, self._pipe_in = opened
+        self._budget = budget
+        budget.used += 1
         with contextlib.suppress(OSError):  # (past fs.pipe-max-size the default pipe works)
             fcntl.fcntl(self._pipe_in, _F_SETPIPE_SZ, PIPE_BYTES)
         self._reading = self._writing = False
@@ -153,6 +174,7 @@ class BodySplice:
         self._write(False)
         for fd in (self._source, self._sink, self._pipe_out, self._pipe_in):
             os.close(fd)
+        self._budget.used -= 1
 
 
 def _waiting(fd: int) -> int:

@@ -20,7 +20,7 @@ from typing import Literal, Protocol
 import httptools
 
 from .closing import close_unless_stalled
-from .splice import SPLICE_AT, BodySplice, plain_socket
+from .splice import SPLICE_AT, BodySplice, SpliceBudget, plain_socket
 
 log = logging.getLogger(__name__)
 # What a lab may send of one answer besides its body (status line, headers, chunk framing,
@@ -73,7 +73,8 @@ class PipePeer(Protocol):
 class UpstreamConnection(asyncio.Protocol):
     """One connection to a lab's server; serves one :class:`Exchange` at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, splices: SpliceBudget | None = None) -> None:
+        """``splices``: the gateway's budget for splicing long bodies (None: never splice)."""
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
         self.pipe: PipePeer | None = None  # after an upgrade
@@ -100,6 +101,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive = False  # llhttp's verdict, kept when counting starts
         self._head_bytes = 0  # of the answer's headers, interim answers' included
         self.paused = False  # its send buffer is over the high-water mark
+        self._splices = splices
         self._splice: BodySplice | None = None  # the rest of a long body, moving
 
     # -- used by the exchange -----------------------------------------------------------------
@@ -243,15 +245,16 @@ class UpstreamConnection(asyncio.Protocol):
     def _maybe_splice(self) -> None:
         """Move the rest of a long body in the kernel (:mod:`.splice`) if both sockets allow
         it now (the client's has nothing left to send of what went before)."""
-        left = self._body_left
-        if left is None or left < SPLICE_AT or self.exchange is None or self._splice is not None:
+        left, budget = self._body_left, self._splices
+        if left is None or left < SPLICE_AT or self.exchange is None or self._splice is not None \
+                or budget is None or not budget.available:
             return
         source = plain_socket(self.transport)
         sink = self.exchange.upstream_splice_sink()
         if source is None or sink is None or self.transport is None:
             return
         try:
-            splice = BodySplice(source, sink, left, self._spliced, self._splice_ended)
+            splice = BodySplice(source, sink, left, self._spliced, self._splice_ended, budget)
         except OSError as exc:  # out of descriptors: the body goes on through Python
             log.warning("a lab's answer is relayed without splice: %r", exc)
             return

@@ -190,6 +190,7 @@ async def test_a_client_that_leaves_mid_body_frees_the_lab_connection_and_the_pi
     await wait_until(lambda: held(gw) == 0, "the hold of the client that left")
     await wait_until(lambda: sockets_to(lab.port) == 0, "the lab connection closed")
     await wait_until(lambda: pipes() == before, "the splice's pipe closed")
+    assert gw.app[PROXY].fast.pool.splices.used == 0
 
 
 async def read_paced(wire: Wire, seconds: float) -> tuple[int, bool]:
@@ -458,3 +459,31 @@ async def test_an_urgent_byte_does_not_hide_bytes_past_a_long_answer(
     assert first.body == body_of(2 * MIB) and splices
     assert second.body == body_of(7)
     assert [index for index, _ in lab.heads] == [0, 1]
+
+
+async def test_past_the_gateways_splice_budget_long_answers_go_through_python(
+        gw: Gateway, sized: Any, spliced: list[int]) -> None:
+    """Splices at once are few gateway-wide (each holds a pipe of the kernel's memory charged
+    to the gateway's unix user): here 1. Two long answers at once both arrive whole, one of
+    them spliced; once both are done its place is free for the next."""
+    lab, prefix = sized
+    budget = gw.app[PROXY].fast.pool.splices
+    budget.limit = 1
+    first, second = await Wire.open(gw.port), await Wire.open(gw.port)
+    try:
+        await first.send(request(gw, "GET", prefix + f"sized?n={8 * MIB}&gate"))
+        await deadline(first.reader.readuntil(b"\r\n\r\n"))
+        await deadline(first.reader.readexactly(2 * MIB))
+        assert len(spliced) == 1 and budget.used == 1
+        await second.send(request(gw, "GET", prefix + f"sized?n={4 * MIB}"))
+        assert (await second.response()).body == body_of(4 * MIB)
+        assert len(spliced) == 1  # the second went through Python
+        lab.gate.set()
+        assert await deadline(first.reader.readexactly(6 * MIB)) == body_of(8 * MIB)[2 * MIB:]
+        await wait_until(lambda: budget.used == 0, "the splice's place given back")
+        await second.send(request(gw, "GET", prefix + f"sized?n={3 * MIB}"))
+        assert (await second.response()).body == body_of(3 * MIB)
+        assert len(spliced) == 2
+    finally:
+        first.close()
+        second.close()
