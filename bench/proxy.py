@@ -33,9 +33,11 @@ Measurements (every target sanity-checked first: bodies and an echo compared byt
   stime of its processes from /proc, so a 2-core machine shared with wrk still compares fairly).
 - 10 MiB download: ``wrk -t1 -c1`` (one connection, downloads back to back), ``--big-rounds``
   rounds of ``--big-seconds``; median MiB/s, and each proxy's MiB/s over direct's in the same
-  round (the row against the targets is the median of those). A fifth target runs here only:
-  bench/tcp_relay.py, a bare asyncio TCP relay in front of lab A's upstream (the floor for a
-  CPython proxy on this machine).
+  round (the row against the targets is the median of those). Two more targets run here
+  only, in front of lab A's upstream: bench/tcp_relay.py, a bare asyncio TCP relay (the floor
+  for a CPython proxy on this machine), and bench/splice_relay.c, a TCP relay in C moving bytes
+  with splice(2), built here with ``cc`` (the floor for any relay: the cost of one more process
+  and loopback hop between the lab and the client).
 - WebSocket: an aiohttp client in this process sends 32 bytes and waits for the echo,
   ``--ws-rtts`` round trips per target over the rounds; median round trip, and the latency added
   over direct.
@@ -49,7 +51,8 @@ Measurements (every target sanity-checked first: bodies and an echo compared byt
 
 Run: .venv/bin/python bench/proxy.py [--seconds 5] [--rounds 2] [--big-rounds 6]
      [--big-seconds 3] [--ws-rtts 2000] [--slow-seconds 6]
-Needs: ``apt-get install nginx-light wrk``, CHP as above, the dev cluster (scripts/dev-cluster up).
+Needs: ``apt-get install nginx-light wrk gcc``, CHP as above, the dev cluster
+(scripts/dev-cluster up).
 """
 
 from __future__ import annotations
@@ -90,8 +93,9 @@ CHP = CHP_DIR / "node_modules" / ".bin" / "configurable-http-proxy"
 UNIX_USER = "alice"
 TARGETS = ("direct", "nginx", "chp", "hpcgw")
 PROXIES = TARGETS[1:]
-# The 10 MiB series also runs bench/tcp_relay.py, a bare asyncio relay: what CPython can do at all.
-BIG_TARGETS = (*TARGETS, "relay")
+# The 10 MiB series also runs bench/tcp_relay.py, a bare asyncio relay (what CPython can do at
+# all), and bench/splice_relay.c, a splice relay in C (what any relay can do on this machine).
+BIG_TARGETS = (*TARGETS, "relay", "floor")
 SLOW_CLIENTS = 5
 LOAD_SOCKETS = 200
 LOAD_RATE = 1000  # messages per second, over all the sockets
@@ -425,6 +429,12 @@ def start_all(procs: Processes, work: Path, slurm_ids: list[str], nginx_bufferin
     relay_process = procs.start([sys.executable, str(REPO / "bench" / "tcp_relay.py"),
                                  str(relay), str(static)])
     wait_port(relay, relay_process, "the bare asyncio relay")
+    floor = free_port()
+    floor_binary = work / "splice_relay"
+    subprocess.run(["cc", "-O2", "-o", str(floor_binary), str(REPO / "bench" / "splice_relay.c")],
+                   check=True)
+    floor_process = procs.start([str(floor_binary), str(floor), str(static)])
+    wait_port(floor, floor_process, "the C splice relay")
     config = gateway_config(work)
     token = add_ready_labs(config, {http_lab: static, ws_lab: echo}, slurm_ids, starting)
     gateway, gateway_port = start_gateway(procs, work, config)
@@ -434,13 +444,15 @@ def start_all(procs: Processes, work: Path, slurm_ids: list[str], nginx_bufferin
         "chp": Target("chp", chp, chp, lambda: [chp_process.pid]),
         "hpcgw": Target("hpcgw", gateway_port, gateway_port, lambda: [gateway.pid]),
         "relay": Target("relay", relay, relay, lambda: [relay_process.pid]),  # lab A only
+        # (its work is done in a child per connection, gone before its CPU could be read)
+        "floor": Target("floor", floor, floor, list),
     }
     return Setup(http_lab, ws_lab, token, targets, starting, procs)
 
 
 async def sanity_check(setup: Setup, target: str) -> None:
     """Every target relays the right bytes (and echoes) before anything is timed; the bare
-    relay only lab A's."""
+    relays only lab A's."""
     async with aiohttp.ClientSession(headers=setup.auth) as session:
         for tail, expected in (("1k", KIB_BODY), ("10m", BIG_BODY)):
             async with session.get(setup.url(target, tail)) as response:
@@ -448,7 +460,7 @@ async def sanity_check(setup: Setup, target: str) -> None:
                 if response.status != 200 or body != expected:
                     raise SystemExit(f"{target}: GET {tail} gave {response.status}, "
                                      f"{len(body)} bytes, not the file")
-        if target == "relay":
+        if target in ("relay", "floor"):
             return
         async with session.ws_connect(setup.url(target, "ws")) as ws:
             await ws.send_bytes(b"x" * 32)
@@ -705,6 +717,7 @@ def report_ratios(small: dict[str, list[WrkRun]], big: dict[str, list[WrkRun]],
     of_direct = statistics.median(round_ratios(big, "hpcgw", "direct"))
     to_nginx_big = statistics.median(round_ratios(big, "hpcgw", "nginx"))
     of_relay = statistics.median(round_ratios(big, "hpcgw", "relay"))
+    floor = statistics.median(round_ratios(big, "floor", "direct"))
     cpu = {t: median_of(small[t], "cpu_us_per_request") for t in PROXIES}
     added = {t: ws[t] - ws["direct"] for t in PROXIES}
     growth = memory.get("hpcgw", {}).get("growth", float("nan"))
@@ -726,6 +739,8 @@ def report_ratios(small: dict[str, list[WrkRun]], big: dict[str, list[WrkRun]],
         ["10 MiB MiB/s, hpcgw / direct", f"{of_direct:.0%}", ">= 70% (85%)",
          met(of_direct >= 0.70, of_direct >= 0.85)],
         ["10 MiB MiB/s, hpcgw / bare asyncio relay", f"{of_relay:.0%}", "-", "(reference)"],
+        ["10 MiB MiB/s, C splice relay / direct", f"{floor:.0%}", "-",
+         "(any relay's floor)"],
         ["WS 32 B added latency, hpcgw / nginx", f"{ws_ratio:.2f}x", "<= 1.5x (1.0x)",
          met(ws_ratio <= 1.5, ws_ratio <= 1.0)],
         [f"{LOAD_SOCKETS} WS, {LOAD_RATE} msg/s: errors, added p99",
@@ -744,7 +759,7 @@ def report_ratios(small: dict[str, list[WrkRun]], big: dict[str, list[WrkRun]],
 
 
 def check_tools() -> None:
-    for tool in ("nginx", "wrk", "node", "curl", "sbatch"):
+    for tool in ("nginx", "wrk", "node", "curl", "sbatch", "cc"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not on PATH (see this script's docstring)")
 
@@ -758,6 +773,7 @@ async def measure(setup: Setup, args: argparse.Namespace) -> None:
     report_wrk(f"1 KiB GET, wrk -t1 -c50 keep-alive, {args.rounds} x {args.seconds} s "
                "(median)", small, throughput=False)
     await sanity_check(setup, "relay")
+    await sanity_check(setup, "floor")
     big = wrk_series(setup, "10m", 1, args.big_seconds, args.big_rounds, BIG_TARGETS)
     report_wrk(f"10 MiB download, wrk -t1 -c1, {args.big_rounds} x {args.big_seconds} s "
                "(median)", big, throughput=True)
