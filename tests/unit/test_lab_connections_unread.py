@@ -176,17 +176,23 @@ def idle_lab_connections(gw: Gateway) -> int:
     return sum(len(idle) for idle in gw.app[PROXY].fast.pool._idle.values())
 
 
+async def small_window_client(port: int) -> Wire:
+    """A connection to the gateway whose receive buffer fills at once (a client that does not
+    read)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_WINDOW)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    return Wire(*await asyncio.open_connection(sock=sock))
+
+
 async def answer_left_unsent(gw: Gateway, prefix: str) -> Wire:
     """A client connection (small window, not reading) whose answer is whole at the gateway
     while part of it still waits there: the answer's size is stepped up until one is (smaller
     ones fit in the kernel's buffers; bigger ones never complete, and stay counted anyway)."""
     loop = asyncio.get_running_loop()
     for size in range(MIB // 2, 6 * MIB, MIB // 4):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_WINDOW)
-        sock.setblocking(False)
-        await loop.sock_connect(sock, ("127.0.0.1", gw.port))
-        wire = Wire(*await asyncio.open_connection(sock=sock))
+        wire = await small_window_client(gw.port)
         wire.writer.write(request(gw, "GET", prefix + f"big?n={size}"))
         end = loop.time() + 2.0
         while not idle_lab_connections(gw) and loop.time() < end:

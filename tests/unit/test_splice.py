@@ -25,7 +25,7 @@ from gateway.api.keys import PROXY
 from gateway.proxy import splice, upstream
 from tests.unit.test_fast_path import held, wait_until
 from tests.unit.test_lab_connections import limit_to
-from tests.unit.test_lab_connections_unread import SMALL_WINDOW, sockets_to
+from tests.unit.test_lab_connections_unread import small_window_client, sockets_to
 from tests.unit.test_lab_pool_and_pipe import RawLab, path_of, publish
 from tests.unit.test_lab_proxy_hostile import reset, revoke
 from tests.unit.test_relay import MIB, WAIT, Gateway
@@ -237,11 +237,7 @@ async def test_an_unread_long_answer_counts_until_its_client_goes(
     limit_to(gw, 1)
     _, prefix = sized
     before = pipes()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_WINDOW)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gw.port))
-    unread = Wire(*await asyncio.open_connection(sock=sock))
+    unread = await small_window_client(gw.port)
     try:
         unread.writer.write(request(gw, "GET", prefix + f"sized?n={64 * MIB}"))
         await wait_until(lambda: spliced, "the answer spliced")
@@ -374,11 +370,7 @@ async def test_a_lab_reset_seen_by_the_upload_leaves_no_splice_behind(
     the user's hold already given back, so one user can leak descriptors without a limit."""
     lab, prefix = hostile_lab
     before = pipes()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_WINDOW)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gw.port))
-    client = Wire(*await asyncio.open_connection(sock=sock))
+    client = await small_window_client(gw.port)
     try:
         client.writer.write(request(gw, "POST", prefix + "early",
                                     {"Content-Length": str(8 * MIB)}) + b"x" * 1024)
