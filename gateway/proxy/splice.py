@@ -1,11 +1,13 @@
 """The rest of a long answer body moved from the lab's socket to the client's in the kernel.
 
-A body with a Content-Length that has more than :data:`SPLICE_AT` bytes left once its first
-piece went out is moved by :class:`BodySplice`: ``splice(2)`` from the lab's socket into a
-pipe, then from the pipe into the client's socket, both non-blocking and driven by the event
-loop, so that no byte of it is read into Python (bench/README.md, "Splicing long bodies").
-Exactly the body's remaining length is taken from the lab's socket: what the lab sends past it
-stays there for the lab connection's own parser, which refuses it.
+A body with a Content-Length that has :data:`SPLICE_AT` bytes or more left once its first
+piece went out is moved by :class:`BodySplice` (at most :data:`MAX_SPLICES` at once:
+:class:`SpliceBudget`): ``splice(2)`` from the lab's socket into a pipe, then from the pipe
+into the client's socket, both non-blocking and driven by the event loop, so that no byte of
+it is read into Python (bench/README.md, "Splicing long bodies"). Exactly the body's remaining
+length is taken from the lab's socket; bytes the lab sent past it (waiting at the end, or an
+urgent mark) mean its connection is not kept. TCP urgent data mid-body, which splice(2) never
+passes, cuts the answer.
 
 Both transports stay in charge of their sockets; while the body moves, the lab's transport
 does not read (:meth:`asyncio.Transport.pause_reading`) and nothing is written through the
