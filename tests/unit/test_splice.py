@@ -81,13 +81,19 @@ def spliced(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     yield started
 
 
-@pytest.fixture
-async def sized(gw: Gateway, fake_clusters: Any) -> Any:
-    lab = SizedLab()
+async def gated_lab(gw: Gateway, fake_clusters: Any, lab: Any) -> Any:
+    """``lab`` (with a ``gate``) serving a new ready lab of alice's, and its prefix; at the
+    end its gate opens and it closes."""
     prefix = await publish(gw, fake_clusters, lab)
     yield lab, prefix
     lab.gate.set()
     lab.close()
+
+
+@pytest.fixture
+async def sized(gw: Gateway, fake_clusters: Any) -> Any:
+    async for served in gated_lab(gw, fake_clusters, SizedLab()):
+        yield served
 
 
 def pipes() -> int:
@@ -352,11 +358,8 @@ class HostileLab(RawLab):
 
 @pytest.fixture
 async def hostile_lab(gw: Gateway, fake_clusters: Any) -> Any:
-    lab = HostileLab()
-    prefix = await publish(gw, fake_clusters, lab)
-    yield lab, prefix
-    lab.gate.set()
-    lab.close()
+    async for served in gated_lab(gw, fake_clusters, HostileLab()):
+        yield served
 
 
 async def test_a_lab_reset_seen_by_the_upload_leaves_no_splice_behind(
